@@ -1,0 +1,37 @@
+"""mmkeras: text + image models from keras-hub backbones, down to LiteRT bundles.
+
+Importing `mmkeras` is cheap and does not import TensorFlow: the device runtime
+(`mmkeras.export.runtime`) and the preprocessing it shares with training must
+work where only the runtime extra is installed. The training API is loaded on
+first use.
+
+Example:
+>>> import mmkeras
+>>> config = mmkeras.RunConfig(data="samples/train.csv", out="runs/demo", epochs=3)
+>>> result = mmkeras.train(config)                          # doctest: +SKIP
+>>> mmkeras.export_bundle("runs/demo", "bundles/demo")      # doctest: +SKIP
+>>> mmkeras.Predictor("bundles/demo").predict("a red circle", "img.png")  # doctest: +SKIP
+"""
+
+import importlib
+
+__version__ = "0.1.0"
+
+# public name -> module that defines it (imported lazily)
+_PUBLIC = {
+    "RunConfig": "mmkeras.config",
+    "UserError": "mmkeras.errors",
+    "build_model": "mmkeras.models.builder",
+    "train": "mmkeras.training.trainer",
+    "evaluate": "mmkeras.evaluation.evaluate",
+    "export_bundle": "mmkeras.export.converter",
+    "Predictor": "mmkeras.export.runtime",
+}
+
+__all__ = sorted(_PUBLIC)
+
+
+def __getattr__(name):
+    if name not in _PUBLIC:
+        raise AttributeError(f"module 'mmkeras' has no attribute {name!r}")
+    return getattr(importlib.import_module(_PUBLIC[name]), name)

@@ -1,0 +1,157 @@
+"""`RunConfig`: the single source of truth for a training run.
+
+The CLI flags, a YAML `--config` file and the Python API all fill this one
+dataclass; the resolved config is saved in the run folder as `config.yaml`.
+Precedence: dataclass defaults < YAML file < explicit flags / keyword args.
+"""
+
+import dataclasses
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from mmkeras.errors import UserError
+
+FUSIONS = ("cross-attention", "concat", "gated")
+FREEZE_CHOICES = ("none", "text", "vision", "both")
+STRATEGIES = ("auto", "one", "mirrored", "multi-worker")
+OPTIMIZERS = ("adamw", "adam", "sgd")
+ON_BAD_ROW = ("fail", "skip")
+
+
+@dataclasses.dataclass
+class RunConfig:
+    """Everything that defines a training run.
+
+    Args:
+        data: training manifest (CSV or JSONL with `text`, `image`, `label`).
+        val: validation manifest; without it no early stopping or best-keeping.
+        out: the run folder to write.
+        text_backbone: keras-hub preset name, local preset folder, Hugging
+            Face-format folder, or `tiny` (random, built offline).
+        vision_backbone: the same for images; `tiny` (ViT-like) or
+            `tiny-mobilenet` (conv) are built offline.
+        fusion: `cross-attention`, `concat` or `gated`.
+        sequence_length: token ids per text (longer texts are truncated).
+        fusion_dim: width of the fused representation.
+        num_heads: attention heads of the cross-attention fusion.
+        dropout: dropout rate in the fusion and the head.
+        epochs: training epochs.
+        batch_size: global batch size.
+        learning_rate: peak learning rate; `None` picks 1e-3 when both
+            backbones are random and 5e-5 when any is pretrained.
+        optimizer: `adamw`, `adam` or `sgd`.
+        weight_decay: decoupled weight decay (adamw, sgd).
+        warmup_fraction: share of the steps spent warming up linearly before
+            the cosine decay.
+        early_stopping_patience: epochs without `val_loss` improvement before
+            stopping; 0 disables early stopping.
+        seed: seed for weights, shuffling and dropout.
+        deterministic: make TensorFlow ops deterministic (slower).
+        on_bad_row: `fail` stops at the first bad row, `skip` drops and counts it.
+        strategy: tf.distribute strategy: `auto`, `one`, `mirrored`, `multi-worker`.
+        resume: continue the run in `out` from its last checkpoint.
+        freeze: which backbones to keep frozen: `none`, `text`, `vision`, `both`.
+        lora_rank: LoRA rank for the backbones (0 = no LoRA).
+        cache_features: compute frozen backbones' outputs once and reuse them.
+
+    Example:
+    >>> config = RunConfig(data="samples/train.csv", out="runs/demo", epochs=3)
+    >>> config.fusion
+    'cross-attention'
+    """
+
+    data: str | None = None
+    val: str | None = None
+    out: str | None = None
+    text_backbone: str = "tiny"
+    vision_backbone: str = "tiny"
+    fusion: str = "cross-attention"
+    sequence_length: int = 32
+    fusion_dim: int = 64
+    num_heads: int = 4
+    dropout: float = 0.1
+    epochs: int = 10
+    batch_size: int = 32
+    learning_rate: float | None = None
+    optimizer: str = "adamw"
+    weight_decay: float = 0.01
+    warmup_fraction: float = 0.1
+    early_stopping_patience: int = 5
+    seed: int = 0
+    deterministic: bool = False
+    on_bad_row: str = "fail"
+    strategy: str = "auto"
+    resume: bool = False
+    freeze: str = "none"
+    lora_rank: int = 0
+    cache_features: bool = False
+
+    def __post_init__(self):
+        self.validate()
+
+    def validate(self):
+        """Raise `UserError` naming the first setting that is out of range."""
+        choices = {
+            "fusion": FUSIONS,
+            "freeze": FREEZE_CHOICES,
+            "strategy": STRATEGIES,
+            "optimizer": OPTIMIZERS,
+            "on_bad_row": ON_BAD_ROW,
+        }
+        for name, allowed in choices.items():
+            if getattr(self, name) not in allowed:
+                raise UserError(f"{name} must be one of {', '.join(allowed)}, got {getattr(self, name)!r}")
+        positive = ("sequence_length", "fusion_dim", "num_heads", "epochs", "batch_size")
+        for name in positive:
+            if getattr(self, name) < 1:
+                raise UserError(f"{name} must be at least 1, got {getattr(self, name)}")
+        if not 0.0 <= self.dropout < 1.0:
+            raise UserError(f"dropout must be in [0, 1), got {self.dropout}")
+        if not 0.0 <= self.warmup_fraction < 1.0:
+            raise UserError(f"warmup_fraction must be in [0, 1), got {self.warmup_fraction}")
+        if self.learning_rate is not None and self.learning_rate <= 0:
+            raise UserError(f"learning_rate must be positive, got {self.learning_rate}")
+        if self.lora_rank < 0 or self.early_stopping_patience < 0:
+            raise UserError("lora_rank and early_stopping_patience must not be negative")
+
+    def replace(self, **overrides: Any) -> "RunConfig":
+        """A copy with `overrides` applied; `None` values are ignored (flag not given)."""
+        given = {key: value for key, value in overrides.items() if value is not None}
+        return dataclasses.replace(self, **given)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any], source: str = "config") -> "RunConfig":
+        """Build from a mapping; keys may use `-` or `_`. Unknown keys are an error."""
+        known = {field.name for field in dataclasses.fields(cls)}
+        normalized = {str(key).replace("-", "_"): value for key, value in values.items()}
+        unknown = sorted(set(normalized) - known)
+        if unknown:
+            raise UserError(f"unknown setting(s) {', '.join(unknown)}", path=source)
+        try:
+            return cls(**normalized)
+        except TypeError as error:
+            raise UserError(str(error), path=source) from None
+
+    @classmethod
+    def from_yaml(cls, path: str | Path) -> "RunConfig":
+        """Read a YAML run config (a mapping of setting names to values)."""
+        path = Path(path)
+        try:
+            values = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        except OSError as error:
+            raise UserError(f"cannot read config: {error.strerror}", path=path) from None
+        except yaml.YAMLError as error:
+            mark = getattr(error, "problem_mark", None)
+            row = None if mark is None else mark.line + 1
+            raise UserError(f"invalid YAML: {getattr(error, 'problem', error)}", path=path, row=row) from None
+        if not isinstance(values, dict):
+            raise UserError("a run config must be a mapping of settings", path=path)
+        return cls.from_dict(values, source=str(path))
+
+    def save_yaml(self, path: str | Path):
+        Path(path).write_text(yaml.safe_dump(self.to_dict(), sort_keys=False), encoding="utf-8")
