@@ -1,0 +1,51 @@
+"""Classification figures from labels and predictions (numpy only, no TensorFlow)."""
+
+import numpy as np
+
+
+def classification_figures(y_true, y_pred, labels: list[str]) -> dict:
+    """Accuracy, macro-F1, per-class precision/recall/F1 and the confusion matrix.
+
+    Args:
+        y_true: true class indices.
+        y_pred: predicted class indices.
+        labels: class names in index order.
+
+    Returns:
+        `{"accuracy", "macro_f1", "n", "per_class": {label: {"precision",
+        "recall", "f1", "support"}}, "confusion_matrix"}`; the confusion
+        matrix's rows are true classes and its columns predicted ones.
+        Macro-F1 averages the classes present in `y_true` or `y_pred`.
+
+    Example:
+    >>> figures = classification_figures([0, 1, 1], [0, 1, 0], ["a", "b"])
+    >>> round(figures["accuracy"], 3), figures["confusion_matrix"]
+    (0.667, [[1, 0], [1, 1]])
+    """
+    y_true = np.asarray(y_true, dtype=np.int64)
+    y_pred = np.asarray(y_pred, dtype=np.int64)
+    confusion = np.zeros((len(labels), len(labels)), dtype=np.int64)
+    np.add.at(confusion, (y_true, y_pred), 1)
+    true_positives = np.diag(confusion).astype(np.float64)
+    predicted = confusion.sum(axis=0)
+    support = confusion.sum(axis=1)
+    precision = np.divide(true_positives, predicted, out=np.zeros_like(true_positives), where=predicted > 0)
+    recall = np.divide(true_positives, support, out=np.zeros_like(true_positives), where=support > 0)
+    denominator = precision + recall
+    f1 = np.divide(2 * precision * recall, denominator, out=np.zeros_like(denominator), where=denominator > 0)
+    seen = (support + predicted) > 0
+    return {
+        "accuracy": float(true_positives.sum() / max(1, len(y_true))),
+        "macro_f1": float(f1[seen].mean()) if seen.any() else 0.0,
+        "n": int(len(y_true)),
+        "per_class": {
+            label: {
+                "precision": float(precision[i]),
+                "recall": float(recall[i]),
+                "f1": float(f1[i]),
+                "support": int(support[i]),
+            }
+            for i, label in enumerate(labels)
+        },
+        "confusion_matrix": confusion.tolist(),
+    }
