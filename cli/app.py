@@ -134,6 +134,17 @@ def predict(
     )
 
 
+@app.command()
+def report(
+    run_dir: Path = typer.Argument(..., help="A run folder."),
+    out: Optional[Path] = typer.Option(None, "--out", help="HTML file to write (default RUN_DIR/report.html)."),
+):
+    """Write an HTML report: loss/accuracy curves, final figures, config."""
+    from mmkeras.evaluation.report import write_report
+
+    typer.echo(f"wrote {write_report(run_dir, out)}")
+
+
 def configure_logging():
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(logging.Formatter("%(message)s"))

@@ -16,19 +16,20 @@ import dataclasses
 import json
 import os
 from pathlib import Path
-from typing import Any
 
 import keras
 
 from mmkeras.config import RunConfig
 from mmkeras.errors import UserError
 from mmkeras.preprocessing import MultimodalPreprocessor
-
-MODEL_FILE = "model.keras"
-LABELS_FILE = "labels.json"
-CONFIG_FILE = "config.yaml"
-HISTORY_FILE = "history.json"
-METRICS_FILE = "metrics.json"
+from mmkeras.training.run_files import (
+    CONFIG_FILE,
+    HISTORY_FILE,
+    LABELS_FILE,
+    METRICS_FILE,
+    MODEL_FILE,
+    write_json_atomically,
+)
 
 
 @dataclasses.dataclass
@@ -48,13 +49,6 @@ class Run:
     preprocessor: MultimodalPreprocessor
     labels: list[str]
     config: RunConfig
-
-
-def write_json_atomically(path: Path, value: Any):
-    """Write JSON beside `path`, then rename over it, so a crash never leaves half a file."""
-    partial = path.with_name(path.name + ".partial")
-    partial.write_text(json.dumps(value, indent=2, ensure_ascii=False), encoding="utf-8")
-    os.replace(partial, path)
 
 
 def save_model_atomically(model: keras.Model, path: Path):
