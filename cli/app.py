@@ -135,6 +135,26 @@ def predict(
 
 
 @app.command()
+def benchmark(
+    bundle_dir: Path = typer.Argument(..., help="A bundle folder."),
+    threads: Optional[int] = typer.Option(None, "--threads", min=1, help="Interpreter threads."),
+    runs: int = typer.Option(100, "--runs", min=1, help="Timed runs (after 10 warm-up runs)."),
+    as_json: bool = JSON_OPTION,
+):
+    """Latency percentiles (ms) and size of a bundle on this machine's CPU."""
+    from mmkeras.export.benchmark import benchmark_bundle
+
+    figures = benchmark_bundle(bundle_dir, threads=threads, runs=runs)
+    latency = figures["latency_ms"]
+    emit(
+        figures,
+        as_json,
+        f"p50 {latency['p50']:.3f} ms  p90 {latency['p90']:.3f} ms  p99 {latency['p99']:.3f} ms  "
+        f"size {figures['model_size_bytes']} bytes",
+    )
+
+
+@app.command()
 def report(
     run_dir: Path = typer.Argument(..., help="A run folder."),
     out: Optional[Path] = typer.Option(None, "--out", help="HTML file to write (default RUN_DIR/report.html)."),
