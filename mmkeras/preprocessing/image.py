@@ -1,0 +1,117 @@
+"""`load_image`: one image file (or its bytes) to an RGB float array.
+
+Training, evaluation and the device runtime all call this one function, so an
+image is preprocessed identically everywhere by construction. The steps, in
+order (what a mobile developer re-implements):
+
+1. decode the first frame (JPEG, PNG, BMP, GIF, WebP, and what else Pillow reads);
+2. apply the EXIF orientation tag;
+3. convert to 8-bit RGB: 16-bit grayscale is scaled by 255/65535; an alpha
+   channel or a transparent palette colour is composited onto white; palette,
+   grayscale, bilevel and CMYK images are converted by Pillow;
+4. resize to (width, height) with bilinear resampling (Pillow's, which
+   averages over the source area when shrinking);
+5. return float32 values in 0..255 (normalisation happens inside the model).
+"""
+
+import io
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+BACKGROUND = (255, 255, 255)
+RESAMPLE = Image.Resampling.BILINEAR
+_ALPHA_MODES = ("RGBA", "LA", "PA", "RGBa")
+# Modes holding integers wider than 8 bits; their data are 16-bit (Pillow
+# opens 16-bit grayscale PNG/TIFF as `I;16*`, older versions as `I`).
+_SIXTEEN_BIT_MODES = ("I", "I;16", "I;16L", "I;16B", "I;16N")
+_SIXTEEN_BIT_MAX = 65535
+
+
+class UnreadableImageError(ValueError):
+    """An image that is missing, not an image, truncated or otherwise undecodable.
+
+    Args:
+        source: the path of the image, or `<bytes>` when it was given as bytes.
+        reason: what is wrong with it, e.g. `file not found`.
+
+    Example:
+    >>> str(UnreadableImageError("cat.png", "file not found"))
+    "cannot read image 'cat.png': file not found"
+    """
+
+    def __init__(self, source: str, reason: str):
+        self.source = source
+        self.reason = reason
+        super().__init__(f"cannot read image {source!r}: {reason}")
+
+
+def load_image(source: str | Path | bytes, image_size: tuple[int, int]) -> np.ndarray:
+    """Decode, orient, convert to RGB and resize one image.
+
+    Args:
+        source: a file path, or the encoded file's bytes.
+        image_size: `(height, width)` of the result.
+
+    Returns:
+        float32 array `[height, width, 3]`, RGB values in 0..255.
+
+    Raises:
+        UnreadableImageError: the file is missing or cannot be decoded.
+
+    Example:
+    >>> from PIL import Image
+    >>> buffer = io.BytesIO()
+    >>> Image.new("RGB", (64, 48), (255, 0, 0)).save(buffer, format="PNG")
+    >>> pixels = load_image(buffer.getvalue(), (32, 32))
+    >>> pixels.shape, pixels.dtype, pixels[0, 0].tolist()
+    ((32, 32, 3), dtype('float32'), [255.0, 0.0, 0.0])
+    """
+    height, width = image_size
+    if height < 1 or width < 1:
+        raise ValueError(f"image_size must be positive (height, width), got {image_size}")
+    name = "<bytes>" if isinstance(source, (bytes, bytearray)) else str(source)
+    image = _decode(source, name)
+    rgb = _to_rgb(ImageOps.exif_transpose(image), name)
+    return np.asarray(rgb.resize((width, height), RESAMPLE), dtype=np.float32)
+
+
+def _decode(source: str | Path | bytes, name: str) -> Image.Image:
+    """The first frame, fully decoded (so a truncated file fails here, not later)."""
+    file = io.BytesIO(source) if isinstance(source, (bytes, bytearray)) else source
+    try:
+        with Image.open(file) as image:
+            image.load()
+            return image
+    except FileNotFoundError:
+        raise UnreadableImageError(name, "file not found") from None
+    except IsADirectoryError:
+        raise UnreadableImageError(name, "it is a directory") from None
+    except UnidentifiedImageError:
+        raise UnreadableImageError(name, "not an image file, or a format Pillow cannot read") from None
+    except Image.DecompressionBombError as error:
+        raise UnreadableImageError(name, str(error)) from None
+    except OSError as error:
+        raise UnreadableImageError(name, error.strerror or str(error)) from None
+    except (SyntaxError, EOFError) as error:  # Pillow's plugins signal corrupt data with these
+        raise UnreadableImageError(name, f"corrupt image data ({error})") from None
+
+
+def _to_rgb(image: Image.Image, name: str) -> Image.Image:
+    if image.mode in _SIXTEEN_BIT_MODES:
+        image = _sixteen_bit_to_gray(image)
+    try:
+        if image.mode in _ALPHA_MODES or "transparency" in image.info:
+            background = Image.new("RGBA", image.size, (*BACKGROUND, 255))
+            return Image.alpha_composite(background, image.convert("RGBA")).convert("RGB")
+        return image.convert("RGB")
+    except ValueError as error:  # a mode Pillow cannot convert, e.g. "La"
+        raise UnreadableImageError(name, f"unsupported image mode {image.mode} ({error})") from None
+
+
+def _sixteen_bit_to_gray(image: Image.Image) -> Image.Image:
+    """16-bit grayscale to 8-bit by value range (x * 255 / 65535, rounded)."""
+    values = np.asarray(image).astype(np.float64)
+    scaled = np.rint(np.clip(values, 0, _SIXTEEN_BIT_MAX) * (255 / _SIXTEEN_BIT_MAX))
+    return Image.fromarray(scaled.astype(np.uint8))

@@ -1,0 +1,164 @@
+"""`MultimodalPreprocessor`: texts and images to the four model inputs.
+
+It pairs a `TextTokenizer` with an image size and produces, for a batch, the
+dict every mmkeras model takes:
+
+- `token_ids`: int32 `[B, sequence_length]`
+- `padding_mask`: int32 `[B, sequence_length]` (1 = real token, 0 = padding)
+- `image`: float32 `[B, height, width, 3]`, RGB in 0..255
+- `modality_mask`: float32 `[B, 2]`, column 0 = text present, column 1 = image present
+
+A missing text (`None`, or only whitespace) is tokenized as the empty string
+with text mask 0; a missing image (`None` or `""`) is an all-zero image with
+image mask 0. It saves as `preprocessor.json` (the settings, readable by a
+mobile developer rebuilding the preprocessing) next to `tokenizer.json`.
+"""
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+from mmkeras.errors import UserError
+from mmkeras.preprocessing.image import BACKGROUND, load_image
+from mmkeras.preprocessing.text import TextTokenizer
+
+FORMAT_VERSION = 1
+CONFIG_FILE = "preprocessor.json"
+TOKENIZER_FILE = "tokenizer.json"
+
+
+class MultimodalPreprocessor:
+    """Turns (text, image) pairs into model inputs.
+
+    Args:
+        tokenizer: the `TextTokenizer` whose ids the text backbone reads.
+        image_size: `(height, width)` the vision backbone takes.
+
+    Example:
+    >>> tokenizer = TextTokenizer.train_from_texts(
+    ...     ["a red circle", "a blue square"], vocabulary_size=64, sequence_length=8)
+    >>> preprocessor = MultimodalPreprocessor(tokenizer, image_size=(32, 32))
+    >>> inputs = preprocessor(["a red circle", None], [None, None])
+    >>> {name: value.shape for name, value in inputs.items()}
+    {'token_ids': (2, 8), 'padding_mask': (2, 8), 'image': (2, 32, 32, 3), 'modality_mask': (2, 2)}
+    >>> inputs["modality_mask"].tolist()
+    [[1.0, 0.0], [0.0, 0.0]]
+    """
+
+    def __init__(self, tokenizer: TextTokenizer, image_size: tuple[int, int]):
+        height, width = (int(side) for side in image_size)
+        if height < 1 or width < 1:
+            raise ValueError(f"image_size must be positive (height, width), got {image_size}")
+        self.tokenizer = tokenizer
+        self.image_size = (height, width)
+
+    @property
+    def sequence_length(self) -> int:
+        return self.tokenizer.sequence_length
+
+    def __call__(
+        self, texts: list[str | None], images: list[str | Path | bytes | None]
+    ) -> dict[str, np.ndarray]:
+        """The four model inputs for a batch of (text, image) pairs.
+
+        Args:
+            texts: one text per example, `None` when missing.
+            images: one image path or encoded bytes per example, `None` when missing.
+
+        Raises:
+            UnreadableImageError: an image cannot be read.
+        """
+        if len(texts) != len(images):
+            raise ValueError(f"got {len(texts)} texts but {len(images)} images")
+        token_ids, padding_mask, text_present = self.encode_texts(texts)
+        pixels, image_present = self.load_images(images)
+        return {
+            "token_ids": token_ids,
+            "padding_mask": padding_mask,
+            "image": pixels,
+            "modality_mask": np.stack([text_present, image_present], axis=1),
+        }
+
+    def encode_texts(self, texts: list[str | None]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Token ids, padding masks (int32 `[N, L]`) and text presence (float32 `[N]`)."""
+        present = [is_present(text) for text in texts]
+        token_ids, padding_mask = self.tokenizer.encode_batch(
+            [text if text_present else "" for text, text_present in zip(texts, present)]
+        )
+        return token_ids, padding_mask, np.asarray(present, np.float32)
+
+    def load_images(self, images: list[str | Path | bytes | None]) -> tuple[np.ndarray, np.ndarray]:
+        """Pixels (float32 `[N, H, W, 3]`, zeros where missing) and image presence (float32 `[N]`)."""
+        pixels = np.zeros((len(images), *self.image_size, 3), np.float32)
+        present = np.zeros(len(images), np.float32)
+        for index, image in enumerate(images):
+            if is_present(image):
+                pixels[index] = load_image(image, self.image_size)
+                present[index] = 1.0
+        return pixels, present
+
+    def get_config(self) -> dict:
+        """The settings saved in `preprocessor.json`."""
+        return {
+            "format": FORMAT_VERSION,
+            "sequence_length": self.sequence_length,
+            "tokenizer": {
+                "file": TOKENIZER_FILE,
+                "type": "wordpiece",
+                "lowercase": self.tokenizer.lowercase,
+                "strip_accents": self.tokenizer.strip_accents,
+                "vocabulary_size": self.tokenizer.vocabulary_size,
+            },
+            "image_size": list(self.image_size),
+            "image": {
+                "layout": "height, width, RGB",
+                "resample": "bilinear",
+                "value_range": [0, 255],
+                "alpha_background": list(BACKGROUND),
+                "exif_orientation": True,
+            },
+            "missing_text": "empty string, modality_mask[:, 0] = 0",
+            "missing_image": "all-zero image, modality_mask[:, 1] = 0",
+        }
+
+    def save(self, directory: str | Path):
+        """Write `preprocessor.json` and `tokenizer.json` into `directory`."""
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        (directory / CONFIG_FILE).write_text(json.dumps(self.get_config(), indent=2) + "\n", encoding="utf-8")
+        self.tokenizer.save(directory / TOKENIZER_FILE)
+
+    @classmethod
+    def load(cls, directory: str | Path) -> "MultimodalPreprocessor":
+        """Read a preprocessor written by `save`."""
+        path = Path(directory) / CONFIG_FILE
+        try:
+            config = json.loads(path.read_text(encoding="utf-8"))
+        except OSError as error:
+            raise UserError(f"cannot read preprocessor: {error.strerror}", path=path) from None
+        except json.JSONDecodeError as error:
+            raise UserError(f"invalid JSON: {error.msg}", path=path, row=error.lineno) from None
+        if config.get("format") != FORMAT_VERSION:
+            raise UserError(
+                f"unsupported preprocessor format {config.get('format')!r} (this mmkeras reads {FORMAT_VERSION})",
+                path=path,
+            )
+        tokenizer = TextTokenizer.load(Path(directory) / config["tokenizer"]["file"])
+        if tokenizer.sequence_length != config["sequence_length"]:
+            raise UserError(
+                f"sequence_length {config['sequence_length']} differs from the tokenizer's "
+                f"{tokenizer.sequence_length}",
+                path=path,
+            )
+        return cls(tokenizer, tuple(config["image_size"]))
+
+    def __repr__(self):
+        return f"MultimodalPreprocessor({self.tokenizer!r}, image_size={self.image_size})"
+
+
+def is_present(value: str | Path | bytes | None) -> bool:
+    """Whether a text or image cell holds something (`None` and blank strings are missing)."""
+    if value is None:
+        return False
+    return not (isinstance(value, str) and not value.strip())
