@@ -14,7 +14,10 @@ from tokenizers.implementations import BertWordPieceTokenizer
 from mmkeras.errors import UserError
 from mmkeras.preprocessing.text import TextTokenizer
 
-VOCABULARY = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "a", "red", "circle", "cafe", "café", "##s", "Red", "東", "京"]
+VOCABULARY = [
+    *["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"],
+    *["a", "red", "circle", "cafe", "café", "##s", "Red", "東", "京"],
+]
 UNICODE_TEXTS = [
     "",
     "   ",
