@@ -107,6 +107,9 @@ def test_loading_a_bad_folder_is_a_user_error(preprocessor, tmp_path):
     config_path.write_text(json.dumps({**config, "sequence_length": 11}))
     with pytest.raises(UserError, match="sequence_length 11 differs"):
         MultimodalPreprocessor.load(tmp_path)
+    config_path.write_text(json.dumps({"format": 1, "sequence_length": 10}))
+    with pytest.raises(UserError, match="incomplete preprocessor settings"):
+        MultimodalPreprocessor.load(tmp_path)
     config_path.write_text("{not json")
     with pytest.raises(UserError, match="preprocessor.json: line 1: invalid JSON"):
         MultimodalPreprocessor.load(tmp_path)

@@ -139,19 +139,23 @@ class MultimodalPreprocessor:
             raise UserError(f"cannot read preprocessor: {error.strerror}", path=path) from None
         except json.JSONDecodeError as error:
             raise UserError(f"invalid JSON: {error.msg}", path=path, row=error.lineno) from None
-        if config.get("format") != FORMAT_VERSION:
+        version = config.get("format") if isinstance(config, dict) else None
+        if version != FORMAT_VERSION:
             raise UserError(
-                f"unsupported preprocessor format {config.get('format')!r} (this mmkeras reads {FORMAT_VERSION})",
-                path=path,
+                f"unsupported preprocessor format {version!r} (this mmkeras reads {FORMAT_VERSION})", path=path
             )
-        tokenizer = TextTokenizer.load(Path(directory) / config["tokenizer"]["file"])
-        if tokenizer.sequence_length != config["sequence_length"]:
+        try:
+            tokenizer_file, sequence_length, image_size = (
+                config["tokenizer"]["file"], config["sequence_length"], config["image_size"]
+            )
+        except (KeyError, TypeError) as error:
+            raise UserError(f"incomplete preprocessor settings (no {error})", path=path) from None
+        tokenizer = TextTokenizer.load(Path(directory) / tokenizer_file)
+        if tokenizer.sequence_length != sequence_length:
             raise UserError(
-                f"sequence_length {config['sequence_length']} differs from the tokenizer's "
-                f"{tokenizer.sequence_length}",
-                path=path,
+                f"sequence_length {sequence_length} differs from the tokenizer's {tokenizer.sequence_length}", path=path
             )
-        return cls(tokenizer, tuple(config["image_size"]))
+        return cls(tokenizer, tuple(image_size))
 
     def __repr__(self):
         return f"MultimodalPreprocessor({self.tokenizer!r}, image_size={self.image_size})"
