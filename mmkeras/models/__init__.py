@@ -1,5 +1,18 @@
-"""mmkeras.models: backbones, fusion layers and `build_model`."""
+"""mmkeras.models: backbones, fusion layers and `build_model`.
 
+Importing this package registers the mmkeras layers with Keras, which loading
+a saved `.keras` model needs.
+"""
+
+from mmkeras.models.builder import build_model
 from mmkeras.models.concat_fusion import ConcatFusion
 from mmkeras.models.cross_attention_fusion import CrossAttentionFusion
 from mmkeras.models.gated_fusion import GatedFusion
+from mmkeras.models.text_backbones import BUILTIN_TEXT_BACKBONES
+from mmkeras.models.text_backbones import TextBackbone
+from mmkeras.models.text_backbones import load_text_backbone
+from mmkeras.models.text_backbones import text_sequence
+from mmkeras.models.vision_backbones import BUILTIN_VISION_BACKBONES
+from mmkeras.models.vision_backbones import VisionBackbone
+from mmkeras.models.vision_backbones import load_vision_backbone
+from mmkeras.models.vision_backbones import vision_tokens

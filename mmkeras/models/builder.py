@@ -1,0 +1,134 @@
+"""`build_model`: a text backbone and a vision backbone joined by a fusion layer.
+
+The model is a functional Keras model on the four inputs every mmkeras
+component shares (`token_ids`, `padding_mask`, `image`, `modality_mask`):
+
+```
+token_ids, padding_mask -> text_backbone -> text tokens ----------\
+image (0..255) -> image_normalization -> vision_backbone -> tokens -> fusion -> head_dropout -> logits
+modality_mask ----------------------------------------------------/
+```
+
+Image normalisation (the preset ImageConverter's `scale` and `offset`) is a
+layer inside the model, so the device feeds plain 0..255 RGB pixels.
+
+Example:
+>>> model, preprocessor = build_model(num_classes=3, texts=["a red circle"], seed=0)
+>>> inputs = preprocessor(["a red circle"], [None])
+>>> tuple(model(inputs).shape)
+(1, 3)
+"""
+
+import contextlib
+import random
+
+import keras
+
+from mmkeras.config import FUSIONS
+from mmkeras.errors import UserError
+from mmkeras.models.concat_fusion import ConcatFusion
+from mmkeras.models.cross_attention_fusion import CrossAttentionFusion
+from mmkeras.models.gated_fusion import GatedFusion
+from mmkeras.models.text_backbones import load_text_backbone
+from mmkeras.models.text_backbones import text_sequence
+from mmkeras.models.vision_backbones import load_vision_backbone
+from mmkeras.models.vision_backbones import vision_tokens
+from mmkeras.preprocessing.multimodal_preprocessor import MultimodalPreprocessor
+
+def build_model(
+    text_backbone="tiny",
+    vision_backbone="tiny",
+    *,
+    num_classes,
+    fusion="cross-attention",
+    sequence_length=32,
+    fusion_dim=64,
+    num_heads=4,
+    dropout=0.1,
+    texts=None,
+    seed=None,
+):
+    """Build a multimodal classifier and the preprocessor that feeds it.
+
+    Args:
+        text_backbone: text SPEC: `tiny`, a keras-hub preset name, a local
+            preset folder or a Hugging Face-format folder.
+        vision_backbone: vision SPEC: `tiny`, `tiny-mobilenet`, a keras-hub
+            preset name, a local preset folder or a Hugging Face-format folder.
+        num_classes: number of labels (width of the logits).
+        fusion: `cross-attention`, `concat` or `gated`.
+        sequence_length: token ids per text, `[CLS]` and `[SEP]` included.
+        fusion_dim: width of the fusion layer.
+        num_heads: attention heads of the cross-attention fusion.
+        dropout: dropout rate in the fusion and before the logits.
+        texts: training texts; the `tiny` text backbone learns its vocabulary
+            from them.
+        seed: makes the random weights (and dropout seeds) reproducible
+            without touching the caller's global random state; `None` draws
+            from that global state.
+
+    Returns:
+        `(model, preprocessor)`: a `keras.Model` mapping the four inputs to
+        float32 logits [B, num_classes], and its `MultimodalPreprocessor`.
+
+    Raises:
+        UserError: a bad setting or backbone SPEC.
+    """
+    _check_settings(num_classes, fusion, fusion_dim, num_heads, dropout)
+    with _seeded(seed):
+        text = load_text_backbone(text_backbone, sequence_length=sequence_length, texts=texts)
+        vision = load_vision_backbone(vision_backbone)
+        inputs = {
+            "token_ids": keras.Input((sequence_length,), dtype="int32", name="token_ids"),
+            "padding_mask": keras.Input((sequence_length,), dtype="int32", name="padding_mask"),
+            "image": keras.Input((*vision.image_size, 3), dtype="float32", name="image"),
+            "modality_mask": keras.Input((2,), dtype="float32", name="modality_mask"),
+        }
+        text_tokens = text_sequence(text.backbone, inputs["token_ids"], inputs["padding_mask"])
+        pixels = keras.layers.Rescaling(vision.scale, vision.offset, name="image_normalization")(inputs["image"])
+        image_tokens = vision_tokens(vision.backbone(pixels))
+        fused = _fusion_layer(fusion, fusion_dim, num_heads, dropout)(text_tokens, inputs["padding_mask"], image_tokens, inputs["modality_mask"])
+        fused = keras.layers.Dropout(dropout, name="head_dropout")(fused)
+        # float32 logits even under mixed precision: the loss needs them.
+        logits = keras.layers.Dense(num_classes, dtype="float32", name="logits")(fused)
+        model = keras.Model(inputs, logits, name="mmkeras_classifier")
+    return model, MultimodalPreprocessor(text.tokenizer, vision.image_size)
+
+
+def _check_settings(num_classes, fusion, fusion_dim, num_heads, dropout):
+    if fusion not in FUSIONS:
+        raise UserError(f"fusion must be one of {', '.join(FUSIONS)}, got {fusion!r}")
+    if num_classes < 2:
+        raise UserError(f"a classifier needs at least 2 classes, got {num_classes}")
+    if fusion_dim < 1 or num_heads < 1:
+        raise UserError(f"fusion_dim and num_heads must be at least 1, got {fusion_dim} and {num_heads}")
+    if fusion == "cross-attention" and fusion_dim % num_heads:
+        raise UserError(f"fusion_dim ({fusion_dim}) must be divisible by num_heads ({num_heads})")
+    if not 0.0 <= dropout < 1.0:
+        raise UserError(f"dropout must be in [0, 1), got {dropout}")
+
+
+def _fusion_layer(fusion, fusion_dim, num_heads, dropout):
+    if fusion == "cross-attention":
+        return CrossAttentionFusion(fusion_dim, num_heads, dropout, name="fusion")
+    if fusion == "concat":
+        return ConcatFusion(fusion_dim, dropout, name="fusion")
+    return GatedFusion(fusion_dim, name="fusion")
+
+
+@contextlib.contextmanager
+def _seeded(seed):
+    """Seed the source of Keras' default initializer and dropout seeds, then restore it.
+
+    Keras 3 draws the seed of every unseeded initializer and dropout layer
+    from Python's `random` module when the layer is created.
+    """
+    if seed is None:
+        yield
+        return
+    state = random.getstate()
+    random.seed(seed)
+    try:
+        yield
+    finally:
+        random.setstate(state)

@@ -1,0 +1,202 @@
+"""Vision backbones: built-in random architectures or keras-hub presets.
+
+A vision SPEC is one of:
+- `tiny`: a random ViT (32x32 images, 8x8 patches, 2 layers, hidden 64),
+- `tiny-mobilenet`: a random MobileNet with V3-style blocks at 32x32,
+- a keras-hub preset name (downloads from Kaggle, so needs a network),
+- a local preset folder (`save_to_preset` output) or a Hugging Face-format
+  folder (`config.json` + `model.safetensors`), converted by keras-hub.
+
+Every backbone takes RGB images already normalised with its `scale` and
+`offset` (`pixels * scale + offset`, pixels in 0..255), as the preset's
+`ImageConverter` would do; `vision_tokens` turns its output into a token
+sequence for the fusion layers.
+
+Example:
+>>> vision = load_vision_backbone("tiny")
+>>> vision.image_size, vision.pretrained
+((32, 32), False)
+"""
+
+import dataclasses
+import json
+from pathlib import Path
+
+import keras
+import keras_hub
+
+from mmkeras.errors import UserError
+
+BUILTIN_VISION_BACKBONES = ("tiny", "tiny-mobilenet")
+BACKBONE_NAME = "vision_backbone"
+# Without a preset ImageConverter, pixels are mapped to 0..1.
+DEFAULT_SCALE, DEFAULT_OFFSET = 1.0 / 255.0, 0.0
+DEFAULT_IMAGE_SIZE = (224, 224)
+TINY_IMAGE_SIZE = (32, 32)
+
+
+@dataclasses.dataclass
+class VisionBackbone:
+    """A vision backbone and how to feed it.
+
+    Args:
+        backbone: the keras model (named `vision_backbone`): normalised images
+            [B, H, W, 3] -> tokens [B, N, D] or feature maps [B, h, w, C].
+        image_size: the `(height, width)` the backbone expects.
+        scale: multiplier of the 0..255 pixels (a float or one per channel).
+        offset: added after scaling (a float or one per channel).
+        pretrained: whether the weights were loaded from a preset.
+    """
+
+    backbone: keras.Model
+    image_size: tuple[int, int]
+    scale: float | list[float]
+    offset: float | list[float]
+    pretrained: bool
+
+
+def load_vision_backbone(spec: str) -> VisionBackbone:
+    """Build or load the vision backbone named by `spec`.
+
+    Args:
+        spec: `tiny`, `tiny-mobilenet`, a keras-hub preset name, a local preset
+            folder or a Hugging Face-format folder.
+
+    Returns:
+        A `VisionBackbone`.
+
+    Raises:
+        UserError: the spec is unknown, cannot be loaded (e.g. a named preset
+            while offline), or is not an image backbone.
+    """
+    if spec == "tiny":
+        return VisionBackbone(_tiny_vit(), TINY_IMAGE_SIZE, DEFAULT_SCALE, DEFAULT_OFFSET, pretrained=False)
+    if spec == "tiny-mobilenet":
+        return VisionBackbone(_tiny_mobilenet(), TINY_IMAGE_SIZE, DEFAULT_SCALE, DEFAULT_OFFSET, pretrained=False)
+    return _load_preset(spec)
+
+
+def vision_tokens(features):
+    """Turn a vision backbone's output into tokens [B, N, D].
+
+    ViT-like outputs are already tokens; a conv feature map [B, h, w, C]
+    becomes h*w tokens of width C.
+
+    Args:
+        features: the backbone's output (a symbolic or eager tensor).
+
+    Returns:
+        [B, N, D] tokens.
+    """
+    if len(features.shape) == 3:
+        return features
+    height, width, channels = features.shape[1:]
+    return keras.layers.Reshape((height * width, channels), name="vision_tokens")(features)
+
+
+def _tiny_vit():
+    return keras_hub.models.ViTBackbone(
+        image_shape=(*TINY_IMAGE_SIZE, 3),
+        patch_size=8,
+        num_layers=2,
+        num_heads=2,
+        hidden_dim=64,
+        mlp_dim=128,
+        name=BACKBONE_NAME,
+    )
+
+
+def _tiny_mobilenet():
+    # keras-hub has no MobileNetV3Backbone: MobileNetBackbone takes V3 blocks
+    # (inverted residuals, squeeze-and-excite, hard-swish). Two stages of two
+    # blocks take 32x32 images to a 4x4x64 feature map (16 tokens).
+    return keras_hub.models.MobileNetBackbone(
+        stackwise_expansion=[[16, 32], [48, 48]],
+        stackwise_num_blocks=[2, 2],
+        stackwise_num_filters=[[16, 16], [24, 24]],
+        stackwise_kernel_size=[[3, 3], [5, 5]],
+        stackwise_num_strides=[[2, 1], [2, 1]],
+        stackwise_se_ratio=[[None, None], [0.25, 0.25]],
+        stackwise_activation=[["relu", "relu"], ["hard_swish", "hard_swish"]],
+        stackwise_padding=[[1, 1], [2, 2]],
+        output_num_filters=64,
+        depthwise_filters=8,
+        depthwise_stride=1,
+        depthwise_residual=False,
+        last_layer_filter=64,
+        squeeze_and_excite=0.5,
+        image_shape=(*TINY_IMAGE_SIZE, 3),
+        input_activation="hard_swish",
+        output_activation="hard_swish",
+        input_num_filters=16,
+        name=BACKBONE_NAME,
+    )
+
+
+def _load_preset(spec):
+    if "://" not in spec and not Path(spec).exists() and spec not in keras_hub.models.Backbone.presets:
+        raise UserError(
+            f"unknown vision backbone {spec!r}: not {' or '.join(BUILTIN_VISION_BACKBONES)}, an existing folder, "
+            "or a keras-hub preset name"
+        )
+    try:
+        backbone = keras_hub.models.Backbone.from_preset(spec, name=BACKBONE_NAME)
+    except (OSError, ValueError, KeyError, ImportError) as error:
+        reason = (str(error).strip() or type(error).__name__).splitlines()[0]
+        if spec in keras_hub.models.Backbone.presets:
+            reason += " (named presets download from Kaggle: check the network or use a local preset folder)"
+        raise UserError(f"cannot load vision backbone {spec!r}: {reason}") from error
+    if len(backbone.inputs) != 1 or len(backbone.inputs[0].shape) != 4 or len(backbone.outputs) != 1:
+        raise UserError(f"vision backbone {spec!r} ({type(backbone).__name__}) is not an image backbone")
+    if len(backbone.outputs[0].shape) not in (3, 4):
+        raise UserError(f"vision backbone {spec!r} gives outputs of shape {backbone.outputs[0].shape}, not tokens")
+    image_size, scale, offset = _preset_image_settings(spec, backbone)
+    return VisionBackbone(backbone, image_size, scale, offset, pretrained=True)
+
+
+def _preset_image_settings(spec, backbone):
+    """`(image_size, scale, offset)` from the preset's ImageConverter, else defaults."""
+    try:
+        converter = keras_hub.layers.ImageConverter.from_preset(spec)
+    except (FileNotFoundError, ValueError):  # no image_converter.json / no converter class
+        converter = None
+    if converter is not None:
+        image_size, scale, offset = converter.image_size, converter.scale, converter.offset
+    else:
+        image_size, scale, offset = _hugging_face_image_settings(spec)
+    # A fixed input shape is a hard constraint; the converter's size only
+    # matters for backbones that take any size.
+    fixed_size = tuple(backbone.inputs[0].shape[1:3])
+    if None not in fixed_size:
+        image_size = fixed_size
+    return (
+        tuple(image_size or DEFAULT_IMAGE_SIZE),
+        DEFAULT_SCALE if scale is None else _plain(scale),
+        DEFAULT_OFFSET if offset is None else _plain(offset),
+    )
+
+
+def _hugging_face_image_settings(spec):
+    """Size and normalisation from a Hugging Face `preprocessor_config.json`, if any.
+
+    keras-hub builds no ImageConverter for Hugging Face ViT folders, but their
+    image processor config says how the weights were trained to see images.
+    """
+    path = Path(spec) / "preprocessor_config.json"
+    if not path.is_file():
+        return None, None, None
+    config = json.loads(path.read_text(encoding="utf-8"))
+    size = config.get("size")
+    image_size = (size["height"], size["width"]) if isinstance(size, dict) and "height" in size else None
+    rescale = config.get("rescale_factor", 1.0 / 255.0) if config.get("do_rescale", True) else 1.0
+    if not config.get("do_normalize", False):
+        return image_size, rescale, 0.0
+    mean, std = config["image_mean"], config["image_std"]
+    return image_size, [rescale / s for s in std], [-m / s for m, s in zip(mean, std)]
+
+
+def _plain(value):
+    """A float or a list of floats (converters may hold numpy values)."""
+    if isinstance(value, (int, float)):
+        return float(value)
+    return [float(item) for item in value]
