@@ -55,6 +55,8 @@ class RunConfig:
         freeze: which backbones to keep frozen: `none`, `text`, `vision`, `both`.
         lora_rank: LoRA rank for the backbones (0 = no LoRA).
         cache_features: compute frozen backbones' outputs once and reuse them.
+        jit_compile: compile training steps with XLA where every layer
+            supports it (costs a compile of some seconds up front).
 
     Example:
     >>> config = RunConfig(data="samples/train.csv", out="runs/demo", epochs=3)
@@ -87,6 +89,7 @@ class RunConfig:
     freeze: str = "none"
     lora_rank: int = 0
     cache_features: bool = False
+    jit_compile: bool = True
 
     def __post_init__(self):
         self.validate()

@@ -144,6 +144,8 @@ def train(config: RunConfig) -> TrainResult:
             optimizer=make_optimizer(config, total_steps=steps_per_epoch * config.epochs, pretrained=pretrained),
             loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
             metrics=["accuracy"],
+            # "auto": XLA when every layer supports it (FINDINGS: 2.3x on CPU at batch 32).
+            jit_compile="auto" if config.jit_compile else False,
         )
     epoch_logger = EpochLogger(config.epochs)
     callbacks = [epoch_logger]
@@ -162,7 +164,9 @@ def train(config: RunConfig) -> TrainResult:
         count_params(model.trainable_weights),
         model.count_params(),
     )
-    fit_history = model.fit(train_data, validation_data=val_data, epochs=config.epochs, callbacks=callbacks, verbose=0)
+    fit_history = model.fit(
+        train_data, validation_data=val_data, epochs=config.epochs, callbacks=callbacks, shuffle=False, verbose=0
+    )
     history = {key: [float(value) for value in values] for key, values in fit_history.history.items()}
     metrics = {
         "loss": history["loss"][-1],
