@@ -1,0 +1,357 @@
+"""LiteRT conversion: a Keras model to .tflite bytes, and a run folder to a bundle.
+
+How a model is converted (`convert_model`):
+
+- The device signature has a **static batch of 1** and the model's named
+  inputs: a dynamic batch adds SHAPE / REDUCE_PROD / PACK ops that split the
+  graph into many XNNPACK partitions (measured: 42 partitions -> 6).
+- The model goes through `keras.export.ExportArchive` and a SavedModel to
+  `tf.lite.TFLiteConverter.from_saved_model`. `from_concrete_functions` on a
+  tf.function that calls the model was tried first: TensorFlow's tracking does
+  not see Keras 3 variables there, so the weights stay resource variables
+  (VAR_HANDLE / READ_VARIABLE ops) that are neither folded nor quantized.
+  `ExportArchive` tracks them and the SavedModel path freezes them into
+  constants (the same path as `model.export(format="litert")`, which however
+  adds SELECT_TF_OPS and names the output `output_0`; here it is `logits`).
+- Only `TFLITE_BUILTINS` ops are allowed: a bundle must run with the plain
+  LiteRT runtime, so a model that needs TensorFlow (Flex) or custom ops is
+  refused with `UnsupportedOpsError` naming them.
+
+Quantization modes:
+
+- `none`: float32.
+- `float16`: float16 weights, dequantized to float32 at load; compute stays float32.
+- `dynamic`: dynamic-range quantization: int8 weights of the large matmuls and
+  convolutions, activations quantized on the fly; no calibration data.
+- `int8`: full-integer post-training quantization calibrated on
+  `representative_inputs`. Inputs and outputs stay float32 (and token ids
+  int32): the graph quantizes the image right after the input and dequantizes
+  the logits, so the device feeds the same tensors as for the float model.
+  Only `TFLITE_BUILTINS` is requested here too: `TFLITE_BUILTINS_INT8` gave
+  the identical model on a keras-hub BERT + ViT (the converter does not enforce
+  it; the LayerNorms' NEG stayed float with QUANTIZE / DEQUANTIZE around it),
+  so the op dtypes are what to check: `op_summary` counts them.
+"""
+
+import collections
+import os
+import shutil
+import tempfile
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+
+import keras
+import numpy as np
+import tensorflow as tf
+from ai_edge_litert.schema_py_generated import BuiltinOperator
+
+from mmkeras.data.manifest import Manifest, read_manifest
+from mmkeras.errors import UserError
+from mmkeras.export.bundle import (
+    BUNDLE_FILE,
+    INPUT_NAMES,
+    MODEL_FILE,
+    OUTPUT_NAME,
+    PREPROCESSOR_FILE,
+    QUANTIZATION_MODES,
+    tensor_entry,
+    write_bundle_json,
+)
+from mmkeras.export.interpreter import LiteRTModel, list_ops
+from mmkeras.export.runtime import Predictor
+from mmkeras.training.run_folder import load_run
+
+SIGNATURE_KEY = "serving_default"
+BUILTIN_OP_NAMES = frozenset(name for name in vars(BuiltinOperator) if name.isupper()) - {"CUSTOM"}
+# int8 calibration: at most this many manifest rows, drawn with this seed.
+CALIBRATION_ROWS = 200
+CALIBRATION_SEED = 0
+# Rows on which the exported model is compared with the Keras model.
+PARITY_ROWS = 8
+
+
+class UnsupportedOpsError(UserError):
+    """The model needs ops that LiteRT's builtin kernels lack (Flex / custom ops).
+
+    Args:
+        ops: the op names, as the converter reports them.
+
+    Example:
+    >>> UnsupportedOpsError(["MatrixDeterminant", "Cumprod"]).ops
+    ['Cumprod', 'MatrixDeterminant']
+    """
+
+    def __init__(self, ops: list[str]):
+        self.ops = sorted(set(ops))
+        super().__init__(
+            f"cannot export: the model uses op(s) that LiteRT builtins lack: {', '.join(self.ops)} "
+            "(they would need the TensorFlow Flex runtime or custom kernels on the device); "
+            "replace the layer or backbone that uses them"
+        )
+
+
+def device_signature(model: keras.Model) -> dict[str, tf.TensorSpec]:
+    """The model's named inputs with a batch of 1 and every other dimension static."""
+    if not isinstance(model.input, dict):
+        raise ValueError(f"expected a model with named (dict) inputs, got {type(model.input).__name__}")
+    signature = {}
+    for name, tensor in model.input.items():
+        shape = (1, *tensor.shape[1:])
+        if None in shape:
+            raise ValueError(f"input {name!r} needs a static shape for the device, got {tensor.shape}")
+        signature[name] = tf.TensorSpec(shape, tensor.dtype, name=name)
+    return signature
+
+
+def convert_model(
+    model: keras.Model,
+    *,
+    quantize: str = "none",
+    representative_inputs: Iterable[dict[str, np.ndarray]] | None = None,
+) -> bytes:
+    """Convert a Keras model with named inputs to LiteRT flatbuffer bytes.
+
+    Args:
+        model: a Keras model taking a dict of named inputs with static shapes
+            (apart from the batch) and returning one tensor (the logits).
+        quantize: `none`, `float16`, `dynamic` or `int8` (see the module docstring).
+        representative_inputs: for `int8` only: an iterable of input dicts
+            (batches, each array [N, ...]) to calibrate activation ranges on.
+
+    Raises:
+        UnsupportedOpsError: the model needs Flex or custom ops.
+
+    Example:
+    >>> tflite_bytes = convert_model(model, quantize="dynamic")  # doctest: +SKIP
+    """
+    if quantize not in QUANTIZATION_MODES:
+        raise UserError(f"quantize must be one of {', '.join(QUANTIZATION_MODES)}, got {quantize!r}")
+    if (quantize == "int8") != (representative_inputs is not None):
+        raise ValueError("representative_inputs are needed for int8, and only for int8")
+    signature = device_signature(model)
+    with tempfile.TemporaryDirectory(prefix="mmkeras-export-") as saved_model_dir:
+        archive = keras.export.ExportArchive()
+        archive.track(model)
+        archive.add_endpoint(
+            SIGNATURE_KEY,
+            lambda inputs: {OUTPUT_NAME: model(inputs, training=False)},
+            input_signature=[signature],
+        )
+        archive.write_out(saved_model_dir, verbose=False)
+        converter = tf.lite.TFLiteConverter.from_saved_model(saved_model_dir, signature_keys=[SIGNATURE_KEY])
+        converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]
+        if quantize != "none":
+            converter.optimizations = [tf.lite.Optimize.DEFAULT]
+        if quantize == "float16":
+            converter.target_spec.supported_types = [tf.float16]
+        if quantize == "int8":
+            examples = list(split_examples(representative_inputs, signature))
+            converter.representative_dataset = lambda: iter(examples)
+        try:
+            tflite_model = converter.convert()
+        except Exception as error:
+            unsupported = ops_needing_flex_or_custom(error)
+            if unsupported:
+                raise UnsupportedOpsError(unsupported) from None
+            raise
+    check_builtin_only(tflite_model)
+    return tflite_model
+
+
+def split_examples(
+    batches: Iterable[dict[str, np.ndarray]], signature: dict[str, tf.TensorSpec]
+) -> Iterator[dict[str, np.ndarray]]:
+    """Batch-1 examples in the signature's dtypes, as the converter's calibration wants them."""
+    for batch in batches:
+        size = len(next(iter(batch.values())))
+        for index in range(size):
+            yield {
+                name: np.asarray(batch[name][index : index + 1], dtype=spec.dtype.as_numpy_dtype)
+                for name, spec in signature.items()
+            }
+
+
+def ops_needing_flex_or_custom(error: Exception) -> list[str]:
+    """Names of the ops a converter error says need Flex or custom kernels (empty for other errors)."""
+    names = []
+    for data in getattr(error, "errors", ()):
+        code = type(data).ErrorCode.Name(data.error_code)
+        if code in ("ERROR_NEEDS_FLEX_OPS", "ERROR_NEEDS_CUSTOM_OPS"):
+            names.append(data.operator.name.removeprefix("tf."))
+    return names
+
+
+def check_builtin_only(tflite_model: bytes):
+    """Refuse an empty conversion result, or one with a Flex or custom op."""
+    if not tflite_model:
+        raise RuntimeError("the TFLite converter returned an empty model")
+    foreign = [op.name for op in list_ops(tflite_model) if op.name not in BUILTIN_OP_NAMES]
+    if foreign:
+        raise UnsupportedOpsError(foreign)
+
+
+def op_summary(tflite_model: bytes) -> dict:
+    """Op counts by type and by output dtype, for conversion reports.
+
+    Example:
+    >>> op_summary(tflite_bytes)["by_output_dtype"]  # doctest: +SKIP
+    {'float32': 12, 'int8': 40}
+    """
+    ops = list_ops(tflite_model)
+    return {
+        "total": len(ops),
+        "by_type": dict(collections.Counter(op.name for op in ops).most_common()),
+        "by_output_dtype": dict(collections.Counter(op.output_dtypes[0] for op in ops if op.output_dtypes)),
+    }
+
+
+def export_bundle(
+    run_dir: str | Path,
+    out_dir: str | Path,
+    *,
+    quantize: str = "none",
+    calibration_data: str | Path | None = None,
+) -> dict:
+    """Convert a run folder to a bundle folder (see `export.bundle`).
+
+    The bundle is written into a temporary sibling folder, loaded back with the
+    device runtime and compared with the Keras model, and only then renamed
+    into place, replacing an existing bundle: a failed export leaves `out_dir`
+    as it was.
+
+    Args:
+        run_dir: a run folder written by training.
+        out_dir: the bundle folder to write (or replace).
+        quantize: `none`, `float16`, `dynamic` or `int8`.
+        calibration_data: for int8, a manifest whose rows calibrate the
+            activation ranges (a seeded sample of at most 200 rows); by
+            default the run's training manifest. Also the rows of the parity
+            check, which is skipped when no manifest can be read.
+
+    Returns:
+        A report: `path`, `quantize`, `size_bytes`, `ops` (`op_summary`),
+        `calibration_rows` (int8) and `parity` (`rows`, `max_abs_logit_diff`,
+        `label_agreement` against the Keras model, or `None`).
+
+    Example:
+    >>> report = export_bundle("runs/demo", "bundles/demo", quantize="int8")  # doctest: +SKIP
+    >>> report["parity"]["label_agreement"]  # doctest: +SKIP
+    1.0
+    """
+    if quantize not in QUANTIZATION_MODES:
+        raise UserError(f"quantize must be one of {', '.join(QUANTIZATION_MODES)}, got {quantize!r}")
+    out_dir = Path(out_dir)
+    check_replaceable(out_dir)
+    run = load_run(run_dir)
+    sample = manifest_sample(run, calibration_data, required=quantize == "int8")
+    tflite_model = convert_model(
+        run.model, quantize=quantize, representative_inputs=[sample] if quantize == "int8" else None
+    )
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.partial-", dir=out_dir.parent))
+    try:
+        write_bundle_files(staging, tflite_model, run, quantize)
+        parity = None if sample is None else parity_report(run.model, Predictor(staging), sample)
+        replace_folder(staging, out_dir)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return {
+        "path": str(out_dir),
+        "quantize": quantize,
+        "size_bytes": len(tflite_model),
+        "ops": op_summary(tflite_model),
+        "calibration_rows": len(sample["image"]) if quantize == "int8" else None,
+        "parity": parity,
+    }
+
+
+def check_replaceable(out_dir: Path):
+    """Only a bundle or an empty folder may be replaced: never delete unrelated files."""
+    if not out_dir.exists():
+        return
+    if not out_dir.is_dir():
+        raise UserError("the output path exists and is not a folder", path=out_dir)
+    if any(out_dir.iterdir()) and not (out_dir / BUNDLE_FILE).is_file():
+        raise UserError(f"the output folder is not empty and holds no {BUNDLE_FILE}; not replacing it", path=out_dir)
+
+
+def manifest_sample(run, calibration_data: str | Path | None, *, required: bool) -> dict[str, np.ndarray] | None:
+    """Model inputs for a seeded sample of the calibration (or training) manifest's rows.
+
+    `None` when no calibration manifest is given, the run's training manifest is not there
+    and `required` is false.
+    """
+    path = calibration_data if calibration_data is not None else run.config.data
+    if calibration_data is None and (path is None or not Path(path).is_file()):
+        if required:
+            raise UserError(
+                f"int8 export needs calibration rows, and the run's training manifest {path!r} is not there; "
+                "give a manifest with --calibration-data",
+                path=run.path,
+            )
+        return None
+    manifest = read_manifest(path, require_labels=False)
+    rows = manifest.rows
+    if len(rows) > CALIBRATION_ROWS:
+        chosen = np.random.default_rng(CALIBRATION_SEED).choice(len(rows), CALIBRATION_ROWS, replace=False)
+        rows = [rows[index] for index in sorted(chosen)]
+    # Skipping (with a logged warning) like training's `--on-bad-row skip`: a
+    # run trained that way must still export with its own manifest.
+    sample, _ = Manifest(manifest.path, rows).validate_images(run.preprocessor.image_size, "skip")
+    return run.preprocessor([row.text for row in sample.rows], [row.image for row in sample.rows])
+
+
+def write_bundle_files(directory: Path, tflite_model: bytes, run, quantize: str):
+    """model.tflite, the preprocessor's files and bundle.json; tensor facts come from the model itself."""
+    (directory / MODEL_FILE).write_bytes(tflite_model)
+    run.preprocessor.save(directory)
+    model = LiteRTModel(tflite_model)
+    order = {name: position for position, name in enumerate(INPUT_NAMES)}
+    names = sorted(model.input_details, key=lambda name: order.get(name, len(order)))
+    write_bundle_json(
+        directory,
+        inputs=[describe_tensor(name, model.input_details[name]) for name in names],
+        output=describe_tensor(model.output_name, model.output_details),
+        labels=run.labels,
+        quantization=quantize,
+        preprocessing=run.preprocessor.get_config(),
+        source_run=str(Path(run.path).resolve()),
+    )
+
+
+def describe_tensor(name: str, details: dict) -> dict:
+    scale, zero_point = details["quantization"]
+    quantization = (scale, zero_point) if scale else None
+    return tensor_entry(name, details["shape"], np.dtype(details["dtype"]).name, quantization)
+
+
+def parity_report(model: keras.Model, predictor: Predictor, sample: dict[str, np.ndarray]) -> dict:
+    """How far the exported model's logits are from the Keras model's on the first rows of `sample`."""
+    rows = {name: value[:PARITY_ROWS] for name, value in sample.items()}
+    expected = keras.ops.convert_to_numpy(model(rows, training=False))
+    actual = predictor.predict_inputs(rows)
+    return {
+        "rows": len(expected),
+        "max_abs_logit_diff": float(np.max(np.abs(actual - expected))),
+        "label_agreement": float(np.mean(actual.argmax(axis=1) == expected.argmax(axis=1))),
+    }
+
+
+def replace_folder(staging: Path, out_dir: Path):
+    """Rename the finished `staging` folder to `out_dir`, replacing an old bundle there.
+
+    Two renames on one filesystem: the old bundle is moved aside only once the
+    new one is complete, and moved back if the second rename fails.
+    """
+    if not out_dir.exists():
+        os.rename(staging, out_dir)
+        return
+    retired = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.old-", dir=out_dir.parent))
+    os.rename(out_dir, retired)  # onto an empty folder: allowed by POSIX rename
+    try:
+        os.rename(staging, out_dir)
+    except OSError:
+        os.rename(retired, out_dir)
+        raise
+    shutil.rmtree(retired)

@@ -1,0 +1,278 @@
+"""LiteRT conversion and bundle export of a tiny `build_model` model.
+
+One run folder (random tiny BERT + ViT, cross-attention fusion, the samples'
+labels) is exported once in each quantization mode; the tests share those
+bundles because every conversion costs seconds.
+"""
+
+import shutil
+from pathlib import Path
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from mmkeras.config import RunConfig
+from mmkeras.data.manifest import read_manifest
+from mmkeras.errors import UserError
+from mmkeras.export import converter
+from mmkeras.export.bundle import INPUT_NAMES, read_bundle
+from mmkeras.export.converter import (
+    UnsupportedOpsError,
+    check_builtin_only,
+    convert_model,
+    export_bundle,
+    manifest_sample,
+    op_summary,
+)
+from mmkeras.export.interpreter import list_ops
+from mmkeras.export.runtime import Predictor
+from mmkeras.models import build_model
+from mmkeras.training.run_folder import load_run, save_run
+
+SAMPLES = Path(__file__).resolve().parents[1] / "samples"
+SEQUENCE_LENGTH = 16
+
+
+@keras.saving.register_keras_serializable(package="mmkeras_tests")
+class RunningProduct(keras.layers.Layer):
+    """Cumulative product: TensorFlow's Cumprod has no LiteRT builtin kernel (Flex only)."""
+
+    def call(self, inputs):
+        return keras.ops.cumprod(inputs, axis=-1)
+
+
+def save_tiny_run(run_dir: Path, model=None, preprocessor=None) -> Path:
+    """A run folder for `samples/train.csv`, with a random tiny model unless one is given."""
+    manifest = read_manifest(SAMPLES / "train.csv")
+    labels = manifest.labels()
+    if model is None:
+        texts = [row.text for row in manifest.rows if row.text]
+        model, preprocessor = build_model(
+            num_classes=len(labels), texts=texts, sequence_length=SEQUENCE_LENGTH, seed=0
+        )
+    config = RunConfig(data=str(SAMPLES / "train.csv"), out=str(run_dir), sequence_length=SEQUENCE_LENGTH)
+    save_run(run_dir, model=model, preprocessor=preprocessor, labels=labels, config=config)
+    return run_dir
+
+
+def flex_model(preprocessor, num_classes: int) -> keras.Model:
+    """The contract's four inputs -> Dense -> RunningProduct (a Flex op)."""
+    height, width = preprocessor.image_size
+    inputs = {
+        "token_ids": keras.Input((SEQUENCE_LENGTH,), dtype="int32", name="token_ids"),
+        "padding_mask": keras.Input((SEQUENCE_LENGTH,), dtype="int32", name="padding_mask"),
+        "image": keras.Input((height, width, 3), name="image"),
+        "modality_mask": keras.Input((2,), name="modality_mask"),
+    }
+    features = keras.layers.GlobalAveragePooling2D()(inputs["image"])
+    logits = keras.layers.Dense(num_classes)(keras.layers.Concatenate()([features, inputs["modality_mask"]]))
+    return keras.Model(inputs, RunningProduct()(logits))
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory):
+    return save_tiny_run(tmp_path_factory.mktemp("run"))
+
+
+@pytest.fixture(scope="module")
+def run(run_dir):
+    return load_run(run_dir)
+
+
+@pytest.fixture(scope="module")
+def rows(run):
+    """Validation rows plus a text-only and an image-only row."""
+    val = read_manifest(SAMPLES / "val.csv").rows[:10]
+    texts = [row.text for row in val] + [val[0].text, None]
+    images = [row.image for row in val] + [None, val[1].image]
+    return run.preprocessor(texts, images)
+
+
+@pytest.fixture(scope="module")
+def bundles(run_dir, tmp_path_factory):
+    """mode -> (bundle folder, export report), one export per quantization mode."""
+    root = tmp_path_factory.mktemp("bundles")
+    return {
+        mode: (root / mode, export_bundle(run_dir, root / mode, quantize=mode))
+        for mode in ("none", "float16", "dynamic", "int8")
+    }
+
+
+def keras_logits(run, inputs):
+    return keras.ops.convert_to_numpy(run.model(inputs, training=False))
+
+
+def test_float_bundle_matches_keras_including_missing_modalities(bundles, run, rows):
+    assert rows["modality_mask"][-2].tolist() == [1.0, 0.0] and rows["modality_mask"][-1].tolist() == [0.0, 1.0]
+    bundle_dir, report = bundles["none"]
+    litert = Predictor(bundle_dir).predict_inputs(rows)
+    assert litert.shape == (len(rows["image"]), len(run.labels))
+    assert np.max(np.abs(litert - keras_logits(run, rows))) <= 1e-4
+    assert report["parity"]["rows"] == converter.PARITY_ROWS
+    assert report["parity"]["max_abs_logit_diff"] <= 1e-4
+    assert report["parity"]["label_agreement"] == 1.0
+
+
+@pytest.mark.parametrize("mode, min_agreement", [("float16", 1.0), ("dynamic", 0.9), ("int8", 0.8)])
+def test_quantized_bundles_run_and_stay_close(bundles, run, rows, mode, min_agreement):
+    bundle_dir, report = bundles[mode]
+    litert = Predictor(bundle_dir).predict_inputs(rows)
+    expected = keras_logits(run, rows)
+    assert litert.shape == expected.shape
+    assert np.all(np.isfinite(litert))
+    assert np.mean(litert.argmax(axis=1) == expected.argmax(axis=1)) >= min_agreement
+    # Quantization really happened: the weights shrank.
+    assert report["size_bytes"] < 0.7 * bundles["none"][1]["size_bytes"]
+    assert report["quantize"] == mode
+
+
+def test_quantization_modes_leave_the_expected_op_dtypes(bundles):
+    def ops(mode):
+        return list_ops(bundles[mode][0] / "model.tflite")
+
+    float16_weights = [op for op in ops("float16") if op.name == "DEQUANTIZE" and op.input_dtypes == ("float16",)]
+    assert float16_weights
+    dynamic_matmuls = [op for op in ops("dynamic") if op.name == "FULLY_CONNECTED"]
+    assert any("int8" in op.input_dtypes and op.output_dtypes == ("float32",) for op in dynamic_matmuls)
+    int8_matmuls = [op for op in ops("int8") if op.name == "FULLY_CONNECTED"]
+    assert int8_matmuls and all(op.output_dtypes == ("int8",) for op in int8_matmuls)
+    summary = bundles["int8"][1]["ops"]
+    assert summary["by_output_dtype"]["int8"] > summary["total"] / 2
+    assert sum(summary["by_type"].values()) == summary["total"] == len(ops("int8"))
+
+
+def test_bundle_json_describes_the_model(bundles, run):
+    bundle_dir, _ = bundles["int8"]
+    bundle = read_bundle(bundle_dir)
+    assert [tensor["name"] for tensor in bundle["inputs"]] == list(INPUT_NAMES)
+    shapes = {tensor["name"]: tensor["shape"] for tensor in bundle["inputs"]}
+    assert shapes == {
+        "token_ids": [1, SEQUENCE_LENGTH],
+        "padding_mask": [1, SEQUENCE_LENGTH],
+        "image": [1, *run.preprocessor.image_size, 3],
+        "modality_mask": [1, 2],
+    }
+    # int8 keeps float inputs and outputs: nothing for the device to quantize.
+    assert [tensor["dtype"] for tensor in bundle["inputs"]] == ["int32", "int32", "float32", "float32"]
+    assert all(tensor["quantization"] is None for tensor in bundle["inputs"])
+    assert bundle["output"] == {"name": "logits", "shape": [1, len(run.labels)], "dtype": "float32", "quantization": None}
+    assert bundle["labels"] == run.labels
+    assert bundle["quantization"] == "int8"
+    assert bundle["preprocessing"] == run.preprocessor.get_config()
+    assert Path(bundle["source_run"]) == Path(run.path).resolve()
+
+
+def test_int8_calibration_sample_is_seeded_and_bounded(run):
+    first = manifest_sample(run, None, required=True)
+    again = manifest_sample(run, None, required=True)
+    assert len(first["image"]) == converter.CALIBRATION_ROWS < len(read_manifest(SAMPLES / "train.csv").rows)
+    assert all(np.array_equal(first[name], again[name]) for name in INPUT_NAMES)
+    given = manifest_sample(run, SAMPLES / "val.csv", required=True)
+    assert len(given["image"]) == len(read_manifest(SAMPLES / "val.csv").rows)
+
+
+def test_int8_without_any_manifest_is_a_user_error(run, tmp_path):
+    moved = tmp_path / "run"
+    shutil.copytree(run.path, moved)
+    (moved / "config.yaml").write_text(f"data: {tmp_path / 'gone.csv'}\nsequence_length: {SEQUENCE_LENGTH}\n")
+    with pytest.raises(UserError, match="--calibration-data"):
+        export_bundle(moved, tmp_path / "bundle", quantize="int8")
+    with pytest.raises(UserError, match="missing.csv"):
+        export_bundle(moved, tmp_path / "bundle", quantize="int8", calibration_data=tmp_path / "missing.csv")
+    assert not (tmp_path / "bundle").exists()
+
+
+def test_a_model_needing_flex_ops_is_refused_naming_them(run):
+    with pytest.raises(UnsupportedOpsError, match="Cumprod") as caught:
+        convert_model(flex_model(run.preprocessor, len(run.labels)))
+    assert caught.value.ops == ["Cumprod"]
+    assert isinstance(caught.value, UserError)
+
+
+def test_a_flex_or_empty_conversion_result_is_refused():
+    @tf.function(input_signature=[tf.TensorSpec([1, 4], tf.float32)])
+    def running_product(values):
+        return tf.math.cumprod(values, axis=-1)
+
+    flex_converter = tf.lite.TFLiteConverter.from_concrete_functions([running_product.get_concrete_function()])
+    flex_converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS, tf.lite.OpsSet.SELECT_TF_OPS]
+    with pytest.raises(UnsupportedOpsError, match="FlexCumprod"):
+        check_builtin_only(flex_converter.convert())
+    with pytest.raises(RuntimeError, match="empty"):
+        check_builtin_only(b"")
+
+
+def folder_snapshot(folder: Path) -> dict[str, bytes]:
+    return {str(path.relative_to(folder)): path.read_bytes() for path in sorted(folder.rglob("*")) if path.is_file()}
+
+
+def test_failed_conversion_keeps_the_existing_bundle(bundles, run, tmp_path):
+    flex_run = save_tiny_run(tmp_path / "flex_run", flex_model(run.preprocessor, len(run.labels)), run.preprocessor)
+    out_dir = tmp_path / "bundles" / "current"
+    shutil.copytree(bundles["none"][0], out_dir)
+    before = folder_snapshot(out_dir)
+    with pytest.raises(UnsupportedOpsError):
+        export_bundle(flex_run, out_dir)
+    assert folder_snapshot(out_dir) == before
+    assert [path.name for path in out_dir.parent.iterdir()] == ["current"]
+
+
+@pytest.mark.parametrize("existing", [False, True])
+def test_failure_after_writing_leaves_no_partial_bundle(bundles, run_dir, tmp_path, monkeypatch, existing):
+    float_model = (bundles["none"][0] / "model.tflite").read_bytes()
+    monkeypatch.setattr(converter, "convert_model", lambda model, **settings: float_model)
+    written = []
+
+    def fail_parity(model, predictor, sample):
+        written.extend(path.name for path in predictor.path.iterdir())
+        raise RuntimeError("interrupted")
+
+    monkeypatch.setattr(converter, "parity_report", fail_parity)
+    out_dir = tmp_path / "bundle"
+    if existing:
+        shutil.copytree(bundles["dynamic"][0], out_dir)
+    before = folder_snapshot(out_dir) if existing else None
+    with pytest.raises(RuntimeError, match="interrupted"):
+        export_bundle(run_dir, out_dir)
+    assert sorted(written) == ["bundle.json", "model.tflite", "preprocessor.json", "tokenizer.json"]
+    assert [path.name for path in tmp_path.iterdir()] == (["bundle"] if existing else [])
+    assert (folder_snapshot(out_dir) if existing else None) == before
+
+
+def test_export_replaces_an_existing_bundle_completely(bundles, run_dir, tmp_path, monkeypatch):
+    float_model = (bundles["none"][0] / "model.tflite").read_bytes()
+    monkeypatch.setattr(converter, "convert_model", lambda model, **settings: float_model)
+    out_dir = tmp_path / "bundle"
+    shutil.copytree(bundles["int8"][0], out_dir)
+    (out_dir / "stale.txt").write_text("from the old bundle")
+    report = export_bundle(run_dir, out_dir, quantize="none")
+    assert read_bundle(out_dir)["quantization"] == "none"
+    assert (out_dir / "model.tflite").read_bytes() == float_model
+    assert not (out_dir / "stale.txt").exists()
+    assert [path.name for path in tmp_path.iterdir()] == ["bundle"]
+    assert report["path"] == str(out_dir) and report["size_bytes"] == len(float_model)
+
+
+def test_export_refuses_to_replace_a_folder_that_is_not_a_bundle(run_dir, tmp_path):
+    out_dir = tmp_path / "photos"
+    out_dir.mkdir()
+    (out_dir / "holiday.jpg").write_bytes(b"precious")
+    with pytest.raises(UserError, match="not replacing"):
+        export_bundle(run_dir, out_dir)
+    assert (out_dir / "holiday.jpg").read_bytes() == b"precious"
+
+
+def test_unknown_quantization_mode_is_a_user_error(run_dir, tmp_path):
+    with pytest.raises(UserError, match="quantize must be one of"):
+        export_bundle(run_dir, tmp_path / "bundle", quantize="int4")
+
+
+def test_op_listing_names_ops_and_tensor_dtypes(bundles):
+    model_bytes = (bundles["none"][0] / "model.tflite").read_bytes()
+    ops = list_ops(model_bytes)
+    assert [op.index for op in ops] == list(range(len(ops)))
+    gather = next(op for op in ops if op.name == "GATHER")  # the token embedding lookup
+    assert "int32" in gather.input_dtypes and gather.output_dtypes == ("float32",)
+    assert op_summary(model_bytes)["by_type"]["FULLY_CONNECTED"] == sum(op.name == "FULLY_CONNECTED" for op in ops)
