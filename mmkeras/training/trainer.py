@@ -96,8 +96,9 @@ def train(config: RunConfig) -> TrainResult:
     """
     if not config.data or not config.out:
         raise UserError("training needs a training manifest (--data) and a run folder (--out)")
-    if config.cache_features:
-        raise UserError("--cache-features is not supported by this version's trainer")
+    for flag, wanted in (("--cache-features", config.cache_features), ("--resume", config.resume)):
+        if wanted:
+            raise UserError(f"{flag} is not supported by this version's trainer")
     seed_everything(config)
     raw_train = read_manifest(config.data)
     labels = raw_train.labels()
