@@ -145,9 +145,8 @@ def test_text_preset_without_wordpiece_vocabulary_is_a_user_error(tmp_path):
     keras_hub.models.GPT2Backbone(
         vocabulary_size=4, num_layers=1, num_heads=1, hidden_dim=8, intermediate_dim=8, max_sequence_length=16
     ).save_to_preset(tmp_path)
-    keras_hub.models.GPT2Tokenizer(vocabulary={"<|endoftext|>": 0, "a": 1, "b": 2, "ab": 3}, merges=["a b"]).save_to_preset(
-        tmp_path
-    )
+    byte_pair_vocabulary = {"<|endoftext|>": 0, "a": 1, "b": 2, "ab": 3}
+    keras_hub.models.GPT2Tokenizer(vocabulary=byte_pair_vocabulary, merges=["a b"]).save_to_preset(tmp_path)
     with pytest.raises(UserError, match="GPT2Tokenizer; mmkeras supports WordPiece"):
         load_text_backbone(str(tmp_path), sequence_length=8)
 

@@ -35,6 +35,7 @@ from mmkeras.models.vision_backbones import load_vision_backbone
 from mmkeras.models.vision_backbones import vision_tokens
 from mmkeras.preprocessing.multimodal_preprocessor import MultimodalPreprocessor
 
+
 def build_model(
     text_backbone="tiny",
     vision_backbone="tiny",
@@ -87,7 +88,8 @@ def build_model(
         text_tokens = text_sequence(text.backbone, inputs["token_ids"], inputs["padding_mask"])
         pixels = keras.layers.Rescaling(vision.scale, vision.offset, name="image_normalization")(inputs["image"])
         image_tokens = vision_tokens(vision.backbone(pixels))
-        fused = _fusion_layer(fusion, fusion_dim, num_heads, dropout)(text_tokens, inputs["padding_mask"], image_tokens, inputs["modality_mask"])
+        fusion_layer = _fusion_layer(fusion, fusion_dim, num_heads, dropout)
+        fused = fusion_layer(text_tokens, inputs["padding_mask"], image_tokens, inputs["modality_mask"])
         fused = keras.layers.Dropout(dropout, name="head_dropout")(fused)
         # float32 logits even under mixed precision: the loss needs them.
         logits = keras.layers.Dense(num_classes, dtype="float32", name="logits")(fused)
