@@ -102,6 +102,8 @@ def train(config: RunConfig) -> TrainResult:
     seed_everything(config)
     raw_train = read_manifest(config.data)
     labels = raw_train.labels()
+    if len(labels) < 2:
+        raise UserError(f"a classifier needs at least 2 labels, found {labels}", path=config.data)
     strategy = make_strategy(config.strategy)
     with strategy.scope():
         model, preprocessor = build_model(

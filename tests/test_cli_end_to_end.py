@@ -1,0 +1,177 @@
+"""The CLI contract end to end on tiny backbones: train -> evaluate -> export -> predict -> benchmark -> report."""
+
+import csv
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from mmkeras.cli.app import main
+
+SAMPLES = Path(__file__).resolve().parents[1] / "samples"
+TRAIN_JSON_KEYS = {
+    "loss",
+    "val_loss",
+    "val_accuracy",
+    "epochs_completed",
+    "epoch_seconds",
+    "trainable_params",
+    "total_params",
+    "bad_rows_skipped",
+}
+
+
+def write_subset(source: Path, out: Path, rows: int) -> Path:
+    """The first `rows` rows of a samples manifest, with absolute image paths."""
+    with source.open(newline="", encoding="utf-8") as handle:
+        records = list(csv.DictReader(handle))[:rows]
+    with out.open("w", newline="", encoding="utf-8") as handle:
+        writer = csv.DictWriter(handle, fieldnames=["text", "image", "label"])
+        writer.writeheader()
+        for record in records:
+            image = str(source.parent / record["image"]) if record["image"] else ""
+            writer.writerow({**record, "image": image})
+    return out
+
+
+def run_cli(capsys, *argv) -> tuple[int, str, str]:
+    code = main([str(arg) for arg in argv])
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("data")
+    return {
+        "train": write_subset(SAMPLES / "train.csv", folder / "train.csv", 96),
+        "val": write_subset(SAMPLES / "val.csv", folder / "val.csv", 32),
+        "folder": folder,
+    }
+
+
+@pytest.fixture(scope="module")
+def trained(data, tmp_path_factory):
+    run_dir = tmp_path_factory.mktemp("runs") / "run"
+    code = main(
+        ["train", "--data", str(data["train"]), "--val", str(data["val"]), "--out", str(run_dir)]
+        + ["--epochs", "2", "--batch-size", "16", "--seed", "1", "--json"]
+    )
+    assert code == 0
+    return run_dir
+
+
+def test_train_prints_one_json_object_and_writes_the_run(data, tmp_path, capsys):
+    code, out, _ = run_cli(
+        capsys, "train", "--data", data["train"], "--val", data["val"], "--out", tmp_path / "r",
+        "--epochs", "1", "--batch-size", "32", "--fusion", "concat", "--json",
+    )
+    assert code == 0
+    metrics = json.loads(out)  # exactly one JSON object on stdout
+    assert TRAIN_JSON_KEYS <= set(metrics)
+    assert metrics["epochs_completed"] == 1 and len(metrics["epoch_seconds"]) == 1
+    assert 0 < metrics["trainable_params"] <= metrics["total_params"]
+    for name in ("model.keras", "labels.json", "preprocessor.json", "tokenizer.json", "config.yaml", "history.json"):
+        assert (tmp_path / "r" / name).is_file()
+    assert "fusion: concat" in (tmp_path / "r" / "config.yaml").read_text()
+
+
+def test_yaml_config_is_overridden_by_flags(data, tmp_path, capsys):
+    config = tmp_path / "run.yaml"
+    config.write_text("epochs: 3\nfusion: gated\nbatch_size: 64\n")
+    code, out, _ = run_cli(
+        capsys, "train", "--config", config, "--data", data["train"], "--out", tmp_path / "r", "--epochs", "1", "--json"
+    )
+    assert code == 0
+    assert json.loads(out)["epochs_completed"] == 1
+    saved = (tmp_path / "r" / "config.yaml").read_text()
+    assert "fusion: gated" in saved and "batch_size: 64" in saved and "epochs: 1" in saved
+
+
+def test_float_bundle_matches_the_keras_model(trained, data, tmp_path, capsys):
+    bundle = tmp_path / "bundle"
+    code, _, _ = run_cli(capsys, "export", trained, "--out", bundle, "--quantize", "none")
+    assert code == 0
+    assert {"model.tflite", "bundle.json", "tokenizer.json"} <= {p.name for p in bundle.iterdir()}
+
+    code, out, _ = run_cli(capsys, "evaluate", trained, "--data", data["val"], "--json")
+    assert code == 0
+    run_figures = json.loads(out)
+    code, out, _ = run_cli(capsys, "evaluate", bundle, "--data", data["val"], "--json")
+    assert code == 0
+    bundle_figures = json.loads(out)
+    assert run_figures["n"] == bundle_figures["n"] == 32
+    assert bundle_figures["accuracy"] == run_figures["accuracy"]
+    assert bundle_figures["confusion_matrix"] == run_figures["confusion_matrix"]
+    assert set(bundle_figures["modality_ablation"]) == {"text_only", "image_only"}
+
+    with data["val"].open(newline="", encoding="utf-8") as handle:
+        first = next(csv.DictReader(handle))
+    code, out, _ = run_cli(capsys, "predict", bundle, "--text", first["text"], "--image", first["image"], "--json")
+    assert code == 0
+    prediction = json.loads(out)
+    labels = json.loads((trained / "labels.json").read_text())
+    assert prediction["label"] in labels
+    assert set(prediction["scores"]) == set(labels)
+    assert np.isclose(sum(prediction["scores"].values()), 1.0, atol=1e-4)
+
+    code, out, _ = run_cli(capsys, "benchmark", bundle, "--threads", "1", "--runs", "5", "--json")
+    assert code == 0
+    figures = json.loads(out)
+    assert figures["threads"] == 1
+    assert 0 < figures["latency_ms"]["p50"] <= figures["latency_ms"]["p99"]
+    assert figures["model_size_bytes"] == (bundle / "model.tflite").stat().st_size
+
+
+def test_report_writes_html(trained, tmp_path, capsys):
+    code, _, _ = run_cli(capsys, "report", trained, "--out", tmp_path / "report.html")
+    assert code == 0
+    assert "data:image/png;base64" in (tmp_path / "report.html").read_text()
+
+
+@pytest.mark.parametrize(
+    "manifest_text, expected",
+    [
+        ("text,image,label\nhello,missing.png,a\nbye,,b\n", "line 2: cannot read image"),
+        ("text,label\nhello,a\n", "image"),
+        ("text,image,label\nhi,,a\n,,b\n", "line 3"),
+        ("text,image,label\nhi,,a\nho,,a\n", "at least 2 labels"),
+    ],
+)
+def test_bad_training_data_is_one_line_and_exit_2(tmp_path, capsys, manifest_text, expected):
+    manifest = tmp_path / "train.csv"
+    manifest.write_text(manifest_text)
+    code, out, err = run_cli(capsys, "train", "--data", manifest, "--out", tmp_path / "r", "--epochs", "1")
+    assert code == 2
+    assert out == ""
+    lines = [line for line in err.splitlines() if line.startswith("error:")]
+    assert len(lines) == 1 and str(manifest) in lines[0] and expected in lines[0]
+    assert "Traceback" not in err
+    assert not (tmp_path / "r" / "model.keras").exists()
+
+
+def test_unknown_validation_label_names_file_and_line(data, tmp_path, capsys):
+    val = tmp_path / "val.csv"
+    rows = data["val"].read_text().splitlines()
+    rows[3] = rows[3].rsplit(",", 1)[0] + ",no_such_label"
+    val.write_text("\n".join(rows) + "\n")
+    code, _, err = run_cli(capsys, "train", "--data", data["train"], "--val", val, "--out", tmp_path / "r")
+    assert code == 2
+    assert f"{val}: line 4: unknown label 'no_such_label'" in err
+
+
+def test_bad_flag_is_exit_2(capsys):
+    code, _, err = run_cli(capsys, "train", "--fusion", "bogus")
+    assert code == 2 and err.count("\n") == 1
+
+
+def test_console_script_runs_help():
+    result = subprocess.run(
+        [sys.executable, "-m", "mmkeras.cli.app", "--help"], capture_output=True, text=True, timeout=120
+    )
+    assert result.returncode == 0
+    for command in ("train", "evaluate", "export", "predict", "benchmark", "report"):
+        assert command in result.stdout
