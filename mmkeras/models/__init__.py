@@ -16,3 +16,18 @@ from mmkeras.models.vision_backbones import BUILTIN_VISION_BACKBONES
 from mmkeras.models.vision_backbones import VisionBackbone
 from mmkeras.models.vision_backbones import load_vision_backbone
 from mmkeras.models.vision_backbones import vision_tokens
+
+__all__ = [
+    "BUILTIN_TEXT_BACKBONES",
+    "BUILTIN_VISION_BACKBONES",
+    "ConcatFusion",
+    "CrossAttentionFusion",
+    "GatedFusion",
+    "TextBackbone",
+    "VisionBackbone",
+    "build_model",
+    "load_text_backbone",
+    "load_vision_backbone",
+    "text_sequence",
+    "vision_tokens",
+]
