@@ -74,9 +74,13 @@ def load_text_backbone(spec: str, *, sequence_length: int, texts=None) -> TextBa
             while offline), is not a WordPiece text backbone, or is too short
             for `sequence_length`.
     """
-    if spec == "tiny":
-        return _tiny_bert(sequence_length, texts)
-    return _load_preset(spec, sequence_length)
+    loaded = _tiny_bert(sequence_length, texts) if spec == "tiny" else _load_preset(spec, sequence_length)
+    # mmkeras fuses the token sequence; a pooler head (BERT's `pooled_dense`) would
+    # get no gradient, so it is frozen rather than counted as trainable.
+    pooler = getattr(loaded.backbone, "pooled_dense", None)
+    if pooler is not None:
+        pooler.trainable = False
+    return loaded
 
 
 def text_sequence(backbone, token_ids, padding_mask):
