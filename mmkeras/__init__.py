@@ -13,7 +13,7 @@ Example:
 >>> mmkeras.Predictor("bundles/demo").predict("a red circle", "img.png")  # doctest: +SKIP
 """
 
-import importlib
+from mmkeras.lazy_exports import lazy_getattr
 
 __version__ = "0.1.0"
 
@@ -30,8 +30,4 @@ _PUBLIC = {
 
 __all__ = sorted(_PUBLIC)
 
-
-def __getattr__(name):
-    if name not in _PUBLIC:
-        raise AttributeError(f"module 'mmkeras' has no attribute {name!r}")
-    return getattr(importlib.import_module(_PUBLIC[name]), name)
+__getattr__ = lazy_getattr("mmkeras", _PUBLIC)

@@ -8,7 +8,7 @@ Example:
 >>> manifest = read_manifest("samples/train.csv")               # doctest: +SKIP
 """
 
-import importlib
+from mmkeras.lazy_exports import lazy_getattr
 
 # public name -> module that defines it (imported lazily)
 _PUBLIC = {
@@ -20,8 +20,4 @@ _PUBLIC = {
 
 __all__ = sorted(_PUBLIC)
 
-
-def __getattr__(name):
-    if name not in _PUBLIC:
-        raise AttributeError(f"module 'mmkeras.data' has no attribute {name!r}")
-    return getattr(importlib.import_module(_PUBLIC[name]), name)
+__getattr__ = lazy_getattr("mmkeras.data", _PUBLIC)
