@@ -91,10 +91,30 @@ def test_yaml_config_is_overridden_by_flags(data, tmp_path, capsys):
     assert "fusion: gated" in saved and "batch_size: 64" in saved and "epochs: 1" in saved
 
 
-def test_float_bundle_matches_the_keras_model(trained, data, tmp_path, capsys):
-    bundle = tmp_path / "bundle"
-    code, _, _ = run_cli(capsys, "export", trained, "--out", bundle, "--quantize", "none")
-    assert code == 0
+@pytest.fixture(scope="module")
+def bundle(trained, tmp_path_factory):
+    bundle = tmp_path_factory.mktemp("bundles") / "bundle"
+    assert main(["export", str(trained), "--out", str(bundle), "--quantize", "none"]) == 0
+    return bundle
+
+
+# The device-side commands in a fresh interpreter where importing TensorFlow, Keras or keras-hub fails.
+WITHOUT_TENSORFLOW = """
+import sys
+
+class BlockTensorFlow:
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] in ("tensorflow", "keras", "keras_hub"):
+            raise ImportError(f"blocked import of {name}")
+
+sys.meta_path.insert(0, BlockTensorFlow())
+from mmkeras.cli.app import main
+
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def test_float_bundle_matches_the_keras_model(trained, bundle, data, capsys):
     assert {"model.tflite", "bundle.json", "tokenizer.json"} <= {p.name for p in bundle.iterdir()}
 
     code, out, _ = run_cli(capsys, "evaluate", trained, "--data", data["val"], "--json")
@@ -124,6 +144,23 @@ def test_float_bundle_matches_the_keras_model(trained, data, tmp_path, capsys):
     assert figures["threads"] == 1
     assert 0 < figures["latency_ms"]["p50"] <= figures["latency_ms"]["p99"]
     assert figures["model_size_bytes"] == (bundle / "model.tflite").stat().st_size
+
+
+@pytest.mark.parametrize(
+    "command",
+    [
+        ["evaluate", "{bundle}", "--data", "{val}", "--json"],
+        ["predict", "{bundle}", "--text", "a calm card", "--json"],
+        ["benchmark", "{bundle}", "--runs", "3", "--json"],
+    ],
+)
+def test_device_commands_run_without_tensorflow(bundle, data, command):
+    argv = [part.format(bundle=bundle, val=data["val"]) for part in command]
+    completed = subprocess.run(
+        [sys.executable, "-c", WITHOUT_TENSORFLOW, *argv], capture_output=True, text=True, timeout=300
+    )
+    assert completed.returncode == 0, completed.stderr
+    assert isinstance(json.loads(completed.stdout), dict)
 
 
 def test_report_writes_html(trained, tmp_path, capsys):
