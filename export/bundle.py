@@ -31,8 +31,6 @@ TOKENIZER_FILE = "tokenizer.json"
 INPUT_NAMES = ("token_ids", "padding_mask", "image", "modality_mask")
 OUTPUT_NAME = "logits"
 QUANTIZATION_MODES = ("none", "float16", "dynamic", "int8")
-
-
 # The keys every bundle.json has (see `write_bundle_json` and docs/bundle.md).
 REQUIRED_KEYS = (
     "format_version",

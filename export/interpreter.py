@@ -52,7 +52,8 @@ def load_interpreter(model: str | Path | bytes, *, num_threads: int | None = Non
             (a delegate replaces the ops it runs by one `DELEGATE` node).
     """
     module = interpreter_module()
-    resolver = module.OpResolverType.AUTO if default_delegates else module.OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES
+    resolvers = module.OpResolverType
+    resolver = resolvers.AUTO if default_delegates else resolvers.BUILTIN_WITHOUT_DEFAULT_DELEGATES
     source = {"model_content": bytes(model)} if isinstance(model, (bytes, bytearray)) else {"model_path": str(model)}
     return module.Interpreter(**source, num_threads=num_threads, experimental_op_resolver_type=resolver)
 
@@ -140,8 +141,9 @@ class LiteRTModel:
     def _invoke(self, example: dict[str, np.ndarray]) -> np.ndarray:
         for name, value in example.items():
             details = self.input_details[name]
-            if tuple(value.shape) != tuple(details["shape"]):
-                raise ValueError(f"input {name!r} has shape {value.shape[1:]}, the model takes {tuple(details['shape'][1:])}")
+            expected = tuple(details["shape"])
+            if value.shape != expected:
+                raise ValueError(f"input {name!r} has shape {value.shape[1:]}, the model takes {expected[1:]}")
             self.interpreter.set_tensor(details["index"], quantize(value, details))
         self.interpreter.invoke()
         return dequantize(self.interpreter.get_tensor(self.output_details["index"]), self.output_details)

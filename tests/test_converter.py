@@ -157,7 +157,8 @@ def test_bundle_json_describes_the_model(bundles, run):
     # int8 keeps float inputs and outputs: nothing for the device to quantize.
     assert [tensor["dtype"] for tensor in bundle["inputs"]] == ["int32", "int32", "float32", "float32"]
     assert all(tensor["quantization"] is None for tensor in bundle["inputs"])
-    assert bundle["output"] == {"name": "logits", "shape": [1, len(run.labels)], "dtype": "float32", "quantization": None}
+    logits = {"name": "logits", "shape": [1, len(run.labels)], "dtype": "float32", "quantization": None}
+    assert bundle["output"] == logits
     assert bundle["labels"] == run.labels
     assert bundle["quantization"] == "int8"
     assert bundle["preprocessing"] == run.preprocessor.get_config()
