@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import yaml
 
 from mmkeras.cli.app import main
 
@@ -79,16 +80,19 @@ def test_train_prints_one_json_object_and_writes_the_run(data, tmp_path, capsys)
     assert "fusion: concat" in (tmp_path / "r" / "config.yaml").read_text()
 
 
-def test_yaml_config_is_overridden_by_flags(data, tmp_path, capsys):
+def test_yaml_config_is_overridden_by_flags(data, tmp_path, capsys, monkeypatch):
     config = tmp_path / "run.yaml"
     config.write_text("epochs: 3\nfusion: gated\nbatch_size: 64\n")
+    monkeypatch.chdir(data["folder"])
     code, out, _ = run_cli(
-        capsys, "train", "--config", config, "--data", data["train"], "--out", tmp_path / "r", "--epochs", "1", "--json"
+        capsys, "train", "--config", config, "--data", "train.csv", "--out", tmp_path / "r", "--epochs", "1", "--json"
     )
     assert code == 0
     assert json.loads(out)["epochs_completed"] == 1
-    saved = (tmp_path / "r" / "config.yaml").read_text()
-    assert "fusion: gated" in saved and "batch_size: 64" in saved and "epochs: 1" in saved
+    saved = yaml.safe_load((tmp_path / "r" / "config.yaml").read_text())
+    assert (saved["fusion"], saved["batch_size"], saved["epochs"]) == ("gated", 64, 1)
+    # Saved absolute, so export and qat find the training manifest from any folder.
+    assert saved["data"] == str(data["train"])
 
 
 @pytest.fixture(scope="module")

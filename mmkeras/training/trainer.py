@@ -96,6 +96,9 @@ def train(config: RunConfig) -> TrainResult:
     """
     if not config.data or not config.out:
         raise UserError("training needs a training manifest (--data) and a run folder (--out)")
+    # Absolute paths in the saved config: export and qat may run from another folder.
+    paths = {key: getattr(config, key) for key in ("data", "val", "out")}
+    config = config.replace(**{key: str(Path(path).resolve()) for key, path in paths.items() if path})
     for flag, wanted in (("--cache-features", config.cache_features), ("--resume", config.resume)):
         if wanted:
             raise UserError(f"{flag} is not supported by this version's trainer")
