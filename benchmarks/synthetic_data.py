@@ -137,7 +137,6 @@ class Row:
     shape: str
     text_value: str
     image_value: str
-    image_format: str
 
 
 def label_name(image_value: str, text_value: str) -> str:
@@ -207,7 +206,6 @@ def _generate_split(spec: DatasetSpec, split: str, split_index: int, size: int, 
                 shape=shape,
                 text_value=text_value,
                 image_value=image_value,
-                image_format=extension,
             )
         )
     return rows

@@ -10,6 +10,7 @@ import pytest
 from PIL import Image
 
 from mmkeras.config import RunConfig
+from mmkeras.preprocessing.image import load_image
 from mmkeras.preprocessing.text import TextTokenizer
 
 SAMPLES_DIR = Path(__file__).resolve().parents[1] / "samples"
@@ -84,7 +85,7 @@ def test_regenerating_replaces_stale_images(tmp_path):
 
 
 @pytest.mark.parametrize("split", SPLITS)
-def test_every_image_cell_names_a_32x32_rgb_image(split):
+def test_every_image_cell_loads_with_the_pipeline_image_loader(split):
     for line, row in enumerate(_read_manifest(split), start=2):
         if not row["image"]:
             continue
@@ -92,8 +93,8 @@ def test_every_image_cell_names_a_32x32_rgb_image(split):
         with Image.open(path) as image:
             assert image.format.lower().replace("jpeg", "jpg") == path.suffix[1:], (split, line)
             assert image.size == (32, 32), (split, line)
-        pixels = _pixels(path)
-        assert pixels.shape == (32, 32, 3)
+        pixels = load_image(path, (32, 32))
+        assert pixels.shape == (32, 32, 3) and pixels.dtype == np.float32
         assert pixels.std() > 10, f"{split}.csv line {line}: blank image"
 
 
