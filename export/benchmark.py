@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from mmkeras.export.bundle import MODEL_FILE
 from mmkeras.export.runtime import Predictor
 
 SAMPLE_TEXT = "a quick benchmark sentence about the picture"
@@ -66,10 +67,10 @@ def benchmark_bundle(bundle_dir, *, threads: int | None = None, runs: int = 100,
 
     inputs = preprocess()
     timed(lambda: predictor.predict_inputs(inputs), warmup)
-    model_path = Path(bundle_dir) / "model.tflite"
+    model_path = Path(bundle_dir) / MODEL_FILE
     return {
         "bundle": str(bundle_dir),
-        "quantization": predictor.bundle.get("quantization"),
+        "quantization": predictor.bundle["quantization"],
         "threads": threads,
         "runs": runs,
         "latency_ms": percentiles_ms(timed(lambda: predictor.predict_inputs(inputs), runs)),

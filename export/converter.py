@@ -52,7 +52,6 @@ from mmkeras.export.bundle import (
     INPUT_NAMES,
     MODEL_FILE,
     OUTPUT_NAME,
-    PREPROCESSOR_FILE,
     QUANTIZATION_MODES,
     tensor_entry,
     write_bundle_json,

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from mmkeras.data.manifest import Manifest, ManifestRow, read_manifest
+from mmkeras.data.manifest import ManifestRow, read_manifest
 from mmkeras.errors import UserError
 
 

@@ -14,8 +14,8 @@ import numpy as np
 from mmkeras.data.manifest import read_manifest
 from mmkeras.errors import UserError
 from mmkeras.evaluation.metrics import classification_figures
+from mmkeras.export.bundle import BUNDLE_FILE
 
-BUNDLE_FILE = "bundle.json"
 CHUNK_ROWS = 64
 
 
