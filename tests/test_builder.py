@@ -29,7 +29,7 @@ def predict(model, inputs):
     return keras.ops.convert_to_numpy(model(inputs, training=False))
 
 
-@pytest.mark.parametrize("vision_backbone", ["tiny", "tiny-mobilenet"])
+@pytest.mark.parametrize("vision_backbone", ["tiny", "tiny-vit", "tiny-mobilenet"])
 @pytest.mark.parametrize("fusion", FUSIONS)
 def test_every_fusion_and_backbone_predicts_and_survives_saving(fusion, vision_backbone, tmp_path):
     model, preprocessor = build_model(
