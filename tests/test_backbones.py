@@ -42,7 +42,8 @@ def test_tiny_vision_backbone_is_a_random_cnn_giving_four_tokens():
     vision = load_vision_backbone("tiny")
     assert isinstance(vision.backbone, keras_hub.models.VGGBackbone)
     assert vision.backbone.name == "vision_backbone"
-    assert (vision.image_size, vision.scale, vision.offset, vision.pretrained) == ((32, 32), 1 / 255, 0.0, False)
+    # Pixels 0..255 become -1..1: centred inputs for a network without normalisation layers.
+    assert (vision.image_size, vision.scale, vision.offset, vision.pretrained) == ((32, 32), 2 / 255, -1.0, False)
     # Only layers that quantize and convert simply: convolutions and pooling.
     layer_types = {type(layer).__name__ for layer in vision.backbone.layers}
     assert layer_types == {"InputLayer", "Conv2D", "MaxPooling2D"}
@@ -54,7 +55,7 @@ def test_tiny_vit_vision_backbone_is_a_random_vit_giving_tokens():
     vision = load_vision_backbone("tiny-vit")
     assert isinstance(vision.backbone, keras_hub.models.ViTBackbone)
     assert vision.backbone.name == "vision_backbone"
-    assert (vision.image_size, vision.pretrained) == ((32, 32), False)
+    assert (vision.image_size, vision.scale, vision.offset, vision.pretrained) == ((32, 32), 1 / 255, 0.0, False)
     tokens = vision_tokens(vision.backbone(np.zeros((2, 32, 32, 3), "float32")))
     assert tuple(tokens.shape) == (2, 17, 64)  # 4x4 patches + the class token
 
