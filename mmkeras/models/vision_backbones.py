@@ -109,7 +109,7 @@ def vision_tokens(features):
 def _tiny_cnn():
     # A plain conv stack learns shapes from scratch on a few thousand images,
     # where the tiny ViT does not (benchmarks/README.md); four pools leave a
-    # 2x2 map whose every token sees most of the image. Only Conv2D (ReLU
+    # 2x2 map whose every token sees the whole image. Only Conv2D (ReLU
     # fused) and MaxPooling2D layers: simple to quantize and export.
     return keras_hub.models.VGGBackbone(
         stackwise_num_repeats=[1, 1, 1, 1],
