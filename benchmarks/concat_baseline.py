@@ -20,6 +20,7 @@ progress goes to stderr. It is a benchmark, not a test: nothing is asserted.
 
 Usage:
     python benchmarks/concat_baseline.py                    # the whole comparison
+    python benchmarks/concat_baseline.py --seed 1           # the same with seed 1 for both trainings
     python benchmarks/concat_baseline.py --baseline-only    # dataset + hand-written baseline only
     python benchmarks/concat_baseline.py --workdir DIR      # keep the dataset, run and bundle in DIR
     python benchmarks/concat_baseline.py -- --vision-backbone tiny-mobilenet   # extra `mmkeras train` flags
@@ -246,7 +247,7 @@ def main(argv: list[str] | None = None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--baseline-only", action="store_true", help="skip the mmkeras CLI part")
     parser.add_argument("--epochs", type=int, default=10, help="epochs for both models (default 10)")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the baseline's training")
+    parser.add_argument("--seed", type=int, default=0, help="seed of both trainings (`mmkeras train --seed`)")
     parser.add_argument("--workdir", type=Path, help="keep the dataset, run and bundle here (default: a temp folder)")
     parser.add_argument("train_flags", nargs="*", help="extra `mmkeras train` flags, after `--` (default: none)")
     args = parser.parse_args(argv)
@@ -257,10 +258,13 @@ def main(argv: list[str] | None = None):
         start = time.perf_counter()
         rows = generate(BENCHMARK_SPEC, data_dir)
         log(f"dataset written to {data_dir} in {time.perf_counter() - start:.1f} s")
-        result = {"dataset": describe_dataset(rows), "epochs": args.epochs, "mmkeras_train_flags": args.train_flags}
+        result = {"dataset": describe_dataset(rows), "epochs": args.epochs, "seed": args.seed}
+        result["mmkeras_train_flags"] = args.train_flags
         result["baseline"] = run_baseline(data_dir, BENCHMARK_SPEC.labels, epochs=args.epochs, seed=args.seed)
         if not args.baseline_only:
-            mmkeras = run_mmkeras(data_dir, work_dir, epochs=args.epochs, train_flags=args.train_flags)
+            # Extra flags come last, so an explicit `-- --seed N` still wins.
+            train_flags = ["--seed", str(args.seed), *args.train_flags]
+            mmkeras = run_mmkeras(data_dir, work_dir, epochs=args.epochs, train_flags=train_flags)
             result["mmkeras"] = mmkeras
             result["accuracy_gap_baseline_minus_mmkeras"] = round(
                 result["baseline"]["test_accuracy"] - mmkeras["test_accuracy"], 4

@@ -47,7 +47,7 @@ def train(
     config: Optional[Path] = typer.Option(None, "--config", help="YAML run config; flags override it."),
     text_backbone: Optional[str] = typer.Option(None, help="keras-hub preset, preset folder, HF folder, or 'tiny'."),
     vision_backbone: Optional[str] = typer.Option(
-        None, help="keras-hub preset, preset folder, HF folder, 'tiny' or 'tiny-mobilenet'."
+        None, help="keras-hub preset, preset folder, HF folder, 'tiny' (small CNN), 'tiny-vit' or 'tiny-mobilenet'."
     ),
     fusion: Optional[Literal["cross-attention", "concat", "gated"]] = typer.Option(None),
     epochs: Optional[int] = typer.Option(None, min=1),

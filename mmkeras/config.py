@@ -30,8 +30,8 @@ class RunConfig:
         out: the run folder to write.
         text_backbone: keras-hub preset name, local preset folder, Hugging
             Face-format folder, or `tiny` (random, built offline).
-        vision_backbone: the same for images; `tiny` (ViT-like) or
-            `tiny-mobilenet` (conv) are built offline.
+        vision_backbone: the same for images; `tiny` (a small CNN),
+            `tiny-vit` and `tiny-mobilenet` are built offline.
         fusion: `cross-attention`, `concat` or `gated`.
         sequence_length: token ids per text (longer texts are truncated).
         fusion_dim: width of the fused representation.

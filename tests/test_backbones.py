@@ -38,8 +38,21 @@ def save_bert_preset(directory, *, lowercase=True, max_sequence_length=24):
     return backbone
 
 
-def test_tiny_vision_backbone_is_a_random_vit_giving_tokens():
+def test_tiny_vision_backbone_is_a_random_cnn_giving_four_tokens():
     vision = load_vision_backbone("tiny")
+    assert isinstance(vision.backbone, keras_hub.models.VGGBackbone)
+    assert vision.backbone.name == "vision_backbone"
+    # Pixels 0..255 become -1..1: centred inputs for a network without normalisation layers.
+    assert (vision.image_size, vision.scale, vision.offset, vision.pretrained) == ((32, 32), 2 / 255, -1.0, False)
+    # Only layers that quantize and convert simply: convolutions and pooling.
+    layer_types = {type(layer).__name__ for layer in vision.backbone.layers}
+    assert layer_types == {"InputLayer", "Conv2D", "MaxPooling2D"}
+    tokens = vision_tokens(vision.backbone(np.zeros((2, 32, 32, 3), "float32")))
+    assert tuple(tokens.shape) == (2, 4, 128)  # a 2x2 feature map after four 2x2 pools
+
+
+def test_tiny_vit_vision_backbone_is_a_random_vit_giving_tokens():
+    vision = load_vision_backbone("tiny-vit")
     assert isinstance(vision.backbone, keras_hub.models.ViTBackbone)
     assert vision.backbone.name == "vision_backbone"
     assert (vision.image_size, vision.scale, vision.offset, vision.pretrained) == ((32, 32), 1 / 255, 0.0, False)

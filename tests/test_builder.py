@@ -29,7 +29,7 @@ def predict(model, inputs):
     return keras.ops.convert_to_numpy(model(inputs, training=False))
 
 
-@pytest.mark.parametrize("vision_backbone", ["tiny", "tiny-mobilenet"])
+@pytest.mark.parametrize("vision_backbone", ["tiny", "tiny-vit", "tiny-mobilenet"])
 @pytest.mark.parametrize("fusion", FUSIONS)
 def test_every_fusion_and_backbone_predicts_and_survives_saving(fusion, vision_backbone, tmp_path):
     model, preprocessor = build_model(
@@ -98,8 +98,8 @@ def test_model_rebuilt_from_presets_of_its_backbones_predicts_the_same(tmp_path)
         tmp_path / "text"
     )
     model.get_layer("vision_backbone").save_to_preset(tmp_path / "vision")
-    # Pixels -> [-1, 1] per channel instead of the tiny backbone's [0, 1].
-    converter = keras_hub.layers.ViTImageConverter(image_size=(32, 32), scale=[2 / 255] * 3, offset=[-1.0] * 3)
+    # Pixels -> [0, 1] per channel instead of the tiny backbone's [-1, 1].
+    converter = keras_hub.layers.ViTImageConverter(image_size=(32, 32), scale=[1 / 255] * 3, offset=[0.0] * 3)
     converter.save_to_preset(tmp_path / "vision")
 
     rebuilt, rebuilt_preprocessor = build_model(
@@ -110,11 +110,12 @@ def test_model_rebuilt_from_presets_of_its_backbones_predicts_the_same(tmp_path)
         rebuilt.get_layer(name).set_weights(model.get_layer(name).get_weights())
     inputs = model_inputs(preprocessor)
     # The normalisation happens inside the model: 2x - 255 seen as [0, 1] is x seen as [-1, 1].
-    expected = predict(model, dict(inputs, image=2 * inputs["image"] - 255))
-    np.testing.assert_allclose(predict(rebuilt, inputs), expected, atol=1e-5)
+    rebuilt_inputs = dict(inputs, image=2 * inputs["image"] - 255)
+    expected = predict(model, inputs)
+    np.testing.assert_allclose(predict(rebuilt, rebuilt_inputs), expected, atol=1e-5)
     rebuilt.save(tmp_path / "rebuilt.keras")
     loaded = keras.models.load_model(tmp_path / "rebuilt.keras")
-    np.testing.assert_allclose(predict(loaded, inputs), expected, atol=1e-5)
+    np.testing.assert_allclose(predict(loaded, rebuilt_inputs), expected, atol=1e-5)
 
 
 def write_hugging_face_bert(directory, vocabulary, hidden=8, layers=1, heads=2, intermediate=16, positions=32):

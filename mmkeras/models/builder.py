@@ -54,8 +54,9 @@ def build_model(
     Args:
         text_backbone: text SPEC: `tiny`, a keras-hub preset name, a local
             preset folder or a Hugging Face-format folder.
-        vision_backbone: vision SPEC: `tiny`, `tiny-mobilenet`, a keras-hub
-            preset name, a local preset folder or a Hugging Face-format folder.
+        vision_backbone: vision SPEC: `tiny`, `tiny-vit`, `tiny-mobilenet`, a
+            keras-hub preset name, a local preset folder or a Hugging
+            Face-format folder.
         num_classes: number of labels (width of the logits).
         fusion: `cross-attention`, `concat` or `gated`.
         sequence_length: token ids per text, `[CLS]` and `[SEP]` included.

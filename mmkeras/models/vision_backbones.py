@@ -1,7 +1,12 @@
 """Vision backbones: built-in random architectures or keras-hub presets.
 
 A vision SPEC is one of:
-- `tiny`: a random ViT (32x32 images, 8x8 patches, 2 layers, hidden 64),
+- `tiny` (the offline default): a random VGG-style CNN at 32x32, four blocks
+  of one 3x3 convolution (48, 96, 128, 128 filters, ReLU) and a 2x2 max-pool,
+  giving a 2x2x128 feature map (4 tokens); it sees pixels mapped to -1..1,
+- `tiny-vit`: a random ViT (32x32 images, 8x8 patches, 2 layers, hidden 64),
+  the default before the CNN; it learns colour but not shapes from a few
+  thousand images (see benchmarks/README.md),
 - `tiny-mobilenet`: a random MobileNet with V3-style blocks at 32x32,
 - a keras-hub preset name (downloads from Kaggle, so needs a network),
 - a local preset folder (`save_to_preset` output) or a Hugging Face-format
@@ -27,10 +32,13 @@ import keras_hub
 
 from mmkeras.errors import UserError
 
-BUILTIN_VISION_BACKBONES = ("tiny", "tiny-mobilenet")
+BUILTIN_VISION_BACKBONES = ("tiny", "tiny-vit", "tiny-mobilenet")
 BACKBONE_NAME = "vision_backbone"
 # Without a preset ImageConverter, pixels are mapped to 0..1.
 DEFAULT_SCALE, DEFAULT_OFFSET = 1.0 / 255.0, 0.0
+# The tiny CNN has no normalisation layer: it learns far faster on pixels
+# centred on 0 (-1..1) than on 0..1 (benchmarks/README.md).
+CENTRED_SCALE, CENTRED_OFFSET = 2.0 / 255.0, -1.0
 DEFAULT_IMAGE_SIZE = (224, 224)
 TINY_IMAGE_SIZE = (32, 32)
 
@@ -59,8 +67,8 @@ def load_vision_backbone(spec: str) -> VisionBackbone:
     """Build or load the vision backbone named by `spec`.
 
     Args:
-        spec: `tiny`, `tiny-mobilenet`, a keras-hub preset name, a local preset
-            folder or a Hugging Face-format folder.
+        spec: `tiny`, `tiny-vit`, `tiny-mobilenet`, a keras-hub preset name,
+            a local preset folder or a Hugging Face-format folder.
 
     Returns:
         A `VisionBackbone`.
@@ -69,10 +77,14 @@ def load_vision_backbone(spec: str) -> VisionBackbone:
         UserError: the spec is unknown, cannot be loaded (e.g. a named preset
             while offline), or is not an image backbone.
     """
-    if spec == "tiny":
-        return VisionBackbone(_tiny_vit(), TINY_IMAGE_SIZE, DEFAULT_SCALE, DEFAULT_OFFSET, pretrained=False)
-    if spec == "tiny-mobilenet":
-        return VisionBackbone(_tiny_mobilenet(), TINY_IMAGE_SIZE, DEFAULT_SCALE, DEFAULT_OFFSET, pretrained=False)
+    built_in = {
+        "tiny": (_tiny_cnn, CENTRED_SCALE, CENTRED_OFFSET),
+        "tiny-vit": (_tiny_vit, DEFAULT_SCALE, DEFAULT_OFFSET),
+        "tiny-mobilenet": (_tiny_mobilenet, DEFAULT_SCALE, DEFAULT_OFFSET),
+    }
+    if spec in built_in:
+        build, scale, offset = built_in[spec]
+        return VisionBackbone(build(), TINY_IMAGE_SIZE, scale, offset, pretrained=False)
     return _load_preset(spec)
 
 
@@ -92,6 +104,19 @@ def vision_tokens(features):
         return features
     height, width, channels = features.shape[1:]
     return keras.layers.Reshape((height * width, channels), name="vision_tokens")(features)
+
+
+def _tiny_cnn():
+    # A plain conv stack learns shapes from scratch on a few thousand images,
+    # where the tiny ViT does not (benchmarks/README.md); four pools leave a
+    # 2x2 map whose every token sees the whole image. Only Conv2D (ReLU
+    # fused) and MaxPooling2D layers: simple to quantize and export.
+    return keras_hub.models.VGGBackbone(
+        stackwise_num_repeats=[1, 1, 1, 1],
+        stackwise_num_filters=[48, 96, 128, 128],
+        image_shape=(*TINY_IMAGE_SIZE, 3),
+        name=BACKBONE_NAME,
+    )
 
 
 def _tiny_vit():
