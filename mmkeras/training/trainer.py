@@ -118,6 +118,7 @@ def train(config: RunConfig) -> TrainResult:
             fusion_dim=config.fusion_dim,
             num_heads=config.num_heads,
             dropout=config.dropout,
+            modality_dropout=config.modality_dropout,
             texts=[row.text for row in raw_train.rows if row.text],
             seed=config.seed,
         )
