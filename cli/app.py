@@ -61,6 +61,9 @@ def train(
     freeze: Optional[Literal["none", "text", "vision", "both"]] = typer.Option(None),
     lora_rank: Optional[int] = typer.Option(None, min=0),
     cache_features: Optional[bool] = typer.Option(None, "--cache-features"),
+    modality_dropout: Optional[float] = typer.Option(
+        None, min=0.0, max=1.0, help="Probability of hiding the text or the image of a training example."
+    ),
     as_json: bool = JSON_OPTION,
 ):
     """Train a model on a manifest and write a run folder."""

@@ -37,6 +37,9 @@ class RunConfig:
         fusion_dim: width of the fused representation.
         num_heads: attention heads of the cross-attention fusion.
         dropout: dropout rate in the fusion and the head.
+        modality_dropout: probability of hiding the text or the image of a
+            training example, so the model holds up when a modality is
+            missing on the device (0 = off).
         epochs: training epochs.
         batch_size: global batch size.
         learning_rate: peak learning rate; `None` picks 1e-3 when both
@@ -74,6 +77,7 @@ class RunConfig:
     fusion_dim: int = 64
     num_heads: int = 4
     dropout: float = 0.1
+    modality_dropout: float = 0.0
     epochs: int = 10
     batch_size: int = 32
     learning_rate: float | None = None
@@ -112,6 +116,8 @@ class RunConfig:
                 raise UserError(f"{name} must be at least 1, got {getattr(self, name)}")
         if not 0.0 <= self.dropout < 1.0:
             raise UserError(f"dropout must be in [0, 1), got {self.dropout}")
+        if not 0.0 <= self.modality_dropout <= 1.0:
+            raise UserError(f"modality_dropout must be in [0, 1], got {self.modality_dropout}")
         if not 0.0 <= self.warmup_fraction < 1.0:
             raise UserError(f"warmup_fraction must be in [0, 1), got {self.warmup_fraction}")
         if self.learning_rate is not None and self.learning_rate <= 0:

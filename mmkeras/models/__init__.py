@@ -8,6 +8,7 @@ from mmkeras.models.builder import build_model
 from mmkeras.models.concat_fusion import ConcatFusion
 from mmkeras.models.cross_attention_fusion import CrossAttentionFusion
 from mmkeras.models.gated_fusion import GatedFusion
+from mmkeras.models.modality_dropout import ModalityDropout
 from mmkeras.models.text_backbones import BUILTIN_TEXT_BACKBONES
 from mmkeras.models.text_backbones import TextBackbone
 from mmkeras.models.text_backbones import load_text_backbone
@@ -23,6 +24,7 @@ __all__ = [
     "ConcatFusion",
     "CrossAttentionFusion",
     "GatedFusion",
+    "ModalityDropout",
     "TextBackbone",
     "VisionBackbone",
     "build_model",

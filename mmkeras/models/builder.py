@@ -6,7 +6,7 @@ component shares (`token_ids`, `padding_mask`, `image`, `modality_mask`):
 ```
 token_ids, padding_mask -> text_backbone -> text tokens ----------\
 image (0..255) -> image_normalization -> vision_backbone -> tokens -> fusion -> head_dropout -> logits
-modality_mask ----------------------------------------------------/
+modality_mask -> [modality_dropout] -------------------------------/
 ```
 
 Image normalisation (the preset ImageConverter's `scale` and `offset`) is a
@@ -29,6 +29,7 @@ from mmkeras.errors import UserError
 from mmkeras.models.concat_fusion import ConcatFusion
 from mmkeras.models.cross_attention_fusion import CrossAttentionFusion
 from mmkeras.models.gated_fusion import GatedFusion
+from mmkeras.models.modality_dropout import ModalityDropout
 from mmkeras.models.text_backbones import load_text_backbone
 from mmkeras.models.text_backbones import text_sequence
 from mmkeras.models.vision_backbones import load_vision_backbone
@@ -46,6 +47,7 @@ def build_model(
     fusion_dim=64,
     num_heads=4,
     dropout=0.1,
+    modality_dropout=0.0,
     texts=None,
     seed=None,
 ):
@@ -63,6 +65,8 @@ def build_model(
         fusion_dim: width of the fusion layer.
         num_heads: attention heads of the cross-attention fusion.
         dropout: dropout rate in the fusion and before the logits.
+        modality_dropout: probability of hiding the text or the image of a
+            training example (`ModalityDropout`); 0 adds no layer.
         texts: training texts; the `tiny` text backbone learns its vocabulary
             from them.
         seed: makes the random weights (and dropout seeds) reproducible
@@ -76,7 +80,7 @@ def build_model(
     Raises:
         UserError: a bad setting or backbone SPEC.
     """
-    _check_settings(num_classes, fusion, fusion_dim, num_heads, dropout)
+    _check_settings(num_classes, fusion, fusion_dim, num_heads, dropout, modality_dropout)
     with _seeded(seed):
         text = load_text_backbone(text_backbone, sequence_length=sequence_length, texts=texts)
         vision = load_vision_backbone(vision_backbone)
@@ -89,8 +93,11 @@ def build_model(
         text_tokens = text_sequence(text.backbone, inputs["token_ids"], inputs["padding_mask"])
         pixels = keras.layers.Rescaling(vision.scale, vision.offset, name="image_normalization")(inputs["image"])
         image_tokens = vision_tokens(vision.backbone(pixels))
+        modality_mask = inputs["modality_mask"]
+        if modality_dropout:
+            modality_mask = ModalityDropout(modality_dropout, name="modality_dropout")(modality_mask)
         fusion_layer = _fusion_layer(fusion, fusion_dim, num_heads, dropout)
-        fused = fusion_layer(text_tokens, inputs["padding_mask"], image_tokens, inputs["modality_mask"])
+        fused = fusion_layer(text_tokens, inputs["padding_mask"], image_tokens, modality_mask)
         fused = keras.layers.Dropout(dropout, name="head_dropout")(fused)
         # float32 logits even under mixed precision: the loss needs them.
         logits = keras.layers.Dense(num_classes, dtype="float32", name="logits")(fused)
@@ -98,7 +105,7 @@ def build_model(
     return model, MultimodalPreprocessor(text.tokenizer, vision.image_size)
 
 
-def _check_settings(num_classes, fusion, fusion_dim, num_heads, dropout):
+def _check_settings(num_classes, fusion, fusion_dim, num_heads, dropout, modality_dropout):
     if fusion not in FUSIONS:
         raise UserError(f"fusion must be one of {', '.join(FUSIONS)}, got {fusion!r}")
     if num_classes < 2:
@@ -109,6 +116,8 @@ def _check_settings(num_classes, fusion, fusion_dim, num_heads, dropout):
         raise UserError(f"fusion_dim ({fusion_dim}) must be divisible by num_heads ({num_heads})")
     if not 0.0 <= dropout < 1.0:
         raise UserError(f"dropout must be in [0, 1), got {dropout}")
+    if not 0.0 <= modality_dropout <= 1.0:
+        raise UserError(f"modality_dropout must be in [0, 1], got {modality_dropout}")
 
 
 def _fusion_layer(fusion, fusion_dim, num_heads, dropout):

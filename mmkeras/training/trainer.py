@@ -21,6 +21,9 @@ from mmkeras.errors import UserError
 from mmkeras.models.builder import build_model
 from mmkeras.models.text_backbones import BUILTIN_TEXT_BACKBONES
 from mmkeras.models.vision_backbones import BUILTIN_VISION_BACKBONES
+from mmkeras.training.feature_cache import cache_features
+from mmkeras.training.feature_cache import default_cache_dir
+from mmkeras.training.feature_cache import split_at_frozen_backbones
 from mmkeras.training.optimizers import make_optimizer
 from mmkeras.training.run_folder import save_run
 from mmkeras.training.strategy import make_strategy
@@ -99,9 +102,10 @@ def train(config: RunConfig) -> TrainResult:
     # Absolute paths in the saved config: export and qat may run from another folder.
     paths = {key: getattr(config, key) for key in ("data", "val", "out")}
     config = config.replace(**{key: str(Path(path).resolve()) for key, path in paths.items() if path})
-    for flag, wanted in (("--cache-features", config.cache_features), ("--resume", config.resume)):
-        if wanted:
-            raise UserError(f"{flag} is not supported by this version's trainer")
+    if config.resume:
+        raise UserError("--resume is not supported by this version's trainer")
+    if config.cache_features and config.lora_rank:
+        raise UserError("--cache-features needs frozen backbones; --lora-rank trains them")
     seed_everything(config)
     raw_train = read_manifest(config.data)
     labels = raw_train.labels()
@@ -118,6 +122,7 @@ def train(config: RunConfig) -> TrainResult:
             fusion_dim=config.fusion_dim,
             num_heads=config.num_heads,
             dropout=config.dropout,
+            modality_dropout=config.modality_dropout,
             texts=[row.text for row in raw_train.rows if row.text],
             seed=config.seed,
         )
@@ -129,14 +134,9 @@ def train(config: RunConfig) -> TrainResult:
         )
         skipped += val_skipped
         val_manifest.encode_labels(labels)  # an unknown label is a user error before any training
-    train_data = make_dataset(
-        train_manifest, labels, preprocessor, batch_size=config.batch_size, shuffle=True, seed=config.seed
+    trained_model, train_data, val_data = training_model_and_data(
+        model, config, preprocessor, labels, train_manifest, val_manifest
     )
-    val_data = None
-    if val_manifest is not None:
-        val_data = make_dataset(
-            val_manifest, labels, preprocessor, batch_size=config.batch_size, shuffle=False, seed=config.seed
-        )
     steps_per_epoch = math.ceil(len(train_manifest.rows) / config.batch_size)
     pretrained = (
         config.text_backbone not in BUILTIN_TEXT_BACKBONES or config.vision_backbone not in BUILTIN_VISION_BACKBONES
@@ -146,7 +146,7 @@ def train(config: RunConfig) -> TrainResult:
         if config.lora_rank:
             for name in ("text_backbone", "vision_backbone"):
                 enable_lora(model.get_layer(name), config.lora_rank)
-        model.compile(
+        trained_model.compile(
             optimizer=make_optimizer(config, total_steps=steps_per_epoch * config.epochs, pretrained=pretrained),
             loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
             metrics=["accuracy"],
@@ -170,7 +170,7 @@ def train(config: RunConfig) -> TrainResult:
         count_params(model.trainable_weights),
         model.count_params(),
     )
-    fit_history = model.fit(
+    fit_history = trained_model.fit(
         train_data, validation_data=val_data, epochs=config.epochs, callbacks=callbacks, shuffle=False, verbose=0
     )
     history = {key: [float(value) for value in values] for key, values in fit_history.history.items()}
@@ -186,13 +186,38 @@ def train(config: RunConfig) -> TrainResult:
     }
     if val_data is not None:
         # The kept (best) weights' figures, not the last epoch's.
-        val_loss, val_accuracy = model.evaluate(val_data, verbose=0)
+        val_loss, val_accuracy = trained_model.evaluate(val_data, verbose=0)
         metrics.update(val_loss=float(val_loss), val_accuracy=float(val_accuracy))
     save_run(
         config.out, model=model, preprocessor=preprocessor, labels=labels, config=config, history=history, metrics=metrics
     )
     logger.info("run saved to %s", config.out)
     return TrainResult(run_dir=Path(config.out), metrics=metrics, history=history, model=model)
+
+
+def training_model_and_data(model, config, preprocessor, labels, train_manifest, val_manifest):
+    """The model that trains and its train and validation datasets.
+
+    The full model on the manifests, or with `--cache-features` the head
+    (`split_at_frozen_backbones`) on the frozen backbones' cached tokens.
+    """
+    trained_model = model
+    if config.cache_features:
+        split = split_at_frozen_backbones(model, FROZEN_BACKBONES[config.freeze])
+        trained_model = split.head_model
+        logger.info("frozen backbones' features cached in %s", default_cache_dir())
+
+    def dataset(manifest, shuffle):
+        if manifest is None:
+            return None
+        if config.cache_features:
+            cached = cache_features(
+                split, manifest, labels, preprocessor, cache_dir=default_cache_dir(), batch_size=config.batch_size
+            )
+            return cached.dataset(batch_size=config.batch_size, shuffle=shuffle, seed=config.seed)
+        return make_dataset(manifest, labels, preprocessor, batch_size=config.batch_size, shuffle=shuffle, seed=config.seed)
+
+    return trained_model, dataset(train_manifest, shuffle=True), dataset(val_manifest, shuffle=False)
 
 
 def enable_lora(backbone: keras.Model, rank: int):

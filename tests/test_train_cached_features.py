@@ -1,0 +1,45 @@
+"""`mmkeras train --freeze both --cache-features`: the head trains on cached tokens, the full model is saved."""
+
+import json
+from pathlib import Path
+
+import pytest
+
+from test_cli_end_to_end import SAMPLES, run_cli, write_subset
+
+
+@pytest.fixture
+def data(tmp_path):
+    return {
+        "train": write_subset(SAMPLES / "train.csv", tmp_path / "train.csv", 64),
+        "val": write_subset(SAMPLES / "val.csv", tmp_path / "val.csv", 32),
+    }
+
+
+def train(capsys, data, out: Path, *flags):
+    code, stdout, stderr = run_cli(
+        capsys, "train", "--data", data["train"], "--val", data["val"], "--out", out,
+        "--epochs", "2", "--batch-size", "16", "--seed", "0", "--json", *flags,
+    )
+    assert code == 0, stderr
+    return json.loads(stdout)
+
+
+def test_cached_head_training_saves_a_full_model_with_the_same_figures(data, tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("MMKERAS_CACHE_DIR", str(tmp_path / "cache"))
+    metrics = train(capsys, data, tmp_path / "run", "--freeze", "both", "--cache-features")
+    assert len(list((tmp_path / "cache").glob("*.npz"))) == 2  # train and val
+    assert metrics["trainable_params"] < metrics["total_params"] / 2  # backbones frozen
+    code, out, _ = run_cli(capsys, "evaluate", tmp_path / "run", "--data", data["val"], "--json")
+    assert code == 0
+    assert json.loads(out)["accuracy"] == pytest.approx(metrics["val_accuracy"])
+
+
+def test_cache_features_with_nothing_frozen_or_lora_is_a_user_error(data, tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("MMKERAS_CACHE_DIR", str(tmp_path / "cache"))
+    for flags in (["--cache-features"], ["--cache-features", "--freeze", "both", "--lora-rank", "2"]):
+        code, _, err = run_cli(
+            capsys, "train", "--data", data["train"], "--out", tmp_path / "run", "--epochs", "1", *flags
+        )
+        assert code == 2 and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "run" / "model.keras").exists()
