@@ -1,31 +1,46 @@
 """`train`: from a RunConfig to a run folder.
 
 Reads and checks the manifests, builds the model under the run's
-tf.distribute strategy, trains with `fit` (XLA when every layer supports it),
-keeps the best weights by validation loss, and writes the run folder.
+tf.distribute strategy, trains it with mmkeras' own distributed loop
+(`TrainingLoop` + `fit`: XLA where every layer supports it, exact resume
+checkpoints, multi-worker), keeps the best weights by validation loss, and
+writes the run folder (on the chief only, under multi-worker training).
 """
 
+import contextlib
 import dataclasses
 import logging
 import math
-import time
 from pathlib import Path
 
 import keras
 import tensorflow as tf
 
 from mmkeras.config import RunConfig
-from mmkeras.data.dataset import make_dataset
+from mmkeras.data.dataset import EpochDatasets, make_dataset
 from mmkeras.data.manifest import read_manifest
 from mmkeras.errors import UserError
 from mmkeras.models.builder import build_model
 from mmkeras.models.text_backbones import BUILTIN_TEXT_BACKBONES
 from mmkeras.models.vision_backbones import BUILTIN_VISION_BACKBONES
+from mmkeras.training.checkpoints import Checkpoints, TrainingState, assign_values, check_same_config
+from mmkeras.training.class_weights import balanced_class_weights
+from mmkeras.training.fit import fit
 from mmkeras.training.optimizers import make_optimizer
+from mmkeras.training.precision import dtype_policy, resolve_policy, with_loss_scaling
 from mmkeras.training.run_folder import save_run
-from mmkeras.training.strategy import make_strategy
+from mmkeras.training.strategy import is_chief, make_strategy
+from mmkeras.training.training_loop import TrainingLoop, updates_per_epoch
 
 logger = logging.getLogger("mmkeras")
+
+# What a lost peer looks like to the surviving workers' collectives (FINDINGS: UnavailableError after ~7 s).
+LOST_WORKER_ERRORS = (
+    tf.errors.UnavailableError,
+    tf.errors.DeadlineExceededError,
+    tf.errors.AbortedError,
+    tf.errors.CancelledError,
+)
 
 
 @dataclasses.dataclass
@@ -37,29 +52,15 @@ class TrainResult:
         metrics: the final figures (the keys `mmkeras train --json` prints).
         history: per-epoch metrics.
         model: the trained Keras model (best validation weights).
+        is_chief: whether this process wrote the run folder (false on the
+            other workers of a multi-worker run).
     """
 
     run_dir: Path
     metrics: dict
     history: dict
     model: keras.Model
-
-
-class EpochLogger(keras.callbacks.Callback):
-    """Logs one line per epoch and records how long each epoch took."""
-
-    def __init__(self, epochs: int):
-        super().__init__()
-        self.epochs = epochs
-        self.epoch_seconds = []
-
-    def on_epoch_begin(self, epoch, logs=None):
-        self.started = time.perf_counter()
-
-    def on_epoch_end(self, epoch, logs=None):
-        self.epoch_seconds.append(round(time.perf_counter() - self.started, 3))
-        figures = " ".join(f"{key} {value:.4f}" for key, value in (logs or {}).items() if key != "learning_rate")
-        logger.info("epoch %d/%d  %s  (%.1fs)", epoch + 1, self.epochs, figures, self.epoch_seconds[-1])
+    is_chief: bool = True
 
 
 def seed_everything(config: RunConfig):
@@ -99,16 +100,37 @@ def train(config: RunConfig) -> TrainResult:
     # Absolute paths in the saved config: export and qat may run from another folder.
     paths = {key: getattr(config, key) for key in ("data", "val", "out")}
     config = config.replace(**{key: str(Path(path).resolve()) for key, path in paths.items() if path})
-    for flag, wanted in (("--cache-features", config.cache_features), ("--resume", config.resume)):
-        if wanted:
-            raise UserError(f"{flag} is not supported by this version's trainer")
+    if config.cache_features:
+        raise UserError("--cache-features is not supported by this version's trainer")
+    # First: MultiWorkerMirroredStrategy must be set up before any other TensorFlow work.
+    strategy = make_strategy(config.strategy)
+    chief = is_chief(strategy)
+    with _quiet_unless(chief):
+        try:
+            return _train(config, strategy, chief)
+        except LOST_WORKER_ERRORS as error:
+            if not isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
+                raise
+            raise UserError(
+                f"lost contact with another worker ({type(error).__name__}); restart every worker with the same "
+                "flags and --resume to continue from the last checkpoint"
+            ) from None
+
+
+def _train(config: RunConfig, strategy: tf.distribute.Strategy, chief: bool) -> TrainResult:
     seed_everything(config)
     raw_train = read_manifest(config.data)
     labels = raw_train.labels()
     if len(labels) < 2:
         raise UserError(f"a classifier needs at least 2 labels, found {labels}", path=config.data)
-    strategy = make_strategy(config.strategy)
-    with strategy.scope():
+    checkpoints = Checkpoints(config.out, writer=chief)
+    resumed = checkpoints.latest() if config.resume else None
+    if config.resume and resumed is None:
+        raise UserError("--resume: no checkpoint to continue from in this run folder", path=config.out)
+    if resumed is not None:
+        check_same_config(resumed, config.to_dict())
+    policy = resolve_policy(config.mixed_precision)
+    with strategy.scope(), dtype_policy(policy):
         model, preprocessor = build_model(
             config.text_backbone,
             config.vision_backbone,
@@ -122,77 +144,111 @@ def train(config: RunConfig) -> TrainResult:
             seed=config.seed,
         )
     train_manifest, skipped = raw_train.validate_images(preprocessor.image_size, config.on_bad_row)
-    val_manifest = None
+    val_data = None
     if config.val:
         val_manifest, val_skipped = read_manifest(config.val).validate_images(
             preprocessor.image_size, config.on_bad_row
         )
         skipped += val_skipped
         val_manifest.encode_labels(labels)  # an unknown label is a user error before any training
-    train_data = make_dataset(
-        train_manifest, labels, preprocessor, batch_size=config.batch_size, shuffle=True, seed=config.seed
-    )
-    val_data = None
-    if val_manifest is not None:
         val_data = make_dataset(
             val_manifest, labels, preprocessor, batch_size=config.batch_size, shuffle=False, seed=config.seed
         )
-    steps_per_epoch = math.ceil(len(train_manifest.rows) / config.batch_size)
-    pretrained = (
-        config.text_backbone not in BUILTIN_TEXT_BACKBONES or config.vision_backbone not in BUILTIN_VISION_BACKBONES
-    )
-    with strategy.scope():
-        apply_freeze(model, config.freeze)
-        if config.lora_rank:
-            for name in ("text_backbone", "vision_backbone"):
-                enable_lora(model.get_layer(name), config.lora_rank)
-        model.compile(
-            optimizer=make_optimizer(config, total_steps=steps_per_epoch * config.epochs, pretrained=pretrained),
-            loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
-            metrics=["accuracy"],
-            # "auto": XLA when every layer supports it (FINDINGS: 2.3x on CPU at batch 32).
-            jit_compile="auto" if config.jit_compile else False,
+    train_epochs = EpochDatasets(train_manifest, labels, preprocessor, batch_size=config.batch_size, seed=config.seed)
+    loop = _make_loop(config, model, strategy, policy, train_manifest.encode_labels(labels), len(labels))
+    best_weights = None
+    if resumed is not None:
+        assign_values(model.variables, resumed.values["model"], "model", resumed.path)
+        assign_values(loop.optimizer.variables, resumed.values["optimizer"], "optimizer", resumed.path)
+        best_weights = resumed.values.get("best")
+        logger.info(
+            "resuming from %s (epoch %d, batch %d)", resumed.path.name, resumed.state.epoch + 1, resumed.state.batch
         )
-    epoch_logger = EpochLogger(config.epochs)
-    callbacks = [epoch_logger]
-    if val_data is not None:
-        callbacks.append(
-            keras.callbacks.EarlyStopping(
-                monitor="val_loss",
-                patience=config.early_stopping_patience or config.epochs,
-                restore_best_weights=True,
-            )
-        )
+    else:
+        checkpoints.clear()
     logger.info(
-        "training on %d rows (%d classes), %d trainable of %d parameters",
+        "training on %d rows (%d classes), %d trainable of %d parameters, %d replica(s)%s",
         len(train_manifest.rows),
         len(labels),
         count_params(model.trainable_weights),
         model.count_params(),
+        strategy.num_replicas_in_sync,
+        ", XLA" if loop.jit_compile else "",
     )
-    fit_history = model.fit(
-        train_data, validation_data=val_data, epochs=config.epochs, callbacks=callbacks, shuffle=False, verbose=0
+    state = TrainingState(config=config.to_dict()) if resumed is None else resumed.state
+    state = fit(
+        loop,
+        train_epochs,
+        val_data,
+        epochs=config.epochs,
+        batch_size=config.batch_size,
+        patience=config.early_stopping_patience,
+        checkpoints=checkpoints,
+        checkpoint_steps=config.checkpoint_steps,
+        state=state,
+        best_weights=best_weights,
     )
-    history = {key: [float(value) for value in values] for key, values in fit_history.history.items()}
     metrics = {
-        "loss": history["loss"][-1],
+        "loss": state.history["loss"][-1],
         "val_loss": None,
         "val_accuracy": None,
-        "epochs_completed": len(history["loss"]),
-        "epoch_seconds": epoch_logger.epoch_seconds,
+        "epochs_completed": len(state.history["loss"]),
+        "epoch_seconds": state.epoch_seconds,
         "trainable_params": count_params(model.trainable_weights),
         "total_params": int(model.count_params()),
         "bad_rows_skipped": skipped,
     }
     if val_data is not None:
         # The kept (best) weights' figures, not the last epoch's.
-        val_loss, val_accuracy = model.evaluate(val_data, verbose=0)
-        metrics.update(val_loss=float(val_loss), val_accuracy=float(val_accuracy))
-    save_run(
-        config.out, model=model, preprocessor=preprocessor, labels=labels, config=config, history=history, metrics=metrics
+        metrics["val_loss"], metrics["val_accuracy"] = loop.evaluate(val_data)
+    if chief:
+        save_run(
+            config.out,
+            model=model,
+            preprocessor=preprocessor,
+            labels=labels,
+            config=config,
+            history=state.history,
+            metrics=metrics,
+        )
+        checkpoints.clear()
+        logger.info("run saved to %s", config.out)
+    return TrainResult(run_dir=Path(config.out), metrics=metrics, history=state.history, model=model, is_chief=chief)
+
+
+def _make_loop(config: RunConfig, model, strategy, policy: str, label_ids, num_classes: int) -> TrainingLoop:
+    """Freeze/LoRA the model, and the loop with the run's optimizer, class weights and accumulation."""
+    pretrained = (
+        config.text_backbone not in BUILTIN_TEXT_BACKBONES or config.vision_backbone not in BUILTIN_VISION_BACKBONES
     )
-    logger.info("run saved to %s", config.out)
-    return TrainResult(run_dir=Path(config.out), metrics=metrics, history=history, model=model)
+    total_steps = updates_per_epoch(len(label_ids), config.batch_size, config.gradient_accumulation) * config.epochs
+    with strategy.scope():
+        apply_freeze(model, config.freeze)
+        if config.lora_rank:
+            for name in ("text_backbone", "vision_backbone"):
+                enable_lora(model.get_layer(name), config.lora_rank)
+        optimizer = make_optimizer(config, total_steps=total_steps, pretrained=pretrained)
+    class_weights = balanced_class_weights(label_ids, num_classes) if config.class_weight == "balanced" else None
+    return TrainingLoop(
+        model,
+        with_loss_scaling(optimizer, policy),
+        strategy=strategy,
+        class_weights=class_weights,
+        gradient_accumulation=config.gradient_accumulation,
+        jit_compile=config.jit_compile,
+    )
+
+
+@contextlib.contextmanager
+def _quiet_unless(chief: bool):
+    """Only the chief logs progress: other workers log warnings and errors only."""
+    level = logger.level
+    if not chief:
+        logger.setLevel(logging.WARNING)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
 
 
 def enable_lora(backbone: keras.Model, rank: int):
