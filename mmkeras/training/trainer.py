@@ -118,17 +118,17 @@ def train(config: RunConfig) -> TrainResult:
 
 
 def _train(config: RunConfig, strategy: tf.distribute.Strategy, chief: bool) -> TrainResult:
-    seed_everything(config)
-    raw_train = read_manifest(config.data)
-    labels = raw_train.labels()
-    if len(labels) < 2:
-        raise UserError(f"a classifier needs at least 2 labels, found {labels}", path=config.data)
     checkpoints = Checkpoints(config.out, writer=chief)
     resumed = checkpoints.latest() if config.resume else None
     if config.resume and resumed is None:
         raise UserError("--resume: no checkpoint to continue from in this run folder", path=config.out)
     if resumed is not None:
         check_same_config(resumed, config.to_dict())
+    seed_everything(config)
+    raw_train = read_manifest(config.data)
+    labels = raw_train.labels()
+    if len(labels) < 2:
+        raise UserError(f"a classifier needs at least 2 labels, found {labels}", path=config.data)
     policy = resolve_policy(config.mixed_precision)
     with strategy.scope(), dtype_policy(policy):
         model, preprocessor = build_model(
