@@ -1,11 +1,9 @@
 """Exact resume: SIGKILL a real `mmkeras train`, rerun with --resume, get the uninterrupted run's weights."""
 
 import json
-import time
 
 import numpy as np
 import pytest
-from mmkeras.cli.app import main
 from training_runs import (
     finish,
     max_difference,
@@ -14,9 +12,11 @@ from training_runs import (
     start,
     stop,
     train_args,
+    wait_for_checkpoint,
     write_data,
 )
 
+from mmkeras.cli.app import main
 from mmkeras.config import RunConfig
 from mmkeras.training.checkpoints import Checkpoints, TrainingState
 
@@ -27,15 +27,6 @@ RESUME_SETTINGS = {"epochs": 3, "checkpoint_steps": 1, "dropout": 0.1}
 @pytest.fixture(scope="module")
 def data(tmp_path_factory):
     return write_data(tmp_path_factory.mktemp("data"), **RESUME_SETTINGS)
-
-
-def wait_for_checkpoint(run_dir, process, timeout=240.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline and process.poll() is None:
-        if list((run_dir / "checkpoints").glob("ckpt-*")):
-            return
-        time.sleep(0.02)
-    raise AssertionError(f"no checkpoint appeared (exit code {process.poll()})")
 
 
 def test_killed_run_resumes_to_the_uninterrupted_weights(data, tmp_path):

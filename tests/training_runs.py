@@ -5,6 +5,7 @@ import os
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import keras
@@ -122,3 +123,13 @@ def run_weights(run_dir: Path) -> list[np.ndarray]:
 def max_difference(first: list[np.ndarray], second: list[np.ndarray]) -> float:
     assert [a.shape for a in first] == [b.shape for b in second]
     return max(float(np.max(np.abs(a.astype(np.float64) - b))) for a, b in zip(first, second) if a.size)
+
+
+def wait_for_checkpoint(run_dir: Path, process: subprocess.Popen, timeout: float = 240.0):
+    """Return once `run_dir` holds a checkpoint (fail if `process` ends first or on timeout)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and process.poll() is None:
+        if list((run_dir / "checkpoints").glob("ckpt-*")):
+            return
+        time.sleep(0.02)
+    raise AssertionError(f"no checkpoint appeared (exit code {process.poll()})")
