@@ -154,3 +154,13 @@ def test_epoch_datasets_fix_each_epochs_order_by_seed_and_epoch(manifest, prepro
     assert epoch_order(epochs(6).for_epoch(0)) != orders[0]
     assert epoch_order(first.for_epoch(1).skip(2)) == orders[1][6:]  # resuming mid-epoch continues the same order
     assert first.num_examples == 10
+
+
+def test_epoch_datasets_decode_each_image_once_when_cached(manifest, preprocessor, caching, monkeypatch):
+    calls = []
+    original = preprocessor.load_images
+    monkeypatch.setattr(preprocessor, "load_images", lambda images: calls.extend(images) or original(images))
+    epochs = EpochDatasets(manifest, labels_of(manifest), preprocessor, batch_size=4, seed=0)
+    for epoch in range(3):
+        epoch_order(epochs.for_epoch(epoch))
+    assert len(calls) == (10 if caching == "cached" else 30)
