@@ -12,7 +12,7 @@ import time
 import numpy as np
 
 from mmkeras.training.checkpoints import Checkpoints, TrainingState
-from mmkeras.training.training_loop import TrainingLoop
+from mmkeras.training.training_loop import TrainingLoop, updates_per_epoch
 
 logger = logging.getLogger("mmkeras")
 
@@ -58,6 +58,7 @@ def fit(
     model = loop.model
     best = {"weights": best_weights}
     num_batches = -(-train_epochs.num_examples // batch_size)
+    epoch_updates = updates_per_epoch(train_epochs.num_examples, batch_size, loop.gradient_accumulation)
 
     def checkpoint():
         if checkpoints is not None:
@@ -67,9 +68,10 @@ def fit(
             checkpoints.save(state, groups)
 
     def after_update(batches_done, totals):
-        state.batch, state.totals = batches_done, [float(value) for value in totals]
-        updates = int(loop.optimizer.iterations.numpy())
+        # Counted here, not read from the optimizer: reading a variable would wait for every step.
+        updates = state.epoch * epoch_updates + -(-batches_done // loop.gradient_accumulation)
         if checkpoint_steps and updates % checkpoint_steps == 0 and batches_done < num_batches:
+            state.batch, state.totals = batches_done, totals.numpy().tolist()
             checkpoint()
 
     while state.epoch < epochs and not state.stopped_early:
