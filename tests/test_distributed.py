@@ -16,6 +16,8 @@ from training_runs import (
     write_data,
 )
 
+from mmkeras.cli.app import main
+
 TOLERANCE = 1e-5
 TWO_LOGICAL_CPUS = """
 import tensorflow as tf
@@ -90,3 +92,14 @@ def test_a_lost_worker_stops_the_job_and_resume_continues_it(data, single, tmp_p
     assert "resuming from ckpt-" in chief_err
     assert json.loads(chief_out)["epochs_completed"] == 2
     assert max_difference(run_weights(out), single["weights"]) < TOLERANCE
+
+
+@pytest.mark.parametrize(("tf_config", "message"), [(None, "needs the TF_CONFIG"), ('{"cluster": {}}', "not a valid")])
+def test_multi_worker_without_a_valid_tf_config_is_a_user_error(
+    data, tmp_path, monkeypatch, capsys, tf_config, message
+):
+    monkeypatch.delenv("TF_CONFIG", raising=False)
+    if tf_config:
+        monkeypatch.setenv("TF_CONFIG", tf_config)
+    assert main(train_args(data, tmp_path / "run", "--strategy", "multi-worker")) == 2
+    assert message in capsys.readouterr().err
