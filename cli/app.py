@@ -57,22 +57,42 @@ def train(
     deterministic: Optional[bool] = typer.Option(None, "--deterministic", help="Deterministic TensorFlow ops."),
     on_bad_row: Optional[Literal["fail", "skip"]] = typer.Option(None),
     strategy: Optional[Literal["auto", "one", "mirrored", "multi-worker"]] = typer.Option(None),
-    resume: Optional[bool] = typer.Option(None, "--resume", help="Continue the run in --out."),
+    resume: Optional[bool] = typer.Option(
+        None, "--resume", help="Continue the run in --out from its last checkpoint (same flags)."
+    ),
     freeze: Optional[Literal["none", "text", "vision", "both"]] = typer.Option(None),
     lora_rank: Optional[int] = typer.Option(None, min=0),
     cache_features: Optional[bool] = typer.Option(None, "--cache-features"),
     modality_dropout: Optional[float] = typer.Option(
         None, min=0.0, max=1.0, help="Probability of hiding the text or the image of a training example."
     ),
+    mixed_precision: Optional[Literal["auto", "off", "float16", "bfloat16"]] = typer.Option(
+        None, help="auto: mixed float16 on a GPU, off on a CPU."
+    ),
+    gradient_accumulation: Optional[int] = typer.Option(
+        None, min=1, help="Batches per optimizer update (the update of a batch this many times bigger)."
+    ),
+    class_weight: Optional[Literal["none", "balanced"]] = typer.Option(
+        None, help="balanced: weigh each class's loss by rows / (classes * rows of the class)."
+    ),
+    checkpoint_steps: Optional[int] = typer.Option(
+        None, min=0, help="Also checkpoint every N optimizer updates (0: each epoch only)."
+    ),
     as_json: bool = JSON_OPTION,
 ):
-    """Train a model on a manifest and write a run folder."""
+    """Train a model on a manifest and write a run folder.
+
+    Under --strategy multi-worker, start every worker with the same flags and
+    its own TF_CONFIG; only the chief writes --out and prints the result.
+    """
     from mmkeras.training.trainer import train as train_run
 
     base = RunConfig.from_yaml(config) if config else RunConfig()
     flags = {key: value for key, value in locals().items() if key in RunConfig.__dataclass_fields__}
     paths = {key: str(flags[key]) for key in ("data", "out", "val") if flags[key] is not None}
     result = train_run(base.replace(**{**flags, **paths}))
+    if not result.is_chief:
+        return
     metrics = result.metrics
     emit(
         metrics,

@@ -18,6 +18,8 @@ FREEZE_CHOICES = ("none", "text", "vision", "both")
 STRATEGIES = ("auto", "one", "mirrored", "multi-worker")
 OPTIMIZERS = ("adamw", "adam", "sgd")
 ON_BAD_ROW = ("fail", "skip")
+MIXED_PRECISION = ("auto", "off", "float16", "bfloat16")
+CLASS_WEIGHTS = ("none", "balanced")
 
 
 @dataclasses.dataclass
@@ -60,6 +62,15 @@ class RunConfig:
         cache_features: compute frozen backbones' outputs once and reuse them.
         jit_compile: compile training steps with XLA where every layer
             supports it (costs a compile of some seconds up front).
+        mixed_precision: `auto` (mixed float16 on a GPU, off on a CPU),
+            `off`, `float16` or `bfloat16` (Keras `mixed_*` policies; logits
+            and loss stay float32, float16 uses loss scaling).
+        gradient_accumulation: batches of `batch_size` per optimizer update;
+            the update equals one batch this many times bigger.
+        class_weight: `none`, or `balanced` (each class weighs
+            rows / (classes * rows of that class) in the loss).
+        checkpoint_steps: also write a resume checkpoint every this many
+            optimizer updates (0: only at the end of each epoch).
 
     Example:
     >>> config = RunConfig(data="samples/train.csv", out="runs/demo", epochs=3)
@@ -94,6 +105,10 @@ class RunConfig:
     lora_rank: int = 0
     cache_features: bool = False
     jit_compile: bool = True
+    mixed_precision: str = "auto"
+    gradient_accumulation: int = 1
+    class_weight: str = "none"
+    checkpoint_steps: int = 0
 
     def __post_init__(self):
         self.validate()
@@ -106,24 +121,29 @@ class RunConfig:
             "strategy": STRATEGIES,
             "optimizer": OPTIMIZERS,
             "on_bad_row": ON_BAD_ROW,
+            "mixed_precision": MIXED_PRECISION,
+            "class_weight": CLASS_WEIGHTS,
         }
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
                 raise UserError(f"{name} must be one of {', '.join(allowed)}, got {getattr(self, name)!r}")
-        positive = ("sequence_length", "fusion_dim", "num_heads", "epochs", "batch_size")
+        positive = ("sequence_length", "fusion_dim", "num_heads", "epochs", "batch_size", "gradient_accumulation")
         for name in positive:
             if getattr(self, name) < 1:
                 raise UserError(f"{name} must be at least 1, got {getattr(self, name)}")
         if not 0.0 <= self.dropout < 1.0:
             raise UserError(f"dropout must be in [0, 1), got {self.dropout}")
+        if self.cache_features and (self.freeze == "none" or self.lora_rank):
+            raise UserError("cache_features needs frozen backbones (freeze text, vision or both) and no LoRA")
         if not 0.0 <= self.modality_dropout <= 1.0:
             raise UserError(f"modality_dropout must be in [0, 1], got {self.modality_dropout}")
         if not 0.0 <= self.warmup_fraction < 1.0:
             raise UserError(f"warmup_fraction must be in [0, 1), got {self.warmup_fraction}")
         if self.learning_rate is not None and self.learning_rate <= 0:
             raise UserError(f"learning_rate must be positive, got {self.learning_rate}")
-        if self.lora_rank < 0 or self.early_stopping_patience < 0:
-            raise UserError("lora_rank and early_stopping_patience must not be negative")
+        for name in ("lora_rank", "early_stopping_patience", "checkpoint_steps"):
+            if getattr(self, name) < 0:
+                raise UserError(f"{name} must not be negative, got {getattr(self, name)}")
 
     def replace(self, **overrides: Any) -> "RunConfig":
         """A copy with `overrides` applied; `None` values are ignored (flag not given)."""

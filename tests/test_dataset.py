@@ -8,7 +8,7 @@ import tensorflow as tf
 from PIL import Image
 
 import mmkeras.data.dataset as dataset_module
-from mmkeras.data.dataset import make_dataset
+from mmkeras.data.dataset import EpochDatasets, make_dataset
 from mmkeras.data.manifest import read_manifest
 from mmkeras.preprocessing import MultimodalPreprocessor, TextTokenizer
 
@@ -141,3 +141,26 @@ def test_decoded_images_are_cached_across_epochs_when_they_fit(manifest, preproc
     assert len(calls) == (10 if caching == "cached" else 30)
     image_names = {f"{index}.{['png', 'jpg', 'webp'][index % 3]}" for index in range(10) if index % 3 != 1}
     assert {Path(image).name for image in calls if image} == image_names
+
+
+def test_epoch_datasets_fix_each_epochs_order_by_seed_and_epoch(manifest, preprocessor, caching):
+    def epochs(seed):
+        return EpochDatasets(manifest, labels_of(manifest), preprocessor, batch_size=3, seed=seed)
+
+    first, again = epochs(5), epochs(5)
+    orders = [epoch_order(first.for_epoch(epoch)) for epoch in range(3)]
+    assert [epoch_order(again.for_epoch(epoch)) for epoch in (2, 0, 1)] == [orders[2], orders[0], orders[1]]
+    assert len({tuple(order) for order in orders}) == 3 and all(sorted(order) == list(range(10)) for order in orders)
+    assert epoch_order(epochs(6).for_epoch(0)) != orders[0]
+    assert epoch_order(first.for_epoch(1).skip(2)) == orders[1][6:]  # resuming mid-epoch continues the same order
+    assert first.num_examples == 10
+
+
+def test_epoch_datasets_decode_each_image_once_when_cached(manifest, preprocessor, caching, monkeypatch):
+    calls = []
+    original = preprocessor.load_images
+    monkeypatch.setattr(preprocessor, "load_images", lambda images: calls.extend(images) or original(images))
+    epochs = EpochDatasets(manifest, labels_of(manifest), preprocessor, batch_size=4, seed=0)
+    for epoch in range(3):
+        epoch_order(epochs.for_epoch(epoch))
+    assert len(calls) == (10 if caching == "cached" else 30)

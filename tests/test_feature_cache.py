@@ -9,8 +9,8 @@ from PIL import Image
 
 from mmkeras.data.dataset import make_dataset
 from mmkeras.data.manifest import read_manifest
-from mmkeras.errors import UserError
 from mmkeras.models import build_model
+from mmkeras.training.feature_cache import CachedEpochs
 from mmkeras.training.feature_cache import cache_features
 from mmkeras.training.feature_cache import split_at_frozen_backbones
 
@@ -44,7 +44,7 @@ def full_and_head_logits(model, preprocessor, manifest, frozen, cache_dir):
         split, manifest, LABELS, preprocessor, cache_dir=cache_dir, batch_size=4
     )
     (inputs, labels), = make_dataset(manifest, LABELS, preprocessor, batch_size=9, shuffle=False, seed=0)
-    (head_inputs, cached_labels), = cached.dataset(batch_size=9, shuffle=False, seed=0)
+    (head_inputs, cached_labels), = cached.dataset(batch_size=9)
     np.testing.assert_array_equal(cached_labels, labels)
     full = keras.ops.convert_to_numpy(model(inputs))
     return full, keras.ops.convert_to_numpy(split.head_model(head_inputs)), split
@@ -105,22 +105,22 @@ def test_the_cache_is_reused_and_invalidated_by_data_and_backbone_changes(model_
     assert cache() != second
 
 
-def test_cached_features_shuffle_with_the_seed(model_and_preprocessor, manifest, tmp_path):
+def test_cached_epochs_are_shuffled_by_seed_and_epoch_alone(model_and_preprocessor, manifest, tmp_path):
     model, preprocessor = model_and_preprocessor
     cached = cache_features(
-        split_at_frozen_backbones(model, BOTH), manifest, LABELS, preprocessor,
-        cache_dir=tmp_path, batch_size=4,
+        split_at_frozen_backbones(model, BOTH), manifest, LABELS, preprocessor, cache_dir=tmp_path, batch_size=4
     )
 
-    def epoch_orders(seed):
-        dataset = cached.dataset(batch_size=9, shuffle=True, seed=seed)
-        return [np.concatenate([inputs[0][:, 0, 0] for inputs, _ in dataset]).tolist() for _ in range(2)]
+    def order(epochs, epoch):
+        return np.concatenate([inputs[0][:, 0, 0] for inputs, _ in epochs.for_epoch(epoch)]).tolist()
 
-    first_epoch, second_epoch = epoch_orders(0)
-    assert first_epoch != second_epoch  # reshuffled each epoch
-    assert epoch_orders(0) == [first_epoch, second_epoch]  # the same seed, the same orders
+    epochs = CachedEpochs(cached, batch_size=4, seed=0)
+    assert epochs.num_examples == 9
+    first, second = order(epochs, 0), order(epochs, 1)
+    assert first != second and sorted(first) == sorted(second)  # reshuffled each epoch, same rows
+    assert order(CachedEpochs(cached, batch_size=4, seed=0), 1) == second  # a restart sees the same order
 
 
-def test_nothing_frozen_is_a_user_error(model_and_preprocessor):
-    with pytest.raises(UserError, match="--freeze"):
+def test_nothing_frozen_is_refused(model_and_preprocessor):
+    with pytest.raises(ValueError, match="frozen"):
         split_at_frozen_backbones(model_and_preprocessor[0], ())

@@ -52,6 +52,78 @@ def make_dataset(
     ...                     batch_size=32, shuffle=True, seed=0)            # doctest: +SKIP
     >>> model.fit(data, epochs=3)                                          # doctest: +SKIP
     """
+    columns = _columns(manifest, labels, preprocessor)
+    decode = partial(_decode_image, preprocessor=preprocessor)
+    cache = _fits_in_cache(manifest, preprocessor)
+    dataset = tf.data.Dataset.from_tensor_slices(columns)
+    if shuffle and not cache:  # shuffle cheap paths, not decoded images
+        dataset = dataset.shuffle(len(manifest.rows), seed=seed, reshuffle_each_iteration=True)
+    dataset = dataset.map(decode, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    if cache:
+        dataset = dataset.cache()
+        if shuffle:
+            dataset = dataset.shuffle(len(manifest.rows), seed=seed, reshuffle_each_iteration=True)
+    return _batches(dataset, batch_size, drop_remainder)
+
+
+class EpochDatasets:
+    """One dataset per epoch, in an order fixed by `(seed, epoch)` alone.
+
+    `make_dataset` reshuffles on every pass, so epoch `e`'s order depends on
+    how many passes came before; a resumed run (or a worker that joins late)
+    could not reproduce it. Here `for_epoch(e)` is the same in every process
+    and after a restart, and `for_epoch(e).skip(k)` continues an epoch
+    exactly. Decoded images are cached once and shared by all epochs.
+
+    Args:
+        manifest: the rows, images already checked.
+        labels: the class names in index order.
+        preprocessor: the model's `MultimodalPreprocessor`.
+        batch_size: rows per (global) batch; the last batch may be smaller.
+        seed: the run's seed.
+
+    Example:
+    >>> epochs = EpochDatasets(manifest, labels, preprocessor, batch_size=32, seed=0)  # doctest: +SKIP
+    >>> for inputs, label in epochs.for_epoch(3).skip(2): ...                          # doctest: +SKIP
+    """
+
+    def __init__(
+        self,
+        manifest: Manifest,
+        labels: list[str],
+        preprocessor: MultimodalPreprocessor,
+        *,
+        batch_size: int,
+        seed: int,
+    ):
+        self.num_examples = len(manifest.rows)
+        self.batch_size = batch_size
+        self.seed = seed
+        self._decode = partial(_decode_image, preprocessor=preprocessor)
+        self._rows = tf.data.Dataset.from_tensor_slices(_columns(manifest, labels, preprocessor))
+        self._decoded = None
+        if _fits_in_cache(manifest, preprocessor):
+            self._decoded = self._rows.map(self._decode, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+            self._decoded = self._decoded.cache()
+
+    def for_epoch(self, epoch: int) -> tf.data.Dataset:
+        """Batches of `(inputs, label)` for epoch `epoch` (0-based), shuffled by `(seed, epoch)`."""
+        seed = epoch_seed(self.seed, epoch)
+        if self._decoded is not None:
+            dataset = self._decoded.shuffle(self.num_examples, seed=seed, reshuffle_each_iteration=False)
+        else:  # shuffle cheap paths, then decode
+            dataset = self._rows.shuffle(self.num_examples, seed=seed, reshuffle_each_iteration=False)
+            dataset = dataset.map(self._decode, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+        return _batches(dataset, self.batch_size, drop_remainder=False)
+
+
+def epoch_seed(seed: int, epoch: int) -> int:
+    """The shuffle seed of epoch `epoch` of a run seeded `seed`: the same in every process and after a restart."""
+    return int(np.random.SeedSequence([seed, epoch]).generate_state(1)[0] >> 1)
+
+
+def _columns(manifest: Manifest, labels: list[str] | None, preprocessor: MultimodalPreprocessor) -> dict:
+    """Tokenized texts, image paths and encoded labels, one entry per row."""
     rows = manifest.rows
     token_ids, padding_mask, text_present = preprocessor.encode_texts([row.text for row in rows])
     columns = {
@@ -59,23 +131,22 @@ def make_dataset(
         "padding_mask": padding_mask,
         "text_present": text_present,
         # File-system bytes, so any path the OS accepts survives the trip through tf.string.
-        "image_path": np.asarray([b"" if row.image is None else os.fsencode(row.image) for row in rows], object),
+        "image_path": np.asarray(
+            [b"" if row.image is None else os.fsencode(row.image) for row in rows],
+            object,
+        ),
     }
     if labels is not None:
         columns["label"] = manifest.encode_labels(labels)
-    height, width = preprocessor.image_size
-    cache = len(rows) * height * width * 3 <= CACHE_LIMIT_BYTES
+    return columns
 
-    dataset = tf.data.Dataset.from_tensor_slices(columns)
-    if shuffle and not cache:  # shuffle cheap paths, not decoded images
-        dataset = dataset.shuffle(len(rows), seed=seed, reshuffle_each_iteration=True)
-    dataset = dataset.map(
-        partial(_decode_image, preprocessor=preprocessor), num_parallel_calls=tf.data.AUTOTUNE, deterministic=True
-    )
-    if cache:
-        dataset = dataset.cache()
-        if shuffle:
-            dataset = dataset.shuffle(len(rows), seed=seed, reshuffle_each_iteration=True)
+
+def _fits_in_cache(manifest: Manifest, preprocessor: MultimodalPreprocessor) -> bool:
+    height, width = preprocessor.image_size
+    return len(manifest.rows) * height * width * 3 <= CACHE_LIMIT_BYTES
+
+
+def _batches(dataset: tf.data.Dataset, batch_size: int, drop_remainder: bool) -> tf.data.Dataset:
     dataset = dataset.batch(batch_size, drop_remainder=drop_remainder)
     dataset = dataset.map(_model_inputs, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
     return dataset.prefetch(tf.data.AUTOTUNE)
@@ -91,7 +162,11 @@ def _decode_image(columns: dict, preprocessor: MultimodalPreprocessor) -> dict:
 
     columns = dict(columns)
     image, image_present = tf.numpy_function(
-        load, [columns.pop("image_path")], [tf.uint8, tf.float32], stateful=False, name="load_image"
+        load,
+        [columns.pop("image_path")],
+        [tf.uint8, tf.float32],
+        stateful=False,
+        name="load_image",
     )
     image.set_shape([*preprocessor.image_size, 3])
     image_present.set_shape([])

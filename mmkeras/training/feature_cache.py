@@ -31,9 +31,9 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from mmkeras.data.dataset import epoch_seed
 from mmkeras.data.dataset import make_dataset
 from mmkeras.data.manifest import Manifest
-from mmkeras.errors import UserError
 from mmkeras.preprocessing.multimodal_preprocessor import MultimodalPreprocessor
 
 
@@ -95,7 +95,7 @@ def split_at_frozen_backbones(model: keras.Model, frozen: tuple[str, ...]) -> He
     ['padding_mask', 'modality_mask']
     """
     if not frozen:
-        raise UserError("--cache-features needs frozen backbones: add --freeze text, vision or both")
+        raise ValueError("nothing to cache: name at least one frozen backbone")
     backbones = [CACHEABLE_BACKBONES[name] for name in frozen]
     fusion_arguments = model.get_layer("fusion")._inbound_nodes[0].arguments.args
     tokens = [fusion_arguments[backbone.fusion_argument] for backbone in backbones]
@@ -125,7 +125,6 @@ def _submodel(model: keras.Model, inputs: list) -> keras.Model:
     return head
 
 
-@dataclasses.dataclass
 class CachedFeatures:
     """The head's inputs for every row of a dataset, and the labels.
 
@@ -135,16 +134,46 @@ class CachedFeatures:
         labels: int32 label per row.
     """
 
-    arrays: dict[str, np.ndarray]
-    labels: np.ndarray
+    def __init__(self, arrays: dict[str, np.ndarray], labels: np.ndarray):
+        self.arrays = arrays
+        self.labels = labels
+        self._rows = None
 
-    def dataset(self, *, batch_size: int, shuffle: bool, seed: int) -> tf.data.Dataset:
-        """Batches of `(head inputs tuple, labels)`, reshuffled every epoch when `shuffle`."""
-        dataset = tf.data.Dataset.from_tensor_slices((tuple(self.arrays.values()), self.labels))
-        if shuffle:
-            dataset = dataset.shuffle(len(self.labels), seed=seed, reshuffle_each_iteration=True)
+    @property
+    def num_examples(self) -> int:
+        return len(self.labels)
+
+    def dataset(self, *, batch_size: int, order_seed: int | None = None) -> tf.data.Dataset:
+        """Batches of `(head inputs tuple, labels)`: in row order, or shuffled by `order_seed`."""
+        if self._rows is None:  # one copy of the arrays in the graph, shared by every epoch
+            self._rows = tf.data.Dataset.from_tensor_slices((tuple(self.arrays.values()), self.labels))
+        dataset = self._rows
+        if order_seed is not None:
+            dataset = dataset.shuffle(self.num_examples, seed=order_seed, reshuffle_each_iteration=False)
         dataset = dataset.batch(batch_size).map(_float_images, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
         return dataset.prefetch(tf.data.AUTOTUNE)
+
+
+@dataclasses.dataclass
+class CachedEpochs:
+    """`EpochDatasets` for cached features: `for_epoch(e)` is shuffled by `(seed, e)` alone.
+
+    Args:
+        features: the cached training features.
+        batch_size: rows per (global) batch.
+        seed: the run's seed.
+    """
+
+    features: CachedFeatures
+    batch_size: int
+    seed: int
+
+    @property
+    def num_examples(self) -> int:
+        return self.features.num_examples
+
+    def for_epoch(self, epoch: int) -> tf.data.Dataset:
+        return self.features.dataset(batch_size=self.batch_size, order_seed=epoch_seed(self.seed, epoch))
 
 
 def _float_images(inputs, labels):

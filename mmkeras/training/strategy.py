@@ -1,4 +1,7 @@
-"""Choosing the tf.distribute strategy a run trains under."""
+"""Choosing the tf.distribute strategy a run trains under, and which process is the chief."""
+
+import json
+import os
 
 import tensorflow as tf
 
@@ -8,23 +11,56 @@ from mmkeras.errors import UserError
 def make_strategy(name: str) -> tf.distribute.Strategy:
     """The tf.distribute strategy for `--strategy NAME`.
 
+    Under `multi-worker`, call this before any other TensorFlow work: the
+    collective ops of MultiWorkerMirroredStrategy are configured at startup.
+
     Args:
         name: `auto` (MirroredStrategy with more than one GPU, else the default
             strategy), `one` (OneDeviceStrategy on the first GPU, else the CPU),
-            `mirrored` (all local GPUs, or the CPU) or `multi-worker`.
+            `mirrored` (all local GPUs, or all logical CPUs when there is no GPU)
+            or `multi-worker` (MultiWorkerMirroredStrategy over the cluster in
+            the `TF_CONFIG` environment variable).
 
     Example:
     >>> strategy = make_strategy("auto")
     >>> strategy.num_replicas_in_sync
     1
     """
+    if name == "multi-worker":
+        return tf.distribute.MultiWorkerMirroredStrategy(cluster_resolver=_cluster_resolver())
     gpus = tf.config.list_logical_devices("GPU")
     if name == "auto":
         return tf.distribute.MirroredStrategy() if len(gpus) > 1 else tf.distribute.get_strategy()
     if name == "one":
         return tf.distribute.OneDeviceStrategy(gpus[0].name if gpus else "/cpu:0")
-    if name == "mirrored":
-        return tf.distribute.MirroredStrategy()
-    # Stock Keras 3 `fit` fails under MultiWorkerMirroredStrategy (FINDINGS,
-    # keras-team/keras#20585); multi-worker needs the custom distributed loop.
-    raise UserError("--strategy multi-worker is not supported by this version's trainer (needs the distributed loop)")
+    # MirroredStrategy() alone takes the GPUs, or just the first CPU; name the logical CPUs explicitly.
+    devices = [device.name for device in gpus or tf.config.list_logical_devices("CPU")]
+    return tf.distribute.MirroredStrategy(devices)
+
+
+def is_chief(strategy: tf.distribute.Strategy) -> bool:
+    """Whether this process writes the run folder: always, except on a non-chief multi-worker task.
+
+    The chief is task `chief` 0 when the cluster has one, else `worker` 0 (TF_CONFIG convention).
+    """
+    resolver = getattr(strategy, "cluster_resolver", None)
+    if not isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy) or resolver is None:
+        return True
+    if resolver.task_type in (None, "chief"):
+        return True
+    has_chief = "chief" in resolver.cluster_spec().as_dict()
+    return resolver.task_type == "worker" and resolver.task_id == 0 and not has_chief
+
+
+def _cluster_resolver() -> tf.distribute.cluster_resolver.TFConfigClusterResolver:
+    """The cluster of `TF_CONFIG`, checked so a typo is one clear error, not a hang."""
+    raw = os.environ.get("TF_CONFIG")
+    if not raw:
+        raise UserError("--strategy multi-worker needs the TF_CONFIG environment variable (cluster and task)")
+    try:
+        tf_config = json.loads(raw)
+        cluster, task = tf_config["cluster"], tf_config["task"]
+        cluster[task["type"]][int(task["index"])]  # the task must be a member of the cluster
+    except (ValueError, KeyError, TypeError, IndexError) as error:
+        raise UserError(f"TF_CONFIG is not a valid cluster and task: {type(error).__name__}: {error}") from None
+    return tf.distribute.cluster_resolver.TFConfigClusterResolver()

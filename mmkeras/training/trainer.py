@@ -1,34 +1,47 @@
 """`train`: from a RunConfig to a run folder.
 
 Reads and checks the manifests, builds the model under the run's
-tf.distribute strategy, trains with `fit` (XLA when every layer supports it),
-keeps the best weights by validation loss, and writes the run folder.
+tf.distribute strategy, trains it with mmkeras' own distributed loop
+(`TrainingLoop` + `fit`: XLA where every layer supports it, exact resume
+checkpoints, multi-worker), keeps the best weights by validation loss, and
+writes the run folder (on the chief only, under multi-worker training).
 """
 
+import contextlib
 import dataclasses
 import logging
 import math
-import time
 from pathlib import Path
 
 import keras
 import tensorflow as tf
 
 from mmkeras.config import RunConfig
-from mmkeras.data.dataset import make_dataset
+from mmkeras.data.dataset import EpochDatasets, make_dataset
 from mmkeras.data.manifest import read_manifest
 from mmkeras.errors import UserError
 from mmkeras.models.builder import build_model
 from mmkeras.models.text_backbones import BUILTIN_TEXT_BACKBONES
 from mmkeras.models.vision_backbones import BUILTIN_VISION_BACKBONES
-from mmkeras.training.feature_cache import cache_features
-from mmkeras.training.feature_cache import default_cache_dir
-from mmkeras.training.feature_cache import split_at_frozen_backbones
+from mmkeras.training.checkpoints import Checkpoints, TrainingState, assign_values, check_same_config
+from mmkeras.training.class_weights import balanced_class_weights
+from mmkeras.training.feature_cache import CachedEpochs, cache_features, default_cache_dir, split_at_frozen_backbones
+from mmkeras.training.fit import fit
 from mmkeras.training.optimizers import make_optimizer
+from mmkeras.training.precision import dtype_policy, resolve_policy, with_loss_scaling
 from mmkeras.training.run_folder import save_run
-from mmkeras.training.strategy import make_strategy
+from mmkeras.training.strategy import is_chief, make_strategy
+from mmkeras.training.training_loop import TrainingLoop, updates_per_epoch
 
 logger = logging.getLogger("mmkeras")
+
+# What a lost peer looks like to the surviving workers' collectives (FINDINGS: UnavailableError after ~7 s).
+LOST_WORKER_ERRORS = (
+    tf.errors.UnavailableError,
+    tf.errors.DeadlineExceededError,
+    tf.errors.AbortedError,
+    tf.errors.CancelledError,
+)
 
 
 @dataclasses.dataclass
@@ -40,29 +53,15 @@ class TrainResult:
         metrics: the final figures (the keys `mmkeras train --json` prints).
         history: per-epoch metrics.
         model: the trained Keras model (best validation weights).
+        is_chief: whether this process wrote the run folder (false on the
+            other workers of a multi-worker run).
     """
 
     run_dir: Path
     metrics: dict
     history: dict
     model: keras.Model
-
-
-class EpochLogger(keras.callbacks.Callback):
-    """Logs one line per epoch and records how long each epoch took."""
-
-    def __init__(self, epochs: int):
-        super().__init__()
-        self.epochs = epochs
-        self.epoch_seconds = []
-
-    def on_epoch_begin(self, epoch, logs=None):
-        self.started = time.perf_counter()
-
-    def on_epoch_end(self, epoch, logs=None):
-        self.epoch_seconds.append(round(time.perf_counter() - self.started, 3))
-        figures = " ".join(f"{key} {value:.4f}" for key, value in (logs or {}).items() if key != "learning_rate")
-        logger.info("epoch %d/%d  %s  (%.1fs)", epoch + 1, self.epochs, figures, self.epoch_seconds[-1])
+    is_chief: bool = True
 
 
 def seed_everything(config: RunConfig):
@@ -102,17 +101,35 @@ def train(config: RunConfig) -> TrainResult:
     # Absolute paths in the saved config: export and qat may run from another folder.
     paths = {key: getattr(config, key) for key in ("data", "val", "out")}
     config = config.replace(**{key: str(Path(path).resolve()) for key, path in paths.items() if path})
-    if config.resume:
-        raise UserError("--resume is not supported by this version's trainer")
-    if config.cache_features and config.lora_rank:
-        raise UserError("--cache-features needs frozen backbones; --lora-rank trains them")
+    # First: MultiWorkerMirroredStrategy must be set up before any other TensorFlow work.
+    strategy = make_strategy(config.strategy)
+    chief = is_chief(strategy)
+    with _quiet_unless(chief):
+        try:
+            return _train(config, strategy, chief)
+        except LOST_WORKER_ERRORS as error:
+            if not isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
+                raise
+            raise UserError(
+                f"lost contact with another worker ({type(error).__name__}); restart every worker with the same "
+                "flags and --resume to continue from the last checkpoint"
+            ) from None
+
+
+def _train(config: RunConfig, strategy: tf.distribute.Strategy, chief: bool) -> TrainResult:
+    checkpoints = Checkpoints(config.out, writer=chief)
+    resumed = checkpoints.latest() if config.resume else None
+    if config.resume and resumed is None:
+        raise UserError("--resume: no checkpoint to continue from in this run folder", path=config.out)
+    if resumed is not None:
+        check_same_config(resumed, config.to_dict())
     seed_everything(config)
     raw_train = read_manifest(config.data)
     labels = raw_train.labels()
     if len(labels) < 2:
         raise UserError(f"a classifier needs at least 2 labels, found {labels}", path=config.data)
-    strategy = make_strategy(config.strategy)
-    with strategy.scope():
+    policy = resolve_policy(config.mixed_precision)
+    with strategy.scope(), dtype_policy(policy):
         model, preprocessor = build_model(
             config.text_backbone,
             config.vision_backbone,
@@ -134,90 +151,135 @@ def train(config: RunConfig) -> TrainResult:
         )
         skipped += val_skipped
         val_manifest.encode_labels(labels)  # an unknown label is a user error before any training
-    trained_model, train_data, val_data = training_model_and_data(
-        model, config, preprocessor, labels, train_manifest, val_manifest
-    )
-    steps_per_epoch = math.ceil(len(train_manifest.rows) / config.batch_size)
-    pretrained = (
-        config.text_backbone not in BUILTIN_TEXT_BACKBONES or config.vision_backbone not in BUILTIN_VISION_BACKBONES
-    )
     with strategy.scope():
-        apply_freeze(model, config.freeze)
-        if config.lora_rank:
-            for name in ("text_backbone", "vision_backbone"):
-                enable_lora(model.get_layer(name), config.lora_rank)
-        trained_model.compile(
-            optimizer=make_optimizer(config, total_steps=steps_per_epoch * config.epochs, pretrained=pretrained),
-            loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
-            metrics=["accuracy"],
-            # "auto": XLA when every layer supports it (FINDINGS: 2.3x on CPU at batch 32).
-            jit_compile="auto" if config.jit_compile else False,
+        prepare_backbones(model, config)
+    trained_model, train_epochs, val_data = _training_data(
+        config, model, preprocessor, labels, train_manifest, val_manifest
+    )
+    loop = _make_loop(config, trained_model, strategy, policy, train_manifest.encode_labels(labels), len(labels))
+    best_weights = None
+    if resumed is not None:
+        assign_values(trained_model.variables, resumed.values["model"], "model", resumed.path)
+        assign_values(loop.optimizer.variables, resumed.values["optimizer"], "optimizer", resumed.path)
+        best_weights = resumed.values.get("best")
+        logger.info(
+            "resuming from %s (epoch %d, batch %d)", resumed.path.name, resumed.state.epoch + 1, resumed.state.batch
         )
-    epoch_logger = EpochLogger(config.epochs)
-    callbacks = [epoch_logger]
-    if val_data is not None:
-        callbacks.append(
-            keras.callbacks.EarlyStopping(
-                monitor="val_loss",
-                patience=config.early_stopping_patience or config.epochs,
-                restore_best_weights=True,
-            )
-        )
+    else:
+        checkpoints.clear()
     logger.info(
-        "training on %d rows (%d classes), %d trainable of %d parameters",
+        "training on %d rows (%d classes), %d trainable of %d parameters, %d replica(s)%s",
         len(train_manifest.rows),
         len(labels),
         count_params(model.trainable_weights),
         model.count_params(),
+        strategy.num_replicas_in_sync,
+        ", XLA" if loop.jit_compile else "",
     )
-    fit_history = trained_model.fit(
-        train_data, validation_data=val_data, epochs=config.epochs, callbacks=callbacks, shuffle=False, verbose=0
+    state = TrainingState(config=config.to_dict()) if resumed is None else resumed.state
+    state = fit(
+        loop,
+        train_epochs,
+        val_data,
+        epochs=config.epochs,
+        batch_size=config.batch_size,
+        patience=config.early_stopping_patience,
+        checkpoints=checkpoints,
+        checkpoint_steps=config.checkpoint_steps,
+        state=state,
+        best_weights=best_weights,
     )
-    history = {key: [float(value) for value in values] for key, values in fit_history.history.items()}
     metrics = {
-        "loss": history["loss"][-1],
+        "loss": state.history["loss"][-1],
         "val_loss": None,
         "val_accuracy": None,
-        "epochs_completed": len(history["loss"]),
-        "epoch_seconds": epoch_logger.epoch_seconds,
+        "epochs_completed": len(state.history["loss"]),
+        "epoch_seconds": state.epoch_seconds,
         "trainable_params": count_params(model.trainable_weights),
         "total_params": int(model.count_params()),
         "bad_rows_skipped": skipped,
     }
     if val_data is not None:
         # The kept (best) weights' figures, not the last epoch's.
-        val_loss, val_accuracy = trained_model.evaluate(val_data, verbose=0)
-        metrics.update(val_loss=float(val_loss), val_accuracy=float(val_accuracy))
-    save_run(
-        config.out, model=model, preprocessor=preprocessor, labels=labels, config=config, history=history, metrics=metrics
-    )
-    logger.info("run saved to %s", config.out)
-    return TrainResult(run_dir=Path(config.out), metrics=metrics, history=history, model=model)
+        metrics["val_loss"], metrics["val_accuracy"] = loop.evaluate(val_data)
+    if chief:
+        save_run(
+            config.out,
+            model=model,
+            preprocessor=preprocessor,
+            labels=labels,
+            config=config,
+            history=state.history,
+            metrics=metrics,
+        )
+        checkpoints.clear()
+        logger.info("run saved to %s", config.out)
+    return TrainResult(run_dir=Path(config.out), metrics=metrics, history=state.history, model=model, is_chief=chief)
 
 
-def training_model_and_data(model, config, preprocessor, labels, train_manifest, val_manifest):
-    """The model that trains and its train and validation datasets.
+def prepare_backbones(model: keras.Model, config: RunConfig):
+    """Freeze the backbones `--freeze` names, and put LoRA on them with `--lora-rank`."""
+    apply_freeze(model, config.freeze)
+    if config.lora_rank:
+        for name in ("text_backbone", "vision_backbone"):
+            enable_lora(model.get_layer(name), config.lora_rank)
 
-    The full model on the manifests, or with `--cache-features` the head
-    (`split_at_frozen_backbones`) on the frozen backbones' cached tokens.
-    """
-    trained_model = model
-    if config.cache_features:
-        split = split_at_frozen_backbones(model, FROZEN_BACKBONES[config.freeze])
-        trained_model = split.head_model
-        logger.info("frozen backbones' features cached in %s", default_cache_dir())
 
-    def dataset(manifest, shuffle):
-        if manifest is None:
-            return None
-        if config.cache_features:
-            cached = cache_features(
-                split, manifest, labels, preprocessor, cache_dir=default_cache_dir(), batch_size=config.batch_size
+def _training_data(config: RunConfig, model, preprocessor, labels, train_manifest, val_manifest):
+    """`(trained model, train epochs, val dataset)`: the full model on the manifests, or with
+    `--cache-features` the head (`split_at_frozen_backbones`) on the frozen backbones' cached tokens."""
+    if not config.cache_features:
+        train_epochs = EpochDatasets(
+            train_manifest, labels, preprocessor, batch_size=config.batch_size, seed=config.seed
+        )
+        val_data = None
+        if val_manifest is not None:
+            val_data = make_dataset(
+                val_manifest, labels, preprocessor, batch_size=config.batch_size, shuffle=False, seed=config.seed
             )
-            return cached.dataset(batch_size=config.batch_size, shuffle=shuffle, seed=config.seed)
-        return make_dataset(manifest, labels, preprocessor, batch_size=config.batch_size, shuffle=shuffle, seed=config.seed)
+        return model, train_epochs, val_data
+    split = split_at_frozen_backbones(model, FROZEN_BACKBONES[config.freeze])
+    logger.info("frozen backbones' features cached in %s", default_cache_dir())
 
-    return trained_model, dataset(train_manifest, shuffle=True), dataset(val_manifest, shuffle=False)
+    def cached(manifest):
+        return cache_features(
+            split, manifest, labels, preprocessor, cache_dir=default_cache_dir(), batch_size=config.batch_size
+        )
+
+    train_epochs = CachedEpochs(cached(train_manifest), batch_size=config.batch_size, seed=config.seed)
+    val_data = None if val_manifest is None else cached(val_manifest).dataset(batch_size=config.batch_size)
+    return split.head_model, train_epochs, val_data
+
+
+def _make_loop(config: RunConfig, model, strategy, policy: str, label_ids, num_classes: int) -> TrainingLoop:
+    """The loop that trains `model` with the run's optimizer, class weights and accumulation."""
+    pretrained = (
+        config.text_backbone not in BUILTIN_TEXT_BACKBONES or config.vision_backbone not in BUILTIN_VISION_BACKBONES
+    )
+    total_steps = updates_per_epoch(len(label_ids), config.batch_size, config.gradient_accumulation) * config.epochs
+    with strategy.scope():
+        optimizer = make_optimizer(config, total_steps=total_steps, pretrained=pretrained)
+    class_weights = balanced_class_weights(label_ids, num_classes) if config.class_weight == "balanced" else None
+    return TrainingLoop(
+        model,
+        with_loss_scaling(optimizer, policy),
+        strategy=strategy,
+        class_weights=class_weights,
+        gradient_accumulation=config.gradient_accumulation,
+        jit_compile=config.jit_compile,
+    )
+
+
+@contextlib.contextmanager
+def _quiet_unless(chief: bool):
+    """Only the chief logs progress: other workers log warnings and errors only."""
+    level = logger.level
+    if not chief:
+        logger.setLevel(logging.WARNING)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
 
 
 def enable_lora(backbone: keras.Model, rank: int):
@@ -225,6 +287,11 @@ def enable_lora(backbone: keras.Model, rank: int):
     if not hasattr(backbone, "enable_lora"):
         raise UserError(f"--lora-rank needs keras-hub backbones; {backbone.name} has no LoRA support")
     backbone.enable_lora(rank)
+    if not backbone.trainable_weights:
+        logger.warning(
+            "%s has no layers LoRA adapts (keras-hub adapts attention query/value layers): it stays frozen",
+            backbone.name,
+        )
 
 
 def count_params(weights) -> int:

@@ -1,0 +1,117 @@
+"""`fit`: epochs of a `TrainingLoop` with validation, early stopping, best weights and resume checkpoints.
+
+Generic over the model: it needs a `TrainingLoop`, an object with
+`for_epoch(epoch) -> dataset` and `num_examples` (e.g. `EpochDatasets`), and
+optionally a validation dataset. The trainer uses it for the multimodal model;
+a head model on cached features can use it unchanged.
+"""
+
+import logging
+import time
+
+import numpy as np
+
+from mmkeras.training.checkpoints import Checkpoints, TrainingState
+from mmkeras.training.training_loop import TrainingLoop, updates_per_epoch
+
+logger = logging.getLogger("mmkeras")
+
+
+def fit(
+    loop: TrainingLoop,
+    train_epochs,
+    val_data=None,
+    *,
+    epochs: int,
+    batch_size: int,
+    patience: int = 0,
+    checkpoints: Checkpoints | None = None,
+    checkpoint_steps: int = 0,
+    state: TrainingState | None = None,
+    best_weights: list | None = None,
+) -> TrainingState:
+    """Train from `state` (a fresh run by default) to the end, then restore the best weights.
+
+    Args:
+        loop: the training loop (model, optimizer, strategy).
+        train_epochs: `for_epoch(epoch)` gives epoch `epoch`'s batches in a
+            fixed order; `num_examples` rows per epoch.
+        val_data: batches of `(inputs, labels)` to validate on after each
+            epoch, or `None` (no early stopping, last weights kept).
+        epochs: the total number of epochs of the run.
+        batch_size: the global batch size of `train_epochs`.
+        patience: epochs without a lower `val_loss` before stopping (0: never).
+        checkpoints: where to write resume checkpoints (each epoch, and every
+            `checkpoint_steps` optimizer updates when that is > 0).
+        checkpoint_steps: see `checkpoints`.
+        state: where to continue from (a checkpoint's state), or `None`.
+        best_weights: the best weights so far when continuing.
+
+    Returns:
+        The final `TrainingState` (history, epoch seconds, early stopping).
+
+    Example:
+    >>> state = fit(loop, EpochDatasets(...), val_data, epochs=10, batch_size=32, patience=3)  # doctest: +SKIP
+    >>> state.history["val_loss"]                                                              # doctest: +SKIP
+    """
+    state = state or TrainingState()
+    model = loop.model
+    best = {"weights": best_weights}
+    num_batches = -(-train_epochs.num_examples // batch_size)
+    epoch_updates = updates_per_epoch(train_epochs.num_examples, batch_size, loop.gradient_accumulation)
+
+    def checkpoint():
+        if checkpoints is not None:
+            groups = {"model": model.variables, "optimizer": loop.optimizer.variables}
+            if best["weights"] is not None:
+                groups["best"] = best["weights"]
+            checkpoints.save(state, groups)
+
+    def after_update(batches_done, totals):
+        # Counted here, not read from the optimizer: reading a variable would wait for every step.
+        updates = state.epoch * epoch_updates + -(-batches_done // loop.gradient_accumulation)
+        if checkpoint_steps and updates % checkpoint_steps == 0 and batches_done < num_batches:
+            state.batch, state.totals = batches_done, totals.numpy().tolist()
+            checkpoint()
+
+    while state.epoch < epochs and not state.stopped_early:
+        started = time.perf_counter()
+        loss, accuracy = loop.train_epoch(
+            train_epochs.for_epoch(state.epoch),
+            num_examples=train_epochs.num_examples,
+            batch_size=batch_size,
+            start_batch=state.batch,
+            start_totals=np.asarray(state.totals),
+            after_update=after_update,
+        )
+        figures = {"loss": loss, "accuracy": accuracy}
+        if val_data is not None:
+            figures["val_loss"], figures["val_accuracy"] = loop.evaluate(val_data)
+            _track_best(state, figures["val_loss"], best, model, patience)
+        state.epoch_seconds.append(round(time.perf_counter() - started, 3))
+        for key, value in figures.items():
+            state.history.setdefault(key, []).append(value)
+        logger.info(
+            "epoch %d/%d  %s  (%.1fs)",
+            state.epoch + 1,
+            epochs,
+            " ".join(f"{key} {value:.4f}" for key, value in figures.items()),
+            state.epoch_seconds[-1],
+        )
+        state.epoch, state.batch, state.totals = state.epoch + 1, 0, [0.0, 0.0, 0.0]
+        checkpoint()
+    if best["weights"] is not None:
+        model.set_weights(best["weights"])
+    return state
+
+
+def _track_best(state: TrainingState, val_loss: float, best: dict, model, patience: int):
+    """Early stopping on `val_loss`: keep the best weights, count epochs without improvement."""
+    if state.best_val_loss is None or val_loss < state.best_val_loss:
+        state.best_val_loss, state.epochs_without_improvement = val_loss, 0
+        best["weights"] = model.get_weights()
+        return
+    state.epochs_without_improvement += 1
+    if patience and state.epochs_without_improvement >= patience:
+        state.stopped_early = True
+        logger.info("early stopping: val_loss has not improved for %d epochs", patience)

@@ -1,0 +1,45 @@
+"""RunConfig: the training knobs are validated where they enter (flags, YAML, Python)."""
+
+import pytest
+
+from mmkeras.config import RunConfig
+from mmkeras.errors import UserError
+
+
+@pytest.mark.parametrize(
+    ("setting", "value", "message"),
+    [
+        ("gradient_accumulation", 0, "gradient_accumulation must be at least 1"),
+        ("mixed_precision", "fp8", "mixed_precision must be one of auto, off, float16, bfloat16"),
+        ("class_weight", "inverse", "class_weight must be one of none, balanced"),
+        ("checkpoint_steps", -1, "checkpoint_steps must not be negative"),
+        ("strategy", "tpu-pod", "strategy must be one of auto, one, mirrored, multi-worker"),
+    ],
+)
+def test_out_of_range_knobs_are_user_errors(setting, value, message):
+    with pytest.raises(UserError, match=message):
+        RunConfig(**{setting: value})
+
+
+def test_knobs_come_from_yaml_with_dashes_and_flags_override(tmp_path):
+    path = tmp_path / "run.yaml"
+    path.write_text(
+        "gradient-accumulation: 4\nmixed-precision: bfloat16\nclass-weight: balanced\ncheckpoint-steps: 10\n"
+    )
+    config = RunConfig.from_yaml(path).replace(gradient_accumulation=2, class_weight=None)
+    assert (config.gradient_accumulation, config.mixed_precision, config.class_weight, config.checkpoint_steps) == (
+        2,
+        "bfloat16",
+        "balanced",
+        10,
+    )
+
+
+def test_defaults_keep_the_previous_behaviour():
+    config = RunConfig()
+    assert (config.gradient_accumulation, config.mixed_precision, config.class_weight, config.checkpoint_steps) == (
+        1,
+        "auto",
+        "none",
+        0,
+    )

@@ -1,0 +1,101 @@
+"""Exact resume: SIGKILL a real `mmkeras train`, rerun with --resume, get the uninterrupted run's weights."""
+
+import json
+
+import numpy as np
+import pytest
+from training_runs import (
+    finish,
+    max_difference,
+    run,
+    run_weights,
+    start,
+    stop,
+    train_args,
+    wait_for_checkpoint,
+    write_data,
+)
+
+from mmkeras.cli.app import main
+from mmkeras.config import RunConfig
+from mmkeras.training.checkpoints import Checkpoints, TrainingState
+
+# 2 updates per epoch, a checkpoint after each: the kill lands mid-epoch or at an epoch boundary.
+RESUME_SETTINGS = {"epochs": 3, "checkpoint_steps": 1, "dropout": 0.1}
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    return write_data(tmp_path_factory.mktemp("data"), **RESUME_SETTINGS)
+
+
+def test_killed_run_resumes_to_the_uninterrupted_weights(data, tmp_path):
+    uninterrupted = tmp_path / "uninterrupted"
+    expected = run(train_args(data, uninterrupted, "--deterministic"))
+    interrupted = tmp_path / "interrupted"
+    process = start(train_args(data, interrupted, "--deterministic"))
+    try:
+        wait_for_checkpoint(interrupted, process)
+        process.kill()  # SIGKILL: no cleanup, no final save
+        code, _, _ = finish(process, timeout=30)
+    finally:
+        stop([process])
+    assert code == -9 and not (interrupted / "model.keras").exists()
+    resumed = start(train_args(data, interrupted, "--deterministic", "--resume"))
+    try:
+        code, out, err = finish(resumed, timeout=240)
+    finally:
+        stop([resumed])
+    assert code == 0, err[-3000:]
+    assert "resuming from ckpt-" in err
+    metrics = json.loads(out)
+    assert metrics["epochs_completed"] == expected["epochs_completed"] == 3
+    assert metrics["val_loss"] == pytest.approx(expected["val_loss"], abs=1e-6)
+    assert max_difference(run_weights(interrupted), run_weights(uninterrupted)) < 1e-6
+    assert not (interrupted / "checkpoints").exists()  # a finished run keeps no checkpoints
+
+
+def fake_checkpoint(run_dir, config: RunConfig, epoch: int, value: float):
+    state = TrainingState(epoch=epoch, config=config.to_dict())
+    Checkpoints(run_dir, writer=True).save(state, {"model": [np.full(3, value)], "optimizer": []})
+
+
+def test_a_corrupt_checkpoint_falls_back_to_the_previous_one(tmp_path):
+    config = RunConfig(data="train.csv", out=str(tmp_path))
+    fake_checkpoint(tmp_path, config, epoch=1, value=1.0)
+    fake_checkpoint(tmp_path, config, epoch=2, value=2.0)
+    checkpoints = Checkpoints(tmp_path, writer=True)
+    assert checkpoints.latest().state.epoch == 2
+    newest = checkpoints.latest().path / "variables.npz"
+    newest.write_bytes(newest.read_bytes()[:-20])  # truncated
+    (checkpoints.folder / ".partial-ckpt-0003-000000").mkdir()  # a save that never finished
+    fallback = checkpoints.latest()
+    assert fallback.state.epoch == 1 and fallback.values["model"][0].tolist() == [1.0, 1.0, 1.0]
+
+
+def test_only_the_newest_checkpoints_are_kept(tmp_path):
+    config = RunConfig(data="train.csv", out=str(tmp_path))
+    for epoch in range(1, 5):
+        fake_checkpoint(tmp_path, config, epoch=epoch, value=epoch)
+    assert sorted(path.name for path in (tmp_path / "checkpoints").iterdir()) == [
+        "ckpt-0003-000000",
+        "ckpt-0004-000000",
+    ]
+
+
+def test_resume_without_a_checkpoint_is_a_user_error(data, tmp_path, capsys):
+    code = main(train_args(data, tmp_path / "empty", "--resume"))
+    assert code == 2
+    assert "no checkpoint to continue from" in capsys.readouterr().err
+
+
+def test_resume_with_other_settings_is_a_user_error(data, tmp_path, capsys):
+    out = tmp_path / "run"
+    flags = train_args(data, out)
+    config = RunConfig.from_yaml(data["config"]).replace(
+        data=str(data["train"]), val=str(data["val"]), out=str(out), epochs=5
+    )
+    fake_checkpoint(out, config, epoch=1, value=0.0)
+    code = main([*flags, "--resume"])
+    assert code == 2
+    assert "changed: epochs 5 -> 3" in capsys.readouterr().err

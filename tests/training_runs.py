@@ -1,0 +1,135 @@
+"""Helpers for tests that run `mmkeras train` in child processes (distributed, resume)."""
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import keras
+import numpy as np
+import yaml
+from test_cli_end_to_end import SAMPLES, write_subset
+
+# Small enough for 2 cores: 16 rows, global batch 8 (2 updates per epoch), no dropout so replicas can agree.
+TRAIN_ROWS, VAL_ROWS = 16, 8
+RUN_SETTINGS = {"epochs": 2, "batch_size": 8, "seed": 3, "dropout": 0.0, "fusion_dim": 32, "sequence_length": 16}
+ENTRY = "import sys; from mmkeras.cli.app import main; sys.exit(main())\n"
+# The tiny BERT has dropout 0.1 built in (keras-hub's default; RunConfig.dropout reaches only the fusion).
+# Dropout masks depend on the per-replica batch and on XLA, so runs that must agree to 1e-5 turn it off.
+NO_BACKBONE_DROPOUT = """
+import keras_hub
+_bert_init = keras_hub.models.BertBackbone.__init__
+def _bert_without_dropout(self, *args, **kwargs):
+    _bert_init(self, *args, **{**kwargs, "dropout": 0.0})
+keras_hub.models.BertBackbone.__init__ = _bert_without_dropout
+"""
+
+
+def write_data(folder: Path, **settings) -> dict:
+    """Train/val manifests and a run.yaml (RUN_SETTINGS updated with `settings`) in `folder`."""
+    config = folder / "run.yaml"
+    config.write_text(yaml.safe_dump({**RUN_SETTINGS, **settings}))
+    return {
+        "train": write_subset(SAMPLES / "train.csv", folder / "train.csv", TRAIN_ROWS),
+        "val": write_subset(SAMPLES / "val.csv", folder / "val.csv", VAL_ROWS),
+        "config": config,
+    }
+
+
+def train_args(data: dict, out: Path, *extra) -> list[str]:
+    return [
+        "train",
+        "--config",
+        str(data["config"]),
+        "--data",
+        str(data["train"]),
+        "--val",
+        str(data["val"]),
+        "--out",
+        str(out),
+        "--json",
+        *map(str, extra),
+    ]
+
+
+def start(args: list[str], env: dict | None = None, prelude: str = "") -> subprocess.Popen:
+    """`mmkeras ARGS` in a child process (backbone dropout off, `prelude` Python code first), output captured."""
+    environment = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", **(env or {})}
+    return subprocess.Popen(
+        [sys.executable, "-c", NO_BACKBONE_DROPOUT + prelude + ENTRY, *args],
+        env=environment,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def finish(process: subprocess.Popen, timeout: float) -> tuple[int, str, str]:
+    """Wait for `process` (killed on timeout), then its exit code, stdout and stderr."""
+    try:
+        out, err = process.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        out, err = process.communicate()
+        raise AssertionError(f"timed out after {timeout}s; stderr:\n{err[-3000:]}") from None
+    return process.returncode, out, err
+
+
+def stop(processes: list[subprocess.Popen]):
+    """Kill the children still running (by their handles) and reap them."""
+    for process in processes:
+        if process.poll() is None:
+            process.kill()
+        process.communicate()
+
+
+def run(args: list[str], timeout: float = 120, **kwargs) -> dict:
+    """Run `mmkeras ARGS --json` to the end and return its JSON result."""
+    process = start(args, **kwargs)
+    try:
+        code, out, err = finish(process, timeout)
+    finally:
+        stop([process])
+    assert code == 0, err[-3000:]
+    return json.loads(out)
+
+
+def free_ports(count: int) -> list[int]:
+    sockets = [socket.socket() for _ in range(count)]
+    try:
+        for sock in sockets:
+            sock.bind(("127.0.0.1", 0))
+        return [sock.getsockname()[1] for sock in sockets]
+    finally:
+        for sock in sockets:
+            sock.close()
+
+
+def tf_configs(workers: int) -> list[str]:
+    """TF_CONFIG values for `workers` local workers (worker 0 is the chief)."""
+    cluster = {"worker": [f"127.0.0.1:{port}" for port in free_ports(workers)]}
+    return [json.dumps({"cluster": cluster, "task": {"type": "worker", "index": index}}) for index in range(workers)]
+
+
+def run_weights(run_dir: Path) -> list[np.ndarray]:
+    import mmkeras.models  # noqa: F401  (registers the custom layers)
+
+    return keras.models.load_model(run_dir / "model.keras", compile=False).get_weights()
+
+
+def max_difference(first: list[np.ndarray], second: list[np.ndarray]) -> float:
+    assert [a.shape for a in first] == [b.shape for b in second]
+    return max(float(np.max(np.abs(a.astype(np.float64) - b))) for a, b in zip(first, second) if a.size)
+
+
+def wait_for_checkpoint(run_dir: Path, process: subprocess.Popen, timeout: float = 240.0):
+    """Return once `run_dir` holds a checkpoint (fail if `process` ends first or on timeout)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and process.poll() is None:
+        if list((run_dir / "checkpoints").glob("ckpt-*")):
+            return
+        time.sleep(0.02)
+    raise AssertionError(f"no checkpoint appeared (exit code {process.poll()})")
