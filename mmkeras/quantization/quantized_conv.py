@@ -88,7 +88,7 @@ class QuantizedDepthwiseConv2D(keras.layers.DepthwiseConv2D):
 class FoldedBatchNormalization(keras.layers.BatchNormalization):
     """A BatchNormalization already folded into the convolution before it: the identity.
 
-    Its variables stay (so weight files keep their layout) but are unused.
+    Its variables stay (so weight files keep their layout) but are unused and frozen.
 
     Example:
     >>> import numpy as np
@@ -149,6 +149,7 @@ def fold_batch_normalization(conv, norm):
         conv.bias.assign(folded_bias)
         conv.use_bias = True
     norm.__class__ = FoldedBatchNormalization
+    norm.trainable = False  # unused from now on: no gradient to apply
 
 
 def _is_depthwise(conv):
