@@ -277,3 +277,16 @@ def test_op_listing_names_ops_and_tensor_dtypes(bundles):
     gather = next(op for op in ops if op.name == "GATHER")  # the token embedding lookup
     assert "int32" in gather.input_dtypes and gather.output_dtypes == ("float32",)
     assert op_summary(model_bytes)["by_type"]["FULLY_CONNECTED"] == sum(op.name == "FULLY_CONNECTED" for op in ops)
+
+
+def test_conversion_report_counts_compute_ops_by_precision_and_is_stored(bundles):
+    compute = {mode: report["ops"]["compute_ops"] for mode, (_, report) in bundles.items()}
+    assert compute["none"]["float"] == compute["none"]["total"] > 0 and compute["none"]["int8_fraction"] == 0
+    assert compute["float16"]["float"] == compute["float16"]["total"]
+    assert compute["dynamic"]["hybrid"] > 0 and compute["dynamic"]["int8"] == 0
+    assert compute["int8"]["int8"] == compute["int8"]["total"] and compute["int8"]["int8_fraction"] == 1.0
+    for mode, (bundle_dir, report) in bundles.items():
+        conversion = read_bundle(bundle_dir)["conversion"]
+        assert conversion["quantize"] == mode and conversion["qat"] is False
+        assert conversion["ops"]["compute_ops"] == compute[mode]
+        assert conversion["parity"]["source"] == "calibration"
