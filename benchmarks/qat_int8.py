@@ -24,13 +24,13 @@ import tempfile
 from pathlib import Path
 
 import numpy as np
+from mmkeras.export.benchmark import benchmark_bundle
+from mmkeras.export.converter import export_bundle
+from mmkeras.export.runtime import Predictor
 from PIL import Image
 
 from mmkeras.config import RunConfig
 from mmkeras.data.manifest import read_manifest
-from mmkeras.export.benchmark import benchmark_bundle
-from mmkeras.export.converter import export_bundle
-from mmkeras.export.runtime import Predictor
 from mmkeras.quantization.qat_training import QATSettings, qat_finetune
 from mmkeras.training.run_folder import load_run, save_run
 

@@ -7,15 +7,15 @@ from pathlib import Path
 import keras
 import numpy as np
 import pytest
+from mmkeras.export.bundle import read_bundle
+from mmkeras.export.converter import BUILTIN_OP_NAMES, COMPUTE_OPS, export_bundle
+from mmkeras.export.interpreter import list_ops
+from mmkeras.export.runtime import Predictor
 
 from mmkeras.config import RunConfig
 from mmkeras.data.manifest import read_manifest
 from mmkeras.errors import UserError
 from mmkeras.evaluation.evaluate import evaluate
-from mmkeras.export.bundle import read_bundle
-from mmkeras.export.converter import BUILTIN_OP_NAMES, COMPUTE_OPS, export_bundle
-from mmkeras.export.interpreter import list_ops
-from mmkeras.export.runtime import Predictor
 from mmkeras.models import build_model
 from mmkeras.quantization.qat_training import QATSettings, qat_finetune
 from mmkeras.quantization.qat_transform import activation_quantizers, calibrate_ranges, quantize_model

@@ -28,16 +28,11 @@ from mmkeras.data.manifest import read_manifest
 from mmkeras.errors import UserError
 from mmkeras.models.text_backbones import BUILTIN_TEXT_BACKBONES
 from mmkeras.models.vision_backbones import BUILTIN_VISION_BACKBONES
-from mmkeras.quantization.fake_quant import EMA_DECAY
-from mmkeras.quantization.fake_quant import NUM_BITS
-from mmkeras.quantization.qat_transform import calibrate_ranges
-from mmkeras.quantization.qat_transform import is_quantized
-from mmkeras.quantization.qat_transform import quantize_model
+from mmkeras.quantization.fake_quant import EMA_DECAY, NUM_BITS
+from mmkeras.quantization.qat_transform import calibrate_ranges, is_quantized, quantize_model
 from mmkeras.quantization.quantized_layer import QuantizerSettings
-from mmkeras.training.optimizers import make_optimizer
-from mmkeras.training.optimizers import resolve_learning_rate
-from mmkeras.training.run_folder import load_run
-from mmkeras.training.run_folder import save_run
+from mmkeras.training.optimizers import make_optimizer, resolve_learning_rate
+from mmkeras.training.run_folder import load_run, save_run
 
 # QAT starts from trained weights: a tenth of the run's peak learning rate.
 LEARNING_RATE_FACTOR = 0.1

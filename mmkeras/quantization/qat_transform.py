@@ -44,19 +44,17 @@ from mmkeras.models.cross_attention_fusion import CrossAttentionFusion
 from mmkeras.models.gated_fusion import GatedFusion
 from mmkeras.quantization.fake_quant import ActivationQuantizer
 from mmkeras.quantization.quantized_attention import QuantizedMultiHeadAttention
-from mmkeras.quantization.quantized_conv import QuantizedConv2D
-from mmkeras.quantization.quantized_conv import QuantizedDepthwiseConv2D
-from mmkeras.quantization.quantized_conv import fold_batch_normalization
-from mmkeras.quantization.quantized_dense import QuantizedDense
-from mmkeras.quantization.quantized_dense import QuantizedEinsumDense
-from mmkeras.quantization.quantized_layer import QuantizerSettings
-from mmkeras.quantization.quantized_layer import convert_layer
-from mmkeras.quantization.quantized_outputs import QuantizedActivation
-from mmkeras.quantization.quantized_outputs import QuantizedAdd
-from mmkeras.quantization.quantized_outputs import QuantizedLayerNormalization
-from mmkeras.quantization.quantized_outputs import QuantizedMultiply
-from mmkeras.quantization.quantized_outputs import QuantizedReLU
-from mmkeras.quantization.quantized_outputs import QuantizedSoftmax
+from mmkeras.quantization.quantized_conv import QuantizedConv2D, QuantizedDepthwiseConv2D, fold_batch_normalization
+from mmkeras.quantization.quantized_dense import QuantizedDense, QuantizedEinsumDense
+from mmkeras.quantization.quantized_layer import QuantizerSettings, convert_layer
+from mmkeras.quantization.quantized_outputs import (
+    QuantizedActivation,
+    QuantizedAdd,
+    QuantizedLayerNormalization,
+    QuantizedMultiply,
+    QuantizedReLU,
+    QuantizedSoftmax,
+)
 
 logger = logging.getLogger("mmkeras")
 
@@ -161,7 +159,7 @@ def quantize_model(
         raise UnknownLayerError(unknown)
     for name, names in unknown.items():
         logger.warning("QAT: layer type %s is unknown and stays float: %s", name, ", ".join(names))
-    for conv, norm in _conv_norm_pairs(layers):
+    for conv, norm in _conv_norm_pairs([model, *layers]):
         fold_batch_normalization(conv, norm)
     leftover = [layer.name for layer in layers if type(layer) is keras.layers.BatchNormalization]
     if leftover:

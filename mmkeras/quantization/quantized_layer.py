@@ -24,9 +24,7 @@ Example:
 
 import dataclasses
 
-from mmkeras.quantization.fake_quant import EMA_DECAY
-from mmkeras.quantization.fake_quant import NUM_BITS
-from mmkeras.quantization.fake_quant import ActivationQuantizer
+from mmkeras.quantization.fake_quant import EMA_DECAY, NUM_BITS, ActivationQuantizer
 
 
 @dataclasses.dataclass(frozen=True)
