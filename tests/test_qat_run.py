@@ -1,21 +1,21 @@
 """QAT end to end in Python: fine-tune a tiny float run, reload the QAT run exactly, export int8."""
 
-import csv
 import json
 from pathlib import Path
 
 import keras
 import numpy as np
 import pytest
-from mmkeras.export.bundle import read_bundle
-from mmkeras.export.converter import BUILTIN_OP_NAMES, COMPUTE_OPS, export_bundle
-from mmkeras.export.interpreter import list_ops
-from mmkeras.export.runtime import Predictor
+from test_cli_end_to_end import write_subset  # pytest puts tests/ on sys.path
 
 from mmkeras.config import RunConfig
 from mmkeras.data.manifest import read_manifest
 from mmkeras.errors import UserError
 from mmkeras.evaluation.evaluate import evaluate
+from mmkeras.export.bundle import read_bundle
+from mmkeras.export.converter import BUILTIN_OP_NAMES, COMPUTE_OPS, export_bundle
+from mmkeras.export.interpreter import list_ops
+from mmkeras.export.runtime import Predictor
 from mmkeras.models import build_model
 from mmkeras.quantization.qat_training import QATSettings, qat_finetune
 from mmkeras.quantization.qat_transform import activation_quantizers, calibrate_ranges, quantize_model
@@ -23,17 +23,6 @@ from mmkeras.training.run_folder import QAT_WEIGHTS_FILE, QUANTIZATION_FILE, loa
 
 SAMPLES = Path(__file__).resolve().parents[1] / "samples"
 SEQUENCE_LENGTH = 16
-
-
-def write_subset(source: Path, out: Path, rows: int) -> Path:
-    with source.open(newline="", encoding="utf-8") as handle:
-        records = list(csv.DictReader(handle))[:rows]
-    with out.open("w", newline="", encoding="utf-8") as handle:
-        writer = csv.DictWriter(handle, fieldnames=["text", "image", "label"])
-        writer.writeheader()
-        for record in records:
-            writer.writerow({**record, "image": str(source.parent / record["image"]) if record["image"] else ""})
-    return out
 
 
 @pytest.fixture(scope="module")
