@@ -108,13 +108,20 @@ def qat(
     learning_rate: Optional[float] = typer.Option(None, help="Peak learning rate (default: a tenth of the run's)."),
     batch_size: Optional[int] = typer.Option(None, min=1, help="Batch size (default: the run's)."),
     calibration_batches: int = typer.Option(8, min=1, help="Batches that set the activation ranges first."),
+    unknown_layers: Literal["error", "warn"] = typer.Option(
+        "error", help="A layer type QAT does not know: refuse it, or warn and leave it float."
+    ),
     as_json: bool = JSON_OPTION,
 ):
     """Fine-tune a run with quantization-aware training; write a QAT run for export --quantize int8."""
     from mmkeras.quantization.qat_training import QATSettings, qat_finetune
 
     settings = QATSettings(
-        epochs=epochs, learning_rate=learning_rate, batch_size=batch_size, calibration_batches=calibration_batches
+        epochs=epochs,
+        learning_rate=learning_rate,
+        batch_size=batch_size,
+        calibration_batches=calibration_batches,
+        unknown_layers=unknown_layers,
     )
     metrics = qat_finetune(run_dir, data, out, val=val, settings=settings)
     emit(

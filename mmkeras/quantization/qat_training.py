@@ -50,6 +50,8 @@ class QATSettings:
             before the first step.
         num_bits: quantizer bit width (8 for int8 export).
         ema_decay: moving-average decay of the activation ranges.
+        unknown_layers: `error` refuses a layer type the QAT transform does
+            not know; `warn` names it in a warning and leaves it float.
     """
 
     epochs: int = 2
@@ -58,6 +60,7 @@ class QATSettings:
     calibration_batches: int = 8
     num_bits: int = NUM_BITS
     ema_decay: float = EMA_DECAY
+    unknown_layers: str = "error"
 
     def quantizer_settings(self) -> QuantizerSettings:
         return QuantizerSettings(num_bits=self.num_bits, ema_decay=self.ema_decay)
@@ -100,7 +103,7 @@ def qat_finetune(run_dir, data, out, *, val=None, settings: QATSettings | None =
     model = run.model
     _freeze_pooler(model)
     if not is_quantized(model):
-        model = quantize_model(model, settings.quantizer_settings(), copy=False)
+        model = quantize_model(model, settings.quantizer_settings(), on_unknown=settings.unknown_layers, copy=False)
     calibrate_ranges(model, (inputs for inputs, _ in train_data.take(settings.calibration_batches)))
     steps = sum(1 for _ in train_data) * settings.epochs
     model.compile(

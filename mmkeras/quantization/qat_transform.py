@@ -122,7 +122,7 @@ class UnknownLayerError(UserError):
         listed = "; ".join(f"{name} ({', '.join(names[:3])})" for name, names in sorted(layers.items()))
         super().__init__(
             f"cannot quantize layer type(s) the QAT transform does not know: {listed}; "
-            "they would stay float (pass on_unknown='warn' to accept that)"
+            "they would stay float (`mmkeras qat --unknown-layers warn` or on_unknown='warn' accepts that)"
         )
 
 
@@ -155,6 +155,9 @@ def quantize_model(
         model = _copy_model(model)
     layers = _all_layers(model)
     unknown = _unknown_layers(layers)
+    for layer in layers:  # refuse before changing anything
+        if type(layer) is keras.layers.EinsumDense:
+            QuantizedEinsumDense.check_equation(layer.equation, layer.bias_axes)
     if unknown and on_unknown == "error":
         raise UnknownLayerError(unknown)
     for name, names in unknown.items():
