@@ -14,6 +14,7 @@ Two configurations:
     # 30522, sequence 64) + MobileNetV3-small-like vision (224x224) + cross-attention,
     # random weights and random data: only size, latency and agreement mean anything
     python benchmarks/qat_int8.py --edge
+    # --workdir DIR keeps the runs and bundles (then `mmkeras benchmark DIR/qat-int8` etc.)
 """
 
 import argparse
@@ -137,12 +138,14 @@ def main(argv=None) -> dict:
     parser.add_argument("--edge", action="store_true", help="the edge-sized random configuration instead")
     parser.add_argument("--qat-epochs", type=int, default=2)
     parser.add_argument("--runs", type=int, default=200, help="timed runs per latency figure")
+    parser.add_argument("--workdir", type=Path, help="keep the runs and bundles here (default: a temp folder)")
     args = parser.parse_args(argv)
     if args.edge == bool(args.run and args.train and args.test):
         parser.error("give either --run, --train and --test, or --edge")
     logging.basicConfig(stream=sys.stderr, level=logging.INFO, format="%(message)s")
     with tempfile.TemporaryDirectory(prefix="mmkeras-qat-bench-") as folder:
-        workdir = Path(folder)
+        workdir = args.workdir or Path(folder)
+        workdir.mkdir(parents=True, exist_ok=True)
         if args.edge:
             run_dir, manifest = build_edge_run(workdir)
             result = {"configuration": "edge-sized random", **measure(
