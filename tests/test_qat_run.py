@@ -63,10 +63,18 @@ def int8_bundle(qat_run, tmp_path_factory):
     return out, export_bundle(qat_run[0], out, quantize="int8")
 
 
-def test_qat_training_lowers_the_loss_and_writes_a_qat_run(qat_run):
+def test_qat_training_lowers_the_loss_and_writes_a_qat_run(qat_run, data):
     run_dir, metrics = qat_run
     assert metrics["epochs_completed"] == 3 and len(metrics["epoch_seconds"]) == 3
     assert metrics["loss"] < metrics["initial_loss"]
+    # The same measure as `initial_loss` (inference mode, all training rows), on the reloaded QAT run.
+    run = load_run(run_dir)
+    manifest = read_manifest(data[0])
+    inputs = run.preprocessor([row.text for row in manifest.rows], [row.image for row in manifest.rows])
+    loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True)(
+        manifest.encode_labels(run.labels), run.model(inputs, training=False)
+    )
+    assert float(loss) < metrics["initial_loss"]
     assert 0.0 <= metrics["val_accuracy"] <= 1.0
     assert json.loads((run_dir / "metrics.json").read_text()) == metrics
     quantization = json.loads((run_dir / QUANTIZATION_FILE).read_text())
