@@ -2,7 +2,9 @@
 
 For each bundle: test accuracy, label agreement with the float32 bundle, model
 size (and its ratio to float32), latency p50 at 1 and 2 threads, and the
-compute-op precision of the conversion report. QAT-int8 is `qat_finetune`
+compute-op precision of the conversion report. Latency is the median over 3
+rounds that measure every bundle in turn (`--runs` timed runs each), so that a busy spell of a shared machine
+does not fall on one bundle only. QAT-int8 is `qat_finetune`
 (`mmkeras qat`) followed by `export --quantize int8`. Prints one JSON object on
 stdout (progress on stderr); nothing is asserted.
 
@@ -14,7 +16,8 @@ Two configurations:
     # 30522, sequence 64) + MobileNetV3-small-like vision (224x224) + cross-attention,
     # random weights and random data: only size, latency and agreement mean anything
     python benchmarks/qat_int8.py --edge
-    # --workdir DIR keeps the runs and bundles (then `mmkeras benchmark DIR/qat-int8` etc.)
+    # --workdir DIR keeps the runs and bundles; --latency-only DIR measures their latency again
+    python benchmarks/qat_int8.py --latency-only DIR
 """
 
 import argparse
@@ -35,7 +38,9 @@ from mmkeras.data.manifest import read_manifest
 from mmkeras.quantization.qat_training import QATSettings, qat_finetune
 from mmkeras.training.run_folder import load_run, save_run
 
-PTQ_MODES = ("none", "float16", "dynamic", "int8")
+# Bundle name (also its folder in --workdir) -> export mode of the float run.
+PTQ_BUNDLES = {"none": "none", "float16": "float16", "dynamic": "dynamic", "ptq-int8": "int8"}
+LATENCY_ROUNDS = 3
 EDGE_SEQUENCE_LENGTH = 64
 EDGE_VOCABULARY_SIZE = 30522
 # keras-hub MobileNetBackbone with MobileNetV3-small-like stages (its docstring's example).
@@ -67,32 +72,44 @@ def measure(run_dir: Path, train: Path, test: Path, workdir: Path, *, qat_epochs
     inputs = run.preprocessor([row.text for row in manifest.rows], [row.image for row in manifest.rows])
     truth = manifest.encode_labels(run.labels)
     reports = {}
-    for mode in PTQ_MODES:
-        logging.info("export %s", mode)
-        reports["ptq-" + mode if mode == "int8" else mode] = export_bundle(run_dir, workdir / mode, quantize=mode)
+    for name, mode in PTQ_BUNDLES.items():
+        logging.info("export %s", name)
+        reports[name] = export_bundle(run_dir, workdir / name, quantize=mode)
     logging.info("QAT fine-tune, %d epochs", qat_epochs)
     qat_metrics = qat_finetune(run_dir, train, workdir / "qat_run", settings=QATSettings(epochs=qat_epochs))
     reports["qat-int8"] = export_bundle(workdir / "qat_run", workdir / "qat-int8", quantize="int8")
     float_labels = None
     result = {"qat": qat_metrics}
     for name, report in reports.items():
-        bundle = Path(report["path"])
-        labels = Predictor(bundle).predict_inputs(inputs).argmax(axis=1)
+        labels = Predictor(report["path"]).predict_inputs(inputs).argmax(axis=1)
         float_labels = labels if float_labels is None else float_labels
         result[name] = {
             "test_accuracy": float(np.mean(labels == truth)),
             "label_agreement_with_float32": float(np.mean(labels == float_labels)),
             "size_bytes": report["size_bytes"],
             "size_vs_float32": round(report["size_bytes"] / reports["none"]["size_bytes"], 3),
-            "latency_p50_ms": {
-                threads: benchmark_bundle(bundle, threads=threads, runs=runs)["latency_ms"]["p50"] for threads in (1, 2)
-            },
             "compute_ops": report["ops"]["compute_ops"],
             "float_ops": report["ops"]["float_ops"],
             "parity_vs_keras": report["parity"],
         }
-        logging.info("%s: %s", name, json.dumps(result[name]))
+    for name, latency in interleaved_latency({name: report["path"] for name, report in reports.items()}, runs).items():
+        result[name]["latency_p50_ms"] = latency
     return result
+
+
+def interleaved_latency(bundles: dict[str, str], runs: int, rounds: int = LATENCY_ROUNDS) -> dict:
+    """p50 latency per bundle and thread count: the median over `rounds` rounds that visit every bundle in turn.
+
+    Interleaving spreads a busy spell of a shared machine over all bundles instead of one.
+    """
+    samples = {name: {threads: [] for threads in (1, 2)} for name in bundles}
+    for round_index in range(rounds):
+        logging.info("latency round %d/%d", round_index + 1, rounds)
+        for name, bundle in bundles.items():
+            for threads in (1, 2):
+                figures = benchmark_bundle(bundle, threads=threads, runs=runs)
+                samples[name][threads].append(figures["latency_ms"]["p50"])
+    return {name: {threads: float(np.median(values)) for threads, values in by_threads.items()} for name, by_threads in samples.items()}
 
 
 def build_edge_run(workdir: Path, rows: int = 64, classes: int = 3) -> tuple[Path, Path]:
@@ -139,10 +156,16 @@ def main(argv=None) -> dict:
     parser.add_argument("--qat-epochs", type=int, default=2)
     parser.add_argument("--runs", type=int, default=200, help="timed runs per latency figure")
     parser.add_argument("--workdir", type=Path, help="keep the runs and bundles here (default: a temp folder)")
+    parser.add_argument("--latency-only", type=Path, help="only measure the latency of the bundles a --workdir kept")
     args = parser.parse_args(argv)
+    logging.basicConfig(stream=sys.stderr, level=logging.INFO, format="%(message)s")
+    if args.latency_only:
+        names = [*PTQ_BUNDLES, "qat-int8"]
+        result = interleaved_latency({name: args.latency_only / name for name in names}, args.runs)
+        print(json.dumps(result, indent=2))
+        return result
     if args.edge == bool(args.run and args.train and args.test):
         parser.error("give either --run, --train and --test, or --edge")
-    logging.basicConfig(stream=sys.stderr, level=logging.INFO, format="%(message)s")
     with tempfile.TemporaryDirectory(prefix="mmkeras-qat-bench-") as folder:
         workdir = args.workdir or Path(folder)
         workdir.mkdir(parents=True, exist_ok=True)
