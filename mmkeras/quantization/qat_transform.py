@@ -107,7 +107,7 @@ CONTAINER_CONV_NORM_PAIRS = {
     ConcatFusion: (),
     GatedFusion: (),
 }
-CONVOLUTIONS = (keras.layers.Conv2D, keras.layers.DepthwiseConv2D)
+FOLDABLE_CONVOLUTIONS = (keras.layers.Conv2D, keras.layers.DepthwiseConv2D)
 
 
 class UnknownLayerError(UserError):
@@ -160,13 +160,15 @@ def quantize_model(
             QuantizedEinsumDense.check_equation(layer.equation, layer.bias_axes)
     if unknown and on_unknown == "error":
         raise UnknownLayerError(unknown)
-    for name, names in unknown.items():
-        logger.warning("QAT: layer type %s is unknown and stays float: %s", name, ", ".join(names))
-    for conv, norm in _conv_norm_pairs([model, *layers]):
-        fold_batch_normalization(conv, norm)
-    leftover = [layer.name for layer in layers if type(layer) is keras.layers.BatchNormalization]
+    pairs = _conv_norm_pairs([model, *layers])
+    folded = {id(norm) for _, norm in pairs}
+    leftover = [layer.name for layer in layers if type(layer) is keras.layers.BatchNormalization and id(layer) not in folded]
     if leftover:
         raise UserError(f"cannot quantize: BatchNormalization layer(s) not right after a convolution: {leftover}")
+    for name, names in unknown.items():
+        logger.warning("QAT: layer type %s is unknown and stays float: %s", name, ", ".join(names))
+    for conv, norm in pairs:
+        fold_batch_normalization(conv, norm)
     for layer in layers:
         quantized_class = QUANTIZED_CLASSES.get(type(layer))
         if quantized_class is QuantizedMultiHeadAttention:
@@ -260,6 +262,6 @@ def _functional_conv_norm_pairs(model):
             continue
         producer = parents[0].operation
         # Folding changes the convolution's output: only when the norm is its sole consumer.
-        if type(producer) in (keras.layers.Conv2D, keras.layers.DepthwiseConv2D) and len(producer._outbound_nodes) == 1:
+        if type(producer) in FOLDABLE_CONVOLUTIONS and len(producer._outbound_nodes) == 1:
             pairs.append((producer, layer))
     return pairs
