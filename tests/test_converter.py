@@ -290,3 +290,15 @@ def test_conversion_report_counts_compute_ops_by_precision_and_is_stored(bundles
         assert conversion["quantize"] == mode and conversion["qat"] is False
         assert conversion["ops"]["compute_ops"] == compute[mode]
         assert conversion["parity"]["source"] == "calibration"
+
+
+def test_int8_keeps_hard_swish_float_for_xnnpack(tmp_path):
+    # XNNPACK has no int8 HARD_SWISH (the builtin int8 kernel is many times slower than float).
+    texts = ["a red circle", "a blue square"]
+    model, preprocessor = build_model("tiny", "tiny-mobilenet", num_classes=2, texts=texts, sequence_length=8, seed=0)
+    inputs = preprocessor(texts, [None, None])
+    ops = list_ops(convert_model(model, quantize="int8", representative_inputs=[inputs]))
+    hard_swish = [op for op in ops if op.name == "HARD_SWISH"]
+    assert hard_swish and all(op.output_dtypes == ("float32",) for op in hard_swish)
+    compute = [op for op in ops if op.name in converter.COMPUTE_OPS]
+    assert sum(op.output_dtypes == ("int8",) for op in compute) >= 0.9 * len(compute)
