@@ -107,6 +107,8 @@ def test_int8_export_of_a_qat_run_is_integer_and_builtin_only(int8_bundle):
     compute = [op for op in ops if op.name in COMPUTE_OPS]
     int8 = [op for op in compute if op.output_dtypes == ("int8",)]
     assert len(int8) >= 0.9 * len(compute) and {"FULLY_CONNECTED", "CONV_2D"} <= {op.name for op in compute}
+    # Hard-swish is written as int8 ADD/MUL (XNNPACK has no int8 HARD_SWISH kernel).
+    assert "HARD_SWISH" not in {op.name for op in ops}
     assert report["qat"] is True
     assert report["ops"]["compute_ops"]["int8"] == len(int8)
     assert report["ops"]["compute_ops"]["int8_fraction"] >= 0.9

@@ -173,6 +173,8 @@ def quantize_model(
         quantized_class = QUANTIZED_CLASSES.get(type(layer))
         if quantized_class is QuantizedMultiHeadAttention:
             convert_layer(layer, quantized_class, settings, QuantizedMultiHeadAttention.QUANTIZERS)
+        elif quantized_class is QuantizedActivation:
+            convert_layer(layer, quantized_class, settings, QuantizedActivation.quantizer_names(layer))
         elif quantized_class is not None:
             convert_layer(layer, quantized_class, settings)
     return model

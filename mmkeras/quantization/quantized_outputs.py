@@ -32,7 +32,26 @@ class QuantizedLayerNormalization(OutputQuantized, keras.layers.LayerNormalizati
 
 @keras.saving.register_keras_serializable(package="mmkeras")
 class QuantizedActivation(OutputQuantized, keras.layers.Activation):
-    """Activation with a fake-quantized output."""
+    """Activation with a fake-quantized output.
+
+    Hard-swish is written as `x * gate` with a separately fake-quantized
+    `gate = relu6(x + 3) / 6`: XNNPACK has no int8 HARD_SWISH kernel and the
+    builtin one is slow, while int8 ADD, clamp and MUL run in XNNPACK (the
+    fake-quant between them keeps the converter from fusing them back into
+    HARD_SWISH). Made by `convert_layer` with `quantizer_names(layer)`.
+    """
+
+    @staticmethod
+    def quantizer_names(layer):
+        if layer.activation is keras.activations.hard_swish:
+            return ("gate_quantizer", "output_quantizer")
+        return ("output_quantizer",)
+
+    def call(self, inputs):
+        if self.activation is not keras.activations.hard_swish:
+            return super().call(inputs)
+        gate = self.gate_quantizer(keras.ops.relu6(inputs + 3.0) * (1.0 / 6.0))
+        return self.output_quantizer(inputs * gate)
 
 
 @keras.saving.register_keras_serializable(package="mmkeras")
