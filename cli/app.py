@@ -122,18 +122,75 @@ def evaluate(
 
 
 @app.command()
+def qat(
+    run_dir: Path = typer.Argument(..., help="A float run folder (or a QAT run to train further)."),
+    data: Path = typer.Option(..., "--data", help="Training manifest for the QAT fine-tune."),
+    out: Path = typer.Option(..., "--out", help="QAT run folder to write."),
+    val: Optional[Path] = typer.Option(None, "--val", help="Validation manifest (reported)."),
+    epochs: int = typer.Option(2, "--epochs", min=1),
+    learning_rate: Optional[float] = typer.Option(None, help="Peak learning rate (default: a tenth of the run's)."),
+    batch_size: Optional[int] = typer.Option(None, min=1, help="Batch size (default: the run's)."),
+    calibration_batches: int = typer.Option(8, min=1, help="Batches that set the activation ranges first."),
+    unknown_layers: Literal["error", "warn"] = typer.Option(
+        "error", help="A layer type QAT does not know: refuse it, or warn and leave it float."
+    ),
+    as_json: bool = JSON_OPTION,
+):
+    """Fine-tune a run with quantization-aware training; write a QAT run for export --quantize int8."""
+    from mmkeras.quantization.qat_training import QATSettings, qat_finetune
+
+    settings = QATSettings(
+        epochs=epochs,
+        learning_rate=learning_rate,
+        batch_size=batch_size,
+        calibration_batches=calibration_batches,
+        unknown_layers=unknown_layers,
+    )
+    metrics = qat_finetune(run_dir, data, out, val=val, settings=settings)
+    emit(
+        metrics,
+        as_json,
+        f"QAT {metrics['epochs_completed']} epochs: loss {metrics['initial_loss']:.4f} -> {metrics['loss']:.4f}, "
+        f"val_accuracy {metrics['val_accuracy']}, QAT run in {out}",
+    )
+
+
+@app.command()
 def export(
     run_dir: Path = typer.Argument(..., help="A run folder."),
     out: Path = typer.Option(..., "--out", help="Bundle folder to write."),
     quantize: Literal["none", "float16", "dynamic", "int8"] = typer.Option("none"),
-    calibration_data: Optional[Path] = typer.Option(None, help="Manifest for int8 calibration."),
+    calibration_data: Optional[Path] = typer.Option(
+        None, help="Manifest for int8 calibration (default: a sample of the run's training manifest)."
+    ),
     as_json: bool = JSON_OPTION,
 ):
     """Convert a run to a LiteRT bundle (model.tflite + bundle.json + tokenizer)."""
     from mmkeras.export.converter import export_bundle
 
     report = export_bundle(run_dir, out, quantize=quantize, calibration_data=calibration_data)
-    emit(report, as_json, f"wrote {out} ({quantize}, {report['size_bytes']} bytes)")
+    emit(report, as_json, describe_export(report))
+
+
+def describe_export(report: dict) -> str:
+    """The conversion report in a few lines: size, compute-op precision, float islands, parity."""
+    compute, parity = report["ops"]["compute_ops"], report["parity"]
+    lines = [
+        f"wrote {report['path']} ({report['quantize']}{', from a QAT run' if report['qat'] else ''}, "
+        f"{report['size_bytes']} bytes, {report['ops']['total']} ops)",
+        f"compute ops: {compute['int8']} int8, {compute['hybrid']} hybrid, {compute['float']} float "
+        f"of {compute['total']}",
+    ]
+    if report["quantize"] == "int8" and report["ops"]["float_ops"]:
+        lines.append("float ops: " + ", ".join(f"{name} {count}" for name, count in report["ops"]["float_ops"].items()))
+    if parity is None:
+        lines.append("parity: not checked (no manifest to read)")
+    else:
+        lines.append(
+            f"parity on {parity['rows']} {parity['source']} rows: label agreement {parity['label_agreement']:.3f}, "
+            f"max logit error {parity['max_abs_logit_diff']:.4f}"
+        )
+    return "\n".join(lines)
 
 
 @app.command()

@@ -77,6 +77,7 @@ def write_bundle_json(
     quantization: str,
     preprocessing: dict[str, Any],
     source_run: str,
+    conversion: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Write `bundle.json` into a folder that already holds the other bundle files.
 
@@ -89,6 +90,9 @@ def write_bundle_json(
         preprocessing: the preprocessor's settings (the content of
             `preprocessor.json`), repeated so that one file describes the bundle.
         source_run: the run folder the bundle was exported from.
+        conversion: the export's conversion report (op types, compute-op
+            precision, size, parity with the Keras model), stored under
+            `conversion` when given.
 
     Returns:
         The written bundle.json content.
@@ -113,6 +117,8 @@ def write_bundle_json(
         "tokenizer_file": TOKENIZER_FILE,
         "source_run": str(source_run),
     }
+    if conversion is not None:
+        bundle["conversion"] = conversion
     path = Path(directory) / BUNDLE_FILE
     partial = path.with_name(path.name + ".partial")
     partial.write_text(json.dumps(bundle, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")

@@ -31,6 +31,22 @@ Quantization modes:
   the identical model on a keras-hub BERT + ViT (the converter does not enforce
   it; the LayerNorms' NEG stayed float with QUANTIZE / DEQUANTIZE around it),
   so the op dtypes are what to check: `op_summary` counts them.
+  HARD_SWISH (MobileNetV3-style backbones) is kept float in post-training
+  int8 exports (`FLOAT_OPS_IN_INT8`, through the converter's
+  QuantizationDebugger denylist): XNNPACK runs no int8 HARD_SWISH and the
+  builtin int8 kernel made an edge-sized model 2.5x slower than float (1.9x
+  faster with it float). A QAT graph is quantized by its fake-quant ops,
+  which the denylist does not reach: there HARD_SWISH stays int8.
+  For a QAT run (`mmkeras qat`) the converter keeps the ranges the
+  fake-quant ops learned and calibrates only the tensors without one
+  (residual adds, pooling, masking inside blocks). The other modes on a QAT
+  run keep the fake quantization as QUANTIZE/DEQUANTIZE pairs around float
+  ops: a QAT run is meant for `int8`.
+
+Every export reports (in bundle.json's `conversion` and to the user) the op
+types, how many compute ops (FULLY_CONNECTED, CONV_2D, DEPTHWISE_CONV_2D,
+BATCH_MATMUL) run in int8, with int8 weights on float activations (`hybrid`,
+dynamic range) or in float, the size, and the parity with the Keras model.
 """
 
 import collections
@@ -58,6 +74,8 @@ from mmkeras.export.bundle import (
 )
 from mmkeras.export.interpreter import LiteRTModel, list_ops
 from mmkeras.export.runtime import Predictor
+from mmkeras.quantization.qat_transform import check_calibrated
+from mmkeras.quantization.qat_transform import is_quantized
 from mmkeras.training.run_folder import load_run
 
 SIGNATURE_KEY = "serving_default"
@@ -66,7 +84,13 @@ BUILTIN_OP_NAMES = frozenset(name for name in vars(BuiltinOperator) if name.isup
 CALIBRATION_ROWS = 200
 CALIBRATION_SEED = 0
 # Rows on which the exported model is compared with the Keras model.
-PARITY_ROWS = 8
+PARITY_ROWS = 32
+# int8 ops that stay float in an int8 export: XNNPACK has no int8 HARD_SWISH and the builtin
+# int8 kernel is slow (measured: conv 1x1 + hard-swish x4 at 112x112x48, 9.9 ms all-int8 vs 1.4 ms
+# with HARD_SWISH float; tiny float 0.16 ms vs int8 8.8 ms for 4 HARD_SWISH alone).
+FLOAT_OPS_IN_INT8 = ("HARD_SWISH",)
+# The ops that do a model's arithmetic: the int8 share of these is reported.
+COMPUTE_OPS = ("FULLY_CONNECTED", "CONV_2D", "DEPTHWISE_CONV_2D", "BATCH_MATMUL")
 
 
 class UnsupportedOpsError(UserError):
@@ -128,6 +152,8 @@ def convert_model(
     if (quantize == "int8") != (representative_inputs is not None):
         raise ValueError("representative_inputs are needed for int8, and only for int8")
     signature = device_signature(model)
+    if is_quantized(model):
+        check_calibrated(model)
     with tempfile.TemporaryDirectory(prefix="mmkeras-export-") as saved_model_dir:
         archive = keras.export.ExportArchive()
         archive.track(model)
@@ -148,6 +174,10 @@ def convert_model(
             converter.representative_dataset = lambda: iter(examples)
         try:
             tflite_model = converter.convert()
+            # A QAT graph is quantized by its fake-quant ops, not by calibration: the denylist does not reach it.
+            keep_float = quantize == "int8" and not is_quantized(model)
+            if keep_float and any(op.name in FLOAT_OPS_IN_INT8 for op in list_ops(tflite_model)):
+                tflite_model = convert_keeping_float(converter, FLOAT_OPS_IN_INT8)
         except Exception as error:
             unsupported = ops_needing_flex_or_custom(error)
             if unsupported:
@@ -155,6 +185,16 @@ def convert_model(
             raise
     check_builtin_only(tflite_model)
     return tflite_model
+
+
+def convert_keeping_float(converter, op_names) -> bytes:
+    """The int8 conversion again, with the ops named `op_names` left float (selective quantization)."""
+    debugger = tf.lite.experimental.QuantizationDebugger(
+        converter=converter,
+        debug_dataset=converter.representative_dataset,
+        debug_options=tf.lite.experimental.QuantizationDebugOptions(denylisted_ops=list(op_names)),
+    )
+    return debugger.get_nondebug_quantized_model()
 
 
 def split_examples(
@@ -190,18 +230,45 @@ def check_builtin_only(tflite_model: bytes):
 
 
 def op_summary(tflite_model: bytes) -> dict:
-    """Op counts by type and by output dtype, for conversion reports.
+    """Op counts by type and by output dtype, and the precision of the compute ops, for conversion reports.
+
+    `compute_ops` counts the `COMPUTE_OPS` by precision: `int8` (int8
+    activations and output), `hybrid` (int8 weights, float activations: the
+    dynamic-range kernels) and `float`; `int8_fraction` is `int8 / total`.
+    `float_ops` counts the other ops with a float output by type (the float
+    islands of an int8 model).
 
     Example:
-    >>> op_summary(tflite_bytes)["by_output_dtype"]  # doctest: +SKIP
-    {'float32': 12, 'int8': 40}
+    >>> op_summary(tflite_bytes)["compute_ops"]  # doctest: +SKIP
+    {'total': 36, 'int8': 36, 'hybrid': 0, 'float': 0, 'int8_fraction': 1.0}
     """
     ops = list_ops(tflite_model)
+    compute = collections.Counter(compute_precision(op) for op in ops if op.name in COMPUTE_OPS)
+    total = sum(compute.values())
     return {
         "total": len(ops),
         "by_type": dict(collections.Counter(op.name for op in ops).most_common()),
         "by_output_dtype": dict(collections.Counter(op.output_dtypes[0] for op in ops if op.output_dtypes)),
+        "compute_ops": {
+            "total": total,
+            **{precision: compute[precision] for precision in ("int8", "hybrid", "float")},
+            "int8_fraction": compute["int8"] / total if total else None,
+        },
+        "float_ops": dict(
+            collections.Counter(
+                op.name
+                for op in ops
+                if op.name not in COMPUTE_OPS and op.name != "DEQUANTIZE" and op.output_dtypes[:1] == ("float32",)
+            ).most_common()
+        ),
     }
+
+
+def compute_precision(op) -> str:
+    """`int8`, `hybrid` or `float`: how a compute op (`COMPUTE_OPS`) runs."""
+    if op.output_dtypes[:1] == ("int8",):
+        return "int8"
+    return "hybrid" if "int8" in op.input_dtypes else "float"
 
 
 def export_bundle(
@@ -219,18 +286,20 @@ def export_bundle(
     as it was.
 
     Args:
-        run_dir: a run folder written by training.
+        run_dir: a run folder written by training (or a QAT run from `mmkeras qat`).
         out_dir: the bundle folder to write (or replace).
         quantize: `none`, `float16`, `dynamic` or `int8`.
         calibration_data: for int8, a manifest whose rows calibrate the
             activation ranges (a seeded sample of at most 200 rows); by
-            default the run's training manifest. Also the rows of the parity
-            check, which is skipped when no manifest can be read.
+            default the run's training manifest.
 
     Returns:
-        A report: `path`, `quantize`, `size_bytes`, `ops` (`op_summary`),
-        `calibration_rows` (int8) and `parity` (`rows`, `max_abs_logit_diff`,
-        `label_agreement` against the Keras model, or `None`).
+        The conversion report, also stored as bundle.json's `conversion`
+        (plus `path` here): `quantize`, `qat` (a QAT run), `size_bytes`,
+        `ops` (`op_summary`), `calibration_rows` (int8) and `parity`
+        (`source`: `validation` rows of the run's validation manifest, else
+        `calibration` rows; `rows`, `max_abs_logit_diff`, `label_agreement`
+        against the Keras model), or `None` when no manifest can be read.
 
     Example:
     >>> report = export_bundle("runs/demo", "bundles/demo", quantize="int8")  # doctest: +SKIP
@@ -243,26 +312,31 @@ def export_bundle(
     check_replaceable(out_dir)
     run = load_run(run_dir)
     sample = manifest_sample(run, calibration_data, required=quantize == "int8")
+    parity_inputs, parity_source = parity_sample(run, sample)
     tflite_model = convert_model(
         run.model, quantize=quantize, representative_inputs=[sample] if quantize == "int8" else None
     )
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.partial-", dir=out_dir.parent))
     try:
-        write_bundle_files(staging, tflite_model, run, quantize)
-        parity = None if sample is None else parity_report(run.model, Predictor(staging), sample)
+        bundle_fields = write_bundle_files(staging, tflite_model, run, quantize)
+        parity = None
+        if parity_inputs is not None:
+            parity = {"source": parity_source, **parity_report(run.model, Predictor(staging), parity_inputs)}
+        report = {
+            "quantize": quantize,
+            "qat": run.quantization is not None,
+            "size_bytes": len(tflite_model),
+            "ops": op_summary(tflite_model),
+            "calibration_rows": len(sample["image"]) if quantize == "int8" else None,
+            "parity": parity,
+        }
+        write_bundle_json(staging, **bundle_fields, conversion=report)
         replace_folder(staging, out_dir)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
-    return {
-        "path": str(out_dir),
-        "quantize": quantize,
-        "size_bytes": len(tflite_model),
-        "ops": op_summary(tflite_model),
-        "calibration_rows": len(sample["image"]) if quantize == "int8" else None,
-        "parity": parity,
-    }
+    return {"path": str(out_dir), **report}
 
 
 def check_replaceable(out_dir: Path):
@@ -290,10 +364,24 @@ def manifest_sample(run, calibration_data: str | Path | None, *, required: bool)
                 path=run.path,
             )
         return None
+    return manifest_inputs(run, path, CALIBRATION_ROWS)
+
+
+def parity_sample(run, calibration_sample: dict[str, np.ndarray] | None):
+    """`(inputs, source)` for the parity check: the run's validation rows, else the calibration rows."""
+    if run.config.val and Path(run.config.val).is_file():
+        return manifest_inputs(run, run.config.val, PARITY_ROWS), "validation"
+    if calibration_sample is None:
+        return None, None
+    return {name: value[:PARITY_ROWS] for name, value in calibration_sample.items()}, "calibration"
+
+
+def manifest_inputs(run, path: str | Path, max_rows: int) -> dict[str, np.ndarray]:
+    """Model inputs for a seeded sample of at most `max_rows` of a manifest's rows."""
     manifest = read_manifest(path, require_labels=False)
     rows = manifest.rows
-    if len(rows) > CALIBRATION_ROWS:
-        chosen = np.random.default_rng(CALIBRATION_SEED).choice(len(rows), CALIBRATION_ROWS, replace=False)
+    if len(rows) > max_rows:
+        chosen = np.random.default_rng(CALIBRATION_SEED).choice(len(rows), max_rows, replace=False)
         rows = [rows[index] for index in sorted(chosen)]
     # Skipping (with a logged warning) like training's `--on-bad-row skip`: a
     # run trained that way must still export with its own manifest.
@@ -301,15 +389,17 @@ def manifest_sample(run, calibration_data: str | Path | None, *, required: bool)
     return run.preprocessor([row.text for row in sample.rows], [row.image for row in sample.rows])
 
 
-def write_bundle_files(directory: Path, tflite_model: bytes, run, quantize: str):
-    """model.tflite, the preprocessor's files and bundle.json; tensor facts come from the model itself."""
+def write_bundle_files(directory: Path, tflite_model: bytes, run, quantize: str) -> dict:
+    """model.tflite, the preprocessor's files and bundle.json; tensor facts come from the model itself.
+
+    Returns the `write_bundle_json` arguments, to write it again with the conversion report.
+    """
     (directory / MODEL_FILE).write_bytes(tflite_model)
     run.preprocessor.save(directory)
     model = LiteRTModel(tflite_model)
     order = {name: position for position, name in enumerate(INPUT_NAMES)}
     names = sorted(model.input_details, key=lambda name: order.get(name, len(order)))
-    write_bundle_json(
-        directory,
+    fields = dict(
         inputs=[describe_tensor(name, model.input_details[name]) for name in names],
         output=describe_tensor(model.output_name, model.output_details),
         labels=run.labels,
@@ -317,6 +407,8 @@ def write_bundle_files(directory: Path, tflite_model: bytes, run, quantize: str)
         preprocessing=run.preprocessor.get_config(),
         source_run=str(Path(run.path).resolve()),
     )
+    write_bundle_json(directory, **fields)
+    return fields
 
 
 def describe_tensor(name: str, details: dict) -> dict:
@@ -326,10 +418,9 @@ def describe_tensor(name: str, details: dict) -> dict:
 
 
 def parity_report(model: keras.Model, predictor: Predictor, sample: dict[str, np.ndarray]) -> dict:
-    """How far the exported model's logits are from the Keras model's on the first rows of `sample`."""
-    rows = {name: value[:PARITY_ROWS] for name, value in sample.items()}
-    expected = keras.ops.convert_to_numpy(model(rows, training=False))
-    actual = predictor.predict_inputs(rows)
+    """How far the exported model's logits are from the Keras model's on the rows of `sample`."""
+    expected = keras.ops.convert_to_numpy(model(sample, training=False))
+    actual = predictor.predict_inputs(sample)
     return {
         "rows": len(expected),
         "max_abs_logit_diff": float(np.max(np.abs(actual - expected))),

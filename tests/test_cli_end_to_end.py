@@ -216,3 +216,35 @@ def test_console_script_runs_help():
     assert result.returncode == 0
     for command in ("train", "evaluate", "export", "predict", "benchmark", "report"):
         assert command in result.stdout
+
+
+QAT_JSON_KEYS = {"initial_loss", "loss", "val_loss", "val_accuracy", "epochs_completed", "epoch_seconds"}
+
+
+def test_qat_then_int8_export_then_evaluate(trained, data, tmp_path, capsys):
+    qat_dir, bundle_dir = tmp_path / "qat", tmp_path / "int8"
+    code, out, _ = run_cli(
+        capsys, "qat", trained, "--data", data["train"], "--val", data["val"], "--out", qat_dir,
+        "--epochs", "1", "--batch-size", "32", "--json",
+    )  # fmt: skip
+    assert code == 0
+    metrics = json.loads(out)
+    assert QAT_JSON_KEYS <= set(metrics) and metrics["epochs_completed"] == 1
+    assert (qat_dir / "quantization.json").is_file() and (qat_dir / "qat.weights.h5").is_file()
+    code, out, _ = run_cli(
+        capsys, "export", qat_dir, "--out", bundle_dir, "--quantize", "int8", "--calibration-data", data["val"]
+    )
+    assert code == 0
+    assert "from a QAT run" in out and "parity on" in out  # the conversion report, shown to the user
+    conversion = json.loads((bundle_dir / "bundle.json").read_text())["conversion"]
+    assert conversion["qat"] and conversion["calibration_rows"] == 32
+    assert conversion["ops"]["compute_ops"]["int8_fraction"] >= 0.9
+    for target in (qat_dir, bundle_dir):
+        code, out, _ = run_cli(capsys, "evaluate", target, "--data", data["val"], "--json")
+        assert code == 0 and json.loads(out)["n"] == 32
+
+
+def test_qat_with_a_missing_run_is_exit_2(data, tmp_path, capsys):
+    code, _, err = run_cli(capsys, "qat", tmp_path / "nope", "--data", data["train"], "--out", tmp_path / "q")
+    assert code == 2
+    assert err.count("\n") == 1 and "not a run folder" in err

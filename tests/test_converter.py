@@ -277,3 +277,28 @@ def test_op_listing_names_ops_and_tensor_dtypes(bundles):
     gather = next(op for op in ops if op.name == "GATHER")  # the token embedding lookup
     assert "int32" in gather.input_dtypes and gather.output_dtypes == ("float32",)
     assert op_summary(model_bytes)["by_type"]["FULLY_CONNECTED"] == sum(op.name == "FULLY_CONNECTED" for op in ops)
+
+
+def test_conversion_report_counts_compute_ops_by_precision_and_is_stored(bundles):
+    compute = {mode: report["ops"]["compute_ops"] for mode, (_, report) in bundles.items()}
+    assert compute["none"]["float"] == compute["none"]["total"] > 0 and compute["none"]["int8_fraction"] == 0
+    assert compute["float16"]["float"] == compute["float16"]["total"]
+    assert compute["dynamic"]["hybrid"] > 0 and compute["dynamic"]["int8"] == 0
+    assert compute["int8"]["int8"] == compute["int8"]["total"] and compute["int8"]["int8_fraction"] == 1.0
+    for mode, (bundle_dir, report) in bundles.items():
+        conversion = read_bundle(bundle_dir)["conversion"]
+        assert conversion["quantize"] == mode and conversion["qat"] is False
+        assert conversion["ops"]["compute_ops"] == compute[mode]
+        assert conversion["parity"]["source"] == "calibration"
+
+
+def test_int8_keeps_hard_swish_float_for_xnnpack(tmp_path):
+    # XNNPACK has no int8 HARD_SWISH (the builtin int8 kernel is many times slower than float).
+    texts = ["a red circle", "a blue square"]
+    model, preprocessor = build_model("tiny", "tiny-mobilenet", num_classes=2, texts=texts, sequence_length=8, seed=0)
+    inputs = preprocessor(texts, [None, None])
+    ops = list_ops(convert_model(model, quantize="int8", representative_inputs=[inputs]))
+    hard_swish = [op for op in ops if op.name == "HARD_SWISH"]
+    assert hard_swish and all(op.output_dtypes == ("float32",) for op in hard_swish)
+    compute = [op for op in ops if op.name in converter.COMPUTE_OPS]
+    assert sum(op.output_dtypes == ("int8",) for op in compute) >= 0.9 * len(compute)

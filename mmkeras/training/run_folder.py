@@ -10,11 +10,25 @@ RUN_DIR/
   history.json        per-epoch metrics
   metrics.json        the final figures `mmkeras train --json` prints
 ```
+
+A QAT run (`mmkeras qat`) has two more files, and its `model.keras` is the
+float model the fine-tune started from:
+
+```
+  quantization.json   the QAT marker: quantizer settings and the float run it came from
+  qat.weights.h5      every weight of the QAT model, fake-quantizer ranges included
+```
+
+A fake-quantized keras-hub model does not survive a `.keras` round trip (the
+blocks' configs rebuild float sub-layers), so `load_run` rebuilds it: it loads
+the float `model.keras`, applies the same `quantize_model` transform and loads
+`qat.weights.h5`, which restores the QAT model exactly.
 """
 
 import dataclasses
 import json
 import os
+import shutil
 from pathlib import Path
 
 import keras
@@ -31,6 +45,9 @@ from mmkeras.training.run_files import (
     write_json_atomically,
 )
 
+QUANTIZATION_FILE = "quantization.json"
+QAT_WEIGHTS_FILE = "qat.weights.h5"
+
 
 @dataclasses.dataclass
 class Run:
@@ -42,6 +59,8 @@ class Run:
         preprocessor: the preprocessor the model was trained with.
         labels: class names in logit order.
         config: the run's resolved config.
+        quantization: the content of `quantization.json` for a QAT run
+            (then `model` is the QAT model), else `None`.
     """
 
     path: Path
@@ -49,6 +68,12 @@ class Run:
     preprocessor: MultimodalPreprocessor
     labels: list[str]
     config: RunConfig
+    quantization: dict | None = None
+
+    @property
+    def float_model_file(self) -> Path:
+        """The float `model.keras` (for a QAT run: the model its fine-tune started from)."""
+        return self.path / MODEL_FILE
 
 
 def save_model_atomically(model: keras.Model, path: Path):
@@ -58,8 +83,23 @@ def save_model_atomically(model: keras.Model, path: Path):
     os.replace(partial, path)
 
 
-def save_run(run_dir, *, model, preprocessor, labels, config, history=None, metrics=None):
+def save_run(
+    run_dir,
+    *,
+    model,
+    preprocessor,
+    labels,
+    config,
+    history=None,
+    metrics=None,
+    quantization=None,
+    float_model_file=None,
+):
     """Write a run folder (see the module docstring). Existing files are replaced atomically.
+
+    For a QAT run, give `quantization` (written to `quantization.json`; its
+    `settings` are the `QuantizerSettings` fields) and the `float_model_file`
+    the QAT model was made from; `model` is then the QAT model, saved as weights.
 
     Example:
     >>> save_run("runs/demo", model=model, preprocessor=preprocessor,
@@ -67,7 +107,10 @@ def save_run(run_dir, *, model, preprocessor, labels, config, history=None, metr
     """
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
-    save_model_atomically(model, run_dir / MODEL_FILE)
+    if quantization is None:
+        save_model_atomically(model, run_dir / MODEL_FILE)
+    else:
+        _save_qat_model(run_dir, model, quantization, float_model_file)
     preprocessor.save(run_dir)
     write_json_atomically(run_dir / LABELS_FILE, list(labels))
     config.save_yaml(run_dir / CONFIG_FILE)
@@ -97,6 +140,10 @@ def load_run(run_dir) -> Run:
     if not is_run_folder(run_dir):
         raise UserError(f"not a run folder (needs {MODEL_FILE} and {LABELS_FILE})", path=run_dir)
     model = keras.models.load_model(run_dir / MODEL_FILE, compile=False)
+    quantization = None
+    if (run_dir / QUANTIZATION_FILE).is_file():
+        quantization = json.loads((run_dir / QUANTIZATION_FILE).read_text(encoding="utf-8"))
+        model = _rebuild_qat_model(run_dir, model, quantization)
     labels = json.loads((run_dir / LABELS_FILE).read_text(encoding="utf-8"))
     return Run(
         path=run_dir,
@@ -104,4 +151,33 @@ def load_run(run_dir) -> Run:
         preprocessor=MultimodalPreprocessor.load(run_dir),
         labels=labels,
         config=RunConfig.from_yaml(run_dir / CONFIG_FILE),
+        quantization=quantization,
     )
+
+
+def _save_qat_model(run_dir: Path, model: keras.Model, quantization: dict, float_model_file):
+    if float_model_file is None:
+        raise ValueError("a QAT run needs the float model file it was made from")
+    if Path(float_model_file).resolve() != (run_dir / MODEL_FILE).resolve():
+        partial = run_dir / ("partial-" + MODEL_FILE)
+        shutil.copyfile(float_model_file, partial)
+        os.replace(partial, run_dir / MODEL_FILE)
+    partial = run_dir / ("partial-" + QAT_WEIGHTS_FILE)
+    model.save_weights(partial)
+    os.replace(partial, run_dir / QAT_WEIGHTS_FILE)
+    write_json_atomically(run_dir / QUANTIZATION_FILE, quantization)
+
+
+def _rebuild_qat_model(run_dir: Path, float_model: keras.Model, quantization: dict) -> keras.Model:
+    from mmkeras.quantization.qat_transform import quantize_model
+    from mmkeras.quantization.quantized_layer import QuantizerSettings
+
+    if not (run_dir / QAT_WEIGHTS_FILE).is_file():
+        raise UserError(f"QAT run without {QAT_WEIGHTS_FILE}", path=run_dir)
+    try:
+        settings = QuantizerSettings(**quantization["settings"])
+    except (KeyError, TypeError) as error:
+        raise UserError(f"unreadable {QUANTIZATION_FILE}: {error}", path=run_dir / QUANTIZATION_FILE) from None
+    model = quantize_model(float_model, settings, copy=False)
+    model.load_weights(run_dir / QAT_WEIGHTS_FILE)
+    return model

@@ -1,0 +1,46 @@
+"""`QuantizedMultiHeadAttention`: attention with fake-quantized internals.
+
+Keras' MultiHeadAttention goes through the fused `ops.dot_product_attention`
+when dropout is 0, which leaves no place for fake quantization inside
+(FINDINGS.md). The quantized version always computes attention explicitly and
+fake-quantizes the scaled queries, the attention scores and the attended
+values; the attention probabilities are fake-quantized by its Softmax
+sub-layer (a `QuantizedSoftmax`) and the projections are `QuantizedEinsumDense`
+layers, both converted by the QAT transform like any other layer.
+
+Example:
+>>> import keras, numpy as np
+>>> from mmkeras.quantization.quantized_layer import QuantizerSettings, convert_layer
+>>> attention = keras.layers.MultiHeadAttention(num_heads=2, key_dim=4)
+>>> attention.build((None, 3, 8), (None, 5, 8))
+>>> attention = convert_layer(attention, QuantizedMultiHeadAttention, QuantizerSettings(),
+...                           QuantizedMultiHeadAttention.QUANTIZERS)
+>>> tuple(attention(np.ones((1, 3, 8), "float32"), np.ones((1, 5, 8), "float32"), training=True).shape)
+(1, 3, 8)
+"""
+
+import keras
+from keras import ops
+
+
+@keras.saving.register_keras_serializable(package="mmkeras")
+class QuantizedMultiHeadAttention(keras.layers.MultiHeadAttention):
+    """MultiHeadAttention computed explicitly, with fake-quantized queries, scores and context.
+
+    Made by `quantized_layer.convert_layer` with `QUANTIZERS`.
+    """
+
+    QUANTIZERS = ("query_quantizer", "score_quantizer", "context_quantizer")
+
+    def _compute_attention(
+        self, query, key, value, attention_mask=None, training=None, return_attention_scores=False, **kwargs
+    ):
+        # `use_causal_mask` only arrives here as a separate flag for the base
+        # class; for subclasses Keras folds it into `attention_mask`.
+        query = self.query_quantizer(ops.multiply(query, ops.cast(self._inverse_sqrt_key_dim, query.dtype)))
+        scores = self.score_quantizer(ops.einsum(self._dot_product_equation, key, query))
+        probabilities = self._masked_softmax(scores, attention_mask)
+        if self._dropout > 0.0:
+            probabilities = self._dropout_layer(probabilities, training=training)
+        context = self.context_quantizer(ops.einsum(self._combine_equation, probabilities, value))
+        return context, probabilities

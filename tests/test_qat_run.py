@@ -1,0 +1,154 @@
+"""QAT end to end in Python: fine-tune a tiny float run, reload the QAT run exactly, export int8."""
+
+import json
+from pathlib import Path
+
+import keras
+import numpy as np
+import pytest
+from test_cli_end_to_end import write_subset  # pytest puts tests/ on sys.path
+
+from mmkeras.config import RunConfig
+from mmkeras.data.manifest import read_manifest
+from mmkeras.errors import UserError
+from mmkeras.evaluation.evaluate import evaluate
+from mmkeras.export.bundle import read_bundle
+from mmkeras.export.converter import BUILTIN_OP_NAMES, COMPUTE_OPS, export_bundle
+from mmkeras.export.interpreter import list_ops
+from mmkeras.export.runtime import Predictor
+from mmkeras.models import build_model
+from mmkeras.quantization.qat_training import QATSettings, qat_finetune
+from mmkeras.quantization.qat_transform import activation_quantizers, calibrate_ranges, quantize_model
+from mmkeras.training.run_folder import QAT_WEIGHTS_FILE, QUANTIZATION_FILE, load_run, save_run
+
+SAMPLES = Path(__file__).resolve().parents[1] / "samples"
+SEQUENCE_LENGTH = 16
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("data")
+    return write_subset(SAMPLES / "train.csv", folder / "train.csv", 64), write_subset(
+        SAMPLES / "val.csv", folder / "val.csv", 16
+    )
+
+
+@pytest.fixture(scope="module")
+def float_run(data, tmp_path_factory):
+    """A float run of a random tiny BERT + MobileNet model (QAT fine-tunes it from scratch-like weights)."""
+    train, val = data
+    manifest = read_manifest(train)
+    labels = manifest.labels()
+    model, preprocessor = build_model(
+        "tiny", "tiny-mobilenet", num_classes=len(labels), texts=[row.text for row in manifest.rows if row.text],
+        sequence_length=SEQUENCE_LENGTH, seed=0,
+    )
+    run_dir = tmp_path_factory.mktemp("runs") / "float"
+    config = RunConfig(data=str(train), val=str(val), out=str(run_dir), sequence_length=SEQUENCE_LENGTH, seed=3)
+    save_run(run_dir, model=model, preprocessor=preprocessor, labels=labels, config=config)
+    return run_dir
+
+
+@pytest.fixture(scope="module")
+def qat_run(float_run, data):
+    train, val = data
+    out = float_run.parent / "qat"
+    settings = QATSettings(epochs=3, learning_rate=3e-3, batch_size=16, calibration_batches=2)
+    return out, qat_finetune(float_run, train, out, val=val, settings=settings)
+
+
+@pytest.fixture(scope="module")
+def int8_bundle(qat_run, tmp_path_factory):
+    out = tmp_path_factory.mktemp("bundles") / "int8"
+    return out, export_bundle(qat_run[0], out, quantize="int8")
+
+
+def test_qat_training_lowers_the_loss_and_writes_a_qat_run(qat_run, data):
+    run_dir, metrics = qat_run
+    assert metrics["epochs_completed"] == 3 and len(metrics["epoch_seconds"]) == 3
+    assert metrics["loss"] < metrics["initial_loss"]
+    # The same measure as `initial_loss` (inference mode, all training rows), on the reloaded QAT run.
+    run = load_run(run_dir)
+    manifest = read_manifest(data[0])
+    inputs = run.preprocessor([row.text for row in manifest.rows], [row.image for row in manifest.rows])
+    loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True)(
+        manifest.encode_labels(run.labels), run.model(inputs, training=False)
+    )
+    assert float(loss) < metrics["initial_loss"]
+    assert 0.0 <= metrics["val_accuracy"] <= 1.0
+    assert json.loads((run_dir / "metrics.json").read_text()) == metrics
+    quantization = json.loads((run_dir / QUANTIZATION_FILE).read_text())
+    assert quantization["settings"] == {"num_bits": 8, "ema_decay": 0.99}
+    assert (run_dir / QAT_WEIGHTS_FILE).is_file()
+
+
+def test_a_qat_run_reloads_exactly(float_run, data, tmp_path):
+    run = load_run(float_run)
+    qat_model = quantize_model(run.model)
+    inputs = run.preprocessor(["a red circle", None], [None, SAMPLES / read_manifest(data[0]).rows[0].image])
+    calibrate_ranges(qat_model, [inputs])
+    qat_model.get_layer("logits").kernel.assign(qat_model.get_layer("logits").kernel * 1.5)  # not the float weights
+    save_run(
+        tmp_path / "qat", model=qat_model, preprocessor=run.preprocessor, labels=run.labels, config=run.config,
+        quantization={"settings": {"num_bits": 8, "ema_decay": 0.99}}, float_model_file=run.float_model_file,
+    )
+    reloaded = load_run(tmp_path / "qat")
+    assert reloaded.quantization["settings"]["num_bits"] == 8
+    expected = keras.ops.convert_to_numpy(qat_model(inputs, training=False))
+    np.testing.assert_array_equal(keras.ops.convert_to_numpy(reloaded.model(inputs, training=False)), expected)
+    ranges = [(quantizer.range_min.numpy(), quantizer.range_max.numpy()) for quantizer in activation_quantizers(qat_model)]
+    assert ranges == [(q.range_min.numpy(), q.range_max.numpy()) for q in activation_quantizers(reloaded.model)]
+
+
+def test_int8_export_of_a_qat_run_is_integer_and_builtin_only(int8_bundle):
+    bundle_dir, report = int8_bundle
+    ops = list_ops(bundle_dir / "model.tflite")
+    assert all(op.name in BUILTIN_OP_NAMES for op in ops)  # no Flex, no custom op
+    compute = [op for op in ops if op.name in COMPUTE_OPS]
+    int8 = [op for op in compute if op.output_dtypes == ("int8",)]
+    assert len(int8) >= 0.9 * len(compute) and {"FULLY_CONNECTED", "CONV_2D"} <= {op.name for op in compute}
+    # Hard-swish is written as int8 ADD/MUL (XNNPACK has no int8 HARD_SWISH kernel).
+    assert "HARD_SWISH" not in {op.name for op in ops}
+    assert report["qat"] is True
+    assert report["ops"]["compute_ops"]["int8"] == len(int8)
+    assert report["ops"]["compute_ops"]["int8_fraction"] >= 0.9
+
+
+def test_the_conversion_report_is_stored_in_the_bundle(int8_bundle, qat_run, data):
+    bundle_dir, report = int8_bundle
+    conversion = read_bundle(bundle_dir)["conversion"]
+    assert conversion == json.loads(json.dumps({key: value for key, value in report.items() if key != "path"}))
+    # Parity is measured on the run's validation rows (all 16 here): recompute it independently.
+    run = load_run(qat_run[0])
+    rows = read_manifest(data[1]).rows
+    inputs = run.preprocessor([row.text for row in rows], [row.image for row in rows])
+    expected = keras.ops.convert_to_numpy(run.model(inputs, training=False))
+    actual = Predictor(bundle_dir).predict_inputs(inputs)
+    parity = conversion["parity"]
+    assert parity["source"] == "validation" and parity["rows"] == len(rows) == 16
+    assert parity["label_agreement"] == float(np.mean(actual.argmax(axis=1) == expected.argmax(axis=1)))
+    assert parity["max_abs_logit_diff"] == pytest.approx(float(np.max(np.abs(actual - expected))), rel=1e-4)
+
+
+def test_runtime_runs_the_int8_bundle_with_float_inputs(int8_bundle, qat_run, data):
+    bundle_dir, _ = int8_bundle
+    bundle = read_bundle(bundle_dir)
+    assert bundle["quantization"] == "int8" and bundle["output"]["dtype"] == "float32"
+    row = read_manifest(data[1]).rows[0]
+    prediction = Predictor(bundle_dir).predict(row.text, row.image)
+    assert prediction.label in bundle["labels"]
+    assert sum(prediction.scores.values()) == pytest.approx(1.0, abs=1e-5)
+
+
+def test_evaluate_accepts_a_qat_run_and_its_int8_bundle(qat_run, int8_bundle, data):
+    keras_figures = evaluate(qat_run[0], data[1])
+    litert_figures = evaluate(int8_bundle[0], data[1])
+    # Accepting a QAT run means evaluating the QAT (fake-quantized) model; how close int8 stays to
+    # it is measured by the parity report and the benchmarks, not on 16 rows of a barely trained model.
+    for figures in (keras_figures, litert_figures):
+        assert figures["n"] == 16 and np.sum(figures["confusion_matrix"]) == 16
+
+
+def test_qat_refuses_to_overwrite_the_float_run(float_run, data):
+    with pytest.raises(UserError, match="new folder"):
+        qat_finetune(float_run, data[0], float_run)

@@ -1,0 +1,170 @@
+"""The QAT transform (`quantize_model`) on tiny BERT + ViT and BERT + MobileNet models."""
+
+import logging
+
+import keras
+import numpy as np
+import pytest
+
+from mmkeras.errors import UserError
+from mmkeras.models import build_model
+from mmkeras.quantization.fake_quant import ActivationQuantizer
+from mmkeras.quantization.qat_transform import (
+    UnknownLayerError,
+    activation_quantizers,
+    calibrate_ranges,
+    check_calibrated,
+    quantize_model,
+)
+from mmkeras.quantization.quantized_attention import QuantizedMultiHeadAttention
+from mmkeras.quantization.quantized_conv import FoldedBatchNormalization, fold_batch_normalization
+from mmkeras.quantization.quantized_dense import QuantizedEinsumDense
+from mmkeras.quantization.quantized_layer import QuantizerSettings
+
+TEXTS = ["a red circle on the left", "a blue square", "a big green triangle", "small yellow star"] * 2
+
+
+def all_layers(model):
+    return list(model._flatten_layers(include_self=False, recursive=True))
+
+
+def tiny_model(vision_backbone):
+    model, preprocessor = build_model("tiny", vision_backbone, num_classes=3, texts=TEXTS, sequence_length=16, seed=0)
+    inputs = preprocessor(TEXTS, [None] * len(TEXTS))
+    inputs["image"] = np.random.default_rng(0).uniform(0, 255, inputs["image"].shape).astype("float32")
+    inputs["modality_mask"][:] = 1.0
+    return model, inputs
+
+
+@pytest.fixture(scope="module", params=["tiny", "tiny-mobilenet"])
+def float_model(request):
+    return tiny_model(request.param)
+
+
+def logits(model, inputs):
+    return keras.ops.convert_to_numpy(model(inputs, training=False))
+
+
+def test_transform_keeps_the_float_function_at_high_precision(float_model):
+    # 16-bit quantizers make the QAT model numerically close to float: every
+    # converted layer (2-D matmuls, folded BatchNorms, explicit attention)
+    # computes what the float layer did.
+    model, inputs = float_model
+    expected = logits(model, inputs)
+    qat_model = quantize_model(model, QuantizerSettings(num_bits=16))
+    calibrate_ranges(qat_model, [inputs])
+    np.testing.assert_allclose(logits(qat_model, inputs), expected, atol=2e-3)
+    assert np.array_equal(logits(model, inputs), expected)  # the original model is untouched
+
+
+def test_int8_transform_stays_close_and_quantizes_every_compute_layer(float_model):
+    model, inputs = float_model
+    expected = logits(model, inputs)
+    qat_model = quantize_model(model)
+    calibrate_ranges(qat_model, [inputs])
+    check_calibrated(qat_model)
+    actual = logits(qat_model, inputs)
+    assert not np.array_equal(actual, expected)  # it really quantizes
+    assert np.max(np.abs(actual - expected)) < 0.25 * np.max(np.abs(expected))
+    layers = all_layers(qat_model)
+    compute = [layer for layer in layers if isinstance(layer, (keras.layers.Dense, keras.layers.EinsumDense,
+                                                               keras.layers.Conv2D, keras.layers.MultiHeadAttention))]
+    assert compute and all(type(layer).__name__.startswith("Quantized") for layer in compute)
+    assert any(isinstance(layer, QuantizedMultiHeadAttention) for layer in layers)
+    norms = [layer for layer in layers if isinstance(layer, keras.layers.BatchNormalization)]
+    assert all(type(layer) is FoldedBatchNormalization for layer in norms)
+    assert len(activation_quantizers(qat_model)) > len(compute)
+
+
+def test_mobilenet_batch_norms_are_all_folded():
+    model, _ = tiny_model("tiny-mobilenet")
+    norms = [layer for layer in all_layers(quantize_model(model)) if isinstance(layer, keras.layers.BatchNormalization)]
+    assert len(norms) == 16 and all(type(layer) is FoldedBatchNormalization for layer in norms)
+
+
+def conv_model(depthwise):
+    inputs = keras.Input((8, 8, 4))
+    conv = keras.layers.DepthwiseConv2D(3, use_bias=False) if depthwise else keras.layers.Conv2D(6, 3, groups=2)
+    outputs = keras.layers.ReLU()(keras.layers.BatchNormalization()(conv(inputs)))
+    model = keras.Model(inputs, keras.layers.Dense(2)(keras.layers.GlobalAveragePooling2D()(outputs)))
+    norm = model.layers[2]
+    rng = np.random.default_rng(1)
+    for variable in (norm.gamma, norm.beta, norm.moving_mean):
+        variable.assign(rng.normal(size=variable.shape))
+    norm.moving_variance.assign(rng.uniform(0.5, 2.0, size=norm.moving_variance.shape))
+    return model
+
+
+@pytest.mark.parametrize("depthwise", [False, True])
+def test_generic_conv_batch_norm_pairs_fold_exactly(depthwise):
+    model = conv_model(depthwise)
+    images = np.random.default_rng(2).normal(size=(2, 8, 8, 4)).astype("float32")
+    expected = logits(model, images)
+    qat_model = quantize_model(model, QuantizerSettings(num_bits=16))
+    calibrate_ranges(qat_model, [images])
+    assert type(qat_model.layers[2]) is FoldedBatchNormalization
+    np.testing.assert_allclose(logits(qat_model, images), expected, atol=1e-3)
+
+
+def test_fold_refuses_a_convolution_with_an_activation():
+    conv, norm = keras.layers.Conv2D(2, 1, activation="relu"), keras.layers.BatchNormalization()
+    conv.build((None, 4, 4, 3))
+    norm.build((None, 4, 4, 2))
+    with pytest.raises(ValueError, match="activation"):
+        fold_batch_normalization(conv, norm)
+
+
+@keras.saving.register_keras_serializable(package="mmkeras_tests")
+class Doubler(keras.layers.Layer):
+    """A layer type the QAT transform does not know."""
+
+    def call(self, inputs):
+        return inputs * 2.0
+
+
+def model_with_unknown_layer():
+    inputs = keras.Input((4,))
+    return keras.Model(inputs, keras.layers.Dense(2)(Doubler(name="doubler")(inputs)))
+
+
+def test_an_unknown_layer_type_is_refused_by_name():
+    with pytest.raises(UnknownLayerError, match=r"Doubler \(doubler\)") as caught:
+        quantize_model(model_with_unknown_layer())
+    assert isinstance(caught.value, UserError)
+
+
+def test_an_unknown_layer_type_is_named_in_a_warning_when_allowed(caplog):
+    with caplog.at_level(logging.WARNING, logger="mmkeras"):
+        qat_model = quantize_model(model_with_unknown_layer(), on_unknown="warn")
+    assert "Doubler" in caplog.text and "stays float" in caplog.text
+    assert type(qat_model.get_layer("doubler")) is Doubler
+
+
+def test_a_batch_norm_without_a_convolution_is_refused():
+    inputs = keras.Input((4,))
+    model = keras.Model(inputs, keras.layers.BatchNormalization(name="lonely")(keras.layers.Dense(4)(inputs)))
+    with pytest.raises(UserError, match="lonely"):
+        quantize_model(model)
+
+
+def test_einsum_dense_must_be_a_matmul():
+    assert QuantizedEinsumDense.check_equation("abcd,cde->abe", "e") == 2
+    with pytest.raises(UserError, match="abc,dc->abd"):
+        QuantizedEinsumDense.check_equation("abc,dc->abd", None)
+
+
+def test_an_uncalibrated_qat_model_is_refused():
+    qat_model = quantize_model(model_with_unknown_layer(), on_unknown="warn")
+    with pytest.raises(UserError, match="without a range"):
+        check_calibrated(qat_model)
+
+
+def test_activation_ranges_follow_a_moving_average():
+    quantizer = ActivationQuantizer(ema_decay=0.5)
+    quantizer(np.array([-2.0, 4.0], "float32"), training=True)
+    quantizer(np.array([0.5, 2.0], "float32"), training=True)  # min clipped to 0 before averaging
+    assert float(quantizer.range_min.numpy()) == pytest.approx(-1.0)
+    assert float(quantizer.range_max.numpy()) == pytest.approx(3.0)
+    before = quantizer.range_max.numpy()
+    quantizer(np.array([100.0], "float32"), training=False)  # inference leaves the range alone
+    assert quantizer.range_max.numpy() == before
