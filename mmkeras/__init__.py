@@ -23,6 +23,8 @@ _PUBLIC = {
     "UserError": "mmkeras.errors",
     "build_model": "mmkeras.models.builder",
     "train": "mmkeras.training.trainer",
+    "quantize_model": "mmkeras.quantization.qat_transform",
+    "qat_finetune": "mmkeras.quantization.qat_training",
     "evaluate": "mmkeras.evaluation.evaluate",
     "export_bundle": "mmkeras.export.converter",
     "Predictor": "mmkeras.export.runtime",
