@@ -61,7 +61,10 @@ class RunConfig:
         lora_rank: LoRA rank for the backbones (0 = no LoRA).
         cache_features: compute frozen backbones' outputs once and reuse them.
         jit_compile: compile training steps with XLA where every layer
-            supports it (costs a compile of some seconds up front).
+            supports it (costs a compile of some seconds up front); `None`
+            (the default) uses XLA on GPUs only: on the 2-core AMD EPYC CPU
+            of this project's machines it made training slower (0.3-0.8x,
+            benchmarks/README.md).
         mixed_precision: `auto` (mixed float16 on a GPU, off on a CPU),
             `off`, `float16` or `bfloat16` (Keras `mixed_*` policies; logits
             and loss stay float32, float16 uses loss scaling).
@@ -104,7 +107,7 @@ class RunConfig:
     freeze: str = "none"
     lora_rank: int = 0
     cache_features: bool = False
-    jit_compile: bool = True
+    jit_compile: bool | None = None
     mixed_precision: str = "auto"
     gradient_accumulation: int = 1
     class_weight: str = "none"

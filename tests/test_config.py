@@ -43,3 +43,15 @@ def test_defaults_keep_the_previous_behaviour():
         "none",
         0,
     )
+
+
+def test_xla_is_used_on_gpus_unless_the_config_says_otherwise(monkeypatch):
+    import tensorflow as tf
+
+    from mmkeras.training.trainer import use_xla
+
+    assert RunConfig().jit_compile is None
+    for gpus, expected in (([], False), (["GPU:0"], True)):
+        monkeypatch.setattr(tf.config, "list_logical_devices", lambda kind, gpus=gpus: gpus if kind == "GPU" else [])
+        assert use_xla(None) is expected
+        assert use_xla(True) is True and use_xla(False) is False
