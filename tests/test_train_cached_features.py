@@ -43,3 +43,44 @@ def test_cache_features_with_nothing_frozen_or_lora_is_a_user_error(data, tmp_pa
         )
         assert code == 2 and len(err.strip().splitlines()) == 1
     assert not (tmp_path / "run" / "model.keras").exists()
+
+
+class SimulatedCrash(Exception):
+    pass
+
+
+def test_a_crashed_cached_run_resumes_mid_epoch_to_the_uninterrupted_weights(data, tmp_path, monkeypatch):
+    import numpy as np
+    from tensorflow.python.framework import config as tf_config
+
+    from mmkeras.config import RunConfig
+    from mmkeras.training.checkpoints import Checkpoints
+    from mmkeras.training.trainer import train
+
+    monkeypatch.setenv("MMKERAS_CACHE_DIR", str(tmp_path / "cache"))
+    config = RunConfig(
+        data=str(data["train"]), val=str(data["val"]), epochs=2, batch_size=16, seed=0, deterministic=True,
+        freeze="both", cache_features=True, checkpoint_steps=3,
+    )
+    save = Checkpoints.save
+    saves = []
+
+    def crash_after_the_third_checkpoint(self, *args, **kwargs):  # the third is mid-way through epoch 2
+        save(self, *args, **kwargs)
+        saves.append(1)
+        if len(saves) == 3:
+            raise SimulatedCrash
+
+    try:
+        whole = train(config.replace(out=str(tmp_path / "whole")))
+        monkeypatch.setattr(Checkpoints, "save", crash_after_the_third_checkpoint)
+        with pytest.raises(SimulatedCrash):
+            train(config.replace(out=str(tmp_path / "crashed")))
+        monkeypatch.setattr(Checkpoints, "save", save)
+        resumed = train(config.replace(out=str(tmp_path / "crashed"), resume=True))
+    finally:
+        # --deterministic turns op determinism on for the whole process; only TF's internal API turns it off.
+        tf_config.disable_op_determinism()
+    for expected, actual in zip(whole.model.get_weights(), resumed.model.get_weights(), strict=True):
+        np.testing.assert_allclose(actual, expected, atol=1e-6)
+    assert resumed.metrics["epochs_completed"] == 2
