@@ -15,11 +15,11 @@ runtime reads bundles with it.
 
 import datetime
 import json
-import os
 from pathlib import Path
 from typing import Any
 
 from mmkeras import __version__
+from mmkeras.atomic_files import write_json_atomically
 from mmkeras.errors import UserError
 
 BUNDLE_FORMAT_VERSION = 1
@@ -119,10 +119,7 @@ def write_bundle_json(
     }
     if conversion is not None:
         bundle["conversion"] = conversion
-    path = Path(directory) / BUNDLE_FILE
-    partial = path.with_name(path.name + ".partial")
-    partial.write_text(json.dumps(bundle, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-    os.replace(partial, path)
+    write_json_atomically(Path(directory) / BUNDLE_FILE, bundle)
     return bundle
 
 

@@ -30,7 +30,7 @@ from pathlib import Path
 import numpy as np
 
 from mmkeras.errors import UserError
-from mmkeras.training.run_files import write_json_atomically
+from mmkeras.atomic_files import write_json_atomically
 
 CHECKPOINTS_DIR = "checkpoints"
 VARIABLES_FILE = "variables.npz"

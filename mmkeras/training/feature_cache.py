@@ -31,6 +31,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from mmkeras.atomic_files import write_atomically
 from mmkeras.data.dataset import epoch_seed
 from mmkeras.data.dataset import make_dataset
 from mmkeras.data.manifest import Manifest
@@ -214,10 +215,7 @@ def cache_features(
         return CachedFeatures(arrays, label_array)
     features = _compute(split, manifest, labels, preprocessor, batch_size)
     cache_dir.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name("partial-" + path.name)
-    with open(partial, "wb") as file:
-        np.savez(file, **features.arrays, label=features.labels)
-    os.replace(partial, path)
+    write_atomically(path, lambda partial: np.savez(partial, **features.arrays, label=features.labels))
     for stale in cache_dir.glob(f"{glob.escape(name)}-*.npz"):
         if stale != path:
             stale.unlink()

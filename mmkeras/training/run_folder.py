@@ -27,12 +27,12 @@ the float `model.keras`, applies the same `quantize_model` transform and loads
 
 import dataclasses
 import json
-import os
 import shutil
 from pathlib import Path
 
 import keras
 
+from mmkeras.atomic_files import write_atomically, write_json_atomically
 from mmkeras.config import RunConfig
 from mmkeras.errors import UserError
 from mmkeras.preprocessing import MultimodalPreprocessor
@@ -42,7 +42,6 @@ from mmkeras.training.run_files import (
     LABELS_FILE,
     METRICS_FILE,
     MODEL_FILE,
-    write_json_atomically,
 )
 
 QUANTIZATION_FILE = "quantization.json"
@@ -76,13 +75,6 @@ class Run:
         return self.path / MODEL_FILE
 
 
-def save_model_atomically(model: keras.Model, path: Path):
-    """Save a `.keras` file aside and rename it into place."""
-    partial = path.with_name("partial-" + path.name)
-    model.save(partial)
-    os.replace(partial, path)
-
-
 def save_run(
     run_dir,
     *,
@@ -108,7 +100,7 @@ def save_run(
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     if quantization is None:
-        save_model_atomically(model, run_dir / MODEL_FILE)
+        write_atomically(run_dir / MODEL_FILE, model.save)
     else:
         _save_qat_model(run_dir, model, quantization, float_model_file)
     preprocessor.save(run_dir)
@@ -159,12 +151,8 @@ def _save_qat_model(run_dir: Path, model: keras.Model, quantization: dict, float
     if float_model_file is None:
         raise ValueError("a QAT run needs the float model file it was made from")
     if Path(float_model_file).resolve() != (run_dir / MODEL_FILE).resolve():
-        partial = run_dir / ("partial-" + MODEL_FILE)
-        shutil.copyfile(float_model_file, partial)
-        os.replace(partial, run_dir / MODEL_FILE)
-    partial = run_dir / ("partial-" + QAT_WEIGHTS_FILE)
-    model.save_weights(partial)
-    os.replace(partial, run_dir / QAT_WEIGHTS_FILE)
+        write_atomically(run_dir / MODEL_FILE, lambda partial: shutil.copyfile(float_model_file, partial))
+    write_atomically(run_dir / QAT_WEIGHTS_FILE, model.save_weights)
     write_json_atomically(run_dir / QUANTIZATION_FILE, quantization)
 
 
