@@ -30,8 +30,10 @@ from mmkeras.models.concat_fusion import ConcatFusion
 from mmkeras.models.cross_attention_fusion import CrossAttentionFusion
 from mmkeras.models.gated_fusion import GatedFusion
 from mmkeras.models.modality_dropout import ModalityDropout
+from mmkeras.models.text_backbones import BUILTIN_TEXT_BACKBONES
 from mmkeras.models.text_backbones import load_text_backbone
 from mmkeras.models.text_backbones import text_sequence
+from mmkeras.models.vision_backbones import BUILTIN_VISION_BACKBONES
 from mmkeras.models.vision_backbones import load_vision_backbone
 from mmkeras.models.vision_backbones import vision_tokens
 from mmkeras.preprocessing.multimodal_preprocessor import MultimodalPreprocessor
@@ -103,6 +105,15 @@ def build_model(
         logits = keras.layers.Dense(num_classes, dtype="float32", name="logits")(fused)
         model = keras.Model(inputs, logits, name="mmkeras_classifier")
     return model, MultimodalPreprocessor(text.tokenizer, vision.image_size)
+
+
+def has_pretrained_backbone(config) -> bool:
+    """Whether a run's text or vision SPEC is anything but a built-in random architecture.
+
+    Args:
+        config: a `RunConfig` (its `text_backbone` and `vision_backbone`).
+    """
+    return config.text_backbone not in BUILTIN_TEXT_BACKBONES or config.vision_backbone not in BUILTIN_VISION_BACKBONES
 
 
 def _check_settings(num_classes, fusion, fusion_dim, num_heads, dropout, modality_dropout):

@@ -75,12 +75,20 @@ def load_text_backbone(spec: str, *, sequence_length: int, texts=None) -> TextBa
             for `sequence_length`.
     """
     loaded = _tiny_bert(sequence_length, texts) if spec == "tiny" else _load_preset(spec, sequence_length)
-    # mmkeras fuses the token sequence; a pooler head (BERT's `pooled_dense`) would
-    # get no gradient, so it is frozen rather than counted as trainable.
-    pooler = getattr(loaded.backbone, "pooled_dense", None)
+    freeze_pooler(loaded.backbone)
+    return loaded
+
+
+def freeze_pooler(backbone: keras.Model):
+    """Freeze a text backbone's pooler head (BERT's `pooled_dense`), if it has one.
+
+    mmkeras fuses the token sequence; the pooler would get no gradient, so it
+    is frozen rather than counted as trainable. A reloaded model needs this
+    again: `.keras` files do not keep the flag of a layer inside a backbone.
+    """
+    pooler = getattr(backbone, "pooled_dense", None)
     if pooler is not None:
         pooler.trainable = False
-    return loaded
 
 
 def text_sequence(backbone, token_ids, padding_mask):

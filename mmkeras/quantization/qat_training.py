@@ -26,8 +26,8 @@ import keras
 from mmkeras.data.dataset import make_dataset
 from mmkeras.data.manifest import read_manifest
 from mmkeras.errors import UserError
-from mmkeras.models.text_backbones import BUILTIN_TEXT_BACKBONES
-from mmkeras.models.vision_backbones import BUILTIN_VISION_BACKBONES
+from mmkeras.models.builder import has_pretrained_backbone
+from mmkeras.models.text_backbones import freeze_pooler
 from mmkeras.quantization.fake_quant import EMA_DECAY, NUM_BITS
 from mmkeras.quantization.qat_transform import calibrate_ranges, is_quantized, quantize_model
 from mmkeras.quantization.quantized_layer import QuantizerSettings
@@ -101,14 +101,14 @@ def qat_finetune(run_dir, data, out, *, val=None, settings: QATSettings | None =
     keras.utils.set_random_seed(config.seed)
     train_data, val_data, skipped = _datasets(run, config)
     model = run.model
-    _freeze_pooler(model)
+    freeze_pooler(model.get_layer("text_backbone"))
     if not is_quantized(model):
         model = quantize_model(model, settings.quantizer_settings(), on_unknown=settings.unknown_layers, copy=False)
     calibrate_ranges(model, (inputs for inputs, _ in train_data.take(settings.calibration_batches)))
     steps = sum(1 for _ in train_data) * settings.epochs
     model.compile(
         optimizer=make_optimizer(config.replace(learning_rate=_learning_rate(config, settings)), total_steps=steps,
-                                 pretrained=_pretrained(config)),
+                                 pretrained=has_pretrained_backbone(config)),
         loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
         metrics=["accuracy"],
     )
@@ -164,18 +164,7 @@ def _datasets(run, config):
     return train_data, val_data, skipped + val_skipped
 
 
-def _freeze_pooler(model):
-    """Freeze BERT's pooler, as training does: the fusion uses the token sequence, so it gets no gradient."""
-    for layer in model._flatten_layers(include_self=False, recursive=True):
-        if layer.name == "pooled_dense":
-            layer.trainable = False
-
-
-def _pretrained(config):
-    return config.text_backbone not in BUILTIN_TEXT_BACKBONES or config.vision_backbone not in BUILTIN_VISION_BACKBONES
-
-
 def _learning_rate(config, settings):
     if settings.learning_rate is not None:
         return settings.learning_rate
-    return LEARNING_RATE_FACTOR * resolve_learning_rate(config, _pretrained(config))
+    return LEARNING_RATE_FACTOR * resolve_learning_rate(config, has_pretrained_backbone(config))

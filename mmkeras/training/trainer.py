@@ -20,9 +20,7 @@ from mmkeras.config import RunConfig
 from mmkeras.data.dataset import EpochDatasets, make_dataset
 from mmkeras.data.manifest import read_manifest
 from mmkeras.errors import UserError
-from mmkeras.models.builder import build_model
-from mmkeras.models.text_backbones import BUILTIN_TEXT_BACKBONES
-from mmkeras.models.vision_backbones import BUILTIN_VISION_BACKBONES
+from mmkeras.models.builder import build_model, has_pretrained_backbone
 from mmkeras.training.checkpoints import Checkpoints, TrainingState, assign_values, check_same_config
 from mmkeras.training.class_weights import balanced_class_weights
 from mmkeras.training.feature_cache import CachedEpochs, cache_features, default_cache_dir, split_at_frozen_backbones
@@ -253,12 +251,9 @@ def _training_data(config: RunConfig, model, preprocessor, labels, train_manifes
 
 def _make_loop(config: RunConfig, model, strategy, policy: str, label_ids, num_classes: int) -> TrainingLoop:
     """The loop that trains `model` with the run's optimizer, class weights and accumulation."""
-    pretrained = (
-        config.text_backbone not in BUILTIN_TEXT_BACKBONES or config.vision_backbone not in BUILTIN_VISION_BACKBONES
-    )
     total_steps = updates_per_epoch(len(label_ids), config.batch_size, config.gradient_accumulation) * config.epochs
     with strategy.scope():
-        optimizer = make_optimizer(config, total_steps=total_steps, pretrained=pretrained)
+        optimizer = make_optimizer(config, total_steps=total_steps, pretrained=has_pretrained_backbone(config))
     class_weights = balanced_class_weights(label_ids, num_classes) if config.class_weight == "balanced" else None
     return TrainingLoop(
         model,
