@@ -48,7 +48,7 @@ def test_defaults_keep_the_previous_behaviour():
 def test_xla_is_used_on_gpus_unless_the_config_says_otherwise(monkeypatch):
     import tensorflow as tf
 
-    from mmkeras.training.trainer import use_xla
+    from mmkeras.training.training_loop import use_xla
 
     assert RunConfig().jit_compile is None
     for gpus, expected in (([], False), (["GPU:0"], True)):

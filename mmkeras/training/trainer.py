@@ -261,15 +261,8 @@ def _make_loop(config: RunConfig, model, strategy, policy: str, label_ids, num_c
         strategy=strategy,
         class_weights=class_weights,
         gradient_accumulation=config.gradient_accumulation,
-        jit_compile=use_xla(config.jit_compile),
+        jit_compile=config.jit_compile,
     )
-
-
-def use_xla(jit_compile: bool | None) -> bool:
-    """`jit_compile` when set; unset, XLA on GPUs only (it slowed training on this project's CPUs)."""
-    if jit_compile is None:
-        return bool(tf.config.list_logical_devices("GPU"))
-    return jit_compile
 
 
 @contextlib.contextmanager
