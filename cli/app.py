@@ -56,7 +56,7 @@ def train(
     seed: Optional[int] = typer.Option(None),
     deterministic: Optional[bool] = typer.Option(None, "--deterministic", help="Deterministic TensorFlow ops."),
     on_bad_row: Optional[Literal["fail", "skip"]] = typer.Option(None),
-    strategy: Optional[Literal["auto", "one", "mirrored", "multi-worker"]] = typer.Option(None),
+    strategy: Optional[Literal["auto", "one", "mirrored", "multi-worker", "tpu"]] = typer.Option(None),
     resume: Optional[bool] = typer.Option(
         None, "--resume", help="Continue the run in --out from its last checkpoint (same flags)."
     ),

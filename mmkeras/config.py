@@ -15,7 +15,7 @@ from mmkeras.errors import UserError
 
 FUSIONS = ("cross-attention", "concat", "gated")
 FREEZE_CHOICES = ("none", "text", "vision", "both")
-STRATEGIES = ("auto", "one", "mirrored", "multi-worker")
+STRATEGIES = ("auto", "one", "mirrored", "multi-worker", "tpu")
 OPTIMIZERS = ("adamw", "adam", "sgd")
 ON_BAD_ROW = ("fail", "skip")
 MIXED_PRECISION = ("auto", "off", "float16", "bfloat16")
@@ -55,7 +55,7 @@ class RunConfig:
         seed: seed for weights, shuffling and dropout.
         deterministic: make TensorFlow ops deterministic (slower).
         on_bad_row: `fail` stops at the first bad row, `skip` drops and counts it.
-        strategy: tf.distribute strategy: `auto`, `one`, `mirrored`, `multi-worker`.
+        strategy: tf.distribute strategy: `auto`, `one`, `mirrored`, `multi-worker`, `tpu`.
         resume: continue the run in `out` from its last checkpoint.
         freeze: which backbones to keep frozen: `none`, `text`, `vision`, `both`.
         lora_rank: LoRA rank for the backbones (0 = no LoRA).

@@ -13,7 +13,7 @@ from mmkeras.errors import UserError
         ("mixed_precision", "fp8", "mixed_precision must be one of auto, off, float16, bfloat16"),
         ("class_weight", "inverse", "class_weight must be one of none, balanced"),
         ("checkpoint_steps", -1, "checkpoint_steps must not be negative"),
-        ("strategy", "tpu-pod", "strategy must be one of auto, one, mirrored, multi-worker"),
+        ("strategy", "tpu-pod", "strategy must be one of auto, one, mirrored, multi-worker, tpu"),
     ],
 )
 def test_out_of_range_knobs_are_user_errors(setting, value, message):

@@ -103,3 +103,11 @@ def test_multi_worker_without_a_valid_tf_config_is_a_user_error(
         monkeypatch.setenv("TF_CONFIG", tf_config)
     assert main(train_args(data, tmp_path / "run", "--strategy", "multi-worker")) == 2
     assert message in capsys.readouterr().err
+
+
+def test_tpu_strategy_without_a_tpu_is_a_user_error(data, tmp_path, monkeypatch, capsys):
+    monkeypatch.delenv("TPU_NAME", raising=False)
+    assert main(train_args(data, tmp_path / "run", "--strategy", "tpu")) == 2
+    error = capsys.readouterr().err
+    assert "--strategy tpu found no TPU (TPU_NAME='local')" in error
+    assert "Traceback" not in error and not (tmp_path / "run").exists()

@@ -18,8 +18,9 @@ def make_strategy(name: str) -> tf.distribute.Strategy:
         name: `auto` (MirroredStrategy with more than one GPU, else the default
             strategy), `one` (OneDeviceStrategy on the first GPU, else the CPU),
             `mirrored` (all local GPUs, or all logical CPUs when there is no GPU)
-            or `multi-worker` (MultiWorkerMirroredStrategy over the cluster in
-            the `TF_CONFIG` environment variable).
+            `multi-worker` (MultiWorkerMirroredStrategy over the cluster in
+            the `TF_CONFIG` environment variable) or `tpu` (TPUStrategy on the
+            TPU named by `TPU_NAME`, else the TPU attached to this host).
 
     Example:
     >>> strategy = make_strategy("auto")
@@ -28,6 +29,8 @@ def make_strategy(name: str) -> tf.distribute.Strategy:
     """
     if name == "multi-worker":
         return tf.distribute.MultiWorkerMirroredStrategy(cluster_resolver=_cluster_resolver())
+    if name == "tpu":
+        return _tpu_strategy()
     gpus = tf.config.list_logical_devices("GPU")
     if name == "auto":
         return tf.distribute.MirroredStrategy() if len(gpus) > 1 else tf.distribute.get_strategy()
@@ -50,6 +53,22 @@ def is_chief(strategy: tf.distribute.Strategy) -> bool:
         return True
     has_chief = "chief" in resolver.cluster_spec().as_dict()
     return resolver.task_type == "worker" and resolver.task_id == 0 and not has_chief
+
+
+def _tpu_strategy() -> tf.distribute.TPUStrategy:
+    """TensorFlow's documented TPU setup (resolve, connect, initialize), with "no TPU" as one clear error.
+
+    Not exercised on a real TPU by the tests (none is available to the project): they check the error path.
+    """
+    name = os.environ.get("TPU_NAME", "local")  # "local": the TPU of a Cloud TPU VM
+    try:
+        resolver = tf.distribute.cluster_resolver.TPUClusterResolver(tpu=name)
+        tf.config.experimental_connect_to_cluster(resolver)
+        tf.tpu.experimental.initialize_tpu_system(resolver)
+    except (ValueError, tf.errors.OpError) as error:
+        reason = str(error).splitlines()[0]
+        raise UserError(f"--strategy tpu found no TPU (TPU_NAME={name!r}): {reason}") from None
+    return tf.distribute.TPUStrategy(resolver)
 
 
 def _cluster_resolver() -> tf.distribute.cluster_resolver.TFConfigClusterResolver:
