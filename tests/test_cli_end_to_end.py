@@ -11,6 +11,7 @@ import pytest
 import yaml
 
 from mmkeras.cli.app import main
+from mmkeras.training.run_folder import load_run
 
 SAMPLES = Path(__file__).resolve().parents[1] / "samples"
 TRAIN_JSON_KEYS = {
@@ -100,6 +101,25 @@ def bundle(trained, tmp_path_factory):
     bundle = tmp_path_factory.mktemp("bundles") / "bundle"
     assert main(["export", str(trained), "--out", str(bundle), "--quantize", "none"]) == 0
     return bundle
+
+
+def test_a_mixed_precision_run_saves_and_exports_the_float32_model(data, tmp_path, capsys):
+    run_dir, bundle_dir = tmp_path / "run", tmp_path / "bundle"
+    code, _, err = run_cli(
+        capsys, "train", "--data", data["train"], "--out", run_dir, "--epochs", "1", "--batch-size", "32",
+        "--mixed-precision", "bfloat16", "--json",
+    )
+    assert code == 0, err
+    model = load_run(run_dir).model
+    assert {layer.dtype_policy.name for layer in model._flatten_layers()} == {"float32"}
+    # Saved as trained, the model had reduced-precision ops LiteRT lacks (AddV2, MatMul, ... in float16), and export failed.
+    code, _, err = run_cli(capsys, "export", run_dir, "--out", bundle_dir, "--quantize", "none")
+    assert code == 0, err
+    figures = []
+    for target in (run_dir, bundle_dir):
+        code, out, _ = run_cli(capsys, "evaluate", target, "--data", data["val"], "--json")
+        figures.append(json.loads(out)["accuracy"])
+    assert figures[0] == figures[1]
 
 
 # The device-side commands in a fresh interpreter where importing TensorFlow, Keras or keras-hub fails.

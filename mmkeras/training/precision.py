@@ -2,7 +2,9 @@
 
 The model's logits layer is float32 by construction (`build_model`) and the
 training loop computes the loss in float32, so only the backbones and the
-fusion run in the reduced precision.
+fusion run in the reduced precision. A run folder always holds the float32
+model (`float32_copy`): mixed precision is how a run trains, not what it
+exports (LiteRT has no builtin float16 or bfloat16 kernels for most ops).
 """
 
 import contextlib
@@ -52,3 +54,35 @@ def with_loss_scaling(optimizer: keras.optimizers.Optimizer, policy: str) -> ker
     if policy == "mixed_float16":
         return keras.optimizers.LossScaleOptimizer(optimizer)
     return optimizer
+
+
+def float32_copy(model: keras.Model) -> keras.Model:
+    """The same model with every layer's dtype policy float32 and the same weights.
+
+    Rebuilt from its config (keras-hub backbones and LoRA layers included), so
+    the copy is what a float32 run would have trained; the weights are float32
+    under mixed precision already, and are copied as they are.
+
+    Example:
+    >>> with dtype_policy("mixed_bfloat16"):
+    ...     model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(2)])
+    >>> float32_copy(model).layers[0].compute_dtype
+    'float32'
+    """
+    config = keras.saving.serialize_keras_object(model)
+    _set_float32_policies(config)
+    copy = keras.saving.deserialize_keras_object(config)
+    copy.set_weights(model.get_weights())
+    return copy
+
+
+def _set_float32_policies(config):
+    """Replace every mixed dtype policy in a serialized model, in place."""
+    if isinstance(config, dict):
+        if config.get("class_name") == "DTypePolicy" and config["config"].get("name", "").startswith("mixed_"):
+            config["config"]["name"] = "float32"
+        for value in config.values():
+            _set_float32_policies(value)
+    elif isinstance(config, list):
+        for value in config:
+            _set_float32_policies(value)

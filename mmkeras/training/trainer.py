@@ -26,7 +26,7 @@ from mmkeras.training.class_weights import balanced_class_weights
 from mmkeras.training.feature_cache import CachedEpochs, cache_features, default_cache_dir, split_at_frozen_backbones
 from mmkeras.training.fit import fit
 from mmkeras.training.optimizers import make_optimizer
-from mmkeras.training.precision import dtype_policy, resolve_policy, with_loss_scaling
+from mmkeras.training.precision import dtype_policy, float32_copy, resolve_policy, with_loss_scaling
 from mmkeras.training.run_folder import save_run
 from mmkeras.training.strategy import is_chief, make_strategy
 from mmkeras.training.training_loop import TrainingLoop, updates_per_epoch
@@ -200,6 +200,8 @@ def _train(config: RunConfig, strategy: tf.distribute.Strategy, chief: bool) -> 
     if val_data is not None:
         # The kept (best) weights' figures, not the last epoch's.
         metrics["val_loss"], metrics["val_accuracy"] = loop.evaluate(val_data)
+    if policy != "float32":
+        model = float32_copy(model)
     if chief:
         save_run(
             config.out,
