@@ -112,7 +112,8 @@ def test_a_mixed_precision_run_saves_and_exports_the_float32_model(data, tmp_pat
     assert code == 0, err
     model = load_run(run_dir).model
     assert {layer.dtype_policy.name for layer in model._flatten_layers()} == {"float32"}
-    # Saved as trained, the model had reduced-precision ops LiteRT lacks (AddV2, MatMul, ... in float16), and export failed.
+    # Saved as trained, the model had reduced-precision ops LiteRT lacks (AddV2, MatMul, ... in float16),
+    # and export failed.
     code, _, err = run_cli(capsys, "export", run_dir, "--out", bundle_dir, "--quantize", "none")
     assert code == 0, err
     figures = []
