@@ -13,10 +13,10 @@ Prints one JSON object on stdout (progress on stderr). Measures, asserts nothing
 - `loop_vs_fit` is the ratio the issue targets (>= 2); `fit_headroom_to_peak` (1 / fit's share of the peak) is
   the most any float32 trainer could gain over `fit` on this machine: a target above it cannot be met by a
   better loop, only by doing less arithmetic.
-- `--lora`: also LoRA's trainable fraction and test accuracy against full fine-tuning on samples/ (both through
-  `mmkeras.training.trainer.train`, same settings).
 
-    python benchmarks/training_throughput.py [--epochs 5] [--rows 512] [--lora [--no-throughput]]
+LoRA against full fine-tuning is measured by `lora_finetuning.py`.
+
+    python benchmarks/training_throughput.py [--epochs 5] [--rows 512]
 """
 
 import argparse
@@ -24,9 +24,7 @@ import json
 import logging
 import statistics
 import sys
-import tempfile
 import time
-from pathlib import Path
 
 import keras
 import numpy as np
@@ -40,7 +38,6 @@ from mmkeras.training.training_loop import TrainingLoop
 
 BATCH_SIZE = 32
 NUM_CLASSES = 4
-SAMPLES = Path(__file__).resolve().parents[1] / "samples"
 
 
 def log(message: str):
@@ -201,52 +198,15 @@ def throughput(args) -> dict:
     }
 
 
-def lora_vs_full(epochs: int) -> dict:
-    """LoRA (rank 4) against full fine-tuning on samples/, same settings, through `train`."""
-    from mmkeras.evaluation.evaluate import evaluate
-    from mmkeras.training.trainer import train
-
-    figures = {}
-    with tempfile.TemporaryDirectory() as folder:
-        for name, lora_rank in (("full", 0), ("lora_rank_4", 4)):
-            config = RunConfig(
-                data=str(SAMPLES / "train.csv"),
-                val=str(SAMPLES / "val.csv"),
-                out=str(Path(folder) / name),
-                epochs=epochs,
-                lora_rank=lora_rank,
-            )
-            result = train(config)
-            test = evaluate(result.run_dir, SAMPLES / "test.csv")
-            figures[name] = {
-                "test_accuracy": round(test["accuracy"], 4),
-                "trainable_params": result.metrics["trainable_params"],
-                "total_params": result.metrics["total_params"],
-                "trainable_fraction": round(result.metrics["trainable_params"] / result.metrics["total_params"], 4),
-                "train_seconds": round(sum(result.metrics["epoch_seconds"]), 1),
-            }
-            log(f"{name}: {figures[name]}")
-    figures["accuracy_gap_full_minus_lora"] = round(
-        figures["full"]["test_accuracy"] - figures["lora_rank_4"]["test_accuracy"], 4
-    )
-    return figures
-
-
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--epochs", type=int, default=5, help="timed epochs per mode (after one warm-up epoch)")
     parser.add_argument("--rows", type=int, default=512, help="synthetic rows per epoch")
-    parser.add_argument("--lora", action="store_true", help="also LoRA vs full fine-tuning on samples/")
-    parser.add_argument("--lora-epochs", type=int, default=10)
-    parser.add_argument("--no-throughput", action="store_true", help="skip the throughput part (with --lora)")
     args = parser.parse_args()
     logging.getLogger("mmkeras").addHandler(logging.StreamHandler(sys.stderr))
     logging.getLogger("mmkeras").setLevel(logging.INFO)
     report = {"versions": {"tensorflow": tf.__version__, "keras": keras.__version__}}
-    if not args.no_throughput:
-        report.update(throughput(args))
-    if args.lora:
-        report["lora"] = lora_vs_full(args.lora_epochs)
+    report.update(throughput(args))
     print(json.dumps(report, indent=2))
 
 

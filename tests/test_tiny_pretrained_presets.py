@@ -1,0 +1,102 @@
+"""benchmarks/tiny_pretrained_presets.py: its corpus, and presets that mmkeras' real loaders take and LoRA trains."""
+
+import csv
+import importlib
+import importlib.util
+import re
+import sys
+from pathlib import Path
+
+import keras_hub
+import numpy as np
+import pytest
+from test_cli_end_to_end import SAMPLES, write_subset
+
+from mmkeras.config import RunConfig
+from mmkeras.training.trainer import train
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))  # benchmarks/ is a folder of scripts next to tests/
+pretraining = importlib.import_module("benchmarks.tiny_pretrained_presets")
+
+
+def _import_make_samples():
+    spec = importlib.util.spec_from_file_location("make_samples", SAMPLES / "make_samples.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def words(text: str) -> set[str]:
+    return set(re.findall(r"[a-z]+", text.lower()))
+
+
+def test_corpus_holds_every_word_samples_texts_are_written_from_but_no_samples_text_or_label():
+    mood_texts = _import_make_samples().MOOD_TEXTS
+    sample_words = set(mood_texts.nouns).union(*mood_texts.synonyms.values())
+    for template in mood_texts.templates:
+        sample_words |= words(template.replace("{word}", "").replace("{noun}", ""))
+    corpus = pretraining.generate_corpus(3000, seed=0)
+    assert sample_words <= words(" ".join(corpus))
+    with (SAMPLES / "train.csv").open(newline="", encoding="utf-8") as handle:
+        rows = list(csv.DictReader(handle))
+    lines = {line.lower() for line in corpus}
+    assert not lines & {row["text"].lower() for row in rows}
+    labels = {row["label"] for row in rows}
+    assert not any(label in line for line in lines for label in labels)
+    assert pretraining.generate_corpus(50, seed=0) == corpus[:50]
+
+
+def test_masking_chooses_real_tokens_only_and_keeps_targets():
+    token_ids = np.array([[2, 10, 11, 12, 13, 3, 0, 0], [2, 14, 3, 0, 0, 0, 0, 0]])
+    padding_mask = (token_ids > 0).astype("int32")
+    rng = np.random.default_rng(0)
+    masked, positions, targets, weights = pretraining.mask_tokens(token_ids, padding_mask, 20, 4, rng)
+    assert weights.sum(axis=1).tolist() == [1.0, 1.0]  # 15% of 4 tokens rounds to 1; at least 1 of 1
+    assert positions[1, 0] == 1 and targets[1, 0] == 14
+    chosen = positions[0, 0]
+    assert 1 <= chosen <= 4 and targets[0, 0] == token_ids[0, chosen]
+    unchosen = np.ones_like(token_ids, bool)
+    unchosen[[0, 1], positions[:, 0]] = False
+    assert (masked[unchosen] == token_ids[unchosen]).all()  # [CLS], [SEP], padding and other tokens untouched
+
+
+@pytest.mark.slow
+def test_presets_load_through_mmkeras_and_lora_trains_only_adapters_fusion_and_head(tmp_path):
+    presets = pretraining.write_presets(
+        tmp_path / "presets", seed=0, corpus_lines=64, text_epochs=1, vision_images=64, vision_epochs=1
+    )
+    assert presets.figures["text"]["lines"] == 64 and presets.figures["vision"]["images"] == 64
+    config = RunConfig(
+        data=str(write_subset(SAMPLES / "train.csv", tmp_path / "train.csv", 16)),
+        val=str(write_subset(SAMPLES / "val.csv", tmp_path / "val.csv", 8)),
+        out=str(tmp_path / "run"),
+        text_backbone=str(presets.text),
+        vision_backbone=str(presets.vision),
+        epochs=1,
+        batch_size=8,
+        sequence_length=16,
+        lora_rank=2,
+    )
+    result = train(config)
+    model = result.model
+    text, vision = model.get_layer("text_backbone"), model.get_layer("vision_backbone")
+    # Pixels 0..255 -> -1..1 as the preset's image converter says (the tiny CNN's scaling).
+    normalization = model.get_layer("image_normalization")
+    assert (normalization.scale, normalization.offset) == (pretraining.PIXEL_SCALE, pretraining.PIXEL_OFFSET)
+    assert not vision.trainable_weights  # no attention layers: LoRA leaves the CNN frozen
+    # Keras' LoRA trains the low-rank factors and leaves the adapted layers' biases trainable; nothing else.
+    trained_text = {weight.path for weight in text.trainable_weights}
+    assert any("lora_kernel" in path for path in trained_text)
+    assert all(re.search(r"/(query|value)/(lora_kernel_[ab]|bias)$", path) for path in trained_text)
+    lora_params = sum(int(np.prod(weight.shape)) for weight in text.trainable_weights)
+    head_params = sum(model.get_layer(name).count_params() for name in ("fusion", "logits"))
+    assert result.metrics["trainable_params"] == lora_params + head_params
+    # Every frozen weight is the pretrained one, loaded from the preset and untouched by training.
+    for layer, preset in ((text, presets.text), (vision, presets.vision)):
+        original = {weight.path: weight for weight in keras_hub.models.Backbone.from_preset(str(preset)).weights}
+        frozen = [weight for weight in layer.non_trainable_weights if "lora" not in weight.path]
+        trained_biases = [weight for weight in layer.trainable_weights if "lora" not in weight.path]
+        assert len(frozen) + len(trained_biases) == len(original)
+        for weight in frozen:
+            np.testing.assert_array_equal(weight.numpy(), original[weight.path].numpy())
