@@ -8,8 +8,8 @@ cores. Neither the data nor the tasks are samples/ or its task (`<colour>_<calm|
   pretrained by masked-language modelling (15% of the tokens chosen, at least one per line: 80% `[MASK]`,
   10% a random token, 10% kept; the loss covers every real token, chosen or not, see below) on a generated
   corpus of `CORPUS_LINES` lines of one to three English-like sentences from 33 templates. 70% of the
-  sentences describe a person, an animal or an object in one of seven moods (calm, excited, happy, sad, angry, tired, scared; 8-12 adjectives each) together with a
-  place, an event and a verb that go with that mood 80% of the time and are drawn from any mood otherwise,
+  sentences describe a person, an animal or an object in one of seven moods (calm, excited, happy, sad,
+  angry, tired, scared; 8-12 adjectives each) together with a place, an event and a verb that go with that mood 80% of the time and are drawn from any mood otherwise,
   the way real text ties "quiet" to "library" and "wild" to "party"; the other 30% describe objects,
   colours, shapes and times without any mood. The corpus contains every word samples/ texts are written
   from (their mood adjectives, nouns and template words, as a real pretraining corpus would) among about
