@@ -4,18 +4,18 @@ keras-hub's named presets download from Kaggle, which this machine cannot reach,
 sense on pretrained weights) is benchmarked on backbones pretrained here, seeded, in a few minutes on 2 CPU
 cores. Neither the data nor the tasks are samples/ or its task (`<colour>_<calm|excited>` labels):
 
-- **Text**: a keras-hub `BertBackbone` (2 layers, hidden 128, 2 heads, intermediate 512, 64 positions)
-  pretrained by masked-language modelling (15% of the tokens chosen, at least one per line: 80% `[MASK]`,
-  10% a random token, 10% kept; the loss covers every real token, chosen or not, see below) on a generated
-  corpus of `CORPUS_LINES` lines of one to three English-like sentences from 33 templates. 70% of the
-  sentences describe a person, an animal or an object in one of seven moods (calm, excited, happy, sad,
-  angry, tired, scared; 8-12 adjectives each) together with a place, an event and a verb that go with that mood 80% of the time and are drawn from any mood otherwise,
-  the way real text ties "quiet" to "library" and "wild" to "party"; the other 30% describe objects,
-  colours, shapes and times without any mood. The corpus contains every word samples/ texts are written
-  from (their mood adjectives, nouns and template words, as a real pretraining corpus would) among about
-  400 others, but never samples/ texts, templates or labels, and nothing in it is labelled. The WordPiece
-  vocabulary (characters, `##` continuations, then whole words) is learned from the corpus by mmkeras'
-  `TextTokenizer.train_from_texts` and saved as a keras-hub `BertTokenizer`.
+- **Text**: a keras-hub `BertBackbone` (2 layers, hidden 128, 2 heads, intermediate 512, 64 positions) pretrained by
+  masked-language modelling (15% of the tokens chosen, at least one per line: 80% `[MASK]`, 10% a random token, 10%
+  kept; the loss covers every real token, chosen or not, see below) on a generated corpus of `CORPUS_LINES` lines of
+  one to three English-like sentences from 33 templates. 70% of the sentences describe a person, an animal or an
+  object in one of seven moods (calm, excited, happy, sad, angry, tired, scared; 8-12 adjectives each) together with
+  a place, an event and a verb that go with that mood 80% of the time and are drawn from any mood otherwise, the way
+  real text ties "quiet" to "library" and "wild" to "party"; the other 30% describe objects, colours, shapes and
+  times without any mood. The corpus contains every word samples/ texts are written from (their mood adjectives,
+  nouns and template words, as a real pretraining corpus would) among about 400 others, but never samples/ texts,
+  templates or labels, and nothing in it is labelled. The WordPiece vocabulary (characters, `##` continuations, then
+  whole words) is learned from the corpus by mmkeras' `TextTokenizer.train_from_texts` and saved as a keras-hub
+  `BertTokenizer`.
 - **Vision**: a keras-hub `VGGBackbone` with the architecture of mmkeras' default `tiny` CNN (32x32, four
   blocks of one 3x3 convolution, 48/96/128/128 filters, 2x2 max-pool), pretrained with a global-average-pool
   and two softmax heads to tell, on `VISION_IMAGES` generated images, which of 7 shapes (disc, ring,
