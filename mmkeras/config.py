@@ -44,8 +44,9 @@ class RunConfig:
             missing on the device (0 = off).
         epochs: training epochs.
         batch_size: global batch size.
-        learning_rate: peak learning rate; `None` picks 1e-3 when both
-            backbones are random and 5e-5 when any is pretrained.
+        learning_rate: peak learning rate; `None` picks 5e-5 when any
+            backbone is pretrained and fully fine-tuned, else 1e-3 (random
+            backbones, or LoRA).
         optimizer: `adamw`, `adam` or `sgd`.
         weight_decay: decoupled weight decay (adamw, sgd).
         warmup_fraction: share of the steps spent warming up linearly before

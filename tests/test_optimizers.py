@@ -6,7 +6,15 @@ import pytest
 import tensorflow as tf
 
 from mmkeras.config import RunConfig
-from mmkeras.training.optimizers import DenseAdam, DenseAdamW, make_learning_rate_schedule, make_optimizer
+from mmkeras.training.optimizers import (
+    FINE_TUNE_LEARNING_RATE,
+    RANDOM_INIT_LEARNING_RATE,
+    DenseAdam,
+    DenseAdamW,
+    make_learning_rate_schedule,
+    make_optimizer,
+    resolve_learning_rate,
+)
 
 LEARNING_RATE = 0.1
 
@@ -61,6 +69,12 @@ def test_default_learning_rate_depends_on_pretrained_backbones():
     random_init = make_learning_rate_schedule(config, total_steps=10, pretrained=False)(0)
     fine_tune = make_learning_rate_schedule(config, total_steps=10, pretrained=True)(0)
     assert float(random_init) > 10 * float(fine_tune)
+
+
+def test_lora_defaults_to_the_from_scratch_learning_rate_on_pretrained_backbones():
+    assert resolve_learning_rate(RunConfig(lora_rank=4), pretrained=True) == RANDOM_INIT_LEARNING_RATE
+    assert resolve_learning_rate(RunConfig(), pretrained=True) == FINE_TUNE_LEARNING_RATE
+    assert resolve_learning_rate(RunConfig(lora_rank=4, learning_rate=2e-4), pretrained=True) == 2e-4
 
 
 def test_weight_decay_spares_biases_and_norms():
