@@ -19,7 +19,7 @@ arm's accuracy gap to `full` and whether it meets the targets (< 10% of the para
 within 1 point of full fine-tuning). `--random-tiny` adds, as context, `full` and `lora_rank_4` on the
 built-in random `tiny` backbones.
 
-    python benchmarks/lora_finetuning.py [--presets DIR] [--seed 0] [--epochs 10] [--ranks 4 8]
+    python benchmarks/lora_finetuning.py [--presets DIR] [--seed 0] [--epochs 20] [--ranks 4 8]
                                          [--learning-rate LR] [--random-tiny]
 """
 
@@ -114,7 +114,7 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--presets", type=Path, help="preset folder: reused if it holds the presets, else written")
     parser.add_argument("--seed", type=int, default=0, help="seed of the pretraining and of every fine-tuning run")
-    parser.add_argument("--epochs", type=int, default=10)
+    parser.add_argument("--epochs", type=int, default=20, help="fine-tuning epochs of every arm (LoRA: 0.973 after 10)")
     parser.add_argument("--ranks", type=int, nargs="+", default=[4, 8])
     parser.add_argument("--learning-rate", type=float, help="one peak learning rate for every arm (default: each "
                         "arm's mmkeras default)")  # fmt: skip
