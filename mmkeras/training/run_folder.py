@@ -129,8 +129,7 @@ def load_run(run_dir) -> Run:
     import mmkeras.training.optimizers  # noqa: F401
 
     run_dir = Path(run_dir)
-    if not is_run_folder(run_dir):
-        raise UserError(f"not a run folder (needs {MODEL_FILE} and {LABELS_FILE})", path=run_dir)
+    config = load_run_config(run_dir)
     model = keras.models.load_model(run_dir / MODEL_FILE, compile=False)
     quantization = None
     if (run_dir / QUANTIZATION_FILE).is_file():
@@ -142,9 +141,21 @@ def load_run(run_dir) -> Run:
         model=model,
         preprocessor=MultimodalPreprocessor.load(run_dir),
         labels=labels,
-        config=RunConfig.from_yaml(run_dir / CONFIG_FILE),
+        config=config,
         quantization=quantization,
     )
+
+
+def load_run_config(run_dir) -> RunConfig:
+    """The resolved config of a run folder, without loading its model (`UserError` if it is not a run folder).
+
+    Cheap and free of TensorFlow work: `qat` reads the run's strategy from it
+    before MultiWorkerMirroredStrategy may be set up.
+    """
+    run_dir = Path(run_dir)
+    if not is_run_folder(run_dir):
+        raise UserError(f"not a run folder (needs {MODEL_FILE} and {LABELS_FILE})", path=run_dir)
+    return RunConfig.from_yaml(run_dir / CONFIG_FILE)
 
 
 def _save_qat_model(run_dir: Path, model: keras.Model, quantization: dict, float_model_file):
