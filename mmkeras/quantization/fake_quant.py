@@ -24,6 +24,7 @@ Example:
 """
 
 import keras
+import tensorflow as tf
 from keras import ops
 
 NUM_BITS = 8
@@ -64,9 +65,11 @@ class ActivationQuantizer(keras.layers.Layer):
 
     In training (or while `observing`, see `qat_transform.calibrate_ranges`)
     every batch moves the range towards the batch's min/max (always including
-    0, so that zero is exact); the first batch sets it. At inference the stored
-    range is used, and it becomes the tensor's int8 scale and zero point in the
-    exported model.
+    0, so that zero is exact); the first batch sets it. Under a tf.distribute
+    strategy with several replicas that is the min/max of the *global* batch
+    (the replicas all-gather theirs), so the ranges equal single-process
+    training's. At inference the stored range is used, and it becomes the
+    tensor's int8 scale and zero point in the exported model.
 
     Args:
         ema_decay: weight of the old range in the moving average.
@@ -105,8 +108,12 @@ class ActivationQuantizer(keras.layers.Layer):
 
     def _update_range(self, inputs):
         values = ops.stop_gradient(ops.cast(inputs, "float32"))
-        batch_min = ops.minimum(ops.min(values), 0.0)
-        batch_max = ops.maximum(ops.max(values), 0.0)
+        batch_min, batch_max = ops.min(values), ops.max(values)
+        replica = tf.distribute.get_replica_context()
+        if replica is not None and replica.num_replicas_in_sync > 1:
+            batch_min, batch_max = _global_min_max(replica, batch_min, batch_max)
+        batch_min = ops.minimum(batch_min, 0.0)
+        batch_max = ops.maximum(batch_max, 0.0)
         decay = self.ema_decay * self.calibrated
         range_min = decay * self.range_min + (1.0 - decay) * batch_min
         range_max = decay * self.range_max + (1.0 - decay) * batch_max
@@ -122,3 +129,17 @@ class ActivationQuantizer(keras.layers.Layer):
         config = super().get_config()
         config.update({"ema_decay": self.ema_decay, "num_bits": self.num_bits})
         return config
+
+
+def _global_min_max(replica, local_min, local_max):
+    """The min and max of the global batch from each replica's min and max of its share.
+
+    Averaging per-replica ranges (a mirrored variable's `mean` aggregation)
+    would not give the range one process sees on the whole batch, and without
+    any aggregation each replica would keep its own range. Every replica gets
+    the same exact values here, so each assigns its copy of the (`aggregation
+    none`) range variables and the copies stay equal without a merge call.
+    A replica with an empty share contributes (inf, -inf), which changes nothing.
+    """
+    gathered = replica.all_gather(ops.stack([local_min, local_max])[None], axis=0)
+    return ops.min(gathered[:, 0]), ops.max(gathered[:, 1])
