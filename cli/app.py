@@ -134,9 +134,16 @@ def qat(
     unknown_layers: Literal["error", "warn"] = typer.Option(
         "error", help="A layer type QAT does not know: refuse it, or warn and leave it float."
     ),
+    strategy: Optional[Literal["auto", "one", "mirrored", "multi-worker"]] = typer.Option(
+        None, help="tf.distribute strategy, as for train (default: the run's)."
+    ),
     as_json: bool = JSON_OPTION,
 ):
-    """Fine-tune a run with quantization-aware training; write a QAT run for export --quantize int8."""
+    """Fine-tune a run with quantization-aware training; write a QAT run for export --quantize int8.
+
+    Under --strategy multi-worker, start every worker with the same flags and
+    its own TF_CONFIG; only the chief writes --out and prints the result.
+    """
     from mmkeras.quantization.qat_training import QATSettings, qat_finetune
 
     settings = QATSettings(
@@ -145,8 +152,11 @@ def qat(
         batch_size=batch_size,
         calibration_batches=calibration_batches,
         unknown_layers=unknown_layers,
+        strategy=strategy,
     )
     metrics = qat_finetune(run_dir, data, out, val=val, settings=settings)
+    if metrics is None:  # a multi-worker process that is not the chief
+        return
     emit(
         metrics,
         as_json,

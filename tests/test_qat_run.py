@@ -159,7 +159,9 @@ def test_a_reloaded_run_keeps_its_frozen_backbone_frozen(data, tmp_path):
     )  # fmt: skip
     model.get_layer("vision_backbone").trainable = False
     expected = {variable.path for variable in model.trainable_variables}
-    config = RunConfig(data=str(data[0]), sequence_length=SEQUENCE_LENGTH, vision_backbone="tiny-mobilenet", freeze="vision")
+    config = RunConfig(
+        data=str(data[0]), sequence_length=SEQUENCE_LENGTH, vision_backbone="tiny-mobilenet", freeze="vision"
+    )
     save_run(tmp_path / "run", model=model, preprocessor=preprocessor, labels=manifest.labels(), config=config)
     reloaded = load_run(tmp_path / "run").model
     freeze_pooler(reloaded.get_layer("text_backbone"))  # a flag .keras loses; QAT sets it again, too
@@ -171,3 +173,8 @@ def test_qat_refuses_to_overwrite_the_float_run(float_run, data):
     with pytest.raises(UserError, match="new folder"):
         qat_finetune(float_run, data[0], float_run)
 
+
+def test_qat_refuses_an_unknown_strategy(float_run, data, tmp_path):
+    with pytest.raises(UserError, match="strategy must be one of auto, one, mirrored, multi-worker"):
+        qat_finetune(float_run, data[0], tmp_path / "qat", settings=QATSettings(strategy="tpu-pod"))
+    assert not (tmp_path / "qat").exists()

@@ -10,8 +10,10 @@ training paths from drifting apart.
 Example:
 >>> train_manifest, val_manifest, skipped = checked_manifests(
 ...     config, read_manifest(config.data), labels, preprocessor.image_size)          # doctest: +SKIP
->>> train_epochs, val_data = epoch_datasets(config, preprocessor, labels, train_manifest, val_manifest)  # doctest: +SKIP
->>> loop = make_loop(config, model, strategy, "float32", train_manifest.encode_labels(labels), len(labels))  # doctest: +SKIP
+>>> train_epochs, val_data = epoch_datasets(
+...     config, preprocessor, labels, train_manifest, val_manifest)                   # doctest: +SKIP
+>>> loop = make_loop(config, model, strategy, "float32",
+...                  train_manifest.encode_labels(labels), len(labels))               # doctest: +SKIP
 """
 
 import keras
