@@ -199,8 +199,8 @@ def _finetune(run_dir, config: RunConfig, settings: QATSettings, strategy: tf.di
 def _loop_config(config: RunConfig, settings: QATSettings, strategy: tf.distribute.Strategy) -> RunConfig:
     """The run config the QAT loop trains with: QAT's learning rate, and no XLA across replicas.
 
-    With several replicas every activation quantizer all-gathers its batch
-    min/max in the forward pass; XLA compiles that pass per replica, where
+    With several replicas every activation quantizer gathers the replicas'
+    batch min/max (an all-reduce) in the forward pass; XLA compiles that pass per replica, where
     this collective is not known to work (and on logical CPUs per-replica XLA
     cannot even reach the replicas' variables), so QAT then runs it as a graph.
     """
