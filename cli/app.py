@@ -31,6 +31,8 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 
+# mmkeras.config.STRATEGIES, spelled out for typer's choices (typing cannot build a Literal from a tuple).
+StrategyName = Literal["auto", "one", "mirrored", "multi-worker", "tpu"]
 JSON_OPTION = typer.Option(False, "--json", help="Print exactly one JSON object on stdout (logs go to stderr).")
 
 
@@ -56,7 +58,7 @@ def train(
     seed: Optional[int] = typer.Option(None),
     deterministic: Optional[bool] = typer.Option(None, "--deterministic", help="Deterministic TensorFlow ops."),
     on_bad_row: Optional[Literal["fail", "skip"]] = typer.Option(None),
-    strategy: Optional[Literal["auto", "one", "mirrored", "multi-worker", "tpu"]] = typer.Option(None),
+    strategy: Optional[StrategyName] = typer.Option(None),
     resume: Optional[bool] = typer.Option(
         None, "--resume", help="Continue the run in --out from its last checkpoint (same flags)."
     ),
@@ -134,9 +136,16 @@ def qat(
     unknown_layers: Literal["error", "warn"] = typer.Option(
         "error", help="A layer type QAT does not know: refuse it, or warn and leave it float."
     ),
+    strategy: Optional[StrategyName] = typer.Option(
+        None, help="tf.distribute strategy, as for train (default: the run's)."
+    ),
     as_json: bool = JSON_OPTION,
 ):
-    """Fine-tune a run with quantization-aware training; write a QAT run for export --quantize int8."""
+    """Fine-tune a run with quantization-aware training; write a QAT run for export --quantize int8.
+
+    Under --strategy multi-worker, start every worker with the same flags and
+    its own TF_CONFIG; only the chief writes --out and prints the result.
+    """
     from mmkeras.quantization.qat_training import QATSettings, qat_finetune
 
     settings = QATSettings(
@@ -145,8 +154,11 @@ def qat(
         batch_size=batch_size,
         calibration_batches=calibration_batches,
         unknown_layers=unknown_layers,
+        strategy=strategy,
     )
     metrics = qat_finetune(run_dir, data, out, val=val, settings=settings)
+    if metrics is None:  # a multi-worker process that is not the chief
+        return
     emit(
         metrics,
         as_json,

@@ -265,6 +265,13 @@ def test_qat_then_int8_export_then_evaluate(trained, data, tmp_path, capsys):
         assert code == 0 and json.loads(out)["n"] == 32
 
 
+def test_qat_with_a_bad_strategy_is_exit_2_like_train(tmp_path, capsys):
+    for command in (["train", "--data", tmp_path / "t.csv"], ["qat", tmp_path / "run", "--data", tmp_path / "t.csv"]):
+        code, out, err = run_cli(capsys, *command, "--out", tmp_path / "q", "--strategy", "tpu-pod")
+        assert code == 2 and out == ""
+        assert err.count("\n") == 1 and "--strategy" in err and "tpu-pod" in err
+
+
 def test_qat_with_a_missing_run_is_exit_2(data, tmp_path, capsys):
     code, _, err = run_cli(capsys, "qat", tmp_path / "nope", "--data", data["train"], "--out", tmp_path / "q")
     assert code == 2

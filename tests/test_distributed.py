@@ -4,6 +4,7 @@ import json
 
 import pytest
 from training_runs import (
+    TWO_LOGICAL_CPUS,
     finish,
     max_difference,
     run,
@@ -19,12 +20,6 @@ from training_runs import (
 from mmkeras.cli.app import main
 
 TOLERANCE = 1e-5
-TWO_LOGICAL_CPUS = """
-import tensorflow as tf
-tf.config.set_logical_device_configuration(
-    tf.config.list_physical_devices("CPU")[0], [tf.config.LogicalDeviceConfiguration()] * 2
-)
-"""
 
 
 @pytest.fixture(scope="module")

@@ -17,6 +17,7 @@ from mmkeras.export.converter import BUILTIN_OP_NAMES, COMPUTE_OPS, export_bundl
 from mmkeras.export.interpreter import list_ops
 from mmkeras.export.runtime import Predictor
 from mmkeras.models import build_model
+from mmkeras.models.text_backbones import freeze_pooler
 from mmkeras.quantization.qat_training import QATSettings, qat_finetune
 from mmkeras.quantization.qat_transform import activation_quantizers, calibrate_ranges, quantize_model
 from mmkeras.training.run_folder import QAT_WEIGHTS_FILE, QUANTIZATION_FILE, load_run, save_run
@@ -149,6 +150,31 @@ def test_evaluate_accepts_a_qat_run_and_its_int8_bundle(qat_run, int8_bundle, da
         assert figures["n"] == 16 and np.sum(figures["confusion_matrix"]) == 16
 
 
+def test_a_reloaded_run_keeps_its_frozen_backbone_frozen(data, tmp_path):
+    """QAT trains `load_run(...).model.trainable_variables`: a backbone frozen in training stays frozen."""
+    manifest = read_manifest(data[0])
+    model, preprocessor = build_model(
+        "tiny", "tiny-mobilenet", num_classes=len(manifest.labels()), texts=["a red circle"],
+        sequence_length=SEQUENCE_LENGTH, seed=0,
+    )  # fmt: skip
+    model.get_layer("vision_backbone").trainable = False
+    expected = {variable.path for variable in model.trainable_variables}
+    config = RunConfig(
+        data=str(data[0]), sequence_length=SEQUENCE_LENGTH, vision_backbone="tiny-mobilenet", freeze="vision"
+    )
+    save_run(tmp_path / "run", model=model, preprocessor=preprocessor, labels=manifest.labels(), config=config)
+    reloaded = load_run(tmp_path / "run").model
+    freeze_pooler(reloaded.get_layer("text_backbone"))  # a flag .keras loses; QAT sets it again, too
+    assert {variable.path for variable in reloaded.trainable_variables} == expected
+    assert not reloaded.get_layer("vision_backbone").trainable_variables
+
+
 def test_qat_refuses_to_overwrite_the_float_run(float_run, data):
     with pytest.raises(UserError, match="new folder"):
         qat_finetune(float_run, data[0], float_run)
+
+
+def test_qat_refuses_an_unknown_strategy(float_run, data, tmp_path):
+    with pytest.raises(UserError, match="strategy must be one of auto, one, mirrored, multi-worker"):
+        qat_finetune(float_run, data[0], tmp_path / "qat", settings=QATSettings(strategy="tpu-pod"))
+    assert not (tmp_path / "qat").exists()

@@ -27,6 +27,14 @@ def _bert_without_dropout(self, *args, **kwargs):
 keras_hub.models.BertBackbone.__init__ = _bert_without_dropout
 """
 
+# MirroredStrategy over 2 replicas on a CPU: a child process's prelude (before TensorFlow starts).
+TWO_LOGICAL_CPUS = """
+import tensorflow as tf
+tf.config.set_logical_device_configuration(
+    tf.config.list_physical_devices("CPU")[0], [tf.config.LogicalDeviceConfiguration()] * 2
+)
+"""
+
 
 def write_data(folder: Path, **settings) -> dict:
     """Train/val manifests and a run.yaml (RUN_SETTINGS updated with `settings`) in `folder`."""

@@ -24,6 +24,7 @@ Example:
 """
 
 import keras
+import tensorflow as tf
 from keras import ops
 
 NUM_BITS = 8
@@ -64,9 +65,11 @@ class ActivationQuantizer(keras.layers.Layer):
 
     In training (or while `observing`, see `qat_transform.calibrate_ranges`)
     every batch moves the range towards the batch's min/max (always including
-    0, so that zero is exact); the first batch sets it. At inference the stored
-    range is used, and it becomes the tensor's int8 scale and zero point in the
-    exported model.
+    0, so that zero is exact); the first batch sets it. Under a tf.distribute
+    strategy with several replicas that is the min/max of the *global* batch
+    (gathered from every replica), so the ranges equal single-process
+    training's. At inference the stored range is used, and it becomes the
+    tensor's int8 scale and zero point in the exported model.
 
     Args:
         ema_decay: weight of the old range in the moving average.
@@ -105,8 +108,12 @@ class ActivationQuantizer(keras.layers.Layer):
 
     def _update_range(self, inputs):
         values = ops.stop_gradient(ops.cast(inputs, "float32"))
+        # 0 is always in the range (so that it is exact).
         batch_min = ops.minimum(ops.min(values), 0.0)
         batch_max = ops.maximum(ops.max(values), 0.0)
+        replica = tf.distribute.get_replica_context()
+        if replica is not None and replica.num_replicas_in_sync > 1:
+            batch_min, batch_max = _global_min_max(replica, batch_min, batch_max)
         decay = self.ema_decay * self.calibrated
         range_min = decay * self.range_min + (1.0 - decay) * batch_min
         range_max = decay * self.range_max + (1.0 - decay) * batch_max
@@ -122,3 +129,22 @@ class ActivationQuantizer(keras.layers.Layer):
         config = super().get_config()
         config.update({"ema_decay": self.ema_decay, "num_bits": self.num_bits})
         return config
+
+
+def _global_min_max(replica, local_min, local_max):
+    """The min and max of the global batch from each replica's min and max of its share.
+
+    Averaging per-replica ranges (a mirrored variable's `mean` aggregation)
+    would not give the range one process sees on the whole batch, and without
+    any aggregation each replica would keep its own range. Here each replica
+    writes its (finite) pair into its own row of a zero table and one sum
+    all-reduce (exact: the other rows add zeros) gives every replica the whole
+    table, as an all-gather would; all-reduce is the collective the training
+    loop already runs, measured faster than `all_gather` under
+    MultiWorkerMirroredStrategy. Every replica then assigns the same values to
+    its copy of the (`aggregation none`) range variables, so the copies stay
+    equal without a merge call.
+    """
+    rows = tf.range(replica.num_replicas_in_sync)[:, None] == replica.replica_id_in_sync_group
+    table = replica.all_reduce("sum", tf.where(rows, ops.stack([local_min, local_max])[None], 0.0))
+    return ops.min(table[:, 0]), ops.max(table[:, 1])

@@ -1,14 +1,29 @@
 """`qat_finetune`: fine-tune a float run with quantization-aware training into a QAT run.
 
-The glue is deliberately small (one `model.fit` in a single process) so it can
-later move into the run's training loop: it reuses the run's preprocessing,
-`make_dataset`, and the run's optimizer (`make_optimizer`, whose densifying
-optimizers guard the Keras 3 sparse-gradient trap) at a lower learning rate.
+QAT trains through the same machinery as `mmkeras train` (`run_setup`): the
+run's tf.distribute strategy (or `QATSettings.strategy`), `EpochDatasets`,
+and a `TrainingLoop` driven by `fit`, with the run's optimizer
+(`make_optimizer`, whose densifying optimizers guard the Keras 3
+sparse-gradient trap) at a lower learning rate. So it runs on one device,
+on several GPUs (MirroredStrategy) or on several hosts
+(MultiWorkerMirroredStrategy), where stock `model.fit` fails (FINDINGS).
 
-Steps: load the float run, `quantize_model` it, set every activation range on
-a few training batches (`calibrate_ranges`), fine-tune for `epochs` while the
-ranges follow a moving average, and write a QAT run folder (see
-`mmkeras.training.run_folder`) that `export` and `evaluate` accept.
+What the QAT fine-tune takes from the float run's config: `seed` and
+`deterministic` (reproducible), `class_weight` (the loss the model was trained
+for), `gradient_accumulation` (the effective batch is `batch_size` times it,
+as in the float run), the optimizer settings, `jit_compile`, `on_bad_row`,
+the validation manifest when `val` is not given, and the strategy when
+`QATSettings.strategy` is `None`; frozen backbones stay frozen (`load_run`). What it does not: early stopping and
+best-weight keeping (the validation figures are reported only, the last
+weights are kept), resume checkpoints, `epochs` and `batch_size`
+(`QATSettings`).
+
+Steps: load the float run under the strategy's scope, `quantize_model` it,
+set every activation range on a few training batches (`calibrate_ranges`),
+fine-tune for `epochs` while the ranges follow a moving average (of the
+global batch's min/max under every strategy: `fake_quant.ActivationQuantizer`),
+and write a QAT run folder (see `mmkeras.training.run_folder`, on the chief
+only under multi-worker training) that `export` and `evaluate` accept.
 
 Example:
 >>> metrics = qat_finetune("runs/demo", "samples/train.csv", "runs/demo-qat",
@@ -18,12 +33,12 @@ True
 """
 
 import dataclasses
-import time
+import logging
 from pathlib import Path
 
-import keras
+import tensorflow as tf
 
-from mmkeras.data.dataset import make_dataset
+from mmkeras.config import RunConfig
 from mmkeras.data.manifest import read_manifest
 from mmkeras.errors import UserError
 from mmkeras.models.builder import has_pretrained_backbone
@@ -31,8 +46,13 @@ from mmkeras.models.text_backbones import freeze_pooler
 from mmkeras.quantization.fake_quant import EMA_DECAY, NUM_BITS
 from mmkeras.quantization.qat_transform import calibrate_ranges, is_quantized, quantize_model
 from mmkeras.quantization.quantized_layer import QuantizerSettings
-from mmkeras.training.optimizers import make_optimizer, resolve_learning_rate
-from mmkeras.training.run_folder import load_run, save_run
+from mmkeras.training.fit import fit
+from mmkeras.training.optimizers import resolve_learning_rate
+from mmkeras.training.run_folder import load_run, load_run_config, save_run
+from mmkeras.training.run_setup import checked_manifests, epoch_datasets, make_loop, seed_everything
+from mmkeras.training.strategy import make_strategy, worker_session
+
+logger = logging.getLogger("mmkeras")
 
 # QAT starts from trained weights: a tenth of the run's peak learning rate.
 LEARNING_RATE_FACTOR = 0.1
@@ -45,13 +65,16 @@ class QATSettings:
     Args:
         epochs: QAT epochs.
         learning_rate: peak learning rate; `None` is a tenth of the run's.
-        batch_size: `None` keeps the run's batch size.
+        batch_size: the global batch size; `None` keeps the run's.
         calibration_batches: training batches that set the activation ranges
             before the first step.
         num_bits: quantizer bit width (8 for int8 export).
         ema_decay: moving-average decay of the activation ranges.
         unknown_layers: `error` refuses a layer type the QAT transform does
             not know; `warn` names it in a warning and leaves it float.
+        strategy: the tf.distribute strategy, as `mmkeras train --strategy`
+            (`auto`, `one`, `mirrored`, `multi-worker`, `tpu`); `None` keeps the
+            run's.
     """
 
     epochs: int = 2
@@ -61,110 +84,129 @@ class QATSettings:
     num_bits: int = NUM_BITS
     ema_decay: float = EMA_DECAY
     unknown_layers: str = "error"
+    strategy: str | None = None
 
     def quantizer_settings(self) -> QuantizerSettings:
         return QuantizerSettings(num_bits=self.num_bits, ema_decay=self.ema_decay)
 
 
-def qat_finetune(run_dir, data, out, *, val=None, settings: QATSettings | None = None) -> dict:
+def qat_finetune(run_dir, data, out, *, val=None, settings: QATSettings | None = None) -> dict | None:
     """Fine-tune the run in `run_dir` with QAT on `data` and write a QAT run to `out`.
+
+    Under `multi-worker`, start it on every worker with the same arguments
+    and `TF_CONFIG`; only the chief writes `out`.
 
     Args:
         run_dir: a float run folder (or a QAT run, which is trained further).
         data: training manifest.
         out: the QAT run folder to write (not `run_dir`).
-        val: optional validation manifest (reported, not used for early stopping).
+        val: optional validation manifest (reported, not used for early
+            stopping); `None` keeps the run's, if it has one.
         settings: `QATSettings`.
 
     Returns:
         The metrics (also in `out/metrics.json`): `initial_loss` (the QAT
         model's loss on `data` before fine-tuning), `loss`, `val_loss`,
-        `val_accuracy`, `epochs_completed`, `epoch_seconds`, `bad_rows_skipped`.
+        `val_accuracy`, `epochs_completed`, `epoch_seconds`, `bad_rows_skipped`;
+        `None` on a multi-worker process that is not the chief.
 
     Raises:
-        UserError: bad settings, manifests, labels the run does not know, or
-            `out` equal to `run_dir`.
+        UserError: bad settings, manifests, labels the run does not know,
+            `out` equal to `run_dir`, or a lost multi-worker peer.
     """
     settings = settings or QATSettings()
     if settings.epochs < 1 or settings.calibration_batches < 1:
         raise UserError("QAT needs at least 1 epoch and 1 calibration batch")
     if Path(out).resolve() == Path(run_dir).resolve():
         raise UserError("the QAT run must go to a new folder, not the float run's", path=out)
-    run = load_run(run_dir)
-    config = run.config.replace(
+    float_config = load_run_config(run_dir)
+    config = float_config.replace(
         data=str(Path(data).resolve()),
         val=str(Path(val).resolve()) if val else None,
         out=str(Path(out).resolve()),
         epochs=settings.epochs,
-        batch_size=settings.batch_size or run.config.batch_size,
+        batch_size=settings.batch_size,
+        strategy=settings.strategy,
+        resume=False,
     )
-    keras.utils.set_random_seed(config.seed)
-    train_data, val_data, skipped = _datasets(run, config)
-    model = run.model
-    freeze_pooler(model.get_layer("text_backbone"))
-    if not is_quantized(model):
-        model = quantize_model(model, settings.quantizer_settings(), on_unknown=settings.unknown_layers, copy=False)
-    calibrate_ranges(model, (inputs for inputs, _ in train_data.take(settings.calibration_batches)))
-    steps = sum(1 for _ in train_data) * settings.epochs
-    model.compile(
-        optimizer=make_optimizer(config.replace(learning_rate=_learning_rate(config, settings)), total_steps=steps,
-                                 pretrained=has_pretrained_backbone(config)),
-        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
-        metrics=["accuracy"],
+    # First: MultiWorkerMirroredStrategy must be set up before any other TensorFlow work.
+    strategy = make_strategy(config.strategy)
+    with worker_session(strategy, restart_hint="restart every worker with the same flags") as chief:
+        return _finetune(run_dir, config, settings, strategy, chief)
+
+
+def _finetune(run_dir, config: RunConfig, settings: QATSettings, strategy: tf.distribute.Strategy, chief: bool):
+    seed_everything(config)
+    with strategy.scope():  # the model's variables, quantizer ranges included, live on every replica
+        run = load_run(run_dir)
+        model = run.model
+        freeze_pooler(model.get_layer("text_backbone"))
+        if not is_quantized(model):
+            model = quantize_model(model, settings.quantizer_settings(), on_unknown=settings.unknown_layers, copy=False)
+    labels, preprocessor = run.labels, run.preprocessor
+    train_manifest, val_manifest, skipped = checked_manifests(
+        config, read_manifest(config.data), labels, preprocessor.image_size
     )
-    initial_loss = float(model.evaluate(train_data, verbose=0)[0])
-    epoch_seconds = []
-    timer = keras.callbacks.LambdaCallback(
-        on_epoch_begin=lambda epoch, logs: epoch_seconds.append(time.perf_counter()),
-        on_epoch_end=lambda epoch, logs: epoch_seconds.append(time.perf_counter() - epoch_seconds.pop()),
+    train_epochs, val_data = epoch_datasets(config, preprocessor, labels, train_manifest, val_manifest)
+    # Eager and identical in every process (same rows, same weights), so every replica gets the same ranges.
+    calibrate_ranges(model, (inputs for inputs, _ in train_epochs.for_epoch(0).take(settings.calibration_batches)))
+    loop = make_loop(
+        _loop_config(config, settings, strategy),
+        model,
+        strategy,
+        model.dtype_policy.name,
+        train_manifest.encode_labels(labels),
+        len(labels),
     )
-    history = model.fit(train_data, epochs=settings.epochs, callbacks=[timer], verbose=0).history
-    history = {key: [float(value) for value in values] for key, values in history.items()}
+    initial_loss, _ = loop.evaluate(train_epochs.for_epoch(0))
+    logger.info(
+        "QAT on %d rows, %d replica(s)%s: loss %.4f before fine-tuning",
+        len(train_manifest.rows),
+        strategy.num_replicas_in_sync,
+        ", XLA" if loop.jit_compile else "",
+        initial_loss,
+    )
+    # Validation is reported, not used to pick weights: fit gets none.
+    state = fit(loop, train_epochs, epochs=config.epochs, batch_size=config.batch_size)
     metrics = {
         "initial_loss": initial_loss,
-        "loss": history["loss"][-1],
+        "loss": state.history["loss"][-1],
         "val_loss": None,
         "val_accuracy": None,
-        "epochs_completed": len(history["loss"]),
-        "epoch_seconds": epoch_seconds,
+        "epochs_completed": len(state.history["loss"]),
+        "epoch_seconds": state.epoch_seconds,
         "bad_rows_skipped": skipped,
     }
     if val_data is not None:
-        val_loss, val_accuracy = model.evaluate(val_data, verbose=0)
-        metrics.update(val_loss=float(val_loss), val_accuracy=float(val_accuracy))
+        metrics["val_loss"], metrics["val_accuracy"] = loop.evaluate(val_data)
+    if not chief:
+        return None
     save_run(
-        out,
+        config.out,
         model=model,
-        preprocessor=run.preprocessor,
-        labels=run.labels,
+        preprocessor=preprocessor,
+        labels=labels,
         config=config,
-        history=history,
+        history=state.history,
         metrics=metrics,
         quantization={"settings": dataclasses.asdict(settings.quantizer_settings()), "float_run": str(run.path)},
         float_model_file=run.float_model_file,
     )
+    logger.info("QAT run saved to %s", config.out)
     return metrics
 
 
-def _datasets(run, config):
-    """Training and validation datasets in the run's label order, and the bad rows skipped."""
-    image_size = run.preprocessor.image_size
-    train_manifest, skipped = read_manifest(config.data).validate_images(image_size, config.on_bad_row)
-    train_manifest.encode_labels(run.labels)  # a label the run does not know is a user error
-    train_data = make_dataset(
-        train_manifest, run.labels, run.preprocessor, batch_size=config.batch_size, shuffle=True, seed=config.seed
-    )
-    if not config.val:
-        return train_data, None, skipped
-    val_manifest, val_skipped = read_manifest(config.val).validate_images(image_size, config.on_bad_row)
-    val_manifest.encode_labels(run.labels)
-    val_data = make_dataset(
-        val_manifest, run.labels, run.preprocessor, batch_size=config.batch_size, shuffle=False, seed=config.seed
-    )
-    return train_data, val_data, skipped + val_skipped
+def _loop_config(config: RunConfig, settings: QATSettings, strategy: tf.distribute.Strategy) -> RunConfig:
+    """The run config the QAT loop trains with: QAT's learning rate, and no XLA across replicas.
 
-
-def _learning_rate(config, settings):
-    if settings.learning_rate is not None:
-        return settings.learning_rate
-    return LEARNING_RATE_FACTOR * resolve_learning_rate(config, has_pretrained_backbone(config))
+    With several replicas every activation quantizer gathers the replicas'
+    batch min/max (an all-reduce) in the forward pass; XLA compiles that pass per replica, where
+    this collective is not known to work (and on logical CPUs per-replica XLA
+    cannot even reach the replicas' variables), so QAT then runs it as a graph.
+    """
+    learning_rate = settings.learning_rate
+    if learning_rate is None:
+        learning_rate = LEARNING_RATE_FACTOR * resolve_learning_rate(config, has_pretrained_backbone(config))
+    if strategy.num_replicas_in_sync > 1:
+        return config.replace(learning_rate=learning_rate, jit_compile=False)
+    return config.replace(learning_rate=learning_rate)

@@ -2,8 +2,8 @@
 
 Generic over the model: it needs a `TrainingLoop`, an object with
 `for_epoch(epoch) -> dataset` and `num_examples` (e.g. `EpochDatasets`), and
-optionally a validation dataset. The trainer uses it for the multimodal model;
-a head model on cached features can use it unchanged.
+optionally a validation dataset. The trainer uses it for the multimodal model
+and for a head model on cached features, `qat_finetune` for a QAT model.
 """
 
 import logging

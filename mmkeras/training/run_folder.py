@@ -129,9 +129,9 @@ def load_run(run_dir) -> Run:
     import mmkeras.training.optimizers  # noqa: F401
 
     run_dir = Path(run_dir)
-    if not is_run_folder(run_dir):
-        raise UserError(f"not a run folder (needs {MODEL_FILE} and {LABELS_FILE})", path=run_dir)
+    config = load_run_config(run_dir)
     model = keras.models.load_model(run_dir / MODEL_FILE, compile=False)
+    _refreeze(model)
     quantization = None
     if (run_dir / QUANTIZATION_FILE).is_file():
         quantization = json.loads((run_dir / QUANTIZATION_FILE).read_text(encoding="utf-8"))
@@ -142,9 +142,35 @@ def load_run(run_dir) -> Run:
         model=model,
         preprocessor=MultimodalPreprocessor.load(run_dir),
         labels=labels,
-        config=RunConfig.from_yaml(run_dir / CONFIG_FILE),
+        config=config,
         quantization=quantization,
     )
+
+
+def load_run_config(run_dir) -> RunConfig:
+    """The resolved config of a run folder, without loading its model (`UserError` if it is not a run folder).
+
+    Cheap and free of TensorFlow work: `qat` reads the run's strategy from it
+    before MultiWorkerMirroredStrategy may be set up.
+    """
+    run_dir = Path(run_dir)
+    if not is_run_folder(run_dir):
+        raise UserError(f"not a run folder (needs {MODEL_FILE} and {LABELS_FILE})", path=run_dir)
+    return RunConfig.from_yaml(run_dir / CONFIG_FILE)
+
+
+def _refreeze(model: keras.Model):
+    """Make the variables of the layers `model.keras` says are frozen (`--freeze`) non-trainable again.
+
+    Loading sets a layer's `trainable` flag from its config before its variables exist, and they
+    are created trainable: `model.trainable_variables` (what `TrainingLoop`, and so QAT, trains)
+    would include a frozen backbone's. (Assigning `trainable = False` again to the loaded layer
+    did not reach them, measured with Keras 3.15.)
+    """
+    for layer in model._flatten_layers(include_self=False, recursive=True):
+        if not layer.trainable:
+            for variable in layer.variables:
+                variable.trainable = False
 
 
 def _save_qat_model(run_dir: Path, model: keras.Model, quantization: dict, float_model_file):

@@ -1,11 +1,23 @@
-"""Choosing the tf.distribute strategy a run trains under, and which process is the chief."""
+"""Choosing the tf.distribute strategy a run trains under, which process is the chief, and a worker's session."""
 
+import contextlib
 import json
+import logging
 import os
 
 import tensorflow as tf
 
 from mmkeras.errors import UserError
+
+logger = logging.getLogger("mmkeras")
+
+# What a lost peer looks like to the surviving workers' collectives (FINDINGS: UnavailableError after ~7 s).
+LOST_WORKER_ERRORS = (
+    tf.errors.UnavailableError,
+    tf.errors.DeadlineExceededError,
+    tf.errors.AbortedError,
+    tf.errors.CancelledError,
+)
 
 
 def make_strategy(name: str) -> tf.distribute.Strategy:
@@ -53,6 +65,33 @@ def is_chief(strategy: tf.distribute.Strategy) -> bool:
         return True
     has_chief = "chief" in resolver.cluster_spec().as_dict()
     return resolver.task_type == "worker" and resolver.task_id == 0 and not has_chief
+
+
+@contextlib.contextmanager
+def worker_session(strategy: tf.distribute.Strategy, *, restart_hint: str):
+    """A training job's body on this process: yields whether it is the chief.
+
+    Only the chief logs progress (other workers log warnings and errors), and
+    under multi-worker training a lost peer becomes one `UserError` that
+    says how to restart (`restart_hint`) instead of a collective-op traceback.
+
+    Example:
+    >>> with worker_session(make_strategy("auto"), restart_hint="restart every worker") as chief:
+    ...     chief
+    True
+    """
+    chief = is_chief(strategy)
+    level = logger.level
+    if not chief:
+        logger.setLevel(logging.WARNING)
+    try:
+        yield chief
+    except LOST_WORKER_ERRORS as error:
+        if not isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
+            raise
+        raise UserError(f"lost contact with another worker ({type(error).__name__}); {restart_hint}") from None
+    finally:
+        logger.setLevel(level)
 
 
 def _tpu_strategy() -> tf.distribute.TPUStrategy:

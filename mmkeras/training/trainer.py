@@ -7,7 +7,6 @@ checkpoints, multi-worker), keeps the best weights by validation loss, and
 writes the run folder (on the chief only, under multi-worker training).
 """
 
-import contextlib
 import dataclasses
 import logging
 import math
@@ -17,29 +16,18 @@ import keras
 import tensorflow as tf
 
 from mmkeras.config import RunConfig
-from mmkeras.data.dataset import EpochDatasets, make_dataset
 from mmkeras.data.manifest import read_manifest
 from mmkeras.errors import UserError
-from mmkeras.models.builder import build_model, has_pretrained_backbone
+from mmkeras.models.builder import build_model
 from mmkeras.training.checkpoints import Checkpoints, TrainingState, assign_values, check_same_config
-from mmkeras.training.class_weights import balanced_class_weights
 from mmkeras.training.feature_cache import CachedEpochs, cache_features, default_cache_dir, split_at_frozen_backbones
 from mmkeras.training.fit import fit
-from mmkeras.training.optimizers import make_optimizer
-from mmkeras.training.precision import dtype_policy, float32_copy, resolve_policy, with_loss_scaling
+from mmkeras.training.precision import dtype_policy, float32_copy, resolve_policy
 from mmkeras.training.run_folder import save_run
-from mmkeras.training.strategy import is_chief, make_strategy
-from mmkeras.training.training_loop import TrainingLoop, updates_per_epoch
+from mmkeras.training.run_setup import checked_manifests, epoch_datasets, make_loop, seed_everything
+from mmkeras.training.strategy import make_strategy, worker_session
 
 logger = logging.getLogger("mmkeras")
-
-# What a lost peer looks like to the surviving workers' collectives (FINDINGS: UnavailableError after ~7 s).
-LOST_WORKER_ERRORS = (
-    tf.errors.UnavailableError,
-    tf.errors.DeadlineExceededError,
-    tf.errors.AbortedError,
-    tf.errors.CancelledError,
-)
 
 
 @dataclasses.dataclass
@@ -60,12 +48,6 @@ class TrainResult:
     history: dict
     model: keras.Model
     is_chief: bool = True
-
-
-def seed_everything(config: RunConfig):
-    keras.utils.set_random_seed(config.seed)
-    if config.deterministic:
-        tf.config.experimental.enable_op_determinism()
 
 
 FROZEN_BACKBONES = {
@@ -101,17 +83,9 @@ def train(config: RunConfig) -> TrainResult:
     config = config.replace(**{key: str(Path(path).resolve()) for key, path in paths.items() if path})
     # First: MultiWorkerMirroredStrategy must be set up before any other TensorFlow work.
     strategy = make_strategy(config.strategy)
-    chief = is_chief(strategy)
-    with _quiet_unless(chief):
-        try:
-            return _train(config, strategy, chief)
-        except LOST_WORKER_ERRORS as error:
-            if not isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
-                raise
-            raise UserError(
-                f"lost contact with another worker ({type(error).__name__}); restart every worker with the same "
-                "flags and --resume to continue from the last checkpoint"
-            ) from None
+    restart_hint = "restart every worker with the same flags and --resume to continue from the last checkpoint"
+    with worker_session(strategy, restart_hint=restart_hint) as chief:
+        return _train(config, strategy, chief)
 
 
 def _train(config: RunConfig, strategy: tf.distribute.Strategy, chief: bool) -> TrainResult:
@@ -141,20 +115,13 @@ def _train(config: RunConfig, strategy: tf.distribute.Strategy, chief: bool) -> 
             texts=[row.text for row in raw_train.rows if row.text],
             seed=config.seed,
         )
-    train_manifest, skipped = raw_train.validate_images(preprocessor.image_size, config.on_bad_row)
-    val_manifest = None
-    if config.val:
-        val_manifest, val_skipped = read_manifest(config.val).validate_images(
-            preprocessor.image_size, config.on_bad_row
-        )
-        skipped += val_skipped
-        val_manifest.encode_labels(labels)  # an unknown label is a user error before any training
+    train_manifest, val_manifest, skipped = checked_manifests(config, raw_train, labels, preprocessor.image_size)
     with strategy.scope():
         prepare_backbones(model, config)
     trained_model, train_epochs, val_data = _training_data(
         config, model, preprocessor, labels, train_manifest, val_manifest
     )
-    loop = _make_loop(config, trained_model, strategy, policy, train_manifest.encode_labels(labels), len(labels))
+    loop = make_loop(config, trained_model, strategy, policy, train_manifest.encode_labels(labels), len(labels))
     best_weights = None
     if resumed is not None:
         assign_values(trained_model.variables, resumed.values["model"], "model", resumed.path)
@@ -229,15 +196,7 @@ def _training_data(config: RunConfig, model, preprocessor, labels, train_manifes
     """`(trained model, train epochs, val dataset)`: the full model on the manifests, or with
     `--cache-features` the head (`split_at_frozen_backbones`) on the frozen backbones' cached tokens."""
     if not config.cache_features:
-        train_epochs = EpochDatasets(
-            train_manifest, labels, preprocessor, batch_size=config.batch_size, seed=config.seed
-        )
-        val_data = None
-        if val_manifest is not None:
-            val_data = make_dataset(
-                val_manifest, labels, preprocessor, batch_size=config.batch_size, shuffle=False, seed=config.seed
-            )
-        return model, train_epochs, val_data
+        return model, *epoch_datasets(config, preprocessor, labels, train_manifest, val_manifest)
     split = split_at_frozen_backbones(model, FROZEN_BACKBONES[config.freeze])
     logger.info("frozen backbones' features cached in %s", default_cache_dir())
 
@@ -249,34 +208,6 @@ def _training_data(config: RunConfig, model, preprocessor, labels, train_manifes
     train_epochs = CachedEpochs(cached(train_manifest), batch_size=config.batch_size, seed=config.seed)
     val_data = None if val_manifest is None else cached(val_manifest).dataset(batch_size=config.batch_size)
     return split.head_model, train_epochs, val_data
-
-
-def _make_loop(config: RunConfig, model, strategy, policy: str, label_ids, num_classes: int) -> TrainingLoop:
-    """The loop that trains `model` with the run's optimizer, class weights and accumulation."""
-    total_steps = updates_per_epoch(len(label_ids), config.batch_size, config.gradient_accumulation) * config.epochs
-    with strategy.scope():
-        optimizer = make_optimizer(config, total_steps=total_steps, pretrained=has_pretrained_backbone(config))
-    class_weights = balanced_class_weights(label_ids, num_classes) if config.class_weight == "balanced" else None
-    return TrainingLoop(
-        model,
-        with_loss_scaling(optimizer, policy),
-        strategy=strategy,
-        class_weights=class_weights,
-        gradient_accumulation=config.gradient_accumulation,
-        jit_compile=config.jit_compile,
-    )
-
-
-@contextlib.contextmanager
-def _quiet_unless(chief: bool):
-    """Only the chief logs progress: other workers log warnings and errors only."""
-    level = logger.level
-    if not chief:
-        logger.setLevel(logging.WARNING)
-    try:
-        yield
-    finally:
-        logger.setLevel(level)
 
 
 def enable_lora(backbone: keras.Model, rank: int):

@@ -16,8 +16,8 @@ averages per-micro-batch means instead), class-weighted losses, and batch-level
 positions (`skip` the consumed batches of a seeded epoch) for exact resume.
 
 It is generic over `(model, dataset of (inputs, labels))`: the trainer uses it
-for the multimodal model, and a head model on cached features or a QAT
-fine-tuning can use it the same way.
+for the multimodal model and a head model on cached features, `qat_finetune`
+for a fake-quantized model.
 """
 
 import math

@@ -1,0 +1,104 @@
+"""The pieces of a run that training (`train`) and QAT fine-tuning (`qat_finetune`) share.
+
+Both check their manifests the same way, read an epoch's batches from
+`EpochDatasets` (an order fixed by the seed and the epoch alone, the same in
+every worker and after a restart) and train with a `TrainingLoop` built from
+the run config: the run's optimizer and schedule, class weights, gradient
+accumulation, loss scaling and XLA choice. One place for each keeps the two
+training paths from drifting apart.
+
+Example:
+>>> train_manifest, val_manifest, skipped = checked_manifests(
+...     config, read_manifest(config.data), labels, preprocessor.image_size)          # doctest: +SKIP
+>>> train_epochs, val_data = epoch_datasets(
+...     config, preprocessor, labels, train_manifest, val_manifest)                   # doctest: +SKIP
+>>> loop = make_loop(config, model, strategy, "float32",
+...                  train_manifest.encode_labels(labels), len(labels))               # doctest: +SKIP
+"""
+
+import keras
+import tensorflow as tf
+
+from mmkeras.config import RunConfig
+from mmkeras.data.dataset import EpochDatasets, make_dataset
+from mmkeras.data.manifest import Manifest, read_manifest
+from mmkeras.models.builder import has_pretrained_backbone
+from mmkeras.preprocessing import MultimodalPreprocessor
+from mmkeras.training.class_weights import balanced_class_weights
+from mmkeras.training.optimizers import make_optimizer
+from mmkeras.training.precision import with_loss_scaling
+from mmkeras.training.training_loop import TrainingLoop, updates_per_epoch
+
+
+def seed_everything(config: RunConfig):
+    """Seed Python, NumPy and TensorFlow with `config.seed`; deterministic ops with `config.deterministic`."""
+    keras.utils.set_random_seed(config.seed)
+    if config.deterministic:
+        tf.config.experimental.enable_op_determinism()
+
+
+def checked_manifests(
+    config: RunConfig, train_manifest: Manifest, labels: list[str], image_size
+) -> tuple[Manifest, Manifest | None, int]:
+    """The training manifest and `config.val`'s, images checked (`config.on_bad_row`), and the rows skipped.
+
+    Args:
+        config: the run config (`val`, `on_bad_row`).
+        train_manifest: the training manifest as read.
+        labels: the class names in logit order; a row with another label is
+            a user error naming its file and line, before any training.
+        image_size: the preprocessor's `(height, width)`.
+    """
+    train_manifest, skipped = train_manifest.validate_images(image_size, config.on_bad_row)
+    train_manifest.encode_labels(labels)
+    val_manifest = None
+    if config.val:
+        val_manifest, val_skipped = read_manifest(config.val).validate_images(image_size, config.on_bad_row)
+        skipped += val_skipped
+        val_manifest.encode_labels(labels)
+    return train_manifest, val_manifest, skipped
+
+
+def epoch_datasets(
+    config: RunConfig,
+    preprocessor: MultimodalPreprocessor,
+    labels: list[str],
+    train_manifest: Manifest,
+    val_manifest: Manifest | None,
+) -> tuple[EpochDatasets, tf.data.Dataset | None]:
+    """`(training epochs, validation batches or None)` of the model's inputs, `config.batch_size` rows a batch."""
+    train_epochs = EpochDatasets(train_manifest, labels, preprocessor, batch_size=config.batch_size, seed=config.seed)
+    if val_manifest is None:
+        return train_epochs, None
+    val_data = make_dataset(
+        val_manifest, labels, preprocessor, batch_size=config.batch_size, shuffle=False, seed=config.seed
+    )
+    return train_epochs, val_data
+
+
+def make_loop(config: RunConfig, model, strategy, policy: str, label_ids, num_classes: int) -> TrainingLoop:
+    """The loop that trains `model` with the run's optimizer, class weights, accumulation and XLA choice.
+
+    Args:
+        config: the run config (`optimizer`, `learning_rate`, `epochs`,
+            `batch_size`, `gradient_accumulation`, `class_weight`, `jit_compile`).
+        model: the model to train, built under `strategy.scope()`.
+        strategy: the tf.distribute strategy.
+        policy: the Keras dtype policy the model computes in (loss scaling
+            under `mixed_float16`).
+        label_ids: the training rows' labels (the schedule's length and the
+            balanced class weights).
+        num_classes: the number of classes.
+    """
+    total_steps = updates_per_epoch(len(label_ids), config.batch_size, config.gradient_accumulation) * config.epochs
+    with strategy.scope():
+        optimizer = make_optimizer(config, total_steps=total_steps, pretrained=has_pretrained_backbone(config))
+    class_weights = balanced_class_weights(label_ids, num_classes) if config.class_weight == "balanced" else None
+    return TrainingLoop(
+        model,
+        with_loss_scaling(optimizer, policy),
+        strategy=strategy,
+        class_weights=class_weights,
+        gradient_accumulation=config.gradient_accumulation,
+        jit_compile=config.jit_compile,
+    )
