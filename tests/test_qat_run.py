@@ -150,18 +150,18 @@ def test_evaluate_accepts_a_qat_run_and_its_int8_bundle(qat_run, int8_bundle, da
         assert figures["n"] == 16 and np.sum(figures["confusion_matrix"]) == 16
 
 
-def test_a_reloaded_run_keeps_its_frozen_backbone_frozen(data, tmp_path):
+# "tiny" is keras-hub's VGGBackbone, whose own config drops name and trainable (mmkeras.models.vgg_backbone).
+@pytest.mark.parametrize("vision", ["tiny-mobilenet", "tiny"])
+def test_a_reloaded_run_keeps_its_frozen_backbone_frozen(data, tmp_path, vision):
     """QAT trains `load_run(...).model.trainable_variables`: a backbone frozen in training stays frozen."""
     manifest = read_manifest(data[0])
     model, preprocessor = build_model(
-        "tiny", "tiny-mobilenet", num_classes=len(manifest.labels()), texts=["a red circle"],
+        "tiny", vision, num_classes=len(manifest.labels()), texts=["a red circle"],
         sequence_length=SEQUENCE_LENGTH, seed=0,
     )  # fmt: skip
     model.get_layer("vision_backbone").trainable = False
     expected = {variable.path for variable in model.trainable_variables}
-    config = RunConfig(
-        data=str(data[0]), sequence_length=SEQUENCE_LENGTH, vision_backbone="tiny-mobilenet", freeze="vision"
-    )
+    config = RunConfig(data=str(data[0]), sequence_length=SEQUENCE_LENGTH, vision_backbone=vision, freeze="vision")
     save_run(tmp_path / "run", model=model, preprocessor=preprocessor, labels=manifest.labels(), config=config)
     reloaded = load_run(tmp_path / "run").model
     freeze_pooler(reloaded.get_layer("text_backbone"))  # a flag .keras loses; QAT sets it again, too

@@ -31,6 +31,7 @@ import keras
 import keras_hub
 
 from mmkeras.errors import UserError
+from mmkeras.models.vgg_backbone import VGGBackbone
 
 BUILTIN_VISION_BACKBONES = ("tiny", "tiny-vit", "tiny-mobilenet")
 BACKBONE_NAME = "vision_backbone"
@@ -111,7 +112,7 @@ def _tiny_cnn():
     # where the tiny ViT does not (benchmarks/README.md); four pools leave a
     # 2x2 map whose every token sees the whole image. Only Conv2D (ReLU
     # fused) and MaxPooling2D layers: simple to quantize and export.
-    return keras_hub.models.VGGBackbone(
+    return VGGBackbone(
         stackwise_num_repeats=[1, 1, 1, 1],
         stackwise_num_filters=[48, 96, 128, 128],
         image_shape=(*TINY_IMAGE_SIZE, 3),
@@ -158,6 +159,13 @@ def _tiny_mobilenet():
     )
 
 
+def _with_complete_config(backbone: keras_hub.models.VGGBackbone) -> VGGBackbone:
+    """The same VGG (architecture and weights) as mmkeras' `VGGBackbone`."""
+    complete = VGGBackbone.from_config({**backbone.get_config(), "name": backbone.name})
+    complete.set_weights(backbone.get_weights())
+    return complete
+
+
 def _load_preset(spec):
     if "://" not in spec and not Path(spec).exists() and spec not in keras_hub.models.Backbone.presets:
         raise UserError(
@@ -171,6 +179,8 @@ def _load_preset(spec):
         if spec in keras_hub.models.Backbone.presets:
             reason += " (named presets download from Kaggle: check the network or use a local preset folder)"
         raise UserError(f"cannot load vision backbone {spec!r}: {reason}") from error
+    if type(backbone) is keras_hub.models.VGGBackbone:  # keep its name and flags in saved runs
+        backbone = _with_complete_config(backbone)
     if len(backbone.inputs) != 1 or len(backbone.inputs[0].shape) != 4 or len(backbone.outputs) != 1:
         raise UserError(f"vision backbone {spec!r} ({type(backbone).__name__}) is not an image backbone")
     if len(backbone.outputs[0].shape) not in (3, 4):
