@@ -6,6 +6,7 @@ import pytest
 from training_runs import (
     TWO_LOGICAL_CPUS,
     finish,
+    finish_workers,
     max_difference,
     run,
     run_weights,
@@ -41,16 +42,6 @@ def start_workers(data, out, *extra) -> list:
         start(train_args(data, out, "--strategy", "multi-worker", *extra), env={"TF_CONFIG": config})
         for config in tf_configs(2)
     ]
-
-
-def finish_workers(workers) -> list[tuple[int, str, str]]:
-    try:
-        results = [finish(worker, timeout=300) for worker in workers]
-    finally:
-        stop(workers)
-    for code, _, err in results:
-        assert code == 0, err[-3000:]
-    return results
 
 
 def test_two_workers_match_a_single_process(data, single, tmp_path):

@@ -9,7 +9,7 @@ import json
 
 import numpy as np
 import pytest
-from training_runs import TWO_LOGICAL_CPUS, finish, max_difference, start, stop, tf_configs, write_data
+from training_runs import TWO_LOGICAL_CPUS, finish, finish_workers, max_difference, start, stop, tf_configs, write_data
 
 from mmkeras.config import RunConfig
 from mmkeras.data.manifest import read_manifest
@@ -110,12 +110,6 @@ def test_two_worker_qat_matches_a_single_process(float_run, data, single, tmp_pa
     workers = [
         start(qat_args(float_run, data, out, "multi-worker"), env={"TF_CONFIG": config}) for config in tf_configs(2)
     ]
-    try:
-        results = [finish(worker, timeout=300) for worker in workers]
-    finally:
-        stop(workers)
-    for code, _, err in results:
-        assert code == 0, err[-3000:]
-    (_, chief_out, chief_err), (_, other_out, _) = results
+    (_, chief_out, chief_err), (_, other_out, _) = finish_workers(workers)
     assert other_out == "" and "2 replica(s)" in chief_err  # only the chief prints the result
     assert_same_qat(out, json.loads(chief_out), single)

@@ -141,3 +141,14 @@ def wait_for_checkpoint(run_dir: Path, process: subprocess.Popen, timeout: float
             return
         time.sleep(0.02)
     raise AssertionError(f"no checkpoint appeared (exit code {process.poll()})")
+
+
+def finish_workers(workers) -> list[tuple[int, str, str]]:
+    """Wait for every worker (300 s each), end them all whatever happens, and check that each succeeded."""
+    try:
+        results = [finish(worker, timeout=300) for worker in workers]
+    finally:
+        stop(workers)
+    for code, _, err in results:
+        assert code == 0, err[-3000:]
+    return results
