@@ -13,8 +13,9 @@ backbone SPECs (local preset folders, the real loading code) and otherwise defau
 - `lora_rank_R`: `--lora-rank R` (keras-hub's LoRA on the BERT's query/value layers; the CNN has no attention
   layers, so it stays frozen), for every R in `--ranks`.
 
-Per arm: test accuracy, trainable / total parameters and their fraction, the learning rate used (the default
-for the arm unless `--learning-rate` sets one for all arms), train seconds (sum of the epochs). Then each LoRA
+Per arm: test accuracy, trainable / total parameters and their fraction, the peak learning rates used (of the
+pretrained weights, and of the new layers: the arm's defaults unless `--learning-rate` sets one rate for every
+layer of every arm), train seconds (sum of the epochs). Then each LoRA
 arm's accuracy gap to `full` and whether it meets the targets (< 10% of the parameters trained, accuracy
 within 1 point of full fine-tuning). `--random-tiny` adds, as context, `full` and `lora_rank_4` on the
 built-in random `tiny` backbones.
@@ -36,7 +37,7 @@ import tensorflow as tf
 
 from mmkeras.config import RunConfig
 from mmkeras.evaluation.evaluate import evaluate
-from mmkeras.models.builder import has_pretrained_backbone
+from mmkeras.models.builder import fine_tuned_pretrained_backbones
 from mmkeras.training.optimizers import resolve_learning_rate
 from mmkeras.training.trainer import train
 
@@ -51,6 +52,11 @@ def log(message: str):
     print(message, file=sys.stderr, flush=True)
 
 
+def new_layers_scale(config: RunConfig) -> float:
+    """How many times faster than `learning_rate` the fusion and head of a run learn."""
+    return config.new_layers_lr_scale if fine_tuned_pretrained_backbones(config) else 1.0
+
+
 def finetune(out: Path, text: str, vision: str, *, lora_rank: int, epochs: int, seed: int, learning_rate) -> dict:
     """Train one arm on samples/ and score it on samples/test.csv."""
     config = RunConfig(
@@ -63,6 +69,8 @@ def finetune(out: Path, text: str, vision: str, *, lora_rank: int, epochs: int, 
         seed=seed,
         lora_rank=lora_rank,
         learning_rate=learning_rate,
+        # A given learning rate is one rate for every layer of every arm.
+        new_layers_lr_scale=1.0 if learning_rate else RunConfig.new_layers_lr_scale,
     )
     result = train(config)
     test = evaluate(result.run_dir, SAMPLES / "test.csv")
@@ -73,7 +81,8 @@ def finetune(out: Path, text: str, vision: str, *, lora_rank: int, epochs: int, 
         "trainable_params": metrics["trainable_params"],
         "total_params": metrics["total_params"],
         "trainable_fraction": round(metrics["trainable_params"] / metrics["total_params"], 4),
-        "learning_rate": resolve_learning_rate(config, has_pretrained_backbone(config)),
+        "learning_rate": resolve_learning_rate(config),
+        "new_layers_learning_rate": resolve_learning_rate(config) * new_layers_scale(config),
         "epochs_completed": metrics["epochs_completed"],
         "train_seconds": round(sum(metrics["epoch_seconds"]), 1),
     }
@@ -116,8 +125,8 @@ def main():
     parser.add_argument("--seed", type=int, default=0, help="seed of the pretraining and of every fine-tuning run")
     parser.add_argument("--epochs", type=int, default=20, help="fine-tuning epochs of every arm (LoRA: 0.973 after 10)")
     parser.add_argument("--ranks", type=int, nargs="+", default=[4, 8])
-    parser.add_argument("--learning-rate", type=float, help="one peak learning rate for every arm (default: each "
-                        "arm's mmkeras default)")  # fmt: skip
+    parser.add_argument("--learning-rate", type=float, help="one peak learning rate for every layer of every "
+                        "arm (default: each arm's mmkeras defaults)")  # fmt: skip
     parser.add_argument("--random-tiny", action="store_true", help="also full vs rank 4 on the random tiny backbones")
     args = parser.parse_args()
     logging.getLogger("mmkeras").addHandler(logging.StreamHandler(sys.stderr))

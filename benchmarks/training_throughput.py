@@ -92,7 +92,7 @@ class LoopTrainer:
             model, _ = fresh_model()
         self.rows = len(labels)
         steps = total_epochs * -(-self.rows // BATCH_SIZE)
-        optimizer = make_optimizer(RunConfig(), total_steps=steps, pretrained=False)
+        optimizer = make_optimizer(RunConfig(), model, total_steps=steps)
         self.loop = TrainingLoop(model, optimizer, jit_compile=jit_compile)
         self.dataset = tf.data.Dataset.from_tensor_slices((inputs, labels)).batch(BATCH_SIZE).cache().prefetch(2)
 
@@ -119,7 +119,7 @@ class FitTrainer:
         with dtype_policy(policy):
             self.model, _ = fresh_model()
         rows = len(labels)
-        optimizer = make_optimizer(RunConfig(), total_steps=total_epochs * -(-rows // BATCH_SIZE), pretrained=False)
+        optimizer = make_optimizer(RunConfig(), self.model, total_steps=total_epochs * -(-rows // BATCH_SIZE))
         self.model.compile(
             optimizer=optimizer,
             loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),

@@ -55,6 +55,9 @@ def train(
     epochs: Optional[int] = typer.Option(None, min=1),
     batch_size: Optional[int] = typer.Option(None, min=1),
     learning_rate: Optional[float] = typer.Option(None, help="Peak learning rate (default: by backbone kind)."),
+    new_layers_lr_scale: Optional[float] = typer.Option(
+        None, help="Fine-tuning a pretrained backbone: fusion and head learn this many times faster (default 20)."
+    ),
     seed: Optional[int] = typer.Option(None),
     deterministic: Optional[bool] = typer.Option(None, "--deterministic", help="Deterministic TensorFlow ops."),
     on_bad_row: Optional[Literal["fail", "skip"]] = typer.Option(None),

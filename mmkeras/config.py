@@ -44,9 +44,14 @@ class RunConfig:
             missing on the device (0 = off).
         epochs: training epochs.
         batch_size: global batch size.
-        learning_rate: peak learning rate; `None` picks 5e-5 when any
-            backbone is pretrained and fully fine-tuned, else 1e-3 (random
-            backbones, or LoRA).
+        learning_rate: peak learning rate; `None` picks 5e-5 when the
+            weights of a pretrained backbone train, else 1e-3 (random or
+            frozen backbones, LoRA).
+        new_layers_lr_scale: when the weights of a pretrained backbone
+            train, the layers that start from scratch (fusion, head, a random
+            backbone) train at this many times `learning_rate` (default 20:
+            1e-3 next to the 5e-5 of the pretrained weights); 1 trains
+            everything at one rate.
         optimizer: `adamw`, `adam` or `sgd`.
         weight_decay: decoupled weight decay (adamw, sgd).
         warmup_fraction: share of the steps spent warming up linearly before
@@ -96,6 +101,7 @@ class RunConfig:
     epochs: int = 10
     batch_size: int = 32
     learning_rate: float | None = None
+    new_layers_lr_scale: float = 20.0
     optimizer: str = "adamw"
     weight_decay: float = 0.01
     warmup_fraction: float = 0.1
@@ -145,6 +151,8 @@ class RunConfig:
             raise UserError(f"warmup_fraction must be in [0, 1), got {self.warmup_fraction}")
         if self.learning_rate is not None and self.learning_rate <= 0:
             raise UserError(f"learning_rate must be positive, got {self.learning_rate}")
+        if self.new_layers_lr_scale <= 0:
+            raise UserError(f"new_layers_lr_scale must be positive, got {self.new_layers_lr_scale}")
         for name in ("lora_rank", "early_stopping_patience", "checkpoint_steps"):
             if getattr(self, name) < 0:
                 raise UserError(f"{name} must not be negative, got {getattr(self, name)}")

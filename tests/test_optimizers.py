@@ -17,6 +17,8 @@ from mmkeras.training.optimizers import (
 )
 
 LEARNING_RATE = 0.1
+# Any SPEC but a built-in random architecture counts as pretrained; nothing is loaded here.
+PRESET = "bert_tiny_en_uncased"
 
 
 def largest_step(optimizer) -> float:
@@ -49,13 +51,13 @@ def test_mmkeras_adam_moves_at_most_the_learning_rate(optimizer_class):
 @pytest.mark.parametrize("name", ["adam", "adamw"])
 def test_the_trainers_optimizers_are_guarded(name):
     config = RunConfig(optimizer=name, learning_rate=LEARNING_RATE, warmup_fraction=0.0, weight_decay=0.0)
-    optimizer = make_optimizer(config, total_steps=1000, pretrained=False)
+    optimizer = make_optimizer(config, keras.Sequential(), total_steps=1000)
     assert largest_step(optimizer) <= LEARNING_RATE * 1.001
 
 
 def test_schedule_warms_up_then_decays_to_zero():
     config = RunConfig(learning_rate=1e-3, warmup_fraction=0.1)
-    schedule = make_learning_rate_schedule(config, total_steps=100, pretrained=False)
+    schedule = make_learning_rate_schedule(config, total_steps=100)
     rates = [float(schedule(step)) for step in (0, 5, 10, 55, 100)]
     assert rates[0] == 0.0
     assert rates[1] == pytest.approx(5e-4)
@@ -64,21 +66,65 @@ def test_schedule_warms_up_then_decays_to_zero():
     assert rates[4] == pytest.approx(0.0, abs=1e-9)
 
 
-def test_default_learning_rate_depends_on_pretrained_backbones():
-    config = RunConfig(warmup_fraction=0.0)
-    random_init = make_learning_rate_schedule(config, total_steps=10, pretrained=False)(0)
-    fine_tune = make_learning_rate_schedule(config, total_steps=10, pretrained=True)(0)
-    assert float(random_init) > 10 * float(fine_tune)
+@pytest.mark.parametrize(
+    ("settings", "expected"),
+    [
+        ({}, RANDOM_INIT_LEARNING_RATE),  # random tiny backbones
+        ({"text_backbone": PRESET}, FINE_TUNE_LEARNING_RATE),
+        ({"vision_backbone": PRESET, "freeze": "text"}, FINE_TUNE_LEARNING_RATE),
+        ({"text_backbone": PRESET, "freeze": "text"}, RANDOM_INIT_LEARNING_RATE),  # nothing pretrained trains
+        ({"text_backbone": PRESET, "lora_rank": 4}, RANDOM_INIT_LEARNING_RATE),  # adapters start from zero
+        ({"text_backbone": PRESET, "lora_rank": 4, "learning_rate": 2e-4}, 2e-4),
+    ],
+)
+def test_default_learning_rate_is_the_fine_tuning_one_only_when_pretrained_weights_train(settings, expected):
+    assert resolve_learning_rate(RunConfig(**settings)) == expected
 
 
-def test_lora_defaults_to_the_from_scratch_learning_rate_on_pretrained_backbones():
-    assert resolve_learning_rate(RunConfig(lora_rank=4), pretrained=True) == RANDOM_INIT_LEARNING_RATE
-    assert resolve_learning_rate(RunConfig(), pretrained=True) == FINE_TUNE_LEARNING_RATE
-    assert resolve_learning_rate(RunConfig(lora_rank=4, learning_rate=2e-4), pretrained=True) == 2e-4
+def backbone_and_head():
+    """A model with a layer named like mmkeras' text backbone, and a head."""
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input((4,))
+    features = keras.layers.Dense(4, name="text_backbone")(inputs)
+    return keras.Model(inputs, keras.layers.Dense(3, name="logits")(features))
+
+
+def largest_steps(model, optimizer, strategy) -> dict:
+    """One update on a random batch: the largest weight change of each layer."""
+    before = {layer.name: layer.kernel.numpy().copy() for layer in model.layers[1:]}
+
+    def step(features):
+        with tf.GradientTape() as tape:
+            loss = tf.reduce_sum(model(features) ** 2)
+        optimizer.apply(tape.gradient(loss, model.trainable_variables), model.trainable_variables)
+
+    strategy.run(step, (tf.random.normal((2, 4), seed=1),))
+    return {name: float(np.abs(model.get_layer(name).kernel.numpy() - kernel).max()) for name, kernel in before.items()}
+
+
+@pytest.mark.parametrize("strategy", [tf.distribute.get_strategy(), tf.distribute.MirroredStrategy(["/cpu:0"])])
+@pytest.mark.parametrize("scale", [20.0, 1.0])
+def test_new_layers_learn_faster_than_the_pretrained_backbone_they_fine_tune(strategy, scale):
+    # Adam's first step is lr * sign(g): the backbone moves by the learning rate, the head by `scale` times it.
+    config = RunConfig(text_backbone=PRESET, optimizer="adam", warmup_fraction=0.0, new_layers_lr_scale=scale)
+    with strategy.scope():
+        model = backbone_and_head()
+        optimizer = make_optimizer(config, model, total_steps=10)
+        optimizer.build(model.trainable_variables)
+    steps = largest_steps(model, optimizer, strategy)
+    assert steps["text_backbone"] == pytest.approx(FINE_TUNE_LEARNING_RATE, rel=1e-3)
+    assert steps["logits"] == pytest.approx(scale * FINE_TUNE_LEARNING_RATE, rel=1e-3)
+
+
+def test_without_pretrained_weights_to_fine_tune_every_layer_learns_at_one_rate():
+    model = backbone_and_head()
+    optimizer = make_optimizer(RunConfig(optimizer="adam", warmup_fraction=0.0), model, total_steps=10)
+    steps = largest_steps(model, optimizer, tf.distribute.get_strategy())
+    assert steps == pytest.approx({"text_backbone": RANDOM_INIT_LEARNING_RATE, "logits": RANDOM_INIT_LEARNING_RATE}, rel=1e-3)
 
 
 def test_weight_decay_spares_biases_and_norms():
-    optimizer = make_optimizer(RunConfig(weight_decay=0.5), total_steps=10, pretrained=False)
+    optimizer = make_optimizer(RunConfig(weight_decay=0.5), keras.Sequential(), total_steps=10)
     bias = keras.Variable(np.ones(3), name="bias")
     kernel = keras.Variable(np.ones(3), name="kernel")
     assert not optimizer._use_weight_decay(bias)

@@ -42,7 +42,7 @@ def train_toy(batch_size, accumulation, epochs=2, **loop_args):
     features, labels = toy_data()
     model = toy_model()
     steps = updates_per_epoch(ROWS, batch_size, accumulation) * epochs
-    optimizer = make_optimizer(RunConfig(), total_steps=steps, pretrained=False)
+    optimizer = make_optimizer(RunConfig(), model, total_steps=steps)
     loop = TrainingLoop(model, optimizer, gradient_accumulation=accumulation, **loop_args)
     fit(loop, ToyEpochs(features, labels, batch_size), epochs=epochs, batch_size=batch_size)
     return model.get_weights(), int(optimizer.iterations.numpy())

@@ -30,13 +30,23 @@ from mmkeras.models.concat_fusion import ConcatFusion
 from mmkeras.models.cross_attention_fusion import CrossAttentionFusion
 from mmkeras.models.gated_fusion import GatedFusion
 from mmkeras.models.modality_dropout import ModalityDropout
+from mmkeras.models.text_backbones import BACKBONE_NAME as TEXT_BACKBONE
 from mmkeras.models.text_backbones import BUILTIN_TEXT_BACKBONES
 from mmkeras.models.text_backbones import load_text_backbone
 from mmkeras.models.text_backbones import text_sequence
+from mmkeras.models.vision_backbones import BACKBONE_NAME as VISION_BACKBONE
 from mmkeras.models.vision_backbones import BUILTIN_VISION_BACKBONES
 from mmkeras.models.vision_backbones import load_vision_backbone
 from mmkeras.models.vision_backbones import vision_tokens
 from mmkeras.preprocessing.multimodal_preprocessor import MultimodalPreprocessor
+
+# The backbone layers each `--freeze` choice keeps frozen.
+FROZEN_BACKBONES = {
+    "none": (),
+    "text": (TEXT_BACKBONE,),
+    "vision": (VISION_BACKBONE,),
+    "both": (TEXT_BACKBONE, VISION_BACKBONE),
+}
 
 
 def build_model(
@@ -107,13 +117,28 @@ def build_model(
     return model, MultimodalPreprocessor(text.tokenizer, vision.image_size)
 
 
-def has_pretrained_backbone(config) -> bool:
-    """Whether a run's text or vision SPEC is anything but a built-in random architecture.
+def fine_tuned_pretrained_backbones(config) -> tuple[str, ...]:
+    """Layer names of a run's pretrained backbones whose own weights train.
+
+    A backbone is pretrained unless its SPEC is a built-in random architecture;
+    its weights do not train when `--freeze` names it or under `--lora-rank`
+    (then only the adapters, which start from zero, train).
 
     Args:
-        config: a `RunConfig` (its `text_backbone` and `vision_backbone`).
+        config: a `RunConfig` (`text_backbone`, `vision_backbone`, `freeze`,
+            `lora_rank`).
+
+    Example:
+    >>> fine_tuned_pretrained_backbones(RunConfig(text_backbone="bert_tiny_en_uncased"))  # doctest: +SKIP
+    ('text_backbone',)
     """
-    return config.text_backbone not in BUILTIN_TEXT_BACKBONES or config.vision_backbone not in BUILTIN_VISION_BACKBONES
+    if config.lora_rank:
+        return ()
+    specs = {
+        TEXT_BACKBONE: config.text_backbone not in BUILTIN_TEXT_BACKBONES,
+        VISION_BACKBONE: config.vision_backbone not in BUILTIN_VISION_BACKBONES,
+    }
+    return tuple(name for name, pretrained in specs.items() if pretrained and name not in FROZEN_BACKBONES[config.freeze])
 
 
 def _check_settings(num_classes, fusion, fusion_dim, num_heads, dropout, modality_dropout):

@@ -41,7 +41,6 @@ import tensorflow as tf
 from mmkeras.config import RunConfig
 from mmkeras.data.manifest import read_manifest
 from mmkeras.errors import UserError
-from mmkeras.models.builder import has_pretrained_backbone
 from mmkeras.models.text_backbones import freeze_pooler
 from mmkeras.quantization.fake_quant import EMA_DECAY, NUM_BITS
 from mmkeras.quantization.qat_transform import calibrate_ranges, is_quantized, quantize_model
@@ -206,7 +205,7 @@ def _loop_config(config: RunConfig, settings: QATSettings, strategy: tf.distribu
     """
     learning_rate = settings.learning_rate
     if learning_rate is None:
-        learning_rate = LEARNING_RATE_FACTOR * resolve_learning_rate(config, has_pretrained_backbone(config))
+        learning_rate = LEARNING_RATE_FACTOR * resolve_learning_rate(config)
     if strategy.num_replicas_in_sync > 1:
         return config.replace(learning_rate=learning_rate, jit_compile=False)
     return config.replace(learning_rate=learning_rate)

@@ -22,7 +22,6 @@ import tensorflow as tf
 from mmkeras.config import RunConfig
 from mmkeras.data.dataset import EpochDatasets, make_dataset
 from mmkeras.data.manifest import Manifest, read_manifest
-from mmkeras.models.builder import has_pretrained_backbone
 from mmkeras.preprocessing import MultimodalPreprocessor
 from mmkeras.training.class_weights import balanced_class_weights
 from mmkeras.training.optimizers import make_optimizer
@@ -80,8 +79,9 @@ def make_loop(config: RunConfig, model, strategy, policy: str, label_ids, num_cl
     """The loop that trains `model` with the run's optimizer, class weights, accumulation and XLA choice.
 
     Args:
-        config: the run config (`optimizer`, `learning_rate`, `epochs`,
-            `batch_size`, `gradient_accumulation`, `class_weight`, `jit_compile`).
+        config: the run config (`optimizer`, `learning_rate`,
+            `new_layers_lr_scale`, `epochs`, `batch_size`,
+            `gradient_accumulation`, `class_weight`, `jit_compile`).
         model: the model to train, built under `strategy.scope()`.
         strategy: the tf.distribute strategy.
         policy: the Keras dtype policy the model computes in (loss scaling
@@ -92,7 +92,7 @@ def make_loop(config: RunConfig, model, strategy, policy: str, label_ids, num_cl
     """
     total_steps = updates_per_epoch(len(label_ids), config.batch_size, config.gradient_accumulation) * config.epochs
     with strategy.scope():
-        optimizer = make_optimizer(config, total_steps=total_steps, pretrained=has_pretrained_backbone(config))
+        optimizer = make_optimizer(config, model, total_steps=total_steps)
     class_weights = balanced_class_weights(label_ids, num_classes) if config.class_weight == "balanced" else None
     return TrainingLoop(
         model,

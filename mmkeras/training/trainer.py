@@ -18,7 +18,7 @@ import tensorflow as tf
 from mmkeras.config import RunConfig
 from mmkeras.data.manifest import read_manifest
 from mmkeras.errors import UserError
-from mmkeras.models.builder import build_model
+from mmkeras.models.builder import FROZEN_BACKBONES, build_model
 from mmkeras.training.checkpoints import Checkpoints, TrainingState, assign_values, check_same_config
 from mmkeras.training.feature_cache import CachedEpochs, cache_features, default_cache_dir, split_at_frozen_backbones
 from mmkeras.training.fit import fit
@@ -48,14 +48,6 @@ class TrainResult:
     history: dict
     model: keras.Model
     is_chief: bool = True
-
-
-FROZEN_BACKBONES = {
-    "none": (),
-    "text": ("text_backbone",),
-    "vision": ("vision_backbone",),
-    "both": ("text_backbone", "vision_backbone"),
-}
 
 
 def apply_freeze(model: keras.Model, freeze: str):
