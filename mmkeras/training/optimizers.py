@@ -12,7 +12,8 @@ option for: when a pretrained backbone is fine-tuned, its weights train at the
 fine-tuning rate while the layers that start from scratch (fusion, head, a
 random backbone) train `new_layers_lr_scale` times faster. Measured on
 samples/ from pretrained presets (`benchmarks/lora_finetuning.py`, 20 epochs):
-full fine-tuning at one 5e-5 rate reached 0.540 test accuracy.
+full fine-tuning at one 5e-5 rate reached 0.653 test accuracy, with the new
+layers at 20x (1e-3) 1.000.
 """
 
 import keras
