@@ -14,6 +14,7 @@ from mmkeras.errors import UserError
         ("class_weight", "inverse", "class_weight must be one of none, balanced"),
         ("checkpoint_steps", -1, "checkpoint_steps must not be negative"),
         ("strategy", "tpu-pod", "strategy must be one of auto, one, mirrored, multi-worker, tpu"),
+        ("new_layers_lr_scale", 0.0, "new_layers_lr_scale must be positive"),
     ],
 )
 def test_out_of_range_knobs_are_user_errors(setting, value, message):
