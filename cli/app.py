@@ -142,6 +142,10 @@ def qat(
     strategy: Optional[StrategyName] = typer.Option(
         None, help="tf.distribute strategy, as for train (default: the run's)."
     ),
+    checkpoint_steps: Optional[int] = typer.Option(
+        None, min=0, help="Also checkpoint every N optimizer updates (default: the run's)."
+    ),
+    resume: bool = typer.Option(False, "--resume", help="Continue the QAT run in --out from its last checkpoint."),
     as_json: bool = JSON_OPTION,
 ):
     """Fine-tune a run with quantization-aware training; write a QAT run for export --quantize int8.
@@ -158,8 +162,9 @@ def qat(
         calibration_batches=calibration_batches,
         unknown_layers=unknown_layers,
         strategy=strategy,
+        checkpoint_steps=checkpoint_steps,
     )
-    metrics = qat_finetune(run_dir, data, out, val=val, settings=settings)
+    metrics = qat_finetune(run_dir, data, out, val=val, settings=settings, resume=resume)
     if metrics is None:  # a multi-worker process that is not the chief
         return
     emit(

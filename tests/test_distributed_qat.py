@@ -1,4 +1,4 @@
-"""QAT fine-tuning under tf.distribute equals single-process QAT: weights and activation ranges.
+"""QAT fine-tuning under tf.distribute, or killed and resumed, equals single uninterrupted QAT: weights and ranges.
 
 The fake quantizers' ranges follow the min/max of each training batch; with
 N replicas each sees 1/N of the global batch, so these tests fail unless the
@@ -9,7 +9,17 @@ import json
 
 import numpy as np
 import pytest
-from training_runs import TWO_LOGICAL_CPUS, finish, finish_workers, max_difference, start, stop, tf_configs, write_data
+from training_runs import (
+    TWO_LOGICAL_CPUS,
+    finish,
+    finish_workers,
+    kill_at_first_checkpoint,
+    max_difference,
+    start,
+    stop,
+    tf_configs,
+    write_data,
+)
 
 from mmkeras.config import RunConfig
 from mmkeras.data.manifest import read_manifest
@@ -113,3 +123,20 @@ def test_two_worker_qat_matches_a_single_process(float_run, data, single, tmp_pa
     (_, chief_out, chief_err), (_, other_out, _) = finish_workers(workers)
     assert other_out == "" and "2 replica(s)" in chief_err  # only the chief prints the result
     assert_same_qat(out, json.loads(chief_out), single)
+
+
+def test_killed_qat_resumes_to_the_uninterrupted_weights(float_run, data, single, tmp_path):
+    out = tmp_path / "qat"
+    # 3 updates per epoch, a checkpoint after each: the kill lands mid-epoch or at an epoch boundary.
+    args = [*qat_args(float_run, data, out, "one"), "--checkpoint-steps", "1"]
+    kill_at_first_checkpoint(args, out)
+    other_settings = start([*args, "--epochs", "3", "--calibration-batches", "2", "--resume"])
+    try:
+        code, _, err = finish(other_settings, timeout=120)
+    finally:
+        stop([other_settings])
+    assert code == 2 and "changed: calibration_batches 1 -> 2, epochs 2 -> 3" in err
+    metrics, err = run_qat([*args, "--resume"])
+    assert "resuming from ckpt-" in err
+    assert_same_qat(out, metrics, single)
+    assert not (out / "checkpoints").exists()  # a finished run keeps no checkpoints

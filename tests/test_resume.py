@@ -6,13 +6,13 @@ import numpy as np
 import pytest
 from training_runs import (
     finish,
+    kill_at_first_checkpoint,
     max_difference,
     run,
     run_weights,
     start,
     stop,
     train_args,
-    wait_for_checkpoint,
     write_data,
 )
 
@@ -33,14 +33,7 @@ def test_killed_run_resumes_to_the_uninterrupted_weights(data, tmp_path):
     uninterrupted = tmp_path / "uninterrupted"
     expected = run(train_args(data, uninterrupted, "--deterministic"))
     interrupted = tmp_path / "interrupted"
-    process = start(train_args(data, interrupted, "--deterministic"))
-    try:
-        wait_for_checkpoint(interrupted, process)
-        process.kill()  # SIGKILL: no cleanup, no final save
-        code, _, _ = finish(process, timeout=30)
-    finally:
-        stop([process])
-    assert code == -9 and not (interrupted / "model.keras").exists()
+    kill_at_first_checkpoint(train_args(data, interrupted, "--deterministic"), interrupted)
     resumed = start(train_args(data, interrupted, "--deterministic", "--resume"))
     try:
         code, out, err = finish(resumed, timeout=240)

@@ -143,6 +143,18 @@ def wait_for_checkpoint(run_dir: Path, process: subprocess.Popen, timeout: float
     raise AssertionError(f"no checkpoint appeared (exit code {process.poll()})")
 
 
+def kill_at_first_checkpoint(args: list[str], run_dir: Path):
+    """Start `mmkeras ARGS`, SIGKILL it once `run_dir` holds a checkpoint, and check it left no finished run."""
+    process = start(args)
+    try:
+        wait_for_checkpoint(run_dir, process)
+        process.kill()  # SIGKILL: no cleanup, no final save
+        code, _, _ = finish(process, timeout=30)
+    finally:
+        stop([process])
+    assert code == -9 and not (run_dir / "model.keras").exists()
+
+
 def finish_workers(workers) -> list[tuple[int, str, str]]:
     """Wait for every worker (300 s each), end them all whatever happens, and check that each succeeded."""
     try:

@@ -12,11 +12,19 @@ What the QAT fine-tune takes from the float run's config: `seed` and
 `deterministic` (reproducible), `class_weight` (the loss the model was trained
 for), `gradient_accumulation` (the effective batch is `batch_size` times it,
 as in the float run), the optimizer settings, `jit_compile`, `on_bad_row`,
-the validation manifest when `val` is not given, and the strategy when
-`QATSettings.strategy` is `None`; frozen backbones stay frozen (`load_run`). What it does not: early stopping and
-best-weight keeping (the validation figures are reported only, the last
-weights are kept), resume checkpoints, `epochs` and `batch_size`
-(`QATSettings`).
+the validation manifest when `val` is not given, the strategy when
+`QATSettings.strategy` is `None` and `checkpoint_steps` when
+`QATSettings.checkpoint_steps` is `None`; frozen backbones stay frozen
+(`load_run`). What it does not: early stopping and best-weight keeping (the
+validation figures are reported only, the last weights are kept), `epochs` and
+`batch_size` (`QATSettings`).
+
+Resume checkpoints are written into `out` as `mmkeras train` writes them (each
+epoch, and every `checkpoint_steps` updates); `resume=True` continues from the
+newest one after a crash. The resumed process rebuilds and calibrates the QAT
+model as the first one did (so `initial_loss` is the same), then takes the
+weights, activation ranges, optimizer state and data position from the
+checkpoint.
 
 Steps: load the float run under the strategy's scope, `quantize_model` it,
 set every activation range on a few training batches (`calibrate_ranges`),
@@ -45,6 +53,7 @@ from mmkeras.models.text_backbones import freeze_pooler
 from mmkeras.quantization.fake_quant import EMA_DECAY, NUM_BITS
 from mmkeras.quantization.qat_transform import calibrate_ranges, is_quantized, quantize_model
 from mmkeras.quantization.quantized_layer import QuantizerSettings
+from mmkeras.training.checkpoints import Checkpoints, TrainingState, checkpoint_to_resume, restore
 from mmkeras.training.fit import fit
 from mmkeras.training.optimizers import resolve_learning_rate
 from mmkeras.training.run_folder import load_run, load_run_config, save_run
@@ -74,6 +83,8 @@ class QATSettings:
         strategy: the tf.distribute strategy, as `mmkeras train --strategy`
             (`auto`, `one`, `mirrored`, `multi-worker`, `tpu`); `None` keeps the
             run's.
+        checkpoint_steps: also write a resume checkpoint every this many
+            optimizer updates (0: each epoch only); `None` keeps the run's.
     """
 
     epochs: int = 2
@@ -84,12 +95,13 @@ class QATSettings:
     ema_decay: float = EMA_DECAY
     unknown_layers: str = "error"
     strategy: str | None = None
+    checkpoint_steps: int | None = None
 
     def quantizer_settings(self) -> QuantizerSettings:
         return QuantizerSettings(num_bits=self.num_bits, ema_decay=self.ema_decay)
 
 
-def qat_finetune(run_dir, data, out, *, val=None, settings: QATSettings | None = None) -> dict | None:
+def qat_finetune(run_dir, data, out, *, val=None, settings: QATSettings | None = None, resume=False) -> dict | None:
     """Fine-tune the run in `run_dir` with QAT on `data` and write a QAT run to `out`.
 
     Under `multi-worker`, start it on every worker with the same arguments
@@ -102,6 +114,8 @@ def qat_finetune(run_dir, data, out, *, val=None, settings: QATSettings | None =
         val: optional validation manifest (reported, not used for early
             stopping); `None` keeps the run's, if it has one.
         settings: `QATSettings`.
+        resume: continue the QAT run in `out` from its newest checkpoint
+            (the same arguments as the interrupted run).
 
     Returns:
         The metrics (also in `out/metrics.json`): `initial_loss` (the QAT
@@ -111,7 +125,8 @@ def qat_finetune(run_dir, data, out, *, val=None, settings: QATSettings | None =
 
     Raises:
         UserError: bad settings, manifests, labels the run does not know,
-            `out` equal to `run_dir`, or a lost multi-worker peer.
+            `out` equal to `run_dir`, a lost multi-worker peer, or `resume`
+            without a checkpoint made with the same arguments.
     """
     settings = settings or QATSettings()
     if settings.epochs < 1 or settings.calibration_batches < 1:
@@ -126,15 +141,23 @@ def qat_finetune(run_dir, data, out, *, val=None, settings: QATSettings | None =
         epochs=settings.epochs,
         batch_size=settings.batch_size,
         strategy=settings.strategy,
-        resume=False,
+        checkpoint_steps=settings.checkpoint_steps,
+        resume=resume,
     )
     # First: MultiWorkerMirroredStrategy must be set up before any other TensorFlow work.
     strategy = make_strategy(config.strategy)
-    with worker_session(strategy, restart_hint="restart every worker with the same flags") as chief:
+    restart_hint = "restart every worker with the same flags and --resume to continue from the last checkpoint"
+    with worker_session(strategy, restart_hint=restart_hint) as chief:
         return _finetune(run_dir, config, settings, strategy, chief)
 
 
 def _finetune(run_dir, config: RunConfig, settings: QATSettings, strategy: tf.distribute.Strategy, chief: bool):
+    loop_config = _loop_config(config, settings, strategy)
+    # What a resumed process must share with the interrupted one (checked against the checkpoint).
+    qat_only = {key: value for key, value in dataclasses.asdict(settings).items() if key not in config.to_dict()}
+    state_config = {**loop_config.to_dict(), **qat_only}
+    checkpoints = Checkpoints(config.out, writer=chief)
+    resumed = checkpoint_to_resume(checkpoints, state_config) if config.resume else None
     seed_everything(config)
     with strategy.scope():  # the model's variables, quantizer ranges included, live on every replica
         run = load_run(run_dir)
@@ -150,7 +173,7 @@ def _finetune(run_dir, config: RunConfig, settings: QATSettings, strategy: tf.di
     # Eager and identical in every process (same rows, same weights), so every replica gets the same ranges.
     calibrate_ranges(model, (inputs for inputs, _ in train_epochs.for_epoch(0).take(settings.calibration_batches)))
     loop = make_loop(
-        _loop_config(config, settings, strategy),
+        loop_config,
         model,
         strategy,
         model.dtype_policy.name,
@@ -158,6 +181,10 @@ def _finetune(run_dir, config: RunConfig, settings: QATSettings, strategy: tf.di
         len(labels),
     )
     initial_loss, _ = loop.evaluate(train_epochs.for_epoch(0))
+    if resumed is None:
+        checkpoints.clear()
+    else:
+        restore(resumed, model.variables, loop.optimizer.variables)
     logger.info(
         "QAT on %d rows, %d replica(s)%s: loss %.4f before fine-tuning",
         len(train_manifest.rows),
@@ -166,7 +193,15 @@ def _finetune(run_dir, config: RunConfig, settings: QATSettings, strategy: tf.di
         initial_loss,
     )
     # Validation is reported, not used to pick weights: fit gets none.
-    state = fit(loop, train_epochs, epochs=config.epochs, batch_size=config.batch_size)
+    state = fit(
+        loop,
+        train_epochs,
+        epochs=config.epochs,
+        batch_size=config.batch_size,
+        checkpoints=checkpoints,
+        checkpoint_steps=config.checkpoint_steps,
+        state=TrainingState(config=state_config) if resumed is None else resumed.state,
+    )
     metrics = {
         "initial_loss": initial_loss,
         "loss": state.history["loss"][-1],
@@ -191,6 +226,7 @@ def _finetune(run_dir, config: RunConfig, settings: QATSettings, strategy: tf.di
         quantization={"settings": dataclasses.asdict(settings.quantizer_settings()), "float_run": str(run.path)},
         float_model_file=run.float_model_file,
     )
+    checkpoints.clear()
     logger.info("QAT run saved to %s", config.out)
     return metrics
 

@@ -156,6 +156,31 @@ def check_same_config(checkpoint: Checkpoint, config: dict):
         )
 
 
+def checkpoint_to_resume(checkpoints: Checkpoints, config: dict) -> Checkpoint:
+    """The checkpoint `--resume` continues from: the newest intact one, which must have the same settings.
+
+    Args:
+        checkpoints: the run folder's checkpoints.
+        config: the settings of this process (as saved in `TrainingState.config`).
+
+    Raises:
+        UserError: no checkpoint to continue from, or one made with other settings.
+    """
+    resumed = checkpoints.latest()
+    if resumed is None:
+        raise UserError("--resume: no checkpoint to continue from in this run folder", path=checkpoints.folder.parent)
+    check_same_config(resumed, config)
+    return resumed
+
+
+def restore(resumed: Checkpoint, model_variables: list, optimizer_variables: list) -> list | None:
+    """Assign a checkpoint's model and optimizer values; return its best weights so far (or `None`)."""
+    assign_values(model_variables, resumed.values["model"], "model", resumed.path)
+    assign_values(optimizer_variables, resumed.values["optimizer"], "optimizer", resumed.path)
+    logger.info("resuming from %s (epoch %d, batch %d)", resumed.path.name, resumed.state.epoch + 1, resumed.state.batch)
+    return resumed.values.get("best")
+
+
 def assign_values(variables: list, values: list[np.ndarray], what: str, path: Path):
     """Assign checkpointed `values` to `variables` (`UserError` when they do not fit)."""
     shapes = [tuple(variable.shape) for variable in variables]

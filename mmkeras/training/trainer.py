@@ -19,7 +19,7 @@ from mmkeras.config import RunConfig
 from mmkeras.data.manifest import read_manifest
 from mmkeras.errors import UserError
 from mmkeras.models.builder import FROZEN_BACKBONES, build_model
-from mmkeras.training.checkpoints import Checkpoints, TrainingState, assign_values, check_same_config
+from mmkeras.training.checkpoints import Checkpoints, TrainingState, checkpoint_to_resume, restore
 from mmkeras.training.feature_cache import CachedEpochs, cache_features, default_cache_dir, split_at_frozen_backbones
 from mmkeras.training.fit import fit
 from mmkeras.training.precision import dtype_policy, float32_copy, resolve_policy
@@ -82,11 +82,7 @@ def train(config: RunConfig) -> TrainResult:
 
 def _train(config: RunConfig, strategy: tf.distribute.Strategy, chief: bool) -> TrainResult:
     checkpoints = Checkpoints(config.out, writer=chief)
-    resumed = checkpoints.latest() if config.resume else None
-    if config.resume and resumed is None:
-        raise UserError("--resume: no checkpoint to continue from in this run folder", path=config.out)
-    if resumed is not None:
-        check_same_config(resumed, config.to_dict())
+    resumed = checkpoint_to_resume(checkpoints, config.to_dict()) if config.resume else None
     seed_everything(config)
     raw_train = read_manifest(config.data)
     labels = raw_train.labels()
@@ -116,12 +112,7 @@ def _train(config: RunConfig, strategy: tf.distribute.Strategy, chief: bool) -> 
     loop = make_loop(config, trained_model, strategy, policy, train_manifest.encode_labels(labels), len(labels))
     best_weights = None
     if resumed is not None:
-        assign_values(trained_model.variables, resumed.values["model"], "model", resumed.path)
-        assign_values(loop.optimizer.variables, resumed.values["optimizer"], "optimizer", resumed.path)
-        best_weights = resumed.values.get("best")
-        logger.info(
-            "resuming from %s (epoch %d, batch %d)", resumed.path.name, resumed.state.epoch + 1, resumed.state.batch
-        )
+        best_weights = restore(resumed, trained_model.variables, loop.optimizer.variables)
     else:
         checkpoints.clear()
     logger.info(
