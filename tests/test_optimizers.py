@@ -120,7 +120,8 @@ def test_without_pretrained_weights_to_fine_tune_every_layer_learns_at_one_rate(
     model = backbone_and_head()
     optimizer = make_optimizer(RunConfig(optimizer="adam", warmup_fraction=0.0), model, total_steps=10)
     steps = largest_steps(model, optimizer, tf.distribute.get_strategy())
-    assert steps == pytest.approx({"text_backbone": RANDOM_INIT_LEARNING_RATE, "logits": RANDOM_INIT_LEARNING_RATE}, rel=1e-3)
+    expected = {"text_backbone": RANDOM_INIT_LEARNING_RATE, "logits": RANDOM_INIT_LEARNING_RATE}
+    assert steps == pytest.approx(expected, rel=1e-3)
 
 
 def test_weight_decay_spares_biases_and_norms():

@@ -138,7 +138,8 @@ def fine_tuned_pretrained_backbones(config) -> tuple[str, ...]:
         TEXT_BACKBONE: config.text_backbone not in BUILTIN_TEXT_BACKBONES,
         VISION_BACKBONE: config.vision_backbone not in BUILTIN_VISION_BACKBONES,
     }
-    return tuple(name for name, pretrained in specs.items() if pretrained and name not in FROZEN_BACKBONES[config.freeze])
+    frozen = FROZEN_BACKBONES[config.freeze]
+    return tuple(name for name, pretrained in specs.items() if pretrained and name not in frozen)
 
 
 def _check_settings(num_classes, fusion, fusion_dim, num_heads, dropout, modality_dropout):

@@ -177,7 +177,8 @@ def restore(resumed: Checkpoint, model_variables: list, optimizer_variables: lis
     """Assign a checkpoint's model and optimizer values; return its best weights so far (or `None`)."""
     assign_values(model_variables, resumed.values["model"], "model", resumed.path)
     assign_values(optimizer_variables, resumed.values["optimizer"], "optimizer", resumed.path)
-    logger.info("resuming from %s (epoch %d, batch %d)", resumed.path.name, resumed.state.epoch + 1, resumed.state.batch)
+    state = resumed.state
+    logger.info("resuming from %s (epoch %d, batch %d)", resumed.path.name, state.epoch + 1, state.batch)
     return resumed.values.get("best")
 
 
