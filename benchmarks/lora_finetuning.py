@@ -37,8 +37,7 @@ import tensorflow as tf
 
 from mmkeras.config import RunConfig
 from mmkeras.evaluation.evaluate import evaluate
-from mmkeras.models.builder import fine_tuned_pretrained_backbones
-from mmkeras.training.optimizers import resolve_learning_rate
+from mmkeras.training.optimizers import new_layers_learning_rate, resolve_learning_rate
 from mmkeras.training.trainer import train
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # benchmarks/ is a folder of scripts
@@ -50,11 +49,6 @@ TARGET_FRACTION, TARGET_GAP = 0.10, 0.01
 
 def log(message: str):
     print(message, file=sys.stderr, flush=True)
-
-
-def new_layers_scale(config: RunConfig) -> float:
-    """How many times faster than `learning_rate` the fusion and head of a run learn."""
-    return config.new_layers_lr_scale if fine_tuned_pretrained_backbones(config) else 1.0
 
 
 def finetune(out: Path, text: str, vision: str, *, lora_rank: int, epochs: int, seed: int, learning_rate) -> dict:
@@ -82,7 +76,7 @@ def finetune(out: Path, text: str, vision: str, *, lora_rank: int, epochs: int, 
         "total_params": metrics["total_params"],
         "trainable_fraction": round(metrics["trainable_params"] / metrics["total_params"], 4),
         "learning_rate": resolve_learning_rate(config),
-        "new_layers_learning_rate": resolve_learning_rate(config) * new_layers_scale(config),
+        "new_layers_learning_rate": new_layers_learning_rate(config),
         "epochs_completed": metrics["epochs_completed"],
         "train_seconds": round(sum(metrics["epoch_seconds"]), 1),
     }

@@ -13,6 +13,7 @@ from mmkeras.training.optimizers import (
     DenseAdamW,
     make_learning_rate_schedule,
     make_optimizer,
+    new_layers_learning_rate,
     resolve_learning_rate,
 )
 
@@ -79,6 +80,12 @@ def test_schedule_warms_up_then_decays_to_zero():
 )
 def test_default_learning_rate_is_the_fine_tuning_one_only_when_pretrained_weights_train(settings, expected):
     assert resolve_learning_rate(RunConfig(**settings)) == expected
+
+
+def test_new_layers_learning_rate_is_scaled_only_beside_fine_tuned_pretrained_weights():
+    assert new_layers_learning_rate(RunConfig(text_backbone=PRESET)) == pytest.approx(20 * FINE_TUNE_LEARNING_RATE)
+    assert new_layers_learning_rate(RunConfig(text_backbone=PRESET, lora_rank=4)) == RANDOM_INIT_LEARNING_RATE
+    assert new_layers_learning_rate(RunConfig(learning_rate=2e-4)) == 2e-4
 
 
 def backbone_and_head():

@@ -154,7 +154,8 @@ def qat_finetune(run_dir, data, out, *, val=None, settings: QATSettings | None =
 def _finetune(run_dir, config: RunConfig, settings: QATSettings, strategy: tf.distribute.Strategy, chief: bool):
     loop_config = _loop_config(config, settings, strategy)
     # What a resumed process must share with the interrupted one (checked against the checkpoint).
-    qat_only = {key: value for key, value in dataclasses.asdict(settings).items() if key not in config.to_dict()}
+    run_fields = RunConfig.__dataclass_fields__
+    qat_only = {key: value for key, value in dataclasses.asdict(settings).items() if key not in run_fields}
     state_config = {**loop_config.to_dict(), **qat_only}
     checkpoints = Checkpoints(config.out, writer=chief)
     resumed = checkpoint_to_resume(checkpoints, state_config) if config.resume else None

@@ -98,6 +98,13 @@ def resolve_learning_rate(config: RunConfig) -> float:
     return FINE_TUNE_LEARNING_RATE if fine_tuned_pretrained_backbones(config) else RANDOM_INIT_LEARNING_RATE
 
 
+def new_layers_learning_rate(config: RunConfig) -> float:
+    """The peak learning rate of the layers that start from scratch: `new_layers_lr_scale` times
+    `resolve_learning_rate` when pretrained weights train beside them, else that rate itself."""
+    scale = config.new_layers_lr_scale if fine_tuned_pretrained_backbones(config) else 1.0
+    return scale * resolve_learning_rate(config)
+
+
 def new_layer_variables(model: keras.Model, config: RunConfig) -> list:
     """`model`'s trainable variables outside the pretrained backbones it fine-tunes (empty when it fine-tunes none).
 
