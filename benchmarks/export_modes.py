@@ -14,7 +14,7 @@ import tempfile
 from pathlib import Path
 
 from mmkeras.evaluation.evaluate import evaluate
-from mmkeras.export.benchmark import benchmark_bundle
+from mmkeras.runtime.benchmark import benchmark_bundle
 from mmkeras.export.converter import export_bundle
 
 MODES = ("none", "float16", "dynamic", "int8")

@@ -28,15 +28,15 @@ import tempfile
 from pathlib import Path
 
 import numpy as np
-from mmkeras.export.benchmark import benchmark_bundle
+from mmkeras.runtime.benchmark import benchmark_bundle
 from mmkeras.export.converter import export_bundle
-from mmkeras.export.runtime import Predictor
+from mmkeras.runtime.predictor import Predictor
 from PIL import Image
 
 from mmkeras.config import RunConfig
 from mmkeras.data.manifest import read_manifest
 from mmkeras.quantization.qat_training import QATSettings, qat_finetune
-from mmkeras.training.run_folder import load_run, save_run
+from mmkeras.runs import load_run, save_run
 
 # Bundle name (also its folder in --workdir) -> export mode of the float run.
 PTQ_BUNDLES = {"none": "none", "float16": "float16", "dynamic": "dynamic", "ptq-int8": "int8"}

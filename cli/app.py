@@ -186,31 +186,11 @@ def export(
     as_json: bool = JSON_OPTION,
 ):
     """Convert a run to a LiteRT bundle (model.tflite + bundle.json + tokenizer)."""
+    from mmkeras.export.conversion_report import describe_report
     from mmkeras.export.converter import export_bundle
 
     report = export_bundle(run_dir, out, quantize=quantize, calibration_data=calibration_data)
-    emit(report, as_json, describe_export(report))
-
-
-def describe_export(report: dict) -> str:
-    """The conversion report in a few lines: size, compute-op precision, float islands, parity."""
-    compute, parity = report["ops"]["compute_ops"], report["parity"]
-    lines = [
-        f"wrote {report['path']} ({report['quantize']}{', from a QAT run' if report['qat'] else ''}, "
-        f"{report['size_bytes']} bytes, {report['ops']['total']} ops)",
-        f"compute ops: {compute['int8']} int8, {compute['hybrid']} hybrid, {compute['float']} float "
-        f"of {compute['total']}",
-    ]
-    if report["quantize"] == "int8" and report["ops"]["float_ops"]:
-        lines.append("float ops: " + ", ".join(f"{name} {count}" for name, count in report["ops"]["float_ops"].items()))
-    if parity is None:
-        lines.append("parity: not checked (no manifest to read)")
-    else:
-        lines.append(
-            f"parity on {parity['rows']} {parity['source']} rows: label agreement {parity['label_agreement']:.3f}, "
-            f"max logit error {parity['max_abs_logit_diff']:.4f}"
-        )
-    return "\n".join(lines)
+    emit(report, as_json, describe_report(report))
 
 
 @app.command()
@@ -221,7 +201,7 @@ def predict(
     as_json: bool = JSON_OPTION,
 ):
     """Predict one example with the on-device runtime (no TensorFlow)."""
-    from mmkeras.export.runtime import Predictor
+    from mmkeras.runtime.predictor import Predictor
 
     if text is None and image is None:
         raise UserError("give --text, --image or both")
@@ -242,7 +222,7 @@ def benchmark(
     as_json: bool = JSON_OPTION,
 ):
     """Latency percentiles (ms) and size of a bundle on this machine's CPU."""
-    from mmkeras.export.benchmark import benchmark_bundle
+    from mmkeras.runtime.benchmark import benchmark_bundle
 
     figures = benchmark_bundle(bundle_dir, threads=threads, runs=runs)
     latency = figures["latency_ms"]

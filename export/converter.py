@@ -49,7 +49,6 @@ BATCH_MATMUL) run in int8, with int8 weights on float activations (`hybrid`,
 dynamic range) or in float, the size, and the parity with the Keras model.
 """
 
-import collections
 import os
 import shutil
 import tempfile
@@ -63,20 +62,13 @@ from ai_edge_litert.schema_py_generated import BuiltinOperator
 
 from mmkeras.data.manifest import Manifest, read_manifest
 from mmkeras.errors import UserError
-from mmkeras.export.bundle import (
-    BUNDLE_FILE,
-    INPUT_NAMES,
-    MODEL_FILE,
-    OUTPUT_NAME,
-    QUANTIZATION_MODES,
-    tensor_entry,
-    write_bundle_json,
-)
-from mmkeras.export.interpreter import LiteRTModel, list_ops
-from mmkeras.export.runtime import Predictor
-from mmkeras.quantization.qat_transform import check_calibrated
-from mmkeras.quantization.qat_transform import is_quantized
-from mmkeras.training.run_folder import load_run
+from mmkeras.export.bundle_writer import tensor_entry, write_bundle_json
+from mmkeras.export.conversion_report import op_summary, parity_report
+from mmkeras.quantization.qat_transform import check_calibrated, is_quantized
+from mmkeras.runs import load_run
+from mmkeras.runtime.bundle import BUNDLE_FILE, INPUT_NAMES, MODEL_FILE, OUTPUT_NAME, QUANTIZATION_MODES
+from mmkeras.runtime.interpreter import LiteRTModel, list_ops
+from mmkeras.runtime.predictor import Predictor
 
 SIGNATURE_KEY = "serving_default"
 BUILTIN_OP_NAMES = frozenset(name for name in vars(BuiltinOperator) if name.isupper()) - {"CUSTOM"}
@@ -89,8 +81,6 @@ PARITY_ROWS = 32
 # int8 kernel is slow (measured: conv 1x1 + hard-swish x4 at 112x112x48, 9.9 ms all-int8 vs 1.4 ms
 # with HARD_SWISH float; tiny float 0.16 ms vs int8 8.8 ms for 4 HARD_SWISH alone).
 FLOAT_OPS_IN_INT8 = ("HARD_SWISH",)
-# The ops that do a model's arithmetic: the int8 share of these is reported.
-COMPUTE_OPS = ("FULLY_CONNECTED", "CONV_2D", "DEPTHWISE_CONV_2D", "BATCH_MATMUL")
 
 
 class UnsupportedOpsError(UserError):
@@ -229,48 +219,6 @@ def check_builtin_only(tflite_model: bytes):
         raise UnsupportedOpsError(foreign)
 
 
-def op_summary(tflite_model: bytes) -> dict:
-    """Op counts by type and by output dtype, and the precision of the compute ops, for conversion reports.
-
-    `compute_ops` counts the `COMPUTE_OPS` by precision: `int8` (int8
-    activations and output), `hybrid` (int8 weights, float activations: the
-    dynamic-range kernels) and `float`; `int8_fraction` is `int8 / total`.
-    `float_ops` counts the other ops with a float output by type (the float
-    islands of an int8 model).
-
-    Example:
-    >>> op_summary(tflite_bytes)["compute_ops"]  # doctest: +SKIP
-    {'total': 36, 'int8': 36, 'hybrid': 0, 'float': 0, 'int8_fraction': 1.0}
-    """
-    ops = list_ops(tflite_model)
-    compute = collections.Counter(compute_precision(op) for op in ops if op.name in COMPUTE_OPS)
-    total = sum(compute.values())
-    return {
-        "total": len(ops),
-        "by_type": dict(collections.Counter(op.name for op in ops).most_common()),
-        "by_output_dtype": dict(collections.Counter(op.output_dtypes[0] for op in ops if op.output_dtypes)),
-        "compute_ops": {
-            "total": total,
-            **{precision: compute[precision] for precision in ("int8", "hybrid", "float")},
-            "int8_fraction": compute["int8"] / total if total else None,
-        },
-        "float_ops": dict(
-            collections.Counter(
-                op.name
-                for op in ops
-                if op.name not in COMPUTE_OPS and op.name != "DEQUANTIZE" and op.output_dtypes[:1] == ("float32",)
-            ).most_common()
-        ),
-    }
-
-
-def compute_precision(op) -> str:
-    """`int8`, `hybrid` or `float`: how a compute op (`COMPUTE_OPS`) runs."""
-    if op.output_dtypes[:1] == ("int8",):
-        return "int8"
-    return "hybrid" if "int8" in op.input_dtypes else "float"
-
-
 def export_bundle(
     run_dir: str | Path,
     out_dir: str | Path,
@@ -278,7 +226,7 @@ def export_bundle(
     quantize: str = "none",
     calibration_data: str | Path | None = None,
 ) -> dict:
-    """Convert a run folder to a bundle folder (see `export.bundle`).
+    """Convert a run folder to a bundle folder (see `mmkeras.runtime.bundle`).
 
     The bundle is written into a temporary sibling folder, loaded back with the
     device runtime and compared with the Keras model, and only then renamed
@@ -415,17 +363,6 @@ def describe_tensor(name: str, details: dict) -> dict:
     scale, zero_point = details["quantization"]
     quantization = (scale, zero_point) if scale else None
     return tensor_entry(name, details["shape"], np.dtype(details["dtype"]).name, quantization)
-
-
-def parity_report(model: keras.Model, predictor: Predictor, sample: dict[str, np.ndarray]) -> dict:
-    """How far the exported model's logits are from the Keras model's on the rows of `sample`."""
-    expected = keras.ops.convert_to_numpy(model(sample, training=False))
-    actual = predictor.predict_inputs(sample)
-    return {
-        "rows": len(expected),
-        "max_abs_logit_diff": float(np.max(np.abs(actual - expected))),
-        "label_agreement": float(np.mean(actual.argmax(axis=1) == expected.argmax(axis=1))),
-    }
 
 
 def replace_folder(staging: Path, out_dir: Path):

@@ -1,7 +1,7 @@
 """mmkeras: text + image models from keras-hub backbones, down to LiteRT bundles.
 
 Importing `mmkeras` is cheap and does not import TensorFlow: the device runtime
-(`mmkeras.export.runtime`) and the preprocessing it shares with training must
+(`mmkeras.runtime.predictor`) and the preprocessing it shares with training must
 work where only the runtime extra is installed. The training API is loaded on
 first use.
 
@@ -27,7 +27,7 @@ _PUBLIC = {
     "qat_finetune": "mmkeras.quantization.qat_training",
     "evaluate": "mmkeras.evaluation.evaluate",
     "export_bundle": "mmkeras.export.converter",
-    "Predictor": "mmkeras.export.runtime",
+    "Predictor": "mmkeras.runtime",
 }
 
 __all__ = sorted(_PUBLIC)

@@ -6,14 +6,8 @@ import pytest
 
 from mmkeras import __version__
 from mmkeras.errors import UserError
-from mmkeras.export.bundle import (
-    BUNDLE_FORMAT_VERSION,
-    INPUT_NAMES,
-    REQUIRED_KEYS,
-    read_bundle,
-    tensor_entry,
-    write_bundle_json,
-)
+from mmkeras.export.bundle_writer import tensor_entry, write_bundle_json
+from mmkeras.runtime.bundle import BUNDLE_FORMAT_VERSION, INPUT_NAMES, REQUIRED_KEYS, read_bundle
 
 PREPROCESSING = {"format": 1, "sequence_length": 8, "image_size": [32, 32]}
 

@@ -17,19 +17,19 @@ from mmkeras.config import RunConfig
 from mmkeras.data.manifest import read_manifest
 from mmkeras.errors import UserError
 from mmkeras.export import converter
-from mmkeras.export.bundle import INPUT_NAMES, read_bundle
+from mmkeras.runtime.bundle import INPUT_NAMES, read_bundle
 from mmkeras.export.converter import (
     UnsupportedOpsError,
     check_builtin_only,
     convert_model,
     export_bundle,
     manifest_sample,
-    op_summary,
 )
-from mmkeras.export.interpreter import list_ops
-from mmkeras.export.runtime import Predictor
+from mmkeras.export.conversion_report import COMPUTE_OPS, op_summary
+from mmkeras.runtime.interpreter import list_ops
+from mmkeras.runtime.predictor import Predictor
 from mmkeras.models import build_model
-from mmkeras.training.run_folder import load_run, save_run
+from mmkeras.runs import load_run, save_run
 
 SAMPLES = Path(__file__).resolve().parents[1] / "samples"
 SEQUENCE_LENGTH = 16
@@ -300,5 +300,5 @@ def test_int8_keeps_hard_swish_float_for_xnnpack(tmp_path):
     ops = list_ops(convert_model(model, quantize="int8", representative_inputs=[inputs]))
     hard_swish = [op for op in ops if op.name == "HARD_SWISH"]
     assert hard_swish and all(op.output_dtypes == ("float32",) for op in hard_swish)
-    compute = [op for op in ops if op.name in converter.COMPUTE_OPS]
+    compute = [op for op in ops if op.name in COMPUTE_OPS]
     assert sum(op.output_dtypes == ("int8",) for op in compute) >= 0.9 * len(compute)

@@ -25,7 +25,7 @@ from mmkeras.config import RunConfig
 from mmkeras.data.manifest import read_manifest
 from mmkeras.models import build_model
 from mmkeras.quantization.qat_transform import activation_quantizers
-from mmkeras.training.run_folder import load_run, save_run
+from mmkeras.runs import load_run, save_run
 
 TOLERANCE = 1e-5
 SEQUENCE_LENGTH = 16

@@ -12,15 +12,16 @@ from mmkeras.config import RunConfig
 from mmkeras.data.manifest import read_manifest
 from mmkeras.errors import UserError
 from mmkeras.evaluation.evaluate import evaluate
-from mmkeras.export.bundle import read_bundle
-from mmkeras.export.converter import BUILTIN_OP_NAMES, COMPUTE_OPS, export_bundle
-from mmkeras.export.interpreter import list_ops
-from mmkeras.export.runtime import Predictor
+from mmkeras.runtime.bundle import read_bundle
+from mmkeras.export.conversion_report import COMPUTE_OPS
+from mmkeras.export.converter import BUILTIN_OP_NAMES, export_bundle
+from mmkeras.runtime.interpreter import list_ops
+from mmkeras.runtime.predictor import Predictor
 from mmkeras.models import build_model
 from mmkeras.models.text_backbones import freeze_pooler
 from mmkeras.quantization.qat_training import QATSettings, qat_finetune
 from mmkeras.quantization.qat_transform import activation_quantizers, calibrate_ranges, quantize_model
-from mmkeras.training.run_folder import QAT_WEIGHTS_FILE, QUANTIZATION_FILE, load_run, save_run
+from mmkeras.runs import QAT_WEIGHTS_FILE, QUANTIZATION_FILE, load_run, save_run
 
 SAMPLES = Path(__file__).resolve().parents[1] / "samples"
 SEQUENCE_LENGTH = 16

@@ -11,10 +11,10 @@ import tensorflow as tf
 
 from mmkeras.data.manifest import read_manifest
 from mmkeras.errors import UserError
-from mmkeras.export.bundle import INPUT_NAMES
+from mmkeras.runtime.bundle import INPUT_NAMES
 from mmkeras.export.converter import export_bundle
-from mmkeras.export.interpreter import LiteRTModel, interpreter_module
-from mmkeras.export.runtime import Predictor, softmax
+from mmkeras.runtime.interpreter import LiteRTModel, interpreter_module
+from mmkeras.runtime.predictor import Predictor, softmax
 from test_converter import SAMPLES, save_tiny_run
 
 VAL_ROWS = read_manifest(SAMPLES / "val.csv").rows[:6]
@@ -32,7 +32,7 @@ class BlockTensorFlow:
         return None
 
 sys.meta_path.insert(0, BlockTensorFlow())
-from mmkeras.export.runtime import Predictor
+from mmkeras.runtime.predictor import Predictor
 
 prediction = Predictor(sys.argv[1]).predict(sys.argv[2], sys.argv[3])
 loaded = sorted(name for name in sys.modules if name.split(".")[0] in BLOCKED)

@@ -14,7 +14,7 @@ import numpy as np
 from mmkeras.data.manifest import read_manifest
 from mmkeras.errors import UserError
 from mmkeras.evaluation.metrics import classification_figures
-from mmkeras.export.bundle import BUNDLE_FILE
+from mmkeras.runtime.bundle import BUNDLE_FILE
 
 CHUNK_ROWS = 64
 
@@ -23,11 +23,11 @@ def load_target(target) -> tuple[Callable[[dict], np.ndarray], object, list[str]
     """(predict_logits, preprocessor, labels) for a run folder or a bundle folder."""
     target = Path(target)
     if (target / BUNDLE_FILE).is_file():
-        from mmkeras.export.runtime import Predictor
+        from mmkeras.runtime.predictor import Predictor
 
         predictor = Predictor(target)
         return predictor.predict_inputs, predictor.preprocessor, predictor.labels
-    from mmkeras.training.run_folder import is_run_folder, load_run
+    from mmkeras.runs import is_run_folder, load_run
 
     if not is_run_folder(target):
         raise UserError("neither a run folder nor a bundle folder", path=target)

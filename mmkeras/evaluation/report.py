@@ -17,7 +17,7 @@ matplotlib.use("Agg")  # no display on training servers
 import matplotlib.pyplot as plt  # noqa: E402
 
 from mmkeras.errors import UserError  # noqa: E402
-from mmkeras.training.run_files import CONFIG_FILE, HISTORY_FILE, METRICS_FILE  # noqa: E402
+from mmkeras.runs import CONFIG_FILE, HISTORY_FILE, METRICS_FILE  # noqa: E402
 
 
 def plot_curves(history: dict, metric: str) -> str:

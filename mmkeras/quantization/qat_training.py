@@ -30,7 +30,7 @@ Steps: load the float run under the strategy's scope, `quantize_model` it,
 set every activation range on a few training batches (`calibrate_ranges`),
 fine-tune for `epochs` while the ranges follow a moving average (of the
 global batch's min/max under every strategy: `fake_quant.ActivationQuantizer`),
-and write a QAT run folder (see `mmkeras.training.run_folder`, on the chief
+and write a QAT run folder (see `mmkeras.runs`, on the chief
 only under multi-worker training) that `export` and `evaluate` accept.
 
 Example:
@@ -56,7 +56,7 @@ from mmkeras.quantization.quantized_layer import QuantizerSettings
 from mmkeras.training.checkpoints import Checkpoints, TrainingState, checkpoint_to_resume, restore
 from mmkeras.training.fit import fit
 from mmkeras.training.optimizers import resolve_learning_rate
-from mmkeras.training.run_folder import load_run, load_run_config, save_run
+from mmkeras.runs import load_run, load_run_config, save_run
 from mmkeras.training.run_setup import checked_manifests, epoch_datasets, make_loop, seed_everything
 from mmkeras.training.strategy import make_strategy, worker_session
 

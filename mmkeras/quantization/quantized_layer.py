@@ -10,7 +10,7 @@ in the graph and its call signature, gains `ActivationQuantizer` sub-layers,
 and its `call` fake-quantizes weights and outputs. A converted model therefore
 cannot be saved as `.keras` (the config of a keras-hub block rebuilds float
 sub-layers); a QAT run stores weights and is rebuilt by the same transform
-(`mmkeras.training.run_folder`).
+(`mmkeras.runs`).
 
 Example:
 >>> import keras

@@ -23,7 +23,7 @@ from mmkeras.training.checkpoints import Checkpoints, TrainingState, checkpoint_
 from mmkeras.training.feature_cache import CachedEpochs, cache_features, default_cache_dir, split_at_frozen_backbones
 from mmkeras.training.fit import fit
 from mmkeras.training.precision import dtype_policy, float32_copy, resolve_policy
-from mmkeras.training.run_folder import save_run
+from mmkeras.runs import save_run
 from mmkeras.training.run_setup import checked_manifests, epoch_datasets, make_loop, seed_everything
 from mmkeras.training.strategy import make_strategy, worker_session
 

@@ -12,8 +12,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from mmkeras.export.bundle import MODEL_FILE
-from mmkeras.export.runtime import Predictor
+from mmkeras.runtime.bundle import MODEL_FILE
+from mmkeras.runtime.predictor import Predictor
 
 SAMPLE_TEXT = "a quick benchmark sentence about the picture"
 

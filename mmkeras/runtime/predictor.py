@@ -1,6 +1,6 @@
 """`Predictor`: classify a text + image pair on the device, without TensorFlow.
 
-It reads a bundle (see `export.bundle`), preprocesses with the same
+It reads a bundle (see `mmkeras.runtime.bundle`), preprocesses with the same
 TensorFlow-free `MultimodalPreprocessor` and tokenizer file that training used,
 and runs `model.tflite` with the LiteRT interpreter. Imports: numpy, pillow,
 tokenizers, mmkeras.preprocessing and the export package's TF-free modules.
@@ -12,8 +12,8 @@ from pathlib import Path
 import numpy as np
 
 from mmkeras.errors import UserError
-from mmkeras.export.bundle import read_bundle
-from mmkeras.export.interpreter import LiteRTModel
+from mmkeras.runtime.bundle import read_bundle
+from mmkeras.runtime.interpreter import LiteRTModel
 from mmkeras.preprocessing import MultimodalPreprocessor
 from mmkeras.preprocessing.image import UnreadableImageError
 

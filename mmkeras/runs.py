@@ -29,21 +29,21 @@ import dataclasses
 import json
 import shutil
 from pathlib import Path
-
-import keras
+from typing import TYPE_CHECKING
 
 from mmkeras.atomic_files import write_atomically, write_json_atomically
 from mmkeras.config import RunConfig
 from mmkeras.errors import UserError
 from mmkeras.preprocessing import MultimodalPreprocessor
-from mmkeras.training.run_files import (
-    CONFIG_FILE,
-    HISTORY_FILE,
-    LABELS_FILE,
-    METRICS_FILE,
-    MODEL_FILE,
-)
 
+if TYPE_CHECKING:  # this module is imported by TF-free readers (reports, the CLI's checks)
+    import keras
+
+MODEL_FILE = "model.keras"
+LABELS_FILE = "labels.json"
+CONFIG_FILE = "config.yaml"
+HISTORY_FILE = "history.json"
+METRICS_FILE = "metrics.json"
 QUANTIZATION_FILE = "quantization.json"
 QAT_WEIGHTS_FILE = "qat.weights.h5"
 
@@ -63,7 +63,7 @@ class Run:
     """
 
     path: Path
-    model: keras.Model
+    model: "keras.Model"
     preprocessor: MultimodalPreprocessor
     labels: list[str]
     config: RunConfig
@@ -124,6 +124,8 @@ def load_run(run_dir) -> Run:
     >>> run.labels  # doctest: +SKIP
     ['big_red', 'small_red']
     """
+    import keras
+
     # Registers the custom layers and optimizers that model.keras refers to.
     import mmkeras.models  # noqa: F401
     import mmkeras.training.optimizers  # noqa: F401
@@ -159,7 +161,7 @@ def load_run_config(run_dir) -> RunConfig:
     return RunConfig.from_yaml(run_dir / CONFIG_FILE)
 
 
-def _refreeze(model: keras.Model):
+def _refreeze(model: "keras.Model"):
     """Make the variables of the layers `model.keras` says are frozen (`--freeze`) non-trainable again.
 
     Loading sets a layer's `trainable` flag from its config before its variables exist, and they
@@ -173,7 +175,7 @@ def _refreeze(model: keras.Model):
                 variable.trainable = False
 
 
-def _save_qat_model(run_dir: Path, model: keras.Model, quantization: dict, float_model_file):
+def _save_qat_model(run_dir: Path, model: "keras.Model", quantization: dict, float_model_file):
     if float_model_file is None:
         raise ValueError("a QAT run needs the float model file it was made from")
     if Path(float_model_file).resolve() != (run_dir / MODEL_FILE).resolve():
@@ -182,7 +184,7 @@ def _save_qat_model(run_dir: Path, model: keras.Model, quantization: dict, float
     write_json_atomically(run_dir / QUANTIZATION_FILE, quantization)
 
 
-def _rebuild_qat_model(run_dir: Path, float_model: keras.Model, quantization: dict) -> keras.Model:
+def _rebuild_qat_model(run_dir: Path, float_model: "keras.Model", quantization: dict) -> "keras.Model":
     from mmkeras.quantization.qat_transform import quantize_model
     from mmkeras.quantization.quantized_layer import QuantizerSettings
 

@@ -1,0 +1,89 @@
+"""Writing a bundle's `bundle.json` (the format is read by `mmkeras.runtime.bundle`).
+
+Example:
+>>> write_bundle_json("bundles/demo", inputs=inputs, output=output, labels=["cat", "dog"],
+...                   quantization="none", preprocessing={}, source_run="runs/demo")  # doctest: +SKIP
+"""
+
+import datetime
+from pathlib import Path
+from typing import Any
+
+from mmkeras import __version__
+from mmkeras.atomic_files import write_json_atomically
+from mmkeras.runtime.bundle import BUNDLE_FILE, BUNDLE_FORMAT_VERSION, MODEL_FILE, PREPROCESSOR_FILE, QUANTIZATION_MODES, TOKENIZER_FILE
+
+
+def tensor_entry(name: str, shape, dtype: str, quantization: tuple[float, int] | None = None) -> dict[str, Any]:
+    """How bundle.json describes one model input or output.
+
+    Args:
+        name: the signature name (`token_ids`, ..., `logits`).
+        shape: the static shape, batch of 1 first.
+        dtype: numpy dtype name: `int32`, `float32`, `int8` or `uint8`.
+        quantization: `(scale, zero_point)` when the tensor holds quantized
+            integers (`real = (q - zero_point) * scale`); `None` otherwise.
+
+    Example:
+    >>> tensor_entry("image", (1, 32, 32, 3), "float32")
+    {'name': 'image', 'shape': [1, 32, 32, 3], 'dtype': 'float32', 'quantization': None}
+    """
+    if quantization is not None:
+        scale, zero_point = quantization
+        quantization = {"scale": float(scale), "zero_point": int(zero_point)}
+    return {"name": name, "shape": [int(side) for side in shape], "dtype": dtype, "quantization": quantization}
+
+
+def write_bundle_json(
+    directory: str | Path,
+    *,
+    inputs: list[dict[str, Any]],
+    output: dict[str, Any],
+    labels: list[str],
+    quantization: str,
+    preprocessing: dict[str, Any],
+    source_run: str,
+    conversion: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Write `bundle.json` into a folder that already holds the other bundle files.
+
+    Args:
+        directory: the bundle folder.
+        inputs: `tensor_entry` of each model input, in `INPUT_NAMES` order.
+        output: `tensor_entry` of the logits ([1, num_classes], no softmax).
+        labels: class names in logit order.
+        quantization: `none`, `float16`, `dynamic` or `int8`.
+        preprocessing: the preprocessor's settings (the content of
+            `preprocessor.json`), repeated so that one file describes the bundle.
+        source_run: the run folder the bundle was exported from.
+        conversion: the export's conversion report (op types, compute-op
+            precision, size, parity with the Keras model), stored under
+            `conversion` when given.
+
+    Returns:
+        The written bundle.json content.
+
+    Example:
+    >>> write_bundle_json("bundles/demo", inputs=inputs, output=output, labels=["cat", "dog"],
+    ...                   quantization="none", preprocessing={}, source_run="runs/demo")  # doctest: +SKIP
+    """
+    if quantization not in QUANTIZATION_MODES:
+        raise ValueError(f"quantization must be one of {QUANTIZATION_MODES}, got {quantization!r}")
+    bundle = {
+        "format_version": BUNDLE_FORMAT_VERSION,
+        "mmkeras_version": __version__,
+        "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "model_file": MODEL_FILE,
+        "inputs": inputs,
+        "output": output,
+        "labels": list(labels),
+        "quantization": quantization,
+        "preprocessing": preprocessing,
+        "preprocessor_file": PREPROCESSOR_FILE,
+        "tokenizer_file": TOKENIZER_FILE,
+        "source_run": str(source_run),
+    }
+    if conversion is not None:
+        bundle["conversion"] = conversion
+    write_json_atomically(Path(directory) / BUNDLE_FILE, bundle)
+    return bundle
