@@ -35,7 +35,8 @@ from PIL import Image
 
 from mmkeras.config import RunConfig
 from mmkeras.data.manifest import read_manifest
-from mmkeras.quantization.qat_training import QATSettings, qat_finetune
+from mmkeras.quantization.qat_settings import QATSettings
+from mmkeras.quantization.qat_training import qat_finetune
 from mmkeras.runs import load_run, save_run
 
 # Bundle name (also its folder in --workdir) -> export mode of the float run.
@@ -76,7 +77,7 @@ def measure(run_dir: Path, train: Path, test: Path, workdir: Path, *, qat_epochs
         logging.info("export %s", name)
         reports[name] = export_bundle(run_dir, workdir / name, quantize=mode)
     logging.info("QAT fine-tune, %d epochs", qat_epochs)
-    qat_metrics = qat_finetune(run_dir, train, workdir / "qat_run", settings=QATSettings(epochs=qat_epochs))
+    qat_metrics = qat_finetune(run_dir, train, workdir / "qat_run", settings=QATSettings(epochs=qat_epochs)).metrics
     reports["qat-int8"] = export_bundle(workdir / "qat_run", workdir / "qat-int8", quantize="int8")
     float_labels = None
     result = {"qat": qat_metrics}

@@ -25,6 +25,8 @@ _PUBLIC = {
     "train": "mmkeras.training.trainer",
     "quantize_model": "mmkeras.quantization.qat_transform",
     "qat_finetune": "mmkeras.quantization.qat_training",
+    "QATSettings": "mmkeras.quantization.qat_settings",
+    "JobResult": "mmkeras.training.job",
     "evaluate": "mmkeras.evaluation.evaluate",
     "export_bundle": "mmkeras.export.converter",
     "Predictor": "mmkeras.runtime",

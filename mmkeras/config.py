@@ -62,7 +62,6 @@ class RunConfig:
         deterministic: make TensorFlow ops deterministic (slower).
         on_bad_row: `fail` stops at the first bad row, `skip` drops and counts it.
         strategy: tf.distribute strategy: `auto`, `one`, `mirrored`, `multi-worker`, `tpu`.
-        resume: continue the run in `out` from its last checkpoint.
         freeze: which backbones to keep frozen: `none`, `text`, `vision`, `both`.
         lora_rank: LoRA rank for the backbones (0 = no LoRA).
         cache_features: compute frozen backbones' outputs once and reuse them.
@@ -110,7 +109,6 @@ class RunConfig:
     deterministic: bool = False
     on_bad_row: str = "fail"
     strategy: str = "auto"
-    resume: bool = False
     freeze: str = "none"
     lora_rank: int = 0
     cache_features: bool = False
@@ -166,10 +164,13 @@ class RunConfig:
         return dataclasses.asdict(self)
 
     @classmethod
-    def from_dict(cls, values: dict[str, Any], source: str = "config") -> "RunConfig":
-        """Build from a mapping; keys may use `-` or `_`. Unknown keys are an error."""
+    def from_dict(cls, values: dict[str, Any], source: str = "config", *, ignored=()) -> "RunConfig":
+        """Build from a mapping; keys may use `-` or `_`. Unknown keys are an error, except `ignored` ones."""
         known = {field.name for field in dataclasses.fields(cls)}
         normalized = {str(key).replace("-", "_"): value for key, value in values.items()}
+        normalized = {key: value for key, value in normalized.items() if key not in ignored}
+        if "resume" in normalized:
+            raise UserError("resume is not a setting: pass --resume (or resume=True) to the command", path=source)
         unknown = sorted(set(normalized) - known)
         if unknown:
             raise UserError(f"unknown setting(s) {', '.join(unknown)}", path=source)
@@ -179,8 +180,8 @@ class RunConfig:
             raise UserError(str(error), path=source) from None
 
     @classmethod
-    def from_yaml(cls, path: str | Path) -> "RunConfig":
-        """Read a YAML run config (a mapping of setting names to values)."""
+    def from_yaml(cls, path: str | Path, *, ignored=()) -> "RunConfig":
+        """Read a YAML run config (a mapping of setting names to values); `ignored` keys are dropped."""
         path = Path(path)
         try:
             values = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
@@ -192,7 +193,7 @@ class RunConfig:
             raise UserError(f"invalid YAML: {getattr(error, 'problem', error)}", path=path, row=row) from None
         if not isinstance(values, dict):
             raise UserError("a run config must be a mapping of settings", path=path)
-        return cls.from_dict(values, source=str(path))
+        return cls.from_dict(values, source=str(path), ignored=ignored)
 
     def save_yaml(self, path: str | Path):
         Path(path).write_text(yaml.safe_dump(self.to_dict(), sort_keys=False), encoding="utf-8")

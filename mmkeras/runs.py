@@ -46,6 +46,8 @@ HISTORY_FILE = "history.json"
 METRICS_FILE = "metrics.json"
 QUANTIZATION_FILE = "quantization.json"
 QAT_WEIGHTS_FILE = "qat.weights.h5"
+# Settings that run folders of older mmkeras versions saved and that are no longer settings.
+RETIRED_SETTINGS = ("resume",)
 
 
 @dataclasses.dataclass
@@ -158,7 +160,7 @@ def load_run_config(run_dir) -> RunConfig:
     run_dir = Path(run_dir)
     if not is_run_folder(run_dir):
         raise UserError(f"not a run folder (needs {MODEL_FILE} and {LABELS_FILE})", path=run_dir)
-    return RunConfig.from_yaml(run_dir / CONFIG_FILE)
+    return RunConfig.from_yaml(run_dir / CONFIG_FILE, ignored=RETIRED_SETTINGS)
 
 
 def _refreeze(model: "keras.Model"):
@@ -186,7 +188,7 @@ def _save_qat_model(run_dir: Path, model: "keras.Model", quantization: dict, flo
 
 def _rebuild_qat_model(run_dir: Path, float_model: "keras.Model", quantization: dict) -> "keras.Model":
     from mmkeras.quantization.qat_transform import quantize_model
-    from mmkeras.quantization.quantized_layer import QuantizerSettings
+    from mmkeras.quantization.qat_settings import QuantizerSettings
 
     if not (run_dir / QAT_WEIGHTS_FILE).is_file():
         raise UserError(f"QAT run without {QAT_WEIGHTS_FILE}", path=run_dir)

@@ -19,7 +19,8 @@ from mmkeras.runtime.interpreter import list_ops
 from mmkeras.runtime.predictor import Predictor
 from mmkeras.models import build_model
 from mmkeras.models.text_backbones import freeze_pooler
-from mmkeras.quantization.qat_training import QATSettings, qat_finetune
+from mmkeras.quantization.qat_settings import QATSettings
+from mmkeras.quantization.qat_training import qat_finetune
 from mmkeras.quantization.qat_transform import activation_quantizers, calibrate_ranges, quantize_model
 from mmkeras.runs import QAT_WEIGHTS_FILE, QUANTIZATION_FILE, load_run, save_run
 
@@ -56,7 +57,7 @@ def qat_run(float_run, data):
     train, val = data
     out = float_run.parent / "qat"
     settings = QATSettings(epochs=3, learning_rate=3e-3, batch_size=16, calibration_batches=2)
-    return out, qat_finetune(float_run, train, out, val=val, settings=settings)
+    return out, qat_finetune(float_run, train, out, val=val, settings=settings).metrics
 
 
 @pytest.fixture(scope="module")

@@ -19,7 +19,7 @@ from mmkeras.quantization.qat_transform import (
 from mmkeras.quantization.quantized_attention import QuantizedMultiHeadAttention
 from mmkeras.quantization.quantized_conv import FoldedBatchNormalization, fold_batch_normalization
 from mmkeras.quantization.quantized_dense import QuantizedEinsumDense
-from mmkeras.quantization.quantized_layer import QuantizerSettings
+from mmkeras.quantization.qat_settings import QuantizerSettings
 
 TEXTS = ["a red circle on the left", "a blue square", "a big green triangle", "small yellow star"] * 2
 

@@ -77,7 +77,7 @@ def test_a_crashed_cached_run_resumes_mid_epoch_to_the_uninterrupted_weights(dat
         with pytest.raises(SimulatedCrash):
             train(config.replace(out=str(tmp_path / "crashed")))
         monkeypatch.setattr(Checkpoints, "save", save)
-        resumed = train(config.replace(out=str(tmp_path / "crashed"), resume=True))
+        resumed = train(config.replace(out=str(tmp_path / "crashed")), resume=True)
     finally:
         # --deterministic turns op determinism on for the whole process; only TF's internal API turns it off.
         tf_config.disable_op_determinism()

@@ -27,10 +27,7 @@ import keras
 import tensorflow as tf
 from keras import ops
 
-NUM_BITS = 8
-# tfmot's default decay is 0.999; QAT here is a fine-tune of a few epochs on
-# small data, where 0.999 would keep the first batch's range almost unchanged.
-EMA_DECAY = 0.99
+from mmkeras.quantization.qat_settings import EMA_DECAY, NUM_BITS
 
 
 def fake_quant_weights(kernel, *, axis=None, num_bits=NUM_BITS):

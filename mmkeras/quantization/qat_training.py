@@ -1,12 +1,13 @@
 """`qat_finetune`: fine-tune a float run with quantization-aware training into a QAT run.
 
-QAT trains through the same machinery as `mmkeras train` (`run_setup`): the
+QAT is a `TrainingJob`, the skeleton `mmkeras train` runs too: the
 run's tf.distribute strategy (or `QATSettings.strategy`), `EpochDatasets`,
 and a `TrainingLoop` driven by `fit`, with the run's optimizer
 (`make_optimizer`, whose densifying optimizers guard the Keras 3
 sparse-gradient trap) at a lower learning rate. So it runs on one device,
 on several GPUs (MirroredStrategy) or on several hosts
-(MultiWorkerMirroredStrategy), where stock `model.fit` fails (FINDINGS).
+(MultiWorkerMirroredStrategy), where stock `model.fit` fails
+(docs/design.md#a-custom-distributed-training-loop).
 
 What the QAT fine-tune takes from the float run's config: `seed` and
 `deterministic` (reproducible), `class_weight` (the loss the model was trained
@@ -17,7 +18,8 @@ the validation manifest when `val` is not given, the strategy when
 `QATSettings.checkpoint_steps` is `None`; frozen backbones stay frozen
 (`load_run`). What it does not: early stopping and best-weight keeping (the
 validation figures are reported only, the last weights are kept), `epochs` and
-`batch_size` (`QATSettings`).
+`batch_size` (`QATSettings`). Only `prepare` differs from training: it loads
+the float run, quantizes it and calibrates the ranges.
 
 Resume checkpoints are written into `out` as `mmkeras train` writes them (each
 epoch, and every `checkpoint_steps` updates); `resume=True` continues from the
@@ -34,9 +36,9 @@ and write a QAT run folder (see `mmkeras.runs`, on the chief
 only under multi-worker training) that `export` and `evaluate` accept.
 
 Example:
->>> metrics = qat_finetune("runs/demo", "samples/train.csv", "runs/demo-qat",
-...                        settings=QATSettings(epochs=2))  # doctest: +SKIP
->>> metrics["loss"] < metrics["initial_loss"]  # doctest: +SKIP
+>>> result = qat_finetune("runs/demo", "samples/train.csv", "runs/demo-qat",
+...                       settings=QATSettings(epochs=2))  # doctest: +SKIP
+>>> result.metrics["loss"] < result.metrics["initial_loss"]  # doctest: +SKIP
 True
 """
 
@@ -44,64 +46,25 @@ import dataclasses
 import logging
 from pathlib import Path
 
+import keras
 import tensorflow as tf
 
 from mmkeras.config import RunConfig
 from mmkeras.data.manifest import read_manifest
 from mmkeras.errors import UserError
 from mmkeras.models.text_backbones import freeze_pooler
-from mmkeras.quantization.fake_quant import EMA_DECAY, NUM_BITS
+from mmkeras.quantization.qat_settings import LEARNING_RATE_FACTOR, QATSettings
 from mmkeras.quantization.qat_transform import calibrate_ranges, is_quantized, quantize_model
-from mmkeras.quantization.quantized_layer import QuantizerSettings
-from mmkeras.training.checkpoints import Checkpoints, TrainingState, checkpoint_to_resume, restore
-from mmkeras.training.fit import fit
-from mmkeras.training.optimizers import resolve_learning_rate
 from mmkeras.runs import load_run, load_run_config, save_run
-from mmkeras.training.run_setup import checked_manifests, epoch_datasets, make_loop, seed_everything
-from mmkeras.training.strategy import make_strategy, worker_session
+from mmkeras.training.job import JobResult, PreparedRun, TrainingJob
+from mmkeras.training.optimizers import resolve_learning_rate
+from mmkeras.training.run_setup import checked_manifests, epoch_datasets
+from mmkeras.training.training_loop import TrainingLoop
 
 logger = logging.getLogger("mmkeras")
 
-# QAT starts from trained weights: a tenth of the run's peak learning rate.
-LEARNING_RATE_FACTOR = 0.1
 
-
-@dataclasses.dataclass
-class QATSettings:
-    """How `mmkeras qat` fine-tunes (the CLI flags and the Python API fill it).
-
-    Args:
-        epochs: QAT epochs.
-        learning_rate: peak learning rate; `None` is a tenth of the run's.
-        batch_size: the global batch size; `None` keeps the run's.
-        calibration_batches: training batches that set the activation ranges
-            before the first step.
-        num_bits: quantizer bit width (8 for int8 export).
-        ema_decay: moving-average decay of the activation ranges.
-        unknown_layers: `error` refuses a layer type the QAT transform does
-            not know; `warn` names it in a warning and leaves it float.
-        strategy: the tf.distribute strategy, as `mmkeras train --strategy`
-            (`auto`, `one`, `mirrored`, `multi-worker`, `tpu`); `None` keeps the
-            run's.
-        checkpoint_steps: also write a resume checkpoint every this many
-            optimizer updates (0: each epoch only); `None` keeps the run's.
-    """
-
-    epochs: int = 2
-    learning_rate: float | None = None
-    batch_size: int | None = None
-    calibration_batches: int = 8
-    num_bits: int = NUM_BITS
-    ema_decay: float = EMA_DECAY
-    unknown_layers: str = "error"
-    strategy: str | None = None
-    checkpoint_steps: int | None = None
-
-    def quantizer_settings(self) -> QuantizerSettings:
-        return QuantizerSettings(num_bits=self.num_bits, ema_decay=self.ema_decay)
-
-
-def qat_finetune(run_dir, data, out, *, val=None, settings: QATSettings | None = None, resume=False) -> dict | None:
+def qat_finetune(run_dir, data, out, *, val=None, settings: QATSettings | None = None, resume=False) -> JobResult:
     """Fine-tune the run in `run_dir` with QAT on `data` and write a QAT run to `out`.
 
     Under `multi-worker`, start it on every worker with the same arguments
@@ -118,10 +81,9 @@ def qat_finetune(run_dir, data, out, *, val=None, settings: QATSettings | None =
             (the same arguments as the interrupted run).
 
     Returns:
-        The metrics (also in `out/metrics.json`): `initial_loss` (the QAT
-        model's loss on `data` before fine-tuning), `loss`, `val_loss`,
-        `val_accuracy`, `epochs_completed`, `epoch_seconds`, `bad_rows_skipped`;
-        `None` on a multi-worker process that is not the chief.
+        A `JobResult` whose metrics (also in `out/metrics.json`) add
+        `initial_loss` (the QAT model's loss on `data` before fine-tuning) to
+        training's.
 
     Raises:
         UserError: bad settings, manifests, labels the run does not know,
@@ -129,120 +91,109 @@ def qat_finetune(run_dir, data, out, *, val=None, settings: QATSettings | None =
             without a checkpoint made with the same arguments.
     """
     settings = settings or QATSettings()
-    if settings.epochs < 1 or settings.calibration_batches < 1:
-        raise UserError("QAT needs at least 1 epoch and 1 calibration batch")
     if Path(out).resolve() == Path(run_dir).resolve():
         raise UserError("the QAT run must go to a new folder, not the float run's", path=out)
-    float_config = load_run_config(run_dir)
-    config = float_config.replace(
-        data=str(Path(data).resolve()),
-        val=str(Path(val).resolve()) if val else None,
-        out=str(Path(out).resolve()),
+    config = load_run_config(run_dir).replace(
+        data=data,
+        val=val,
+        out=out,
         epochs=settings.epochs,
         batch_size=settings.batch_size,
         strategy=settings.strategy,
         checkpoint_steps=settings.checkpoint_steps,
-        resume=resume,
     )
-    # First: MultiWorkerMirroredStrategy must be set up before any other TensorFlow work.
-    strategy = make_strategy(config.strategy)
-    restart_hint = "restart every worker with the same flags and --resume to continue from the last checkpoint"
-    with worker_session(strategy, restart_hint=restart_hint) as chief:
-        return _finetune(run_dir, config, settings, strategy, chief)
+    return QATJob(run_dir, config, settings, resume=resume).run()
 
 
-def _finetune(run_dir, config: RunConfig, settings: QATSettings, strategy: tf.distribute.Strategy, chief: bool):
-    loop_config = _loop_config(config, settings, strategy)
-    # What a resumed process must share with the interrupted one (checked against the checkpoint).
-    run_fields = RunConfig.__dataclass_fields__
-    qat_only = {key: value for key, value in dataclasses.asdict(settings).items() if key not in run_fields}
-    state_config = {**loop_config.to_dict(), **qat_only}
-    checkpoints = Checkpoints(config.out, writer=chief)
-    resumed = checkpoint_to_resume(checkpoints, state_config) if config.resume else None
-    seed_everything(config)
-    with strategy.scope():  # the model's variables, quantizer ranges included, live on every replica
-        run = load_run(run_dir)
-        model = run.model
-        freeze_pooler(model.get_layer("text_backbone"))
-        if not is_quantized(model):
-            model = quantize_model(model, settings.quantizer_settings(), on_unknown=settings.unknown_layers, copy=False)
-    labels, preprocessor = run.labels, run.preprocessor
-    train_manifest, val_manifest, skipped = checked_manifests(
-        config, read_manifest(config.data), labels, preprocessor.image_size
-    )
-    train_epochs, val_data = epoch_datasets(config, preprocessor, labels, train_manifest, val_manifest)
-    # Eager and identical in every process (same rows, same weights), so every replica gets the same ranges.
-    calibrate_ranges(model, (inputs for inputs, _ in train_epochs.for_epoch(0).take(settings.calibration_batches)))
-    loop = make_loop(
-        loop_config,
-        model,
-        strategy,
-        model.dtype_policy.name,
-        train_manifest.encode_labels(labels),
-        len(labels),
-    )
-    initial_loss, _ = loop.evaluate(train_epochs.for_epoch(0))
-    if resumed is None:
-        checkpoints.clear()
-    else:
-        restore(resumed, model.variables, loop.optimizer.variables)
-    logger.info(
-        "QAT on %d rows, %d replica(s)%s: loss %.4f before fine-tuning",
-        len(train_manifest.rows),
-        strategy.num_replicas_in_sync,
-        ", XLA" if loop.jit_compile else "",
-        initial_loss,
-    )
-    # Validation is reported, not used to pick weights: fit gets none.
-    state = fit(
-        loop,
-        train_epochs,
-        epochs=config.epochs,
-        batch_size=config.batch_size,
-        checkpoints=checkpoints,
-        checkpoint_steps=config.checkpoint_steps,
-        state=TrainingState(config=state_config) if resumed is None else resumed.state,
-    )
-    metrics = {
-        "initial_loss": initial_loss,
-        "loss": state.history["loss"][-1],
-        "val_loss": None,
-        "val_accuracy": None,
-        "epochs_completed": len(state.history["loss"]),
-        "epoch_seconds": state.epoch_seconds,
-        "bad_rows_skipped": skipped,
-    }
-    if val_data is not None:
-        metrics["val_loss"], metrics["val_accuracy"] = loop.evaluate(val_data)
-    if not chief:
-        return None
-    save_run(
-        config.out,
-        model=model,
-        preprocessor=preprocessor,
-        labels=labels,
-        config=config,
-        history=state.history,
-        metrics=metrics,
-        quantization={"settings": dataclasses.asdict(settings.quantizer_settings()), "float_run": str(run.path)},
-        float_model_file=run.float_model_file,
-    )
-    checkpoints.clear()
-    logger.info("QAT run saved to %s", config.out)
-    return metrics
+class QATJob(TrainingJob):
+    """`mmkeras qat`: the float run loaded, quantized and calibrated, then trained as `train` trains.
 
-
-def _loop_config(config: RunConfig, settings: QATSettings, strategy: tf.distribute.Strategy) -> RunConfig:
-    """The run config the QAT loop trains with: QAT's learning rate, and no XLA across replicas.
-
-    With several replicas every activation quantizer gathers the replicas'
-    batch min/max (an all-reduce) in the forward pass; XLA compiles that pass per replica, where
-    this collective is not known to work (and on logical CPUs per-replica XLA
-    cannot even reach the replicas' variables), so QAT then runs it as a graph.
+    Args:
+        run_dir: the float run folder.
+        config: the float run's config with QAT's data, epochs, batch size,
+            strategy and checkpoint interval.
+        settings: the QAT settings.
+        resume: continue from the QAT run's last checkpoint.
     """
-    learning_rate = settings.learning_rate
-    if learning_rate is None:
-        learning_rate = LEARNING_RATE_FACTOR * resolve_learning_rate(config)
-    if strategy.num_replicas_in_sync > 1:
-        return config.replace(learning_rate=learning_rate, jit_compile=False)
-    return config.replace(learning_rate=learning_rate)
+
+    keeps_best_weights = False  # validation is reported, not used to pick weights
+    name = "QAT"
+
+    def __init__(self, run_dir, config: RunConfig, settings: QATSettings, *, resume: bool = False):
+        super().__init__(config, resume=resume)
+        self.run_dir = Path(run_dir)
+        self.settings = settings
+        self.float_run = None  # the loaded float run, set by `prepare`
+
+    def loop_config(self, strategy: tf.distribute.Strategy) -> RunConfig:
+        """QAT's learning rate, and no XLA across replicas.
+
+        With several replicas every activation quantizer gathers the replicas'
+        batch min/max (an all-reduce) in the forward pass; XLA compiles that pass per replica, where
+        this collective is not known to work (and on logical CPUs per-replica XLA
+        cannot even reach the replicas' variables), so QAT then runs it as a graph.
+        """
+        learning_rate = self.settings.learning_rate
+        if learning_rate is None:
+            learning_rate = LEARNING_RATE_FACTOR * resolve_learning_rate(self.config)
+        if strategy.num_replicas_in_sync > 1:
+            return self.config.replace(learning_rate=learning_rate, jit_compile=False)
+        return self.config.replace(learning_rate=learning_rate)
+
+    def resume_settings(self, loop_config: RunConfig) -> dict:
+        run_fields = RunConfig.__dataclass_fields__
+        qat_only = {key: value for key, value in dataclasses.asdict(self.settings).items() if key not in run_fields}
+        return {**loop_config.to_dict(), **qat_only}
+
+    def prepare(self, strategy: tf.distribute.Strategy) -> PreparedRun:
+        config, settings = self.config, self.settings
+        logger.info("loading and quantizing %s", self.run_dir)
+        with strategy.scope():  # the model's variables, quantizer ranges included, live on every replica
+            run = load_run(self.run_dir)
+            model = run.model
+            freeze_pooler(model.get_layer("text_backbone"))
+            if not is_quantized(model):
+                model = quantize_model(
+                    model, settings.quantizer_settings(), on_unknown=settings.unknown_layers, copy=False
+                )
+        self.float_run = run
+        labels, preprocessor = run.labels, run.preprocessor
+        train_manifest, val_manifest, skipped = checked_manifests(
+            config, read_manifest(config.data), labels, preprocessor.image_size
+        )
+        train_epochs, val_data = epoch_datasets(config, preprocessor, labels, train_manifest, val_manifest)
+        logger.info("calibrating activation ranges on %d batches", settings.calibration_batches)
+        # Eager and identical in every process (same rows, same weights), so every replica gets the same ranges.
+        calibrate_ranges(model, (inputs for inputs, _ in train_epochs.for_epoch(0).take(settings.calibration_batches)))
+        return PreparedRun(
+            model=model,
+            trained_model=model,
+            preprocessor=preprocessor,
+            labels=labels,
+            train_manifest=train_manifest,
+            train_epochs=train_epochs,
+            val_data=val_data,
+            bad_rows_skipped=skipped,
+            policy=model.dtype_policy.name,
+        )
+
+    def initial_metrics(self, prepared: PreparedRun, loop: TrainingLoop) -> dict:
+        logger.info("measuring the QAT model's loss before fine-tuning")
+        initial_loss, _ = loop.evaluate(prepared.train_epochs.for_epoch(0))
+        return {"initial_loss": initial_loss}
+
+    def save(self, prepared: PreparedRun, model: keras.Model, history: dict, metrics: dict):
+        save_run(
+            self.config.out,
+            model=model,
+            preprocessor=prepared.preprocessor,
+            labels=prepared.labels,
+            config=self.config,
+            history=history,
+            metrics=metrics,
+            quantization={
+                "settings": dataclasses.asdict(self.settings.quantizer_settings()),
+                "float_run": str(self.float_run.path),
+            },
+            float_model_file=self.float_run.float_model_file,
+        )

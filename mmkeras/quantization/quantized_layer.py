@@ -22,23 +22,8 @@ Example:
 ('QuantizedDense', 'ActivationQuantizer')
 """
 
-import dataclasses
-
-from mmkeras.quantization.fake_quant import EMA_DECAY, NUM_BITS, ActivationQuantizer
-
-
-@dataclasses.dataclass(frozen=True)
-class QuantizerSettings:
-    """Bit width and range tracking of the fake quantizers.
-
-    Args:
-        num_bits: bit width of weights and activations (8 for int8 export;
-            16 makes the transformed model nearly float, which tests use).
-        ema_decay: moving-average decay of activation ranges.
-    """
-
-    num_bits: int = NUM_BITS
-    ema_decay: float = EMA_DECAY
+from mmkeras.quantization.fake_quant import ActivationQuantizer
+from mmkeras.quantization.qat_settings import QuantizerSettings
 
 
 def convert_layer(layer, quantized_class, settings: QuantizerSettings, quantizer_names=("output_quantizer",)):

@@ -36,7 +36,8 @@ CHECKPOINTS_DIR = "checkpoints"
 VARIABLES_FILE = "variables.npz"
 STATE_FILE = "state.json"
 KEEP = 2
-# Settings that may differ between a run and its resumption.
+# Settings that may differ between a run and its resumption: checkpoints written before `resume` became an
+# argument of the job (instead of a RunConfig field) hold it in their settings.
 RESUMABLE_DIFFERENCES = ("resume",)
 
 logger = logging.getLogger("mmkeras")

@@ -1,0 +1,208 @@
+"""`TrainingJob`: the one skeleton that `mmkeras train` and `mmkeras qat` run.
+
+A job sets up the tf.distribute strategy, checks `--resume` against the
+interrupted run's checkpoint, seeds, lets its subclass build the model and
+the data (`prepare`: the only step train and QAT do differently), trains with
+`TrainingLoop` + `fit` (exact resume checkpoints, early stopping where the
+job keeps the best weights), and writes the run folder on the chief. Both
+return a `JobResult`.
+
+Example:
+>>> result = TrainJob(config).run()             # doctest: +SKIP
+>>> result.metrics["val_accuracy"]              # doctest: +SKIP
+0.93
+"""
+
+import dataclasses
+import logging
+import math
+from pathlib import Path
+
+import keras
+import tensorflow as tf
+
+from mmkeras.config import RunConfig
+from mmkeras.data.manifest import Manifest
+from mmkeras.preprocessing import MultimodalPreprocessor
+from mmkeras.training.checkpoints import Checkpoints, TrainingState, checkpoint_to_resume, restore
+from mmkeras.training.fit import fit
+from mmkeras.training.run_setup import make_loop, seed_everything
+from mmkeras.training.strategy import make_strategy, worker_session
+from mmkeras.training.training_loop import TrainingLoop
+
+logger = logging.getLogger("mmkeras")
+
+RESTART_HINT = "restart every worker with the same flags and --resume to continue from the last checkpoint"
+
+
+@dataclasses.dataclass
+class JobResult:
+    """What `train` and `qat_finetune` return.
+
+    Args:
+        run_dir: the run folder written.
+        metrics: the final figures (the keys `--json` prints).
+        history: per-epoch metrics.
+        model: the trained Keras model (best validation weights where the
+            job keeps them).
+        is_chief: whether this process wrote the run folder (false on the
+            other workers of a multi-worker run).
+    """
+
+    run_dir: Path
+    metrics: dict
+    history: dict
+    model: keras.Model
+    is_chief: bool = True
+
+
+@dataclasses.dataclass
+class PreparedRun:
+    """What a job's `prepare` builds: the model, its data and what the run folder needs.
+
+    Args:
+        model: the model the run folder will hold.
+        trained_model: what the loop trains: `model`, or the part of it after
+            frozen backbones whose outputs are cached.
+        preprocessor: the preprocessor of `model`.
+        labels: class names in logit order.
+        train_manifest: the checked training rows.
+        train_epochs: `for_epoch(epoch)` batches (`EpochDatasets` or cached features).
+        val_data: validation batches, or `None`.
+        bad_rows_skipped: rows dropped by `--on-bad-row skip`.
+        policy: the Keras dtype policy the model computes in.
+    """
+
+    model: keras.Model
+    trained_model: keras.Model
+    preprocessor: MultimodalPreprocessor
+    labels: list[str]
+    train_manifest: Manifest
+    train_epochs: object
+    val_data: tf.data.Dataset | None
+    bad_rows_skipped: int
+    policy: str = "float32"
+
+
+class TrainingJob:
+    """The steps every training job takes; subclasses say how the model is built and saved.
+
+    Args:
+        config: the run config (`data` and `out` are required; paths are
+            made absolute, because export and qat may run from another folder).
+        resume: continue the run in `config.out` from its newest checkpoint,
+            made with the same settings.
+
+    Subclasses implement `prepare` and `save`, and may override
+    `loop_config`, `resume_settings`, `initial_metrics` and `final_model`.
+    """
+
+    # Whether validation picks the weights kept (early stopping, best epoch) or only reports.
+    keeps_best_weights = True
+    name = "training"
+
+    def __init__(self, config: RunConfig, *, resume: bool = False):
+        paths = {key: getattr(config, key) for key in ("data", "val", "out")}
+        self.config = config.replace(**{key: str(Path(path).resolve()) for key, path in paths.items() if path})
+        self.resume = resume
+
+    # -- what subclasses define ---------------------------------------------------------------
+
+    def prepare(self, strategy: tf.distribute.Strategy) -> PreparedRun:
+        """Build (or load) the model under `strategy`, and read and check the data."""
+        raise NotImplementedError
+
+    def save(self, prepared: PreparedRun, model: keras.Model, history: dict, metrics: dict):
+        """Write the run folder (called on the chief only)."""
+        raise NotImplementedError
+
+    def loop_config(self, strategy: tf.distribute.Strategy) -> RunConfig:
+        """The config the training loop runs with (optimizer, schedule, XLA)."""
+        return self.config
+
+    def resume_settings(self, loop_config: RunConfig) -> dict:
+        """What a resumed process must share with the interrupted one (checked against the checkpoint)."""
+        return loop_config.to_dict()
+
+    def initial_metrics(self, prepared: PreparedRun, loop: TrainingLoop) -> dict:
+        """Figures measured before the first update (reported with the final ones)."""
+        return {}
+
+    def final_model(self, prepared: PreparedRun) -> keras.Model:
+        """The model to save and return once trained."""
+        return prepared.model
+
+    # -- the skeleton -------------------------------------------------------------------------
+
+    def run(self) -> JobResult:
+        """Run the job on this process (under multi-worker, every worker runs it with the same arguments)."""
+        # First: MultiWorkerMirroredStrategy must be set up before any other TensorFlow work.
+        strategy = make_strategy(self.config.strategy)
+        with worker_session(strategy, restart_hint=RESTART_HINT) as chief:
+            return self._run(strategy, chief)
+
+    def _run(self, strategy: tf.distribute.Strategy, chief: bool) -> JobResult:
+        config = self.config
+        loop_config = self.loop_config(strategy)
+        settings = self.resume_settings(loop_config)
+        checkpoints = Checkpoints(config.out, writer=chief)
+        resumed = checkpoint_to_resume(checkpoints, settings) if self.resume else None
+        seed_everything(config)
+        prepared = self.prepare(strategy)
+        labels = prepared.labels
+        label_ids = prepared.train_manifest.encode_labels(labels)
+        loop = make_loop(loop_config, prepared.trained_model, strategy, prepared.policy, label_ids, len(labels))
+        metrics = self.initial_metrics(prepared, loop)
+        best_weights = None
+        if resumed is None:
+            checkpoints.clear()
+        else:
+            best_weights = restore(resumed, prepared.trained_model.variables, loop.optimizer.variables)
+        model = prepared.model
+        logger.info(
+            "%s on %d rows (%d classes), %d trainable of %d parameters, %d replica(s)%s",
+            self.name,
+            len(prepared.train_manifest.rows),
+            len(labels),
+            count_params(model.trainable_weights),
+            model.count_params(),
+            strategy.num_replicas_in_sync,
+            ", XLA" if loop.jit_compile else "",
+        )
+        validation = prepared.val_data if self.keeps_best_weights else None
+        state = fit(
+            loop,
+            prepared.train_epochs,
+            validation,
+            epochs=config.epochs,
+            batch_size=config.batch_size,
+            patience=config.early_stopping_patience if self.keeps_best_weights else 0,
+            checkpoints=checkpoints,
+            checkpoint_steps=config.checkpoint_steps,
+            state=TrainingState(config=settings) if resumed is None else resumed.state,
+            best_weights=best_weights,
+        )
+        metrics.update(
+            loss=state.history["loss"][-1],
+            val_loss=None,
+            val_accuracy=None,
+            epochs_completed=len(state.history["loss"]),
+            epoch_seconds=state.epoch_seconds,
+            trainable_params=count_params(model.trainable_weights),
+            total_params=int(model.count_params()),
+            bad_rows_skipped=prepared.bad_rows_skipped,
+        )
+        if prepared.val_data is not None:
+            logger.info("evaluating the final weights on the validation rows")
+            # With best-weight keeping: the kept (best) weights' figures, not the last epoch's.
+            metrics["val_loss"], metrics["val_accuracy"] = loop.evaluate(prepared.val_data)
+        model = self.final_model(prepared)
+        if chief:
+            self.save(prepared, model, state.history, metrics)
+            checkpoints.clear()
+            logger.info("run saved to %s", config.out)
+        return JobResult(run_dir=Path(config.out), metrics=metrics, history=state.history, model=model, is_chief=chief)
+
+
+def count_params(weights) -> int:
+    return int(sum(math.prod(weight.shape) for weight in weights))
