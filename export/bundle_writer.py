@@ -1,4 +1,4 @@
-"""Writing a bundle's `bundle.json` (the format is read by `mmkeras.runtime.bundle`).
+"""Writing a bundle's `bundle.json`, and where a bundle may be written (read by `mmkeras.runtime.bundle`).
 
 Example:
 >>> write_bundle_json("bundles/demo", inputs=inputs, output=output, labels=["cat", "dog"],
@@ -11,6 +11,7 @@ from typing import Any
 
 from mmkeras import __version__
 from mmkeras.atomic_files import write_json_atomically
+from mmkeras.errors import UserError
 from mmkeras.runtime.bundle import BUNDLE_FILE, BUNDLE_FORMAT_VERSION, MODEL_FILE, PREPROCESSOR_FILE, QUANTIZATION_MODES, TOKENIZER_FILE
 
 
@@ -87,3 +88,13 @@ def write_bundle_json(
         bundle["conversion"] = conversion
     write_json_atomically(Path(directory) / BUNDLE_FILE, bundle)
     return bundle
+
+
+def check_replaceable(out_dir: Path):
+    """Only a bundle or an empty folder may be replaced: never delete unrelated files."""
+    if not out_dir.exists():
+        return
+    if not out_dir.is_dir():
+        raise UserError("the output path exists and is not a folder", path=out_dir)
+    if any(out_dir.iterdir()) and not (out_dir / BUNDLE_FILE).is_file():
+        raise UserError(f"the output folder is not empty and holds no {BUNDLE_FILE}; not replacing it", path=out_dir)

@@ -49,6 +49,7 @@ BATCH_MATMUL) run in int8, with int8 weights on float activations (`hybrid`,
 dynamic range) or in float, the size, and the parity with the Keras model.
 """
 
+import logging
 import os
 import shutil
 import tempfile
@@ -62,13 +63,16 @@ from ai_edge_litert.schema_py_generated import BuiltinOperator
 
 from mmkeras.data.manifest import Manifest, read_manifest
 from mmkeras.errors import UserError
-from mmkeras.export.bundle_writer import tensor_entry, write_bundle_json
+from mmkeras.framework_logs import native_stderr_silenced
+from mmkeras.export.bundle_writer import check_replaceable, tensor_entry, write_bundle_json
 from mmkeras.export.conversion_report import op_summary, parity_report
 from mmkeras.quantization.qat_transform import check_calibrated, is_quantized
 from mmkeras.runs import load_run
 from mmkeras.runtime.bundle import BUNDLE_FILE, INPUT_NAMES, MODEL_FILE, OUTPUT_NAME, QUANTIZATION_MODES
 from mmkeras.runtime.interpreter import LiteRTModel, list_ops
 from mmkeras.runtime.predictor import Predictor
+
+logger = logging.getLogger("mmkeras")
 
 SIGNATURE_KEY = "serving_default"
 BUILTIN_OP_NAMES = frozenset(name for name in vars(BuiltinOperator) if name.isupper()) - {"CUSTOM"}
@@ -144,6 +148,7 @@ def convert_model(
     signature = device_signature(model)
     if is_quantized(model):
         check_calibrated(model)
+    logger.info("converting to LiteRT (%s)", quantize)
     with tempfile.TemporaryDirectory(prefix="mmkeras-export-") as saved_model_dir:
         archive = keras.export.ExportArchive()
         archive.track(model)
@@ -161,13 +166,15 @@ def convert_model(
             converter.target_spec.supported_types = [tf.float16]
         if quantize == "int8":
             examples = list(split_examples(representative_inputs, signature))
+            logger.info("int8: calibrating activation ranges on %d rows", len(examples))
             converter.representative_dataset = lambda: iter(examples)
         try:
-            tflite_model = converter.convert()
-            # A QAT graph is quantized by its fake-quant ops, not by calibration: the denylist does not reach it.
-            keep_float = quantize == "int8" and not is_quantized(model)
-            if keep_float and any(op.name in FLOAT_OPS_IN_INT8 for op in list_ops(tflite_model)):
-                tflite_model = convert_keeping_float(converter, FLOAT_OPS_IN_INT8)
+            with native_stderr_silenced():  # the converter prints its settings from C++
+                tflite_model = converter.convert()
+                # A QAT graph is quantized by its fake-quant ops, not by calibration: the denylist does not reach it.
+                keep_float = quantize == "int8" and not is_quantized(model)
+                if keep_float and any(op.name in FLOAT_OPS_IN_INT8 for op in list_ops(tflite_model)):
+                    tflite_model = convert_keeping_float(converter, FLOAT_OPS_IN_INT8)
         except Exception as error:
             unsupported = ops_needing_flex_or_custom(error)
             if unsupported:
@@ -258,6 +265,7 @@ def export_bundle(
         raise UserError(f"quantize must be one of {', '.join(QUANTIZATION_MODES)}, got {quantize!r}")
     out_dir = Path(out_dir)
     check_replaceable(out_dir)
+    logger.info("loading %s", run_dir)
     run = load_run(run_dir)
     sample = manifest_sample(run, calibration_data, required=quantize == "int8")
     parity_inputs, parity_source = parity_sample(run, sample)
@@ -270,6 +278,7 @@ def export_bundle(
         bundle_fields = write_bundle_files(staging, tflite_model, run, quantize)
         parity = None
         if parity_inputs is not None:
+            logger.info("checking the bundle against the Keras model on %d %s rows", len(parity_inputs["image"]), parity_source)
             parity = {"source": parity_source, **parity_report(run.model, Predictor(staging), parity_inputs)}
         report = {
             "quantize": quantize,
@@ -285,16 +294,6 @@ def export_bundle(
         shutil.rmtree(staging, ignore_errors=True)
         raise
     return {"path": str(out_dir), **report}
-
-
-def check_replaceable(out_dir: Path):
-    """Only a bundle or an empty folder may be replaced: never delete unrelated files."""
-    if not out_dir.exists():
-        return
-    if not out_dir.is_dir():
-        raise UserError("the output path exists and is not a folder", path=out_dir)
-    if any(out_dir.iterdir()) and not (out_dir / BUNDLE_FILE).is_file():
-        raise UserError(f"the output folder is not empty and holds no {BUNDLE_FILE}; not replacing it", path=out_dir)
 
 
 def manifest_sample(run, calibration_data: str | Path | None, *, required: bool) -> dict[str, np.ndarray] | None:

@@ -30,6 +30,7 @@ import numpy as np
 
 from mmkeras.errors import UserError
 from mmkeras.preprocessing.image import UnreadableImageError, load_image
+from mmkeras.progress import step_progress
 from mmkeras.preprocessing.multimodal_preprocessor import is_present
 
 COLUMNS = ("text", "image", "label")
@@ -113,9 +114,13 @@ class Manifest:
         if on_bad_row not in ON_BAD_ROW:
             raise ValueError(f"on_bad_row must be one of {ON_BAD_ROW}, got {on_bad_row!r}")
         images = list(dict.fromkeys(row.image for row in self.rows if row.image is not None))
+        found = []
         # Pillow releases the GIL while decoding, so threads use every core.
-        with ThreadPoolExecutor() as pool:
-            problems = dict(zip(images, pool.map(partial(_image_problem, image_size=image_size), images)))
+        with ThreadPoolExecutor() as pool, step_progress("checking images", len(images)) as progress:
+            for problem in pool.map(partial(_image_problem, image_size=image_size), images):
+                found.append(problem)
+                progress.update(len(found))
+        problems = dict(zip(images, found))
         good_rows = []
         for row in self.rows:
             problem = problems.get(row.image)

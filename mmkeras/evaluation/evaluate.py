@@ -14,6 +14,7 @@ import numpy as np
 from mmkeras.data.manifest import read_manifest
 from mmkeras.errors import UserError
 from mmkeras.evaluation.metrics import classification_figures
+from mmkeras.progress import step_progress
 from mmkeras.runtime.bundle import BUNDLE_FILE
 
 CHUNK_ROWS = 64
@@ -35,12 +36,14 @@ def load_target(target) -> tuple[Callable[[dict], np.ndarray], object, list[str]
     return lambda inputs: np.asarray(run.model.predict_on_batch(inputs)), run.preprocessor, run.labels
 
 
-def predict_classes(predict_logits, preprocessor, texts, images) -> np.ndarray:
+def predict_classes(predict_logits, preprocessor, texts, images, description="predicting") -> np.ndarray:
     """Predicted class indices, preprocessing and predicting `CHUNK_ROWS` rows at a time."""
     predictions = []
-    for start in range(0, len(texts), CHUNK_ROWS):
-        inputs = preprocessor(texts[start : start + CHUNK_ROWS], images[start : start + CHUNK_ROWS])
-        predictions.append(np.argmax(predict_logits(inputs), axis=-1))
+    with step_progress(description, len(texts)) as progress:
+        for start in range(0, len(texts), CHUNK_ROWS):
+            inputs = preprocessor(texts[start : start + CHUNK_ROWS], images[start : start + CHUNK_ROWS])
+            predictions.append(np.argmax(predict_logits(inputs), axis=-1))
+            progress.update(min(start + CHUNK_ROWS, len(texts)))
     return np.concatenate(predictions) if predictions else np.zeros(0, dtype=np.int64)
 
 
@@ -68,12 +71,15 @@ def evaluate(target, data) -> dict:
     images = [row.image for row in manifest.rows]
     missing = [None] * len(texts)
 
-    def figures_for(texts, images) -> dict:
-        return classification_figures(y_true, predict_classes(predict_logits, preprocessor, texts, images), labels)
+    def figures_for(texts, images, description) -> dict:
+        predicted = predict_classes(predict_logits, preprocessor, texts, images, description)
+        return classification_figures(y_true, predicted, labels)
 
-    figures = figures_for(texts, images)
+    figures = figures_for(texts, images, "evaluating")
+    text_only = figures_for(texts, missing, "evaluating text only")
+    image_only = figures_for(missing, images, "evaluating image only")
     figures["modality_ablation"] = {
         name: {key: ablated[key] for key in ("accuracy", "macro_f1")}
-        for name, ablated in (("text_only", figures_for(texts, missing)), ("image_only", figures_for(missing, images)))
+        for name, ablated in (("text_only", text_only), ("image_only", image_only))
     }
     return figures

@@ -23,6 +23,8 @@ from types import ModuleType
 
 import numpy as np
 
+from mmkeras.framework_logs import native_stderr_silenced
+
 # Modules that provide `Interpreter` and `OpResolverType`, most preferred first.
 INTERPRETER_MODULES = (
     "ai_edge_litert.interpreter",
@@ -116,8 +118,10 @@ class LiteRTModel:
     """
 
     def __init__(self, model: str | Path | bytes, *, num_threads: int | None = None):
-        self.interpreter = load_interpreter(model, num_threads=num_threads)
-        self.interpreter.allocate_tensors()
+        # The XNNPACK delegate announces itself on stderr from C++ when it is applied.
+        with native_stderr_silenced():
+            self.interpreter = load_interpreter(model, num_threads=num_threads)
+            self.interpreter.allocate_tensors()
         self.input_details, output_details = signature_details(self.interpreter)
         if len(output_details) != 1:
             raise ValueError(f"expected a model with one output, got {sorted(output_details)}")

@@ -11,6 +11,7 @@ import time
 
 import numpy as np
 
+from mmkeras.progress import step_progress
 from mmkeras.training.checkpoints import Checkpoints, TrainingState
 from mmkeras.training.training_loop import TrainingLoop, updates_per_epoch
 
@@ -67,25 +68,32 @@ def fit(
                 groups["best"] = best["weights"]
             checkpoints.save(state, groups)
 
-    def after_update(batches_done, totals):
+    def after_update(batches_done, totals, progress):
+        progress.update(batches_done)
         # Counted here, not read from the optimizer: reading a variable would wait for every step.
         updates = state.epoch * epoch_updates + -(-batches_done // loop.gradient_accumulation)
         if checkpoint_steps and updates % checkpoint_steps == 0 and batches_done < num_batches:
             state.batch, state.totals = batches_done, totals.numpy().tolist()
             checkpoint()
 
+    if state.epoch < epochs:
+        logger.info("tracing the training step: the first batch takes longer")
     while state.epoch < epochs and not state.stopped_early:
         started = time.perf_counter()
-        loss, accuracy = loop.train_epoch(
-            train_epochs.for_epoch(state.epoch),
-            num_examples=train_epochs.num_examples,
-            batch_size=batch_size,
-            start_batch=state.batch,
-            start_totals=np.asarray(state.totals),
-            after_update=after_update,
-        )
+        description = f"epoch {state.epoch + 1}/{epochs}"
+        with step_progress(description, num_batches, completed=state.batch) as progress:
+            loss, accuracy = loop.train_epoch(
+                train_epochs.for_epoch(state.epoch),
+                num_examples=train_epochs.num_examples,
+                batch_size=batch_size,
+                start_batch=state.batch,
+                start_totals=np.asarray(state.totals),
+                after_update=lambda batches_done, totals: after_update(batches_done, totals, progress),
+            )
         figures = {"loss": loss, "accuracy": accuracy}
         if val_data is not None:
+            if not state.epoch_seconds:
+                logger.info("validating (the first time traces the evaluation step)")
             figures["val_loss"], figures["val_accuracy"] = loop.evaluate(val_data)
             _track_best(state, figures["val_loss"], best, model, patience)
         state.epoch_seconds.append(round(time.perf_counter() - started, 3))
