@@ -1,12 +1,16 @@
 """The `mmkeras` command line: a thin layer over the public Python API.
 
 Every command calls the same function a Python user would (`train`,
-`evaluate`, `export_bundle`, `Predictor`, ...). TensorFlow is imported only
-by the commands that need it, so `predict`, `benchmark` and `evaluate BUNDLE`
-start fast and run where only the device runtime is installed.
+`qat_finetune`, `evaluate`, `export_bundle`, `Predictor`, ...). Flags,
+manifests and paths are checked before TensorFlow is imported
+(`cli.preflight`), and only the commands that need TensorFlow import it, so
+`predict`, `benchmark` and `evaluate BUNDLE` start fast and run where only
+the device runtime is installed. Choices and defaults come from the config
+objects (`RunConfig`, `QATSettings`), never written here a second time.
 
 Exit codes: 0 success, 2 user error (one line on stderr), 1 internal error
-(a traceback only with `--debug`).
+(a traceback only with `--debug`). Progress and logs go to stderr; stdout
+holds the result (one JSON object with `--json`).
 """
 
 import json
@@ -14,31 +18,92 @@ import logging
 import os
 import sys
 import traceback
+from importlib import metadata
 from pathlib import Path
 from typing import Literal, Optional
 
 import typer
 
-from mmkeras.config import RunConfig
+from mmkeras import __version__
+from mmkeras.cli import preflight
+from mmkeras.config import (
+    CLASS_WEIGHTS,
+    FREEZE_CHOICES,
+    FUSIONS,
+    MIXED_PRECISION,
+    ON_BAD_ROW,
+    STRATEGIES,
+    RunConfig,
+)
 from mmkeras.errors import UserError
+from mmkeras.framework_logs import VERBOSE_ENV, import_tensorflow_quietly, quiet_frameworks
+from mmkeras.progress import install_log_handler
+from mmkeras.quantization.qat_settings import LEARNING_RATE_FACTOR, UNKNOWN_LAYERS, QATSettings
+from mmkeras.runtime.benchmark import DEFAULT_RUNS, WARMUP_RUNS
+from mmkeras.runtime.bundle import QUANTIZATION_MODES
+
+logger = logging.getLogger("mmkeras")
 
 app = typer.Typer(
     name="mmkeras",
-    help="Train text+image models from keras-hub backbones and ship them as LiteRT bundles. "
-    "Add --debug anywhere for a traceback on internal errors.",
-    no_args_is_help=True,
+    help="Train text+image models from keras-hub backbones and ship them as LiteRT bundles.\n\n"
+    "Every command also takes --verbose (TensorFlow and LiteRT logs) and --debug (tracebacks of internal errors).",
     add_completion=False,
     pretty_exceptions_enable=False,
 )
 
-# mmkeras.config.STRATEGIES, spelled out for typer's choices (typing cannot build a Literal from a tuple).
-StrategyName = Literal["auto", "one", "mirrored", "multi-worker", "tpu"]
-JSON_OPTION = typer.Option(False, "--json", help="Print exactly one JSON object on stdout (logs go to stderr).")
+JSON_OPTION = typer.Option(False, "--json", help="Print exactly one JSON object on stdout (progress goes to stderr).")
+# Package versions `--version` reports, when installed (read from metadata: nothing is imported).
+VERSION_PACKAGES = ("tensorflow", "keras", "keras-hub", "ai-edge-litert", "tokenizers")
+
+
+def setting(name: str, help: str, *flags: str, **kwargs):
+    """An option that overrides `RunConfig.<name>`; `--help` shows RunConfig's default unless told otherwise."""
+    default = RunConfig.__dataclass_fields__[name].default
+    shown = str(default).lower() if isinstance(default, bool) else str(default)
+    return typer.Option(None, *flags, help=help, **{"show_default": shown, **kwargs})
+
+
+def qat_setting(name: str, help: str, **kwargs):
+    """An option that overrides `QATSettings.<name>`; `--help` shows its default."""
+    default = QATSettings.__dataclass_fields__[name].default
+    return typer.Option(None, help=help, show_default="the run's" if default is None else str(default), **kwargs)
 
 
 def emit(result: dict, as_json: bool, human: str):
-    """The command's result: one JSON object, or a human summary."""
+    """The command's result on stdout: one JSON object, or a human summary."""
     typer.echo(json.dumps(result, ensure_ascii=False) if as_json else human)
+
+
+def load_tensorflow():
+    """Import TensorFlow once, with its import-time log lines hidden, saying so (it takes seconds)."""
+    logger.info("loading TensorFlow")
+    import_tensorflow_quietly()
+
+
+def given(**values) -> dict:
+    """The options the user gave (typer passes `None` for the others)."""
+    return {key: value for key, value in values.items() if value is not None}
+
+
+@app.callback(invoke_without_command=True)
+def root(
+    context: typer.Context,
+    version: bool = typer.Option(False, "--version", is_eager=True, help="Print the versions and exit."),
+):
+    """Train text+image models from keras-hub backbones and ship them as LiteRT bundles."""
+    if version:
+        installed = []
+        for package in VERSION_PACKAGES:
+            try:
+                installed.append(f"{package} {metadata.version(package)}")
+            except metadata.PackageNotFoundError:
+                continue
+        typer.echo(f"mmkeras {__version__} (Python {sys.version.split()[0]}; {', '.join(installed)})")
+        raise typer.Exit()
+    if context.invoked_subcommand is None:
+        typer.echo(context.get_help())
+        raise typer.Exit()
 
 
 @app.command()
@@ -47,41 +112,51 @@ def train(
     out: Optional[Path] = typer.Option(None, "--out", help="Run folder to write."),
     val: Optional[Path] = typer.Option(None, "--val", help="Validation manifest (early stopping, best weights)."),
     config: Optional[Path] = typer.Option(None, "--config", help="YAML run config; flags override it."),
-    text_backbone: Optional[str] = typer.Option(None, help="keras-hub preset, preset folder, HF folder, or 'tiny'."),
-    vision_backbone: Optional[str] = typer.Option(
-        None, help="keras-hub preset, preset folder, HF folder, 'tiny' (small CNN), 'tiny-vit' or 'tiny-mobilenet'."
+    text_backbone: Optional[str] = setting(
+        "text_backbone", "keras-hub preset, preset folder, Hugging Face folder, or 'tiny' (random, offline)."
     ),
-    fusion: Optional[Literal["cross-attention", "concat", "gated"]] = typer.Option(None),
-    epochs: Optional[int] = typer.Option(None, min=1),
-    batch_size: Optional[int] = typer.Option(None, min=1),
-    learning_rate: Optional[float] = typer.Option(None, help="Peak learning rate (default: by backbone kind)."),
-    new_layers_lr_scale: Optional[float] = typer.Option(
-        None, help="Fine-tuning a pretrained backbone: fusion and head learn this many times faster (default 20)."
+    vision_backbone: Optional[str] = setting(
+        "vision_backbone", "keras-hub preset, preset folder, HF folder, 'tiny' (small CNN), 'tiny-vit', 'tiny-mobilenet'."
     ),
-    seed: Optional[int] = typer.Option(None),
-    deterministic: Optional[bool] = typer.Option(None, "--deterministic", help="Deterministic TensorFlow ops."),
-    on_bad_row: Optional[Literal["fail", "skip"]] = typer.Option(None),
-    strategy: Optional[StrategyName] = typer.Option(None),
-    resume: Optional[bool] = typer.Option(
-        None, "--resume", help="Continue the run in --out from its last checkpoint (same flags)."
+    fusion: Optional[Literal[FUSIONS]] = setting("fusion", "How text and image tokens are joined."),
+    epochs: Optional[int] = setting("epochs", "Training epochs.", min=1),
+    batch_size: Optional[int] = setting("batch_size", "Global batch size (across replicas and workers).", min=1),
+    learning_rate: Optional[float] = setting(
+        "learning_rate",
+        "Peak learning rate (warmup, then cosine decay).",
+        show_default="5e-5 when pretrained backbone weights train, else 1e-3",
     ),
-    freeze: Optional[Literal["none", "text", "vision", "both"]] = typer.Option(None),
-    lora_rank: Optional[int] = typer.Option(None, min=0),
-    cache_features: Optional[bool] = typer.Option(None, "--cache-features"),
-    modality_dropout: Optional[float] = typer.Option(
-        None, min=0.0, max=1.0, help="Probability of hiding the text or the image of a training example."
+    new_layers_lr_scale: Optional[float] = setting(
+        "new_layers_lr_scale", "Fine-tuning a pretrained backbone: fusion and head learn this many times faster."
     ),
-    mixed_precision: Optional[Literal["auto", "off", "float16", "bfloat16"]] = typer.Option(
-        None, help="auto: mixed float16 on a GPU, off on a CPU."
+    seed: Optional[int] = setting("seed", "Seed for weights, shuffling and dropout."),
+    deterministic: Optional[bool] = setting("deterministic", "Deterministic TensorFlow ops (slower).", "--deterministic"),
+    on_bad_row: Optional[Literal[ON_BAD_ROW]] = setting(
+        "on_bad_row", "A row whose image cannot be read: stop (fail) or drop it and count it (skip)."
     ),
-    gradient_accumulation: Optional[int] = typer.Option(
-        None, min=1, help="Batches per optimizer update (the update of a batch this many times bigger)."
+    strategy: Optional[Literal[STRATEGIES]] = setting(
+        "strategy", "tf.distribute strategy: auto picks mirrored with several GPUs, else one device."
     ),
-    class_weight: Optional[Literal["none", "balanced"]] = typer.Option(
-        None, help="balanced: weigh each class's loss by rows / (classes * rows of the class)."
+    resume: bool = typer.Option(False, "--resume", help="Continue the run in --out from its last checkpoint (same flags)."),
+    freeze: Optional[Literal[FREEZE_CHOICES]] = setting("freeze", "Backbones whose weights stay as loaded."),
+    lora_rank: Optional[int] = setting("lora_rank", "LoRA adapters of this rank on the backbones (0: off).", min=0),
+    cache_features: Optional[bool] = setting(
+        "cache_features", "Run frozen backbones once and train on their stored outputs.", "--cache-features"
     ),
-    checkpoint_steps: Optional[int] = typer.Option(
-        None, min=0, help="Also checkpoint every N optimizer updates (0: each epoch only)."
+    modality_dropout: Optional[float] = setting(
+        "modality_dropout", "Probability of hiding the text or the image of a training example.", min=0.0, max=1.0
+    ),
+    mixed_precision: Optional[Literal[MIXED_PRECISION]] = setting(
+        "mixed_precision", "auto: mixed float16 on a GPU, bfloat16 on a TPU, float32 on a CPU."
+    ),
+    gradient_accumulation: Optional[int] = setting(
+        "gradient_accumulation", "Batches per optimizer update (the update of a batch this many times bigger).", min=1
+    ),
+    class_weight: Optional[Literal[CLASS_WEIGHTS]] = setting(
+        "class_weight", "balanced: weigh each class's loss by rows / (classes * rows of the class)."
+    ),
+    checkpoint_steps: Optional[int] = setting(
+        "checkpoint_steps", "Also checkpoint every N optimizer updates (0: each epoch only).", min=0
     ),
     as_json: bool = JSON_OPTION,
 ):
@@ -89,13 +164,46 @@ def train(
 
     Under --strategy multi-worker, start every worker with the same flags and
     its own TF_CONFIG; only the chief writes --out and prints the result.
+
+    Example: mmkeras train --data samples/train.csv --val samples/val.csv --out runs/demo --epochs 10
     """
+    base = RunConfig.from_yaml(config) if config else RunConfig()
+    overrides = given(
+        data=data and str(data),
+        out=out and str(out),
+        val=val and str(val),
+        text_backbone=text_backbone,
+        vision_backbone=vision_backbone,
+        fusion=fusion,
+        epochs=epochs,
+        batch_size=batch_size,
+        learning_rate=learning_rate,
+        new_layers_lr_scale=new_layers_lr_scale,
+        seed=seed,
+        deterministic=deterministic,
+        on_bad_row=on_bad_row,
+        strategy=strategy,
+        freeze=freeze,
+        lora_rank=lora_rank,
+        cache_features=cache_features,
+        modality_dropout=modality_dropout,
+        mixed_precision=mixed_precision,
+        gradient_accumulation=gradient_accumulation,
+        class_weight=class_weight,
+        checkpoint_steps=checkpoint_steps,
+    )
+    run_config = base.replace(**overrides)
+    if not run_config.data or not run_config.out:
+        raise UserError("training needs a training manifest (--data) and a run folder (--out)")
+    preflight.require_training_extra("train")
+    preflight.check_manifest(run_config.data, flag="--data")
+    if run_config.val:
+        preflight.check_manifest(run_config.val, flag="--val")
+    preflight.check_out_folder(run_config.out)
+    load_tensorflow()
     from mmkeras.training.trainer import train as train_run
 
-    base = RunConfig.from_yaml(config) if config else RunConfig()
-    flags = {key: value for key, value in locals().items() if key in RunConfig.__dataclass_fields__}
-    paths = {key: str(flags[key]) for key in ("data", "out", "val") if flags[key] is not None}
-    result = train_run(base.replace(**{**flags, **paths}))
+    result = train_run(run_config, resume=resume)
     if not result.is_chief:
         return
     metrics = result.metrics
@@ -103,7 +211,7 @@ def train(
         metrics,
         as_json,
         f"trained {metrics['epochs_completed']} epochs: loss {metrics['loss']:.4f}, "
-        f"val_accuracy {metrics['val_accuracy']}, run in {result.run_dir}",
+        f"val_accuracy {format_figure(metrics['val_accuracy'])}, run in {result.run_dir}",
     )
 
 
@@ -113,7 +221,17 @@ def evaluate(
     data: Path = typer.Option(..., "--data", help="Labelled manifest to evaluate on."),
     as_json: bool = JSON_OPTION,
 ):
-    """Accuracy, macro-F1, per-class figures and modality ablation on a manifest."""
+    """Accuracy, macro-F1, per-class figures and modality ablation on a manifest.
+
+    A bundle is evaluated with the device runtime (no TensorFlow needed).
+
+    Example: mmkeras evaluate bundles/demo --data samples/test.csv --json
+    """
+    preflight.check_manifest(data, flag="--data")
+    if not preflight.is_bundle_folder(target):
+        preflight.check_run_folder(target)
+        preflight.require_training_extra("evaluate RUN_DIR")
+        load_tensorflow()
     from mmkeras.evaluation.evaluate import evaluate as evaluate_target
 
     figures = evaluate_target(target, data)
@@ -131,19 +249,21 @@ def qat(
     run_dir: Path = typer.Argument(..., help="A float run folder (or a QAT run to train further)."),
     data: Path = typer.Option(..., "--data", help="Training manifest for the QAT fine-tune."),
     out: Path = typer.Option(..., "--out", help="QAT run folder to write."),
-    val: Optional[Path] = typer.Option(None, "--val", help="Validation manifest (reported)."),
-    epochs: int = typer.Option(2, "--epochs", min=1),
-    learning_rate: Optional[float] = typer.Option(None, help="Peak learning rate (default: a tenth of the run's)."),
-    batch_size: Optional[int] = typer.Option(None, min=1, help="Batch size (default: the run's)."),
-    calibration_batches: int = typer.Option(8, min=1, help="Batches that set the activation ranges first."),
-    unknown_layers: Literal["error", "warn"] = typer.Option(
-        "error", help="A layer type QAT does not know: refuse it, or warn and leave it float."
+    val: Optional[Path] = typer.Option(None, "--val", help="Validation manifest (reported).", show_default="the run's"),
+    epochs: Optional[int] = qat_setting("epochs", "QAT epochs.", min=1),
+    learning_rate: Optional[float] = typer.Option(
+        None, help="Peak learning rate.", show_default=f"{LEARNING_RATE_FACTOR} x the run's"
     ),
-    strategy: Optional[StrategyName] = typer.Option(
-        None, help="tf.distribute strategy, as for train (default: the run's)."
+    batch_size: Optional[int] = qat_setting("batch_size", "Global batch size.", min=1),
+    calibration_batches: Optional[int] = qat_setting(
+        "calibration_batches", "Batches that set the activation ranges first.", min=1
     ),
-    checkpoint_steps: Optional[int] = typer.Option(
-        None, min=0, help="Also checkpoint every N optimizer updates (default: the run's)."
+    unknown_layers: Optional[Literal[UNKNOWN_LAYERS]] = qat_setting(
+        "unknown_layers", "A layer type QAT does not know: refuse it, or warn and leave it float."
+    ),
+    strategy: Optional[Literal[STRATEGIES]] = qat_setting("strategy", "tf.distribute strategy, as for train."),
+    checkpoint_steps: Optional[int] = qat_setting(
+        "checkpoint_steps", "Also checkpoint every N optimizer updates.", min=0
     ),
     resume: bool = typer.Option(False, "--resume", help="Continue the QAT run in --out from its last checkpoint."),
     as_json: bool = JSON_OPTION,
@@ -152,40 +272,65 @@ def qat(
 
     Under --strategy multi-worker, start every worker with the same flags and
     its own TF_CONFIG; only the chief writes --out and prints the result.
-    """
-    from mmkeras.quantization.qat_training import QATSettings, qat_finetune
 
+    Example: mmkeras qat runs/demo --data samples/train.csv --val samples/val.csv --out runs/demo-qat
+    """
     settings = QATSettings(
-        epochs=epochs,
-        learning_rate=learning_rate,
-        batch_size=batch_size,
-        calibration_batches=calibration_batches,
-        unknown_layers=unknown_layers,
-        strategy=strategy,
-        checkpoint_steps=checkpoint_steps,
+        **given(
+            epochs=epochs,
+            learning_rate=learning_rate,
+            batch_size=batch_size,
+            calibration_batches=calibration_batches,
+            unknown_layers=unknown_layers,
+            strategy=strategy,
+            checkpoint_steps=checkpoint_steps,
+        )
     )
-    metrics = qat_finetune(run_dir, data, out, val=val, settings=settings, resume=resume)
-    if metrics is None:  # a multi-worker process that is not the chief
+    preflight.check_run_folder(run_dir)
+    preflight.check_manifest(data, flag="--data")
+    if val:
+        preflight.check_manifest(val, flag="--val")
+    preflight.check_out_folder(out)
+    preflight.require_training_extra("qat")
+    load_tensorflow()
+    from mmkeras.quantization.qat_training import qat_finetune
+
+    result = qat_finetune(run_dir, data, out, val=val, settings=settings, resume=resume)
+    if not result.is_chief:
         return
+    metrics = result.metrics
     emit(
         metrics,
         as_json,
         f"QAT {metrics['epochs_completed']} epochs: loss {metrics['initial_loss']:.4f} -> {metrics['loss']:.4f}, "
-        f"val_accuracy {metrics['val_accuracy']}, QAT run in {out}",
+        f"val_accuracy {format_figure(metrics['val_accuracy'])}, QAT run in {result.run_dir}",
     )
 
 
 @app.command()
 def export(
     run_dir: Path = typer.Argument(..., help="A run folder."),
-    out: Path = typer.Option(..., "--out", help="Bundle folder to write."),
-    quantize: Literal["none", "float16", "dynamic", "int8"] = typer.Option("none"),
+    out: Path = typer.Option(..., "--out", help="Bundle folder to write (or an existing bundle to replace)."),
+    quantize: Literal[QUANTIZATION_MODES] = typer.Option(
+        QUANTIZATION_MODES[0], help="Weights and activations: none (float32), float16, dynamic (int8 weights), int8."
+    ),
     calibration_data: Optional[Path] = typer.Option(
-        None, help="Manifest for int8 calibration (default: a sample of the run's training manifest)."
+        None, help="Manifest for int8 calibration.", show_default="a sample of the run's training manifest"
     ),
     as_json: bool = JSON_OPTION,
 ):
-    """Convert a run to a LiteRT bundle (model.tflite + bundle.json + tokenizer)."""
+    """Convert a run to a LiteRT bundle (model.tflite + bundle.json + tokenizer).
+
+    Example: mmkeras export runs/demo-qat --out bundles/demo-int8 --quantize int8
+    """
+    preflight.check_run_folder(run_dir)
+    if calibration_data:
+        preflight.check_manifest(calibration_data, flag="--calibration-data", require_labels=False)
+    from mmkeras.export.bundle_writer import check_replaceable
+
+    check_replaceable(out)
+    preflight.require_training_extra("export")
+    load_tensorflow()
     from mmkeras.export.conversion_report import describe_report
     from mmkeras.export.converter import export_bundle
 
@@ -200,7 +345,10 @@ def predict(
     image: Optional[Path] = typer.Option(None, "--image", help="The image file (omit for a missing image)."),
     as_json: bool = JSON_OPTION,
 ):
-    """Predict one example with the on-device runtime (no TensorFlow)."""
+    """Predict one example with the on-device runtime (no TensorFlow).
+
+    Example: mmkeras predict bundles/demo --text "such a serene little card" --image photo.png
+    """
     from mmkeras.runtime.predictor import Predictor
 
     if text is None and image is None:
@@ -217,11 +365,14 @@ def predict(
 @app.command()
 def benchmark(
     bundle_dir: Path = typer.Argument(..., help="A bundle folder."),
-    threads: Optional[int] = typer.Option(None, "--threads", min=1, help="Interpreter threads."),
-    runs: int = typer.Option(100, "--runs", min=1, help="Timed runs (after 10 warm-up runs)."),
+    threads: Optional[int] = typer.Option(None, "--threads", min=1, help="Interpreter threads.", show_default="auto"),
+    runs: int = typer.Option(DEFAULT_RUNS, "--runs", min=1, help=f"Timed runs (after {WARMUP_RUNS} warm-up runs)."),
     as_json: bool = JSON_OPTION,
 ):
-    """Latency percentiles (ms) and size of a bundle on this machine's CPU."""
+    """Latency percentiles (ms) and size of a bundle on this machine's CPU.
+
+    Example: mmkeras benchmark bundles/demo --threads 1 --json
+    """
     from mmkeras.runtime.benchmark import benchmark_bundle
 
     figures = benchmark_bundle(bundle_dir, threads=threads, runs=runs)
@@ -237,38 +388,44 @@ def benchmark(
 @app.command()
 def report(
     run_dir: Path = typer.Argument(..., help="A run folder."),
-    out: Optional[Path] = typer.Option(None, "--out", help="HTML file to write (default RUN_DIR/report.html)."),
+    out: Optional[Path] = typer.Option(None, "--out", help="HTML file to write.", show_default="RUN_DIR/report.html"),
 ):
-    """Write an HTML report: loss/accuracy curves, final figures, config."""
+    """Write an HTML report: loss/accuracy curves, final figures, config.
+
+    Example: mmkeras report runs/demo --out demo.html
+    """
+    preflight.check_run_folder(run_dir)
+    preflight.require_training_extra("report")
     from mmkeras.evaluation.report import write_report
 
     typer.echo(f"wrote {write_report(run_dir, out)}")
 
 
-def configure_logging():
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter("%(message)s"))
-    logger = logging.getLogger("mmkeras")
-    logger.addHandler(handler)
-    logger.setLevel(logging.INFO)
+def format_figure(value) -> str:
+    return "n/a" if value is None else f"{value:.4f}"
 
 
 def main(argv: list[str] | None = None) -> int:
     """Console-script entry point: run the app, map errors to exit codes."""
     argv = list(sys.argv[1:] if argv is None else argv)
-    debug = "--debug" in argv
-    argv = [arg for arg in argv if arg != "--debug"]
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-    configure_logging()
+    debug, verbose = "--debug" in argv, "--verbose" in argv
+    argv = [arg for arg in argv if arg not in ("--debug", "--verbose")]
+    if verbose:
+        os.environ[VERBOSE_ENV] = "1"
+    quiet_frameworks()  # before anything imports TensorFlow
+    install_log_handler(logging.DEBUG if verbose else logging.INFO)
     try:
         code = app(args=argv, prog_name="mmkeras", standalone_mode=False)
-    except typer.TyperException as error:  # bad flags: typer's usage errors exit with code 2
+    except typer.Exit as done:
+        code = done.exit_code
+    except typer.TyperException as error:  # bad flags: usage errors exit with code 2
         typer.echo(f"error: {error.format_message()}", err=True)
         code = error.exit_code
     except UserError as error:
         typer.echo(f"error: {error}", err=True)
         code = 2
-    except typer.Abort:
+    except (typer.Abort, KeyboardInterrupt):
+        typer.echo("interrupted", err=True)
         code = 130
     except Exception as error:  # an internal error: a bug, not the user's mistake
         if debug:

@@ -1,0 +1,56 @@
+"""Checks the CLI makes before TensorFlow is imported, so a user error returns in about a second.
+
+Importing TensorFlow takes seconds; a missing manifest, an `--out` that is a
+file, a folder that is not a run, or a base install without the training
+extra should not wait for it. Everything here is TensorFlow-free and raises
+`UserError` (one line, exit code 2).
+
+Example:
+>>> require_training_extra("train")  # doctest: +SKIP
+>>> check_manifest("samples/train.csv", flag="--data")  # doctest: +SKIP
+"""
+
+import importlib.util
+from pathlib import Path
+
+from mmkeras.data.manifest import Manifest, read_manifest
+from mmkeras.errors import UserError
+from mmkeras.runs import load_run_config
+from mmkeras.runtime.bundle import BUNDLE_FILE
+
+# What `pip install "mmkeras[train]"` adds to the base (device runtime) install.
+TRAINING_MODULES = ("tensorflow", "keras", "keras_hub", "matplotlib")
+TRAIN_EXTRA_HINT = 'pip install "mmkeras[train]"'
+
+
+def require_training_extra(command: str):
+    """`UserError` naming the install command when the training extra is missing (found without importing it)."""
+    missing = [name for name in TRAINING_MODULES if importlib.util.find_spec(name) is None]
+    if missing:
+        raise UserError(
+            f"`mmkeras {command}` needs the training extra ({', '.join(missing)} not installed): {TRAIN_EXTRA_HINT}"
+        )
+
+
+def check_manifest(path, *, flag: str, require_labels: bool = True) -> Manifest:
+    """Read a manifest given with `flag` (every row checked, images not yet opened)."""
+    path = Path(path)
+    if path.is_dir():
+        raise UserError(f"{flag} must be a manifest file (.csv or .jsonl), not a folder", path=path)
+    return read_manifest(path, require_labels=require_labels)
+
+
+def check_out_folder(path, *, flag: str = "--out"):
+    """An output folder may exist, but not as a file."""
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise UserError(f"{flag} must be a folder; a file of that name exists", path=path)
+
+
+def check_run_folder(path):
+    """A run folder written by `train` or `qat` (its config is read, its model is not)."""
+    load_run_config(path)
+
+
+def is_bundle_folder(path) -> bool:
+    return (Path(path) / BUNDLE_FILE).is_file()

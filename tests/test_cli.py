@@ -1,0 +1,143 @@
+"""The CLI as a user meets it: help, version, fast user errors before TensorFlow, quiet logs, progress."""
+
+import json
+import logging
+import os
+import re
+import subprocess
+import sys
+
+import pytest
+from test_cli_end_to_end import SAMPLES, run_cli, write_subset  # pytest puts tests/ on sys.path
+
+from mmkeras import __version__
+from mmkeras.cli import preflight
+from mmkeras.config import RunConfig
+from mmkeras.framework_logs import VERBOSE_ENV
+
+COMMANDS = ("train", "evaluate", "qat", "export", "predict", "benchmark", "report")
+# What TensorFlow, absl and LiteRT write to stderr when nobody keeps them quiet.
+FRAMEWORK_NOISE = re.compile(r"absl|I0000|W0000|oneDNN|cudart|XNNPACK|fully_quantize|tensorflow|WARNING:")
+
+
+def mmkeras(*argv) -> subprocess.CompletedProcess:
+    """The console script's entry point in a fresh process."""
+    code = "import sys; from mmkeras.cli.app import main; sys.exit(main(sys.argv[1:]))"
+    return subprocess.run([sys.executable, "-c", code, *map(str, argv)], capture_output=True, text=True, timeout=300)
+
+
+def test_mmkeras_alone_prints_the_help(capsys):
+    code, out, err = run_cli(capsys)
+    assert code == 0 and err == ""
+    assert all(command in out for command in COMMANDS)
+
+
+def test_version(capsys):
+    code, out, _ = run_cli(capsys, "--version")
+    assert code == 0 and out.startswith(f"mmkeras {__version__} (Python ")
+
+
+@pytest.mark.parametrize("command", COMMANDS)
+def test_every_command_help_has_an_example(command, capsys):
+    code, out, _ = run_cli(capsys, command, "--help")
+    assert code == 0
+    assert f"Example: mmkeras {command} " in out
+
+
+def test_train_help_shows_the_run_configs_defaults(capsys, monkeypatch):
+    monkeypatch.setenv("COLUMNS", "200")  # no line breaks inside a default
+    _, out, _ = run_cli(capsys, "train", "--help")
+    flat = " ".join(out.split())
+    for flag, field in (("--epochs", "epochs"), ("--batch-size", "batch_size"), ("--fusion", "fusion")):
+        assert re.search(rf"{flag} .*?\[default: \(?{re.escape(str(getattr(RunConfig, field)))}\)?\]", flat), flag
+
+
+def test_a_missing_manifest_is_one_line_before_tensorflow_is_imported(tmp_path):
+    code = (
+        "import sys; from mmkeras.cli.app import main; "
+        f"code = main(['train', '--data', {str(tmp_path / 'nope.csv')!r}, '--out', {str(tmp_path / 'run')!r}]); "
+        "print(code, 'tensorflow' in sys.modules)"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert result.stdout.split() == ["2", "False"]
+    assert result.stderr.splitlines() == [f"error: {tmp_path / 'nope.csv'}: manifest not found"]
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["train", "--data", "{folder}", "--out", "{out}"], "must be a manifest file"),
+        (["train", "--data", "{train}", "--out", "{file}"], "--out must be a folder"),
+        (["qat", "{folder}", "--data", "{train}", "--out", "{out}"], "not a run folder"),
+        (["export", "{folder}", "--out", "{out}"], "not a run folder"),
+        (["evaluate", "{folder}", "--data", "{train}"], "not a run folder"),
+        (["report", "{folder}"], "not a run folder"),
+    ],
+)
+def test_user_errors_are_found_before_tensorflow(argv, message, tmp_path, capsys, monkeypatch):
+    train = write_subset(SAMPLES / "train.csv", tmp_path / "train.csv", 4)
+    (tmp_path / "a-file").write_text("not a folder")
+    paths = {"folder": tmp_path, "out": tmp_path / "out", "train": train, "file": tmp_path / "a-file"}
+    loaded = []
+    monkeypatch.setattr("mmkeras.cli.app.load_tensorflow", lambda: loaded.append(True))
+    code, out, err = run_cli(capsys, *(arg.format(**paths) for arg in argv))
+    assert (code, out, loaded) == (2, "", [])
+    assert len(err.splitlines()) == 1 and message in err
+
+
+@pytest.mark.parametrize("command", ["train", "qat", "export", "report"])
+def test_training_commands_name_the_extra_when_it_is_missing(command, tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(preflight, "TRAINING_MODULES", ("a_module_that_is_not_installed",))
+    monkeypatch.setattr(preflight, "check_run_folder", lambda path: None)
+    train = write_subset(SAMPLES / "train.csv", tmp_path / "train.csv", 4)
+    argv = {
+        "train": ["train", "--data", train, "--out", tmp_path / "run"],
+        "qat": ["qat", tmp_path, "--data", train, "--out", tmp_path / "qat"],
+        "export": ["export", tmp_path, "--out", tmp_path / "bundle"],
+        "report": ["report", tmp_path],
+    }[command]
+    code, _, err = run_cli(capsys, *argv)
+    assert code == 2
+    assert err.splitlines() == [
+        f"error: `mmkeras {command}` needs the training extra (a_module_that_is_not_installed not installed): "
+        'pip install "mmkeras[train]"'
+    ]
+
+
+def test_resume_is_an_argument_not_a_setting(tmp_path, capsys):
+    config = tmp_path / "run.yaml"
+    config.write_text("resume: true\n")
+    code, _, err = run_cli(capsys, "train", "--config", config, "--data", "x.csv", "--out", tmp_path / "run")
+    assert code == 2 and "resume is not a setting" in err
+
+
+def test_repeated_calls_do_not_repeat_log_lines(capsys):
+    for _ in range(3):
+        run_cli(capsys, "--version")
+    logging.getLogger("mmkeras").info("said once")
+    assert capsys.readouterr().err == "said once\n"
+
+
+def test_train_json_shows_progress_and_no_framework_logs(tmp_path):
+    train = write_subset(SAMPLES / "train.csv", tmp_path / "train.csv", 48)
+    val = write_subset(SAMPLES / "val.csv", tmp_path / "val.csv", 16)
+    result = mmkeras(
+        "train", "--data", train, "--val", val, "--out", tmp_path / "run", "--epochs", "2", "--batch-size", "16", "--json"
+    )
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout)["epochs_completed"] == 2
+    lines = result.stderr.splitlines()
+    assert [line for line in lines if FRAMEWORK_NOISE.search(line)] == []
+    for status in ("loading TensorFlow", "building the model", r"checking images: (\d+)/\1", "epoch 1/2: 3/3", "run saved"):
+        assert any(re.search(status, line) for line in lines), status
+
+
+@pytest.mark.parametrize("verbose", [False, True])
+def test_tensorflow_import_logs_are_hidden_unless_verbose(verbose):
+    code = "from mmkeras.framework_logs import import_tensorflow_quietly; import_tensorflow_quietly()"
+    env = {**os.environ, VERBOSE_ENV: "1" if verbose else "0"}
+    env.pop("TF_CPP_MIN_LOG_LEVEL", None)
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
+    assert result.returncode == 0
+    assert bool(FRAMEWORK_NOISE.search(result.stderr)) == verbose
