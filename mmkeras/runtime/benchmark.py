@@ -16,6 +16,8 @@ from mmkeras.runtime.bundle import MODEL_FILE
 from mmkeras.runtime.predictor import Predictor
 
 SAMPLE_TEXT = "a quick benchmark sentence about the picture"
+DEFAULT_RUNS = 100
+WARMUP_RUNS = 10
 
 
 def noise_image_bytes(height: int, width: int, seed: int = 0) -> bytes:
@@ -45,7 +47,9 @@ def timed(call, runs: int) -> list[float]:
     return seconds
 
 
-def benchmark_bundle(bundle_dir, *, threads: int | None = None, runs: int = 100, warmup: int = 10) -> dict:
+def benchmark_bundle(
+    bundle_dir, *, threads: int | None = None, runs: int = DEFAULT_RUNS, warmup: int = WARMUP_RUNS
+) -> dict:
     """Latency percentiles (ms) of a bundle's model and preprocessing, and its size.
 
     Args:
