@@ -116,7 +116,8 @@ def train(
         "text_backbone", "keras-hub preset, preset folder, Hugging Face folder, or 'tiny' (random, offline)."
     ),
     vision_backbone: Optional[str] = setting(
-        "vision_backbone", "keras-hub preset, preset folder, HF folder, 'tiny' (small CNN), 'tiny-vit', 'tiny-mobilenet'."
+        "vision_backbone",
+        "keras-hub preset, preset folder, HF folder, 'tiny' (small CNN), 'tiny-vit', 'tiny-mobilenet'.",
     ),
     fusion: Optional[Literal[FUSIONS]] = setting("fusion", "How text and image tokens are joined."),
     epochs: Optional[int] = setting("epochs", "Training epochs.", min=1),
@@ -130,14 +131,18 @@ def train(
         "new_layers_lr_scale", "Fine-tuning a pretrained backbone: fusion and head learn this many times faster."
     ),
     seed: Optional[int] = setting("seed", "Seed for weights, shuffling and dropout."),
-    deterministic: Optional[bool] = setting("deterministic", "Deterministic TensorFlow ops (slower).", "--deterministic"),
+    deterministic: Optional[bool] = setting(
+        "deterministic", "Deterministic TensorFlow ops (slower).", "--deterministic"
+    ),
     on_bad_row: Optional[Literal[ON_BAD_ROW]] = setting(
         "on_bad_row", "A row whose image cannot be read: stop (fail) or drop it and count it (skip)."
     ),
     strategy: Optional[Literal[STRATEGIES]] = setting(
         "strategy", "tf.distribute strategy: auto picks mirrored with several GPUs, else one device."
     ),
-    resume: bool = typer.Option(False, "--resume", help="Continue the run in --out from its last checkpoint (same flags)."),
+    resume: bool = typer.Option(
+        False, "--resume", help="Continue the run in --out from its last checkpoint (same flags)."
+    ),
     freeze: Optional[Literal[FREEZE_CHOICES]] = setting("freeze", "Backbones whose weights stay as loaded."),
     lora_rank: Optional[int] = setting("lora_rank", "LoRA adapters of this rank on the backbones (0: off).", min=0),
     cache_features: Optional[bool] = setting(

@@ -12,7 +12,14 @@ from typing import Any
 from mmkeras import __version__
 from mmkeras.atomic_files import write_json_atomically
 from mmkeras.errors import UserError
-from mmkeras.runtime.bundle import BUNDLE_FILE, BUNDLE_FORMAT_VERSION, MODEL_FILE, PREPROCESSOR_FILE, QUANTIZATION_MODES, TOKENIZER_FILE
+from mmkeras.runtime.bundle import (
+    BUNDLE_FILE,
+    BUNDLE_FORMAT_VERSION,
+    MODEL_FILE,
+    PREPROCESSOR_FILE,
+    QUANTIZATION_MODES,
+    TOKENIZER_FILE,
+)
 
 
 def tensor_entry(name: str, shape, dtype: str, quantization: tuple[float, int] | None = None) -> dict[str, Any]:

@@ -68,7 +68,7 @@ from mmkeras.export.bundle_writer import check_replaceable, tensor_entry, write_
 from mmkeras.export.conversion_report import op_summary, parity_report
 from mmkeras.quantization.qat_transform import check_calibrated, is_quantized
 from mmkeras.runs import load_run
-from mmkeras.runtime.bundle import BUNDLE_FILE, INPUT_NAMES, MODEL_FILE, OUTPUT_NAME, QUANTIZATION_MODES
+from mmkeras.runtime.bundle import INPUT_NAMES, MODEL_FILE, OUTPUT_NAME, QUANTIZATION_MODES
 from mmkeras.runtime.interpreter import LiteRTModel, list_ops
 from mmkeras.runtime.predictor import Predictor
 
@@ -278,7 +278,8 @@ def export_bundle(
         bundle_fields = write_bundle_files(staging, tflite_model, run, quantize)
         parity = None
         if parity_inputs is not None:
-            logger.info("checking the bundle against the Keras model on %d %s rows", len(parity_inputs["image"]), parity_source)
+            rows = len(parity_inputs["image"])
+            logger.info("checking the bundle against the Keras model on %d %s rows", rows, parity_source)
             parity = {"source": parity_source, **parity_report(run.model, Predictor(staging), parity_inputs)}
         report = {
             "quantize": quantize,

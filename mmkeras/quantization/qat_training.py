@@ -46,7 +46,6 @@ import dataclasses
 import logging
 from pathlib import Path
 
-import keras
 import tensorflow as tf
 
 from mmkeras.config import RunConfig
@@ -55,7 +54,7 @@ from mmkeras.errors import UserError
 from mmkeras.models.text_backbones import freeze_pooler
 from mmkeras.quantization.qat_settings import LEARNING_RATE_FACTOR, QATSettings
 from mmkeras.quantization.qat_transform import calibrate_ranges, is_quantized, quantize_model
-from mmkeras.runs import load_run, load_run_config, save_run
+from mmkeras.runs import load_run, load_run_config
 from mmkeras.training.job import JobResult, PreparedRun, TrainingJob
 from mmkeras.training.optimizers import resolve_learning_rate
 from mmkeras.training.run_setup import checked_manifests, epoch_datasets
@@ -182,18 +181,11 @@ class QATJob(TrainingJob):
         initial_loss, _ = loop.evaluate(prepared.train_epochs.for_epoch(0))
         return {"initial_loss": initial_loss}
 
-    def save(self, prepared: PreparedRun, model: keras.Model, history: dict, metrics: dict):
-        save_run(
-            self.config.out,
-            model=model,
-            preprocessor=prepared.preprocessor,
-            labels=prepared.labels,
-            config=self.config,
-            history=history,
-            metrics=metrics,
-            quantization={
+    def run_folder_extras(self) -> dict:
+        return {
+            "quantization": {
                 "settings": dataclasses.asdict(self.settings.quantizer_settings()),
                 "float_run": str(self.float_run.path),
             },
-            float_model_file=self.float_run.float_model_file,
-        )
+            "float_model_file": self.float_run.float_model_file,
+        }

@@ -24,6 +24,7 @@ import tensorflow as tf
 from mmkeras.config import RunConfig
 from mmkeras.data.manifest import Manifest
 from mmkeras.preprocessing import MultimodalPreprocessor
+from mmkeras.runs import save_run
 from mmkeras.training.checkpoints import Checkpoints, TrainingState, checkpoint_to_resume, restore
 from mmkeras.training.fit import fit
 from mmkeras.training.run_setup import make_loop, seed_everything
@@ -93,8 +94,8 @@ class TrainingJob:
         resume: continue the run in `config.out` from its newest checkpoint,
             made with the same settings.
 
-    Subclasses implement `prepare` and `save`, and may override
-    `loop_config`, `resume_settings`, `initial_metrics` and `final_model`.
+    Subclasses implement `prepare`, and may override `loop_config`,
+    `resume_settings`, `initial_metrics`, `final_model` and `run_folder_extras`.
     """
 
     # Whether validation picks the weights kept (early stopping, best epoch) or only reports.
@@ -112,9 +113,9 @@ class TrainingJob:
         """Build (or load) the model under `strategy`, and read and check the data."""
         raise NotImplementedError
 
-    def save(self, prepared: PreparedRun, model: keras.Model, history: dict, metrics: dict):
-        """Write the run folder (called on the chief only)."""
-        raise NotImplementedError
+    def run_folder_extras(self) -> dict:
+        """More `save_run` arguments for this job's run folder (a QAT run's quantization record)."""
+        return {}
 
     def loop_config(self, strategy: tf.distribute.Strategy) -> RunConfig:
         """The config the training loop runs with (optimizer, schedule, XLA)."""
@@ -198,7 +199,16 @@ class TrainingJob:
             metrics["val_loss"], metrics["val_accuracy"] = loop.evaluate(prepared.val_data)
         model = self.final_model(prepared)
         if chief:
-            self.save(prepared, model, state.history, metrics)
+            save_run(
+                config.out,
+                model=model,
+                preprocessor=prepared.preprocessor,
+                labels=labels,
+                config=config,
+                history=state.history,
+                metrics=metrics,
+                **self.run_folder_extras(),
+            )
             checkpoints.clear()
             logger.info("run saved to %s", config.out)
         return JobResult(run_dir=Path(config.out), metrics=metrics, history=state.history, model=model, is_chief=chief)

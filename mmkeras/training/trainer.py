@@ -8,7 +8,6 @@ writes the run folder (on the chief only, under multi-worker training).
 """
 
 import logging
-from pathlib import Path
 
 import keras
 import tensorflow as tf
@@ -17,7 +16,6 @@ from mmkeras.config import RunConfig
 from mmkeras.data.manifest import read_manifest
 from mmkeras.errors import UserError
 from mmkeras.models.builder import FROZEN_BACKBONES, build_model
-from mmkeras.runs import save_run
 from mmkeras.training.feature_cache import CachedEpochs, cache_features, default_cache_dir, split_at_frozen_backbones
 from mmkeras.training.job import JobResult, PreparedRun, TrainingJob
 from mmkeras.training.precision import dtype_policy, float32_copy, resolve_policy
@@ -106,17 +104,6 @@ class TrainJob(TrainingJob):
     def final_model(self, prepared: PreparedRun) -> keras.Model:
         # A run folder holds the float32 model: mixed precision is how a run trains, not what it exports.
         return prepared.model if prepared.policy == "float32" else float32_copy(prepared.model)
-
-    def save(self, prepared: PreparedRun, model: keras.Model, history: dict, metrics: dict):
-        save_run(
-            self.config.out,
-            model=model,
-            preprocessor=prepared.preprocessor,
-            labels=prepared.labels,
-            config=self.config,
-            history=history,
-            metrics=metrics,
-        )
 
 
 def prepare_backbones(model: keras.Model, config: RunConfig):
