@@ -1,17 +1,20 @@
 """The CLI as a user meets it: help, version, fast user errors before TensorFlow, quiet logs, progress."""
 
+import inspect
 import json
 import logging
 import os
 import re
 import subprocess
 import sys
+import typing
 
 import pytest
 from test_cli_end_to_end import SAMPLES, run_cli, write_subset  # pytest puts tests/ on sys.path
 
-from mmkeras import __version__
+from mmkeras import __version__, config
 from mmkeras.cli import preflight
+from mmkeras.cli import app as cli_app
 from mmkeras.config import RunConfig
 from mmkeras.framework_logs import VERBOSE_ENV
 
@@ -141,3 +144,22 @@ def test_tensorflow_import_logs_are_hidden_unless_verbose(verbose):
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
     assert result.returncode == 0
     assert bool(FRAMEWORK_NOISE.search(result.stderr)) == verbose
+
+
+def test_train_offers_exactly_the_configs_choices():
+    def literal_choices(annotation):
+        for argument in typing.get_args(annotation):  # Optional[Literal[...]]
+            if typing.get_origin(argument) is typing.Literal:
+                return typing.get_args(argument)
+        return None
+
+    parameters = inspect.signature(cli_app.train).parameters.items()
+    choices = {name: literal_choices(parameter.annotation) for name, parameter in parameters}
+    assert {name: values for name, values in choices.items() if values} == {
+        "fusion": config.FUSIONS,
+        "on_bad_row": config.ON_BAD_ROW,
+        "strategy": config.STRATEGIES,
+        "freeze": config.FREEZE_CHOICES,
+        "mixed_precision": config.MIXED_PRECISION,
+        "class_weight": config.CLASS_WEIGHTS,
+    }

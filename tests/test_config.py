@@ -56,12 +56,3 @@ def test_xla_is_used_on_gpus_unless_the_config_says_otherwise(monkeypatch):
         monkeypatch.setattr(tf.config, "list_logical_devices", lambda kind, gpus=gpus: gpus if kind == "GPU" else [])
         assert use_xla(None) is expected
         assert use_xla(True) is True and use_xla(False) is False
-
-
-def test_the_cli_offers_every_strategy_the_config_accepts():
-    from typing import get_args
-
-    from mmkeras.cli.app import StrategyName
-    from mmkeras.config import STRATEGIES
-
-    assert get_args(StrategyName) == STRATEGIES
