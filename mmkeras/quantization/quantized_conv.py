@@ -24,6 +24,7 @@ True
 import keras
 from keras import ops
 
+from mmkeras import compat
 from mmkeras.quantization.fake_quant import fake_quant_weights
 
 
@@ -137,15 +138,12 @@ def fold_batch_normalization(conv, norm):
     if conv.use_bias:
         conv.bias.assign(folded_bias)
     else:
-        conv._tracker.unlock()
-        try:
+        with compat.unlocked_tracker(conv):
             conv.bias = conv.add_weight(
                 shape=(conv.kernel.shape[-1] * (conv.kernel.shape[-2] if _is_depthwise(conv) else 1),),
                 initializer=keras.initializers.Zeros(),
                 name="bias",
             )
-        finally:
-            conv._tracker.lock()
         conv.bias.assign(folded_bias)
         conv.use_bias = True
     norm.__class__ = FoldedBatchNormalization

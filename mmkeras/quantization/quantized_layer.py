@@ -24,6 +24,7 @@ Example:
 
 import dataclasses
 
+from mmkeras import compat
 from mmkeras.quantization.fake_quant import EMA_DECAY, NUM_BITS, ActivationQuantizer
 
 
@@ -68,10 +69,7 @@ def convert_layer(layer, quantized_class, settings: QuantizerSettings, quantizer
         quantizers[attribute] = quantizer
     # A built layer locks its state; the quantizers are new state, tracked like
     # Keras' own `Layer.quantize` adds its scales.
-    layer._tracker.unlock()
-    try:
+    with compat.unlocked_tracker(layer):
         for attribute, quantizer in quantizers.items():
             setattr(layer, attribute, quantizer)
-    finally:
-        layer._tracker.lock()
     return layer

@@ -23,6 +23,8 @@ from types import ModuleType
 
 import numpy as np
 
+from mmkeras import compat
+
 # Modules that provide `Interpreter` and `OpResolverType`, most preferred first.
 INTERPRETER_MODULES = (
     "ai_edge_litert.interpreter",
@@ -94,7 +96,7 @@ def list_ops(model: str | Path | bytes) -> list[OpDetails]:
             input_dtypes=tuple(np.dtype(dtype).name for dtype in details["operand_types"]),
             output_dtypes=tuple(np.dtype(dtype).name for dtype in details["result_types"]),
         )
-        for details in interpreter._get_ops_details()
+        for details in compat.litert_ops_details(interpreter)
     ]
 
 

@@ -25,8 +25,8 @@ import math
 import keras
 import numpy as np
 import tensorflow as tf
-from keras.src.trainers.trainer import model_supports_jit
 
+from mmkeras import compat
 from mmkeras.training.optimizers import densify_gradients
 
 DISTRIBUTING_STRATEGIES = (
@@ -88,7 +88,7 @@ class TrainingLoop:
                 )
                 for variable in (trainable if gradient_accumulation > 1 else [])
             ]
-        jit_compile = use_xla(jit_compile) and model_supports_jit(model)
+        jit_compile = use_xla(jit_compile) and compat.model_supports_jit(model)
         distributed = is_distributed(self.strategy)
         self.jit_compile = jit_compile
         self._gradients = (
