@@ -2,7 +2,7 @@
 
 Keras' MultiHeadAttention goes through the fused `ops.dot_product_attention`
 when dropout is 0, which leaves no place for fake quantization inside
-(FINDINGS.md). The quantized version always computes attention explicitly and
+(docs/design.md#converter-traps). The quantized version always computes attention explicitly and
 fake-quantizes the scaled queries, the attention scores and the attended
 values; the attention probabilities are fake-quantized by its Softmax
 sub-layer (a `QuantizedSoftmax`) and the projections are `QuantizedEinsumDense`

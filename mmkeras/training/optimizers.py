@@ -3,7 +3,8 @@
 Keras 3.15's Adam/AdamW on the TensorFlow backend mishandle sparse
 (`tf.IndexedSlices`) gradients whose indices repeat, which is exactly what an
 embedding lookup produces when a token occurs twice in a batch: one step can
-move a weight by a multiple of the learning rate (FINDINGS: 2x with 4 repeats).
+move a weight by a multiple of the learning rate (2x with 4 repeats:
+docs/design.md#adam-sparse-gradients).
 mmkeras's optimizers therefore densify such gradients before the update; the
 update is then the textbook one. `tests/test_optimizers.py` guards it.
 

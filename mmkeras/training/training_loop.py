@@ -1,9 +1,9 @@
 """`TrainingLoop`: a custom tf.distribute training loop for any Keras model.
 
 Why not `model.fit`: stock Keras 3 `fit` fails under
-MultiWorkerMirroredStrategy (keras-team/keras#20585, #20329; FINDINGS), and it
-cannot resume mid-epoch exactly (`BackupAndRestore(save_freq=N)` restarts the
-epoch). This loop follows the pattern TensorFlow documents for custom
+MultiWorkerMirroredStrategy (keras-team/keras#20585, #20329), and it cannot
+resume mid-epoch exactly (`BackupAndRestore(save_freq=N)` restarts the epoch):
+docs/design.md#distributed-training-loop. This loop follows the pattern TensorFlow documents for custom
 distributed training (`experimental_distribute_dataset`, `strategy.run`, the
 loss divided by the *global* number of examples), so one process and N
 replicas compute the same update.
