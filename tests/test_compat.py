@@ -74,7 +74,7 @@ def private_uses(tree):
                 yield node.lineno, node.attr
         if isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id in ATTRIBUTE_FUNCTIONS:
             for argument in node.args[1:2]:
-                if isinstance(argument, ast.Constant) and isinstance(argument.value, str) and is_private(argument.value):
+                if isinstance(argument, ast.Constant) and is_private(str(argument.value)):
                     yield node.lineno, argument.value
 
 
@@ -85,7 +85,8 @@ def private_overrides(path, tree):
     for node in ast.walk(tree):
         if not isinstance(node, ast.ClassDef):
             continue
-        bases = [base for base in getattr(module, node.name).__mro__[1:] if base.__module__.startswith(EXTERNAL_PACKAGES)]
+        mro = getattr(module, node.name).__mro__[1:]
+        bases = [base for base in mro if base.__module__.startswith(EXTERNAL_PACKAGES)]
         for method in node.body:
             if isinstance(method, ast.FunctionDef) and is_private(method.name):
                 if any(method.name in vars(base) for base in bases):
