@@ -31,6 +31,7 @@ import shutil
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from mmkeras import compat
 from mmkeras.atomic_files import write_atomically, write_json_atomically
 from mmkeras.config import RunConfig
 from mmkeras.errors import UserError
@@ -171,7 +172,7 @@ def _refreeze(model: "keras.Model"):
     would include a frozen backbone's. (Assigning `trainable = False` again to the loaded layer
     did not reach them, measured with Keras 3.15.)
     """
-    for layer in model._flatten_layers(include_self=False, recursive=True):
+    for layer in compat.flatten_layers(model):
         if not layer.trainable:
             for variable in layer.variables:
                 variable.trainable = False

@@ -1,4 +1,7 @@
-"""The optimizers mmkeras trains with, including the Keras 3 Adam sparse-gradient trap (FINDINGS)."""
+"""The optimizers mmkeras trains with, including Keras 3's Adam sparse-gradient trap.
+
+The trap: docs/design.md#adam-sparse-gradients.
+"""
 
 import keras
 import numpy as np

@@ -1,12 +1,14 @@
 """Fake quantization: the quantizer state of quantization-aware training.
 
 mmkeras follows tensorflow-model-optimization's default 8-bit scheme (which
-cannot be used itself: it only takes tf_keras models, see ARCHITECTURE.md):
+cannot be used itself: it only takes tf_keras models, see
+docs/design.md#qat-without-tensorflow-model-optimization):
 
 - weights: symmetric, narrow-range int8 ([-127, 127]), the range taken from
   the current weights at every step ("last value"); per output channel for
   convolutions, per tensor for matmuls (the TFLite converter rejects
-  per-channel fake-quant on Dense/EinsumDense kernels: FINDINGS.md);
+  per-channel fake-quant on Dense/EinsumDense kernels:
+  docs/design.md#converter-traps);
 - activations: asymmetric int8 with a range tracked as a moving average of the
   batch min/max during training (`ActivationQuantizer`).
 

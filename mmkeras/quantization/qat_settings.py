@@ -15,7 +15,7 @@ import math
 from mmkeras.config import STRATEGIES
 from mmkeras.errors import UserError
 
-# tfmot's default 8-bit scheme (docs/design.md#quantization-aware-training).
+# tfmot's default 8-bit scheme (docs/design.md#qat-without-tensorflow-model-optimization).
 NUM_BITS = 8
 # Activation ranges follow a moving average of the batch min/max. tfmot's default decay is 0.999; QAT here
 # is a fine-tune of a few epochs on small data, where 0.999 would keep the first batch's range almost unchanged.

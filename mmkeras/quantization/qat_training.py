@@ -7,7 +7,7 @@ and a `TrainingLoop` driven by `fit`, with the run's optimizer
 sparse-gradient trap) at a lower learning rate. So it runs on one device,
 on several GPUs (MirroredStrategy) or on several hosts
 (MultiWorkerMirroredStrategy), where stock `model.fit` fails
-(docs/design.md#a-custom-distributed-training-loop).
+(docs/design.md#distributed-training-loop).
 
 What the QAT fine-tune takes from the float run's config: `seed` and
 `deterministic` (reproducible), `class_weight` (the loss the model was trained

@@ -38,6 +38,7 @@ from pathlib import Path
 import keras
 import keras_hub
 
+from mmkeras import compat
 from mmkeras.errors import UserError
 from mmkeras.models.concat_fusion import ConcatFusion
 from mmkeras.models.cross_attention_fusion import CrossAttentionFusion
@@ -86,8 +87,8 @@ NO_QUANTIZER_CLASSES = (
     keras.layers.MaxPooling2D,
     keras_hub.layers.PositionEmbedding,
 )
-_MOBILENET = keras_hub.src.models.mobilenet.mobilenet_backbone
-_VIT = keras_hub.src.models.vit.vit_layers
+_MOBILENET = compat.mobilenet_module()
+_VIT = compat.vit_layers_module()
 # Blocks that call their sub-layers; the convolution / BatchNorm pairs they apply in a row.
 CONTAINER_CONV_NORM_PAIRS = {
     keras_hub.layers.TransformerEncoder: (),
@@ -224,7 +225,7 @@ def _copy_model(model):
 
 
 def _all_layers(model):
-    return list(model._flatten_layers(include_self=False, recursive=True))
+    return compat.flatten_layers(model)
 
 
 def _unknown_layers(layers):
@@ -233,14 +234,10 @@ def _unknown_layers(layers):
         kind = type(layer)
         if kind in QUANTIZED_CLASSES or kind in CONTAINER_CONV_NORM_PAIRS or kind is keras.layers.BatchNormalization:
             continue
-        if kind in NO_QUANTIZER_CLASSES or isinstance(layer, ActivationQuantizer) or _is_functional(layer):
+        if kind in NO_QUANTIZER_CLASSES or isinstance(layer, ActivationQuantizer) or compat.is_functional_model(layer):
             continue
         unknown.setdefault(f"{kind.__module__}.{kind.__name__}", []).append(layer.name)
     return unknown
-
-
-def _is_functional(layer):
-    return isinstance(layer, keras.Model) and hasattr(layer, "_operations") and hasattr(layer, "_nodes_by_depth")
 
 
 def _conv_norm_pairs(layers):
@@ -249,7 +246,7 @@ def _conv_norm_pairs(layers):
     for layer in layers:
         for conv_name, norm_name in CONTAINER_CONV_NORM_PAIRS.get(type(layer), ()):
             pairs.append((getattr(layer, conv_name), getattr(layer, norm_name)))
-        if _is_functional(layer):
+        if compat.is_functional_model(layer):
             pairs.extend(_functional_conv_norm_pairs(layer))
     return pairs
 
@@ -257,13 +254,13 @@ def _conv_norm_pairs(layers):
 def _functional_conv_norm_pairs(model):
     pairs = []
     for layer in model.layers:
-        if type(layer) is not keras.layers.BatchNormalization or len(layer._inbound_nodes) != 1:
+        if type(layer) is not keras.layers.BatchNormalization or compat.graph_call_count(layer) != 1:
             continue
-        parents = layer._inbound_nodes[0].parent_nodes
-        if len(parents) != 1:
+        producers = compat.graph_producers(layer)
+        if len(producers) != 1:
             continue
-        producer = parents[0].operation
+        producer = producers[0]
         # Folding changes the convolution's output: only when the norm is its sole consumer.
-        if type(producer) in FOLDABLE_CONVOLUTIONS and len(producer._outbound_nodes) == 1:
+        if type(producer) in FOLDABLE_CONVOLUTIONS and compat.graph_consumer_count(producer) == 1:
             pairs.append((producer, layer))
     return pairs

@@ -2,7 +2,7 @@
 
 Keras' MultiHeadAttention goes through the fused `ops.dot_product_attention`
 when dropout is 0, which leaves no place for fake quantization inside
-(FINDINGS.md). The quantized version always computes attention explicitly and
+(docs/design.md#converter-traps). The quantized version always computes attention explicitly and
 fake-quantizes the scaled queries, the attention scores and the attended
 values; the attention probabilities are fake-quantized by its Softmax
 sub-layer (a `QuantizedSoftmax`) and the projections are `QuantizedEinsumDense`
@@ -19,8 +19,12 @@ Example:
 (1, 3, 8)
 """
 
+import math
+
 import keras
 from keras import ops
+
+from mmkeras import compat
 
 
 @keras.saving.register_keras_serializable(package="mmkeras")
@@ -35,12 +39,15 @@ class QuantizedMultiHeadAttention(keras.layers.MultiHeadAttention):
     def _compute_attention(
         self, query, key, value, attention_mask=None, training=None, return_attention_scores=False, **kwargs
     ):
+        # Keras documents `_compute_attention` as the method to override for a
+        # custom attention computation (tests/test_compat.py checks it is still called).
         # `use_causal_mask` only arrives here as a separate flag for the base
         # class; for subclasses Keras folds it into `attention_mask`.
-        query = self.query_quantizer(ops.multiply(query, ops.cast(self._inverse_sqrt_key_dim, query.dtype)))
-        scores = self.score_quantizer(ops.einsum(self._dot_product_equation, key, query))
-        probabilities = self._masked_softmax(scores, attention_mask)
-        if self._dropout > 0.0:
-            probabilities = self._dropout_layer(probabilities, training=training)
-        context = self.context_quantizer(ops.einsum(self._combine_equation, probabilities, value))
+        internals = compat.attention_internals(self)
+        query = self.query_quantizer(ops.multiply(query, ops.cast(1.0 / math.sqrt(float(self.key_dim)), query.dtype)))
+        scores = self.score_quantizer(ops.einsum(internals.dot_product_equation, key, query))
+        probabilities = internals.masked_softmax(scores, attention_mask)
+        if self.dropout > 0.0:
+            probabilities = internals.dropout_layer(probabilities, training=training)
+        context = self.context_quantizer(ops.einsum(internals.combine_equation, probabilities, value))
         return context, probabilities

@@ -4,7 +4,8 @@ Convolution kernels are fake-quantized per output channel (symmetric, narrow
 range), which the converter supports for convolutions and which keeps
 depthwise kernels accurate; the output is fake-quantized after the bias and
 activation. A BatchNormalization right after a convolution stays float in the
-converted model unless it is folded into the convolution first (FINDINGS.md),
+converted model unless it is folded into the convolution first
+(docs/design.md#converter-traps),
 so `fold_batch_normalization` folds it with its moving statistics (exact at
 inference) and turns it into a `FoldedBatchNormalization`, which passes its
 input through.
@@ -24,6 +25,7 @@ True
 import keras
 from keras import ops
 
+from mmkeras import compat
 from mmkeras.quantization.fake_quant import fake_quant_weights
 
 
@@ -137,15 +139,12 @@ def fold_batch_normalization(conv, norm):
     if conv.use_bias:
         conv.bias.assign(folded_bias)
     else:
-        conv._tracker.unlock()
-        try:
+        with compat.unlocked_tracker(conv):
             conv.bias = conv.add_weight(
                 shape=(conv.kernel.shape[-1] * (conv.kernel.shape[-2] if _is_depthwise(conv) else 1),),
                 initializer=keras.initializers.Zeros(),
                 name="bias",
             )
-        finally:
-            conv._tracker.lock()
         conv.bias.assign(folded_bias)
         conv.use_bias = True
     norm.__class__ = FoldedBatchNormalization

@@ -2,7 +2,8 @@
 
 The TFLite converter keeps a Dense on a 3-D input, or an EinsumDense, float
 (they lower to reshape-MatMul-reshape around the fake-quant ops), but turns a
-fake-quantized 2-D `matmul + bias` into an int8 FULLY_CONNECTED (FINDINGS.md).
+fake-quantized 2-D `matmul + bias` into an int8 FULLY_CONNECTED
+(docs/design.md#converter-traps).
 So both layers flatten their input to 2-D, multiply by a per-tensor
 fake-quantized kernel (per-channel fails to convert for matmuls), add the
 bias, apply the activation, fake-quantize the output once, and only then

@@ -3,7 +3,8 @@
 keras-hub blocks (TransformerEncoder, ViT and MobileNet blocks) create their
 sub-layers in `__init__` and call them by attribute, and
 `keras.models.clone_model(recursive=True)` does not reach inside them, nor can
-ViT layers be cloned from their config (FINDINGS.md). So the QAT transform
+ViT layers be cloned from their config
+(docs/design.md#qat-without-tensorflow-model-optimization). So the QAT transform
 does not rebuild the model: it turns each known layer into its quantized
 subclass in place (`convert_layer`): the object keeps its variables, its place
 in the graph and its call signature, gains `ActivationQuantizer` sub-layers,
@@ -22,6 +23,7 @@ Example:
 ('QuantizedDense', 'ActivationQuantizer')
 """
 
+from mmkeras import compat
 from mmkeras.quantization.fake_quant import ActivationQuantizer
 from mmkeras.quantization.qat_settings import QuantizerSettings
 
@@ -53,10 +55,7 @@ def convert_layer(layer, quantized_class, settings: QuantizerSettings, quantizer
         quantizers[attribute] = quantizer
     # A built layer locks its state; the quantizers are new state, tracked like
     # Keras' own `Layer.quantize` adds its scales.
-    layer._tracker.unlock()
-    try:
+    with compat.unlocked_tracker(layer):
         for attribute, quantizer in quantizers.items():
             setattr(layer, attribute, quantizer)
-    finally:
-        layer._tracker.lock()
     return layer

@@ -23,6 +23,7 @@ from types import ModuleType
 
 import numpy as np
 
+from mmkeras import compat
 from mmkeras.framework_logs import native_stderr_silenced
 
 # Modules that provide `Interpreter` and `OpResolverType`, most preferred first.
@@ -96,7 +97,7 @@ def list_ops(model: str | Path | bytes) -> list[OpDetails]:
             input_dtypes=tuple(np.dtype(dtype).name for dtype in details["operand_types"]),
             output_dtypes=tuple(np.dtype(dtype).name for dtype in details["result_types"]),
         )
-        for details in interpreter._get_ops_details()
+        for details in compat.litert_ops_details(interpreter)
     ]
 
 

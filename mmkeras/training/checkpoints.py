@@ -2,7 +2,7 @@
 
 Why not `keras.callbacks.BackupAndRestore` or `tf.train.CheckpointManager`:
 BackupAndRestore with step-level saving restarts the epoch from batch 0 with
-later weights (FINDINGS: not exact), and neither records the position in a
+later weights (not exact: docs/design.md#checkpoints-and-resume), and neither records the position in a
 seeded epoch or the early-stopping state. A checkpoint here is a folder
 
 ```

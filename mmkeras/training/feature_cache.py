@@ -31,6 +31,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from mmkeras import compat
 from mmkeras.atomic_files import write_atomically
 from mmkeras.data.dataset import epoch_seed
 from mmkeras.data.dataset import make_dataset
@@ -98,7 +99,7 @@ def split_at_frozen_backbones(model: keras.Model, frozen: tuple[str, ...]) -> He
     if not frozen:
         raise ValueError("nothing to cache: name at least one frozen backbone")
     backbones = [CACHEABLE_BACKBONES[name] for name in frozen]
-    fusion_arguments = model.get_layer("fusion")._inbound_nodes[0].arguments.args
+    fusion_arguments = compat.graph_call_arguments(model.get_layer("fusion"))
     tokens = [fusion_arguments[backbone.fusion_argument] for backbone in backbones]
     skipped_inputs = {backbone.model_input for backbone in backbones}
     head_input_names = [name for name in model.input if name not in skipped_inputs]
@@ -119,11 +120,8 @@ def _submodel(model: keras.Model, inputs: list) -> keras.Model:
     `model.get_config()` fails ("could not find node key"): put their
     history back.
     """
-    histories = [(tensor, tensor._keras_history) for tensor in model.inputs]
-    head = keras.Model(inputs, model.output, name="head")
-    for tensor, history in histories:
-        tensor._keras_history = history
-    return head
+    with compat.keras_histories_kept(model.inputs):
+        return keras.Model(inputs, model.output, name="head")
 
 
 class CachedFeatures:

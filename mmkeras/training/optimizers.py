@@ -3,7 +3,8 @@
 Keras 3.15's Adam/AdamW on the TensorFlow backend mishandle sparse
 (`tf.IndexedSlices`) gradients whose indices repeat, which is exactly what an
 embedding lookup produces when a token occurs twice in a batch: one step can
-move a weight by a multiple of the learning rate (FINDINGS: 2x with 4 repeats).
+move a weight by a multiple of the learning rate (2x with 4 repeats:
+docs/design.md#adam-sparse-gradients).
 mmkeras's optimizers therefore densify such gradients before the update; the
 update is then the textbook one. `tests/test_optimizers.py` guards it.
 
@@ -19,6 +20,7 @@ layers at 20x (1e-3) 1.000.
 import keras
 import tensorflow as tf
 
+from mmkeras import compat
 from mmkeras.config import RunConfig
 from mmkeras.models.builder import fine_tuned_pretrained_backbones
 
@@ -52,10 +54,11 @@ class _ScaledLearningRates:
 
     def scale_learning_rate(self, variables, scale: float):
         """Update `variables` at `scale` times the scheduled learning rate."""
-        self._learning_rate_scales.update({self._var_key(variable): scale for variable in variables})
+        keys = [compat.optimizer_variable_key(self, variable) for variable in variables]
+        self._learning_rate_scales.update(dict.fromkeys(keys, scale))
 
     def update_step(self, gradient, variable, learning_rate):
-        scale = self._learning_rate_scales.get(self._var_key(variable), 1.0)
+        scale = self._learning_rate_scales.get(compat.optimizer_variable_key(self, variable), 1.0)
         return super().update_step(gradient, variable, learning_rate * scale if scale != 1.0 else learning_rate)
 
 

@@ -18,7 +18,7 @@ POLICIES = {"off": "float32", "float16": "mixed_float16", "bfloat16": "mixed_bfl
 def resolve_policy(mixed_precision: str) -> str:
     """The Keras dtype policy for `--mixed-precision` (`auto`: mixed_bfloat16 on a TPU, mixed_float16 on a
     GPU, float32 on a CPU: bfloat16 trained 1.2x faster on an AVX512-BF16 CPU but 0.7x on one without native
-    bfloat16, benchmarks/README.md and FINDINGS).
+    bfloat16, docs/design.md#mixed-precision).
 
     Example:
     >>> resolve_policy("bfloat16")

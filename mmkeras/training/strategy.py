@@ -11,7 +11,8 @@ from mmkeras.errors import UserError
 
 logger = logging.getLogger("mmkeras")
 
-# What a lost peer looks like to the surviving workers' collectives (FINDINGS: UnavailableError after ~7 s).
+# What a lost peer looks like to the surviving workers' collectives (UnavailableError after ~7 s:
+# docs/design.md#multi-worker-training).
 LOST_WORKER_ERRORS = (
     tf.errors.UnavailableError,
     tf.errors.DeadlineExceededError,

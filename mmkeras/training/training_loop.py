@@ -1,9 +1,9 @@
 """`TrainingLoop`: a custom tf.distribute training loop for any Keras model.
 
 Why not `model.fit`: stock Keras 3 `fit` fails under
-MultiWorkerMirroredStrategy (keras-team/keras#20585, #20329; FINDINGS), and it
-cannot resume mid-epoch exactly (`BackupAndRestore(save_freq=N)` restarts the
-epoch). This loop follows the pattern TensorFlow documents for custom
+MultiWorkerMirroredStrategy (keras-team/keras#20585, #20329), and it cannot
+resume mid-epoch exactly (`BackupAndRestore(save_freq=N)` restarts the epoch):
+docs/design.md#distributed-training-loop. This loop follows the pattern TensorFlow documents for custom
 distributed training (`experimental_distribute_dataset`, `strategy.run`, the
 loss divided by the *global* number of examples), so one process and N
 replicas compute the same update.
@@ -25,8 +25,8 @@ import math
 import keras
 import numpy as np
 import tensorflow as tf
-from keras.src.trainers.trainer import model_supports_jit
 
+from mmkeras import compat
 from mmkeras.training.optimizers import densify_gradients
 
 DISTRIBUTING_STRATEGIES = (
@@ -88,7 +88,7 @@ class TrainingLoop:
                 )
                 for variable in (trainable if gradient_accumulation > 1 else [])
             ]
-        jit_compile = use_xla(jit_compile) and model_supports_jit(model)
+        jit_compile = use_xla(jit_compile) and compat.model_supports_jit(model)
         distributed = is_distributed(self.strategy)
         self.jit_compile = jit_compile
         self._gradients = (
