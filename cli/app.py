@@ -26,6 +26,7 @@ import typer
 
 from mmkeras import __version__
 from mmkeras.cli import preflight
+from mmkeras.compat import UntestedVersionError
 from mmkeras.config import (
     CLASS_WEIGHTS,
     FREEZE_CHOICES,
@@ -426,7 +427,7 @@ def main(argv: list[str] | None = None) -> int:
     except typer.TyperException as error:  # bad flags: usage errors exit with code 2
         typer.echo(f"error: {error.format_message()}", err=True)
         code = error.exit_code
-    except UserError as error:
+    except (UserError, UntestedVersionError) as error:
         typer.echo(f"error: {error}", err=True)
         code = 2
     except (typer.Abort, KeyboardInterrupt):
