@@ -65,3 +65,22 @@ def test_the_cli_offers_every_strategy_the_config_accepts():
     from mmkeras.config import STRATEGIES
 
     assert get_args(StrategyName) == STRATEGIES
+
+
+@pytest.mark.parametrize("name", ["learning_rate", "dropout", "weight_decay", "new_layers_lr_scale", "warmup_fraction"])
+@pytest.mark.parametrize("value", [float("nan"), float("inf"), float("-inf")])
+def test_every_float_setting_must_be_finite(name, value):
+    with pytest.raises(UserError, match=f"^{name} must be a finite number, got"):
+        RunConfig(**{name: value})
+
+
+@pytest.mark.parametrize("name, value", [("epochs", "3"), ("batch_size", 2.5), ("dropout", True), ("seed", None)])
+def test_numbers_of_the_wrong_type_are_named(name, value):
+    with pytest.raises(UserError, match=f"^{name} must be a number, got"):
+        RunConfig(**{name: value})
+
+
+def test_max_image_pixels_is_a_positive_setting():
+    assert RunConfig().max_image_pixels == 40_000_000
+    with pytest.raises(UserError, match="max_image_pixels must be at least 1"):
+        RunConfig(max_image_pixels=0)
