@@ -1,0 +1,36 @@
+"""Where `train` and `qat` may write a run: never over or among the user's own files (no TensorFlow)."""
+
+import pytest
+
+from mmkeras.errors import UserError
+from mmkeras.runs import check_run_output
+
+
+def test_a_new_or_empty_folder_may_receive_a_run(tmp_path):
+    assert check_run_output(tmp_path / "new") is False
+    assert check_run_output(tmp_path) is False
+
+
+def test_a_folder_holding_a_run_is_replaced_and_said_to_be(tmp_path):
+    for name in ("model.keras", "labels.json", "config.yaml", "partial-model.keras"):
+        (tmp_path / name).write_text("x")
+    (tmp_path / "checkpoints").mkdir()
+    assert check_run_output(tmp_path) is True
+
+
+def test_the_users_files_are_never_mixed_with_a_run(tmp_path):
+    (tmp_path / "model.keras").write_text("x")
+    (tmp_path / "notes.txt").write_text("mine")
+    (tmp_path / "photos").mkdir()
+    with pytest.raises(UserError) as caught:
+        check_run_output(tmp_path)
+    assert str(caught.value) == (
+        f"{tmp_path}: the folder holds files that are not an mmkeras run (notes.txt, photos); "
+        "choose an empty or new folder for --out, nothing there is replaced"
+    )
+
+
+def test_a_file_is_not_a_run_folder(tmp_path):
+    (tmp_path / "out").write_text("x")
+    with pytest.raises(UserError, match="--out must be a folder; a file of that name exists"):
+        check_run_output(tmp_path / "out")
