@@ -15,6 +15,7 @@ holds the result (one JSON object with `--json`).
 
 import json
 import logging
+import math
 import os
 import sys
 import traceback
@@ -72,7 +73,18 @@ def qat_setting(name: str, help: str, **kwargs):
 
 def emit(result: dict, as_json: bool, human: str):
     """The command's result on stdout: one JSON object, or a human summary."""
-    typer.echo(json.dumps(result, ensure_ascii=False) if as_json else human)
+    typer.echo(json.dumps(finite_or_null(result), ensure_ascii=False, allow_nan=False) if as_json else human)
+
+
+def finite_or_null(value):
+    """`value` with every NaN or infinity replaced by `None`: JSON has no NaN, and `--json` must parse."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {key: finite_or_null(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [finite_or_null(item) for item in value]
+    return value
 
 
 def load_tensorflow():
@@ -135,7 +147,9 @@ def train(
         "deterministic", "Deterministic TensorFlow ops (slower).", "--deterministic"
     ),
     on_bad_row: Optional[Literal[ON_BAD_ROW]] = setting(
-        "on_bad_row", "A row whose image cannot be read: stop (fail) or drop it and count it (skip)."
+        "on_bad_row",
+        "A bad row (unreadable image, empty label, malformed line, ...): fail lists every one and stops; "
+        "skip drops them and lists them in RUN_DIR/skipped_rows.csv.",
     ),
     strategy: Optional[Literal[STRATEGIES]] = setting(
         "strategy", "tf.distribute strategy: auto picks mirrored with several GPUs, else one device."
@@ -201,9 +215,9 @@ def train(
     if not run_config.data or not run_config.out:
         raise UserError("training needs a training manifest (--data) and a run folder (--out)")
     preflight.require_training_extra("train")
-    preflight.check_manifest(run_config.data, flag="--data")
+    preflight.check_manifest(run_config.data, flag="--data", on_bad_row=run_config.on_bad_row)
     if run_config.val:
-        preflight.check_manifest(run_config.val, flag="--val")
+        preflight.check_manifest(run_config.val, flag="--val", on_bad_row=run_config.on_bad_row)
     preflight.check_out_folder(run_config.out)
     load_tensorflow()
     from mmkeras.training.trainer import train as train_run
@@ -400,6 +414,8 @@ def report(
     Example: mmkeras report runs/demo --out demo.html
     """
     preflight.check_run_folder(run_dir)
+    if out:
+        preflight.check_output_file(out)
     preflight.require_training_extra("report")
     from mmkeras.evaluation.report import write_report
 
@@ -427,15 +443,19 @@ def main(argv: list[str] | None = None) -> int:
         typer.echo(f"error: {error.format_message()}", err=True)
         code = error.exit_code
     except UserError as error:
-        typer.echo(f"error: {error}", err=True)
+        typer.echo("error: " + " ".join(str(error).splitlines()), err=True)  # one line, whatever the reason holds
         code = 2
     except (typer.Abort, KeyboardInterrupt):
         typer.echo("interrupted", err=True)
         code = 130
-    except Exception as error:  # an internal error: a bug, not the user's mistake
+    except (SystemExit, GeneratorExit):
+        raise
+    except BaseException as error:  # noqa: BLE001  # an internal error: a bug, not the user's mistake
+        # BaseException, not Exception: a Rust panic inside tokenizers arrives as pyo3's PanicException.
         if debug:
             traceback.print_exc()
-        typer.echo(f"internal error: {type(error).__name__}: {error} (run with --debug for the traceback)", err=True)
+        summary = " ".join(str(error).split())
+        typer.echo(f"internal error: {type(error).__name__}: {summary} (run with --debug for the traceback)", err=True)
         code = 1
     return code if isinstance(code, int) else 0
 
