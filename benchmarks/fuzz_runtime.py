@@ -18,7 +18,6 @@ import logging
 import sys
 import tempfile
 import time
-import warnings
 from pathlib import Path
 
 from hypothesis import HealthCheck, given, settings
@@ -27,6 +26,7 @@ from PIL import Image
 
 from mmkeras.data.manifest import read_manifest
 from mmkeras.errors import UserError
+from mmkeras.framework_logs import quiet_frameworks
 from mmkeras.runtime.predictor import Predictor
 
 IMAGE_FORMATS = ("PNG", "JPEG", "GIF", "BMP", "WEBP", "TIFF")
@@ -180,7 +180,7 @@ def main(argv=None) -> dict:
     parser.add_argument("--examples", type=int, default=10_000, help="random inputs per target")
     args = parser.parse_args(argv)
     logging.getLogger("mmkeras").setLevel(logging.ERROR)  # each skipped row is a warning: thousands of lines
-    warnings.filterwarnings("ignore", module=r"PIL\.")  # Pillow warns of corrupt EXIF data it reads past
+    quiet_frameworks()  # Pillow's warnings about the damaged images it reads past, as the CLI does
     with tempfile.TemporaryDirectory(prefix="mmkeras-fuzz-") as folder:
         results = fuzz(args.bundle, args.examples, Path(folder))
     print(json.dumps(results, indent=2, ensure_ascii=True))

@@ -19,7 +19,6 @@ import math
 import os
 import sys
 import traceback
-import warnings
 from importlib import metadata
 from pathlib import Path
 from typing import Literal, Optional
@@ -434,9 +433,6 @@ def main(argv: list[str] | None = None) -> int:
     argv = [arg for arg in argv if arg not in ("--debug", "--verbose")]
     if verbose:
         os.environ[VERBOSE_ENV] = "1"
-    else:
-        # Pillow warns (several lines) of corrupt EXIF data it reads past; the image is used all the same.
-        warnings.filterwarnings("ignore", module=r"PIL\.")
     quiet_frameworks()  # before anything imports TensorFlow
     install_log_handler(logging.DEBUG if verbose else logging.INFO)
     try:
