@@ -1,7 +1,9 @@
 """bundle.json: writing, reading, and the errors a broken bundle gives (no TensorFlow needed)."""
 
 import json
+from pathlib import Path
 
+import jsonschema
 import pytest
 
 from mmkeras import __version__
@@ -166,3 +168,9 @@ def test_the_schema_ships_in_the_package_and_describes_what_the_writer_writes():
     schema = bundle_schema()
     assert schema["$schema"].endswith("2020-12/schema")
     assert set(schema["required"]) <= set(schema["properties"])
+
+
+def test_the_documented_example_matches_the_schema():
+    text = (Path(__file__).resolve().parents[1] / "docs" / "bundle.md").read_text(encoding="utf-8")
+    example = text.split("## Example bundle.json", 1)[1].split("```json", 1)[1].split("```", 1)[0]
+    jsonschema.validate(json.loads(example), bundle_schema())
