@@ -142,6 +142,7 @@ class LiteRTModel:
     """
 
     def __init__(self, model: str | Path | bytes, *, num_threads: int | None = None):
+        num_threads = usable_threads(num_threads)  # here, so that its warning is not silenced below
         # The XNNPACK delegate announces itself on stderr from C++ when it is applied.
         with native_stderr_silenced():
             self.interpreter = load_interpreter(model, num_threads=num_threads)
