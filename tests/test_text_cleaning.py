@@ -3,7 +3,7 @@
 import pytest
 
 from mmkeras.errors import UserError
-from mmkeras.preprocessing.text_cleaning import InvalidTextError, clean_text
+from mmkeras.preprocessing.text_cleaning import MAX_TEXT_CHARACTERS, InvalidTextError, clean_text
 
 
 def test_control_characters_become_spaces_and_whitespace_stays():
@@ -27,3 +27,9 @@ def test_lone_surrogates_are_refused(text):
 def test_something_else_than_text_is_refused():
     with pytest.raises(InvalidTextError, match="the text is of type int, not a string"):
         clean_text(5)
+
+
+def test_a_text_longer_than_the_limit_is_refused():
+    assert clean_text("a" * MAX_TEXT_CHARACTERS) == "a" * MAX_TEXT_CHARACTERS
+    with pytest.raises(InvalidTextError, match="the text is 100001 characters long, more than the 100000 accepted"):
+        clean_text("a" * (MAX_TEXT_CHARACTERS + 1))
