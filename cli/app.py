@@ -13,6 +13,7 @@ Exit codes: 0 success, 2 user error (one line on stderr), 1 internal error
 holds the result (one JSON object with `--json`).
 """
 
+import errno
 import json
 import logging
 import math
@@ -53,6 +54,8 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 
+# OSError numbers that mean the machine refused (space, permissions, a read-only filesystem), not a bug.
+ENVIRONMENT_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EPERM, errno.EROFS})
 JSON_OPTION = typer.Option(False, "--json", help="Print exactly one JSON object on stdout (progress goes to stderr).")
 # Package versions `--version` reports, when installed (read from metadata: nothing is imported).
 VERSION_PACKAGES = ("tensorflow", "keras", "keras-hub", "ai-edge-litert", "tokenizers")
@@ -426,6 +429,22 @@ def format_figure(value) -> str:
     return "n/a" if value is None else f"{value:.4f}"
 
 
+def report_environment_error(error: OSError) -> int:
+    """A full disk, a read-only folder, a missing permission: the user's to fix (exit 2), named by its file."""
+    where = f"{error.filename}: " if error.filename else ""
+    typer.echo(f"error: {where}{error.strerror}", err=True)
+    return 2
+
+
+def report_internal_error(error: BaseException, debug: bool) -> int:
+    """A bug, not the user's mistake: one line (the traceback with --debug), exit 1."""
+    if debug:
+        traceback.print_exc()
+    summary = " ".join(str(error).split())
+    typer.echo(f"internal error: {type(error).__name__}: {summary} (run with --debug for the traceback)", err=True)
+    return 1
+
+
 def main(argv: list[str] | None = None) -> int:
     """Console-script entry point: run the app, map errors to exit codes."""
     argv = list(sys.argv[1:] if argv is None else argv)
@@ -450,13 +469,12 @@ def main(argv: list[str] | None = None) -> int:
         code = 130
     except (SystemExit, GeneratorExit):
         raise
-    except BaseException as error:  # noqa: BLE001  # an internal error: a bug, not the user's mistake
-        # BaseException, not Exception: a Rust panic inside tokenizers arrives as pyo3's PanicException.
-        if debug:
-            traceback.print_exc()
-        summary = " ".join(str(error).split())
-        typer.echo(f"internal error: {type(error).__name__}: {summary} (run with --debug for the traceback)", err=True)
-        code = 1
+    except OSError as error:
+        code = report_environment_error(error) if error.errno in ENVIRONMENT_ERRNOS else report_internal_error(
+            error, debug
+        )
+    except BaseException as error:  # noqa: BLE001  # a Rust panic in tokenizers is pyo3's PanicException
+        code = report_internal_error(error, debug)
     return code if isinstance(code, int) else 0
 
 

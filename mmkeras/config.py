@@ -24,6 +24,8 @@ MIXED_PRECISION = ("auto", "off", "float16", "bfloat16")
 CLASS_WEIGHTS = ("none", "balanced")
 
 
+# NumPy's and TensorFlow's seeds are 32-bit.
+_MAX_SEED = 2**32 - 1
 # The numeric field types of RunConfig, and the Python types their values may have.
 _NUMBER_KINDS = {int: (int,), float: (int, float), float | None: (int, float)}
 
@@ -172,6 +174,8 @@ class RunConfig:
             raise UserError(f"learning_rate must be positive, got {self.learning_rate}")
         if self.new_layers_lr_scale <= 0:
             raise UserError(f"new_layers_lr_scale must be positive, got {self.new_layers_lr_scale}")
+        if not 0 <= self.seed <= _MAX_SEED:
+            raise UserError(f"seed must be between 0 and {_MAX_SEED}, got {self.seed}")
         for name in ("lora_rank", "early_stopping_patience", "checkpoint_steps"):
             if getattr(self, name) < 0:
                 raise UserError(f"{name} must not be negative, got {getattr(self, name)}")

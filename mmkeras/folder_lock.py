@@ -40,11 +40,15 @@ def folder_lock(folder: str | Path) -> Iterator[Path]:
             exist yet; its parent folder is created).
 
     Raises:
-        UserError: another process holds the lock (named by pid and host).
+        UserError: another process holds the lock (named by pid and host),
+            or the lock file cannot be created there.
     """
     path = lock_file_of(folder)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    descriptor = _acquire(path, folder)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        descriptor = _acquire(path, folder)
+    except OSError as error:  # a read-only or pseudo filesystem, no permission: the user's to fix
+        raise UserError(f"cannot create the lock file {path.name} beside it: {error.strerror}", path=folder) from None
     try:
         os.ftruncate(descriptor, 0)
         os.write(descriptor, f"pid {os.getpid()} host {socket.gethostname()}\n".encode())

@@ -43,6 +43,7 @@ from mmkeras.errors import UserError
 from mmkeras.preprocessing import MultimodalPreprocessor
 from mmkeras.preprocessing.multimodal_preprocessor import CONFIG_FILE as PREPROCESSOR_FILE
 from mmkeras.preprocessing.multimodal_preprocessor import TOKENIZER_FILE
+from mmkeras.training.checkpoints import CHECKPOINTS_DIR, is_checkpoints_folder
 
 if TYPE_CHECKING:  # this module is imported by TF-free readers (reports, the CLI's checks)
     import keras
@@ -55,7 +56,6 @@ METRICS_FILE = "metrics.json"
 QUANTIZATION_FILE = "quantization.json"
 QAT_WEIGHTS_FILE = "qat.weights.h5"
 SKIPPED_ROWS_FILE = "skipped_rows.csv"
-CHECKPOINTS_FOLDER = "checkpoints"
 REPORT_FILE = "report.html"
 # Every name a run folder may hold: `train` and `qat` write into a folder only when it holds nothing else.
 RUN_ENTRIES = frozenset(
@@ -68,7 +68,7 @@ RUN_ENTRIES = frozenset(
         QUANTIZATION_FILE,
         QAT_WEIGHTS_FILE,
         SKIPPED_ROWS_FILE,
-        CHECKPOINTS_FOLDER,
+        CHECKPOINTS_DIR,
         REPORT_FILE,
         PREPROCESSOR_FILE,
         TOKENIZER_FILE,
@@ -191,11 +191,7 @@ def check_run_output(run_dir) -> bool:
         return False
     if not run_dir.is_dir():
         raise UserError("--out must be a folder; a file of that name exists", path=run_dir)
-    foreign = sorted(
-        entry.name
-        for entry in run_dir.iterdir()
-        if entry.name not in RUN_ENTRIES and not entry.name.startswith(PARTIAL_PREFIX)
-    )
+    foreign = sorted(entry.name for entry in run_dir.iterdir() if not _is_run_entry(entry))
     if foreign:
         shown = ", ".join(foreign[:_FOREIGN_SHOWN])
         if len(foreign) > _FOREIGN_SHOWN:
@@ -206,6 +202,13 @@ def check_run_output(run_dir) -> bool:
             path=run_dir,
         )
     return is_run_folder(run_dir)
+
+
+def _is_run_entry(entry: Path) -> bool:
+    """Whether a file or folder inside a run folder is the run's (a `checkpoints` folder only when ours)."""
+    if entry.name == CHECKPOINTS_DIR:
+        return is_checkpoints_folder(entry)
+    return entry.name in RUN_ENTRIES or entry.name.startswith(PARTIAL_PREFIX)
 
 
 def is_run_folder(path) -> bool:

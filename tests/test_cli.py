@@ -1,5 +1,6 @@
 """The CLI as a user meets it: help, version, fast user errors before TensorFlow, quiet logs, progress."""
 
+import errno
 import json
 import logging
 import os
@@ -141,3 +142,30 @@ def test_tensorflow_import_logs_are_hidden_unless_verbose(verbose):
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
     assert result.returncode == 0
     assert bool(FRAMEWORK_NOISE.search(result.stderr)) == verbose
+
+
+def test_a_full_disk_is_a_user_error_and_a_bug_is_an_internal_one(monkeypatch, capsys):
+    import mmkeras.cli.app as cli_app
+
+    def full_disk(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device", "runs/demo/model.keras")
+
+    monkeypatch.setattr(cli_app, "app", full_disk)
+    assert cli_app.main(["train"]) == 2
+    assert capsys.readouterr().err == "error: runs/demo/model.keras: No space left on device\n"
+
+    def panic(*args, **kwargs):
+        raise type("PanicException", (BaseException,), {})("thread panicked\nat src/lib.rs")
+
+    monkeypatch.setattr(cli_app, "app", panic)
+    assert cli_app.main(["predict"]) == 1
+    assert capsys.readouterr().err == (
+        "internal error: PanicException: thread panicked at src/lib.rs (run with --debug for the traceback)\n"
+    )
+
+
+def test_json_output_has_no_nan_or_infinity(capsys):
+    from mmkeras.cli.app import emit
+
+    emit({"loss": float("nan"), "figures": [1.0, float("inf")], "nested": {"x": float("-inf")}}, True, "")
+    assert json.loads(capsys.readouterr().out) == {"loss": None, "figures": [1.0, None], "nested": {"x": None}}

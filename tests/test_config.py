@@ -84,3 +84,9 @@ def test_max_image_pixels_is_a_positive_setting():
     assert RunConfig().max_image_pixels == 40_000_000
     with pytest.raises(UserError, match="max_image_pixels must be at least 1"):
         RunConfig(max_image_pixels=0)
+
+
+@pytest.mark.parametrize("seed", [-1, 2**32])
+def test_the_seed_is_a_32_bit_unsigned_number(seed):
+    with pytest.raises(UserError, match="seed must be between 0 and 4294967295"):
+        RunConfig(seed=seed)

@@ -55,3 +55,10 @@ def test_a_killed_holder_leaves_no_stale_lock(tmp_path):
     assert lock_file_of(folder).exists()  # the file stays, the flock went with the process
     with folder_lock(folder):
         pass
+
+
+def test_a_folder_where_no_lock_file_can_be_made_is_a_user_error(tmp_path):
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(UserError, match="cannot create the lock file .bundle.lock beside it"):
+        with folder_lock(tmp_path / "file" / "bundle"):
+            pass

@@ -36,3 +36,12 @@ def test_a_file_is_not_a_run_folder(tmp_path):
     (tmp_path / "out").write_text("x")
     with pytest.raises(UserError, match="--out must be a folder; a file of that name exists"):
         check_run_output(tmp_path / "out")
+
+
+def test_a_checkpoints_folder_is_the_runs_only_when_it_holds_mmkeras_checkpoints(tmp_path):
+    (tmp_path / "checkpoints" / "ckpt-0001-000000").mkdir(parents=True)
+    (tmp_path / "checkpoints" / ".partial-ckpt-0002-000010").mkdir()
+    assert check_run_output(tmp_path) is False
+    (tmp_path / "checkpoints" / "model_epoch3.pt").write_text("the user's own")
+    with pytest.raises(UserError, match=r"not an mmkeras run \(checkpoints\)"):
+        check_run_output(tmp_path)
