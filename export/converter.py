@@ -69,9 +69,15 @@ from mmkeras.export.bundle_writer import check_replaceable, tensor_entry, write_
 from mmkeras.export.conversion_report import op_summary, parity_report
 from mmkeras.quantization.qat_transform import check_calibrated, is_quantized
 from mmkeras.runs import load_run
-from mmkeras.runtime.bundle import INPUT_NAMES, MODEL_FILE, OUTPUT_NAME, QUANTIZATION_MODES
+from mmkeras.runtime.bundle import (
+    INPUT_NAMES,
+    MODEL_FILE,
+    OUTPUT_NAME,
+    QUANTIZATION_MODES,
+    UNFINISHED_MARKER,
+    read_bundle,
+)
 from mmkeras.runtime.interpreter import LiteRTModel, list_ops
-from mmkeras.runtime.predictor import Predictor
 
 logger = logging.getLogger("mmkeras")
 
@@ -288,13 +294,16 @@ def _export_locked(run_dir: Path, out_dir: Path, quantize: str, calibration_data
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=staging_prefix(out_dir, "partial"), dir=out_dir.parent))
     staging.chmod(_FOLDER_MODE)  # mkdtemp makes it private to the user; a bundle is an ordinary folder
+    (staging / UNFINISHED_MARKER).touch()  # until renamed into place, no reader takes it for a bundle
     try:
         bundle_fields = write_bundle_files(staging, tflite_model, run, quantize)
+        read_bundle(staging, unfinished_ok=True)  # the exporter's own check that what it wrote reads back
         parity = None
         if parity_inputs is not None:
             rows = len(parity_inputs["image"])
             logger.info("checking the bundle against the Keras model on %d %s rows", rows, parity_source)
-            parity = {"source": parity_source, **parity_report(run.model, Predictor(staging), parity_inputs)}
+            litert_model = LiteRTModel(staging / MODEL_FILE)
+            parity = {"source": parity_source, **parity_report(run.model, litert_model, parity_inputs)}
         report = {
             "quantize": quantize,
             "qat": run.quantization is not None,
@@ -304,6 +313,7 @@ def _export_locked(run_dir: Path, out_dir: Path, quantize: str, calibration_data
             "parity": parity,
         }
         write_bundle_json(staging, **bundle_fields, conversion=report)
+        (staging / UNFINISHED_MARKER).unlink()
         replace_folder(staging, out_dir)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)

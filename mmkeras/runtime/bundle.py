@@ -30,6 +30,8 @@ PREPROCESSOR_FILE = "preprocessor.json"
 TOKENIZER_FILE = "tokenizer.json"
 # Every file of a bundle: `export` replaces a folder only when it holds nothing else.
 BUNDLE_FILES = (BUNDLE_FILE, MODEL_FILE, PREPROCESSOR_FILE, TOKENIZER_FILE)
+# In a folder an export is still writing; a bundle folder never holds it (see `read_bundle`).
+UNFINISHED_MARKER = ".export-unfinished"
 # The JSON Schema of bundle.json, shipped in this package (docs/bundle.md describes it).
 SCHEMA_FILE = "bundle.schema.json"
 # The model inputs of the shared contract, in the order bundle.json lists them.
@@ -43,8 +45,15 @@ TFLITE_MIN_BYTES = 16
 TFLITE_MAX_BYTES = 2**31
 
 
-def read_bundle(directory: str | Path) -> dict[str, Any]:
+def read_bundle(directory: str | Path, *, unfinished_ok: bool = False) -> dict[str, Any]:
     """Read and check a bundle folder's `bundle.json`, and that its files are there and sound.
+
+    Args:
+        directory: the bundle folder.
+        unfinished_ok: accept the staging folder of an export in progress
+            (only the exporter checking its own work does). Otherwise a
+            folder holding `UNFINISHED_MARKER` is refused: a killed export
+            leaves nothing that predicts.
 
     Checks, each a `UserError` naming the file: `bundle.json` exists, is
     UTF-8 JSON, has a format version this mmkeras reads and matches
@@ -57,6 +66,10 @@ def read_bundle(directory: str | Path) -> dict[str, Any]:
     ['big_red', 'small_red']
     """
     directory = Path(directory)
+    if not unfinished_ok and (directory / UNFINISHED_MARKER).exists():
+        raise UserError(
+            "an unfinished export (killed while writing); the next export to its folder removes it", path=directory
+        )
     path = directory / BUNDLE_FILE
     if not path.is_file():
         raise UserError(f"not a bundle folder: {BUNDLE_FILE} is missing", path=path)
