@@ -131,7 +131,8 @@ def test_a_json_list_is_not_a_bundle(bundle_dir):
         ({"tokenizer_file": ".."}, "at tokenizer_file: '..' is not allowed"),
         ({"labels": ["cat", "cat"]}, "at labels: ['cat', 'cat'] has non-unique elements"),
         ({"quantization": "int4"}, "at quantization: 'int4' is not one of"),
-        ({"output": {"name": "logits", "shape": [1, 0], "dtype": "float32", "quantization": None}}, "at output/shape/1"),
+        ({"output": {"name": "logits", "shape": [1, 0], "dtype": "float32", "quantization": None}},
+         "at output/shape/1"),
     ],
 )
 def test_bundle_json_is_checked_against_its_schema(bundle_dir, changes, message):

@@ -53,4 +53,5 @@ def test_reading_any_manifest_gives_rows_or_a_typed_error(tmp_path):
 def test_a_crash_is_counted_and_kept():
     outcomes = fuzz_runtime.Outcomes()
     outcomes.run(lambda: {}["missing"], "input")
-    assert outcomes.report()["crashes"] == 1 and outcomes.report()["crash_examples"] == ["KeyError: 'missing' <- 'input'"]
+    report = outcomes.report()
+    assert report["crashes"] == 1 and report["crash_examples"] == ["KeyError: 'missing' <- 'input'"]

@@ -146,7 +146,8 @@ class MultimodalPreprocessor:
         try:
             config = json.loads(path.read_text(encoding="utf-8"))
         except (OSError, UnicodeDecodeError) as error:
-            raise UserError(f"cannot read preprocessor: {getattr(error, 'strerror', None) or error}", path=path) from None
+            reason = getattr(error, "strerror", None) or error
+            raise UserError(f"cannot read preprocessor: {reason}", path=path) from None
         except json.JSONDecodeError as error:
             raise UserError(f"invalid JSON: {error.msg}", path=path, row=error.lineno) from None
         version = config.get("format") if isinstance(config, dict) else None
@@ -174,7 +175,8 @@ class MultimodalPreprocessor:
 
 def _check_settings(tokenizer_file, sequence_length, image_size, max_image_pixels, path: Path):
     """The values `load` uses, checked so that an edited file is reported, not a crash later."""
-    if not isinstance(tokenizer_file, str) or Path(tokenizer_file).name != tokenizer_file or tokenizer_file in ("", ".", ".."):
+    in_folder = isinstance(tokenizer_file, str) and Path(tokenizer_file).name == tokenizer_file
+    if not in_folder or tokenizer_file in ("", ".", ".."):
         raise UserError(f"tokenizer.file must be a file name in the same folder, got {tokenizer_file!r}", path=path)
     if not _is_count(sequence_length):
         raise UserError(f"sequence_length must be a positive integer, got {sequence_length!r}", path=path)
