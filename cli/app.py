@@ -308,10 +308,10 @@ def qat(
             checkpoint_steps=checkpoint_steps,
         )
     )
-    preflight.check_run_folder(run_dir)
-    preflight.check_manifest(data, flag="--data")
+    on_bad_row = preflight.check_run_folder(run_dir).on_bad_row  # QAT handles bad rows as the run did
+    preflight.check_manifest(data, flag="--data", on_bad_row=on_bad_row)
     if val:
-        preflight.check_manifest(val, flag="--val")
+        preflight.check_manifest(val, flag="--val", on_bad_row=on_bad_row)
     preflight.check_out_folder(out)
     preflight.require_training_extra("qat")
     load_tensorflow()

@@ -13,6 +13,7 @@ Example:
 import importlib.util
 from pathlib import Path
 
+from mmkeras.config import RunConfig
 from mmkeras.data.manifest import Manifest, read_manifest
 from mmkeras.errors import UserError
 from mmkeras.runs import check_run_output, load_run_config
@@ -54,9 +55,9 @@ def check_output_file(path, *, flag: str = "--out"):
         raise UserError(f"{flag}: the folder {path.absolute().parent} does not exist", path=path)
 
 
-def check_run_folder(path):
-    """A run folder written by `train` or `qat` (its config is read, its model is not)."""
-    load_run_config(path)
+def check_run_folder(path) -> RunConfig:
+    """A run folder written by `train` or `qat`: its config (its model is checked to be a Keras archive, not loaded)."""
+    return load_run_config(path)
 
 
 def is_bundle_folder(path) -> bool:
