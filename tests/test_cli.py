@@ -90,7 +90,7 @@ def test_user_errors_are_found_before_tensorflow(argv, message, tmp_path, capsys
 @pytest.mark.parametrize("command", ["train", "qat", "export", "report"])
 def test_training_commands_name_the_extra_when_it_is_missing(command, tmp_path, capsys, monkeypatch):
     monkeypatch.setattr(preflight, "TRAINING_MODULES", ("a_module_that_is_not_installed",))
-    monkeypatch.setattr(preflight, "check_run_folder", lambda path: None)
+    monkeypatch.setattr(preflight, "check_run_folder", lambda path: RunConfig())
     train = write_subset(SAMPLES / "train.csv", tmp_path / "train.csv", 4)
     argv = {
         "train": ["train", "--data", train, "--out", tmp_path / "run"],
