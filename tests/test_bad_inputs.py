@@ -2,7 +2,7 @@
 
 Every case builds its bad input in a fresh workspace (copies of one tiny run
 and one float bundle, trained and exported once for the module), snapshots
-the workspace and the shared fixtures (every path with its size and
+the workspace and the shared fixtures (every path, and each file's size and
 modification time), runs `main([...])` in-process and compares. Status lines
 ("loading TensorFlow") may come before the error line; nothing may follow it,
 and no traceback or internal error may appear.
@@ -35,12 +35,16 @@ def fixtures(tmp_path_factory):
 
 
 def snapshot(*folders: Path) -> dict:
-    """Every path under `folders` with its size and modification time (folders included)."""
+    """Every path under `folders` (folders included), with the size and modification time of each file.
+
+    A folder's own modification time is left out: the lock file `train` and `export` hold beside `--out`
+    while they work is created and removed there.
+    """
     state = {}
     for folder in folders:
         for path in [folder, *folder.rglob("*")]:
             info = path.lstat()
-            state[str(path)] = (info.st_size if path.is_file() else None, info.st_mtime_ns)
+            state[str(path)] = None if path.is_dir() else (info.st_size, info.st_mtime_ns)
     return state
 
 
@@ -135,6 +139,8 @@ CASES = [
     # values and configs
     ("learning-rate-nan", lambda fx, ws: train(fx["train"], ws, "--learning-rate", "nan"), "finite"),
     ("learning-rate-inf", lambda fx, ws: train(fx["train"], ws, "--learning-rate", "inf"), "finite"),
+    ("learning-rate-diverges", lambda fx, ws: train(fx["train"], ws, "--learning-rate", "1e30", "--batch-size", "8",
+                                                    "--epochs", "1"), "training diverged: the loss became nan"),
     ("epochs-zero", lambda fx, ws: train(fx["train"], ws, "--epochs", "0"), "--epochs"),
     ("config-invalid-yaml", lambda fx, ws: train(fx["train"], ws, "--config", write(ws / "c.yaml", "a: [\n")),
      "invalid YAML"),
