@@ -13,8 +13,10 @@ Exit codes: 0 success, 2 user error (one line on stderr), 1 internal error
 holds the result (one JSON object with `--json`).
 """
 
+import errno
 import json
 import logging
+import math
 import os
 import sys
 import traceback
@@ -53,6 +55,8 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 
+# OSError numbers that mean the machine refused (space, permissions, a read-only filesystem), not a bug.
+ENVIRONMENT_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EPERM, errno.EROFS})
 JSON_OPTION = typer.Option(False, "--json", help="Print exactly one JSON object on stdout (progress goes to stderr).")
 # Package versions `--version` reports, when installed (read from metadata: nothing is imported).
 VERSION_PACKAGES = ("tensorflow", "keras", "keras-hub", "ai-edge-litert", "tokenizers")
@@ -73,7 +77,18 @@ def qat_setting(name: str, help: str, **kwargs):
 
 def emit(result: dict, as_json: bool, human: str):
     """The command's result on stdout: one JSON object, or a human summary."""
-    typer.echo(json.dumps(result, ensure_ascii=False) if as_json else human)
+    typer.echo(json.dumps(finite_or_null(result), ensure_ascii=False, allow_nan=False) if as_json else human)
+
+
+def finite_or_null(value):
+    """`value` with every NaN or infinity replaced by `None`: JSON has no NaN, and `--json` must parse."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {key: finite_or_null(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [finite_or_null(item) for item in value]
+    return value
 
 
 def load_tensorflow():
@@ -136,7 +151,9 @@ def train(
         "deterministic", "Deterministic TensorFlow ops (slower).", "--deterministic"
     ),
     on_bad_row: Optional[Literal[ON_BAD_ROW]] = setting(
-        "on_bad_row", "A row whose image cannot be read: stop (fail) or drop it and count it (skip)."
+        "on_bad_row",
+        "A bad row (unreadable image, empty label, malformed line, ...): fail lists every one and stops; "
+        "skip drops them and lists them in RUN_DIR/skipped_rows.csv.",
     ),
     strategy: Optional[Literal[STRATEGIES]] = setting(
         "strategy", "tf.distribute strategy: auto picks mirrored with several GPUs, else one device."
@@ -202,9 +219,9 @@ def train(
     if not run_config.data or not run_config.out:
         raise UserError("training needs a training manifest (--data) and a run folder (--out)")
     preflight.require_training_extra("train")
-    preflight.check_manifest(run_config.data, flag="--data")
+    preflight.check_manifest(run_config.data, flag="--data", on_bad_row=run_config.on_bad_row)
     if run_config.val:
-        preflight.check_manifest(run_config.val, flag="--val")
+        preflight.check_manifest(run_config.val, flag="--val", on_bad_row=run_config.on_bad_row)
     preflight.check_out_folder(run_config.out)
     load_tensorflow()
     from mmkeras.training.trainer import train as train_run
@@ -292,10 +309,10 @@ def qat(
             checkpoint_steps=checkpoint_steps,
         )
     )
-    preflight.check_run_folder(run_dir)
-    preflight.check_manifest(data, flag="--data")
+    on_bad_row = preflight.check_run_folder(run_dir).on_bad_row  # QAT handles bad rows as the run did
+    preflight.check_manifest(data, flag="--data", on_bad_row=on_bad_row)
     if val:
-        preflight.check_manifest(val, flag="--val")
+        preflight.check_manifest(val, flag="--val", on_bad_row=on_bad_row)
     preflight.check_out_folder(out)
     preflight.require_training_extra("qat")
     load_tensorflow()
@@ -401,6 +418,8 @@ def report(
     Example: mmkeras report runs/demo --out demo.html
     """
     preflight.check_run_folder(run_dir)
+    if out:
+        preflight.check_output_file(out)
     preflight.require_training_extra("report")
     from mmkeras.evaluation.report import write_report
 
@@ -409,6 +428,22 @@ def report(
 
 def format_figure(value) -> str:
     return "n/a" if value is None else f"{value:.4f}"
+
+
+def report_environment_error(error: OSError) -> int:
+    """A full disk, a read-only folder, a missing permission: the user's to fix (exit 2), named by its file."""
+    where = f"{error.filename}: " if error.filename else ""
+    typer.echo(f"error: {where}{error.strerror}", err=True)
+    return 2
+
+
+def report_internal_error(error: BaseException, debug: bool) -> int:
+    """A bug, not the user's mistake: one line (the traceback with --debug), exit 1."""
+    if debug:
+        traceback.print_exc()
+    summary = " ".join(str(error).split())
+    typer.echo(f"internal error: {type(error).__name__}: {summary} (run with --debug for the traceback)", err=True)
+    return 1
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -428,16 +463,19 @@ def main(argv: list[str] | None = None) -> int:
         typer.echo(f"error: {error.format_message()}", err=True)
         code = error.exit_code
     except (UserError, UntestedVersionError) as error:
-        typer.echo(f"error: {error}", err=True)
+        typer.echo("error: " + " ".join(str(error).splitlines()), err=True)  # one line, whatever the reason holds
         code = 2
     except (typer.Abort, KeyboardInterrupt):
         typer.echo("interrupted", err=True)
         code = 130
-    except Exception as error:  # an internal error: a bug, not the user's mistake
-        if debug:
-            traceback.print_exc()
-        typer.echo(f"internal error: {type(error).__name__}: {error} (run with --debug for the traceback)", err=True)
-        code = 1
+    except (SystemExit, GeneratorExit):
+        raise
+    except OSError as error:
+        code = report_environment_error(error) if error.errno in ENVIRONMENT_ERRNOS else report_internal_error(
+            error, debug
+        )
+    except BaseException as error:  # noqa: BLE001  # a Rust panic in tokenizers is pyo3's PanicException
+        code = report_internal_error(error, debug)
     return code if isinstance(code, int) else 0
 
 

@@ -13,9 +13,10 @@ Example:
 import importlib.util
 from pathlib import Path
 
+from mmkeras.config import RunConfig
 from mmkeras.data.manifest import Manifest, read_manifest
 from mmkeras.errors import UserError
-from mmkeras.runs import load_run_config
+from mmkeras.runs import check_run_output, load_run_config
 from mmkeras.runtime.bundle import BUNDLE_FILE
 
 # What `pip install "mmkeras[train]"` adds to the base (device runtime) install.
@@ -32,24 +33,31 @@ def require_training_extra(command: str):
         )
 
 
-def check_manifest(path, *, flag: str, require_labels: bool = True) -> Manifest:
+def check_manifest(path, *, flag: str, require_labels: bool = True, on_bad_row: str = "fail") -> Manifest:
     """Read a manifest given with `flag` (every row checked, images not yet opened)."""
     path = Path(path)
     if path.is_dir():
         raise UserError(f"{flag} must be a manifest file (.csv or .jsonl), not a folder", path=path)
-    return read_manifest(path, require_labels=require_labels)
+    return read_manifest(path, require_labels=require_labels, on_bad_row=on_bad_row)
 
 
-def check_out_folder(path, *, flag: str = "--out"):
-    """An output folder may exist, but not as a file."""
+def check_out_folder(path):
+    """A run folder to write: new, empty, or holding an mmkeras run (never the user's other files)."""
+    check_run_output(path)
+
+
+def check_output_file(path, *, flag: str = "--out"):
+    """A file to write: its folder must exist, and the path must not be a folder."""
     path = Path(path)
-    if path.exists() and not path.is_dir():
-        raise UserError(f"{flag} must be a folder; a file of that name exists", path=path)
+    if path.is_dir():
+        raise UserError(f"{flag} must be a file name; this is a folder", path=path)
+    if not path.absolute().parent.is_dir():
+        raise UserError(f"{flag}: the folder {path.absolute().parent} does not exist", path=path)
 
 
-def check_run_folder(path):
-    """A run folder written by `train` or `qat` (its config is read, its model is not)."""
-    load_run_config(path)
+def check_run_folder(path) -> RunConfig:
+    """A run folder written by `train` or `qat`: its config (its model is checked to be a Keras archive, not loaded)."""
+    return load_run_config(path)
 
 
 def is_bundle_folder(path) -> bool:

@@ -14,6 +14,7 @@ from mmkeras.atomic_files import write_json_atomically
 from mmkeras.errors import UserError
 from mmkeras.runtime.bundle import (
     BUNDLE_FILE,
+    BUNDLE_FILES,
     BUNDLE_FORMAT_VERSION,
     MODEL_FILE,
     PREPROCESSOR_FILE,
@@ -97,11 +98,27 @@ def write_bundle_json(
     return bundle
 
 
-def check_replaceable(out_dir: Path):
-    """Only a bundle or an empty folder may be replaced: never delete unrelated files."""
+def check_replaceable(out_dir: str | Path):
+    """Only a bundle or an empty folder may be replaced: never delete unrelated files.
+
+    A bundle here is a folder holding `bundle.json` and nothing but bundle
+    files; a file the user added to it is refused by name.
+
+    Example:
+    >>> check_replaceable(Path("bundles/new"))  # doctest: +SKIP
+    """
+    out_dir = Path(out_dir)
     if not out_dir.exists():
         return
     if not out_dir.is_dir():
         raise UserError("the output path exists and is not a folder", path=out_dir)
-    if any(out_dir.iterdir()) and not (out_dir / BUNDLE_FILE).is_file():
+    entries = sorted(entry.name for entry in out_dir.iterdir())
+    if entries and BUNDLE_FILE not in entries:
         raise UserError(f"the output folder is not empty and holds no {BUNDLE_FILE}; not replacing it", path=out_dir)
+    foreign = [name for name in entries if name not in BUNDLE_FILES]
+    if foreign:
+        raise UserError(
+            f"the bundle folder also holds {', '.join(foreign[:5])}{', ...' if len(foreign) > 5 else ''}, which "
+            "replacing it would delete; move them out or export to another folder",
+            path=out_dir,
+        )

@@ -60,10 +60,10 @@ def compute_precision(op) -> str:
     return "hybrid" if "int8" in op.input_dtypes else "float"
 
 
-def parity_report(model, predictor, sample: dict[str, np.ndarray]) -> dict:
-    """How far the exported model's logits are from the Keras model's on the rows of `sample`."""
+def parity_report(model, litert_model, sample: dict[str, np.ndarray]) -> dict:
+    """How far the exported model's logits (`litert_model`, a `LiteRTModel`) are from the Keras model's on `sample`."""
     expected = np.asarray(model(sample, training=False))
-    actual = predictor.predict_inputs(sample)
+    actual = litert_model(sample)
     return {
         "rows": len(expected),
         "max_abs_logit_diff": float(np.max(np.abs(actual - expected))),

@@ -63,14 +63,21 @@ from ai_edge_litert.schema_py_generated import BuiltinOperator
 
 from mmkeras.data.manifest import Manifest, read_manifest
 from mmkeras.errors import UserError
+from mmkeras.folder_lock import folder_lock
 from mmkeras.framework_logs import native_stderr_silenced
 from mmkeras.export.bundle_writer import check_replaceable, tensor_entry, write_bundle_json
 from mmkeras.export.conversion_report import op_summary, parity_report
 from mmkeras.quantization.qat_transform import check_calibrated, is_quantized
 from mmkeras.runs import load_run
-from mmkeras.runtime.bundle import INPUT_NAMES, MODEL_FILE, OUTPUT_NAME, QUANTIZATION_MODES
+from mmkeras.runtime.bundle import (
+    INPUT_NAMES,
+    MODEL_FILE,
+    OUTPUT_NAME,
+    QUANTIZATION_MODES,
+    UNFINISHED_MARKER,
+    read_bundle,
+)
 from mmkeras.runtime.interpreter import LiteRTModel, list_ops
-from mmkeras.runtime.predictor import Predictor
 
 logger = logging.getLogger("mmkeras")
 
@@ -85,6 +92,8 @@ PARITY_ROWS = 32
 # int8 kernel is slow (measured: conv 1x1 + hard-swish x4 at 112x112x48, 9.9 ms all-int8 vs 1.4 ms
 # with HARD_SWISH float; tiny float 0.16 ms vs int8 8.8 ms for 4 HARD_SWISH alone).
 FLOAT_OPS_IN_INT8 = ("HARD_SWISH",)
+# A bundle folder's permissions before the umask (mkdtemp's own are 0o700).
+_FOLDER_MODE = 0o777 & ~os.umask(os.umask(0))
 
 
 class UnsupportedOpsError(UserError):
@@ -238,7 +247,10 @@ def export_bundle(
     The bundle is written into a temporary sibling folder, loaded back with the
     device runtime and compared with the Keras model, and only then renamed
     into place, replacing an existing bundle: a failed export leaves `out_dir`
-    as it was.
+    as it was. Only a bundle (a folder holding nothing but bundle files) or an
+    empty folder is replaced; `out_dir` is locked while the export writes it
+    (`folder_lock`), and the staging folders a killed export left beside it
+    are removed.
 
     Args:
         run_dir: a run folder written by training (or a QAT run from `mmkeras qat`).
@@ -265,6 +277,13 @@ def export_bundle(
         raise UserError(f"quantize must be one of {', '.join(QUANTIZATION_MODES)}, got {quantize!r}")
     out_dir = Path(out_dir)
     check_replaceable(out_dir)
+    with folder_lock(out_dir):
+        check_replaceable(out_dir)  # again: another export may have written it while this one waited
+        remove_stale_staging(out_dir)
+        return _export_locked(Path(run_dir), out_dir, quantize, calibration_data)
+
+
+def _export_locked(run_dir: Path, out_dir: Path, quantize: str, calibration_data) -> dict:
     logger.info("loading %s", run_dir)
     run = load_run(run_dir)
     sample = manifest_sample(run, calibration_data, required=quantize == "int8")
@@ -273,14 +292,18 @@ def export_bundle(
         run.model, quantize=quantize, representative_inputs=[sample] if quantize == "int8" else None
     )
     out_dir.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.partial-", dir=out_dir.parent))
+    staging = Path(tempfile.mkdtemp(prefix=staging_prefix(out_dir, "partial"), dir=out_dir.parent))
+    staging.chmod(_FOLDER_MODE)  # mkdtemp makes it private to the user; a bundle is an ordinary folder
+    (staging / UNFINISHED_MARKER).touch()  # until renamed into place, no reader takes it for a bundle
     try:
         bundle_fields = write_bundle_files(staging, tflite_model, run, quantize)
+        read_bundle(staging, unfinished_ok=True)  # the exporter's own check that what it wrote reads back
         parity = None
         if parity_inputs is not None:
             rows = len(parity_inputs["image"])
             logger.info("checking the bundle against the Keras model on %d %s rows", rows, parity_source)
-            parity = {"source": parity_source, **parity_report(run.model, Predictor(staging), parity_inputs)}
+            litert_model = LiteRTModel(staging / MODEL_FILE)
+            parity = {"source": parity_source, **parity_report(run.model, litert_model, parity_inputs)}
         report = {
             "quantize": quantize,
             "qat": run.quantization is not None,
@@ -290,6 +313,7 @@ def export_bundle(
             "parity": parity,
         }
         write_bundle_json(staging, **bundle_fields, conversion=report)
+        (staging / UNFINISHED_MARKER).unlink()
         replace_folder(staging, out_dir)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
@@ -365,6 +389,22 @@ def describe_tensor(name: str, details: dict) -> dict:
     return tensor_entry(name, details["shape"], np.dtype(details["dtype"]).name, quantization)
 
 
+def staging_prefix(out_dir: Path, kind: str) -> str:
+    """The name prefix of the hidden folders beside `out_dir` that an export writes (`partial`) or retires (`old`)."""
+    return f".{out_dir.name}.{kind}-"
+
+
+def remove_stale_staging(out_dir: Path):
+    """Remove what a killed export of `out_dir` left beside it (only called while holding `out_dir`'s lock)."""
+    if not out_dir.parent.is_dir():
+        return
+    for kind in ("partial", "old"):
+        for stale in out_dir.parent.glob(staging_prefix(out_dir, kind) + "*"):
+            if stale.is_dir() and not stale.is_symlink():
+                logger.info("removing %s, left by an interrupted export", stale)
+                shutil.rmtree(stale)
+
+
 def replace_folder(staging: Path, out_dir: Path):
     """Rename the finished `staging` folder to `out_dir`, replacing an old bundle there.
 
@@ -374,7 +414,7 @@ def replace_folder(staging: Path, out_dir: Path):
     if not out_dir.exists():
         os.rename(staging, out_dir)
         return
-    retired = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.old-", dir=out_dir.parent))
+    retired = Path(tempfile.mkdtemp(prefix=staging_prefix(out_dir, "old"), dir=out_dir.parent))
     os.rename(out_dir, retired)  # onto an empty folder: allowed by POSIX rename
     try:
         os.rename(staging, out_dir)

@@ -6,12 +6,14 @@ Precedence: dataclass defaults < YAML file < explicit flags / keyword args.
 """
 
 import dataclasses
+import math
 from pathlib import Path
 from typing import Any
 
 import yaml
 
 from mmkeras.errors import UserError
+from mmkeras.preprocessing.image import MAX_IMAGE_PIXELS
 
 FUSIONS = ("cross-attention", "concat", "gated")
 FREEZE_CHOICES = ("none", "text", "vision", "both")
@@ -20,6 +22,12 @@ OPTIMIZERS = ("adamw", "adam", "sgd")
 ON_BAD_ROW = ("fail", "skip")
 MIXED_PRECISION = ("auto", "off", "float16", "bfloat16")
 CLASS_WEIGHTS = ("none", "balanced")
+
+
+# NumPy's and TensorFlow's seeds are 32-bit.
+_MAX_SEED = 2**32 - 1
+# The numeric field types of RunConfig, and the Python types their values may have.
+_NUMBER_KINDS = {int: (int,), float: (int, float), float | None: (int, float)}
 
 
 @dataclasses.dataclass
@@ -60,7 +68,9 @@ class RunConfig:
             stopping; 0 disables early stopping.
         seed: seed for weights, shuffling and dropout.
         deterministic: make TensorFlow ops deterministic (slower).
-        on_bad_row: `fail` stops at the first bad row, `skip` drops and counts it.
+        on_bad_row: `fail` lists every bad row (the first 20 and a count)
+            and stops before training; `skip` drops them and lists them in
+            the run folder's `skipped_rows.csv`.
         strategy: tf.distribute strategy: `auto`, `one`, `mirrored`, `multi-worker`, `tpu`.
         freeze: which backbones to keep frozen: `none`, `text`, `vision`, `both`.
         lora_rank: LoRA rank for the backbones (0 = no LoRA).
@@ -79,6 +89,9 @@ class RunConfig:
             rows / (classes * rows of that class) in the loss).
         checkpoint_steps: also write a resume checkpoint every this many
             optimizer updates (0: only at the end of each epoch).
+        max_image_pixels: an image with more pixels (width x height, read
+            from its header before decoding) is a bad row; the bundle's
+            runtime refuses it too.
 
     Example:
     >>> config = RunConfig(data="samples/train.csv", out="runs/demo", epochs=3)
@@ -117,12 +130,14 @@ class RunConfig:
     gradient_accumulation: int = 1
     class_weight: str = "none"
     checkpoint_steps: int = 0
+    max_image_pixels: int = MAX_IMAGE_PIXELS
 
     def __post_init__(self):
         self.validate()
 
     def validate(self):
         """Raise `UserError` naming the first setting that is out of range."""
+        self._check_types()
         choices = {
             "fusion": FUSIONS,
             "freeze": FREEZE_CHOICES,
@@ -135,7 +150,15 @@ class RunConfig:
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
                 raise UserError(f"{name} must be one of {', '.join(allowed)}, got {getattr(self, name)!r}")
-        positive = ("sequence_length", "fusion_dim", "num_heads", "epochs", "batch_size", "gradient_accumulation")
+        positive = (
+            "sequence_length",
+            "fusion_dim",
+            "num_heads",
+            "epochs",
+            "batch_size",
+            "gradient_accumulation",
+            "max_image_pixels",
+        )
         for name in positive:
             if getattr(self, name) < 1:
                 raise UserError(f"{name} must be at least 1, got {getattr(self, name)}")
@@ -151,9 +174,23 @@ class RunConfig:
             raise UserError(f"learning_rate must be positive, got {self.learning_rate}")
         if self.new_layers_lr_scale <= 0:
             raise UserError(f"new_layers_lr_scale must be positive, got {self.new_layers_lr_scale}")
+        if not 0 <= self.seed <= _MAX_SEED:
+            raise UserError(f"seed must be between 0 and {_MAX_SEED}, got {self.seed}")
         for name in ("lora_rank", "early_stopping_patience", "checkpoint_steps"):
             if getattr(self, name) < 0:
                 raise UserError(f"{name} must not be negative, got {getattr(self, name)}")
+
+    def _check_types(self):
+        """Numbers must be numbers, and every float finite: NaN passes every `<` check and trains to NaN."""
+        for field in dataclasses.fields(self):
+            value = getattr(self, field.name)
+            kinds = _NUMBER_KINDS.get(field.type)
+            if kinds is None or (value is None and field.type == float | None):
+                continue
+            if isinstance(value, bool) or not isinstance(value, kinds):
+                raise UserError(f"{field.name} must be a number, got {value!r}")
+            if not math.isfinite(value):
+                raise UserError(f"{field.name} must be a finite number, got {value}")
 
     def replace(self, **overrides: Any) -> "RunConfig":
         """A copy with `overrides` applied; `None` values are ignored (flag not given)."""

@@ -25,7 +25,7 @@ import warnings
 
 VERBOSE_ENV = "MMKERAS_VERBOSE"
 # Python loggers of the frameworks: errors only unless verbose.
-FRAMEWORK_LOGGERS = ("tensorflow", "absl", "keras", "keras_hub", "h5py")
+FRAMEWORK_LOGGERS = ("tensorflow", "absl", "keras", "keras_hub", "h5py", "PIL")
 
 
 def is_verbose() -> bool:
@@ -39,7 +39,8 @@ def quiet_frameworks():
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     for name in FRAMEWORK_LOGGERS:
         logging.getLogger(name).setLevel(logging.ERROR)
-    for module in ("keras", "keras_hub", "tensorflow", "absl"):
+    # Pillow logs and warns of damaged image data it reads past (corrupt EXIF, odd TIFF tags).
+    for module in ("keras", "keras_hub", "tensorflow", "absl", "PIL"):
         warnings.filterwarnings("ignore", module=rf"{module}(\.|$)")
 
 

@@ -9,7 +9,11 @@ RUN_DIR/
   config.yaml         the resolved RunConfig
   history.json        per-epoch metrics
   metrics.json        the final figures `mmkeras train --json` prints
+  skipped_rows.csv    the rows `--on-bad-row skip` dropped (file, line, reason), when any
 ```
+
+`train` and `qat` write only into a new or empty folder, or one holding a run
+(`check_run_output`): the user's own files are never deleted or mixed in.
 
 A QAT run (`mmkeras qat`) has two more files, and its `model.keras` is the
 float model the fine-tune started from:
@@ -25,9 +29,11 @@ the float `model.keras`, applies the same `quantize_model` transform and loads
 `qat.weights.h5`, which restores the QAT model exactly.
 """
 
+import csv
 import dataclasses
 import json
 import shutil
+import zipfile
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -36,6 +42,9 @@ from mmkeras.atomic_files import write_atomically, write_json_atomically
 from mmkeras.config import RunConfig
 from mmkeras.errors import UserError
 from mmkeras.preprocessing import MultimodalPreprocessor
+from mmkeras.preprocessing.multimodal_preprocessor import CONFIG_FILE as PREPROCESSOR_FILE
+from mmkeras.preprocessing.multimodal_preprocessor import TOKENIZER_FILE
+from mmkeras.training.checkpoints import CHECKPOINTS_DIR, is_checkpoints_folder
 
 if TYPE_CHECKING:  # this module is imported by TF-free readers (reports, the CLI's checks)
     import keras
@@ -47,6 +56,29 @@ HISTORY_FILE = "history.json"
 METRICS_FILE = "metrics.json"
 QUANTIZATION_FILE = "quantization.json"
 QAT_WEIGHTS_FILE = "qat.weights.h5"
+SKIPPED_ROWS_FILE = "skipped_rows.csv"
+REPORT_FILE = "report.html"
+# Every name a run folder may hold: `train` and `qat` write into a folder only when it holds nothing else.
+RUN_ENTRIES = frozenset(
+    {
+        MODEL_FILE,
+        LABELS_FILE,
+        CONFIG_FILE,
+        HISTORY_FILE,
+        METRICS_FILE,
+        QUANTIZATION_FILE,
+        QAT_WEIGHTS_FILE,
+        SKIPPED_ROWS_FILE,
+        CHECKPOINTS_DIR,
+        REPORT_FILE,
+        PREPROCESSOR_FILE,
+        TOKENIZER_FILE,
+    }
+)
+# Files an atomic write leaves behind when killed (`atomic_files.write_atomically`).
+PARTIAL_PREFIX = "partial-"
+# Entries shown when a folder holds files that are not a run's.
+_FOREIGN_SHOWN = 5
 # Settings that run folders of older mmkeras versions saved and that are no longer settings.
 RETIRED_SETTINGS = ("resume",)
 
@@ -89,12 +121,16 @@ def save_run(
     metrics=None,
     quantization=None,
     float_model_file=None,
+    skipped_rows=(),
 ):
     """Write a run folder (see the module docstring). Existing files are replaced atomically.
 
     For a QAT run, give `quantization` (written to `quantization.json`; its
     `settings` are the `QuantizerSettings` fields) and the `float_model_file`
     the QAT model was made from; `model` is then the QAT model, saved as weights.
+    `skipped_rows` (`BadRow`s) go to `skipped_rows.csv`. Files of an earlier
+    run that this one does not have (a QAT record, skipped rows) are removed,
+    so the folder never mixes two runs.
 
     Example:
     >>> save_run("runs/demo", model=model, preprocessor=preprocessor,
@@ -113,6 +149,67 @@ def save_run(
         write_json_atomically(run_dir / HISTORY_FILE, history)
     if metrics is not None:
         write_json_atomically(run_dir / METRICS_FILE, metrics)
+    _write_skipped_rows(run_dir / SKIPPED_ROWS_FILE, skipped_rows)
+    if quantization is None:
+        for stale in (QUANTIZATION_FILE, QAT_WEIGHTS_FILE):
+            (run_dir / stale).unlink(missing_ok=True)
+
+
+def _write_skipped_rows(path: Path, skipped_rows):
+    """`file,line,reason` per skipped row; no file when no row was skipped."""
+    if not skipped_rows:
+        path.unlink(missing_ok=True)
+        return
+
+    def write(partial: Path):
+        with partial.open("w", newline="", encoding="utf-8") as handle:
+            writer = csv.writer(handle)
+            writer.writerow(["file", "line", "reason"])
+            writer.writerows([str(row.path), row.line, row.reason] for row in skipped_rows)
+
+    write_atomically(path, write)
+
+
+def check_run_output(run_dir) -> bool:
+    """Whether `run_dir` may receive a run, and whether it holds one already.
+
+    A missing or empty folder, or one that holds only the files of an mmkeras
+    run, may be written; anything else there belongs to the user and is never
+    deleted or mixed with a run.
+
+    Returns:
+        `True` when the folder holds a run that the new one will replace.
+
+    Raises:
+        UserError: `run_dir` is a file, or a folder holding other files.
+
+    Example:
+    >>> check_run_output("runs/new")  # doctest: +SKIP
+    False
+    """
+    run_dir = Path(run_dir)
+    if not run_dir.exists():
+        return False
+    if not run_dir.is_dir():
+        raise UserError("--out must be a folder; a file of that name exists", path=run_dir)
+    foreign = sorted(entry.name for entry in run_dir.iterdir() if not _is_run_entry(entry))
+    if foreign:
+        shown = ", ".join(foreign[:_FOREIGN_SHOWN])
+        if len(foreign) > _FOREIGN_SHOWN:
+            shown += f", ... ({len(foreign)} in all)"
+        raise UserError(
+            f"the folder holds files that are not an mmkeras run ({shown}); "
+            "choose an empty or new folder for --out, nothing there is replaced",
+            path=run_dir,
+        )
+    return is_run_folder(run_dir)
+
+
+def _is_run_entry(entry: Path) -> bool:
+    """Whether a file or folder inside a run folder is the run's (a `checkpoints` folder only when ours)."""
+    if entry.name == CHECKPOINTS_DIR:
+        return is_checkpoints_folder(entry)
+    return entry.name in RUN_ENTRIES or entry.name.startswith(PARTIAL_PREFIX)
 
 
 def is_run_folder(path) -> bool:
@@ -135,13 +232,13 @@ def load_run(run_dir) -> Run:
 
     run_dir = Path(run_dir)
     config = load_run_config(run_dir)
-    model = keras.models.load_model(run_dir / MODEL_FILE, compile=False)
+    labels = read_labels(run_dir)
+    model = _load_model_file(run_dir / MODEL_FILE, keras)
     _refreeze(model)
     quantization = None
     if (run_dir / QUANTIZATION_FILE).is_file():
-        quantization = json.loads((run_dir / QUANTIZATION_FILE).read_text(encoding="utf-8"))
+        quantization = _read_json(run_dir / QUANTIZATION_FILE)
         model = _rebuild_qat_model(run_dir, model, quantization)
-    labels = json.loads((run_dir / LABELS_FILE).read_text(encoding="utf-8"))
     return Run(
         path=run_dir,
         model=model,
@@ -161,7 +258,56 @@ def load_run_config(run_dir) -> RunConfig:
     run_dir = Path(run_dir)
     if not is_run_folder(run_dir):
         raise UserError(f"not a run folder (needs {MODEL_FILE} and {LABELS_FILE})", path=run_dir)
+    _check_model_archive(run_dir / MODEL_FILE)
+    read_labels(run_dir)
     return RunConfig.from_yaml(run_dir / CONFIG_FILE, ignored=RETIRED_SETTINGS)
+
+
+def read_labels(run_dir) -> list[str]:
+    """A run's class names from `labels.json` (`UserError` naming the file unless a list of distinct names)."""
+    path = Path(run_dir) / LABELS_FILE
+    labels = _read_json(path)
+    if not (isinstance(labels, list) and labels and all(isinstance(label, str) and label for label in labels)):
+        raise UserError("labels.json must hold a list of class names (non-empty strings)", path=path)
+    if len(set(labels)) != len(labels):
+        raise UserError("labels.json repeats a class name", path=path)
+    return labels
+
+
+def _read_json(path: Path):
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise UserError("file not found", path=path) from None
+    except (OSError, UnicodeDecodeError) as error:
+        raise UserError(f"cannot read: {getattr(error, 'strerror', None) or error}", path=path) from None
+    except json.JSONDecodeError as error:
+        raise UserError(f"invalid JSON: {error.msg}", path=path, row=error.lineno) from None
+
+
+def _check_model_archive(path: Path):
+    """A `.keras` file is a zip holding `config.json`: a truncated or foreign file is found without TensorFlow."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            names = set(archive.namelist())
+    except (zipfile.BadZipFile, OSError) as error:
+        raise UserError(f"not a Keras model file (a truncated or damaged zip: {error})", path=path) from None
+    if "config.json" not in names:
+        raise UserError("not a Keras model file: the archive has no config.json", path=path)
+
+
+def _load_model_file(path: Path, keras) -> "keras.Model":
+    """`model.keras`, loaded in Keras' safe mode; a file Keras refuses is reported as the user's file.
+
+    Safe mode (the default) refuses code in the file (a `Lambda`, an unknown
+    function): that is a `UserError` naming the file, as is a damaged archive.
+    """
+    _check_model_archive(path)
+    try:
+        return keras.models.load_model(path, compile=False, safe_mode=True)
+    except (ValueError, TypeError, KeyError, OSError, zipfile.BadZipFile) as error:
+        reason = " ".join(str(error).split()) or type(error).__name__
+        raise UserError(f"cannot load the model ({type(error).__name__}): {reason}", path=path) from None
 
 
 def _refreeze(model: "keras.Model"):
@@ -195,7 +341,7 @@ def _rebuild_qat_model(run_dir: Path, float_model: "keras.Model", quantization: 
         raise UserError(f"QAT run without {QAT_WEIGHTS_FILE}", path=run_dir)
     try:
         settings = QuantizerSettings(**quantization["settings"])
-    except (KeyError, TypeError) as error:
+    except (KeyError, TypeError, ValueError) as error:
         raise UserError(f"unreadable {QUANTIZATION_FILE}: {error}", path=run_dir / QUANTIZATION_FILE) from None
     model = quantize_model(float_model, settings, copy=False)
     model.load_weights(run_dir / QAT_WEIGHTS_FILE)

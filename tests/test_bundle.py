@@ -1,22 +1,27 @@
 """bundle.json: writing, reading, and the errors a broken bundle gives (no TensorFlow needed)."""
 
 import json
+from pathlib import Path
 
+import jsonschema
 import pytest
 
 from mmkeras import __version__
 from mmkeras.errors import UserError
 from mmkeras.export.bundle_writer import tensor_entry, write_bundle_json
-from mmkeras.runtime.bundle import BUNDLE_FORMAT_VERSION, INPUT_NAMES, REQUIRED_KEYS, read_bundle
+from mmkeras.runtime.bundle import BUNDLE_FORMAT_VERSION, INPUT_NAMES, bundle_schema, read_bundle
 
 PREPROCESSING = {"format": 1, "sequence_length": 8, "image_size": [32, 32]}
+# Passes read_bundle's file checks (size, the TFL3 identifier); the interpreter is never given it here.
+PLACEHOLDER_MODEL = b"\x1c\x00\x00\x00TFL3" + bytes(24)
 
 
 @pytest.fixture
 def bundle_dir(tmp_path):
     """A bundle folder with placeholder model and tokenizer files and a real bundle.json."""
-    for name in ("model.tflite", "preprocessor.json", "tokenizer.json"):
+    for name in ("preprocessor.json", "tokenizer.json"):
         (tmp_path / name).write_bytes(b"placeholder")
+    (tmp_path / "model.tflite").write_bytes(PLACEHOLDER_MODEL)
     write_bundle_json(
         tmp_path,
         inputs=[
@@ -43,7 +48,7 @@ def rewrite(bundle_dir, **changes):
 
 def test_written_bundle_reads_back(bundle_dir):
     bundle = read_bundle(bundle_dir)
-    assert set(bundle) == set(REQUIRED_KEYS)
+    assert set(bundle) == set(bundle_schema()["required"])
     assert bundle["format_version"] == BUNDLE_FORMAT_VERSION
     assert bundle["mmkeras_version"] == __version__
     assert bundle["created"].endswith("+00:00")
@@ -117,3 +122,56 @@ def test_a_json_list_is_not_a_bundle(bundle_dir):
     (bundle_dir / "bundle.json").write_text("[1, 2]", encoding="utf-8")
     with pytest.raises(UserError, match="JSON object"):
         read_bundle(bundle_dir)
+
+
+@pytest.mark.parametrize(
+    "changes, message",
+    [
+        ({"model_file": "../run/model.tflite"}, "at model_file: '../run/model.tflite' is not allowed (A file in the"),
+        ({"tokenizer_file": ".."}, "at tokenizer_file: '..' is not allowed"),
+        ({"labels": ["cat", "cat"]}, "at labels: ['cat', 'cat'] has non-unique elements"),
+        ({"quantization": "int4"}, "at quantization: 'int4' is not one of"),
+        ({"output": {"name": "logits", "shape": [1, 0], "dtype": "float32", "quantization": None}},
+         "at output/shape/1"),
+    ],
+)
+def test_bundle_json_is_checked_against_its_schema(bundle_dir, changes, message):
+    rewrite(bundle_dir, **changes)
+    with pytest.raises(UserError) as caught:
+        read_bundle(bundle_dir)
+    assert str(caught.value).startswith(f"{bundle_dir / 'bundle.json'}: malformed bundle.json {message}")
+
+
+def test_a_link_out_of_the_bundle_folder_is_refused(bundle_dir, tmp_path_factory):
+    outside = tmp_path_factory.mktemp("elsewhere") / "tokenizer.json"
+    outside.write_text("{}")
+    (bundle_dir / "tokenizer.json").unlink()
+    (bundle_dir / "tokenizer.json").symlink_to(outside)
+    with pytest.raises(UserError, match="tokenizer.json leads outside the bundle folder"):
+        read_bundle(bundle_dir)
+
+
+@pytest.mark.parametrize(
+    "content, message",
+    [
+        (b"", "not a LiteRT model: 0 bytes"),
+        (PLACEHOLDER_MODEL[:10], "not a LiteRT model: 10 bytes"),
+        (b"PK\x03\x04ZIPS" + bytes(40), "not a LiteRT model: the file identifier is b'ZIPS', not b'TFL3'"),
+    ],
+)
+def test_a_model_file_that_is_no_litert_model_is_refused_before_the_interpreter(bundle_dir, content, message):
+    (bundle_dir / "model.tflite").write_bytes(content)
+    with pytest.raises(UserError, match=f"model.tflite: {message}"):
+        read_bundle(bundle_dir)
+
+
+def test_the_schema_ships_in_the_package_and_describes_what_the_writer_writes():
+    schema = bundle_schema()
+    assert schema["$schema"].endswith("2020-12/schema")
+    assert set(schema["required"]) <= set(schema["properties"])
+
+
+def test_the_documented_example_matches_the_schema():
+    text = (Path(__file__).resolve().parents[1] / "docs" / "bundle.md").read_text(encoding="utf-8")
+    example = text.split("## Example bundle.json", 1)[1].split("```json", 1)[1].split("```", 1)[0]
+    jsonschema.validate(json.loads(example), bundle_schema())

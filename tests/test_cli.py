@@ -1,5 +1,6 @@
 """The CLI as a user meets it: help, version, fast user errors before TensorFlow, quiet logs, progress."""
 
+import errno
 import inspect
 import json
 import logging
@@ -92,7 +93,7 @@ def test_user_errors_are_found_before_tensorflow(argv, message, tmp_path, capsys
 @pytest.mark.parametrize("command", ["train", "qat", "export", "report"])
 def test_training_commands_name_the_extra_when_it_is_missing(command, tmp_path, capsys, monkeypatch):
     monkeypatch.setattr(preflight, "TRAINING_MODULES", ("a_module_that_is_not_installed",))
-    monkeypatch.setattr(preflight, "check_run_folder", lambda path: None)
+    monkeypatch.setattr(preflight, "check_run_folder", lambda path: RunConfig())
     train = write_subset(SAMPLES / "train.csv", tmp_path / "train.csv", 4)
     argv = {
         "train": ["train", "--data", train, "--out", tmp_path / "run"],
@@ -163,3 +164,28 @@ def test_train_offers_exactly_the_configs_choices():
         "mixed_precision": config.MIXED_PRECISION,
         "class_weight": config.CLASS_WEIGHTS,
     }
+
+
+def test_a_full_disk_is_a_user_error_and_a_bug_is_an_internal_one(monkeypatch, capsys):
+    def full_disk(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device", "runs/demo/model.keras")
+
+    monkeypatch.setattr(cli_app, "app", full_disk)
+    assert cli_app.main(["train"]) == 2
+    assert capsys.readouterr().err == "error: runs/demo/model.keras: No space left on device\n"
+
+    def panic(*args, **kwargs):
+        raise type("PanicException", (BaseException,), {})("thread panicked\nat src/lib.rs")
+
+    monkeypatch.setattr(cli_app, "app", panic)
+    assert cli_app.main(["predict"]) == 1
+    assert capsys.readouterr().err == (
+        "internal error: PanicException: thread panicked at src/lib.rs (run with --debug for the traceback)\n"
+    )
+
+
+def test_json_output_has_no_nan_or_infinity(capsys):
+    from mmkeras.cli.app import emit
+
+    emit({"loss": float("nan"), "figures": [1.0, float("inf")], "nested": {"x": float("-inf")}}, True, "")
+    assert json.loads(capsys.readouterr().out) == {"loss": None, "figures": [1.0, None], "nested": {"x": None}}

@@ -56,3 +56,28 @@ def test_xla_is_used_on_gpus_unless_the_config_says_otherwise(monkeypatch):
         monkeypatch.setattr(tf.config, "list_logical_devices", lambda kind, gpus=gpus: gpus if kind == "GPU" else [])
         assert use_xla(None) is expected
         assert use_xla(True) is True and use_xla(False) is False
+
+
+@pytest.mark.parametrize("name", ["learning_rate", "dropout", "weight_decay", "new_layers_lr_scale", "warmup_fraction"])
+@pytest.mark.parametrize("value", [float("nan"), float("inf"), float("-inf")])
+def test_every_float_setting_must_be_finite(name, value):
+    with pytest.raises(UserError, match=f"^{name} must be a finite number, got"):
+        RunConfig(**{name: value})
+
+
+@pytest.mark.parametrize("name, value", [("epochs", "3"), ("batch_size", 2.5), ("dropout", True), ("seed", None)])
+def test_numbers_of_the_wrong_type_are_named(name, value):
+    with pytest.raises(UserError, match=f"^{name} must be a number, got"):
+        RunConfig(**{name: value})
+
+
+def test_max_image_pixels_is_a_positive_setting():
+    assert RunConfig().max_image_pixels == 40_000_000
+    with pytest.raises(UserError, match="max_image_pixels must be at least 1"):
+        RunConfig(max_image_pixels=0)
+
+
+@pytest.mark.parametrize("seed", [-1, 2**32])
+def test_the_seed_is_a_32_bit_unsigned_number(seed):
+    with pytest.raises(UserError, match="seed must be between 0 and 4294967295"):
+        RunConfig(seed=seed)

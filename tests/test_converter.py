@@ -226,8 +226,8 @@ def test_failure_after_writing_leaves_no_partial_bundle(bundles, run_dir, tmp_pa
     monkeypatch.setattr(converter, "convert_model", lambda model, **settings: float_model)
     written = []
 
-    def fail_parity(model, predictor, sample):
-        written.extend(path.name for path in predictor.path.iterdir())
+    def fail_parity(model, litert_model, sample):
+        written.extend(path.name for path in tmp_path.glob(".bundle.partial-*/*"))
         raise RuntimeError("interrupted")
 
     monkeypatch.setattr(converter, "parity_report", fail_parity)
@@ -237,7 +237,8 @@ def test_failure_after_writing_leaves_no_partial_bundle(bundles, run_dir, tmp_pa
     before = folder_snapshot(out_dir) if existing else None
     with pytest.raises(RuntimeError, match="interrupted"):
         export_bundle(run_dir, out_dir)
-    assert sorted(written) == ["bundle.json", "model.tflite", "preprocessor.json", "tokenizer.json"]
+    bundle_files = ["bundle.json", "model.tflite", "preprocessor.json", "tokenizer.json"]
+    assert sorted(written) == [".export-unfinished", *bundle_files]
     assert [path.name for path in tmp_path.iterdir()] == (["bundle"] if existing else [])
     assert (folder_snapshot(out_dir) if existing else None) == before
 
@@ -247,11 +248,16 @@ def test_export_replaces_an_existing_bundle_completely(bundles, run_dir, tmp_pat
     monkeypatch.setattr(converter, "convert_model", lambda model, **settings: float_model)
     out_dir = tmp_path / "bundle"
     shutil.copytree(bundles["int8"][0], out_dir)
-    (out_dir / "stale.txt").write_text("from the old bundle")
+    (out_dir / "notes.txt").write_text("the user's, kept beside the bundle")
+    with pytest.raises(UserError, match="the bundle folder also holds notes.txt, which replacing it would delete"):
+        export_bundle(run_dir, out_dir, quantize="none")
+    (out_dir / "notes.txt").unlink()
     report = export_bundle(run_dir, out_dir, quantize="none")
     assert read_bundle(out_dir)["quantization"] == "none"
     assert (out_dir / "model.tflite").read_bytes() == float_model
-    assert not (out_dir / "stale.txt").exists()
+    assert sorted(path.name for path in out_dir.iterdir()) == [
+        "bundle.json", "model.tflite", "preprocessor.json", "tokenizer.json"
+    ]
     assert [path.name for path in tmp_path.iterdir()] == ["bundle"]
     assert report["path"] == str(out_dir) and report["size_bytes"] == len(float_model)
 

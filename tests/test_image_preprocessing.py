@@ -1,6 +1,7 @@
 """load_image: every supported kind of image file becomes the same RGB float array."""
 
 import io
+import os
 
 import numpy as np
 import pytest
@@ -145,3 +146,26 @@ def test_image_size_must_be_positive(tmp_path):
     path = save(solid("RGB", RED), tmp_path / "image.png")
     with pytest.raises(ValueError, match="image_size"):
         load_image(path, (0, 10))
+
+
+def test_a_named_pipe_is_refused_without_opening_it(tmp_path):
+    pipe = tmp_path / "photo.png"
+    os.mkfifo(pipe)  # opening it for reading would block until a writer appears
+    with pytest.raises(UnreadableImageError, match="not a regular file"):
+        load_image(pipe, (8, 8))
+
+
+def test_an_image_over_the_pixel_limit_is_refused_before_decoding(tmp_path, monkeypatch):
+    path = save(solid("RGB", (1, 2, 3), size=(300, 200)), tmp_path / "wide.png")
+    monkeypatch.setattr(Image.Image, "load", lambda self: pytest.fail("decoded an image over the limit"))
+    with pytest.raises(UnreadableImageError) as caught:
+        load_image(path, (8, 8), max_pixels=300 * 200 - 1)
+    assert caught.value.reason == "300x200 pixels is more than the limit of 59999 (max_image_pixels)"
+
+
+def test_a_huge_image_in_a_small_png_is_refused_at_the_default_limit():
+    buffer = io.BytesIO()
+    Image.new("1", (7000, 6000)).save(buffer, format="PNG")  # 42 megapixels in a few kilobytes
+    assert len(buffer.getvalue()) < 100_000
+    with pytest.raises(UnreadableImageError, match="7000x6000 pixels is more than the limit of 40000000"):
+        load_image(buffer.getvalue(), (8, 8))

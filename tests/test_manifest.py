@@ -2,6 +2,7 @@
 
 import json
 import logging
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -110,7 +111,7 @@ def test_unlabelled_manifest_is_allowed_when_labels_are_not_required(tmp_path):
         ("m.jsonl", '{"text": "a", "label": "x"}\n', "line 1: missing key(s) image"),
         ("m.jsonl", '{"text": 5, "image": null, "label": "x"}\n', "line 1: 'text' must be a string or null"),
         ("m.jsonl", '{"text": "a", "image": null, "label": true}\n', "found a boolean"),
-        ("m.jsonl", '{"text": "\\ud800", "image": null, "label": "x"}\n', "line 1: the text cell is not valid Unicode"),
+        ("m.jsonl", '{"text": "\\ud800", "image": null, "label": "x"}\n', "line 1: the text cell is not valid UTF-8 (a lone surrogate U+D800"),
         ("m.txt", "text,image,label\n", "unknown manifest format"),
     ],
 )
@@ -166,11 +167,12 @@ def manifest_with_bad_images(tmp_path):
     )
 
 
-def test_validate_images_fail_names_the_first_bad_row_and_image(manifest_with_bad_images):
+def test_validate_images_fail_names_every_bad_row_and_image(manifest_with_bad_images):
     with pytest.raises(UserError) as caught:
         read_manifest(manifest_with_bad_images).validate_images((16, 16), "fail")
-    expected = f"{manifest_with_bad_images}: line 3: cannot read image 'images/missing.png': file not found"
-    assert str(caught.value) == expected
+    message = str(caught.value)
+    assert message.startswith(f"{manifest_with_bad_images}: 2 bad rows (--on-bad-row skip drops them): ")
+    assert "line 3: cannot read image 'images/missing.png': file not found; line 5: cannot read image" in message
 
 
 def test_validate_images_skip_drops_and_counts_bad_rows(manifest_with_bad_images, caplog):
@@ -188,7 +190,7 @@ def test_validate_images_decodes_each_image_once(manifest_with_bad_images, monke
 
     decoded = []
 
-    def counting_load_image(source, image_size):
+    def counting_load_image(source, image_size, max_pixels):
         decoded.append(Path(source).name)
         return np.zeros((*image_size, 3), np.float32)
 
@@ -199,7 +201,7 @@ def test_validate_images_decodes_each_image_once(manifest_with_bad_images, monke
 
 def test_skipping_every_row_is_a_user_error(tmp_path):
     path = write(tmp_path / "m.csv", "text,image,label\nx,nope.png,a\n")
-    with pytest.raises(UserError, match="no rows left: all 1 rows have unreadable images"):
+    with pytest.raises(UserError, match="no rows left: all 1 rows are bad"):
         read_manifest(path).validate_images((8, 8), "skip")
     with pytest.raises(ValueError, match="on_bad_row"):
         read_manifest(path).validate_images((8, 8), "ignore")
@@ -213,3 +215,74 @@ def test_manifest_reading_never_imports_tensorflow():
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert result.stdout.strip() == "[]"
 
+
+
+def test_fail_lists_the_first_twenty_bad_rows_and_counts_the_rest(tmp_path):
+    path = write(tmp_path / "m.csv", "text,image,label\n" + "ok,,a\n" + "x,,\n" * 25)
+    with pytest.raises(UserError) as caught:
+        read_manifest(path)
+    message = str(caught.value)
+    assert message.startswith(f"{path}: 25 bad rows (--on-bad-row skip drops them): line 3: empty label; ")
+    assert "line 22: empty label; and 5 more" in message and "line 23" not in message
+
+
+def test_skip_drops_every_kind_of_bad_row_and_keeps_them(tmp_path):
+    lines = [
+        '{"text": "good", "image": null, "label": "a"}',
+        '{"text": "broken",',
+        '["not", "an", "object"]',
+        '{"text": "no image key", "label": "a"}',
+        '{"text": 5, "image": null, "label": "a"}',
+        '{"text": "\\udcff", "image": null, "label": "a"}',
+        '{"text": "", "image": null, "label": "a"}',
+        '{"text": "no label", "image": null, "label": ""}',
+    ]
+    manifest = read_manifest(write(tmp_path / "m.jsonl", "\n".join(lines) + "\n"), on_bad_row="skip")
+    assert [row.text for row in manifest.rows] == ["good"]
+    assert [bad.line for bad in manifest.skipped] == [2, 3, 4, 5, 6, 7, 8]
+    assert str(manifest.skipped[0]).startswith(f"{tmp_path / 'm.jsonl'}: line 2: invalid JSON")
+
+
+def test_skipped_rows_accumulate_over_image_checks(manifest_with_bad_images, tmp_path):
+    content = manifest_with_bad_images.read_text(encoding="utf-8") + "six,images/good.png\n"
+    path = write(tmp_path / "more.csv", content)
+    manifest = read_manifest(path, on_bad_row="skip")
+    kept, skipped = manifest.validate_images((16, 16), "skip")
+    assert skipped == 2 and [bad.line for bad in kept.skipped] == [7, 3, 5]
+
+
+@pytest.mark.parametrize("second", ["Cat", " cat", "CAT "])
+def test_labels_differing_only_in_case_or_spaces_are_an_error_naming_both(tmp_path, second):
+    path = write(tmp_path / "m.csv", f'text,image,label\na,,cat\nb,,"{second}"\n')
+    with pytest.raises(UserError) as caught:
+        read_manifest(path)
+    assert str(caught.value) == (
+        f"{path}: line 3: the labels 'cat' (line 2) and {second!r} differ only in case or surrounding spaces; "
+        "write every label of a class the same way"
+    )
+
+
+def test_a_folder_and_an_unterminated_quote_are_named(tmp_path):
+    folder = tmp_path / "data.csv"
+    folder.mkdir()
+    with pytest.raises(UserError, match="this is a folder; give a manifest file"):
+        read_manifest(folder)
+    path = write(tmp_path / "m.csv", 'text,image,label\nok,,a\n"unclosed,,a\nmore,,b\n')
+    with pytest.raises(UserError, match=r"line 3: invalid CSV: unexpected end of data \(an unclosed or stray quote"):
+        read_manifest(path)
+
+
+def test_control_characters_in_a_text_become_spaces(tmp_path):
+    path = write_jsonl(tmp_path / "m.jsonl", [{"text": "a\x00b\x1bc\td", "image": None, "label": "x"}])
+    assert read_manifest(path).rows[0].text == "a b c\td"
+
+
+def test_an_image_over_the_pixel_limit_or_not_a_regular_file_is_a_bad_row(tmp_path):
+    red_png(tmp_path / "big.png")  # 8x6 = 48 pixels
+    os.mkfifo(tmp_path / "pipe.png")
+    path = write(tmp_path / "m.csv", "text,image,label\na,big.png,x\nb,pipe.png,x\nc,,x\n")
+    kept, skipped = read_manifest(path).validate_images((4, 4), "skip", max_pixels=47)
+    assert skipped == 2 and [row.text for row in kept.rows] == ["c"]
+    reasons = [bad.reason for bad in kept.skipped]
+    assert reasons[0] == "cannot read image 'big.png': 8x6 pixels is more than the limit of 47 (max_image_pixels)"
+    assert reasons[1] == "cannot read image 'pipe.png': not a regular file (a pipe, socket or device)"

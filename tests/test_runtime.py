@@ -1,6 +1,7 @@
 """The device runtime: `Predictor`, the interpreter loader, and running without TensorFlow."""
 
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -13,7 +14,8 @@ from mmkeras.data.manifest import read_manifest
 from mmkeras.errors import UserError
 from mmkeras.runtime.bundle import INPUT_NAMES
 from mmkeras.export.converter import export_bundle
-from mmkeras.runtime.interpreter import LiteRTModel, interpreter_module
+from mmkeras.preprocessing.text_cleaning import InvalidTextError
+from mmkeras.runtime.interpreter import LiteRTModel, interpreter_module, usable_threads
 from mmkeras.runtime.predictor import Predictor, softmax
 from test_converter import SAMPLES, save_tiny_run
 
@@ -179,3 +181,39 @@ def test_runtime_predicts_without_tensorflow(bundle_dir, predictor):
     expected = predictor.predict(row.text, row.image)
     assert result["label"] == expected.label
     np.testing.assert_allclose(result["logits"], expected.logits, atol=1e-6)
+
+
+@pytest.mark.parametrize("text", ["\udcff\udcfe from argv", b"\xff\xfe", "lone \ud800"])
+def test_a_text_that_is_not_utf8_is_a_typed_user_error(predictor, text):
+    with pytest.raises(InvalidTextError, match="the text is not valid UTF-8"):
+        predictor.predict(text, None)
+
+
+def test_control_characters_predict_like_spaces(predictor):
+    with_controls = predictor.predict("a\x00red\x1bcircle", None).logits
+    assert np.array_equal(with_controls, predictor.predict("a red circle", None).logits)
+
+
+def test_a_damaged_model_file_is_a_user_error_naming_it(bundle_dir, tmp_path):
+    copy = tmp_path / "bundle"
+    shutil.copytree(bundle_dir, copy)
+    model = (copy / "model.tflite").read_bytes()
+    (copy / "model.tflite").write_bytes(model[: len(model) // 2])
+    with pytest.raises(UserError, match="model.tflite: the LiteRT interpreter cannot load this model: "):
+        Predictor(copy)
+
+
+def test_an_edited_preprocessor_that_no_longer_fits_the_model_is_refused(bundle_dir, tmp_path):
+    copy = tmp_path / "bundle"
+    shutil.copytree(bundle_dir, copy)
+    settings = json.loads((copy / "preprocessor.json").read_text(encoding="utf-8"))
+    settings["image_size"] = [4000, 4000]
+    (copy / "preprocessor.json").write_text(json.dumps(settings), encoding="utf-8")
+    with pytest.raises(UserError, match=r"preprocessor.json: the preprocessing gives image of shape \[4000, 4000, 3\]"):
+        Predictor(copy)
+
+
+def test_threads_are_capped_to_the_machine(monkeypatch, caplog):
+    monkeypatch.setattr(os, "cpu_count", lambda: 2)
+    assert usable_threads(100_000) == 2 and usable_threads(2) == 2 and usable_threads(None) is None
+    assert "100000 threads requested; this machine has 2 CPUs, using 2" in caplog.text

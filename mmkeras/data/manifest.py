@@ -7,11 +7,20 @@ or image cell is a missing modality, not an error; image paths are relative
 to the manifest's folder unless absolute. Every mistake is reported as a
 `UserError` naming the file and the line, as an editor numbers it.
 
+A mistake in one row (a wrong number of cells, a line that is not JSON, an
+empty label, a text that is not UTF-8, an unreadable image, ...) is a *bad
+row*: under `on_bad_row="fail"` every bad row is listed (the first
+`BAD_ROWS_SHOWN` and a count) in one error before any training; under
+`"skip"` bad rows are dropped and kept in `Manifest.skipped`. A mistake in
+the file as a whole (no header, not UTF-8, an unterminated quote, labels that
+differ only in case or surrounding spaces) is always an error.
+
 This module does not import TensorFlow (a bundle can be evaluated without it).
 
 Example:
 >>> manifest = read_manifest("samples/train.csv")                       # doctest: +SKIP
 >>> manifest, skipped = manifest.validate_images((224, 224), "skip")     # doctest: +SKIP
+>>> [str(row) for row in manifest.skipped]                              # doctest: +SKIP
 >>> labels = manifest.labels()                                          # doctest: +SKIP
 >>> y = manifest.encode_labels(labels)                                  # doctest: +SKIP
 """
@@ -29,14 +38,17 @@ from pathlib import Path
 import numpy as np
 
 from mmkeras.errors import UserError
-from mmkeras.preprocessing.image import UnreadableImageError, load_image
-from mmkeras.progress import step_progress
+from mmkeras.preprocessing.image import MAX_IMAGE_PIXELS, UnreadableImageError, load_image
 from mmkeras.preprocessing.multimodal_preprocessor import is_present
+from mmkeras.preprocessing.text_cleaning import InvalidTextError, clean_text
+from mmkeras.progress import step_progress
 
 COLUMNS = ("text", "image", "label")
 ON_BAD_ROW = ("fail", "skip")
 # How many known labels an "unknown label" message lists before "...".
 _LABELS_SHOWN = 8
+# How many bad rows an `on_bad_row="fail"` error lists before the count of the others.
+BAD_ROWS_SHOWN = 20
 
 logger = logging.getLogger(__name__)
 
@@ -50,12 +62,37 @@ class ManifestRow:
         image: the image path (resolved against the manifest's folder), `None` when missing.
         label: the class name, `None` when the manifest has none for this row.
         line: the line of the manifest the row starts on (1-based).
+        raw_label: the label cell as written (spaces kept), to catch
+            spellings of one class that differ.
     """
 
     text: str | None
     image: Path | None
     label: str | None
     line: int
+    raw_label: str | None = dataclasses.field(default=None, compare=False, repr=False)
+
+
+@dataclasses.dataclass(frozen=True)
+class BadRow:
+    """A row of a manifest that cannot be used, and why.
+
+    Args:
+        path: the manifest file.
+        line: the line the row starts on (1-based).
+        reason: what is wrong with it.
+
+    Example:
+    >>> str(BadRow(Path("train.csv"), 7, "empty label"))
+    'train.csv: line 7: empty label'
+    """
+
+    path: Path
+    line: int
+    reason: str
+
+    def __str__(self):
+        return str(UserError(self.reason, path=self.path, row=self.line))
 
 
 @dataclasses.dataclass
@@ -64,7 +101,8 @@ class Manifest:
 
     Args:
         path: the manifest file (named in error messages).
-        rows: its rows.
+        rows: its usable rows.
+        skipped: the bad rows dropped under `on_bad_row="skip"`.
 
     Example:
     >>> manifest = Manifest(Path("train.csv"), [ManifestRow("a red circle", None, "red", 2)])
@@ -74,6 +112,7 @@ class Manifest:
 
     path: Path
     rows: list[ManifestRow]
+    skipped: list[BadRow] = dataclasses.field(default_factory=list)
 
     def labels(self) -> list[str]:
         """The distinct label names, sorted: the class order of a model trained on this manifest."""
@@ -97,43 +136,45 @@ class Manifest:
             indices[position] = index_of[row.label]
         return indices
 
-    def validate_images(self, image_size: tuple[int, int], on_bad_row: str) -> tuple["Manifest", int]:
+    def validate_images(
+        self, image_size: tuple[int, int], on_bad_row: str, *, max_pixels: int = MAX_IMAGE_PIXELS
+    ) -> tuple["Manifest", int]:
         """Decode every referenced image once; fail on, or drop, rows whose image cannot be read.
 
         Args:
             image_size: `(height, width)`, decoded as training will decode them.
-            on_bad_row: `fail` raises a `UserError` for the first bad row;
-                `skip` drops bad rows (each one logged as a warning).
+            on_bad_row: `fail` raises one `UserError` listing every bad row;
+                `skip` drops bad rows (each one logged as a warning and added
+                to the returned manifest's `skipped`).
+            max_pixels: an image with more pixels is a bad row (checked
+                before it is decoded).
 
         Returns:
             The manifest of the good rows, and how many rows were dropped.
 
         Raises:
-            UserError: a bad row under `fail`, or no good row left under `skip`.
+            UserError: bad rows under `fail`, or no good row left under `skip`.
         """
         if on_bad_row not in ON_BAD_ROW:
             raise ValueError(f"on_bad_row must be one of {ON_BAD_ROW}, got {on_bad_row!r}")
         images = list(dict.fromkeys(row.image for row in self.rows if row.image is not None))
         found = []
+        check = partial(_image_problem, image_size=image_size, max_pixels=max_pixels)
         # Pillow releases the GIL while decoding, so threads use every core.
         with ThreadPoolExecutor() as pool, step_progress("checking images", len(images)) as progress:
-            for problem in pool.map(partial(_image_problem, image_size=image_size), images):
+            for problem in pool.map(check, images):
                 found.append(problem)
                 progress.update(len(found))
         problems = dict(zip(images, found))
-        good_rows = []
+        good_rows, bad_rows = [], []
         for row in self.rows:
             problem = problems.get(row.image)
             if problem is None:
                 good_rows.append(row)
-                continue
-            error = UserError(f"cannot read image {self._shown(row.image)!r}: {problem}", path=self.path, row=row.line)
-            if on_bad_row == "fail":
-                raise error
-            logger.warning("skipped: %s", error)
-        if not good_rows:
-            raise UserError(f"no rows left: all {len(self.rows)} rows have unreadable images", path=self.path)
-        return Manifest(self.path, good_rows), len(self.rows) - len(good_rows)
+            else:
+                bad_rows.append(BadRow(self.path, row.line, f"cannot read image {self._shown(row.image)!r}: {problem}"))
+        checked = _settle(self.path, good_rows, bad_rows, on_bad_row, previously_skipped=self.skipped)
+        return checked, len(bad_rows)
 
     def _shown(self, image: Path) -> str:
         """An image path as the manifest names it (relative to its folder when possible)."""
@@ -143,7 +184,7 @@ class Manifest:
             return str(image)
 
 
-def read_manifest(path: str | Path, *, require_labels: bool = True) -> Manifest:
+def read_manifest(path: str | Path, *, require_labels: bool = True, on_bad_row: str = "fail") -> Manifest:
     """Read a CSV (`.csv`) or JSONL (`.jsonl`, `.ndjson`) manifest.
 
     Args:
@@ -151,24 +192,72 @@ def read_manifest(path: str | Path, *, require_labels: bool = True) -> Manifest:
         require_labels: whether every row must have a label (training and
             evaluation); `False` for data to predict on, where the `label`
             column may be absent.
+        on_bad_row: `fail` raises one `UserError` listing every bad row;
+            `skip` drops them into `Manifest.skipped`.
 
     Raises:
-        UserError: the file is missing, not UTF-8, lacks a column, has
-            invalid JSON, a row with neither text nor image, an empty label,
-            or no rows at all.
+        UserError: the file is missing, a folder, not UTF-8, lacks a column,
+            has an unterminated quote, labels that differ only in case or
+            surrounding spaces, no good row, or bad rows under `fail`.
     """
     path = Path(path)
+    if path.is_dir():
+        raise UserError("this is a folder; give a manifest file (.csv or .jsonl)", path=path)
     read_records = _RECORD_READERS.get(path.suffix.lower())
     if read_records is None:
         raise UserError("unknown manifest format: use a .csv or .jsonl file", path=path)
     required = COLUMNS if require_labels else COLUMNS[:2]
-    rows = [
-        _make_row(record, path, line, require_labels)
-        for line, record in read_records(_read_text(path), path, required)
-    ]
-    if not rows:
+    rows, bad_rows = [], []
+    for line, record in read_records(_read_text(path), path, required):
+        try:
+            if isinstance(record, UserError):
+                raise record
+            rows.append(_make_row(record, path, line, require_labels))
+        except UserError as error:
+            bad_rows.append(BadRow(path, line, error.reason))
+    _check_label_spellings(rows, path)
+    if not rows and not bad_rows:
         raise UserError("the manifest has no rows", path=path)
-    return Manifest(path, rows)
+    return _settle(path, rows, bad_rows, on_bad_row)
+
+
+def _settle(
+    path: Path, rows: list[ManifestRow], bad_rows: list[BadRow], on_bad_row: str, previously_skipped=()
+) -> Manifest:
+    """The manifest of `rows`, after failing on or skipping `bad_rows` as `on_bad_row` says."""
+    if bad_rows and on_bad_row == "fail":
+        raise _bad_rows_error(path, bad_rows)
+    for bad_row in bad_rows:
+        logger.warning("skipped: %s", bad_row)
+    if not rows:
+        raise UserError(f"no rows left: all {len(bad_rows)} rows are bad (the first: {bad_rows[0]})", path=path)
+    return Manifest(path, rows, [*previously_skipped, *bad_rows])
+
+
+def _bad_rows_error(path: Path, bad_rows: list[BadRow]) -> UserError:
+    """One error listing the first `BAD_ROWS_SHOWN` bad rows and the count of the others."""
+    if len(bad_rows) == 1:
+        return UserError(bad_rows[0].reason, path=path, row=bad_rows[0].line)
+    shown = "; ".join(f"line {row.line}: {row.reason}" for row in bad_rows[:BAD_ROWS_SHOWN])
+    more = f"; and {len(bad_rows) - BAD_ROWS_SHOWN} more" if len(bad_rows) > BAD_ROWS_SHOWN else ""
+    return UserError(f"{len(bad_rows)} bad rows (--on-bad-row skip drops them): {shown}{more}", path=path)
+
+
+def _check_label_spellings(rows: list[ManifestRow], path: Path):
+    """Labels that differ only in case or surrounding spaces are a mistake, not two classes."""
+    first_spelling: dict[str, tuple[str, int]] = {}
+    for row in rows:
+        if row.raw_label is None:
+            continue
+        key = row.raw_label.strip().casefold()
+        spelling, line = first_spelling.setdefault(key, (row.raw_label, row.line))
+        if spelling != row.raw_label:
+            raise UserError(
+                f"the labels {spelling!r} (line {line}) and {row.raw_label!r} differ only in case or surrounding "
+                "spaces; write every label of a class the same way",
+                path=path,
+                row=row.line,
+            )
 
 
 def _read_text(path: Path) -> str:
@@ -187,9 +276,12 @@ def _read_text(path: Path) -> str:
         ) from None
 
 
-def _csv_records(text: str, path: Path, required: tuple[str, ...]) -> Iterator[tuple[int, dict[str, str]]]:
-    """(line, {column: cell}) per data row; a row's line is the one it starts on."""
-    reader = csv.reader(io.StringIO(text, newline=""))
+def _csv_records(
+    text: str, path: Path, required: tuple[str, ...]
+) -> Iterator[tuple[int, dict[str, str] | UserError]]:
+    """(line, {column: cell} or the row's problem) per data row; a row's line is the one it starts on."""
+    reader = csv.reader(io.StringIO(text, newline=""), strict=True)
+    next_line = 2
     try:
         header = next(reader, None)
         if header is None:
@@ -202,10 +294,12 @@ def _csv_records(text: str, path: Path, required: tuple[str, ...]) -> Iterator[t
             if not cells:  # a blank line
                 continue
             if len(cells) != len(names):
-                raise UserError(f"expected {len(names)} cells like the header, found {len(cells)}", path=path, row=line)
+                yield line, UserError(f"expected {len(names)} cells like the header, found {len(cells)}")
+                continue
             yield line, dict(zip(names, cells))
     except csv.Error as error:
-        raise UserError(f"invalid CSV: {error}", path=path, row=reader.line_num) from None
+        # Quoting mistakes leave the rest of the file unparseable: one error for the file.
+        raise UserError(f"invalid CSV: {error} (an unclosed or stray quote?)", path=path, row=next_line) from None
 
 
 def _check_columns(names: list[str], required: tuple[str, ...], path: Path):
@@ -219,32 +313,42 @@ def _check_columns(names: list[str], required: tuple[str, ...], path: Path):
         )
 
 
-def _jsonl_records(text: str, path: Path, required: tuple[str, ...]) -> Iterator[tuple[int, dict[str, str]]]:
-    """(line, {key: cell}) per non-blank line, JSON `null` read as an empty cell."""
+def _jsonl_records(
+    text: str, path: Path, required: tuple[str, ...]
+) -> Iterator[tuple[int, dict[str, str] | UserError]]:
+    """(line, {key: cell} or the line's problem) per non-blank line, JSON `null` read as an empty cell."""
     # Split on "\n" only: str.splitlines would also split inside JSON strings (U+2028 and co).
     for line, content in enumerate(text.split("\n"), start=1):
-        if not content.strip():
-            continue
-        try:
-            record = json.loads(content)
-        except json.JSONDecodeError as error:
-            raise UserError(f"invalid JSON: {error.msg} (column {error.colno})", path=path, row=line) from None
-        if not isinstance(record, dict):
-            raise UserError(f"expected a JSON object, found {_json_type(record)}", path=path, row=line)
-        missing = [key for key in required if key not in record]
-        if missing:
-            raise UserError(f"missing key(s) {', '.join(missing)}", path=path, row=line)
-        yield line, {key: _json_cell(record.get(key), key, path, line) for key in COLUMNS}
+        if content.strip():
+            yield line, _json_record(content, required)
 
 
-def _json_cell(value, key: str, path: Path, line: int) -> str:
+def _json_record(content: str, required: tuple[str, ...]) -> dict[str, str] | UserError:
+    try:
+        record = json.loads(content)
+    except json.JSONDecodeError as error:
+        return UserError(f"invalid JSON: {error.msg} (column {error.colno})")
+    except RecursionError:
+        return UserError("invalid JSON: nested too deeply")
+    if not isinstance(record, dict):
+        return UserError(f"expected a JSON object, found {_json_type(record)}")
+    missing = [key for key in required if key not in record]
+    if missing:
+        return UserError(f"missing key(s) {', '.join(missing)}")
+    try:
+        return {key: _json_cell(record.get(key), key) for key in COLUMNS}
+    except UserError as error:
+        return error
+
+
+def _json_cell(value, key: str) -> str:
     if value is None:
         return ""
     if isinstance(value, str):
         return value
     if key == "label" and isinstance(value, int) and not isinstance(value, bool):
         return str(value)  # class ids written as numbers are still class names
-    raise UserError(f"{key!r} must be a string or null, found {_json_type(value)}", path=path, row=line)
+    raise UserError(f"{key!r} must be a string or null, found {_json_type(value)}")
 
 
 def _json_type(value) -> str:
@@ -254,33 +358,29 @@ def _json_type(value) -> str:
 
 def _make_row(record: dict[str, str], path: Path, line: int, require_labels: bool) -> ManifestRow:
     for column, cell in record.items():
-        if column in COLUMNS and not _is_unicode(cell):
-            raise UserError(f"the {column} cell is not valid Unicode (a lone surrogate escape)", path=path, row=line)
+        if column in COLUMNS:
+            try:
+                clean_text(cell)
+            except InvalidTextError as error:
+                raise UserError(f"the {column} cell is {error.problem}") from None
     text, image, label = (record.get(column, "") for column in COLUMNS)
     if not is_present(text) and not is_present(image):
-        raise UserError("the row has neither a text nor an image", path=path, row=line)
+        raise UserError("the row has neither a text nor an image")
     if require_labels and not label.strip():
-        raise UserError("empty label", path=path, row=line)
+        raise UserError("empty label")
     return ManifestRow(
-        text=text if is_present(text) else None,
+        text=clean_text(text) if is_present(text) else None,
         image=path.parent / image.strip() if is_present(image) else None,
         label=label.strip() or None,
         line=line,
+        raw_label=label or None,
     )
 
 
-def _is_unicode(cell: str) -> bool:
-    try:
-        cell.encode("utf-8")
-    except UnicodeEncodeError:
-        return False
-    return True
-
-
-def _image_problem(image: Path, image_size: tuple[int, int]) -> str | None:
+def _image_problem(image: Path, image_size: tuple[int, int], max_pixels: int) -> str | None:
     """Why `image` cannot be loaded, or `None` when it can."""
     try:
-        load_image(image, image_size)
+        load_image(image, image_size, max_pixels=max_pixels)
     except UnreadableImageError as error:
         return error.reason
     return None

@@ -4,7 +4,11 @@ Training, evaluation and the device runtime all call this one function, so an
 image is preprocessed identically everywhere by construction. The steps, in
 order (what a mobile developer re-implements):
 
-1. decode the first frame (JPEG, PNG, BMP, GIF, WebP, and what else Pillow reads);
+1. refuse what is not a regular file (a named pipe or a device would block or
+   never end) and an image of more than `max_pixels` pixels (read from its
+   header, before anything is decoded: a small PNG can hold a huge image);
+   then decode the first frame (JPEG, PNG, BMP, GIF, WebP, and what else
+   Pillow reads);
 2. apply the EXIF orientation tag;
 3. convert to 8-bit RGB: 16-bit grayscale is scaled by 255/65535; an alpha
    channel or a transparent palette colour is composited onto white; palette,
@@ -15,6 +19,9 @@ order (what a mobile developer re-implements):
 """
 
 import io
+import os
+import stat
+import struct
 from pathlib import Path
 
 import numpy as np
@@ -27,6 +34,9 @@ _ALPHA_MODES = ("RGBA", "LA", "PA", "RGBa")
 # opens 16-bit grayscale PNG/TIFF as `I;16*`, older versions as `I`).
 _SIXTEEN_BIT_MODES = ("I", "I;16", "I;16L", "I;16B", "I;16N")
 _SIXTEEN_BIT_MAX = 65535
+# The default largest image, in pixels: 40 megapixels (a 7300x5500 photo) decode to 120 MB of RGB,
+# far below Pillow's own bomb limit (89 MP warns, 179 MP fails) that lets one image take gigabytes.
+MAX_IMAGE_PIXELS = 40_000_000
 
 
 class UnreadableImageError(ValueError):
@@ -47,18 +57,22 @@ class UnreadableImageError(ValueError):
         super().__init__(f"cannot read image {source!r}: {reason}")
 
 
-def load_image(source: str | Path | bytes, image_size: tuple[int, int]) -> np.ndarray:
+def load_image(
+    source: str | Path | bytes, image_size: tuple[int, int], *, max_pixels: int = MAX_IMAGE_PIXELS
+) -> np.ndarray:
     """Decode, orient, convert to RGB and resize one image.
 
     Args:
         source: a file path, or the encoded file's bytes.
         image_size: `(height, width)` of the result.
+        max_pixels: the largest width x height accepted.
 
     Returns:
         float32 array `[height, width, 3]`, RGB values in 0..255.
 
     Raises:
-        UnreadableImageError: the file is missing or cannot be decoded.
+        UnreadableImageError: the file is missing, not a regular file, too
+            large or cannot be decoded.
 
     Example:
     >>> from PIL import Image
@@ -72,18 +86,41 @@ def load_image(source: str | Path | bytes, image_size: tuple[int, int]) -> np.nd
     if height < 1 or width < 1:
         raise ValueError(f"image_size must be positive (height, width), got {image_size}")
     name = "<bytes>" if isinstance(source, (bytes, bytearray)) else str(source)
-    image = _decode(source, name)
+    if not isinstance(source, (bytes, bytearray)):
+        _check_regular_file(source, name)
+    image = _decode(source, name, max_pixels)
     rgb = _to_rgb(ImageOps.exif_transpose(image), name)
     return np.asarray(rgb.resize((width, height), RESAMPLE), dtype=np.float32)
 
 
-def _decode(source: str | Path | bytes, name: str) -> Image.Image:
+def _check_regular_file(path: str | Path, name: str):
+    """Only regular files are opened: reading a named pipe or a device could block forever."""
+    try:
+        mode = os.stat(path).st_mode
+    except FileNotFoundError:
+        raise UnreadableImageError(name, "file not found") from None
+    except (OSError, ValueError) as error:  # ValueError: a NUL in the path
+        raise UnreadableImageError(name, getattr(error, "strerror", None) or str(error)) from None
+    if stat.S_ISDIR(mode):
+        raise UnreadableImageError(name, "it is a directory")
+    if not stat.S_ISREG(mode):
+        raise UnreadableImageError(name, "not a regular file (a pipe, socket or device)")
+
+
+def _decode(source: str | Path | bytes, name: str, max_pixels: int) -> Image.Image:
     """The first frame, fully decoded (so a truncated file fails here, not later)."""
     file = io.BytesIO(source) if isinstance(source, (bytes, bytearray)) else source
     try:
         with Image.open(file) as image:
+            width, height = image.size  # from the header: nothing decoded yet
+            if width * height > max_pixels:
+                raise UnreadableImageError(
+                    name, f"{width}x{height} pixels is more than the limit of {max_pixels} (max_image_pixels)"
+                )
             image.load()
             return image
+    except UnreadableImageError:
+        raise
     except FileNotFoundError:
         raise UnreadableImageError(name, "file not found") from None
     except IsADirectoryError:
@@ -94,7 +131,8 @@ def _decode(source: str | Path | bytes, name: str) -> Image.Image:
         raise UnreadableImageError(name, str(error)) from None
     except OSError as error:
         raise UnreadableImageError(name, error.strerror or str(error)) from None
-    except (SyntaxError, EOFError) as error:  # Pillow's plugins signal corrupt data with these
+    except (SyntaxError, EOFError, ValueError, struct.error, ZeroDivisionError) as error:
+        # Pillow's plugins signal corrupt data with these (measured by fuzzing random bytes)
         raise UnreadableImageError(name, f"corrupt image data ({error})") from None
 
 

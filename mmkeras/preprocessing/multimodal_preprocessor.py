@@ -20,8 +20,9 @@ from pathlib import Path
 import numpy as np
 
 from mmkeras.errors import UserError
-from mmkeras.preprocessing.image import BACKGROUND, load_image
+from mmkeras.preprocessing.image import BACKGROUND, MAX_IMAGE_PIXELS, load_image
 from mmkeras.preprocessing.text import TextTokenizer
+from mmkeras.preprocessing.text_cleaning import clean_text
 
 FORMAT_VERSION = 1
 CONFIG_FILE = "preprocessor.json"
@@ -34,6 +35,7 @@ class MultimodalPreprocessor:
     Args:
         tokenizer: the `TextTokenizer` whose ids the text backbone reads.
         image_size: `(height, width)` the vision backbone takes.
+        max_image_pixels: images with more pixels are refused (before decoding).
 
     Example:
     >>> tokenizer = TextTokenizer.train_from_texts(
@@ -46,12 +48,17 @@ class MultimodalPreprocessor:
     [[1.0, 0.0], [0.0, 0.0]]
     """
 
-    def __init__(self, tokenizer: TextTokenizer, image_size: tuple[int, int]):
+    def __init__(
+        self, tokenizer: TextTokenizer, image_size: tuple[int, int], *, max_image_pixels: int = MAX_IMAGE_PIXELS
+    ):
         height, width = (int(side) for side in image_size)
         if height < 1 or width < 1:
             raise ValueError(f"image_size must be positive (height, width), got {image_size}")
+        if max_image_pixels < 1:
+            raise ValueError(f"max_image_pixels must be positive, got {max_image_pixels}")
         self.tokenizer = tokenizer
         self.image_size = (height, width)
+        self.max_image_pixels = int(max_image_pixels)
 
     @property
     def sequence_length(self) -> int:
@@ -68,6 +75,7 @@ class MultimodalPreprocessor:
 
         Raises:
             UnreadableImageError: an image cannot be read.
+            InvalidTextError: a text is not valid UTF-8 (`clean_text`).
         """
         if len(texts) != len(images):
             raise ValueError(f"got {len(texts)} texts but {len(images)} images")
@@ -82,6 +90,7 @@ class MultimodalPreprocessor:
 
     def encode_texts(self, texts: list[str | None]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Token ids, padding masks (int32 `[N, L]`) and text presence (float32 `[N]`)."""
+        texts = [None if text is None else clean_text(text) for text in texts]
         present = [is_present(text) for text in texts]
         token_ids, padding_mask = self.tokenizer.encode_batch(
             [text if text_present else "" for text, text_present in zip(texts, present)]
@@ -94,7 +103,7 @@ class MultimodalPreprocessor:
         present = np.zeros(len(images), np.float32)
         for index, image in enumerate(images):
             if is_present(image):
-                pixels[index] = load_image(image, self.image_size)
+                pixels[index] = load_image(image, self.image_size, max_pixels=self.max_image_pixels)
                 present[index] = 1.0
         return pixels, present
 
@@ -111,6 +120,7 @@ class MultimodalPreprocessor:
                 "vocabulary_size": self.tokenizer.vocabulary_size,
             },
             "image_size": list(self.image_size),
+            "max_image_pixels": self.max_image_pixels,
             "image": {
                 "layout": "height, width, RGB",
                 "resample": "bilinear",
@@ -131,12 +141,13 @@ class MultimodalPreprocessor:
 
     @classmethod
     def load(cls, directory: str | Path) -> "MultimodalPreprocessor":
-        """Read a preprocessor written by `save`."""
+        """Read a preprocessor written by `save` (`UserError` naming the file when it is not one)."""
         path = Path(directory) / CONFIG_FILE
         try:
             config = json.loads(path.read_text(encoding="utf-8"))
-        except OSError as error:
-            raise UserError(f"cannot read preprocessor: {error.strerror}", path=path) from None
+        except (OSError, UnicodeDecodeError) as error:
+            reason = getattr(error, "strerror", None) or error
+            raise UserError(f"cannot read preprocessor: {reason}", path=path) from None
         except json.JSONDecodeError as error:
             raise UserError(f"invalid JSON: {error.msg}", path=path, row=error.lineno) from None
         version = config.get("format") if isinstance(config, dict) else None
@@ -150,15 +161,33 @@ class MultimodalPreprocessor:
             )
         except (KeyError, TypeError) as error:
             raise UserError(f"incomplete preprocessor settings (no {error})", path=path) from None
+        _check_settings(tokenizer_file, sequence_length, image_size, config.get("max_image_pixels"), path)
         tokenizer = TextTokenizer.load(Path(directory) / tokenizer_file)
         if tokenizer.sequence_length != sequence_length:
             raise UserError(
                 f"sequence_length {sequence_length} differs from the tokenizer's {tokenizer.sequence_length}", path=path
             )
-        return cls(tokenizer, tuple(image_size))
+        return cls(tokenizer, tuple(image_size), max_image_pixels=config.get("max_image_pixels") or MAX_IMAGE_PIXELS)
 
     def __repr__(self):
         return f"MultimodalPreprocessor({self.tokenizer!r}, image_size={self.image_size})"
+
+
+def _check_settings(tokenizer_file, sequence_length, image_size, max_image_pixels, path: Path):
+    """The values `load` uses, checked so that an edited file is reported, not a crash later."""
+    in_folder = isinstance(tokenizer_file, str) and Path(tokenizer_file).name == tokenizer_file
+    if not in_folder or tokenizer_file in ("", ".", ".."):
+        raise UserError(f"tokenizer.file must be a file name in the same folder, got {tokenizer_file!r}", path=path)
+    if not _is_count(sequence_length):
+        raise UserError(f"sequence_length must be a positive integer, got {sequence_length!r}", path=path)
+    if not (isinstance(image_size, list) and len(image_size) == 2 and all(map(_is_count, image_size))):
+        raise UserError(f"image_size must be [height, width] of positive integers, got {image_size!r}", path=path)
+    if max_image_pixels is not None and not _is_count(max_image_pixels):
+        raise UserError(f"max_image_pixels must be a positive integer, got {max_image_pixels!r}", path=path)
+
+
+def _is_count(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 1
 
 
 def is_present(value: str | Path | bytes | None) -> bool:

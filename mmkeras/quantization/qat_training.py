@@ -158,7 +158,7 @@ class QATJob(TrainingJob):
         self.float_run = run
         labels, preprocessor = run.labels, run.preprocessor
         train_manifest, val_manifest, skipped = checked_manifests(
-            config, read_manifest(config.data), labels, preprocessor.image_size
+            config, read_manifest(config.data, on_bad_row=config.on_bad_row), labels, preprocessor.image_size
         )
         train_epochs, val_data = epoch_datasets(config, preprocessor, labels, train_manifest, val_manifest)
         logger.info("calibrating activation ranges on %d batches", settings.calibration_batches)
@@ -172,7 +172,7 @@ class QATJob(TrainingJob):
             train_manifest=train_manifest,
             train_epochs=train_epochs,
             val_data=val_data,
-            bad_rows_skipped=skipped,
+            skipped_rows=skipped,
             policy=model.dtype_policy.name,
         )
 

@@ -13,9 +13,13 @@ preprocessing on Android or iOS. This module is TensorFlow-free: the device
 runtime reads bundles with it; `mmkeras.export.bundle_writer` writes them.
 """
 
+import functools
 import json
+from importlib import resources
 from pathlib import Path
 from typing import Any
+
+import jsonschema
 
 from mmkeras.errors import UserError
 
@@ -24,58 +28,116 @@ BUNDLE_FILE = "bundle.json"
 MODEL_FILE = "model.tflite"
 PREPROCESSOR_FILE = "preprocessor.json"
 TOKENIZER_FILE = "tokenizer.json"
+# Every file of a bundle: `export` replaces a folder only when it holds nothing else.
+BUNDLE_FILES = (BUNDLE_FILE, MODEL_FILE, PREPROCESSOR_FILE, TOKENIZER_FILE)
+# In a folder an export is still writing; a bundle folder never holds it (see `read_bundle`).
+UNFINISHED_MARKER = ".export-unfinished"
+# The JSON Schema of bundle.json, shipped in this package (docs/bundle.md describes it).
+SCHEMA_FILE = "bundle.schema.json"
 # The model inputs of the shared contract, in the order bundle.json lists them.
 INPUT_NAMES = ("token_ids", "padding_mask", "image", "modality_mask")
 OUTPUT_NAME = "logits"
 QUANTIZATION_MODES = ("none", "float16", "dynamic", "int8")
-# The keys every bundle.json has (see docs/bundle.md).
-REQUIRED_KEYS = (
-    "format_version",
-    "mmkeras_version",
-    "created",
-    "model_file",
-    "inputs",
-    "output",
-    "labels",
-    "quantization",
-    "preprocessing",
-    "preprocessor_file",
-    "tokenizer_file",
-    "source_run",
-)
+# A LiteRT model is a FlatBuffer whose file identifier, bytes 4..8, is "TFL3".
+TFLITE_IDENTIFIER = b"TFL3"
+# The smallest FlatBuffer with a root table and an identifier; FlatBuffers cannot exceed 2 GiB.
+TFLITE_MIN_BYTES = 16
+TFLITE_MAX_BYTES = 2**31
 
 
-def read_bundle(directory: str | Path) -> dict[str, Any]:
-    """Read and check a bundle folder's `bundle.json`.
+def read_bundle(directory: str | Path, *, unfinished_ok: bool = False) -> dict[str, Any]:
+    """Read and check a bundle folder's `bundle.json`, and that its files are there and sound.
 
-    Raises `UserError` naming the file when `bundle.json` or a file it refers
-    to is missing, when it is not valid JSON, or when its format is unknown or
-    newer than this mmkeras reads.
+    Args:
+        directory: the bundle folder.
+        unfinished_ok: accept the staging folder of an export in progress
+            (only the exporter checking its own work does). Otherwise a
+            folder holding `UNFINISHED_MARKER` is refused: a killed export
+            leaves nothing that predicts.
+
+    Checks, each a `UserError` naming the file: `bundle.json` exists, is
+    UTF-8 JSON, has a format version this mmkeras reads and matches
+    `bundle.schema.json`; every file it names is a regular file inside the
+    bundle folder (no path leads out of it); `model.tflite` is a LiteRT
+    FlatBuffer by its identifier and size.
 
     Example:
     >>> read_bundle("bundles/demo")["labels"]  # doctest: +SKIP
     ['big_red', 'small_red']
     """
     directory = Path(directory)
+    if not unfinished_ok and (directory / UNFINISHED_MARKER).exists():
+        raise UserError(
+            "an unfinished export (killed while writing); the next export to its folder removes it", path=directory
+        )
     path = directory / BUNDLE_FILE
     if not path.is_file():
         raise UserError(f"not a bundle folder: {BUNDLE_FILE} is missing", path=path)
     try:
         values = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError) as error:
-        raise UserError(f"cannot read bundle: {error}", path=path) from None
+        raise UserError(f"cannot read bundle: {getattr(error, 'strerror', None) or error}", path=path) from None
     except json.JSONDecodeError as error:
         raise UserError(f"invalid JSON: {error.msg}", path=path, row=error.lineno) from None
+    except RecursionError:
+        raise UserError("invalid JSON: nested too deeply", path=path) from None
     if not isinstance(values, dict):
         raise UserError("bundle.json must hold a JSON object", path=path)
     _check_format_version(values.get("format_version"), path)
-    missing = [key for key in REQUIRED_KEYS if key not in values]
-    if missing:
-        raise UserError(f"malformed bundle.json: missing {', '.join(missing)}", path=path)
+    _check_schema(values, path)
     for key in ("model_file", "preprocessor_file", "tokenizer_file"):
-        if not (directory / values[key]).is_file():
-            raise UserError(f"incomplete bundle: {values[key]} is missing", path=directory / values[key])
+        _check_bundle_file(directory, values[key])
+    check_tflite_file(directory / values["model_file"])
     return values
+
+
+def bundle_schema() -> dict[str, Any]:
+    """The JSON Schema of `bundle.json` (format version 1)."""
+    return _load_schema()
+
+
+@functools.cache
+def _load_schema() -> dict[str, Any]:
+    return json.loads(resources.files("mmkeras.runtime").joinpath(SCHEMA_FILE).read_text(encoding="utf-8"))
+
+
+def _check_schema(values: dict, path: Path):
+    missing = [key for key in bundle_schema()["required"] if key not in values]
+    if missing:  # all of them at once: the validator would name one at a time
+        raise UserError(f"malformed bundle.json: missing {', '.join(missing)}", path=path)
+    validator = jsonschema.Draft202012Validator(bundle_schema())
+    error = jsonschema.exceptions.best_match(validator.iter_errors(values))
+    if error is not None:
+        where = "/".join(str(part) for part in error.absolute_path) or "the top level"
+        # A pattern's regex says little to a user: the schema's description of the value says more.
+        description = error.schema.get("description") if isinstance(error.schema, dict) else None
+        reason = f"{error.instance!r} is not allowed ({description})" if description else error.message
+        raise UserError(f"malformed bundle.json at {where}: {reason}", path=path)
+
+
+def _check_bundle_file(directory: Path, name: str):
+    """A file bundle.json names must be a regular file inside the bundle folder (a link out of it is refused)."""
+    path = directory / name
+    if not path.is_file():
+        raise UserError(f"incomplete bundle: {name} is missing", path=path)
+    if not path.resolve().is_relative_to(directory.resolve()):
+        raise UserError(f"{name} leads outside the bundle folder; a bundle's files must be inside it", path=path)
+
+
+def check_tflite_file(path: Path):
+    """`UserError` unless `path` looks like a LiteRT model: a size a FlatBuffer can have, and the TFL3 identifier.
+
+    The interpreter is not given files that fail this (it reads the identifier only later, and not always).
+    """
+    size = path.stat().st_size
+    if not TFLITE_MIN_BYTES <= size < TFLITE_MAX_BYTES:
+        raise UserError(f"not a LiteRT model: {size} bytes (a truncated or empty file?)", path=path)
+    with path.open("rb") as handle:
+        identifier = handle.read(8)[4:8]
+    if identifier != TFLITE_IDENTIFIER:
+        raise UserError(
+            f"not a LiteRT model: the file identifier is {identifier!r}, not {TFLITE_IDENTIFIER!r}", path=path
+        )
 
 
 def _check_format_version(version, path: Path):

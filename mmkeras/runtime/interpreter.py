@@ -18,6 +18,8 @@ Example:
 
 import dataclasses
 import importlib
+import logging
+import os
 from pathlib import Path
 from types import ModuleType
 
@@ -25,6 +27,8 @@ import numpy as np
 
 from mmkeras import compat
 from mmkeras.framework_logs import native_stderr_silenced
+
+logger = logging.getLogger("mmkeras")
 
 # Modules that provide `Interpreter` and `OpResolverType`, most preferred first.
 INTERPRETER_MODULES = (
@@ -44,12 +48,30 @@ def interpreter_module() -> ModuleType:
     raise ImportError("no LiteRT interpreter found: pip install ai-edge-litert")
 
 
+def usable_threads(requested: int | None) -> int | None:
+    """`requested` interpreter threads, capped to this machine's CPUs (more only oversubscribe and can crash).
+
+    Example:
+    >>> usable_threads(None) is None, usable_threads(1)
+    (True, 1)
+    """
+    if requested is None:
+        return None
+    if requested < 1:
+        raise ValueError(f"num_threads must be at least 1, got {requested}")
+    available = os.cpu_count() or 1
+    if requested > available:
+        logger.warning("%d threads requested; this machine has %d CPUs, using %d", requested, available, available)
+    return min(requested, available)
+
+
 def load_interpreter(model: str | Path | bytes, *, num_threads: int | None = None, default_delegates: bool = True):
     """An interpreter for a .tflite file path or the model's bytes, tensors not yet allocated.
 
     Args:
         model: a .tflite path, or the flatbuffer bytes.
-        num_threads: CPU threads for the kernels; `None` lets the runtime pick.
+        num_threads: CPU threads for the kernels (capped to the CPUs, `usable_threads`);
+            `None` lets the runtime pick.
         default_delegates: apply the default delegate (XNNPACK on CPU). Off,
             every op stays a builtin kernel, which is what op listings need
             (a delegate replaces the ops it runs by one `DELEGATE` node).
@@ -58,7 +80,9 @@ def load_interpreter(model: str | Path | bytes, *, num_threads: int | None = Non
     resolvers = module.OpResolverType
     resolver = resolvers.AUTO if default_delegates else resolvers.BUILTIN_WITHOUT_DEFAULT_DELEGATES
     source = {"model_content": bytes(model)} if isinstance(model, (bytes, bytearray)) else {"model_path": str(model)}
-    return module.Interpreter(**source, num_threads=num_threads, experimental_op_resolver_type=resolver)
+    return module.Interpreter(
+        **source, num_threads=usable_threads(num_threads), experimental_op_resolver_type=resolver
+    )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -119,6 +143,7 @@ class LiteRTModel:
     """
 
     def __init__(self, model: str | Path | bytes, *, num_threads: int | None = None):
+        num_threads = usable_threads(num_threads)  # here, so that its warning is not silenced below
         # The XNNPACK delegate announces itself on stderr from C++ when it is applied.
         with native_stderr_silenced():
             self.interpreter = load_interpreter(model, num_threads=num_threads)

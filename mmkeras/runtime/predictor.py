@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from mmkeras.errors import UserError
-from mmkeras.runtime.bundle import read_bundle
+from mmkeras.runtime.bundle import PREPROCESSOR_FILE, read_bundle
 from mmkeras.runtime.interpreter import LiteRTModel
 from mmkeras.preprocessing import MultimodalPreprocessor
 from mmkeras.preprocessing.image import UnreadableImageError
@@ -58,15 +58,22 @@ class Predictor:
         self.path = Path(bundle_dir)
         self.bundle = read_bundle(self.path)
         self.preprocessor = MultimodalPreprocessor.load(self.path)
-        self.model = LiteRTModel(self.path / self.bundle["model_file"], num_threads=num_threads)
+        self.model = _load_model(self.path / self.bundle["model_file"], num_threads)
         self._check_model_matches_bundle()
+        self._check_model_matches_preprocessor()
 
     @property
     def labels(self) -> list[str]:
         return self.bundle["labels"]
 
-    def predict(self, text: str | None, image: str | Path | bytes | None) -> Prediction:
-        """Classify one example; `None` (or "") marks a missing text or image."""
+    def predict(self, text: str | bytes | None, image: str | Path | bytes | None) -> Prediction:
+        """Classify one example; `None` (or "") marks a missing text or image.
+
+        Raises:
+            UserError: the image cannot be read (missing, not a regular file,
+                not an image, over `max_image_pixels`), or the text is not
+                valid UTF-8 (`InvalidTextError`, see `clean_text`).
+        """
         try:
             inputs = self.preprocessor([text], [image])
         except UnreadableImageError as error:
@@ -83,6 +90,20 @@ class Predictor:
         """Logits float32 [B, num_classes] for a batch of preprocessed model inputs."""
         return self.model(inputs)
 
+    def _check_model_matches_preprocessor(self):
+        """An edited preprocessor.json must still give the tensors the model takes."""
+        shapes = {name: tuple(details["shape"][1:]) for name, details in self.model.input_details.items()}
+        expected = {
+            "token_ids": (self.preprocessor.sequence_length,),
+            "image": (*self.preprocessor.image_size, 3),
+        }
+        for name, shape in expected.items():
+            if name in shapes and shapes[name] != shape:
+                raise UserError(
+                    f"the preprocessing gives {name} of shape {list(shape)} but the model takes {list(shapes[name])}",
+                    path=self.path / PREPROCESSOR_FILE,
+                )
+
     def _check_model_matches_bundle(self):
         """A model.tflite swapped in from another bundle would give silently wrong labels."""
         expected = sorted(tensor["name"] for tensor in self.bundle["inputs"])
@@ -94,6 +115,17 @@ class Predictor:
                 f"{expected} and {len(self.labels)} labels",
                 path=self.path / self.bundle["model_file"],
             )
+
+
+def _load_model(path: Path, num_threads: int | None) -> LiteRTModel:
+    """The bundle's model; a file the interpreter refuses is the user's file, not a bug."""
+    try:
+        return LiteRTModel(path, num_threads=num_threads)
+    except (ValueError, RuntimeError) as error:
+        # The interpreter raises ValueError for a FlatBuffer that fails verification and RuntimeError
+        # when tensors cannot be allocated; the first line says which.
+        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise UserError(f"the LiteRT interpreter cannot load this model: {reason}", path=path) from None
 
 
 def softmax(logits: np.ndarray) -> np.ndarray:

@@ -7,10 +7,12 @@ and for a head model on cached features, `qat_finetune` for a QAT model.
 """
 
 import logging
+import math
 import time
 
 import numpy as np
 
+from mmkeras.errors import UserError
 from mmkeras.progress import step_progress
 from mmkeras.training.checkpoints import Checkpoints, TrainingState
 from mmkeras.training.training_loop import TrainingLoop, updates_per_epoch
@@ -51,6 +53,9 @@ def fit(
     Returns:
         The final `TrainingState` (history, epoch seconds, early stopping).
 
+    Raises:
+        UserError: the training loss of an epoch is NaN or infinite.
+
     Example:
     >>> state = fit(loop, EpochDatasets(...), val_data, epochs=10, batch_size=32, patience=3)  # doctest: +SKIP
     >>> state.history["val_loss"]                                                              # doctest: +SKIP
@@ -90,6 +95,7 @@ def fit(
                 start_totals=np.asarray(state.totals),
                 after_update=lambda batches_done, totals: after_update(batches_done, totals, progress),
             )
+        _check_finite_loss(loss, state.epoch + 1)
         figures = {"loss": loss, "accuracy": accuracy}
         if val_data is not None:
             if not state.epoch_seconds:
@@ -111,6 +117,15 @@ def fit(
     if best["weights"] is not None:
         model.set_weights(best["weights"])
     return state
+
+
+def _check_finite_loss(loss: float, epoch: int):
+    """A NaN or infinite loss never recovers: stop and say what to change instead of saving a broken run."""
+    if not math.isfinite(loss):
+        raise UserError(
+            f"training diverged: the loss became {loss} in epoch {epoch}; lower --learning-rate "
+            "(or check the data for extreme values) and train again"
+        )
 
 
 def _track_best(state: TrainingState, val_loss: float, best: dict, model, patience: int):

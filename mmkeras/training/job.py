@@ -13,6 +13,7 @@ Example:
 0.93
 """
 
+import contextlib
 import dataclasses
 import logging
 import math
@@ -22,9 +23,10 @@ import keras
 import tensorflow as tf
 
 from mmkeras.config import RunConfig
-from mmkeras.data.manifest import Manifest
+from mmkeras.data.manifest import BadRow, Manifest
+from mmkeras.folder_lock import folder_lock
 from mmkeras.preprocessing import MultimodalPreprocessor
-from mmkeras.runs import save_run
+from mmkeras.runs import check_run_output, save_run
 from mmkeras.training.checkpoints import Checkpoints, TrainingState, checkpoint_to_resume, restore
 from mmkeras.training.fit import fit
 from mmkeras.training.run_setup import make_loop, seed_everything
@@ -70,7 +72,7 @@ class PreparedRun:
         train_manifest: the checked training rows.
         train_epochs: `for_epoch(epoch)` batches (`EpochDatasets` or cached features).
         val_data: validation batches, or `None`.
-        bad_rows_skipped: rows dropped by `--on-bad-row skip`.
+        skipped_rows: rows dropped by `--on-bad-row skip` (training and validation).
         policy: the Keras dtype policy the model computes in.
     """
 
@@ -81,7 +83,7 @@ class PreparedRun:
     train_manifest: Manifest
     train_epochs: object
     val_data: tf.data.Dataset | None
-    bad_rows_skipped: int
+    skipped_rows: list[BadRow]
     policy: str = "float32"
 
 
@@ -140,7 +142,11 @@ class TrainingJob:
         # First: MultiWorkerMirroredStrategy must be set up before any other TensorFlow work.
         strategy = make_strategy(self.config.strategy)
         with worker_session(strategy, restart_hint=RESTART_HINT) as chief:
-            return self._run(strategy, chief)
+            # Only the chief writes --out, so only the chief holds its lock (workers share the path).
+            with folder_lock(self.config.out) if chief else contextlib.nullcontext():
+                if chief and check_run_output(self.config.out):
+                    logger.info("the run in %s will be replaced when this one is saved", self.config.out)
+                return self._run(strategy, chief)
 
     def _run(self, strategy: tf.distribute.Strategy, chief: bool) -> JobResult:
         config = self.config
@@ -191,7 +197,7 @@ class TrainingJob:
             epoch_seconds=state.epoch_seconds,
             trainable_params=count_params(model.trainable_weights),
             total_params=int(model.count_params()),
-            bad_rows_skipped=prepared.bad_rows_skipped,
+            bad_rows_skipped=len(prepared.skipped_rows),
         )
         if prepared.val_data is not None:
             logger.info("evaluating the final weights on the validation rows")
@@ -207,6 +213,7 @@ class TrainingJob:
                 config=config,
                 history=state.history,
                 metrics=metrics,
+                skipped_rows=prepared.skipped_rows,
                 **self.run_folder_extras(),
             )
             checkpoints.clear()

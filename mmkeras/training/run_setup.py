@@ -9,7 +9,8 @@ training paths from drifting apart.
 
 Example:
 >>> train_manifest, val_manifest, skipped = checked_manifests(
-...     config, read_manifest(config.data), labels, preprocessor.image_size)          # doctest: +SKIP
+...     config, read_manifest(config.data, on_bad_row=config.on_bad_row), labels,
+...     preprocessor.image_size)                                                       # doctest: +SKIP
 >>> train_epochs, val_data = epoch_datasets(
 ...     config, preprocessor, labels, train_manifest, val_manifest)                   # doctest: +SKIP
 >>> loop = make_loop(config, model, strategy, "float32",
@@ -21,7 +22,7 @@ import tensorflow as tf
 
 from mmkeras.config import RunConfig
 from mmkeras.data.dataset import EpochDatasets, make_dataset
-from mmkeras.data.manifest import Manifest, read_manifest
+from mmkeras.data.manifest import BadRow, Manifest, read_manifest
 from mmkeras.preprocessing import MultimodalPreprocessor
 from mmkeras.training.class_weights import balanced_class_weights
 from mmkeras.training.optimizers import make_optimizer
@@ -38,22 +39,24 @@ def seed_everything(config: RunConfig):
 
 def checked_manifests(
     config: RunConfig, train_manifest: Manifest, labels: list[str], image_size
-) -> tuple[Manifest, Manifest | None, int]:
+) -> tuple[Manifest, Manifest | None, list[BadRow]]:
     """The training manifest and `config.val`'s, images checked (`config.on_bad_row`), and the rows skipped.
 
     Args:
-        config: the run config (`val`, `on_bad_row`).
+        config: the run config (`val`, `on_bad_row`, `max_image_pixels`).
         train_manifest: the training manifest as read.
         labels: the class names in logit order; a row with another label is
             a user error naming its file and line, before any training.
         image_size: the preprocessor's `(height, width)`.
     """
-    train_manifest, skipped = train_manifest.validate_images(image_size, config.on_bad_row)
+    check = {"on_bad_row": config.on_bad_row, "max_pixels": config.max_image_pixels}
+    train_manifest, _ = train_manifest.validate_images(image_size, **check)
     train_manifest.encode_labels(labels)
+    skipped = list(train_manifest.skipped)
     val_manifest = None
     if config.val:
-        val_manifest, val_skipped = read_manifest(config.val).validate_images(image_size, config.on_bad_row)
-        skipped += val_skipped
+        val_manifest, _ = read_manifest(config.val, on_bad_row=config.on_bad_row).validate_images(image_size, **check)
+        skipped += val_manifest.skipped
         val_manifest.encode_labels(labels)
     return train_manifest, val_manifest, skipped
 

@@ -62,7 +62,7 @@ class TrainJob(TrainingJob):
 
     def prepare(self, strategy: tf.distribute.Strategy) -> PreparedRun:
         config = self.config
-        raw_train = read_manifest(config.data)
+        raw_train = read_manifest(config.data, on_bad_row=config.on_bad_row)
         labels = raw_train.labels()
         if len(labels) < 2:
             raise UserError(f"a classifier needs at least 2 labels, found {labels}", path=config.data)
@@ -83,6 +83,7 @@ class TrainJob(TrainingJob):
                 texts=[row.text for row in raw_train.rows if row.text],
                 seed=config.seed,
             )
+        preprocessor.max_image_pixels = config.max_image_pixels  # the bundle's runtime keeps the limit
         train_manifest, val_manifest, skipped = checked_manifests(config, raw_train, labels, preprocessor.image_size)
         with strategy.scope():
             prepare_backbones(model, config)
@@ -97,7 +98,7 @@ class TrainJob(TrainingJob):
             train_manifest=train_manifest,
             train_epochs=train_epochs,
             val_data=val_data,
-            bad_rows_skipped=skipped,
+            skipped_rows=skipped,
             policy=policy,
         )
 
