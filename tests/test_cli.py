@@ -126,14 +126,14 @@ def test_repeated_calls_do_not_repeat_log_lines(capsys):
 def test_train_json_shows_progress_and_no_framework_logs(tmp_path):
     train = write_subset(SAMPLES / "train.csv", tmp_path / "train.csv", 48)
     val = write_subset(SAMPLES / "val.csv", tmp_path / "val.csv", 16)
-    result = mmkeras(
-        "train", "--data", train, "--val", val, "--out", tmp_path / "run", "--epochs", "2", "--batch-size", "16", "--json"
-    )
+    run = tmp_path / "run"
+    result = mmkeras("train", "--data", train, "--val", val, "--out", run, "--epochs", "2", "--batch-size", "16", "--json")
     assert result.returncode == 0, result.stderr
     assert json.loads(result.stdout)["epochs_completed"] == 2
     lines = result.stderr.splitlines()
     assert [line for line in lines if FRAMEWORK_NOISE.search(line)] == []
-    for status in ("loading TensorFlow", "building the model", r"checking images: (\d+)/\1", "epoch 1/2: 3/3", "run saved"):
+    statuses = ("loading TensorFlow", "building the model", r"checking images: (\d+)/\1", "epoch 1/2: 3/3", "run saved")
+    for status in statuses:
         assert any(re.search(status, line) for line in lines), status
 
 
