@@ -127,7 +127,9 @@ def test_train_json_shows_progress_and_no_framework_logs(tmp_path):
     train = write_subset(SAMPLES / "train.csv", tmp_path / "train.csv", 48)
     val = write_subset(SAMPLES / "val.csv", tmp_path / "val.csv", 16)
     run = tmp_path / "run"
-    result = mmkeras("train", "--data", train, "--val", val, "--out", run, "--epochs", "2", "--batch-size", "16", "--json")
+    result = mmkeras(
+        "train", "--data", train, "--val", val, "--out", run, "--epochs", "2", "--batch-size", "16", "--json"
+    )
     assert result.returncode == 0, result.stderr
     assert json.loads(result.stdout)["epochs_completed"] == 2
     lines = result.stderr.splitlines()
