@@ -35,7 +35,10 @@ class RunConfig:
         vision_backbone: the same for images; `tiny` (a small CNN),
             `tiny-vit` and `tiny-mobilenet` are built offline.
         fusion: `cross-attention`, `concat` or `gated`.
-        sequence_length: token ids per text (longer texts are truncated).
+        sequence_length: token ids per text, special tokens included (longer
+            texts are truncated, and counted in train's `texts_truncated`);
+            `None` takes the text backbone's limit, at most 128 (32 for
+            `tiny`).
         fusion_dim: width of the fused representation.
         num_heads: attention heads of the cross-attention fusion.
         dropout: dropout rate in the fusion and the head.
@@ -92,7 +95,7 @@ class RunConfig:
     text_backbone: str = "tiny"
     vision_backbone: str = "tiny"
     fusion: str = "cross-attention"
-    sequence_length: int = 32
+    sequence_length: int | None = None
     fusion_dim: int = 64
     num_heads: int = 4
     dropout: float = 0.1
@@ -137,7 +140,7 @@ class RunConfig:
                 raise UserError(f"{name} must be one of {', '.join(allowed)}, got {getattr(self, name)!r}")
         positive = ("sequence_length", "fusion_dim", "num_heads", "epochs", "batch_size", "gradient_accumulation")
         for name in positive:
-            if getattr(self, name) < 1:
+            if getattr(self, name) is not None and getattr(self, name) < 1:
                 raise UserError(f"{name} must be at least 1, got {getattr(self, name)}")
         if not 0.0 <= self.dropout < 1.0:
             raise UserError(f"dropout must be in [0, 1), got {self.dropout}")

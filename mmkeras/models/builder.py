@@ -55,7 +55,7 @@ def build_model(
     *,
     num_classes,
     fusion="cross-attention",
-    sequence_length=32,
+    sequence_length=None,
     fusion_dim=64,
     num_heads=4,
     dropout=0.1,
@@ -73,7 +73,8 @@ def build_model(
             Face-format folder.
         num_classes: number of labels (width of the logits).
         fusion: `cross-attention`, `concat` or `gated`.
-        sequence_length: token ids per text, `[CLS]` and `[SEP]` included.
+        sequence_length: token ids per text, special tokens included; `None`
+            takes the text backbone's limit, at most 128 (32 for `tiny`).
         fusion_dim: width of the fusion layer.
         num_heads: attention heads of the cross-attention fusion.
         dropout: dropout rate in the fusion and before the logits.
@@ -96,6 +97,7 @@ def build_model(
     with _seeded(seed):
         text = load_text_backbone(text_backbone, sequence_length=sequence_length, texts=texts)
         vision = load_vision_backbone(vision_backbone)
+        sequence_length = text.tokenizer.sequence_length
         inputs = {
             "token_ids": keras.Input((sequence_length,), dtype="int32", name="token_ids"),
             "padding_mask": keras.Input((sequence_length,), dtype="int32", name="padding_mask"),

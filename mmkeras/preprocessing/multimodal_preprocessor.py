@@ -105,7 +105,8 @@ class MultimodalPreprocessor:
             "sequence_length": self.sequence_length,
             "tokenizer": {
                 "file": TOKENIZER_FILE,
-                "type": "wordpiece",
+                "type": self.tokenizer.model_type,
+                "pad_id": self.tokenizer.pad_id,
                 "lowercase": self.tokenizer.lowercase,
                 "strip_accents": self.tokenizer.strip_accents,
                 "vocabulary_size": self.tokenizer.vocabulary_size,
