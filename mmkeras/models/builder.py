@@ -119,12 +119,30 @@ def build_model(
     return model, MultimodalPreprocessor(text.tokenizer, vision.image_size)
 
 
+def pretrained_backbones(config) -> tuple[str, ...]:
+    """Layer names of a run's backbones loaded with pretrained weights.
+
+    A backbone is pretrained unless its SPEC is a built-in random architecture.
+
+    Args:
+        config: a `RunConfig` (`text_backbone`, `vision_backbone`).
+
+    Example:
+    >>> pretrained_backbones(RunConfig(text_backbone="bert_tiny_en_uncased"))  # doctest: +SKIP
+    ('text_backbone',)
+    """
+    specs = {
+        TEXT_BACKBONE: config.text_backbone not in BUILTIN_TEXT_BACKBONES,
+        VISION_BACKBONE: config.vision_backbone not in BUILTIN_VISION_BACKBONES,
+    }
+    return tuple(name for name, pretrained in specs.items() if pretrained)
+
+
 def fine_tuned_pretrained_backbones(config) -> tuple[str, ...]:
     """Layer names of a run's pretrained backbones whose own weights train.
 
-    A backbone is pretrained unless its SPEC is a built-in random architecture;
-    its weights do not train when `--freeze` names it or under `--lora-rank`
-    (then only the adapters, which start from zero, train).
+    Their weights do not train when `--freeze` names them or under
+    `--lora-rank` (then only the adapters, which start from zero, train).
 
     Args:
         config: a `RunConfig` (`text_backbone`, `vision_backbone`, `freeze`,
@@ -136,12 +154,8 @@ def fine_tuned_pretrained_backbones(config) -> tuple[str, ...]:
     """
     if config.lora_rank:
         return ()
-    specs = {
-        TEXT_BACKBONE: config.text_backbone not in BUILTIN_TEXT_BACKBONES,
-        VISION_BACKBONE: config.vision_backbone not in BUILTIN_VISION_BACKBONES,
-    }
     frozen = FROZEN_BACKBONES[config.freeze]
-    return tuple(name for name, pretrained in specs.items() if pretrained and name not in frozen)
+    return tuple(name for name in pretrained_backbones(config) if name not in frozen)
 
 
 def _check_settings(num_classes, fusion, fusion_dim, num_heads, dropout, modality_dropout):
