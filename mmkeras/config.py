@@ -20,6 +20,7 @@ OPTIMIZERS = ("adamw", "adam", "sgd")
 ON_BAD_ROW = ("fail", "skip")
 MIXED_PRECISION = ("auto", "off", "float16", "bfloat16")
 CLASS_WEIGHTS = ("none", "balanced")
+AUGMENTATIONS = ("none", "photo")
 
 
 @dataclasses.dataclass
@@ -80,6 +81,11 @@ class RunConfig:
             the update equals one batch this many times bigger.
         class_weight: `none`, or `balanced` (each class weighs
             rows / (classes * rows of that class) in the loss).
+        augment: `none`, or `photo`: each training image is randomly
+            cropped (25-100% of its area) and resized back, flipped left to
+            right and colour-jittered, differently every epoch, seeded by
+            (seed, epoch, row); never at evaluation, calibration or export.
+            Flipping assumes a text does not say left or right.
         checkpoint_steps: also write a resume checkpoint every this many
             optimizer updates (0: only at the end of each epoch).
 
@@ -120,6 +126,7 @@ class RunConfig:
     gradient_accumulation: int = 1
     class_weight: str = "none"
     checkpoint_steps: int = 0
+    augment: str = "none"
 
     def __post_init__(self):
         self.validate()
@@ -134,6 +141,7 @@ class RunConfig:
             "on_bad_row": ON_BAD_ROW,
             "mixed_precision": MIXED_PRECISION,
             "class_weight": CLASS_WEIGHTS,
+            "augment": AUGMENTATIONS,
         }
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
@@ -146,6 +154,8 @@ class RunConfig:
             raise UserError(f"dropout must be in [0, 1), got {self.dropout}")
         if self.cache_features and (self.freeze == "none" or self.lora_rank):
             raise UserError("cache_features needs frozen backbones (freeze text, vision or both) and no LoRA")
+        if self.cache_features and self.augment != "none":
+            raise UserError("cache_features computes each image's features once; it cannot augment them (augment none)")
         if not 0.0 <= self.modality_dropout <= 1.0:
             raise UserError(f"modality_dropout must be in [0, 1], got {self.modality_dropout}")
         if not 0.0 <= self.warmup_fraction < 1.0:
