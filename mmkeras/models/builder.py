@@ -116,7 +116,7 @@ def build_model(
         # float32 logits even under mixed precision: the loss needs them.
         logits = keras.layers.Dense(num_classes, dtype="float32", name="logits")(fused)
         model = keras.Model(inputs, logits, name="mmkeras_classifier")
-    return model, MultimodalPreprocessor(text.tokenizer, vision.image_size)
+    return model, MultimodalPreprocessor(text.tokenizer, vision.image_size, vision.resample)
 
 
 def pretrained_backbones(config) -> tuple[str, ...]:

@@ -9,8 +9,9 @@ order (what a mobile developer re-implements):
 3. convert to 8-bit RGB: 16-bit grayscale is scaled by 255/65535; an alpha
    channel or a transparent palette colour is composited onto white; palette,
    grayscale, bilevel and CMYK images are converted by Pillow;
-4. resize to (width, height) with bilinear resampling (Pillow's, which
-   averages over the source area when shrinking);
+4. resize to (width, height) with Pillow's bilinear resampling (which
+   averages over the source area when shrinking), or the bicubic or nearest
+   resampling a pretrained vision checkpoint was trained with;
 5. return float32 values in 0..255 (normalisation happens inside the model).
 """
 
@@ -21,7 +22,13 @@ import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 BACKGROUND = (255, 255, 255)
-RESAMPLE = Image.Resampling.BILINEAR
+# The resampling filters a checkpoint's preprocessing may name (Pillow's).
+RESAMPLE_FILTERS = {
+    "bilinear": Image.Resampling.BILINEAR,
+    "bicubic": Image.Resampling.BICUBIC,
+    "nearest": Image.Resampling.NEAREST,
+}
+DEFAULT_RESAMPLE = "bilinear"
 _ALPHA_MODES = ("RGBA", "LA", "PA", "RGBa")
 # Modes holding integers wider than 8 bits; their data are 16-bit (Pillow
 # opens 16-bit grayscale PNG/TIFF as `I;16*`, older versions as `I`).
@@ -47,12 +54,15 @@ class UnreadableImageError(ValueError):
         super().__init__(f"cannot read image {source!r}: {reason}")
 
 
-def load_image(source: str | Path | bytes, image_size: tuple[int, int]) -> np.ndarray:
+def load_image(
+    source: str | Path | bytes, image_size: tuple[int, int], resample: str = DEFAULT_RESAMPLE
+) -> np.ndarray:
     """Decode, orient, convert to RGB and resize one image.
 
     Args:
         source: a file path, or the encoded file's bytes.
         image_size: `(height, width)` of the result.
+        resample: the resize filter: `bilinear`, `bicubic` or `nearest`.
 
     Returns:
         float32 array `[height, width, 3]`, RGB values in 0..255.
@@ -74,7 +84,7 @@ def load_image(source: str | Path | bytes, image_size: tuple[int, int]) -> np.nd
     name = "<bytes>" if isinstance(source, (bytes, bytearray)) else str(source)
     image = _decode(source, name)
     rgb = _to_rgb(ImageOps.exif_transpose(image), name)
-    return np.asarray(rgb.resize((width, height), RESAMPLE), dtype=np.float32)
+    return np.asarray(rgb.resize((width, height), RESAMPLE_FILTERS[resample]), dtype=np.float32)
 
 
 def _decode(source: str | Path | bytes, name: str) -> Image.Image:

@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from mmkeras.errors import UserError
-from mmkeras.preprocessing.image import BACKGROUND, load_image
+from mmkeras.preprocessing.image import BACKGROUND, DEFAULT_RESAMPLE, RESAMPLE_FILTERS, load_image
 from mmkeras.preprocessing.text import TextTokenizer
 
 FORMAT_VERSION = 1
@@ -34,6 +34,8 @@ class MultimodalPreprocessor:
     Args:
         tokenizer: the `TextTokenizer` whose ids the text backbone reads.
         image_size: `(height, width)` the vision backbone takes.
+        resample: how images are resized: `bilinear` (default), `bicubic`
+            or `nearest`, as the vision checkpoint was trained.
 
     Example:
     >>> tokenizer = TextTokenizer.train_from_texts(
@@ -46,12 +48,15 @@ class MultimodalPreprocessor:
     [[1.0, 0.0], [0.0, 0.0]]
     """
 
-    def __init__(self, tokenizer: TextTokenizer, image_size: tuple[int, int]):
+    def __init__(self, tokenizer: TextTokenizer, image_size: tuple[int, int], resample: str = DEFAULT_RESAMPLE):
         height, width = (int(side) for side in image_size)
         if height < 1 or width < 1:
             raise ValueError(f"image_size must be positive (height, width), got {image_size}")
+        if resample not in RESAMPLE_FILTERS:
+            raise ValueError(f"resample must be one of {', '.join(RESAMPLE_FILTERS)}, got {resample!r}")
         self.tokenizer = tokenizer
         self.image_size = (height, width)
+        self.resample = resample
 
     @property
     def sequence_length(self) -> int:
@@ -94,7 +99,7 @@ class MultimodalPreprocessor:
         present = np.zeros(len(images), np.float32)
         for index, image in enumerate(images):
             if is_present(image):
-                pixels[index] = load_image(image, self.image_size)
+                pixels[index] = load_image(image, self.image_size, self.resample)
                 present[index] = 1.0
         return pixels, present
 
@@ -114,7 +119,7 @@ class MultimodalPreprocessor:
             "image_size": list(self.image_size),
             "image": {
                 "layout": "height, width, RGB",
-                "resample": "bilinear",
+                "resample": self.resample,
                 "value_range": [0, 255],
                 "alpha_background": list(BACKGROUND),
                 "exif_orientation": True,
@@ -156,10 +161,13 @@ class MultimodalPreprocessor:
             raise UserError(
                 f"sequence_length {sequence_length} differs from the tokenizer's {tokenizer.sequence_length}", path=path
             )
-        return cls(tokenizer, tuple(image_size))
+        resample = config.get("image", {}).get("resample", DEFAULT_RESAMPLE)
+        if resample not in RESAMPLE_FILTERS:
+            raise UserError(f"unknown image resample {resample!r} (known: {', '.join(RESAMPLE_FILTERS)})", path=path)
+        return cls(tokenizer, tuple(image_size), resample)
 
     def __repr__(self):
-        return f"MultimodalPreprocessor({self.tokenizer!r}, image_size={self.image_size})"
+        return f"MultimodalPreprocessor({self.tokenizer!r}, image_size={self.image_size}, resample={self.resample!r})"
 
 
 def is_present(value: str | Path | bytes | None) -> bool:
