@@ -23,6 +23,7 @@ HIDDEN, HEADS, INTERMEDIATE, EMBEDDING = 8, 2, 16, 4
 MAX_POSITIONS = 32
 # Hugging Face RoBERTa and XLM-R keep two position rows before the first real one.
 ROBERTA_POSITION_OFFSET = 2
+ROBERTA_SPECIAL_IDS = {"pad_token_id": 1, "bos_token_id": 0, "eos_token_id": 2}
 TEXTS = ["A red circle", "the blue squares", "naïve Café", "red red red blue circle square a"]
 WORDPIECE_VOCABULARY = [
     "[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]",
@@ -184,16 +185,26 @@ class _Tensors(dict):
         self.add(f"{name}.bias", width)
 
 
-def _bert_encoder(tensors, prefix, layers=1):
-    for index in range(layers):
-        layer = f"{prefix}encoder.layer.{index}"
-        for part in ("query", "key", "value"):
-            tensors.linear(f"{layer}.attention.self.{part}", HIDDEN, HIDDEN)
-        tensors.linear(f"{layer}.attention.output.dense", HIDDEN, HIDDEN)
-        tensors.layer_norm(f"{layer}.attention.output.LayerNorm", HIDDEN)
-        tensors.linear(f"{layer}.intermediate.dense", HIDDEN, INTERMEDIATE)
-        tensors.linear(f"{layer}.output.dense", INTERMEDIATE, HIDDEN)
-        tensors.layer_norm(f"{layer}.output.LayerNorm", HIDDEN)
+def _encoder_layer(tensors, attention, attention_norm, feedforward, output_norm):
+    """One transformer layer under a family's names: query, key, value and output projections, the norm
+    after attention, the two feed-forward projections and the norm after them."""
+    for name in attention:
+        tensors.linear(name, HIDDEN, HIDDEN)
+    tensors.layer_norm(attention_norm, HIDDEN)
+    tensors.linear(feedforward[0], HIDDEN, INTERMEDIATE)
+    tensors.linear(feedforward[1], INTERMEDIATE, HIDDEN)
+    tensors.layer_norm(output_norm, HIDDEN)
+
+
+def _bert_encoder(tensors, prefix):
+    layer = f"{prefix}encoder.layer.0"
+    _encoder_layer(
+        tensors,
+        [*(f"{layer}.attention.self.{part}" for part in ("query", "key", "value")), f"{layer}.attention.output.dense"],
+        f"{layer}.attention.output.LayerNorm",
+        (f"{layer}.intermediate.dense", f"{layer}.output.dense"),
+        f"{layer}.output.LayerNorm",
+    )
 
 
 def _bert_config(model_type, vocabulary_size, positions, **extra):
@@ -213,50 +224,44 @@ def _bert_config(model_type, vocabulary_size, positions, **extra):
     }
 
 
+def _bert_layout(rng, prefix, vocabulary_size, positions, token_types, pooler=False):
+    """Embeddings and one encoder layer under BERT's names (RoBERTa and XLM-R share them)."""
+    tensors = _Tensors(rng)
+    tensors.add(f"{prefix}embeddings.word_embeddings.weight", vocabulary_size, HIDDEN)
+    tensors.add(f"{prefix}embeddings.position_embeddings.weight", positions, HIDDEN)
+    tensors.add(f"{prefix}embeddings.token_type_embeddings.weight", token_types, HIDDEN)
+    tensors.layer_norm(f"{prefix}embeddings.LayerNorm", HIDDEN)
+    _bert_encoder(tensors, prefix)
+    if pooler:
+        tensors.linear(f"{prefix}pooler.dense", HIDDEN, HIDDEN)
+    return dict(tensors)
+
+
 def _bert_weights(rng, vocabulary_size, max_positions):
     # A sentence-transformers BertModel: no `bert.` prefix, LayerNorm weight/bias.
-    tensors = _Tensors(rng)
-    tensors.add("embeddings.word_embeddings.weight", vocabulary_size, HIDDEN)
-    tensors.add("embeddings.position_embeddings.weight", max_positions, HIDDEN)
-    tensors.add("embeddings.token_type_embeddings.weight", 2, HIDDEN)
-    tensors.layer_norm("embeddings.LayerNorm", HIDDEN)
-    _bert_encoder(tensors, "")
-    tensors.linear("pooler.dense", HIDDEN, HIDDEN)
     config = _bert_config(
         "bert", vocabulary_size, max_positions, architectures=["BertModel"], type_vocab_size=2, pad_token_id=0
     )
-    return config, dict(tensors)
+    return config, _bert_layout(rng, "", vocabulary_size, max_positions, token_types=2, pooler=True)
 
 
 def _roberta_weights(rng, vocabulary_size, max_positions):
     # RobertaForMaskedLM's names (keras-hub reads the `roberta.` prefix).
-    tensors = _Tensors(rng)
     positions = max_positions + ROBERTA_POSITION_OFFSET
-    tensors.add("roberta.embeddings.word_embeddings.weight", vocabulary_size, HIDDEN)
-    tensors.add("roberta.embeddings.position_embeddings.weight", positions, HIDDEN)
-    tensors.add("roberta.embeddings.token_type_embeddings.weight", 1, HIDDEN)
-    tensors.layer_norm("roberta.embeddings.LayerNorm", HIDDEN)
-    _bert_encoder(tensors, "roberta.")
     config = _bert_config(
         "roberta", vocabulary_size, positions, architectures=["RobertaForMaskedLM"], type_vocab_size=1,
-        pad_token_id=1, bos_token_id=0, eos_token_id=2,
+        **ROBERTA_SPECIAL_IDS,
     )
-    return config, dict(tensors)
+    return config, _bert_layout(rng, "roberta.", vocabulary_size, positions, token_types=1)
 
 
 def _xlm_roberta_weights(rng, vocabulary_size, max_positions):
-    tensors = _Tensors(rng)
     positions = max_positions + ROBERTA_POSITION_OFFSET
-    tensors.add("embeddings.word_embeddings.weight", vocabulary_size, HIDDEN)
-    tensors.add("embeddings.position_embeddings.weight", positions, HIDDEN)
-    tensors.add("embeddings.token_type_embeddings.weight", 1, HIDDEN)
-    tensors.layer_norm("embeddings.LayerNorm", HIDDEN)
-    _bert_encoder(tensors, "")
     config = _bert_config(
         "xlm-roberta", vocabulary_size, positions, architectures=["XLMRobertaModel"], type_vocab_size=1,
-        pad_token_id=1, bos_token_id=0, eos_token_id=2,
+        **ROBERTA_SPECIAL_IDS,
     )
-    return config, dict(tensors)
+    return config, _bert_layout(rng, "", vocabulary_size, positions, token_types=1)
 
 
 def _distilbert_weights(rng, vocabulary_size, max_positions):
@@ -265,12 +270,13 @@ def _distilbert_weights(rng, vocabulary_size, max_positions):
     tensors.add("distilbert.embeddings.position_embeddings.weight", max_positions, HIDDEN)
     tensors.layer_norm("distilbert.embeddings.LayerNorm", HIDDEN)
     layer = "distilbert.transformer.layer.0"
-    for part in ("q_lin", "k_lin", "v_lin", "out_lin"):
-        tensors.linear(f"{layer}.attention.{part}", HIDDEN, HIDDEN)
-    tensors.layer_norm(f"{layer}.sa_layer_norm", HIDDEN)
-    tensors.linear(f"{layer}.ffn.lin1", HIDDEN, INTERMEDIATE)
-    tensors.linear(f"{layer}.ffn.lin2", INTERMEDIATE, HIDDEN)
-    tensors.layer_norm(f"{layer}.output_layer_norm", HIDDEN)
+    _encoder_layer(
+        tensors,
+        [f"{layer}.attention.{part}" for part in ("q_lin", "k_lin", "v_lin", "out_lin")],
+        f"{layer}.sa_layer_norm",
+        (f"{layer}.ffn.lin1", f"{layer}.ffn.lin2"),
+        f"{layer}.output_layer_norm",
+    )
     config = {
         "model_type": "distilbert",
         "architectures": ["DistilBertForMaskedLM"],
@@ -295,12 +301,13 @@ def _albert_weights(rng, vocabulary_size, max_positions):
     tensors.layer_norm("albert.embeddings.LayerNorm", EMBEDDING)
     tensors.linear("albert.encoder.embedding_hidden_mapping_in", EMBEDDING, HIDDEN)
     layer = "albert.encoder.albert_layer_groups.0.albert_layers.0"
-    for part in ("query", "key", "value", "dense"):
-        tensors.linear(f"{layer}.attention.{part}", HIDDEN, HIDDEN)
-    tensors.layer_norm(f"{layer}.attention.LayerNorm", HIDDEN)
-    tensors.linear(f"{layer}.ffn", HIDDEN, INTERMEDIATE)
-    tensors.linear(f"{layer}.ffn_output", INTERMEDIATE, HIDDEN)
-    tensors.layer_norm(f"{layer}.full_layer_layer_norm", HIDDEN)
+    _encoder_layer(
+        tensors,
+        [f"{layer}.attention.{part}" for part in ("query", "key", "value", "dense")],
+        f"{layer}.attention.LayerNorm",
+        (f"{layer}.ffn", f"{layer}.ffn_output"),
+        f"{layer}.full_layer_layer_norm",
+    )
     tensors.linear("albert.pooler", HIDDEN, HIDDEN)
     config = _bert_config(
         "albert", vocabulary_size, max_positions, architectures=["AlbertForMaskedLM"], embedding_size=EMBEDDING,
