@@ -169,6 +169,11 @@ class TextTokenizer:
 
         Truncation keeps the special tokens the post-processor adds (e.g. the
         closing `[SEP]` or `</s>`) and cuts the text before them.
+
+        Args:
+            tokenizer: a `tokenizers.Tokenizer` (changed in place).
+            sequence_length: ids per text, special tokens included.
+            pad_token: a token of the vocabulary to pad with.
         """
         special_tokens = tokenizer.post_processor.num_special_tokens_to_add(False) if tokenizer.post_processor else 0
         if sequence_length <= special_tokens:
