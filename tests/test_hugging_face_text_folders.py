@@ -14,12 +14,18 @@ from hugging_face_folders import (
     family_token_ids,
     write_text_folder,
 )
+from test_cli_end_to_end import SAMPLES, write_subset
 from tokenizers import Tokenizer
 
+from mmkeras.config import RunConfig
+from mmkeras.data.manifest import read_manifest
 from mmkeras.errors import UserError
+from mmkeras.export.converter import export_bundle
 from mmkeras.models import build_model, load_text_backbone, text_sequence
 from mmkeras.preprocessing import MultimodalPreprocessor
 from mmkeras.preprocessing.text import TextTokenizer
+from mmkeras.runtime.predictor import Predictor
+from mmkeras.training.trainer import train
 
 SEQUENCE_LENGTH = 12
 # What keras-hub builds for each family, and the inputs that backbone takes.
@@ -165,3 +171,26 @@ def test_the_pip_packaged_minilm_folder_loads_as_shipped(tmp_path):
     assert token_ids[0] == reference.token_to_id("[CLS]") and text.tokenizer.pad_id == reference.token_to_id("[PAD]")
     sequence = text_sequence(text.backbone, token_ids[None], padding_mask[None])
     assert tuple(sequence.shape) == (1, 128, 384)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("family", FAMILIES)
+def test_each_family_trains_exports_and_predicts_on_the_device_runtime_as_keras_does(family, tmp_path):
+    folder = tmp_path / family
+    write_text_folder(family, folder)
+    train_csv = write_subset(SAMPLES / "train.csv", tmp_path / "train.csv", 16)
+    config = RunConfig(
+        data=str(train_csv), out=str(tmp_path / "run"), text_backbone=str(folder), epochs=1, batch_size=8,
+        sequence_length=SEQUENCE_LENGTH,
+    )
+    model = train(config).model
+    report = export_bundle(tmp_path / "run", tmp_path / "bundle", quantize="none")
+    assert report["parity"]["label_agreement"] == 1.0
+    rows = read_manifest(train_csv).rows[:4]
+    predictor = Predictor(tmp_path / "bundle")
+    inputs = predictor.preprocessor([row.text for row in rows], [row.image for row in rows])
+    expected = model.predict(inputs, verbose=0)
+    for index, row in enumerate(rows):
+        logits = predictor.predict_inputs({name: value[index : index + 1] for name, value in inputs.items()})
+        np.testing.assert_allclose(logits[0], expected[index], atol=1e-4)
+        assert predictor.predict(row.text, row.image).label == predictor.labels[int(np.argmax(expected[index]))]
