@@ -92,7 +92,7 @@ def load_text_backbone(spec: str, *, sequence_length: int | None = None, texts=N
     """
     if spec == "tiny":
         loaded = _tiny_bert(sequence_length or TINY_SEQUENCE_LENGTH, texts)
-    elif hugging_face_model_type(spec) is not None:
+    elif _hugging_face_model_type(spec) is not None:
         loaded = _load_hugging_face_folder(spec, sequence_length)
     else:
         loaded = _load_preset(spec, sequence_length)
@@ -100,7 +100,7 @@ def load_text_backbone(spec: str, *, sequence_length: int | None = None, texts=N
     return loaded
 
 
-def hugging_face_model_type(spec: str) -> str | None:
+def _hugging_face_model_type(spec: str) -> str | None:
     """The `model_type` of a Hugging Face checkpoint folder's `config.json`; `None` for anything else."""
     config_path = Path(spec) / "config.json"
     if "://" in spec or not config_path.is_file():
@@ -159,7 +159,7 @@ def _tiny_bert(sequence_length, texts):
 
 
 def _load_hugging_face_folder(spec, sequence_length):
-    model_type = hugging_face_model_type(spec)
+    model_type = _hugging_face_model_type(spec)
     if model_type not in HUGGING_FACE_TEXT_FAMILIES:
         raise UserError(
             f"text backbone {spec!r} is a Hugging Face {model_type!r} checkpoint; mmkeras loads Hugging Face "
