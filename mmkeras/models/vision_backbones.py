@@ -38,6 +38,7 @@ import keras_hub
 
 from mmkeras.errors import UserError
 from mmkeras.models.vgg_backbone import VGGBackbone
+from mmkeras.preprocessing.image import DEFAULT_RESAMPLE, RESAMPLE_FILTERS
 
 BUILTIN_VISION_BACKBONES = ("tiny", "tiny-vit", "tiny-mobilenet")
 BACKBONE_NAME = "vision_backbone"
@@ -48,7 +49,6 @@ DEFAULT_SCALE, DEFAULT_OFFSET = 1.0 / 255.0, 0.0
 CENTRED_SCALE, CENTRED_OFFSET = 2.0 / 255.0, -1.0
 DEFAULT_IMAGE_SIZE = (224, 224)
 TINY_IMAGE_SIZE = (32, 32)
-DEFAULT_RESAMPLE = "bilinear"
 # Hugging Face image processors name Pillow's filters by number.
 PIL_RESAMPLE_NAMES = {0: "nearest", 2: "bilinear", 3: "bicubic"}
 
@@ -222,7 +222,7 @@ def _preset_image_settings(spec, backbone):
         tuple(image_size or DEFAULT_IMAGE_SIZE),
         DEFAULT_SCALE if scale is None else _plain(scale),
         DEFAULT_OFFSET if offset is None else _plain(offset),
-        resample if resample in PIL_RESAMPLE_NAMES.values() else DEFAULT_RESAMPLE,
+        resample if resample in RESAMPLE_FILTERS else DEFAULT_RESAMPLE,
     )
 
 
