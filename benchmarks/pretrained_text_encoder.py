@@ -108,9 +108,10 @@ def exported(run: Path, data: Path, workdir: Path, *, qat_epochs: int, latency_r
     log("export float32")
     result = {"float32": measure_mode(run, data / "test.csv", workdir / "float32", "none", latency_runs)}
     log(f"qat, {qat_epochs} epochs")
-    qat_finetune(run, data / "train.csv", workdir / "qat_run", settings=QATSettings(epochs=qat_epochs))
+    qat_run = workdir / "qat_run"
+    qat_finetune(run, data / "train.csv", qat_run, settings=QATSettings(epochs=qat_epochs))
     log("export int8")
-    result["qat_int8"] = measure_mode(workdir / "qat_run", data / "test.csv", workdir / "qat_int8", "int8", latency_runs)
+    result["qat_int8"] = measure_mode(qat_run, data / "test.csv", workdir / "qat_int8", "int8", latency_runs)
     result["qat_int8"]["size_vs_float32"] = round(result["qat_int8"]["size_bytes"] / result["float32"]["size_bytes"], 3)
     result["qat_int8"]["predicts_without_tensorflow"] = predicts_without_tensorflow(workdir / "qat_int8", data)
     return result

@@ -1,4 +1,4 @@
-"""`--lora-rank` adapts pretrained backbones only; a random backbone next to them trains fully. Truncated texts are counted."""
+"""`--lora-rank` adapts pretrained backbones only; a random one beside them trains fully. Cut texts are counted."""
 
 import logging
 

@@ -1,4 +1,4 @@
-"""Hugging Face and timm vision checkpoint folders: weights, and image size, mean/std and resize filter from their configs."""
+"""Hugging Face and timm vision folders: weights, and image size, mean/std and resize filter from their configs."""
 
 import json
 

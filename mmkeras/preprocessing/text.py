@@ -136,12 +136,14 @@ class TextTokenizer:
             UserError: the folder has neither file, or no padding token.
 
         Example:
-        >>> tokenizer = TextTokenizer.from_hugging_face_folder("all-MiniLM-L6-v2", sequence_length=64)  # doctest: +SKIP
-        >>> tokenizer.encode("a red circle")[0][:5].tolist()                                               # doctest: +SKIP
+        >>> folder = "all-MiniLM-L6-v2"                                                # doctest: +SKIP
+        >>> tokenizer = TextTokenizer.from_hugging_face_folder(folder, sequence_length=64)  # doctest: +SKIP
+        >>> tokenizer.encode("a red circle")[0][:5].tolist()                           # doctest: +SKIP
         [101, 1037, 2417, 4418, 102]
         """
         folder = Path(folder)
-        settings = _read_json(folder / HF_TOKENIZER_CONFIG_FILE) if (folder / HF_TOKENIZER_CONFIG_FILE).is_file() else {}
+        config_path = folder / HF_TOKENIZER_CONFIG_FILE
+        settings = _read_json(config_path) if config_path.is_file() else {}
         if (folder / HF_TOKENIZER_FILE).is_file():
             try:
                 tokenizer = Tokenizer.from_file(str(folder / HF_TOKENIZER_FILE))
@@ -178,7 +180,8 @@ class TextTokenizer:
         special_tokens = tokenizer.post_processor.num_special_tokens_to_add(False) if tokenizer.post_processor else 0
         if sequence_length <= special_tokens:
             raise UserError(
-                f"sequence_length must be more than the {special_tokens} special tokens of a text, got {sequence_length}"
+                f"sequence_length must be more than the {special_tokens} special tokens of a text, "
+                f"got {sequence_length}"
             )
         tokenizer.enable_truncation(max_length=sequence_length)
         tokenizer.enable_padding(pad_id=tokenizer.token_to_id(pad_token), pad_token=pad_token, length=sequence_length)
