@@ -25,6 +25,7 @@ def measure_mode(run: Path, test: Path, bundle: Path, mode: str, runs: int) -> d
     figures = evaluate(bundle, test)
     return {
         "size_bytes": report["size_bytes"],
+        "compute_ops": report["ops"]["compute_ops"],
         "parity_vs_keras": report.get("parity"),
         "test_accuracy": figures["accuracy"],
         "test_macro_f1": figures["macro_f1"],

@@ -30,6 +30,7 @@ from mmkeras import __version__
 from mmkeras.cli import preflight
 from mmkeras.compat import UntestedVersionError
 from mmkeras.config import (
+    AUGMENTATIONS,
     CLASS_WEIGHTS,
     FREEZE_CHOICES,
     FUSIONS,
@@ -136,6 +137,15 @@ def train(
         "keras-hub preset, preset folder, HF folder, 'tiny' (small CNN), 'tiny-vit', 'tiny-mobilenet'.",
     ),
     fusion: Optional[Literal[FUSIONS]] = setting("fusion", "How text and image tokens are joined."),
+    sequence_length: Optional[int] = setting(
+        "sequence_length",
+        "Token ids per text, special tokens included (longer texts are cut and counted).",
+        show_default="the text backbone's limit, at most 128 (tiny: 32)",
+        min=2,
+    ),
+    augment: Optional[Literal[AUGMENTATIONS]] = setting(
+        "augment", "photo: random resized crop, flip and colour jitter of training images (seeded)."
+    ),
     epochs: Optional[int] = setting("epochs", "Training epochs.", min=1),
     batch_size: Optional[int] = setting("batch_size", "Global batch size (across replicas and workers).", min=1),
     learning_rate: Optional[float] = setting(
@@ -198,6 +208,8 @@ def train(
         text_backbone=text_backbone,
         vision_backbone=vision_backbone,
         fusion=fusion,
+        sequence_length=sequence_length,
+        augment=augment,
         epochs=epochs,
         batch_size=batch_size,
         learning_rate=learning_rate,

@@ -22,12 +22,13 @@ OPTIMIZERS = ("adamw", "adam", "sgd")
 ON_BAD_ROW = ("fail", "skip")
 MIXED_PRECISION = ("auto", "off", "float16", "bfloat16")
 CLASS_WEIGHTS = ("none", "balanced")
+AUGMENTATIONS = ("none", "photo")
 
 
 # NumPy's and TensorFlow's seeds are 32-bit.
 _MAX_SEED = 2**32 - 1
 # The numeric field types of RunConfig, and the Python types their values may have.
-_NUMBER_KINDS = {int: (int,), float: (int, float), float | None: (int, float)}
+_NUMBER_KINDS = {int: (int,), float: (int, float), int | None: (int,), float | None: (int, float)}
 
 
 @dataclasses.dataclass
@@ -43,7 +44,10 @@ class RunConfig:
         vision_backbone: the same for images; `tiny` (a small CNN),
             `tiny-vit` and `tiny-mobilenet` are built offline.
         fusion: `cross-attention`, `concat` or `gated`.
-        sequence_length: token ids per text (longer texts are truncated).
+        sequence_length: token ids per text, special tokens included (longer
+            texts are truncated, and counted in train's `texts_truncated`);
+            `None` takes the text backbone's limit, at most 128 (32 for
+            `tiny`).
         fusion_dim: width of the fused representation.
         num_heads: attention heads of the cross-attention fusion.
         dropout: dropout rate in the fusion and the head.
@@ -87,6 +91,11 @@ class RunConfig:
             the update equals one batch this many times bigger.
         class_weight: `none`, or `balanced` (each class weighs
             rows / (classes * rows of that class) in the loss).
+        augment: `none`, or `photo`: each training image is randomly
+            cropped (25-100% of its area) and resized back, flipped left to
+            right and colour-jittered, differently every epoch, seeded by
+            (seed, epoch, row); never at evaluation, calibration or export.
+            Flipping assumes a text does not say left or right.
         checkpoint_steps: also write a resume checkpoint every this many
             optimizer updates (0: only at the end of each epoch).
         max_image_pixels: an image with more pixels (width x height, read
@@ -105,7 +114,7 @@ class RunConfig:
     text_backbone: str = "tiny"
     vision_backbone: str = "tiny"
     fusion: str = "cross-attention"
-    sequence_length: int = 32
+    sequence_length: int | None = None
     fusion_dim: int = 64
     num_heads: int = 4
     dropout: float = 0.1
@@ -131,6 +140,7 @@ class RunConfig:
     class_weight: str = "none"
     checkpoint_steps: int = 0
     max_image_pixels: int = MAX_IMAGE_PIXELS
+    augment: str = "none"
 
     def __post_init__(self):
         self.validate()
@@ -146,6 +156,7 @@ class RunConfig:
             "on_bad_row": ON_BAD_ROW,
             "mixed_precision": MIXED_PRECISION,
             "class_weight": CLASS_WEIGHTS,
+            "augment": AUGMENTATIONS,
         }
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
@@ -160,12 +171,14 @@ class RunConfig:
             "max_image_pixels",
         )
         for name in positive:
-            if getattr(self, name) < 1:
+            if getattr(self, name) is not None and getattr(self, name) < 1:
                 raise UserError(f"{name} must be at least 1, got {getattr(self, name)}")
         if not 0.0 <= self.dropout < 1.0:
             raise UserError(f"dropout must be in [0, 1), got {self.dropout}")
         if self.cache_features and (self.freeze == "none" or self.lora_rank):
             raise UserError("cache_features needs frozen backbones (freeze text, vision or both) and no LoRA")
+        if self.cache_features and self.augment != "none":
+            raise UserError("cache_features computes each image's features once; it cannot augment them (augment none)")
         if not 0.0 <= self.modality_dropout <= 1.0:
             raise UserError(f"modality_dropout must be in [0, 1], got {self.modality_dropout}")
         if not 0.0 <= self.warmup_fraction < 1.0:
@@ -185,7 +198,7 @@ class RunConfig:
         for field in dataclasses.fields(self):
             value = getattr(self, field.name)
             kinds = _NUMBER_KINDS.get(field.type)
-            if kinds is None or (value is None and field.type == float | None):
+            if kinds is None or (value is None and field.type in (int | None, float | None)):
                 continue
             if isinstance(value, bool) or not isinstance(value, kinds):
                 raise UserError(f"{field.name} must be a number, got {value!r}")

@@ -13,6 +13,8 @@ from functools import partial
 import numpy as np
 import tensorflow as tf
 
+from mmkeras.config import AUGMENTATIONS
+from mmkeras.data.augmentation import augment_photo, row_seed
 from mmkeras.data.manifest import Manifest
 from mmkeras.preprocessing.multimodal_preprocessor import MultimodalPreprocessor
 
@@ -73,7 +75,9 @@ class EpochDatasets:
     how many passes came before; a resumed run (or a worker that joins late)
     could not reproduce it. Here `for_epoch(e)` is the same in every process
     and after a restart, and `for_epoch(e).skip(k)` continues an epoch
-    exactly. Decoded images are cached once and shared by all epochs.
+    exactly. Decoded images are cached once and shared by all epochs; with
+    `augment="photo"` each epoch's images are then augmented (`augment_photo`)
+    with seeds from `(seed, epoch, row)`, so augmentation stays exact too.
 
     Args:
         manifest: the rows, images already checked.
@@ -81,6 +85,8 @@ class EpochDatasets:
         preprocessor: the model's `MultimodalPreprocessor`.
         batch_size: rows per (global) batch; the last batch may be smaller.
         seed: the run's seed.
+        augment: `none`, or `photo` (random resized crop, flip, colour jitter
+            of the images that are present).
 
     Example:
     >>> epochs = EpochDatasets(manifest, labels, preprocessor, batch_size=32, seed=0)  # doctest: +SKIP
@@ -95,10 +101,15 @@ class EpochDatasets:
         *,
         batch_size: int,
         seed: int,
+        augment: str = "none",
     ):
+        if augment not in AUGMENTATIONS:
+            raise ValueError(f"augment must be one of {', '.join(AUGMENTATIONS)}, got {augment!r}")
         self.num_examples = len(manifest.rows)
         self.batch_size = batch_size
         self.seed = seed
+        self.augment = augment
+        self._image_size = preprocessor.image_size
         self._decode = partial(_decode_image, preprocessor=preprocessor)
         self._rows = tf.data.Dataset.from_tensor_slices(_columns(manifest, labels, preprocessor))
         self._decoded = None
@@ -106,14 +117,23 @@ class EpochDatasets:
             self._decoded = self._rows.map(self._decode, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
             self._decoded = self._decoded.cache()
 
-    def for_epoch(self, epoch: int) -> tf.data.Dataset:
-        """Batches of `(inputs, label)` for epoch `epoch` (0-based), shuffled by `(seed, epoch)`."""
+    def for_epoch(self, epoch: int, *, augmented: bool = True) -> tf.data.Dataset:
+        """Batches of `(inputs, label)` for epoch `epoch` (0-based), shuffled by `(seed, epoch)`.
+
+        Args:
+            epoch: the epoch, from 0.
+            augmented: apply the run's augmentation; `False` gives the images
+                as the model sees them at inference (e.g. to calibrate).
+        """
         seed = epoch_seed(self.seed, epoch)
         if self._decoded is not None:
             dataset = self._decoded.shuffle(self.num_examples, seed=seed, reshuffle_each_iteration=False)
         else:  # shuffle cheap paths, then decode
             dataset = self._rows.shuffle(self.num_examples, seed=seed, reshuffle_each_iteration=False)
             dataset = dataset.map(self._decode, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+        if augmented and self.augment == "photo":
+            augment = partial(_augment_present_image, epoch_seed=seed, image_size=self._image_size)
+            dataset = dataset.map(augment, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
         return _batches(dataset, self.batch_size, drop_remainder=False)
 
 
@@ -127,6 +147,7 @@ def _columns(manifest: Manifest, labels: list[str] | None, preprocessor: Multimo
     rows = manifest.rows
     token_ids, padding_mask, text_present = preprocessor.encode_texts([row.text for row in rows])
     columns = {
+        "row": np.arange(len(rows), dtype=np.int64),
         "token_ids": token_ids,
         "padding_mask": padding_mask,
         "text_present": text_present,
@@ -171,6 +192,14 @@ def _decode_image(columns: dict, preprocessor: MultimodalPreprocessor) -> dict:
     image.set_shape([*preprocessor.image_size, 3])
     image_present.set_shape([])
     return {**columns, "image": image, "image_present": image_present}
+
+
+def _augment_present_image(columns: dict, epoch_seed: int, image_size: tuple[int, int]) -> dict:
+    """`augment_photo` on the row's image, seeded by (epoch seed, row); a missing image stays all zeros."""
+    image = columns["image"]
+    augmented = augment_photo(image, row_seed(epoch_seed, columns["row"]), image_size)
+    present = columns["image_present"] > 0
+    return {**columns, "image": tf.where(present, augmented, tf.cast(image, tf.float32))}
 
 
 def _model_inputs(batch: dict):

@@ -55,7 +55,7 @@ def build_model(
     *,
     num_classes,
     fusion="cross-attention",
-    sequence_length=32,
+    sequence_length=None,
     fusion_dim=64,
     num_heads=4,
     dropout=0.1,
@@ -73,7 +73,8 @@ def build_model(
             Face-format folder.
         num_classes: number of labels (width of the logits).
         fusion: `cross-attention`, `concat` or `gated`.
-        sequence_length: token ids per text, `[CLS]` and `[SEP]` included.
+        sequence_length: token ids per text, special tokens included; `None`
+            takes the text backbone's limit, at most 128 (32 for `tiny`).
         fusion_dim: width of the fusion layer.
         num_heads: attention heads of the cross-attention fusion.
         dropout: dropout rate in the fusion and before the logits.
@@ -96,6 +97,7 @@ def build_model(
     with _seeded(seed):
         text = load_text_backbone(text_backbone, sequence_length=sequence_length, texts=texts)
         vision = load_vision_backbone(vision_backbone)
+        sequence_length = text.tokenizer.sequence_length
         inputs = {
             "token_ids": keras.Input((sequence_length,), dtype="int32", name="token_ids"),
             "padding_mask": keras.Input((sequence_length,), dtype="int32", name="padding_mask"),
@@ -114,15 +116,33 @@ def build_model(
         # float32 logits even under mixed precision: the loss needs them.
         logits = keras.layers.Dense(num_classes, dtype="float32", name="logits")(fused)
         model = keras.Model(inputs, logits, name="mmkeras_classifier")
-    return model, MultimodalPreprocessor(text.tokenizer, vision.image_size)
+    return model, MultimodalPreprocessor(text.tokenizer, vision.image_size, vision.resample)
+
+
+def pretrained_backbones(config) -> tuple[str, ...]:
+    """Layer names of a run's backbones loaded with pretrained weights.
+
+    A backbone is pretrained unless its SPEC is a built-in random architecture.
+
+    Args:
+        config: a `RunConfig` (`text_backbone`, `vision_backbone`).
+
+    Example:
+    >>> pretrained_backbones(RunConfig(text_backbone="bert_tiny_en_uncased"))  # doctest: +SKIP
+    ('text_backbone',)
+    """
+    specs = {
+        TEXT_BACKBONE: config.text_backbone not in BUILTIN_TEXT_BACKBONES,
+        VISION_BACKBONE: config.vision_backbone not in BUILTIN_VISION_BACKBONES,
+    }
+    return tuple(name for name, pretrained in specs.items() if pretrained)
 
 
 def fine_tuned_pretrained_backbones(config) -> tuple[str, ...]:
     """Layer names of a run's pretrained backbones whose own weights train.
 
-    A backbone is pretrained unless its SPEC is a built-in random architecture;
-    its weights do not train when `--freeze` names it or under `--lora-rank`
-    (then only the adapters, which start from zero, train).
+    Their weights do not train when `--freeze` names them or under
+    `--lora-rank` (then only the adapters, which start from zero, train).
 
     Args:
         config: a `RunConfig` (`text_backbone`, `vision_backbone`, `freeze`,
@@ -134,12 +154,8 @@ def fine_tuned_pretrained_backbones(config) -> tuple[str, ...]:
     """
     if config.lora_rank:
         return ()
-    specs = {
-        TEXT_BACKBONE: config.text_backbone not in BUILTIN_TEXT_BACKBONES,
-        VISION_BACKBONE: config.vision_backbone not in BUILTIN_VISION_BACKBONES,
-    }
     frozen = FROZEN_BACKBONES[config.freeze]
-    return tuple(name for name, pretrained in specs.items() if pretrained and name not in frozen)
+    return tuple(name for name in pretrained_backbones(config) if name not in frozen)
 
 
 def _check_settings(num_classes, fusion, fusion_dim, num_heads, dropout, modality_dropout):

@@ -9,13 +9,19 @@ A vision SPEC is one of:
   thousand images (see benchmarks/README.md),
 - `tiny-mobilenet`: a random MobileNet with V3-style blocks at 32x32,
 - a keras-hub preset name (downloads from Kaggle, so needs a network),
-- a local preset folder (`save_to_preset` output) or a Hugging Face-format
-  folder (`config.json` + `model.safetensors`), converted by keras-hub.
+- a local preset folder (`save_to_preset` output), a Hugging Face folder
+  (`config.json` + `model.safetensors`: ViT, DeiT, DINOv2/v3, Swin) or a timm
+  folder (`config.json` with `architecture` + `model.safetensors`: ResNet,
+  MobileNet, EfficientNet, DenseNet, CSPNet, HGNetV2, VGG), converted by
+  keras-hub.
 
 Every backbone takes RGB images already normalised with its `scale` and
 `offset` (`pixels * scale + offset`, pixels in 0..255), as the preset's
 `ImageConverter` would do; `vision_tokens` turns its output into a token
-sequence for the fusion layers.
+sequence for the fusion layers. A checkpoint's own preprocessing config (a
+keras-hub `ImageConverter`, timm's `pretrained_cfg` or Hugging Face's
+`preprocessor_config.json`) sets the image size, mean/std and resize filter;
+they go into the run's and the bundle's preprocessing.
 
 Example:
 >>> vision = load_vision_backbone("tiny")
@@ -32,6 +38,7 @@ import keras_hub
 
 from mmkeras.errors import UserError
 from mmkeras.models.vgg_backbone import VGGBackbone
+from mmkeras.preprocessing.image import DEFAULT_RESAMPLE, RESAMPLE_FILTERS
 
 BUILTIN_VISION_BACKBONES = ("tiny", "tiny-vit", "tiny-mobilenet")
 BACKBONE_NAME = "vision_backbone"
@@ -42,6 +49,8 @@ DEFAULT_SCALE, DEFAULT_OFFSET = 1.0 / 255.0, 0.0
 CENTRED_SCALE, CENTRED_OFFSET = 2.0 / 255.0, -1.0
 DEFAULT_IMAGE_SIZE = (224, 224)
 TINY_IMAGE_SIZE = (32, 32)
+# Hugging Face image processors name Pillow's filters by number.
+PIL_RESAMPLE_NAMES = {0: "nearest", 2: "bilinear", 3: "bicubic"}
 
 
 @dataclasses.dataclass
@@ -55,6 +64,8 @@ class VisionBackbone:
         scale: multiplier of the 0..255 pixels (a float or one per channel).
         offset: added after scaling (a float or one per channel).
         pretrained: whether the weights were loaded from a preset.
+        resample: the resize filter the checkpoint was trained with
+            (`bilinear`, `bicubic` or `nearest`).
     """
 
     backbone: keras.Model
@@ -62,6 +73,7 @@ class VisionBackbone:
     scale: float | list[float]
     offset: float | list[float]
     pretrained: bool
+    resample: str = DEFAULT_RESAMPLE
 
 
 def load_vision_backbone(spec: str) -> VisionBackbone:
@@ -185,20 +197,22 @@ def _load_preset(spec):
         raise UserError(f"vision backbone {spec!r} ({type(backbone).__name__}) is not an image backbone")
     if len(backbone.outputs[0].shape) not in (3, 4):
         raise UserError(f"vision backbone {spec!r} gives outputs of shape {backbone.outputs[0].shape}, not tokens")
-    image_size, scale, offset = _preset_image_settings(spec, backbone)
-    return VisionBackbone(backbone, image_size, scale, offset, pretrained=True)
+    image_size, scale, offset, resample = _preset_image_settings(spec, backbone)
+    return VisionBackbone(backbone, image_size, scale, offset, pretrained=True, resample=resample)
 
 
 def _preset_image_settings(spec, backbone):
-    """`(image_size, scale, offset)` from the preset's ImageConverter, else defaults."""
+    """`(image_size, scale, offset, resample)` from the preset's ImageConverter (keras-hub presets, timm's
+    `pretrained_cfg`), else Hugging Face's `preprocessor_config.json`, else defaults."""
     try:
         converter = keras_hub.layers.ImageConverter.from_preset(spec)
     except (FileNotFoundError, ValueError):  # no image_converter.json / no converter class
         converter = None
     if converter is not None:
         image_size, scale, offset = converter.image_size, converter.scale, converter.offset
+        resample = converter.interpolation
     else:
-        image_size, scale, offset = _hugging_face_image_settings(spec)
+        image_size, scale, offset, resample = _hugging_face_image_settings(spec)
     # A fixed input shape is a hard constraint; the converter's size only
     # matters for backbones that take any size.
     fixed_size = tuple(backbone.inputs[0].shape[1:3])
@@ -208,26 +222,28 @@ def _preset_image_settings(spec, backbone):
         tuple(image_size or DEFAULT_IMAGE_SIZE),
         DEFAULT_SCALE if scale is None else _plain(scale),
         DEFAULT_OFFSET if offset is None else _plain(offset),
+        resample if resample in RESAMPLE_FILTERS else DEFAULT_RESAMPLE,
     )
 
 
 def _hugging_face_image_settings(spec):
-    """Size and normalisation from a Hugging Face `preprocessor_config.json`, if any.
+    """Size, normalisation and resize filter from a Hugging Face `preprocessor_config.json`, if any.
 
     keras-hub builds no ImageConverter for Hugging Face ViT folders, but their
     image processor config says how the weights were trained to see images.
     """
     path = Path(spec) / "preprocessor_config.json"
     if not path.is_file():
-        return None, None, None
+        return None, None, None, None
     config = json.loads(path.read_text(encoding="utf-8"))
     size = config.get("size")
     image_size = (size["height"], size["width"]) if isinstance(size, dict) and "height" in size else None
+    resample = PIL_RESAMPLE_NAMES.get(config.get("resample"))
     rescale = config.get("rescale_factor", 1.0 / 255.0) if config.get("do_rescale", True) else 1.0
     if not config.get("do_normalize", False):
-        return image_size, rescale, 0.0
+        return image_size, rescale, 0.0, resample
     mean, std = config["image_mean"], config["image_std"]
-    return image_size, [rescale / s for s in std], [-m / s for m, s in zip(mean, std)]
+    return image_size, [rescale / s for s in std], [-m / s for m, s in zip(mean, std)], resample
 
 
 def _plain(value):

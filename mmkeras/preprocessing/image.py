@@ -13,8 +13,9 @@ order (what a mobile developer re-implements):
 3. convert to 8-bit RGB: 16-bit grayscale is scaled by 255/65535; an alpha
    channel or a transparent palette colour is composited onto white; palette,
    grayscale, bilevel and CMYK images are converted by Pillow;
-4. resize to (width, height) with bilinear resampling (Pillow's, which
-   averages over the source area when shrinking);
+4. resize to (width, height) with Pillow's bilinear resampling (which
+   averages over the source area when shrinking), or the bicubic or nearest
+   resampling a pretrained vision checkpoint was trained with;
 5. return float32 values in 0..255 (normalisation happens inside the model).
 """
 
@@ -28,7 +29,13 @@ import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 BACKGROUND = (255, 255, 255)
-RESAMPLE = Image.Resampling.BILINEAR
+# The resampling filters a checkpoint's preprocessing may name (Pillow's).
+RESAMPLE_FILTERS = {
+    "bilinear": Image.Resampling.BILINEAR,
+    "bicubic": Image.Resampling.BICUBIC,
+    "nearest": Image.Resampling.NEAREST,
+}
+DEFAULT_RESAMPLE = "bilinear"
 _ALPHA_MODES = ("RGBA", "LA", "PA", "RGBa")
 # Modes holding integers wider than 8 bits; their data are 16-bit (Pillow
 # opens 16-bit grayscale PNG/TIFF as `I;16*`, older versions as `I`).
@@ -58,13 +65,18 @@ class UnreadableImageError(ValueError):
 
 
 def load_image(
-    source: str | Path | bytes, image_size: tuple[int, int], *, max_pixels: int = MAX_IMAGE_PIXELS
+    source: str | Path | bytes,
+    image_size: tuple[int, int],
+    resample: str = DEFAULT_RESAMPLE,
+    *,
+    max_pixels: int = MAX_IMAGE_PIXELS,
 ) -> np.ndarray:
     """Decode, orient, convert to RGB and resize one image.
 
     Args:
         source: a file path, or the encoded file's bytes.
         image_size: `(height, width)` of the result.
+        resample: the resize filter: `bilinear`, `bicubic` or `nearest`.
         max_pixels: the largest width x height accepted.
 
     Returns:
@@ -90,7 +102,7 @@ def load_image(
         _check_regular_file(source, name)
     image = _decode(source, name, max_pixels)
     rgb = _to_rgb(ImageOps.exif_transpose(image), name)
-    return np.asarray(rgb.resize((width, height), RESAMPLE), dtype=np.float32)
+    return np.asarray(rgb.resize((width, height), RESAMPLE_FILTERS[resample]), dtype=np.float32)
 
 
 def _check_regular_file(path: str | Path, name: str):

@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from mmkeras.errors import UserError
-from mmkeras.preprocessing.image import BACKGROUND, MAX_IMAGE_PIXELS, load_image
+from mmkeras.preprocessing.image import BACKGROUND, DEFAULT_RESAMPLE, MAX_IMAGE_PIXELS, RESAMPLE_FILTERS, load_image
 from mmkeras.preprocessing.text import TextTokenizer
 from mmkeras.preprocessing.text_cleaning import clean_text
 
@@ -35,6 +35,8 @@ class MultimodalPreprocessor:
     Args:
         tokenizer: the `TextTokenizer` whose ids the text backbone reads.
         image_size: `(height, width)` the vision backbone takes.
+        resample: how images are resized: `bilinear` (default), `bicubic`
+            or `nearest`, as the vision checkpoint was trained.
         max_image_pixels: images with more pixels are refused (before decoding).
 
     Example:
@@ -49,15 +51,23 @@ class MultimodalPreprocessor:
     """
 
     def __init__(
-        self, tokenizer: TextTokenizer, image_size: tuple[int, int], *, max_image_pixels: int = MAX_IMAGE_PIXELS
+        self,
+        tokenizer: TextTokenizer,
+        image_size: tuple[int, int],
+        resample: str = DEFAULT_RESAMPLE,
+        *,
+        max_image_pixels: int = MAX_IMAGE_PIXELS,
     ):
         height, width = (int(side) for side in image_size)
         if height < 1 or width < 1:
             raise ValueError(f"image_size must be positive (height, width), got {image_size}")
+        if resample not in RESAMPLE_FILTERS:
+            raise ValueError(f"resample must be one of {', '.join(RESAMPLE_FILTERS)}, got {resample!r}")
         if max_image_pixels < 1:
             raise ValueError(f"max_image_pixels must be positive, got {max_image_pixels}")
         self.tokenizer = tokenizer
         self.image_size = (height, width)
+        self.resample = resample
         self.max_image_pixels = int(max_image_pixels)
 
     @property
@@ -103,7 +113,7 @@ class MultimodalPreprocessor:
         present = np.zeros(len(images), np.float32)
         for index, image in enumerate(images):
             if is_present(image):
-                pixels[index] = load_image(image, self.image_size, max_pixels=self.max_image_pixels)
+                pixels[index] = load_image(image, self.image_size, self.resample, max_pixels=self.max_image_pixels)
                 present[index] = 1.0
         return pixels, present
 
@@ -114,7 +124,8 @@ class MultimodalPreprocessor:
             "sequence_length": self.sequence_length,
             "tokenizer": {
                 "file": TOKENIZER_FILE,
-                "type": "wordpiece",
+                "type": self.tokenizer.model_type,
+                "pad_id": self.tokenizer.pad_id,
                 "lowercase": self.tokenizer.lowercase,
                 "strip_accents": self.tokenizer.strip_accents,
                 "vocabulary_size": self.tokenizer.vocabulary_size,
@@ -123,7 +134,7 @@ class MultimodalPreprocessor:
             "max_image_pixels": self.max_image_pixels,
             "image": {
                 "layout": "height, width, RGB",
-                "resample": "bilinear",
+                "resample": self.resample,
                 "value_range": [0, 255],
                 "alpha_background": list(BACKGROUND),
                 "exif_orientation": True,
@@ -167,10 +178,17 @@ class MultimodalPreprocessor:
             raise UserError(
                 f"sequence_length {sequence_length} differs from the tokenizer's {tokenizer.sequence_length}", path=path
             )
-        return cls(tokenizer, tuple(image_size), max_image_pixels=config.get("max_image_pixels") or MAX_IMAGE_PIXELS)
+        image = config.get("image", {})
+        if not isinstance(image, dict):
+            raise UserError(f"image must be an object of image settings, got {image!r}", path=path)
+        resample = image.get("resample", DEFAULT_RESAMPLE)
+        if resample not in RESAMPLE_FILTERS:
+            raise UserError(f"unknown image resample {resample!r} (known: {', '.join(RESAMPLE_FILTERS)})", path=path)
+        max_image_pixels = config.get("max_image_pixels") or MAX_IMAGE_PIXELS
+        return cls(tokenizer, tuple(image_size), resample, max_image_pixels=max_image_pixels)
 
     def __repr__(self):
-        return f"MultimodalPreprocessor({self.tokenizer!r}, image_size={self.image_size})"
+        return f"MultimodalPreprocessor({self.tokenizer!r}, image_size={self.image_size}, resample={self.resample!r})"
 
 
 def _check_settings(tokenizer_file, sequence_length, image_size, max_image_pixels, path: Path):

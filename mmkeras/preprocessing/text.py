@@ -1,19 +1,31 @@
-"""`TextTokenizer`: the one WordPiece tokenizer of training and the device.
+"""`TextTokenizer`: the one tokenizer of training and the device.
 
-It wraps a Hugging Face `tokenizers.Tokenizer` configured like BERT: the BERT
-normalizer (cleanup, CJK spacing, optional lowercasing and accent stripping),
-the BERT pre-tokenizer, a WordPiece model, `[CLS] text [SEP]` added by a
-template post-processor, and truncation and padding to a fixed
-`sequence_length`. All of it lives in one `tokenizer.json`, so the training
-pipeline and the device runtime load the same file and produce the same ids.
-keras-hub's own BertTokenizer differs from it (accents, case folding, Hangul,
-control characters, long words), so mmkeras never mixes the two.
+It wraps a Hugging Face `tokenizers.Tokenizer` that truncates and pads to a
+fixed `sequence_length`. All of it lives in one `tokenizer.json`, so the
+training pipeline and the device runtime load the same file and produce the
+same ids. It comes from one of three places:
+
+- `from_hugging_face_folder`: a Hugging Face checkpoint's own `tokenizer.json`
+  (WordPiece, byte-level BPE, Unigram: whatever the checkpoint was trained
+  with), kept as it is (normalizer, pre-tokenizer, model, special tokens,
+  post-processor) except for the truncation and padding length; or, for a
+  BERT-family folder with only `vocab.txt`, a BERT WordPiece built from it
+  and `tokenizer_config.json`, as Hugging Face's BertTokenizerFast does;
+- `from_vocabulary`: a BERT WordPiece (the BERT normalizer and pre-tokenizer,
+  `[CLS] text [SEP]`) over a keras-hub preset's vocabulary;
+- `train_from_texts`: a BERT WordPiece whose vocabulary is learned from the
+  training texts, for a randomly initialised backbone.
+
+keras-hub's own tokenizers differ from Hugging Face's (accents, case folding,
+Hangul, control characters, long words) and need vocabulary files that many
+Hugging Face folders do not ship, so mmkeras never uses them to tokenize.
 
 Special tokens are inserted only by the post-processor: a literal "[SEP]" typed
 in a text is ordinary text, not a separator.
 """
 
 import collections
+import json
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -29,19 +41,26 @@ SPECIAL_TOKENS = (PAD, UNK, CLS, SEP, MASK)
 CONTINUATION_PREFIX = "##"
 # Hugging Face's default: longer words become a single [UNK].
 MAX_CHARS_PER_WORD = 100
+# Files of a Hugging Face folder that say how it tokenizes.
+HF_TOKENIZER_FILE = "tokenizer.json"
+HF_VOCABULARY_FILE = "vocab.txt"
+HF_TOKENIZER_CONFIG_FILE = "tokenizer_config.json"
+# Padding tokens of the encoder families, for a tokenizer.json that names none.
+KNOWN_PAD_TOKENS = (PAD, "<pad>")
 
 
 class TextTokenizer:
-    """WordPiece tokenizer that turns texts into fixed-length token ids.
+    """Tokenizer that turns texts into fixed-length token ids.
 
-    Build one with `TextTokenizer.from_vocabulary` (a backbone's vocabulary) or
-    `TextTokenizer.train_from_texts` (a vocabulary learned from training texts,
-    for a randomly initialised backbone), or `TextTokenizer.load` a saved
-    `tokenizer.json`.
+    Build one with `TextTokenizer.from_hugging_face_folder` (a checkpoint's
+    own tokenizer), `TextTokenizer.from_vocabulary` (a WordPiece vocabulary)
+    or `TextTokenizer.train_from_texts` (a vocabulary learned from training
+    texts, for a randomly initialised backbone), or `TextTokenizer.load` a
+    saved `tokenizer.json`.
 
     Args:
-        tokenizer: a `tokenizers.Tokenizer` with a WordPiece model, the BERT
-            normalizer, and truncation and padding enabled to one length.
+        tokenizer: a `tokenizers.Tokenizer` with truncation and padding
+            enabled to one length.
 
     Example:
     >>> tokenizer = TextTokenizer.from_vocabulary(
@@ -53,10 +72,6 @@ class TextTokenizer:
     """
 
     def __init__(self, tokenizer: Tokenizer):
-        if not isinstance(tokenizer.model, models.WordPiece):
-            raise UserError(f"expected a WordPiece tokenizer, got {type(tokenizer.model).__name__}")
-        if not isinstance(tokenizer.normalizer, normalizers.BertNormalizer):
-            raise UserError("expected a tokenizer with the BERT normalizer")
         if tokenizer.truncation is None or tokenizer.padding is None:
             raise UserError("expected a tokenizer with truncation and padding to a fixed length")
         if tokenizer.truncation["max_length"] != tokenizer.padding["length"]:
@@ -101,6 +116,75 @@ class TextTokenizer:
         )
         tokenizer.enable_truncation(max_length=sequence_length)
         tokenizer.enable_padding(pad_id=token_ids[PAD], pad_token=PAD, length=sequence_length)
+        return cls(tokenizer)
+
+    @classmethod
+    def from_hugging_face_folder(cls, folder: str | Path, *, sequence_length: int) -> "TextTokenizer":
+        """The tokenizer a Hugging Face checkpoint folder was trained with.
+
+        `tokenizer.json` is used when the folder has one (whatever its model:
+        WordPiece, BPE, Unigram), unchanged but for truncation and padding to
+        `sequence_length` with the folder's padding token. A folder with only
+        `vocab.txt` gets Hugging Face's BERT tokenizer for it, cased or not
+        (and stripping accents or not) as `tokenizer_config.json` says.
+
+        Args:
+            folder: the checkpoint folder.
+            sequence_length: ids per text, special tokens included.
+
+        Raises:
+            UserError: the folder has neither file, or no padding token.
+
+        Example:
+        >>> folder = "all-MiniLM-L6-v2"                                                # doctest: +SKIP
+        >>> tokenizer = TextTokenizer.from_hugging_face_folder(folder, sequence_length=64)  # doctest: +SKIP
+        >>> tokenizer.encode("a red circle")[0][:5].tolist()                           # doctest: +SKIP
+        [101, 1037, 2417, 4418, 102]
+        """
+        folder = Path(folder)
+        config_path = folder / HF_TOKENIZER_CONFIG_FILE
+        settings = _read_json(config_path) if config_path.is_file() else {}
+        if (folder / HF_TOKENIZER_FILE).is_file():
+            try:
+                tokenizer = Tokenizer.from_file(str(folder / HF_TOKENIZER_FILE))
+            except Exception as error:  # tokenizers raises plain Exception for a bad file
+                raise UserError(f"not a tokenizer file: {error}", path=folder / HF_TOKENIZER_FILE) from None
+            return cls.with_length(tokenizer, sequence_length, _pad_token(tokenizer, settings))
+        if (folder / HF_VOCABULARY_FILE).is_file():
+            vocabulary = (folder / HF_VOCABULARY_FILE).read_text(encoding="utf-8").splitlines()
+            # Hugging Face's BertTokenizer defaults: uncased, accents follow the casing.
+            return cls.from_vocabulary(
+                vocabulary,
+                lowercase=settings.get("do_lower_case", True),
+                strip_accents=settings.get("strip_accents"),
+                sequence_length=sequence_length,
+            )
+        raise UserError(
+            f"the folder has no {HF_TOKENIZER_FILE} or {HF_VOCABULARY_FILE}: mmkeras tokenizes with the "
+            "checkpoint's own tokenizer",
+            path=folder,
+        )
+
+    @classmethod
+    def with_length(cls, tokenizer: Tokenizer, sequence_length: int, pad_token: str) -> "TextTokenizer":
+        """`tokenizer` set to truncate and pad every text to `sequence_length` ids with `pad_token`.
+
+        Truncation keeps the special tokens the post-processor adds (e.g. the
+        closing `[SEP]` or `</s>`) and cuts the text before them.
+
+        Args:
+            tokenizer: a `tokenizers.Tokenizer` (changed in place).
+            sequence_length: ids per text, special tokens included.
+            pad_token: a token of the vocabulary to pad with.
+        """
+        special_tokens = tokenizer.post_processor.num_special_tokens_to_add(False) if tokenizer.post_processor else 0
+        if sequence_length <= special_tokens:
+            raise UserError(
+                f"sequence_length must be more than the {special_tokens} special tokens of a text, "
+                f"got {sequence_length}"
+            )
+        tokenizer.enable_truncation(max_length=sequence_length)
+        tokenizer.enable_padding(pad_id=tokenizer.token_to_id(pad_token), pad_token=pad_token, length=sequence_length)
         return cls(tokenizer)
 
     @classmethod
@@ -180,20 +264,58 @@ class TextTokenizer:
         return sorted(token_ids, key=token_ids.__getitem__)
 
     @property
-    def lowercase(self) -> bool:
-        return self._tokenizer.normalizer.lowercase
+    def model_type(self) -> str:
+        """The subword model: `wordpiece`, `bpe`, `unigram` or `wordlevel`."""
+        return type(self._tokenizer.model).__name__.lower()
 
     @property
-    def strip_accents(self) -> bool:
-        """Whether accents are removed (`None` given at construction resolved, as BERT does)."""
+    def pad_id(self) -> int:
+        return self._tokenizer.padding["pad_id"]
+
+    @property
+    def lowercase(self) -> bool | None:
+        """Whether the BERT normalizer lowercases; `None` for other normalizers."""
+        normalizer = self._tokenizer.normalizer
+        return normalizer.lowercase if isinstance(normalizer, normalizers.BertNormalizer) else None
+
+    @property
+    def strip_accents(self) -> bool | None:
+        """Whether the BERT normalizer removes accents (`None` given at construction resolved, as BERT
+        does); `None` for other normalizers."""
+        if self.lowercase is None:
+            return None
         strip_accents = self._tokenizer.normalizer.strip_accents
         return self.lowercase if strip_accents is None else strip_accents
 
+    def count_truncated(self, texts: Iterable[str | None]) -> int:
+        """How many of `texts` are longer than `sequence_length` ids and lose their end (`None` skipped)."""
+        encodings = self._tokenizer.encode_batch([text for text in texts if text is not None])
+        return sum(1 for encoding in encodings if encoding.overflowing)
+
     def __repr__(self):
         return (
-            f"TextTokenizer(vocabulary_size={self.vocabulary_size}, sequence_length={self.sequence_length}, "
-            f"lowercase={self.lowercase}, strip_accents={self.strip_accents})"
+            f"TextTokenizer({self.model_type}, vocabulary_size={self.vocabulary_size}, "
+            f"sequence_length={self.sequence_length}, lowercase={self.lowercase}, strip_accents={self.strip_accents})"
         )
+
+
+def _read_json(path: Path) -> dict:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as error:
+        raise UserError(f"cannot read: {error}", path=path) from None
+
+
+def _pad_token(tokenizer: Tokenizer, settings: dict) -> str:
+    """The padding token `tokenizer_config.json` names, else the one `tokenizer.json` pads with, else a known one."""
+    named = settings.get("pad_token")
+    if isinstance(named, dict):  # AddedToken as saved by transformers
+        named = named.get("content")
+    padding = tokenizer.padding
+    for candidate in (named, padding and padding["pad_token"], *KNOWN_PAD_TOKENS):
+        if candidate and tokenizer.token_to_id(candidate) is not None:
+            return candidate
+    raise UserError(f"the tokenizer has no padding token (none of {', '.join(KNOWN_PAD_TOKENS)})")
 
 
 def _bert_normalizer(lowercase: bool, strip_accents: bool | None) -> normalizers.BertNormalizer:

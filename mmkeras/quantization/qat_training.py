@@ -162,8 +162,10 @@ class QATJob(TrainingJob):
         )
         train_epochs, val_data = epoch_datasets(config, preprocessor, labels, train_manifest, val_manifest)
         logger.info("calibrating activation ranges on %d batches", settings.calibration_batches)
-        # Eager and identical in every process (same rows, same weights), so every replica gets the same ranges.
-        calibrate_ranges(model, (inputs for inputs, _ in train_epochs.for_epoch(0).take(settings.calibration_batches)))
+        # Eager and identical in every process (same rows, same weights), so every replica gets the same ranges;
+        # not augmented: the ranges are for the images the model will see.
+        calibration = train_epochs.for_epoch(0, augmented=False).take(settings.calibration_batches)
+        calibrate_ranges(model, (inputs for inputs, _ in calibration))
         return PreparedRun(
             model=model,
             trained_model=model,
@@ -178,7 +180,7 @@ class QATJob(TrainingJob):
 
     def initial_metrics(self, prepared: PreparedRun, loop: TrainingLoop) -> dict:
         logger.info("measuring the QAT model's loss before fine-tuning")
-        initial_loss, _ = loop.evaluate(prepared.train_epochs.for_epoch(0))
+        initial_loss, _ = loop.evaluate(prepared.train_epochs.for_epoch(0, augmented=False))
         return {"initial_loss": initial_loss}
 
     def run_folder_extras(self) -> dict:

@@ -68,8 +68,13 @@ def epoch_datasets(
     train_manifest: Manifest,
     val_manifest: Manifest | None,
 ) -> tuple[EpochDatasets, tf.data.Dataset | None]:
-    """`(training epochs, validation batches or None)` of the model's inputs, `config.batch_size` rows a batch."""
-    train_epochs = EpochDatasets(train_manifest, labels, preprocessor, batch_size=config.batch_size, seed=config.seed)
+    """`(training epochs, validation batches or None)` of the model's inputs, `config.batch_size` rows a batch.
+
+    Only the training epochs are augmented (`config.augment`).
+    """
+    train_epochs = EpochDatasets(
+        train_manifest, labels, preprocessor, batch_size=config.batch_size, seed=config.seed, augment=config.augment
+    )
     if val_manifest is None:
         return train_epochs, None
     val_data = make_dataset(

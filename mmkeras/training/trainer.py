@@ -15,7 +15,7 @@ import tensorflow as tf
 from mmkeras.config import RunConfig
 from mmkeras.data.manifest import read_manifest
 from mmkeras.errors import UserError
-from mmkeras.models.builder import FROZEN_BACKBONES, build_model
+from mmkeras.models.builder import FROZEN_BACKBONES, build_model, pretrained_backbones
 from mmkeras.training.feature_cache import CachedEpochs, cache_features, default_cache_dir, split_at_frozen_backbones
 from mmkeras.training.job import JobResult, PreparedRun, TrainingJob
 from mmkeras.training.precision import dtype_policy, float32_copy, resolve_policy
@@ -102,17 +102,37 @@ class TrainJob(TrainingJob):
             policy=policy,
         )
 
+    def initial_metrics(self, prepared: PreparedRun, loop) -> dict:
+        texts = [row.text for row in prepared.train_manifest.rows]
+        truncated = prepared.preprocessor.tokenizer.count_truncated(texts)
+        if truncated:
+            logger.info(
+                "%d of %d training texts are longer than sequence_length %d tokens and were cut",
+                truncated, len(texts), prepared.preprocessor.sequence_length,
+            )
+        return {"texts_truncated": truncated}
+
     def final_model(self, prepared: PreparedRun) -> keras.Model:
         # A run folder holds the float32 model: mixed precision is how a run trains, not what it exports.
         return prepared.model if prepared.policy == "float32" else float32_copy(prepared.model)
 
 
 def prepare_backbones(model: keras.Model, config: RunConfig):
-    """Freeze the backbones `--freeze` names, and put LoRA on them with `--lora-rank`."""
+    """Freeze the backbones `--freeze` names, and put LoRA on the pretrained ones with `--lora-rank`.
+
+    A random backbone (`tiny`, ...) has no pretrained weights for LoRA to
+    keep: adapters on frozen random weights would learn little, so it trains
+    fully, next to the adapters of the pretrained one (unless `--freeze`
+    names it).
+    """
     apply_freeze(model, config.freeze)
-    if config.lora_rank:
-        for name in ("text_backbone", "vision_backbone"):
-            enable_lora(model.get_layer(name), config.lora_rank)
+    if not config.lora_rank:
+        return
+    pretrained = pretrained_backbones(config)
+    if not pretrained:
+        logger.warning("--lora-rank: no pretrained backbone to adapt; the random backbones train fully")
+    for name in pretrained:
+        enable_lora(model.get_layer(name), config.lora_rank)
 
 
 def _training_data(config: RunConfig, model, preprocessor, labels, train_manifest, val_manifest):
