@@ -71,6 +71,7 @@ from mmkeras.runs import load_run
 from mmkeras.runtime.bundle import INPUT_NAMES, MODEL_FILE, OUTPUT_NAME, QUANTIZATION_MODES
 from mmkeras.runtime.interpreter import LiteRTModel, list_ops
 from mmkeras.runtime.predictor import Predictor
+from mmkeras.runtime.test_vectors import examples_from_manifest, write_test_vectors
 
 logger = logging.getLogger("mmkeras")
 
@@ -290,6 +291,8 @@ def export_bundle(
             "parity": parity,
         }
         write_bundle_json(staging, **bundle_fields, conversion=report)
+        examples = examples_from_manifest(test_vector_manifest(run, calibration_data), run.preprocessor.image_size)
+        write_test_vectors(staging, examples)
         replace_folder(staging, out_dir)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
@@ -322,6 +325,14 @@ def parity_sample(run, calibration_sample: dict[str, np.ndarray] | None):
     if calibration_sample is None:
         return None, None
     return {name: value[:PARITY_ROWS] for name, value in calibration_sample.items()}, "calibration"
+
+
+def test_vector_manifest(run, calibration_data: str | Path | None) -> str | Path | None:
+    """Where the bundle's test vectors come from: the validation manifest, else the calibration or training one."""
+    for path in (run.config.val, calibration_data, run.config.data):
+        if path and Path(path).is_file():
+            return path
+    return None
 
 
 def manifest_inputs(run, path: str | Path, max_rows: int) -> dict[str, np.ndarray]:
