@@ -370,18 +370,31 @@ def predict(
 
 @app.command()
 def benchmark(
-    bundle_dir: Path = typer.Argument(..., help="A bundle folder."),
-    threads: Optional[int] = typer.Option(None, "--threads", min=1, help="Interpreter threads.", show_default="auto"),
+    bundle_dirs: list[Path] = typer.Argument(..., help="One or more bundle folders."),
+    threads: Optional[int] = typer.Option(
+        None, "--threads", min=1, help="Interpreter threads; with --compare, the largest count of 1..N measured.",
+        show_default="auto; with --compare, the CPU count",
+    ),
     runs: int = typer.Option(DEFAULT_RUNS, "--runs", min=1, help=f"Timed runs (after {WARMUP_RUNS} warm-up runs)."),
+    compare: bool = typer.Option(
+        False, "--compare", help="Side by side (implied by several bundles): cold start, peak memory, "
+        "threads 1..N, XNNPACK on and off, interleaved.",
+    ),
     as_json: bool = JSON_OPTION,
 ):
-    """Latency percentiles (ms) and size of a bundle on this machine's CPU.
+    """Latency percentiles (ms) and size of bundles on this machine's CPU.
 
-    Example: mmkeras benchmark bundles/demo --threads 1 --json
+    Example: mmkeras benchmark bundles/float bundles/int8 --threads 2 --json
     """
+    if compare or len(bundle_dirs) > 1:
+        from mmkeras.runtime.bundle_comparison import compare_bundles, comparison_table
+
+        figures = compare_bundles(bundle_dirs, max_threads=threads, runs=runs)
+        emit(figures, as_json, comparison_table(figures))
+        return
     from mmkeras.runtime.benchmark import benchmark_bundle
 
-    figures = benchmark_bundle(bundle_dir, threads=threads, runs=runs)
+    figures = benchmark_bundle(bundle_dirs[0], threads=threads, runs=runs)
     latency = figures["latency_ms"]
     emit(
         figures,
