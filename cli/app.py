@@ -323,6 +323,7 @@ def export(
     calibration_data: Optional[Path] = typer.Option(
         None, help="Manifest for int8 calibration.", show_default="a sample of the run's training manifest"
     ),
+    web: bool = typer.Option(False, "--web", help="Also build the browser site (as `mmkeras web`) in BUNDLE_DIR/web."),
     as_json: bool = JSON_OPTION,
 ):
     """Convert a run to a LiteRT bundle (model.tflite + bundle.json + tokenizer).
@@ -341,7 +342,13 @@ def export(
     from mmkeras.export.converter import export_bundle
 
     report = export_bundle(run_dir, out, quantize=quantize, calibration_data=calibration_data)
-    emit(report, as_json, describe_report(report))
+    human = describe_report(report)
+    if web:
+        from mmkeras.web.site_builder import build_site
+
+        report["web"] = build_site(out, out / WEB_SITE_FOLDER)
+        human += "\n" + describe_site(report["web"])
+    emit(report, as_json, human)
 
 
 @app.command()
@@ -418,6 +425,33 @@ def report(
     from mmkeras.evaluation.report import write_report
 
     typer.echo(f"wrote {write_report(run_dir, out)}")
+
+
+# `mmkeras export --web` builds the site here, inside the bundle.
+WEB_SITE_FOLDER = "web"
+
+
+@app.command()
+def web(
+    bundle_dir: Path = typer.Argument(..., help="A bundle folder."),
+    out: Path = typer.Option(..., "--out", help="Site folder to write (or a site to replace)."),
+    as_json: bool = JSON_OPTION,
+):
+    """Build a static site that runs the bundle in the browser (LiteRT.js), offline once built; needs npm.
+
+    Example: mmkeras web bundles/demo --out sites/demo && python3 -m http.server -d sites/demo
+    """
+    from mmkeras.web.site_builder import build_site
+
+    report = build_site(bundle_dir, out)
+    emit(report, as_json, describe_site(report))
+
+
+def describe_site(report: dict) -> str:
+    return (
+        f"wrote the web site {report['path']} ({report['files']} files, {report['size_bytes'] / 2**20:.1f} MB); "
+        f"serve it with: python3 -m http.server -d {report['path']}"
+    )
 
 
 def format_figure(value) -> str:

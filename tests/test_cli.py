@@ -18,7 +18,7 @@ from mmkeras.cli import app as cli_app
 from mmkeras.config import RunConfig
 from mmkeras.framework_logs import VERBOSE_ENV
 
-COMMANDS = ("train", "evaluate", "qat", "export", "predict", "benchmark", "report")
+COMMANDS = ("train", "evaluate", "qat", "export", "predict", "benchmark", "report", "web")
 # What TensorFlow, absl and LiteRT write to stderr when nobody keeps them quiet.
 FRAMEWORK_NOISE = re.compile(r"absl|I0000|W0000|oneDNN|cudart|XNNPACK|fully_quantize|tensorflow|WARNING:")
 
