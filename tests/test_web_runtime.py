@@ -30,10 +30,13 @@ needs_browser = pytest.mark.skipif(
 
 
 def example_rows():
-    """Every row of samples/test.csv, then the first rows without their image and without their text."""
+    """Every row of samples/test.csv, the first rows without their image and without their text, and a
+    text longer than the sequence, with accents and CJK (truncation and normalisation happen in the page)."""
     with (SAMPLES / "test.csv").open(newline="", encoding="utf-8") as handle:
         rows = [(row["text"], row["image"]) for row in csv.DictReader(handle)]
-    return [*rows, *((text, None) for text, _ in rows[:5]), *((None, image) for _, image in rows[:5])]
+    long_text = "Crème brûlée, 東京 and ŒUVRES: " + " ".join(text for text, _ in rows[:6])
+    return [*rows, *((text, None) for text, _ in rows[:5]), *((None, image) for _, image in rows[:5]),
+            (long_text, rows[0][1])]
 
 
 @pytest.fixture(scope="module")
