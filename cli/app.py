@@ -323,6 +323,10 @@ def export(
     calibration_data: Optional[Path] = typer.Option(
         None, help="Manifest for int8 calibration.", show_default="a sample of the run's training manifest"
     ),
+    keep_float: Optional[str] = typer.Option(
+        None, "--keep-float", help="Post-training int8: op types left float, comma-separated (e.g. BATCH_MATMUL,SOFTMAX).",
+        show_default="HARD_SWISH",
+    ),
     web: bool = typer.Option(False, "--web", help="Also build the browser site (as `mmkeras web`) in BUNDLE_DIR/web."),
     as_json: bool = JSON_OPTION,
 ):
@@ -341,7 +345,10 @@ def export(
     from mmkeras.export.conversion_report import describe_report
     from mmkeras.export.converter import export_bundle
 
-    report = export_bundle(run_dir, out, quantize=quantize, calibration_data=calibration_data)
+    report = export_bundle(
+        run_dir, out, quantize=quantize, calibration_data=calibration_data,
+        keep_float=[name.strip().upper() for name in keep_float.split(",") if name.strip()] if keep_float else (),
+    )
     human = describe_report(report)
     if web:
         from mmkeras.web.site_builder import build_site
