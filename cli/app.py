@@ -324,7 +324,8 @@ def export(
         None, help="Manifest for int8 calibration.", show_default="a sample of the run's training manifest"
     ),
     keep_float: Optional[str] = typer.Option(
-        None, "--keep-float", help="Post-training int8: op types left float, comma-separated (e.g. BATCH_MATMUL,SOFTMAX).",
+        None, "--keep-float",
+        help="Post-training int8: op types left float, comma-separated (e.g. BATCH_MATMUL,SOFTMAX).",
         show_default="HARD_SWISH",
     ),
     web: bool = typer.Option(False, "--web", help="Also build the browser site (as `mmkeras web`) in BUNDLE_DIR/web."),

@@ -51,8 +51,9 @@ def test_table_has_a_row_per_bundle_and_setting(figures):
     lines = comparison_table(figures).splitlines()
     assert lines[0].split()[:3] == ["bundle", "quant", "size"]
     assert len(lines) == 1 + 2 * len(figures["bundles"][0]["measurements"])
-    assert [line.split()[0] for line in lines[1:]] == ["none"] * 2 * len(figures["threads"]) + ["dynamic"] * 2 * len(figures["threads"])
-    assert all(line.endswith("1.00x") for line in lines[1 : 1 + 2 * len(figures["threads"])])
+    rows_per_bundle = 2 * len(figures["threads"])
+    assert [line.split()[0] for line in lines[1:]] == ["none"] * rows_per_bundle + ["dynamic"] * rows_per_bundle
+    assert all(line.endswith("1.00x") for line in lines[1 : 1 + rows_per_bundle])
 
 
 def test_cli_prints_one_json_object_for_several_bundles(bundle_dirs, capsys):

@@ -37,7 +37,8 @@ def test_kotlin_reads_only_keys_that_test_vectors_json_has():
     known = {*schema["properties"], *schema["$defs"]["vector"]["properties"], "sum",
              # bundle.json keys (docs/bundle.md)
              "model_file", "labels", "preprocessing", "image_size"}
-    read = set(re.findall(r'(?:getJSONArray|getJSONObject|getString|getDouble|getInt|isNull)\("(\w+)"\)', snippet("kotlin")))
+    getters = r'(?:getJSONArray|getJSONObject|getString|getDouble|getInt|isNull)\("(\w+)"\)'
+    read = set(re.findall(getters, snippet("kotlin")))
     assert read and read <= known, read - known
 
 

@@ -26,7 +26,7 @@ export function encodeText(tokenizer, text, sequenceLength, padId) {
   return {tokenIds, paddingMask};
 }
 
-/** Per output pixel: first source index, count, and fixed-point weights with their precision (Pillow's precompute_coeffs). */
+/** Per output pixel: first source index, count and fixed-point weights (Pillow's precompute_coeffs). */
 export function resampleCoefficients(inSize, outSize) {
   const scale = inSize / outSize;
   const filterScale = Math.max(scale, 1.0);
@@ -50,22 +50,21 @@ export function resampleCoefficients(inSize, outSize) {
     bounds[out * 2] = first;
     bounds[out * 2 + 1] = count;
   }
-  const precision = PRECISION_BITS;
   // C's (int) truncates toward zero after adding +-0.5: round half away from zero.
   const weights = Int32Array.from(normalized, (weight) => Math.trunc(
-    weight < 0 ? -0.5 + weight * 2 ** precision : 0.5 + weight * 2 ** precision));
-  return {bounds, weights, kernelSize, precision};
+    weight < 0 ? -0.5 + weight * 2 ** PRECISION_BITS : 0.5 + weight * 2 ** PRECISION_BITS));
+  return {bounds, weights, kernelSize};
 }
 
-function clip8(accumulator, precision) {
-  const value = Math.floor(accumulator / 2 ** precision);
+function clip8(accumulator) {
+  const value = Math.floor(accumulator / 2 ** PRECISION_BITS);
   return value < 0 ? 0 : value > 255 ? 255 : value;
 }
 
 /** One resampling pass over RGB bytes along x (`horizontal`) or y, as Pillow's 8-bit passes. */
 function resamplePass(rgb, width, height, outSize, horizontal) {
   const inSize = horizontal ? width : height;
-  const {bounds, weights, kernelSize, precision} = resampleCoefficients(inSize, outSize);
+  const {bounds, weights, kernelSize} = resampleCoefficients(inSize, outSize);
   const outWidth = horizontal ? outSize : width;
   const outHeight = horizontal ? height : outSize;
   const out = new Uint8Array(outWidth * outHeight * 3);
@@ -75,19 +74,23 @@ function resamplePass(rgb, width, height, outSize, horizontal) {
       const first = bounds[position * 2];
       const count = bounds[position * 2 + 1];
       for (let channel = 0; channel < 3; channel++) {
-        let accumulator = 2 ** (precision - 1);
+        let accumulator = 2 ** (PRECISION_BITS - 1);
         for (let k = 0; k < count; k++) {
           const source = horizontal ? (y * width + first + k) : ((first + k) * width + x);
           accumulator += rgb[source * 3 + channel] * weights[position * kernelSize + k];
         }
-        out[(y * outWidth + x) * 3 + channel] = clip8(accumulator, precision);
+        out[(y * outWidth + x) * 3 + channel] = clip8(accumulator);
       }
     }
   }
   return out;
 }
 
-/** Pillow's `Image.resize((outWidth, outHeight), BILINEAR)` of RGB bytes: horizontal pass, then vertical; a pass is skipped when its size stays. */
+/**
+ * Pillow's `Image.resize((outWidth, outHeight), BILINEAR)` of RGB bytes: the horizontal pass, then the
+ * vertical one, as Pillow's source does (a pass is skipped when its size stays). The Pillow 13.0.0 wheel
+ * measured here sometimes runs them the other way round: up to one unit apart then (docs/design.md).
+ */
 export function resizeBilinear(rgb, width, height, outWidth, outHeight) {
   let pixels = rgb;
   if (outWidth !== width) pixels = resamplePass(pixels, width, height, outWidth, true);
