@@ -169,3 +169,15 @@ def test_without_npm_the_error_says_what_to_install(tmp_path, monkeypatch):
     (tmp_path / "notes" / "todo.txt").write_text("mine")
     with pytest.raises(UserError, match="not an mmkeras site"):
         build_site(bundle_dir, tmp_path / "notes")
+
+
+@needs_browser
+def test_export_web_builds_the_site_inside_the_bundle(sites, tmp_path, capsys):
+    bundle_dir, _ = sites["none"]
+    run_dir = bundle_dir.parent / "run"
+    code = main(["export", str(run_dir), "--out", str(tmp_path / "bundle"), "--web", "--json"])
+    report = json.loads(capsys.readouterr().out)
+    assert code == 0
+    assert report["web"]["path"] == str(tmp_path / "bundle" / "web")
+    site_bundle = tmp_path / "bundle" / "web" / "bundle"
+    assert (site_bundle / "model.tflite").read_bytes() == (tmp_path / "bundle" / "model.tflite").read_bytes()
