@@ -44,7 +44,7 @@ from mmkeras.framework_logs import VERBOSE_ENV, import_tensorflow_quietly, quiet
 from mmkeras.progress import install_log_handler
 from mmkeras.quantization.qat_settings import LEARNING_RATE_FACTOR, UNKNOWN_LAYERS, QATSettings
 from mmkeras.runtime.benchmark import DEFAULT_RUNS, WARMUP_RUNS
-from mmkeras.runtime.bundle import QUANTIZATION_MODES
+from mmkeras.runtime.bundle import QUANTIZATION_MODES, WEB_SITE_FOLDER
 
 logger = logging.getLogger("mmkeras")
 
@@ -352,6 +352,12 @@ def export(
     calibration_data: Optional[Path] = typer.Option(
         None, help="Manifest for int8 calibration.", show_default="a sample of the run's training manifest"
     ),
+    keep_float: Optional[str] = typer.Option(
+        None, "--keep-float",
+        help="Post-training int8: op types left float, comma-separated (e.g. BATCH_MATMUL,SOFTMAX).",
+        show_default="HARD_SWISH",
+    ),
+    web: bool = typer.Option(False, "--web", help="Also build the browser site (as `mmkeras web`) in BUNDLE_DIR/web."),
     as_json: bool = JSON_OPTION,
 ):
     """Convert a run to a LiteRT bundle (model.tflite + bundle.json + tokenizer).
@@ -369,8 +375,17 @@ def export(
     from mmkeras.export.conversion_report import describe_report
     from mmkeras.export.converter import export_bundle
 
-    report = export_bundle(run_dir, out, quantize=quantize, calibration_data=calibration_data)
-    emit(report, as_json, describe_report(report))
+    report = export_bundle(
+        run_dir, out, quantize=quantize, calibration_data=calibration_data,
+        keep_float=[name.strip().upper() for name in keep_float.split(",") if name.strip()] if keep_float else (),
+    )
+    human = describe_report(report)
+    if web:
+        from mmkeras.web.site_builder import build_site
+
+        report["web"] = build_site(out, out / WEB_SITE_FOLDER)
+        human += "\n" + describe_site(report["web"])
+    emit(report, as_json, human)
 
 
 @app.command()
@@ -399,18 +414,31 @@ def predict(
 
 @app.command()
 def benchmark(
-    bundle_dir: Path = typer.Argument(..., help="A bundle folder."),
-    threads: Optional[int] = typer.Option(None, "--threads", min=1, help="Interpreter threads.", show_default="auto"),
+    bundle_dirs: list[Path] = typer.Argument(..., help="One or more bundle folders."),
+    threads: Optional[int] = typer.Option(
+        None, "--threads", min=1, help="Interpreter threads; with --compare, the largest count of 1..N measured.",
+        show_default="auto; with --compare, the CPU count",
+    ),
     runs: int = typer.Option(DEFAULT_RUNS, "--runs", min=1, help=f"Timed runs (after {WARMUP_RUNS} warm-up runs)."),
+    compare: bool = typer.Option(
+        False, "--compare", help="Side by side (implied by several bundles): cold start, peak memory, "
+        "threads 1..N, XNNPACK on and off, interleaved.",
+    ),
     as_json: bool = JSON_OPTION,
 ):
-    """Latency percentiles (ms) and size of a bundle on this machine's CPU.
+    """Latency percentiles (ms) and size of bundles on this machine's CPU.
 
-    Example: mmkeras benchmark bundles/demo --threads 1 --json
+    Example: mmkeras benchmark bundles/float bundles/int8 --threads 2 --json
     """
+    if compare or len(bundle_dirs) > 1:
+        from mmkeras.runtime.bundle_comparison import compare_bundles, comparison_table
+
+        figures = compare_bundles(bundle_dirs, max_threads=threads, runs=runs)
+        emit(figures, as_json, comparison_table(figures))
+        return
     from mmkeras.runtime.benchmark import benchmark_bundle
 
-    figures = benchmark_bundle(bundle_dir, threads=threads, runs=runs)
+    figures = benchmark_bundle(bundle_dirs[0], threads=threads, runs=runs)
     latency = figures["latency_ms"]
     emit(
         figures,
@@ -436,6 +464,32 @@ def report(
     from mmkeras.evaluation.report import write_report
 
     typer.echo(f"wrote {write_report(run_dir, out)}")
+
+
+# `mmkeras export --web` builds the site here, inside the bundle.
+
+
+@app.command()
+def web(
+    bundle_dir: Path = typer.Argument(..., help="A bundle folder."),
+    out: Path = typer.Option(..., "--out", help="Site folder to write (or a site to replace)."),
+    as_json: bool = JSON_OPTION,
+):
+    """Build a static site that runs the bundle in the browser (LiteRT.js), offline once built; needs npm.
+
+    Example: mmkeras web bundles/demo --out sites/demo && python3 -m http.server -d sites/demo
+    """
+    from mmkeras.web.site_builder import build_site
+
+    report = build_site(bundle_dir, out)
+    emit(report, as_json, describe_site(report))
+
+
+def describe_site(report: dict) -> str:
+    return (
+        f"wrote the web site {report['path']} ({report['files']} files, {report['size_bytes'] / 2**20:.1f} MB); "
+        f"serve it with: python3 -m http.server -d {report['path']}"
+    )
 
 
 def format_figure(value) -> str:

@@ -82,6 +82,8 @@ def describe_report(report: dict) -> str:
     ]
     if report["quantize"] == "int8" and report["ops"]["float_ops"]:
         lines.append("float ops: " + ", ".join(f"{name} {count}" for name, count in report["ops"]["float_ops"].items()))
+    if report.get("kept_float"):
+        lines.append("kept float by choice (selective quantization): " + ", ".join(report["kept_float"]))
     if parity is None:
         lines.append("parity: not checked (no manifest to read)")
     else:

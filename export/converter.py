@@ -78,6 +78,7 @@ from mmkeras.runtime.bundle import (
     read_bundle,
 )
 from mmkeras.runtime.interpreter import LiteRTModel, list_ops
+from mmkeras.runtime.test_vectors import examples_from_manifest, write_test_vectors
 
 logger = logging.getLogger("mmkeras")
 
@@ -134,6 +135,7 @@ def convert_model(
     *,
     quantize: str = "none",
     representative_inputs: Iterable[dict[str, np.ndarray]] | None = None,
+    keep_float: Iterable[str] = FLOAT_OPS_IN_INT8,
 ) -> bytes:
     """Convert a Keras model with named inputs to LiteRT flatbuffer bytes.
 
@@ -143,6 +145,9 @@ def convert_model(
         quantize: `none`, `float16`, `dynamic` or `int8` (see the module docstring).
         representative_inputs: for `int8` only: an iterable of input dicts
             (batches, each array [N, ...]) to calibrate activation ranges on.
+        keep_float: for post-training `int8` only: op types (`BATCH_MATMUL`,
+            ...) left float (selective quantization), chosen where int8 is
+            slower on the target (`benchmarks/int8_op_profile.py`).
 
     Raises:
         UnsupportedOpsError: the model needs Flex or custom ops.
@@ -181,9 +186,9 @@ def convert_model(
             with native_stderr_silenced():  # the converter prints its settings from C++
                 tflite_model = converter.convert()
                 # A QAT graph is quantized by its fake-quant ops, not by calibration: the denylist does not reach it.
-                keep_float = quantize == "int8" and not is_quantized(model)
-                if keep_float and any(op.name in FLOAT_OPS_IN_INT8 for op in list_ops(tflite_model)):
-                    tflite_model = convert_keeping_float(converter, FLOAT_OPS_IN_INT8)
+                keep_float = tuple(keep_float) if quantize == "int8" and not is_quantized(model) else ()
+                if keep_float and any(op.name in keep_float for op in list_ops(tflite_model)):
+                    tflite_model = convert_keeping_float(converter, keep_float)
         except Exception as error:
             unsupported = ops_needing_flex_or_custom(error)
             if unsupported:
@@ -241,6 +246,7 @@ def export_bundle(
     *,
     quantize: str = "none",
     calibration_data: str | Path | None = None,
+    keep_float: Iterable[str] = (),
 ) -> dict:
     """Convert a run folder to a bundle folder (see `mmkeras.runtime.bundle`).
 
@@ -259,6 +265,9 @@ def export_bundle(
         calibration_data: for int8, a manifest whose rows calibrate the
             activation ranges (a seeded sample of at most 200 rows); by
             default the run's training manifest.
+        keep_float: for post-training int8: op types left float besides
+            `FLOAT_OPS_IN_INT8` (selective quantization; reported as
+            `kept_float`).
 
     Returns:
         The conversion report, also stored as bundle.json's `conversion`
@@ -275,21 +284,26 @@ def export_bundle(
     """
     if quantize not in QUANTIZATION_MODES:
         raise UserError(f"quantize must be one of {', '.join(QUANTIZATION_MODES)}, got {quantize!r}")
+    unknown = sorted(set(keep_float) - BUILTIN_OP_NAMES)
+    if unknown:
+        raise UserError(f"not LiteRT builtin op types: {', '.join(unknown)} (e.g. BATCH_MATMUL, SOFTMAX, MUL)")
     out_dir = Path(out_dir)
     check_replaceable(out_dir)
     with folder_lock(out_dir):
         check_replaceable(out_dir)  # again: another export may have written it while this one waited
         remove_stale_staging(out_dir)
-        return _export_locked(Path(run_dir), out_dir, quantize, calibration_data)
+        return _export_locked(Path(run_dir), out_dir, quantize, calibration_data, keep_float)
 
 
-def _export_locked(run_dir: Path, out_dir: Path, quantize: str, calibration_data) -> dict:
+def _export_locked(run_dir: Path, out_dir: Path, quantize: str, calibration_data, keep_float) -> dict:
     logger.info("loading %s", run_dir)
     run = load_run(run_dir)
     sample = manifest_sample(run, calibration_data, required=quantize == "int8")
     parity_inputs, parity_source = parity_sample(run, sample)
+    kept_float = sorted({*FLOAT_OPS_IN_INT8, *keep_float}) if quantize == "int8" and run.quantization is None else []
     tflite_model = convert_model(
-        run.model, quantize=quantize, representative_inputs=[sample] if quantize == "int8" else None
+        run.model, quantize=quantize, representative_inputs=[sample] if quantize == "int8" else None,
+        keep_float=kept_float,
     )
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=staging_prefix(out_dir, "partial"), dir=out_dir.parent))
@@ -310,9 +324,12 @@ def _export_locked(run_dir: Path, out_dir: Path, quantize: str, calibration_data
             "size_bytes": len(tflite_model),
             "ops": op_summary(tflite_model),
             "calibration_rows": len(sample["image"]) if quantize == "int8" else None,
+            "kept_float": kept_float,
             "parity": parity,
         }
         write_bundle_json(staging, **bundle_fields, conversion=report)
+        examples = examples_from_manifest(test_vector_manifest(run, calibration_data), run.preprocessor.image_size)
+        write_test_vectors(staging, examples, unfinished_ok=True)
         (staging / UNFINISHED_MARKER).unlink()
         replace_folder(staging, out_dir)
     except BaseException:
@@ -346,6 +363,14 @@ def parity_sample(run, calibration_sample: dict[str, np.ndarray] | None):
     if calibration_sample is None:
         return None, None
     return {name: value[:PARITY_ROWS] for name, value in calibration_sample.items()}, "calibration"
+
+
+def test_vector_manifest(run, calibration_data: str | Path | None) -> str | Path | None:
+    """Where the bundle's test vectors come from: the validation manifest, else the calibration or training one."""
+    for path in (run.config.val, calibration_data, run.config.data):
+        if path and Path(path).is_file():
+            return path
+    return None
 
 
 def manifest_inputs(run, path: str | Path, max_rows: int) -> dict[str, np.ndarray]:

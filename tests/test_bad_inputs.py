@@ -256,8 +256,9 @@ def test_export_replaces_its_own_bundle_and_cleans_what_a_killed_export_left(fix
     write(tmp_path / ".other.partial-x3" / "keep", b"another bundle's")
     assert main(["export", str(fixtures["run"]), "--out", str(out)]) == 0
     assert sorted(path.name for path in tmp_path.iterdir()) == [".other.partial-x3", "bundle"]
-    assert sorted(path.name for path in out.iterdir()) == ["bundle.json", "model.tflite", "preprocessor.json",
-                                                          "tokenizer.json"]
+    assert sorted(path.name for path in out.iterdir()) == [
+        "bundle.json", "model.tflite", "preprocessor.json", "test_vectors", "test_vectors.json", "tokenizer.json"
+    ]
     assert out.stat().st_mode & 0o077, "a bundle folder is not private to its user"
 
 

@@ -19,7 +19,7 @@ from mmkeras.cli import app as cli_app
 from mmkeras.config import RunConfig
 from mmkeras.framework_logs import VERBOSE_ENV
 
-COMMANDS = ("train", "evaluate", "qat", "export", "predict", "benchmark", "report")
+COMMANDS = ("train", "evaluate", "qat", "export", "predict", "benchmark", "report", "web")
 # What TensorFlow, absl and LiteRT write to stderr when nobody keeps them quiet.
 FRAMEWORK_NOISE = re.compile(r"absl|I0000|W0000|oneDNN|cudart|XNNPACK|fully_quantize|tensorflow|WARNING:")
 
@@ -165,6 +165,7 @@ def test_train_offers_exactly_the_configs_choices():
         "freeze": config.FREEZE_CHOICES,
         "mixed_precision": config.MIXED_PRECISION,
         "class_weight": config.CLASS_WEIGHTS,
+        "augment": config.AUGMENTATIONS,
     }
 
 

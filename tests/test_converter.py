@@ -256,7 +256,7 @@ def test_export_replaces_an_existing_bundle_completely(bundles, run_dir, tmp_pat
     assert read_bundle(out_dir)["quantization"] == "none"
     assert (out_dir / "model.tflite").read_bytes() == float_model
     assert sorted(path.name for path in out_dir.iterdir()) == [
-        "bundle.json", "model.tflite", "preprocessor.json", "tokenizer.json"
+        "bundle.json", "model.tflite", "preprocessor.json", "test_vectors", "test_vectors.json", "tokenizer.json"
     ]
     assert [path.name for path in tmp_path.iterdir()] == ["bundle"]
     assert report["path"] == str(out_dir) and report["size_bytes"] == len(float_model)
@@ -308,3 +308,19 @@ def test_int8_keeps_hard_swish_float_for_xnnpack(tmp_path):
     assert hard_swish and all(op.output_dtypes == ("float32",) for op in hard_swish)
     compute = [op for op in ops if op.name in COMPUTE_OPS]
     assert sum(op.output_dtypes == ("int8",) for op in compute) >= 0.9 * len(compute)
+
+
+def test_int8_keeps_the_chosen_op_types_float_and_reports_them(run_dir, bundles, tmp_path):
+    assert bundles["int8"][1]["kept_float"] == list(converter.FLOAT_OPS_IN_INT8)
+    report = export_bundle(run_dir, tmp_path / "selective", quantize="int8", keep_float=["BATCH_MATMUL"])
+    assert report["kept_float"] == sorted({"BATCH_MATMUL", *converter.FLOAT_OPS_IN_INT8})
+    matmuls = [op for op in list_ops(tmp_path / "selective" / "model.tflite") if op.name == "BATCH_MATMUL"]
+    full_int8 = [op for op in list_ops(bundles["int8"][0] / "model.tflite") if op.name == "BATCH_MATMUL"]
+    assert full_int8 and all(op.output_dtypes == ("int8",) for op in full_int8)
+    assert matmuls and all(op.output_dtypes == ("float32",) for op in matmuls)
+    assert bundles["none"][1]["kept_float"] == []
+
+
+def test_an_unknown_op_type_to_keep_float_is_a_user_error(run_dir, tmp_path):
+    with pytest.raises(UserError, match="not LiteRT builtin op types: BATCHMATMUL"):
+        export_bundle(run_dir, tmp_path / "bundle", quantize="int8", keep_float=["BATCHMATMUL"])

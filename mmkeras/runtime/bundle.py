@@ -28,8 +28,20 @@ BUNDLE_FILE = "bundle.json"
 MODEL_FILE = "model.tflite"
 PREPROCESSOR_FILE = "preprocessor.json"
 TOKENIZER_FILE = "tokenizer.json"
+# A port's checks (`mmkeras.runtime.test_vectors`) and the site `export --web` builds inside the bundle.
+TEST_VECTORS_FILE = "test_vectors.json"
+TEST_VECTORS_FOLDER = "test_vectors"
+WEB_SITE_FOLDER = "web"
 # Every file of a bundle: `export` replaces a folder only when it holds nothing else.
-BUNDLE_FILES = (BUNDLE_FILE, MODEL_FILE, PREPROCESSOR_FILE, TOKENIZER_FILE)
+BUNDLE_FILES = (
+    BUNDLE_FILE,
+    MODEL_FILE,
+    PREPROCESSOR_FILE,
+    TOKENIZER_FILE,
+    TEST_VECTORS_FILE,
+    TEST_VECTORS_FOLDER,
+    WEB_SITE_FOLDER,
+)
 # In a folder an export is still writing; a bundle folder never holds it (see `read_bundle`).
 UNFINISHED_MARKER = ".export-unfinished"
 # The JSON Schema of bundle.json, shipped in this package (docs/bundle.md describes it).

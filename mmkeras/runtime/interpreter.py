@@ -135,6 +135,8 @@ class LiteRTModel:
     Args:
         model: a .tflite path, or the flatbuffer bytes.
         num_threads: CPU threads for the kernels; `None` lets the runtime pick.
+        default_delegates: apply the default delegate (XNNPACK on CPU); off,
+            LiteRT's builtin kernels run every op (benchmarks compare both).
 
     Example:
     >>> model = LiteRTModel("model.tflite", num_threads=2)  # doctest: +SKIP
@@ -142,11 +144,11 @@ class LiteRTModel:
     ...                 "modality_mask": modality})  # doctest: +SKIP
     """
 
-    def __init__(self, model: str | Path | bytes, *, num_threads: int | None = None):
+    def __init__(self, model: str | Path | bytes, *, num_threads: int | None = None, default_delegates: bool = True):
         num_threads = usable_threads(num_threads)  # here, so that its warning is not silenced below
         # The XNNPACK delegate announces itself on stderr from C++ when it is applied.
         with native_stderr_silenced():
-            self.interpreter = load_interpreter(model, num_threads=num_threads)
+            self.interpreter = load_interpreter(model, num_threads=num_threads, default_delegates=default_delegates)
             self.interpreter.allocate_tensors()
         self.input_details, output_details = signature_details(self.interpreter)
         if len(output_details) != 1:

@@ -39,6 +39,8 @@ class Predictor:
     Args:
         bundle_dir: a folder written by `mmkeras.export_bundle`.
         num_threads: CPU threads for the interpreter; `None` lets it pick.
+        unfinished_ok: accept an export's staging folder (for the exporter's
+            own checks; users never need it).
 
     Attributes:
         bundle: the parsed bundle.json (a dict; see docs/bundle.md).
@@ -54,9 +56,9 @@ class Predictor:
     'small_red'
     """
 
-    def __init__(self, bundle_dir: str | Path, *, num_threads: int | None = None):
+    def __init__(self, bundle_dir: str | Path, *, num_threads: int | None = None, unfinished_ok: bool = False):
         self.path = Path(bundle_dir)
-        self.bundle = read_bundle(self.path)
+        self.bundle = read_bundle(self.path, unfinished_ok=unfinished_ok)
         self.preprocessor = MultimodalPreprocessor.load(self.path)
         self.model = _load_model(self.path / self.bundle["model_file"], num_threads)
         self._check_model_matches_bundle()

@@ -1,0 +1,97 @@
+"""Drive Debian's headless Chromium through the DevTools protocol over a pipe (no extra packages).
+
+`--dump-dom` with `--virtual-time-budget` cannot wait for LiteRT.js: its
+timers let virtual time run out while an image decodes off the main thread,
+so the DOM is dumped before the page has a result. Over
+`--remote-debugging-pipe` the test instead polls the page in real time.
+"""
+
+import json
+import os
+import shutil
+import subprocess
+import tempfile
+import time
+
+CHROMIUM_NAMES = ("chromium", "chromium-browser", "google-chrome")
+FLAGS = (
+    "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking",
+    "--disable-component-update", "--disable-sync", "--remote-debugging-pipe",
+)
+
+
+def find_chromium() -> str | None:
+    return next(filter(None, map(shutil.which, CHROMIUM_NAMES)), None)
+
+
+class Chromium:
+    """One headless Chromium; `page_text(url, element_id)` waits for an element's text."""
+
+    def __init__(self):
+        self.profile = tempfile.TemporaryDirectory(prefix="mmkeras-chromium-")
+        # Chromium reads commands from fd 3 and writes replies to fd 4.
+        commands_read, self.commands = os.pipe()
+        self.replies, replies_write = os.pipe()
+        self.process = subprocess.Popen(
+            [find_chromium(), *FLAGS, f"--user-data-dir={self.profile.name}", "about:blank"],
+            pass_fds=(3, 4),  # kept open after preexec_fn moved the pipe ends there
+            preexec_fn=lambda: (os.dup2(commands_read, 3), os.dup2(replies_write, 4)),
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        os.close(commands_read)
+        os.close(replies_write)
+        self.buffer = b""
+        self.next_id = 0
+
+    def send(self, method: str, session: str | None = None, **params) -> dict:
+        self.next_id += 1
+        message = {"id": self.next_id, "method": method, "params": params}
+        if session:
+            message["sessionId"] = session
+        os.write(self.commands, json.dumps(message).encode() + b"\0")
+        while True:
+            reply = self._read_message()
+            if reply.get("id") == self.next_id:
+                if "error" in reply:
+                    raise RuntimeError(f"{method}: {reply['error']}")
+                return reply["result"]
+
+    def _read_message(self) -> dict:
+        while b"\0" not in self.buffer:
+            chunk = os.read(self.replies, 1 << 16)
+            if not chunk:
+                raise RuntimeError("Chromium closed the DevTools pipe")
+            self.buffer += chunk
+        message, self.buffer = self.buffer.split(b"\0", 1)
+        return json.loads(message)
+
+    def page_text(self, url: str, element_id: str, timeout: float = 120.0) -> str:
+        """Open `url` in a new tab and return the text of `element_id` once it is not empty."""
+        target = self.send("Target.createTarget", url=url)["targetId"]
+        session = self.send("Target.attachToTarget", targetId=target, flatten=True)["sessionId"]
+        expression = f"(document.getElementById({json.dumps(element_id)}) || {{}}).textContent || ''"
+        deadline = time.monotonic() + timeout
+        try:
+            while time.monotonic() < deadline:
+                value = self.send("Runtime.evaluate", session, expression=expression, returnByValue=True)
+                text = value["result"].get("value", "")
+                if text:
+                    return text
+                time.sleep(0.2)
+            raise TimeoutError(f"no #{element_id} text within {timeout} s at {url}")
+        finally:
+            self.send("Target.closeTarget", targetId=target)
+
+    def close(self):
+        try:
+            self.send("Browser.close")
+        except (RuntimeError, OSError):
+            pass
+        try:
+            self.process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+        os.close(self.commands)
+        os.close(self.replies)
+        self.profile.cleanup()

@@ -1,0 +1,74 @@
+"""The browser's image preprocessing (mmkeras/web/site/preprocessing.js) against Pillow, run in Node.
+
+Needs `node` (skipped without it). Resizing along one axis, and alpha compositing, are bit-identical to
+the Python runtime; with both axes resized the installed Pillow (13.0.0 here) sometimes runs the
+vertical pass first, which moves some values by one unit (docs/design.md, "Browser runtime").
+"""
+
+import base64
+import io
+import json
+import shutil
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from mmkeras.preprocessing.image import load_image
+
+PREPROCESSING_JS = Path(__file__).resolve().parents[1] / "mmkeras" / "web" / "site" / "preprocessing.js"
+NODE_SCRIPT = f"""
+import {{imageTensor}} from {json.dumps(str(PREPROCESSING_JS))};
+let input = '';
+for await (const chunk of process.stdin) input += chunk;
+const results = JSON.parse(input).map((c) => Array.from(imageTensor(
+  new Uint8Array(Buffer.from(c.rgba, 'base64')), c.width, c.height, c.size, [255, 255, 255])));
+process.stdout.write(JSON.stringify(results));
+"""
+
+pytestmark = pytest.mark.skipif(shutil.which("node") is None, reason="needs node: apt-get install -y nodejs")
+
+
+def browser_pixels(images: list[np.ndarray], sizes: list[tuple[int, int]]) -> list[np.ndarray]:
+    cases = [
+        {"rgba": base64.b64encode(rgba.tobytes()).decode(), "width": rgba.shape[1], "height": rgba.shape[0],
+         "size": list(size)}
+        for rgba, size in zip(images, sizes)
+    ]
+    completed = subprocess.run(
+        ["node", "--input-type=module", "-e", NODE_SCRIPT], input=json.dumps(cases),
+        capture_output=True, text=True, check=True,
+    )
+    return [np.asarray(pixels, np.float32).reshape(*size, 3) for pixels, size in zip(json.loads(completed.stdout), sizes)]
+
+
+def pillow_pixels(rgba: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    buffer = io.BytesIO()
+    Image.fromarray(rgba, "RGBA").save(buffer, format="PNG")
+    return load_image(buffer.getvalue(), size)
+
+
+def random_rgba(rng, height, width):
+    rgba = rng.integers(0, 256, (height, width, 4), dtype=np.uint8)
+    rgba[: height // 2, :, 3] = 255  # opaque and translucent regions both
+    return rgba
+
+
+def test_one_axis_resizes_and_compositing_are_bit_identical_to_pillow():
+    rng = np.random.default_rng(0)
+    shapes = [((37, 50), (37, 32)), ((37, 50), (16, 50)), ((7, 9), (7, 64)), ((300, 20), (224, 20)),
+              ((32, 32), (32, 32))]
+    images = [random_rgba(rng, *shape) for shape, _ in shapes]
+    sizes = [size for _, size in shapes]
+    for image, size, pixels in zip(images, sizes, browser_pixels(images, sizes)):
+        np.testing.assert_array_equal(pixels, pillow_pixels(image, size), err_msg=f"{image.shape} -> {size}")
+
+
+def test_any_resize_is_within_one_unit_of_pillow():
+    rng = np.random.default_rng(1)
+    images = [random_rgba(rng, *rng.integers(2, 90, 2)) for _ in range(40)]
+    sizes = [tuple(int(side) for side in rng.integers(1, 90, 2)) for _ in images]
+    for image, size, pixels in zip(images, sizes, browser_pixels(images, sizes)):
+        assert np.max(np.abs(pixels - pillow_pixels(image, size))) <= 1, f"{image.shape} -> {size}"

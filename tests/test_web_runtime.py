@@ -1,0 +1,183 @@
+"""The browser runtime: `mmkeras web` sites in headless Chromium give the Python runtime's answers.
+
+Needs Debian's `chromium` and `npm` (skipped, saying which is missing, without them).
+"""
+
+import csv
+import functools
+import http.server
+import json
+import shutil
+import threading
+
+import numpy as np
+import pytest
+
+from mmkeras.cli.app import main
+from mmkeras.errors import UserError
+from mmkeras.export.converter import export_bundle
+from mmkeras.runtime.predictor import Predictor
+from mmkeras.runtime.test_vectors import read_test_vectors
+from mmkeras.web import site_builder
+from mmkeras.web.site_builder import build_site
+from headless_chromium import Chromium, find_chromium
+from test_converter import SAMPLES, save_tiny_run
+
+needs_browser = pytest.mark.skipif(
+    find_chromium() is None or shutil.which("npm") is None,
+    reason="needs chromium and npm: apt-get install -y chromium npm",
+)
+
+
+def example_rows():
+    """Every row of samples/test.csv, the first rows without their image and without their text, and a
+    text longer than the sequence, with accents and CJK (truncation and normalisation happen in the page)."""
+    with (SAMPLES / "test.csv").open(newline="", encoding="utf-8") as handle:
+        rows = [(row["text"], row["image"]) for row in csv.DictReader(handle)]
+    long_text = "Crème brûlée, 東京 and ŒUVRES: " + " ".join(text for text, _ in rows[:6])
+    return [*rows, *((text, None) for text, _ in rows[:5]), *((None, image) for _, image in rows[:5]),
+            (long_text, rows[0][1])]
+
+
+@pytest.fixture(scope="module")
+def sites(tmp_path_factory):
+    """mode -> (bundle folder, site folder) for a float and an int8 export of one run."""
+    if find_chromium() is None or shutil.which("npm") is None:
+        pytest.skip("needs chromium and npm: apt-get install -y chromium npm")
+    root = tmp_path_factory.mktemp("web")
+    run_dir = save_tiny_run(root / "run")
+    built = {}
+    for mode in ("none", "int8"):
+        export_bundle(run_dir, root / mode, quantize=mode)
+        build_site(root / mode, root / "sites" / mode)
+        built[mode] = (root / mode, root / "sites" / mode)
+    # The rows' images, served next to the sites, and the list the page runs.
+    shutil.copytree(SAMPLES / "images", root / "sites" / "images")
+    examples = [{"text": text, "image": f"../images/{image[len('images/'):]}" if image else None}
+                for text, image in example_rows()]
+    (root / "sites" / "examples.json").write_text(json.dumps(examples))
+    return built
+
+
+@pytest.fixture(scope="module")
+def server(sites):
+    """Serves the sites' folder on 127.0.0.1 (a free port) in a thread."""
+    folder = next(iter(sites.values()))[1].parent
+    handler = functools.partial(QuietHandler, directory=str(folder))
+    with http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler) as httpd:
+        thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+        thread.start()
+        yield f"http://127.0.0.1:{httpd.server_address[1]}"
+        httpd.shutdown()
+
+
+class QuietHandler(http.server.SimpleHTTPRequestHandler):
+    def log_message(self, *args):
+        pass
+
+
+@pytest.fixture(scope="module")
+def browser():
+    chromium = Chromium()
+    yield chromium
+    chromium.close()
+
+
+@pytest.fixture(scope="module")
+def browser_results(sites, server, browser):
+    """mode -> the page's results for every row of `example_rows`, in order."""
+    return {
+        mode: json.loads(browser.page_text(f"{server}/{mode}/index.html?examples=../examples.json", "result"))
+        for mode in sites
+    }
+
+
+def python_results(bundle_dir):
+    predictor = Predictor(bundle_dir, num_threads=1)
+    texts, images = zip(*example_rows())
+    inputs = predictor.preprocessor(list(texts), [SAMPLES / image if image else None for image in images])
+    logits = predictor.predict_inputs(inputs)
+    return inputs, logits, [predictor.labels[index] for index in logits.argmax(axis=1)]
+
+
+@needs_browser
+@pytest.mark.parametrize("mode", ["none", "int8"])
+def test_browser_gives_the_python_runtime_answers_on_every_test_row(sites, browser_results, mode):
+    bundle_dir, _ = sites[mode]
+    inputs, logits, labels = python_results(bundle_dir)
+    results = browser_results[mode]
+    assert "error" not in results and len(results) == len(labels)
+    assert [result["token_ids"] for result in results] == inputs["token_ids"].tolist()
+    # The same decoded and resized pixels: Pillow's resize and compositing are reproduced exactly.
+    assert [result["pixel_sum"] for result in results] == inputs["image"].sum(axis=(1, 2, 3)).tolist()
+    assert [result["label"] for result in results] == labels
+    # Float: within 1e-4; int8: within one quantization step of the logits.
+    tolerance = read_test_vectors(bundle_dir)["logit_tolerance"]
+    assert np.max(np.abs(np.array([result["logits"] for result in results]) - logits)) <= tolerance
+
+
+@needs_browser
+def test_address_runs_one_example_and_writes_label_scores_and_token_ids(sites, server, browser):
+    bundle_dir, _ = sites["none"]
+    text, image = example_rows()[0]
+    result = json.loads(browser.page_text(f"{server}/none/index.html?text={text}&image=../images/{image[7:]}", "result"))
+    prediction = Predictor(bundle_dir).predict(text, SAMPLES / image)
+    assert result["label"] == prediction.label
+    assert result["scores"].keys() == prediction.scores.keys()
+    assert np.allclose(list(result["scores"].values()), list(prediction.scores.values()), atol=1e-5)
+    assert result["token_ids"] == Predictor(bundle_dir).preprocessor([text], [None])["token_ids"][0].tolist()
+
+
+@needs_browser
+def test_the_site_runs_its_bundle_test_vectors(sites, server, browser):
+    bundle_dir, _ = sites["int8"]
+    vectors = read_test_vectors(bundle_dir)["vectors"]
+    results = json.loads(browser.page_text(f"{server}/int8/index.html?examples=bundle/test_vectors.json", "result"))
+    assert [result["label"] for result in results] == [vector["label"] for vector in vectors]
+    assert [result["pixel_sum"] for result in results] == [vector["pixels"]["sum"] for vector in vectors]
+
+
+@needs_browser
+def test_the_site_loads_nothing_from_elsewhere(sites):
+    _, site = sites["none"]
+    page = "".join((site / name).read_text() for name in ("index.html", "app.js", "preprocessing.js"))
+    assert "http://" not in page and "https://" not in page
+    assert sorted(path.name for path in (site / "wasm").iterdir()) == [
+        "litert_wasm_compat_internal.js", "litert_wasm_compat_internal.wasm",
+        "litert_wasm_internal.js", "litert_wasm_internal.wasm",
+    ]
+
+
+@needs_browser
+def test_cli_web_prints_the_site_and_its_size(sites, tmp_path, capsys):
+    bundle_dir, _ = sites["none"]
+    code = main(["web", str(bundle_dir), "--out", str(tmp_path / "site"), "--json"])
+    report = json.loads(capsys.readouterr().out)
+    assert code == 0
+    assert report["size_bytes"] == sum(path.stat().st_size for path in (tmp_path / "site").rglob("*") if path.is_file())
+    assert (tmp_path / "site" / "bundle" / "model.tflite").read_bytes() == (bundle_dir / "model.tflite").read_bytes()
+
+
+def test_without_npm_the_error_says_what_to_install(tmp_path, monkeypatch):
+    bundle_dir = tmp_path / "bundle"
+    export_bundle(save_tiny_run(tmp_path / "run"), bundle_dir)
+    monkeypatch.setenv(site_builder.NPM_CACHE_ENV, str(tmp_path / "empty-cache"))
+    monkeypatch.setattr(site_builder.shutil, "which", lambda name: None)
+    with pytest.raises(UserError, match="needs npm .* apt-get install -y npm"):
+        build_site(bundle_dir, tmp_path / "site")
+    (tmp_path / "notes").mkdir()
+    (tmp_path / "notes" / "todo.txt").write_text("mine")
+    with pytest.raises(UserError, match="not an mmkeras site"):
+        build_site(bundle_dir, tmp_path / "notes")
+
+
+@needs_browser
+def test_export_web_builds_the_site_inside_the_bundle(sites, tmp_path, capsys):
+    bundle_dir, _ = sites["none"]
+    run_dir = bundle_dir.parent / "run"
+    code = main(["export", str(run_dir), "--out", str(tmp_path / "bundle"), "--web", "--json"])
+    report = json.loads(capsys.readouterr().out)
+    assert code == 0
+    assert report["web"]["path"] == str(tmp_path / "bundle" / "web")
+    site_bundle = tmp_path / "bundle" / "web" / "bundle"
+    assert (site_bundle / "model.tflite").read_bytes() == (tmp_path / "bundle" / "model.tflite").read_bytes()
