@@ -227,9 +227,10 @@ def evaluate(
     data: Path = typer.Option(..., "--data", help="Labelled manifest to evaluate on."),
     as_json: bool = JSON_OPTION,
 ):
-    """Accuracy, macro-F1, per-class figures and modality ablation on a manifest.
+    """Accuracy, macro-F1, calibration, consistency and modality ablation on a manifest; saves a results folder.
 
     A bundle is evaluated with the device runtime (no TensorFlow needed).
+    The figures, tables and plots go to TARGET/results/<manifest stem>/.
 
     Example: mmkeras evaluate bundles/demo --data samples/test.csv --json
     """
@@ -246,7 +247,8 @@ def evaluate(
         figures,
         as_json,
         f"accuracy {figures['accuracy']:.4f}  macro_f1 {figures['macro_f1']:.4f}  n {figures['n']}  "
-        f"(text only {ablation['text_only']['accuracy']:.4f}, image only {ablation['image_only']['accuracy']:.4f})",
+        f"(text only {ablation['text_only']['accuracy']:.4f}, image only {ablation['image_only']['accuracy']:.4f})  "
+        f"ECE {figures['calibration']['ece']:.4f}\nresults in {figures['results_dir']}",
     )
 
 
@@ -340,7 +342,10 @@ def export(
     from mmkeras.export.conversion_report import describe_report
     from mmkeras.export.converter import export_bundle
 
+    from mmkeras.evaluation.report import refresh_report
+
     report = export_bundle(run_dir, out, quantize=quantize, calibration_data=calibration_data)
+    refresh_report(out)  # the run's report lists its bundles
     emit(report, as_json, describe_report(report))
 
 

@@ -24,6 +24,7 @@ BASE_INSTALL_MODULES = (
     "mmkeras.runtime.interpreter",
     "mmkeras.runtime.predictor",
     "mmkeras.evaluation.evaluate",
+    "mmkeras.evaluation.report",
     "mmkeras.export.bundle_writer",
     "mmkeras.runs",
 )

@@ -23,9 +23,11 @@ import tensorflow as tf
 
 from mmkeras.config import RunConfig
 from mmkeras.data.manifest import Manifest
+from mmkeras.evaluation.report import refresh_report
 from mmkeras.preprocessing import MultimodalPreprocessor
 from mmkeras.runs import save_run
 from mmkeras.training.checkpoints import Checkpoints, TrainingState, checkpoint_to_resume, restore
+from mmkeras.training.epoch_log import EpochLog
 from mmkeras.training.fit import fit
 from mmkeras.training.run_setup import make_loop, seed_everything
 from mmkeras.training.strategy import make_strategy, worker_session
@@ -182,6 +184,7 @@ class TrainingJob:
             checkpoint_steps=config.checkpoint_steps,
             state=TrainingState(config=settings) if resumed is None else resumed.state,
             best_weights=best_weights,
+            on_epoch_end=EpochLog(config.out) if chief else None,
         )
         metrics.update(
             loss=state.history["loss"][-1],
@@ -211,6 +214,7 @@ class TrainingJob:
             )
             checkpoints.clear()
             logger.info("run saved to %s", config.out)
+            refresh_report(config.out)
         return JobResult(run_dir=Path(config.out), metrics=metrics, history=state.history, model=model, is_chief=chief)
 
 
