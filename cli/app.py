@@ -412,6 +412,59 @@ def report(
     typer.echo(f"wrote {write_report(run_dir, out)}")
 
 
+# -- evaluation and insight: cross-validation, comparison, explanation ---------------------------
+
+
+@app.command()
+def cv(
+    data: Path = typer.Option(..., "--data", help="Labelled manifest to split into folds."),
+    folds: int = typer.Option(5, "--folds", min=2, help="K: the number of folds (stratified by label)."),
+    out: Path = typer.Option(..., "--out", help="Cross-validation folder (one run per fold); rerun to resume."),
+    config: Optional[Path] = typer.Option(None, "--config", help="YAML run config of every fold; flags override it."),
+    val: Optional[Path] = typer.Option(
+        None, "--val", help="Validation manifest for early stopping (the held-out fold never picks weights)."
+    ),
+    text_backbone: Optional[str] = setting("text_backbone", "Text backbone SPEC, as for train."),
+    vision_backbone: Optional[str] = setting("vision_backbone", "Vision backbone SPEC, as for train."),
+    fusion: Optional[Literal[FUSIONS]] = setting("fusion", "How text and image tokens are joined."),
+    epochs: Optional[int] = setting("epochs", "Training epochs of each fold.", min=1),
+    batch_size: Optional[int] = setting("batch_size", "Global batch size.", min=1),
+    learning_rate: Optional[float] = setting("learning_rate", "Peak learning rate.", show_default="as for train"),
+    seed: Optional[int] = setting("seed", "Seed of the split and of every fold's run."),
+    as_json: bool = JSON_OPTION,
+):
+    """Stratified K-fold cross-validation: one run per fold, mean and standard deviation of every figure.
+
+    Example: mmkeras cv --data samples/train.csv --folds 5 --out cv/samples --config samples/run.yaml
+    """
+    base = RunConfig.from_yaml(config) if config else RunConfig()
+    run_config = base.replace(
+        **given(
+            data=str(data),
+            out=str(out),
+            val=val and str(val),
+            text_backbone=text_backbone,
+            vision_backbone=vision_backbone,
+            fusion=fusion,
+            epochs=epochs,
+            batch_size=batch_size,
+            learning_rate=learning_rate,
+            seed=seed,
+        )
+    )
+    preflight.require_training_extra("cv")
+    preflight.check_manifest(data, flag="--data")
+    if val:
+        preflight.check_manifest(val, flag="--val")
+    preflight.check_out_folder(out)
+    load_tensorflow()
+    from mmkeras.evaluation.cross_validation import cross_validate
+    from mmkeras.evaluation.tables import summary_table
+
+    result = cross_validate(run_config, folds)
+    emit(result, as_json, summary_table(result["summary"], title=f"{folds}-fold cross-validation, mean ± std"))
+
+
 def format_figure(value) -> str:
     return "n/a" if value is None else f"{value:.4f}"
 
