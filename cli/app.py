@@ -465,6 +465,31 @@ def cv(
     emit(result, as_json, summary_table(result["summary"], title=f"{folds}-fold cross-validation, mean ± std"))
 
 
+@app.command()
+def compare(
+    run_dirs: list[Path] = typer.Argument(..., help="Run folders to compare."),
+    data: Optional[Path] = typer.Option(None, "--data", help="Labelled manifest to evaluate every run on."),
+    out: Optional[Path] = typer.Option(None, "--out", help="Folder for comparison.json and comparison.png."),
+    as_json: bool = JSON_OPTION,
+):
+    """Runs side by side: settings, parameters, epoch time, figures, and bundle size and latency.
+
+    Example: mmkeras compare runs/concat runs/gated runs/cross-attention --data samples/test.csv --out cmp
+    """
+    for run_dir in run_dirs:
+        preflight.check_run_folder(run_dir)
+    if data:
+        preflight.check_manifest(data, flag="--data")
+        preflight.require_training_extra("compare --data")
+        load_tensorflow()
+    if out:
+        preflight.check_out_folder(out)
+    from mmkeras.evaluation.compare import compare_runs, comparison_table
+
+    comparison = compare_runs(run_dirs, data, out=out)
+    emit(comparison, as_json, comparison_table(comparison))
+
+
 def format_figure(value) -> str:
     return "n/a" if value is None else f"{value:.4f}"
 

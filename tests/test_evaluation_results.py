@@ -150,3 +150,17 @@ def test_report_renders_in_a_browser_with_every_image_loaded(evaluated, capsys):
     assert int(attributes["data-sections"]) == len(SECTIONS)
     assert int(attributes["data-images-total"]) > 8
     assert attributes["data-images-loaded"] == attributes["data-images-total"]
+
+
+def test_compare_evaluates_each_run_and_benchmarks_its_bundles(evaluated, tmp_path, capsys):
+    code, out, _ = run_cli(capsys, "compare", evaluated["run"], "--data", evaluated["val"], "--out", tmp_path, "--json")
+    assert code == 0
+    [run] = json.loads(out)["runs"]
+    saved = json.loads((evaluated["run"] / "results" / "val" / "metrics.json").read_text())
+    assert run["figures"]["accuracy"] == saved["accuracy"]
+    assert run["settings"]["fusion"] == "cross-attention"
+    [bundle] = run["bundles"]
+    assert bundle["name"] == "bundle"
+    assert bundle["size_bytes"] == (evaluated["bundle"] / "model.tflite").stat().st_size
+    assert bundle["p50_ms"] > 0
+    assert (tmp_path / "comparison.png").read_bytes().startswith(b"\x89PNG")
