@@ -490,6 +490,37 @@ def compare(
     emit(comparison, as_json, comparison_table(comparison))
 
 
+@app.command()
+def explain(
+    target: Path = typer.Argument(..., help="A run folder or a bundle folder."),
+    text: Optional[str] = typer.Option(None, "--text", help="The text (omit for a missing text)."),
+    image: Optional[Path] = typer.Option(None, "--image", help="The image file (omit for a missing image)."),
+    out: Optional[Path] = typer.Option(None, "--out", help="Folder for explanation.png and explanation.json."),
+    as_json: bool = JSON_OPTION,
+):
+    """Why the model decided: occlusion maps over image patches and words, the modality contribution,
+    and for a cross-attention run the text's attention over the image. A bundle needs no TensorFlow.
+
+    Example: mmkeras explain runs/demo --text "such a serene little card" --image photo.png --out why
+    """
+    if not preflight.is_bundle_folder(target):
+        preflight.check_run_folder(target)
+        preflight.require_training_extra("explain RUN_DIR")
+        load_tensorflow()
+    if out:
+        preflight.check_out_folder(out)
+    from mmkeras.evaluation.explain import explain as explain_prediction
+
+    explanation = explain_prediction(target, text, image, out=out)
+    modality = explanation["modality"]
+    emit(
+        explanation,
+        as_json,
+        f"{explanation['label']} ({explanation['probability']:.3f}; text only {modality['text_only']:.3f}, "
+        f"image only {modality['image_only']:.3f})" + (f"\nwrote {out}" if out else ""),
+    )
+
+
 def format_figure(value) -> str:
     return "n/a" if value is None else f"{value:.4f}"
 

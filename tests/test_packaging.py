@@ -25,6 +25,8 @@ BASE_INSTALL_MODULES = (
     "mmkeras.runtime.predictor",
     "mmkeras.evaluation.evaluate",
     "mmkeras.evaluation.report",
+    "mmkeras.evaluation.explain",
+    "mmkeras.evaluation.compare",
     "mmkeras.export.bundle_writer",
     "mmkeras.runs",
 )

@@ -43,7 +43,12 @@ def load_target(target) -> tuple[Callable[[dict], np.ndarray], object, list[str]
     if not is_run_folder(target):
         raise UserError("neither a run folder nor a bundle folder", path=target)
     run = load_run(target)
-    return lambda inputs: np.asarray(run.model.predict_on_batch(inputs)), run.preprocessor, run.labels
+    return run_predict_logits(run), run.preprocessor, run.labels
+
+
+def run_predict_logits(run) -> Callable[[dict], np.ndarray]:
+    """`predict_logits` of a loaded run's Keras model (numpy logits)."""
+    return lambda inputs: np.asarray(run.model.predict_on_batch(inputs))
 
 
 def predict_probabilities(predict_logits, preprocessor, texts, images, description="predicting") -> np.ndarray:

@@ -129,3 +129,39 @@ def heatmap_overlay_png(image: np.ndarray, heatmap: np.ndarray, *, title: str) -
     axes.set_axis_off()
     axes.set_title(title, fontsize=9)
     return _png(figure)
+
+
+def explanation_png(image, explanation: dict, labels: list[str]) -> bytes:
+    """One figure of `explain`'s findings: the image, its occlusion map, the attention map (when there is
+    one), the words' importances and the modality contribution."""
+    plt = _pyplot()
+    panels = 4 + (explanation.get("attention") is not None)
+    figure, axes = plt.subplots(1, panels, figsize=(3.3 * panels, 3.4))
+    label = labels[explanation["class_index"]]
+    axes[0].set_title(f"predicted {label} ({explanation['probability']:.2f})", fontsize=9)
+    if image is not None:
+        axes[0].imshow(np.asarray(image, dtype=np.uint8))
+    maps = [("occlusion: probability drop", explanation["image_heatmap"])]
+    if explanation.get("attention") is not None:
+        maps.append(("cross-attention of the text", explanation["attention"]["image"]))
+    for panel, (title, heatmap) in zip(axes[1:], maps):
+        if image is not None and heatmap is not None:
+            height, width = np.asarray(image).shape[:2]
+            panel.imshow(np.asarray(image, dtype=np.uint8))
+            panel.imshow(np.asarray(heatmap), cmap="jet", alpha=0.5, extent=(0, width, height, 0),
+                         interpolation="nearest")
+        panel.set_title(title, fontsize=9)
+    for panel in axes[: len(maps) + 1]:
+        panel.set_axis_off()
+    words = explanation["words"]
+    word_axes, modality_axes = axes[-2], axes[-1]
+    word_axes.barh([entry["word"] for entry in words][::-1], [entry["importance"] for entry in words][::-1],
+                   color="#4c78a8")
+    word_axes.set_title("words: probability drop when removed", fontsize=9)
+    word_axes.tick_params(labelsize=8)
+    modality = explanation["modality"]
+    modality_axes.bar(list(modality), list(modality.values()), color=["#4c78a8", "#f58518", "#54a24b"])
+    modality_axes.set_ylim(0, 1)
+    modality_axes.set_title(f"probability of {label}", fontsize=9)
+    modality_axes.tick_params(labelsize=8)
+    return _png(figure)
