@@ -102,7 +102,9 @@ class BlockTrainingExtra:
 # As where they are not installed: importing them fails, and looking them up finds nothing.
 sys.meta_path.insert(0, BlockTrainingExtra())
 find_spec = importlib.util.find_spec
-importlib.util.find_spec = lambda name, package=None: None if name.split(".")[0] in BLOCKED else find_spec(name, package)
+importlib.util.find_spec = lambda name, package=None: (
+    None if name.split(".")[0] in BLOCKED else find_spec(name, package)
+)
 from mmkeras.cli.app import main
 
 sys.exit(main(sys.argv[1:]))
@@ -111,7 +113,7 @@ sys.exit(main(sys.argv[1:]))
 
 def test_evaluating_a_bundle_without_the_training_extra_saves_figures_without_plots(evaluated, tmp_path):
     bundle = tmp_path / "bundle"
-    shutil.copytree(evaluated["bundle"], bundle)
+    shutil.copytree(evaluated["bundle"], bundle, ignore=shutil.ignore_patterns("results"))
     completed = subprocess.run(
         [sys.executable, "-c", DEVICE_ONLY, "evaluate", str(bundle), "--data", str(evaluated["val"]), "--json"],
         capture_output=True, text=True, timeout=300,
@@ -164,3 +166,11 @@ def test_compare_evaluates_each_run_and_benchmarks_its_bundles(evaluated, tmp_pa
     assert bundle["size_bytes"] == (evaluated["bundle"] / "model.tflite").stat().st_size
     assert bundle["p50_ms"] > 0
     assert (tmp_path / "comparison.png").read_bytes().startswith(b"\x89PNG")
+
+
+def test_evaluating_a_cross_attention_run_saves_attention_overlays_the_report_shows(evaluated, capsys):
+    run_cli(capsys, "evaluate", evaluated["run"], "--data", evaluated["val"])
+    overlays = list((evaluated["run"] / "results" / "val" / "attention").glob("line-*.png"))
+    assert overlays and all(path.read_bytes().startswith(b"\x89PNG") for path in overlays)
+    page = (evaluated["run"] / "report.html").read_text()
+    assert page.count('alt="attention over the image"') == len(overlays)

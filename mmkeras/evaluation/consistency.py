@@ -25,7 +25,9 @@ def consistency_figures(y_true, fused, text_only, image_only) -> dict:
     >>> figures["agreement_with_text_only"], figures["flipped_without_text"]
     (0.5, 0.5)
     """
-    y_true, fused, text_only, image_only = (np.asarray(values, np.int64) for values in (y_true, fused, text_only, image_only))
+    y_true, fused, text_only, image_only = (
+        np.asarray(values, np.int64) for values in (y_true, fused, text_only, image_only)
+    )
     correct = fused == y_true
     correct_rows = int(correct.sum())
 

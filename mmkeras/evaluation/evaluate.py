@@ -20,7 +20,7 @@ from mmkeras.errors import UserError
 from mmkeras.evaluation.calibration import calibration_figures
 from mmkeras.evaluation.consistency import consistency_figures
 from mmkeras.evaluation.metrics import classification_figures, top_k_accuracy
-from mmkeras.evaluation.results_folder import results_dir, write_results
+from mmkeras.evaluation.results_folder import results_dir, sample_rows, write_attention_overlays, write_results
 from mmkeras.progress import step_progress
 from mmkeras.runtime.bundle import BUNDLE_FILE
 from mmkeras.runtime.predictor import softmax
@@ -30,20 +30,20 @@ CHUNK_ROWS = 64
 TOP_K = (2, 3, 5)
 
 
-def load_target(target) -> tuple[Callable[[dict], np.ndarray], object, list[str]]:
-    """(predict_logits, preprocessor, labels) for a run folder or a bundle folder."""
+def load_target(target) -> tuple[Callable[[dict], np.ndarray], object, list[str], object]:
+    """(predict_logits, preprocessor, labels, run) for a run folder (the loaded `Run`) or a bundle (`None`)."""
     target = Path(target)
     if (target / BUNDLE_FILE).is_file():
         from mmkeras.runtime.predictor import Predictor
 
         predictor = Predictor(target)
-        return predictor.predict_inputs, predictor.preprocessor, predictor.labels
+        return predictor.predict_inputs, predictor.preprocessor, predictor.labels, None
     from mmkeras.runs import is_run_folder, load_run
 
     if not is_run_folder(target):
         raise UserError("neither a run folder nor a bundle folder", path=target)
     run = load_run(target)
-    return run_predict_logits(run), run.preprocessor, run.labels
+    return run_predict_logits(run), run.preprocessor, run.labels, run
 
 
 def run_predict_logits(run) -> Callable[[dict], np.ndarray]:
@@ -86,7 +86,7 @@ def evaluate(target, data, *, save_results: bool = True) -> dict:
     >>> figures["accuracy"], figures["calibration"]["ece"]  # doctest: +SKIP
     (0.97, 0.04)
     """
-    predict_logits, preprocessor, labels = load_target(target)
+    predict_logits, preprocessor, labels, run = load_target(target)
     manifest, _ = read_manifest(data).validate_images(preprocessor.image_size, "fail")
     y_true = manifest.encode_labels(labels)
     texts = [row.text for row in manifest.rows]
@@ -110,7 +110,10 @@ def evaluate(target, data, *, save_results: bool = True) -> dict:
     if save_results:
         folder = results_dir(target, data)
         figures["results_dir"] = str(folder)
-        write_results(folder, figures, prediction_rows(manifest, labels, y_true, fused, text_only, image_only))
+        rows = prediction_rows(manifest, labels, y_true, fused, text_only, image_only)
+        write_results(folder, figures, rows)
+        if run is not None:
+            write_attention_overlays(run, folder, sample_rows(rows))
         from mmkeras.evaluation.report import refresh_report
 
         refresh_report(target)

@@ -14,14 +14,12 @@ Example:
 
 from pathlib import Path
 
-import numpy as np
-
 from mmkeras.atomic_files import write_atomically, write_json_atomically
 from mmkeras.errors import UserError
 from mmkeras.evaluation import plots
+from mmkeras.evaluation.evaluate import load_target
 from mmkeras.evaluation.occlusion import occlusion_attribution
 from mmkeras.preprocessing.image import UnreadableImageError
-from mmkeras.runtime.bundle import BUNDLE_FILE
 
 EXPLANATION_JSON = "explanation.json"
 EXPLANATION_PNG = "explanation.png"
@@ -44,7 +42,7 @@ def explain(target, text: str | None, image, *, out=None) -> dict:
     """
     if text is None and image is None:
         raise UserError("give a text, an image or both")
-    predict_logits, preprocessor, labels, run = load_explained(Path(target))
+    predict_logits, preprocessor, labels, run = load_target(target)
     try:
         explanation = occlusion_attribution(predict_logits, preprocessor, text, image)
         explanation["attention"] = None
@@ -66,16 +64,3 @@ def explain(target, text: str | None, image, *, out=None) -> dict:
             png = plots.explanation_png(pixels, explanation, labels)
             write_atomically(out / EXPLANATION_PNG, lambda partial: partial.write_bytes(png))
     return explanation
-
-
-def load_explained(target: Path):
-    """`(predict_logits, preprocessor, labels, run or None)`: the run is kept for its attention maps."""
-    if (target / BUNDLE_FILE).is_file():
-        from mmkeras.evaluation.evaluate import load_target
-
-        return (*load_target(target), None)
-    from mmkeras.evaluation.evaluate import run_predict_logits
-    from mmkeras.runs import load_run
-
-    run = load_run(target)
-    return run_predict_logits(run), run.preprocessor, run.labels, run

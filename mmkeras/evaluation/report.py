@@ -4,7 +4,7 @@ Sections: the final figures, the training curves (loss, accuracy, learning
 rate, the best epoch marked), one evaluation per results folder of the run
 (`evaluate`'s figures: confusion heatmap, per-class table, modality ablation,
 reliability diagram, consistency, a grid of sample predictions with their
-scores and attention overlays where `explain` left them), the bundles
+scores, and for a cross-attention run the text's attention over the image), the bundles
 exported from the run (size, int8 op coverage, parity, latency), the
 versions and the config. Every image is a PNG data URI and the page loads
 nothing from the network, so the single file can be mailed or attached to a
@@ -28,7 +28,14 @@ from mmkeras import __version__
 from mmkeras.errors import UserError
 from mmkeras.evaluation import plots
 from mmkeras.evaluation.results_folder import METRICS_FILE as RESULTS_METRICS_FILE
-from mmkeras.evaluation.results_folder import PREDICTIONS_FILE, RESULTS_FOLDER, ablation_png, round_figure
+from mmkeras.evaluation.results_folder import (
+    PREDICTIONS_FILE,
+    RESULTS_FOLDER,
+    ablation_png,
+    attention_overlay_path,
+    round_figure,
+    sample_rows,
+)
 from mmkeras.runs import CONFIG_FILE, HISTORY_FILE, METRICS_FILE, is_run_folder
 from mmkeras.runtime.bundle import BUNDLE_FILE
 
@@ -39,7 +46,6 @@ REPORT_FILE = "report.html"
 SECTIONS = ("summary", "curves", "evaluation", "bundles", "versions", "config")
 # Packages whose versions the report lists, when installed.
 REPORTED_PACKAGES = ("tensorflow", "keras", "keras-hub", "ai-edge-litert", "tokenizers", "numpy", "matplotlib")
-SAMPLES_PER_KIND = 6
 THUMBNAIL_PIXELS = 128
 
 STYLE = """
@@ -232,21 +238,19 @@ def one_evaluation(folder: Path) -> str:
 
 
 def samples_grid(folder: Path) -> str:
-    """Cards for up to `SAMPLES_PER_KIND` right and wrong predictions (the most confident of each)."""
+    """Cards for the right and wrong predictions `sample_rows` picks."""
     path = folder / PREDICTIONS_FILE
     if not path.is_file():
         return ""
     with path.open(encoding="utf-8", newline="") as file:
-        rows = list(csv.DictReader(file))
-    by_score = sorted(rows, key=lambda row: -float(row["score"]))
-    right = [row for row in by_score if row["correct"] == "1"][:SAMPLES_PER_KIND]
-    wrong = [row for row in by_score if row["correct"] == "0"][:SAMPLES_PER_KIND]
-    cards = "".join(sample_card(row, folder) for row in right + wrong)
-    return f"<h4>Sample predictions ({len(right)} right, {len(wrong)} wrong)</h4><div class=\"cards\">{cards}</div>"
+        rows = sample_rows(list(csv.DictReader(file)))
+    right = sum(row["correct"] == "1" for row in rows)
+    cards = "".join(sample_card(row, folder) for row in rows)
+    return f"<h4>Sample predictions ({right} right, {len(rows) - right} wrong)</h4><div class=\"cards\">{cards}</div>"
 
 
 def sample_card(row: dict, folder: Path) -> str:
-    attention = folder / "attention" / f"line-{row['line']}.png"
+    attention = attention_overlay_path(folder, row["line"])
     if attention.is_file():
         picture = image_tag(attention.read_bytes(), "attention over the image")
     elif row["image"] and Path(row["image"]).is_file():

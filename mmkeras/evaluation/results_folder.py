@@ -9,6 +9,8 @@ TARGET/results/<manifest stem>/
   confusion_matrix_normalized.png  each row divided by its support
   reliability.png                  the reliability diagram
   modality_ablation.png            per-class accuracy: fused, text only, image only
+  attention/line-<N>.png           a cross-attention run: the text's attention over the image of the
+                                   sample rows the report shows (N: the manifest line)
 ```
 
 The PNG files need matplotlib (the training extra); where only the device
@@ -29,6 +31,9 @@ from mmkeras.evaluation import plots
 logger = logging.getLogger("mmkeras")
 
 RESULTS_FOLDER = "results"
+ATTENTION_FOLDER = "attention"
+# Right and wrong predictions the report shows (the most confident of each).
+SAMPLES_PER_KIND = 6
 METRICS_FILE = "metrics.json"
 PER_CLASS_FILE = "per_class.csv"
 PREDICTIONS_FILE = "predictions.csv"
@@ -111,3 +116,31 @@ def write_csv(path: Path, rows: list[dict]):
 def round_figure(value):
     """A float rounded to 4 decimals for tables (other values unchanged)."""
     return round(float(value), 4) if isinstance(value, (float, np.floating)) else value
+
+
+def sample_rows(rows: list[dict]) -> list[dict]:
+    """Up to `SAMPLES_PER_KIND` right then wrong predictions (predictions.csv rows), most confident first."""
+    by_score = sorted(rows, key=lambda row: -float(row["score"]))
+    right = [row for row in by_score if int(row["correct"])][:SAMPLES_PER_KIND]
+    wrong = [row for row in by_score if not int(row["correct"])][:SAMPLES_PER_KIND]
+    return right + wrong
+
+
+def attention_overlay_path(folder, line) -> Path:
+    return Path(folder) / ATTENTION_FOLDER / f"line-{line}.png"
+
+
+def write_attention_overlays(run, folder, rows: list[dict]):
+    """The text-to-image attention of a cross-attention run over the image of each row that has both modalities."""
+    from mmkeras.evaluation.attention_maps import cross_attention_maps, has_cross_attention
+
+    rows = [row for row in rows if row["text"] and row["image"]]
+    if not plots.can_plot() or not rows or not has_cross_attention(run.model):
+        return
+    texts, images = [row["text"] for row in rows], [row["image"] for row in rows]
+    maps = cross_attention_maps(run, texts, images)["image"]
+    pixels = run.preprocessor(texts, images)["image"]
+    (Path(folder) / ATTENTION_FOLDER).mkdir(exist_ok=True)
+    for row, heatmap, image in zip(rows, maps, pixels):
+        png = plots.heatmap_overlay_png(image, heatmap, title="text's attention over the image")
+        write_atomically(attention_overlay_path(folder, row["line"]), lambda partial, png=png: partial.write_bytes(png))
