@@ -32,6 +32,7 @@ from mmkeras.config import (
     FREEZE_CHOICES,
     FUSIONS,
     MIXED_PRECISION,
+    MODALITY_BALANCE,
     ON_BAD_ROW,
     STRATEGIES,
     RunConfig,
@@ -164,6 +165,9 @@ def train(
     checkpoint_steps: Optional[int] = setting(
         "checkpoint_steps", "Also checkpoint every N optimizer updates (0: each epoch only).", min=0
     ),
+    modality_balance: Optional[Literal[MODALITY_BALANCE]] = setting(
+        "modality_balance", "Keep one modality from dominating: auxiliary unimodal losses, or OGM gradient modulation."
+    ),
     as_json: bool = JSON_OPTION,
 ):
     """Train a model on a manifest and write a run folder.
@@ -197,6 +201,7 @@ def train(
         gradient_accumulation=gradient_accumulation,
         class_weight=class_weight,
         checkpoint_steps=checkpoint_steps,
+        modality_balance=modality_balance,
     )
     run_config = base.replace(**overrides)
     if not run_config.data or not run_config.out:
@@ -431,6 +436,7 @@ def cv(
     batch_size: Optional[int] = setting("batch_size", "Global batch size.", min=1),
     learning_rate: Optional[float] = setting("learning_rate", "Peak learning rate.", show_default="as for train"),
     seed: Optional[int] = setting("seed", "Seed of the split and of every fold's run."),
+    modality_balance: Optional[Literal[MODALITY_BALANCE]] = setting("modality_balance", "As for train."),
     as_json: bool = JSON_OPTION,
 ):
     """Stratified K-fold cross-validation: one run per fold, mean and standard deviation of every figure.
@@ -450,6 +456,7 @@ def cv(
             batch_size=batch_size,
             learning_rate=learning_rate,
             seed=seed,
+            modality_balance=modality_balance,
         )
     )
     preflight.require_training_extra("cv")

@@ -20,6 +20,7 @@ OPTIMIZERS = ("adamw", "adam", "sgd")
 ON_BAD_ROW = ("fail", "skip")
 MIXED_PRECISION = ("auto", "off", "float16", "bfloat16")
 CLASS_WEIGHTS = ("none", "balanced")
+MODALITY_BALANCE = ("none", "aux", "adaptive")
 
 
 @dataclasses.dataclass
@@ -79,6 +80,10 @@ class RunConfig:
             rows / (classes * rows of that class) in the loss).
         checkpoint_steps: also write a resume checkpoint every this many
             optimizer updates (0: only at the end of each epoch).
+        modality_balance: keep one modality from dominating: `none`, `aux`
+            (text-only and image-only heads with weighted auxiliary losses) or
+            `adaptive` (on-the-fly gradient modulation, OGM);
+            `mmkeras.training.modality_balance`.
 
     Example:
     >>> config = RunConfig(data="samples/train.csv", out="runs/demo", epochs=3)
@@ -117,6 +122,7 @@ class RunConfig:
     gradient_accumulation: int = 1
     class_weight: str = "none"
     checkpoint_steps: int = 0
+    modality_balance: str = "none"
 
     def __post_init__(self):
         self.validate()
@@ -131,6 +137,7 @@ class RunConfig:
             "on_bad_row": ON_BAD_ROW,
             "mixed_precision": MIXED_PRECISION,
             "class_weight": CLASS_WEIGHTS,
+            "modality_balance": MODALITY_BALANCE,
         }
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
@@ -143,6 +150,8 @@ class RunConfig:
             raise UserError(f"dropout must be in [0, 1), got {self.dropout}")
         if self.cache_features and (self.freeze == "none" or self.lora_rank):
             raise UserError("cache_features needs frozen backbones (freeze text, vision or both) and no LoRA")
+        if self.modality_balance != "none" and self.cache_features:
+            raise UserError("modality_balance needs the backbones' tokens in training: not with cache_features")
         if not 0.0 <= self.modality_dropout <= 1.0:
             raise UserError(f"modality_dropout must be in [0, 1], got {self.modality_dropout}")
         if not 0.0 <= self.warmup_fraction < 1.0:

@@ -74,6 +74,8 @@ class PreparedRun:
         val_data: validation batches, or `None`.
         bad_rows_skipped: rows dropped by `--on-bad-row skip`.
         policy: the Keras dtype policy the model computes in.
+        balance: the `ModalityBalance` under `--modality-balance` (then
+            `trained_model` is its training model), else `None`.
     """
 
     model: keras.Model
@@ -85,6 +87,7 @@ class PreparedRun:
     val_data: tf.data.Dataset | None
     bad_rows_skipped: int
     policy: str = "float32"
+    balance: object = None
 
 
 class TrainingJob:
@@ -154,7 +157,9 @@ class TrainingJob:
         prepared = self.prepare(strategy)
         labels = prepared.labels
         label_ids = prepared.train_manifest.encode_labels(labels)
-        loop = make_loop(loop_config, prepared.trained_model, strategy, prepared.policy, label_ids, len(labels))
+        loop = make_loop(
+            loop_config, prepared.trained_model, strategy, prepared.policy, label_ids, len(labels), prepared.balance
+        )
         metrics = self.initial_metrics(prepared, loop)
         best_weights = None
         if resumed is None:
