@@ -124,7 +124,7 @@ def heatmap_overlay_png(image: np.ndarray, heatmap: np.ndarray, *, title: str) -
     plt = _pyplot()
     figure, axes = plt.subplots(figsize=(3.2, 3.2))
     height, width = image.shape[:2]
-    axes.imshow(np.asarray(image, dtype=np.uint8))
+    axes.imshow(np.asarray(image, dtype=np.uint8), extent=(0, width, height, 0))
     axes.imshow(heatmap, cmap="jet", alpha=0.45, extent=(0, width, height, 0), interpolation="bilinear")
     axes.set_axis_off()
     axes.set_title(title, fontsize=9)
@@ -147,7 +147,7 @@ def explanation_png(image, explanation: dict, labels: list[str]) -> bytes:
     for panel, (title, heatmap) in zip(axes[1:], maps):
         if image is not None and heatmap is not None:
             height, width = np.asarray(image).shape[:2]
-            panel.imshow(np.asarray(image, dtype=np.uint8))
+            panel.imshow(np.asarray(image, dtype=np.uint8), extent=(0, width, height, 0))
             panel.imshow(np.asarray(heatmap), cmap="jet", alpha=0.5, extent=(0, width, height, 0),
                          interpolation="nearest")
         panel.set_title(title, fontsize=9)
