@@ -89,7 +89,7 @@ def bar_chart_png(groups: dict[str, dict[str, float]], *, title: str, ylabel: st
     """Grouped bars: `groups` maps a series name to {category: value} (the same categories in each)."""
     plt = _pyplot()
     categories = list(next(iter(groups.values())).keys()) if groups else []
-    figure, axes = plt.subplots(figsize=(max(5, 0.55 * len(categories) * max(1, len(groups)) / 2 + 3), 3.6))
+    figure, axes = plt.subplots(figsize=(min(8, max(5, 0.3 * len(categories) * max(1, len(groups)) + 2)), 4))
     width = 0.8 / max(1, len(groups))
     positions = np.arange(len(categories))
     for offset, (series, values) in enumerate(groups.items()):

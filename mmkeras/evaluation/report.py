@@ -54,6 +54,7 @@ h1{margin:.2em 0}h2{border-bottom:2px solid #4c78a8;padding-bottom:.2em;margin-t
 .figures{display:flex;flex-wrap:wrap;gap:1em 3em;align-items:flex-start}
 .charts{display:grid;grid-template-columns:repeat(auto-fit,minmax(360px,1fr));gap:1em;align-items:start}
 .charts img{width:100%;border:1px solid #ddd}
+.charts.wide{grid-template-columns:repeat(auto-fit,minmax(520px,1fr))}
 table{border-collapse:collapse;font-size:.9em}th,td{padding:.25em .7em;border-bottom:1px solid #eee;text-align:right}
 th:first-child,td:first-child{text-align:left}
 .cards{display:grid;grid-template-columns:repeat(auto-fill,minmax(210px,1fr));gap:.8em}
@@ -232,7 +233,7 @@ def one_evaluation(folder: Path) -> str:
         + f'<div class="figures">{table(["figure", "value"], headline)}'
         + table(["class", "precision", "recall", "F1", "support", "text-only recall", "image-only recall"], per_class)
         + "</div>"
-        + f'<div class="charts">{images}</div>'
+        + f'<div class="charts wide">{images}</div>'
         + samples_grid(folder)
     )
 
