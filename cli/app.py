@@ -55,6 +55,8 @@ app = typer.Typer(
 )
 
 JSON_OPTION = typer.Option(False, "--json", help="Print exactly one JSON object on stdout (progress goes to stderr).")
+TEXT_OPTION = typer.Option(None, "--text", help="The text (omit for a missing text).")
+IMAGE_OPTION = typer.Option(None, "--image", help="The image file (omit for a missing image).")
 # Package versions `--version` reports, when installed (read from metadata: nothing is imported).
 VERSION_PACKAGES = ("tensorflow", "keras", "keras-hub", "ai-edge-litert", "tokenizers")
 
@@ -81,6 +83,14 @@ def load_tensorflow():
     """Import TensorFlow once, with its import-time log lines hidden, saying so (it takes seconds)."""
     logger.info("loading TensorFlow")
     import_tensorflow_quietly()
+
+
+def prepare_target(target: Path, command: str):
+    """A bundle runs on the device runtime as it is; a run folder is checked, then TensorFlow is loaded."""
+    if not preflight.is_bundle_folder(target):
+        preflight.check_run_folder(target)
+        preflight.require_training_extra(command)
+        load_tensorflow()
 
 
 def given(**values) -> dict:
@@ -240,10 +250,7 @@ def evaluate(
     Example: mmkeras evaluate bundles/demo --data samples/test.csv --json
     """
     preflight.check_manifest(data, flag="--data")
-    if not preflight.is_bundle_folder(target):
-        preflight.check_run_folder(target)
-        preflight.require_training_extra("evaluate RUN_DIR")
-        load_tensorflow()
+    prepare_target(target, "evaluate RUN_DIR")
     from mmkeras.evaluation.evaluate import evaluate as evaluate_target
 
     figures = evaluate_target(target, data)
@@ -344,10 +351,9 @@ def export(
     check_replaceable(out)
     preflight.require_training_extra("export")
     load_tensorflow()
+    from mmkeras.evaluation.report import refresh_report
     from mmkeras.export.conversion_report import describe_report
     from mmkeras.export.converter import export_bundle
-
-    from mmkeras.evaluation.report import refresh_report
 
     report = export_bundle(run_dir, out, quantize=quantize, calibration_data=calibration_data)
     refresh_report(out)  # the run's report lists its bundles
@@ -357,8 +363,8 @@ def export(
 @app.command()
 def predict(
     bundle_dir: Path = typer.Argument(..., help="A bundle folder."),
-    text: Optional[str] = typer.Option(None, "--text", help="The text (omit for a missing text)."),
-    image: Optional[Path] = typer.Option(None, "--image", help="The image file (omit for a missing image)."),
+    text: Optional[str] = TEXT_OPTION,
+    image: Optional[Path] = IMAGE_OPTION,
     as_json: bool = JSON_OPTION,
 ):
     """Predict one example with the on-device runtime (no TensorFlow).
@@ -500,8 +506,8 @@ def compare(
 @app.command()
 def explain(
     target: Path = typer.Argument(..., help="A run folder or a bundle folder."),
-    text: Optional[str] = typer.Option(None, "--text", help="The text (omit for a missing text)."),
-    image: Optional[Path] = typer.Option(None, "--image", help="The image file (omit for a missing image)."),
+    text: Optional[str] = TEXT_OPTION,
+    image: Optional[Path] = IMAGE_OPTION,
     out: Optional[Path] = typer.Option(None, "--out", help="Folder for explanation.png and explanation.json."),
     as_json: bool = JSON_OPTION,
 ):
@@ -510,10 +516,7 @@ def explain(
 
     Example: mmkeras explain runs/demo --text "such a serene little card" --image photo.png --out why
     """
-    if not preflight.is_bundle_folder(target):
-        preflight.check_run_folder(target)
-        preflight.require_training_extra("explain RUN_DIR")
-        load_tensorflow()
+    prepare_target(target, "explain RUN_DIR")
     if out:
         preflight.check_out_folder(out)
     from mmkeras.evaluation.explain import explain as explain_prediction
