@@ -35,6 +35,7 @@ from mmkeras.config import (
     FREEZE_CHOICES,
     FUSIONS,
     MIXED_PRECISION,
+    MODALITY_BALANCE,
     ON_BAD_ROW,
     STRATEGIES,
     RunConfig,
@@ -59,6 +60,8 @@ app = typer.Typer(
 # OSError numbers that mean the machine refused (space, permissions, a read-only filesystem), not a bug.
 ENVIRONMENT_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EPERM, errno.EROFS})
 JSON_OPTION = typer.Option(False, "--json", help="Print exactly one JSON object on stdout (progress goes to stderr).")
+TEXT_OPTION = typer.Option(None, "--text", help="The text (omit for a missing text).")
+IMAGE_OPTION = typer.Option(None, "--image", help="The image file (omit for a missing image).")
 # Package versions `--version` reports, when installed (read from metadata: nothing is imported).
 VERSION_PACKAGES = ("tensorflow", "keras", "keras-hub", "ai-edge-litert", "tokenizers")
 
@@ -96,6 +99,14 @@ def load_tensorflow():
     """Import TensorFlow once, with its import-time log lines hidden, saying so (it takes seconds)."""
     logger.info("loading TensorFlow")
     import_tensorflow_quietly()
+
+
+def prepare_target(target: Path, command: str):
+    """A bundle runs on the device runtime as it is; a run folder is checked, then TensorFlow is loaded."""
+    if not preflight.is_bundle_folder(target):
+        preflight.check_run_folder(target)
+        preflight.require_training_extra(command)
+        load_tensorflow()
 
 
 def given(**values) -> dict:
@@ -191,6 +202,9 @@ def train(
     checkpoint_steps: Optional[int] = setting(
         "checkpoint_steps", "Also checkpoint every N optimizer updates (0: each epoch only).", min=0
     ),
+    modality_balance: Optional[Literal[MODALITY_BALANCE]] = setting(
+        "modality_balance", "Keep one modality from dominating: auxiliary unimodal losses, or OGM gradient modulation."
+    ),
     as_json: bool = JSON_OPTION,
 ):
     """Train a model on a manifest and write a run folder.
@@ -226,6 +240,7 @@ def train(
         gradient_accumulation=gradient_accumulation,
         class_weight=class_weight,
         checkpoint_steps=checkpoint_steps,
+        modality_balance=modality_balance,
     )
     run_config = base.replace(**overrides)
     if not run_config.data or not run_config.out:
@@ -256,17 +271,15 @@ def evaluate(
     data: Path = typer.Option(..., "--data", help="Labelled manifest to evaluate on."),
     as_json: bool = JSON_OPTION,
 ):
-    """Accuracy, macro-F1, per-class figures and modality ablation on a manifest.
+    """Accuracy, macro-F1, calibration, consistency and modality ablation on a manifest; saves a results folder.
 
     A bundle is evaluated with the device runtime (no TensorFlow needed).
+    The figures, tables and plots go to TARGET/results/<manifest stem>/.
 
     Example: mmkeras evaluate bundles/demo --data samples/test.csv --json
     """
     preflight.check_manifest(data, flag="--data")
-    if not preflight.is_bundle_folder(target):
-        preflight.check_run_folder(target)
-        preflight.require_training_extra("evaluate RUN_DIR")
-        load_tensorflow()
+    prepare_target(target, "evaluate RUN_DIR")
     from mmkeras.evaluation.evaluate import evaluate as evaluate_target
 
     figures = evaluate_target(target, data)
@@ -275,7 +288,8 @@ def evaluate(
         figures,
         as_json,
         f"accuracy {figures['accuracy']:.4f}  macro_f1 {figures['macro_f1']:.4f}  n {figures['n']}  "
-        f"(text only {ablation['text_only']['accuracy']:.4f}, image only {ablation['image_only']['accuracy']:.4f})",
+        f"(text only {ablation['text_only']['accuracy']:.4f}, image only {ablation['image_only']['accuracy']:.4f})  "
+        f"ECE {figures['calibration']['ece']:.4f}\nresults in {figures['results_dir']}",
     )
 
 
@@ -372,6 +386,7 @@ def export(
     check_replaceable(out)
     preflight.require_training_extra("export")
     load_tensorflow()
+    from mmkeras.evaluation.report import refresh_report
     from mmkeras.export.conversion_report import describe_report
     from mmkeras.export.converter import export_bundle
 
@@ -379,6 +394,7 @@ def export(
         run_dir, out, quantize=quantize, calibration_data=calibration_data,
         keep_float=[name.strip().upper() for name in keep_float.split(",") if name.strip()] if keep_float else (),
     )
+    refresh_report(out)  # the run's report lists its bundles
     human = describe_report(report)
     if web:
         from mmkeras.web.site_builder import build_site
@@ -391,8 +407,8 @@ def export(
 @app.command()
 def predict(
     bundle_dir: Path = typer.Argument(..., help="A bundle folder."),
-    text: Optional[str] = typer.Option(None, "--text", help="The text (omit for a missing text)."),
-    image: Optional[Path] = typer.Option(None, "--image", help="The image file (omit for a missing image)."),
+    text: Optional[str] = TEXT_OPTION,
+    image: Optional[Path] = IMAGE_OPTION,
     as_json: bool = JSON_OPTION,
 ):
     """Predict one example with the on-device runtime (no TensorFlow).
@@ -466,9 +482,6 @@ def report(
     typer.echo(f"wrote {write_report(run_dir, out)}")
 
 
-# `mmkeras export --web` builds the site here, inside the bundle.
-
-
 @app.command()
 def web(
     bundle_dir: Path = typer.Argument(..., help="A bundle folder."),
@@ -489,6 +502,114 @@ def describe_site(report: dict) -> str:
     return (
         f"wrote the web site {report['path']} ({report['files']} files, {report['size_bytes'] / 2**20:.1f} MB); "
         f"serve it with: python3 -m http.server -d {report['path']}"
+    )
+
+
+# -- evaluation and insight: cross-validation, comparison, explanation ---------------------------
+
+
+@app.command()
+def cv(
+    data: Path = typer.Option(..., "--data", help="Labelled manifest to split into folds."),
+    folds: int = typer.Option(5, "--folds", min=2, help="K: the number of folds (stratified by label)."),
+    out: Path = typer.Option(..., "--out", help="Cross-validation folder (one run per fold); rerun to resume."),
+    config: Optional[Path] = typer.Option(None, "--config", help="YAML run config of every fold; flags override it."),
+    val: Optional[Path] = typer.Option(
+        None, "--val", help="Validation manifest for early stopping (the held-out fold never picks weights)."
+    ),
+    text_backbone: Optional[str] = setting("text_backbone", "Text backbone SPEC, as for train."),
+    vision_backbone: Optional[str] = setting("vision_backbone", "Vision backbone SPEC, as for train."),
+    fusion: Optional[Literal[FUSIONS]] = setting("fusion", "How text and image tokens are joined."),
+    epochs: Optional[int] = setting("epochs", "Training epochs of each fold.", min=1),
+    batch_size: Optional[int] = setting("batch_size", "Global batch size.", min=1),
+    learning_rate: Optional[float] = setting("learning_rate", "Peak learning rate.", show_default="as for train"),
+    seed: Optional[int] = setting("seed", "Seed of the split and of every fold's run."),
+    modality_balance: Optional[Literal[MODALITY_BALANCE]] = setting("modality_balance", "As for train."),
+    as_json: bool = JSON_OPTION,
+):
+    """Stratified K-fold cross-validation: one run per fold, mean and standard deviation of every figure.
+
+    Example: mmkeras cv --data samples/train.csv --folds 5 --out cv/samples --config samples/run.yaml
+    """
+    base = RunConfig.from_yaml(config) if config else RunConfig()
+    run_config = base.replace(
+        **given(
+            data=str(data),
+            out=str(out),
+            val=val and str(val),
+            text_backbone=text_backbone,
+            vision_backbone=vision_backbone,
+            fusion=fusion,
+            epochs=epochs,
+            batch_size=batch_size,
+            learning_rate=learning_rate,
+            seed=seed,
+            modality_balance=modality_balance,
+        )
+    )
+    preflight.require_training_extra("cv")
+    preflight.check_manifest(data, flag="--data")
+    if val:
+        preflight.check_manifest(val, flag="--val")
+    preflight.check_out_folder(out)
+    load_tensorflow()
+    from mmkeras.evaluation.cross_validation import cross_validate
+    from mmkeras.evaluation.tables import summary_table
+
+    result = cross_validate(run_config, folds)
+    emit(result, as_json, summary_table(result["summary"], title=f"{folds}-fold cross-validation, mean ± std"))
+
+
+@app.command()
+def compare(
+    run_dirs: list[Path] = typer.Argument(..., help="Run folders to compare."),
+    data: Optional[Path] = typer.Option(None, "--data", help="Labelled manifest to evaluate every run on."),
+    out: Optional[Path] = typer.Option(None, "--out", help="Folder for comparison.json and comparison.png."),
+    as_json: bool = JSON_OPTION,
+):
+    """Runs side by side: settings, parameters, epoch time, figures, and bundle size and latency.
+
+    Example: mmkeras compare runs/concat runs/gated runs/cross-attention --data samples/test.csv --out cmp
+    """
+    for run_dir in run_dirs:
+        preflight.check_run_folder(run_dir)
+    if data:
+        preflight.check_manifest(data, flag="--data")
+        preflight.require_training_extra("compare --data")
+        load_tensorflow()
+    if out:
+        preflight.check_out_folder(out)
+    from mmkeras.evaluation.compare import compare_runs, comparison_table
+
+    comparison = compare_runs(run_dirs, data, out=out)
+    emit(comparison, as_json, comparison_table(comparison))
+
+
+@app.command()
+def explain(
+    target: Path = typer.Argument(..., help="A run folder or a bundle folder."),
+    text: Optional[str] = TEXT_OPTION,
+    image: Optional[Path] = IMAGE_OPTION,
+    out: Optional[Path] = typer.Option(None, "--out", help="Folder for explanation.png and explanation.json."),
+    as_json: bool = JSON_OPTION,
+):
+    """Why the model decided: occlusion maps over image patches and words, the modality contribution,
+    and for a cross-attention run the text's attention over the image. A bundle needs no TensorFlow.
+
+    Example: mmkeras explain runs/demo --text "such a serene little card" --image photo.png --out why
+    """
+    prepare_target(target, "explain RUN_DIR")
+    if out:
+        preflight.check_out_folder(out)
+    from mmkeras.evaluation.explain import explain as explain_prediction
+
+    explanation = explain_prediction(target, text, image, out=out)
+    modality = explanation["modality"]
+    emit(
+        explanation,
+        as_json,
+        f"{explanation['label']} ({explanation['probability']:.3f}; text only {modality['text_only']:.3f}, "
+        f"image only {modality['image_only']:.3f})" + (f"\nwrote {out}" if out else ""),
     )
 
 

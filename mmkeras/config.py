@@ -23,6 +23,7 @@ ON_BAD_ROW = ("fail", "skip")
 MIXED_PRECISION = ("auto", "off", "float16", "bfloat16")
 CLASS_WEIGHTS = ("none", "balanced")
 AUGMENTATIONS = ("none", "photo")
+MODALITY_BALANCE = ("none", "aux", "adaptive")
 
 
 # NumPy's and TensorFlow's seeds are 32-bit.
@@ -101,6 +102,10 @@ class RunConfig:
         max_image_pixels: an image with more pixels (width x height, read
             from its header before decoding) is a bad row; the bundle's
             runtime refuses it too.
+        modality_balance: keep one modality from dominating: `none`, `aux`
+            (text-only and image-only heads with weighted auxiliary losses) or
+            `adaptive` (on-the-fly gradient modulation, OGM);
+            `mmkeras.training.modality_balance`.
 
     Example:
     >>> config = RunConfig(data="samples/train.csv", out="runs/demo", epochs=3)
@@ -141,6 +146,7 @@ class RunConfig:
     checkpoint_steps: int = 0
     max_image_pixels: int = MAX_IMAGE_PIXELS
     augment: str = "none"
+    modality_balance: str = "none"
 
     def __post_init__(self):
         self.validate()
@@ -157,6 +163,7 @@ class RunConfig:
             "mixed_precision": MIXED_PRECISION,
             "class_weight": CLASS_WEIGHTS,
             "augment": AUGMENTATIONS,
+            "modality_balance": MODALITY_BALANCE,
         }
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
@@ -179,6 +186,8 @@ class RunConfig:
             raise UserError("cache_features needs frozen backbones (freeze text, vision or both) and no LoRA")
         if self.cache_features and self.augment != "none":
             raise UserError("cache_features computes each image's features once; it cannot augment them (augment none)")
+        if self.modality_balance != "none" and self.cache_features:
+            raise UserError("modality_balance needs the backbones' tokens in training: not with cache_features")
         if not 0.0 <= self.modality_dropout <= 1.0:
             raise UserError(f"modality_dropout must be in [0, 1], got {self.modality_dropout}")
         if not 0.0 <= self.warmup_fraction < 1.0:

@@ -166,6 +166,7 @@ def test_train_offers_exactly_the_configs_choices():
         "mixed_precision": config.MIXED_PRECISION,
         "class_weight": config.CLASS_WEIGHTS,
         "augment": config.AUGMENTATIONS,
+        "modality_balance": config.MODALITY_BALANCE,
     }
 
 

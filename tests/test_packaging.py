@@ -24,6 +24,9 @@ BASE_INSTALL_MODULES = (
     "mmkeras.runtime.interpreter",
     "mmkeras.runtime.predictor",
     "mmkeras.evaluation.evaluate",
+    "mmkeras.evaluation.report",
+    "mmkeras.evaluation.explain",
+    "mmkeras.evaluation.compare",
     "mmkeras.export.bundle_writer",
     "mmkeras.runs",
 )

@@ -3,9 +3,13 @@
 Both paths feed the model through the same `MultimodalPreprocessor`, so a
 run's and its float bundle's figures are directly comparable. The modality
 ablation scores the same rows again with one modality removed, the way a
-missing modality reaches the model on the device (empty text / no image).
+missing modality reaches the model on the device (empty text / no image);
+the consistency figures compare those three predictions row by row.
+Everything is saved in the target's results folder (`results_folder`), and
+the run's report is refreshed.
 """
 
+import time
 from pathlib import Path
 from typing import Callable
 
@@ -13,73 +17,154 @@ import numpy as np
 
 from mmkeras.data.manifest import read_manifest
 from mmkeras.errors import UserError
-from mmkeras.evaluation.metrics import classification_figures
+from mmkeras.evaluation.calibration import calibration_figures
+from mmkeras.evaluation.consistency import consistency_figures
+from mmkeras.evaluation.metrics import classification_figures, top_k_accuracy
+from mmkeras.evaluation.results_folder import results_dir, sample_rows, write_attention_overlays, write_results
 from mmkeras.progress import step_progress
 from mmkeras.runtime.bundle import BUNDLE_FILE
+from mmkeras.runtime.predictor import softmax
 
 CHUNK_ROWS = 64
+# Top-k accuracies reported (those with k below the number of classes).
+TOP_K = (2, 3, 5)
 
 
-def load_target(target) -> tuple[Callable[[dict], np.ndarray], object, list[str]]:
-    """(predict_logits, preprocessor, labels) for a run folder or a bundle folder."""
+def load_target(target) -> tuple[Callable[[dict], np.ndarray], object, list[str], object]:
+    """(predict_logits, preprocessor, labels, run) for a run folder (the loaded `Run`) or a bundle (`None`)."""
     target = Path(target)
     if (target / BUNDLE_FILE).is_file():
         from mmkeras.runtime.predictor import Predictor
 
         predictor = Predictor(target)
-        return predictor.predict_inputs, predictor.preprocessor, predictor.labels
+        return predictor.predict_inputs, predictor.preprocessor, predictor.labels, None
     from mmkeras.runs import is_run_folder, load_run
 
     if not is_run_folder(target):
         raise UserError("neither a run folder nor a bundle folder", path=target)
     run = load_run(target)
-    return lambda inputs: np.asarray(run.model.predict_on_batch(inputs)), run.preprocessor, run.labels
+    return run_predict_logits(run), run.preprocessor, run.labels, run
 
 
-def predict_classes(predict_logits, preprocessor, texts, images, description="predicting") -> np.ndarray:
-    """Predicted class indices, preprocessing and predicting `CHUNK_ROWS` rows at a time."""
-    predictions = []
+def run_predict_logits(run) -> Callable[[dict], np.ndarray]:
+    """`predict_logits` of a loaded run's Keras model (numpy logits)."""
+    return lambda inputs: np.asarray(run.model.predict_on_batch(inputs))
+
+
+def predict_probabilities(predict_logits, preprocessor, texts, images, description="predicting") -> np.ndarray:
+    """Class probabilities float64 [N, classes], preprocessing and predicting `CHUNK_ROWS` rows at a time."""
+    probabilities = []
     with step_progress(description, len(texts)) as progress:
         for start in range(0, len(texts), CHUNK_ROWS):
             inputs = preprocessor(texts[start : start + CHUNK_ROWS], images[start : start + CHUNK_ROWS])
-            predictions.append(np.argmax(predict_logits(inputs), axis=-1))
+            probabilities.append(softmax(predict_logits(inputs)))
             progress.update(min(start + CHUNK_ROWS, len(texts)))
-    return np.concatenate(predictions) if predictions else np.zeros(0, dtype=np.int64)
+    return np.concatenate(probabilities) if probabilities else np.zeros((0, 0))
 
 
-def evaluate(target, data) -> dict:
-    """Evaluate a run folder or a bundle on a labelled manifest.
+def evaluate(target, data, *, save_results: bool = True) -> dict:
+    """Evaluate a run folder or a bundle on a labelled manifest, and save the results.
 
     Args:
         target: a run folder (written by `train`/`qat`) or a bundle folder
             (written by `export_bundle`).
         data: a labelled manifest (CSV or JSONL).
+        save_results: write `TARGET/results/<manifest stem>/` and refresh
+            the run's report (see `results_folder`).
 
     Returns:
-        The figures of `classification_figures` plus `modality_ablation`:
-        `{"text_only": {"accuracy", "macro_f1"}, "image_only": {...}}`.
+        The figures of `classification_figures` plus `top_k_accuracy`
+        (`{"top_2": ...}`), `calibration` (`calibration_figures`: ECE over 15
+        bins, the reliability bins), `modality_ablation` (`text_only`,
+        `image_only`: `accuracy`, `macro_f1`, `per_class_recall`),
+        `consistency` (`consistency_figures`), `model_ms_per_row` (the
+        model's time per row here, preprocessing excluded) and
+        `results_dir` (when saved).
 
     Example:
     >>> figures = evaluate("runs/demo", "samples/test.csv")  # doctest: +SKIP
-    >>> figures["accuracy"], figures["modality_ablation"]["text_only"]["accuracy"]  # doctest: +SKIP
-    (0.97, 0.34)
+    >>> figures["accuracy"], figures["calibration"]["ece"]  # doctest: +SKIP
+    (0.97, 0.04)
     """
-    predict_logits, preprocessor, labels = load_target(target)
+    predict_logits, preprocessor, labels, run = load_target(target)
     manifest, _ = read_manifest(data).validate_images(preprocessor.image_size, "fail")
     y_true = manifest.encode_labels(labels)
     texts = [row.text for row in manifest.rows]
     images = [row.image for row in manifest.rows]
     missing = [None] * len(texts)
-
-    def figures_for(texts, images, description) -> dict:
-        predicted = predict_classes(predict_logits, preprocessor, texts, images, description)
-        return classification_figures(y_true, predicted, labels)
-
-    figures = figures_for(texts, images, "evaluating")
-    text_only = figures_for(texts, missing, "evaluating text only")
-    image_only = figures_for(missing, images, "evaluating image only")
+    timed = TimedPredictions(predict_logits)
+    fused = predict_probabilities(timed, preprocessor, texts, images, "evaluating")
+    text_only = predict_probabilities(predict_logits, preprocessor, texts, missing, "evaluating text only")
+    image_only = predict_probabilities(predict_logits, preprocessor, missing, images, "evaluating image only")
+    figures = classification_figures(y_true, fused.argmax(axis=1), labels)
+    figures["top_k_accuracy"] = {f"top_{k}": top_k_accuracy(fused, y_true, k) for k in TOP_K if k < len(labels)}
+    figures["calibration"] = calibration_figures(fused, y_true)
     figures["modality_ablation"] = {
-        name: {key: ablated[key] for key in ("accuracy", "macro_f1")}
-        for name, ablated in (("text_only", text_only), ("image_only", image_only))
+        name: ablation_figures(y_true, probabilities, labels)
+        for name, probabilities in (("text_only", text_only), ("image_only", image_only))
     }
+    figures["consistency"] = consistency_figures(
+        y_true, fused.argmax(axis=1), text_only.argmax(axis=1), image_only.argmax(axis=1)
+    )
+    figures["model_ms_per_row"] = timed.milliseconds_per_row()
+    if save_results:
+        folder = results_dir(target, data)
+        figures["results_dir"] = str(folder)
+        rows = prediction_rows(manifest, labels, y_true, fused, text_only, image_only)
+        write_results(folder, figures, rows)
+        if run is not None:
+            write_attention_overlays(run, folder, sample_rows(rows))
+        from mmkeras.evaluation.report import refresh_report
+
+        refresh_report(target)
     return figures
+
+
+class TimedPredictions:
+    """`predict_logits` that adds up the time the model takes and the rows it sees."""
+
+    def __init__(self, predict_logits):
+        self.predict_logits = predict_logits
+        self.seconds, self.rows = 0.0, 0
+
+    def __call__(self, inputs: dict) -> np.ndarray:
+        started = time.perf_counter()
+        logits = np.asarray(self.predict_logits(inputs))
+        self.seconds += time.perf_counter() - started
+        self.rows += len(logits)
+        return logits
+
+    def milliseconds_per_row(self) -> float | None:
+        return round(1000 * self.seconds / self.rows, 4) if self.rows else None
+
+
+def ablation_figures(y_true, probabilities, labels: list[str]) -> dict:
+    """Accuracy, macro-F1 and per-class recall of one modality alone."""
+    figures = classification_figures(y_true, probabilities.argmax(axis=1), labels)
+    return {
+        "accuracy": figures["accuracy"],
+        "macro_f1": figures["macro_f1"],
+        "per_class_recall": {label: values["recall"] for label, values in figures["per_class"].items()},
+    }
+
+
+def prediction_rows(manifest, labels, y_true, fused, text_only, image_only) -> list[dict]:
+    """The rows of predictions.csv: the example, the true and predicted labels, and every class's score."""
+    rows = []
+    for index, row in enumerate(manifest.rows):
+        predicted = int(fused[index].argmax())
+        rows.append(
+            {
+                "line": row.line,
+                "text": row.text or "",
+                "image": "" if row.image is None else str(row.image),
+                "label": labels[y_true[index]],
+                "predicted": labels[predicted],
+                "score": round(float(fused[index, predicted]), 4),
+                "correct": int(predicted == y_true[index]),
+                "text_only_predicted": labels[int(text_only[index].argmax())],
+                "image_only_predicted": labels[int(image_only[index].argmax())],
+                **{f"score_{label}": round(float(fused[index, column]), 4) for column, label in enumerate(labels)},
+            }
+        )
+    return rows

@@ -49,3 +49,18 @@ def classification_figures(y_true, y_pred, labels: list[str]) -> dict:
         },
         "confusion_matrix": confusion.tolist(),
     }
+
+
+def top_k_accuracy(probabilities, y_true, k: int) -> float:
+    """The share of rows whose true class is among the `k` highest scores.
+
+    Example:
+    >>> top_k_accuracy([[0.5, 0.3, 0.2], [0.5, 0.3, 0.2]], [1, 2], k=2)
+    0.5
+    """
+    probabilities = np.asarray(probabilities)
+    y_true = np.asarray(y_true, dtype=np.int64)
+    if not len(y_true):
+        return 0.0
+    top = np.argsort(-probabilities, axis=1, kind="stable")[:, :k]
+    return float(np.mean(np.any(top == y_true[:, None], axis=1)))

@@ -1,57 +1,85 @@
-"""`write_report`: a self-contained HTML page for a run (curves, final figures, config).
+"""`write_report`: one self-contained HTML page about a run, worth opening.
 
-Reads only the run folder's JSON/YAML files (no TensorFlow); the loss and
-accuracy curves are drawn with matplotlib and embedded as PNG data URIs, so
-the single file can be mailed or attached to a ticket.
+Sections: the final figures, the training curves (loss, accuracy, learning
+rate, the best epoch marked), one evaluation per results folder of the run
+(`evaluate`'s figures: confusion heatmap, per-class table, modality ablation,
+reliability diagram, consistency, a grid of sample predictions with their
+scores, and for a cross-attention run the text's attention over the image), the bundles
+exported from the run (size, int8 op coverage, parity, latency), the
+versions and the config. Every image is a PNG data URI and the page loads
+nothing from the network, so the single file can be mailed or attached to a
+ticket. A small script marks what the browser loaded (`data-images-loaded`
+on `<body>`), which the browser test reads back.
+
+Reads only the run folder's files, its results folders and bundle.json
+files (no TensorFlow); needs matplotlib (the training extra).
 """
 
 import base64
+import csv
 import html
 import io
 import json
+import logging
+from importlib import metadata
 from pathlib import Path
 
-import matplotlib
+from mmkeras import __version__
+from mmkeras.errors import UserError
+from mmkeras.evaluation import plots
+from mmkeras.evaluation.results_folder import METRICS_FILE as RESULTS_METRICS_FILE
+from mmkeras.evaluation.results_folder import (
+    PREDICTIONS_FILE,
+    RESULTS_FOLDER,
+    ablation_png,
+    attention_overlay_path,
+    round_figure,
+    sample_rows,
+)
+from mmkeras.runs import CONFIG_FILE, HISTORY_FILE, METRICS_FILE, is_run_folder
+from mmkeras.runtime.bundle import BUNDLE_FILE
 
-matplotlib.use("Agg")  # no display on training servers
-import matplotlib.pyplot as plt  # noqa: E402
+logger = logging.getLogger("mmkeras")
 
-from mmkeras.errors import UserError  # noqa: E402
-from mmkeras.runs import CONFIG_FILE, HISTORY_FILE, METRICS_FILE  # noqa: E402
+REPORT_FILE = "report.html"
+# The sections every report has, in page order (ids of the <section> elements).
+SECTIONS = ("summary", "curves", "evaluation", "bundles", "versions", "config")
+# Packages whose versions the report lists, when installed.
+REPORTED_PACKAGES = ("tensorflow", "keras", "keras-hub", "ai-edge-litert", "tokenizers", "numpy", "matplotlib")
+THUMBNAIL_PIXELS = 128
+
+STYLE = """
+body{font-family:system-ui,sans-serif;margin:0;padding:1.2em 2em;color:#222}
+h1{margin:.2em 0}h2{border-bottom:2px solid #4c78a8;padding-bottom:.2em;margin-top:1.6em}
+.figures{display:flex;flex-wrap:wrap;gap:1em 3em;align-items:flex-start}
+.charts{display:grid;grid-template-columns:repeat(auto-fit,minmax(360px,1fr));gap:1em;align-items:start}
+.charts img{width:100%;border:1px solid #ddd}
+.charts.wide{grid-template-columns:repeat(auto-fit,minmax(520px,1fr))}
+table{border-collapse:collapse;font-size:.9em}th,td{padding:.25em .7em;border-bottom:1px solid #eee;text-align:right}
+th:first-child,td:first-child{text-align:left}
+.cards{display:grid;grid-template-columns:repeat(auto-fill,minmax(210px,1fr));gap:.8em}
+.card{border:2px solid #ccc;border-radius:6px;padding:.5em;font-size:.85em}
+.card.right{border-color:#54a24b}.card.wrong{border-color:#e45756}.card img{width:100%;image-rendering:pixelated}
+.muted{color:#777}pre{background:#f6f6f6;padding:1em;overflow:auto}
+"""
+# Counts the images the browser decoded, for a headless browser to read back (--dump-dom).
+LOAD_SCRIPT = """
+window.addEventListener('load',function(){var images=document.images,loaded=0;
+for(var i=0;i<images.length;i++){if(images[i].complete&&images[i].naturalWidth>0){loaded++;}}
+document.body.setAttribute('data-images-total',images.length);
+document.body.setAttribute('data-images-loaded',loaded);
+document.body.setAttribute('data-sections',document.querySelectorAll('section').length);});
+"""
 
 
-def plot_curves(history: dict, metric: str) -> str:
-    """A PNG data URI of `metric` and `val_<metric>` per epoch."""
-    figure, axes = plt.subplots(figsize=(5, 3.2), dpi=100)
-    for key in (metric, f"val_{metric}"):
-        if key in history:
-            epochs = range(1, len(history[key]) + 1)
-            axes.plot(epochs, history[key], marker="o", label=key)
-    axes.set_xlabel("epoch")
-    axes.set_ylabel(metric)
-    axes.grid(alpha=0.3)
-    axes.legend()
-    figure.tight_layout()
-    buffer = io.BytesIO()
-    figure.savefig(buffer, format="png")
-    plt.close(figure)
-    return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
-
-
-def table(values: dict) -> str:
-    rows = "".join(
-        f"<tr><th>{html.escape(str(key))}</th><td>{html.escape(json.dumps(value))}</td></tr>"
-        for key, value in values.items()
-    )
-    return f"<table>{rows}</table>"
-
-
-def write_report(run_dir, out=None) -> Path:
-    """Write `report.html` for a run folder.
+def write_report(run_dir, out=None, *, bundles=()) -> Path:
+    """Write the HTML report of a run folder.
 
     Args:
-        run_dir: a run folder written by `train`.
+        run_dir: a run folder written by `train` or `qat`.
         out: the HTML file to write (default: `RUN_DIR/report.html`).
+        bundles: more bundle folders to list; bundles next to the run whose
+            `source_run` is this run are found without it.
 
     Returns:
         The path written.
@@ -65,25 +93,245 @@ def write_report(run_dir, out=None) -> Path:
     if not history_path.is_file():
         raise UserError(f"no {HISTORY_FILE}: not a finished run folder", path=run_dir)
     history = json.loads(history_path.read_text(encoding="utf-8"))
-    metrics_path = run_dir / METRICS_FILE
-    metrics = json.loads(metrics_path.read_text(encoding="utf-8")) if metrics_path.is_file() else {}
-    config_path = run_dir / CONFIG_FILE
-    config = config_path.read_text(encoding="utf-8") if config_path.is_file() else ""
-    curves = "".join(
-        f'<img alt="{metric} per epoch" src="{plot_curves(history, metric)}">'
-        for metric in ("loss", "accuracy")
-        if metric in history
-    )
+    metrics = read_json(run_dir / METRICS_FILE)
+    found_bundles = run_bundles(run_dir, bundles)
+    sections = {
+        "summary": summary_section(metrics, history),
+        "curves": curves_section(history),
+        "evaluation": evaluation_section(run_dir),
+        "bundles": bundles_section(found_bundles),
+        "versions": versions_section(),
+        "config": config_section(run_dir),
+    }
+    body = "".join(f'<section id="{name}">{content}</section>' for name, content in sections.items())
     page = f"""<!doctype html>
 <html><head><meta charset="utf-8"><title>mmkeras run {html.escape(run_dir.name)}</title>
-<style>body{{font-family:sans-serif;margin:2em}}th{{text-align:left;padding-right:1em}}img{{margin:0 1em 1em 0}}</style>
-</head><body>
-<h1>Run {html.escape(run_dir.name)}</h1>
-<h2>Curves</h2>{curves}
-<h2>Final figures</h2>{table(metrics)}
-<h2>Config</h2><pre>{html.escape(config)}</pre>
-</body></html>
+<style>{STYLE}</style></head><body>
+<h1>Run {html.escape(run_dir.name)}</h1><p class="muted">{html.escape(str(run_dir.resolve()))}</p>
+{body}<script>{LOAD_SCRIPT}</script></body></html>
 """
-    out = Path(out) if out else run_dir / "report.html"
+    out = Path(out) if out else run_dir / REPORT_FILE
     out.write_text(page, encoding="utf-8")
     return out
+
+
+def refresh_report(target) -> Path | None:
+    """Rewrite the report of the run behind `target` (a run, or a bundle of a local run), if one can be drawn.
+
+    Nothing happens where matplotlib is missing or the run (a bundle's
+    `source_run`) is not on this machine. Returns the page written, or `None`.
+    """
+    target = Path(target)
+    run_dir = target
+    if (target / BUNDLE_FILE).is_file():
+        run_dir = Path(read_json(target / BUNDLE_FILE).get("source_run", ""))
+    if not plots.can_plot() or not is_run_folder(run_dir) or not (run_dir / HISTORY_FILE).is_file():
+        return None
+    out = write_report(run_dir, bundles=[target] if target != run_dir else ())
+    logger.info("report refreshed: %s", out)
+    return out
+
+
+def read_json(path: Path) -> dict:
+    return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+
+
+def data_uri(png: bytes) -> str:
+    return "data:image/png;base64," + base64.b64encode(png).decode("ascii")
+
+
+def image_tag(png: bytes, alt: str) -> str:
+    return f'<img alt="{html.escape(alt)}" src="{data_uri(png)}">'
+
+
+def table(header: list[str], rows: list[list]) -> str:
+    """An HTML table; floats rounded to 4 decimals, everything escaped."""
+    head = "".join(f"<th>{html.escape(str(name))}</th>" for name in header)
+    body = "".join(
+        "<tr>" + "".join(f"<td>{html.escape(format_cell(cell))}</td>" for cell in row) + "</tr>" for row in rows
+    )
+    return f"<table><tr>{head}</tr>{body}</table>"
+
+
+def format_cell(value) -> str:
+    if value is None:
+        return "–"
+    if isinstance(value, list):
+        return ", ".join(format_cell(item) for item in value)
+    return str(round_figure(value))
+
+
+def best_epoch(history: dict) -> int | None:
+    """The 1-based epoch with the lowest `val_loss` (the weights kept), or `None` without validation."""
+    val_loss = history.get("val_loss")
+    return None if not val_loss else int(min(range(len(val_loss)), key=val_loss.__getitem__)) + 1
+
+
+def summary_section(metrics: dict, history: dict) -> str:
+    rows = [[key, value] for key, value in metrics.items() if not isinstance(value, (dict, list))]
+    epoch = best_epoch(history)
+    if epoch is not None:
+        rows.append(["best epoch (lowest val_loss)", epoch])
+    return "<h2>Final figures</h2>" + table(["figure", "value"], rows)
+
+
+def curves_section(history: dict) -> str:
+    epoch = best_epoch(history)
+    charts = [
+        (("loss", "val_loss"), "loss"),
+        (("accuracy", "val_accuracy"), "accuracy"),
+        (("learning_rate",), "learning rate"),
+    ]
+    images = "".join(
+        image_tag(plots.curve_png(history, keys, ylabel=label, best_epoch=epoch), f"{label} per epoch")
+        for keys, label in charts
+        if any(key in history for key in keys)
+    )
+    return f'<h2>Training curves</h2><div class="charts">{images}</div>'
+
+
+def evaluation_section(run_dir: Path) -> str:
+    folders = sorted(path.parent for path in (run_dir / RESULTS_FOLDER).glob(f"*/{RESULTS_METRICS_FILE}"))
+    if not folders:
+        return '<h2>Evaluation</h2><p class="muted">Not evaluated yet: mmkeras evaluate RUN_DIR --data TEST.csv</p>'
+    return "<h2>Evaluation</h2>" + "".join(one_evaluation(folder) for folder in folders)
+
+
+def one_evaluation(folder: Path) -> str:
+    figures = read_json(folder / RESULTS_METRICS_FILE)
+    labels = list(figures["per_class"])
+    ablation, consistency = figures["modality_ablation"], figures["consistency"]
+    headline = [
+        ["accuracy", figures["accuracy"]],
+        ["macro-F1", figures["macro_f1"]],
+        *[[name.replace("_", "-") + " accuracy", value] for name, value in figures["top_k_accuracy"].items()],
+        ["expected calibration error (15 bins)", figures["calibration"]["ece"]],
+        ["text only (image removed): accuracy", ablation["text_only"]["accuracy"]],
+        ["image only (text removed): accuracy", ablation["image_only"]["accuracy"]],
+        ["fused = text-only prediction", consistency["agreement_with_text_only"]],
+        ["fused = image-only prediction", consistency["agreement_with_image_only"]],
+        ["correct rows flipped by removing the image", consistency["flipped_without_image"]],
+        ["correct rows flipped by removing the text", consistency["flipped_without_text"]],
+        ["rows", figures["n"]],
+    ]
+    per_class = [
+        [label, values["precision"], values["recall"], values["f1"], values["support"],
+         ablation["text_only"]["per_class_recall"][label], ablation["image_only"]["per_class_recall"][label]]
+        for label, values in figures["per_class"].items()
+    ]
+    images = "".join(
+        [
+            image_tag(plots.confusion_png(figures["confusion_matrix"], labels), "confusion matrix"),
+            image_tag(plots.confusion_png(figures["confusion_matrix"], labels, normalized=True),
+                      "normalised confusion matrix"),
+            image_tag(ablation_png(figures), "modality ablation"),
+            image_tag(plots.reliability_png(figures["calibration"]), "reliability diagram"),
+        ]
+    )
+    return (
+        f"<h3>On {html.escape(folder.name)}</h3>"
+        + f'<div class="figures">{table(["figure", "value"], headline)}'
+        + table(["class", "precision", "recall", "F1", "support", "text-only recall", "image-only recall"], per_class)
+        + "</div>"
+        + f'<div class="charts wide">{images}</div>'
+        + samples_grid(folder)
+    )
+
+
+def samples_grid(folder: Path) -> str:
+    """Cards for the right and wrong predictions `sample_rows` picks."""
+    path = folder / PREDICTIONS_FILE
+    if not path.is_file():
+        return ""
+    with path.open(encoding="utf-8", newline="") as file:
+        rows = sample_rows(list(csv.DictReader(file)))
+    right = sum(row["correct"] == "1" for row in rows)
+    cards = "".join(sample_card(row, folder) for row in rows)
+    return f"<h4>Sample predictions ({right} right, {len(rows) - right} wrong)</h4><div class=\"cards\">{cards}</div>"
+
+
+def sample_card(row: dict, folder: Path) -> str:
+    attention = attention_overlay_path(folder, row["line"])
+    if attention.is_file():
+        picture = image_tag(attention.read_bytes(), "attention over the image")
+    elif row["image"] and Path(row["image"]).is_file():
+        picture = image_tag(thumbnail(Path(row["image"])), "image")
+    else:
+        picture = '<p class="muted">no image</p>'
+    kind = "right" if row["correct"] == "1" else "wrong"
+    return (
+        f'<div class="card {kind}">{picture}'
+        f"<div>“{html.escape(row['text'] or '(no text)')}”</div>"
+        f"<div>true <b>{html.escape(row['label'])}</b>, predicted <b>{html.escape(row['predicted'])}</b> "
+        f"({float(row['score']):.3f})</div>"
+        f'<div class="muted">text only: {html.escape(row["text_only_predicted"])}, '
+        f"image only: {html.escape(row['image_only_predicted'])}</div></div>"
+    )
+
+
+def thumbnail(image_path: Path) -> bytes:
+    """The image as a PNG of at most `THUMBNAIL_PIXELS` a side."""
+    from PIL import Image
+
+    with Image.open(image_path) as image:
+        image = image.convert("RGB")
+        image.thumbnail((THUMBNAIL_PIXELS, THUMBNAIL_PIXELS))
+        buffer = io.BytesIO()
+        image.save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def run_bundles(run_dir: Path, extra) -> list[tuple[Path, dict]]:
+    """`(folder, bundle.json)` of the bundles exported from this run: next to it (or one level
+    into a sibling folder, like `bundles/NAME`) and the `extra` ones."""
+    run = run_dir.resolve()
+    candidates = [*run.parent.glob(f"*/{BUNDLE_FILE}"), *run.parent.glob(f"*/*/{BUNDLE_FILE}")]
+    candidates += [Path(folder) / BUNDLE_FILE for folder in extra]
+    found = {}
+    for path in candidates:
+        bundle = read_json(path)
+        if bundle.get("source_run") and Path(bundle["source_run"]).resolve() == run:
+            found[path.parent.resolve()] = bundle
+    return sorted(found.items())
+
+
+def bundles_section(bundles: list[tuple[Path, dict]]) -> str:
+    if not bundles:
+        return '<h2>Bundles</h2><p class="muted">None exported yet: mmkeras export RUN_DIR --out BUNDLE_DIR</p>'
+    rows = []
+    for folder, bundle in bundles:
+        conversion = bundle.get("conversion") or {}
+        compute = (conversion.get("ops") or {}).get("compute_ops") or {}
+        parity = conversion.get("parity") or {}
+        evaluations = [read_json(path) for path in sorted(folder.glob(f"{RESULTS_FOLDER}/*/{RESULTS_METRICS_FILE}"))]
+        rows.append(
+            [
+                folder.name,
+                bundle.get("quantization"),
+                None if "size_bytes" not in conversion else f"{conversion['size_bytes'] / 1024:.0f} KB",
+                None if not compute else f"{compute.get('int8', 0)} of {compute.get('total', 0)}",
+                parity.get("label_agreement"),
+                parity.get("max_abs_logit_diff"),
+                [figures["accuracy"] for figures in evaluations] or None,
+                [figures.get("model_ms_per_row") for figures in evaluations] or None,
+            ]
+        )
+    header = ["bundle", "quantization", "size", "int8 compute ops", "parity: label agreement",
+              "parity: max logit diff", "accuracy (evaluate)", "ms per row (evaluate)"]
+    return "<h2>Bundles</h2>" + table(header, rows)
+
+
+def versions_section() -> str:
+    rows = [["mmkeras", __version__]]
+    for package in REPORTED_PACKAGES:
+        try:
+            rows.append([package, metadata.version(package)])
+        except metadata.PackageNotFoundError:
+            continue
+    return "<h2>Versions</h2>" + table(["package", "version"], rows)
+
+
+def config_section(run_dir: Path) -> str:
+    config_path = run_dir / CONFIG_FILE
+    config = config_path.read_text(encoding="utf-8") if config_path.is_file() else ""
+    return f"<h2>Config</h2><pre>{html.escape(config)}</pre>"

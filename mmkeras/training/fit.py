@@ -9,6 +9,7 @@ and for a head model on cached features, `qat_finetune` for a QAT model.
 import logging
 import math
 import time
+from typing import Callable
 
 import numpy as np
 
@@ -32,6 +33,7 @@ def fit(
     checkpoint_steps: int = 0,
     state: TrainingState | None = None,
     best_weights: list | None = None,
+    on_epoch_end: Callable[[TrainingState], None] | None = None,
 ) -> TrainingState:
     """Train from `state` (a fresh run by default) to the end, then restore the best weights.
 
@@ -49,6 +51,8 @@ def fit(
         checkpoint_steps: see `checkpoints`.
         state: where to continue from (a checkpoint's state), or `None`.
         best_weights: the best weights so far when continuing.
+        on_epoch_end: called with the state after each epoch's history is
+            recorded (e.g. `EpochLog`, which writes results.csv).
 
     Returns:
         The final `TrainingState` (history, epoch seconds, early stopping).
@@ -103,17 +107,21 @@ def fit(
             figures["val_loss"], figures["val_accuracy"] = loop.evaluate(val_data)
             _track_best(state, figures["val_loss"], best, model, patience)
         state.epoch_seconds.append(round(time.perf_counter() - started, 3))
+        # The rate after the epoch's last update, read once per epoch (reading a variable waits for every step).
+        figures["learning_rate"] = float(loop.optimizer.learning_rate)
         for key, value in figures.items():
             state.history.setdefault(key, []).append(value)
         logger.info(
             "epoch %d/%d  %s  (%.1fs)",
             state.epoch + 1,
             epochs,
-            " ".join(f"{key} {value:.4f}" for key, value in figures.items()),
+            " ".join(f"{key} {value:.4f}" for key, value in figures.items() if key != "learning_rate"),
             state.epoch_seconds[-1],
         )
         state.epoch, state.batch, state.totals = state.epoch + 1, 0, [0.0, 0.0, 0.0]
         checkpoint()
+        if on_epoch_end is not None:
+            on_epoch_end(state)
     if best["weights"] is not None:
         model.set_weights(best["weights"])
     return state

@@ -24,10 +24,12 @@ import tensorflow as tf
 
 from mmkeras.config import RunConfig
 from mmkeras.data.manifest import BadRow, Manifest
+from mmkeras.evaluation.report import refresh_report
 from mmkeras.folder_lock import folder_lock
 from mmkeras.preprocessing import MultimodalPreprocessor
 from mmkeras.runs import check_run_output, save_run
 from mmkeras.training.checkpoints import Checkpoints, TrainingState, checkpoint_to_resume, restore
+from mmkeras.training.epoch_log import EpochLog
 from mmkeras.training.fit import fit
 from mmkeras.training.run_setup import make_loop, seed_everything
 from mmkeras.training.strategy import make_strategy, worker_session
@@ -74,6 +76,8 @@ class PreparedRun:
         val_data: validation batches, or `None`.
         skipped_rows: rows dropped by `--on-bad-row skip` (training and validation).
         policy: the Keras dtype policy the model computes in.
+        balance: the `ModalityBalance` under `--modality-balance` (then
+            `trained_model` is its training model), else `None`.
     """
 
     model: keras.Model
@@ -85,6 +89,7 @@ class PreparedRun:
     val_data: tf.data.Dataset | None
     skipped_rows: list[BadRow]
     policy: str = "float32"
+    balance: object = None
 
 
 class TrainingJob:
@@ -158,7 +163,9 @@ class TrainingJob:
         prepared = self.prepare(strategy)
         labels = prepared.labels
         label_ids = prepared.train_manifest.encode_labels(labels)
-        loop = make_loop(loop_config, prepared.trained_model, strategy, prepared.policy, label_ids, len(labels))
+        loop = make_loop(
+            loop_config, prepared.trained_model, strategy, prepared.policy, label_ids, len(labels), prepared.balance
+        )
         metrics = self.initial_metrics(prepared, loop)
         best_weights = None
         if resumed is None:
@@ -188,6 +195,7 @@ class TrainingJob:
             checkpoint_steps=config.checkpoint_steps,
             state=TrainingState(config=settings) if resumed is None else resumed.state,
             best_weights=best_weights,
+            on_epoch_end=EpochLog(config.out) if chief else None,
         )
         metrics.update(
             loss=state.history["loss"][-1],
@@ -218,6 +226,7 @@ class TrainingJob:
             )
             checkpoints.clear()
             logger.info("run saved to %s", config.out)
+            refresh_report(config.out)
         return JobResult(run_dir=Path(config.out), metrics=metrics, history=state.history, model=model, is_chief=chief)
 
 

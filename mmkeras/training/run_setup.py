@@ -83,7 +83,9 @@ def epoch_datasets(
     return train_epochs, val_data
 
 
-def make_loop(config: RunConfig, model, strategy, policy: str, label_ids, num_classes: int) -> TrainingLoop:
+def make_loop(
+    config: RunConfig, model, strategy, policy: str, label_ids, num_classes: int, balance=None
+) -> TrainingLoop:
     """The loop that trains `model` with the run's optimizer, class weights, accumulation and XLA choice.
 
     Args:
@@ -97,6 +99,7 @@ def make_loop(config: RunConfig, model, strategy, policy: str, label_ids, num_cl
         label_ids: the training rows' labels (the schedule's length and the
             balanced class weights).
         num_classes: the number of classes.
+        balance: the run's `ModalityBalance` (`model` is its training model), or `None`.
     """
     total_steps = updates_per_epoch(len(label_ids), config.batch_size, config.gradient_accumulation) * config.epochs
     with strategy.scope():
@@ -109,4 +112,5 @@ def make_loop(config: RunConfig, model, strategy, policy: str, label_ids, num_cl
         class_weights=class_weights,
         gradient_accumulation=config.gradient_accumulation,
         jit_compile=config.jit_compile,
+        balance=balance,
     )

@@ -18,6 +18,7 @@ from mmkeras.errors import UserError
 from mmkeras.models.builder import FROZEN_BACKBONES, build_model, pretrained_backbones
 from mmkeras.training.feature_cache import CachedEpochs, cache_features, default_cache_dir, split_at_frozen_backbones
 from mmkeras.training.job import JobResult, PreparedRun, TrainingJob
+from mmkeras.training.modality_balance import ModalityBalance
 from mmkeras.training.precision import dtype_policy, float32_copy, resolve_policy
 from mmkeras.training.run_setup import checked_manifests, epoch_datasets
 
@@ -90,6 +91,11 @@ class TrainJob(TrainingJob):
         trained_model, train_epochs, val_data = _training_data(
             config, model, preprocessor, labels, train_manifest, val_manifest
         )
+        balance = None
+        if config.modality_balance != "none":
+            with strategy.scope():
+                balance = ModalityBalance(config.modality_balance, model, len(labels))
+            trained_model = balance.training_model
         return PreparedRun(
             model=model,
             trained_model=trained_model,
@@ -100,6 +106,7 @@ class TrainJob(TrainingJob):
             val_data=val_data,
             skipped_rows=skipped,
             policy=policy,
+            balance=balance,
         )
 
     def initial_metrics(self, prepared: PreparedRun, loop) -> dict:

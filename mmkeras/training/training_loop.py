@@ -53,6 +53,10 @@ class TrainingLoop:
             replica under a distributed strategy, where XLA cannot reach the
             other replicas' variables); `None` (the default): XLA on GPUs
             only (`use_xla`).
+        balance: a `ModalityBalance` whose `training_model` is `model`
+            (outputs: fused, text-only and image-only logits): its loss is
+            trained and its gradient modulation applied; the figures are the
+            fused logits'.
 
     Example:
     >>> loop = TrainingLoop(model, keras.optimizers.Adam(1e-3))       # doctest: +SKIP
@@ -69,8 +73,10 @@ class TrainingLoop:
         class_weights=None,
         gradient_accumulation: int = 1,
         jit_compile: bool | None = None,
+        balance=None,
     ):
         self.model = model
+        self.balance = balance
         self.optimizer = optimizer
         self.strategy = strategy or tf.distribute.get_strategy()
         self.gradient_accumulation = gradient_accumulation
@@ -116,11 +122,17 @@ class TrainingLoop:
         """Gradients of this replica's share of `sum(losses) / group_size` (global examples per update)."""
         variables = self.model.trainable_variables
         with tf.GradientTape() as tape:
-            logits = self.model(inputs, training=True)
+            outputs = self.model(inputs, training=True)
+            logits = outputs if self.balance is None else outputs[0]
             losses = self._per_example_loss(labels, logits)
-            loss = tf.reduce_sum(losses) / tf.cast(group_size, tf.float32)
+            objective = losses
+            if self.balance is not None:
+                objective = self.balance.per_example_loss(labels, outputs, self._per_example_loss)
+            loss = tf.reduce_sum(objective) / tf.cast(group_size, tf.float32)
             scaled = self.optimizer.scale_loss(loss)  # loss scaling under mixed_float16, else the loss itself
         gradients = densify_gradients(tape.gradient(scaled, variables))
+        if self.balance is not None:
+            gradients = self.balance.modulate(gradients, labels, outputs)
         return gradients, _figures(labels, logits, losses)
 
     def _replica_accumulate(self, inputs, labels, group_size):
@@ -140,6 +152,7 @@ class TrainingLoop:
 
     def _replica_evaluate(self, inputs, labels):
         logits = self.model(inputs, training=False)
+        logits = logits if self.balance is None else logits[0]
         return _figures(labels, logits, self._per_example_loss(labels, logits))
 
     def _run(self, replica_fn, args):

@@ -1,0 +1,167 @@
+"""The evaluation and report figures, drawn with matplotlib as PNG bytes.
+
+matplotlib comes with the training extra; the device-only install evaluates
+bundles without it (`can_plot()` is false there and no figure is drawn).
+
+Example:
+>>> png = confusion_png([[3, 1], [0, 4]], ["cat", "dog"])  # doctest: +SKIP
+>>> png[:4]  # doctest: +SKIP
+b'\\x89PNG'
+"""
+
+import importlib.util
+import io
+
+import numpy as np
+
+DPI = 110
+
+
+def can_plot() -> bool:
+    """Whether matplotlib is installed (found without importing it)."""
+    return importlib.util.find_spec("matplotlib") is not None
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")  # no display on training servers
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _png(figure) -> bytes:
+    buffer = io.BytesIO()
+    figure.tight_layout()
+    figure.savefig(buffer, format="png", dpi=DPI)
+    _pyplot().close(figure)
+    return buffer.getvalue()
+
+
+def confusion_png(matrix, labels: list[str], *, normalized: bool = False) -> bytes:
+    """A heatmap of the confusion matrix (rows true, columns predicted); `normalized` divides each row by its sum."""
+    plt = _pyplot()
+    counts = np.asarray(matrix, dtype=np.float64)
+    values = counts / np.maximum(counts.sum(axis=1, keepdims=True), 1) if normalized else counts
+    size = max(3.5, 0.45 * len(labels) + 2)
+    figure, axes = plt.subplots(figsize=(size + 1, size))
+    image = axes.imshow(values, cmap="Blues", vmin=0, vmax=1 if normalized else max(1, values.max()))
+    figure.colorbar(image, ax=axes, fraction=0.046)
+    ticks = range(len(labels))
+    axes.set_xticks(ticks, labels, rotation=45, ha="right", fontsize=8)
+    axes.set_yticks(ticks, labels, fontsize=8)
+    axes.set_xlabel("predicted")
+    axes.set_ylabel("true")
+    axes.set_title("confusion matrix" + (" (each row sums to 1)" if normalized else ""))
+    if len(labels) <= 15:
+        threshold = values.max() / 2 if values.max() else 1
+        for (row, column), value in np.ndenumerate(values):
+            text = f"{value:.2f}" if normalized else f"{int(value)}"
+            axes.text(column, row, text, ha="center", va="center", fontsize=7,
+                      color="white" if value > threshold else "black")
+    return _png(figure)
+
+
+def reliability_png(calibration: dict) -> bytes:
+    """The reliability diagram: accuracy per confidence bin against the diagonal, with the ECE."""
+    plt = _pyplot()
+    figure, axes = plt.subplots(figsize=(4.5, 4))
+    bins = [entry for entry in calibration["reliability"] if entry["count"]]
+    width = 1.0 / calibration["bins"]
+    axes.bar([entry["lower"] for entry in bins], [entry["accuracy"] for entry in bins], width=width,
+             align="edge", edgecolor="black", color="#4c78a8", label="accuracy")
+    axes.bar([entry["lower"] for entry in bins],
+             [entry["confidence"] - entry["accuracy"] for entry in bins],
+             bottom=[entry["accuracy"] for entry in bins], width=width, align="edge",
+             color="#e45756", alpha=0.35, label="gap to confidence")
+    axes.plot([0, 1], [0, 1], "k--", linewidth=1, label="perfect calibration")
+    axes.set_xlim(0, 1)
+    axes.set_ylim(0, 1)
+    axes.set_xlabel("confidence")
+    axes.set_ylabel("accuracy")
+    axes.set_title(f"reliability (ECE {calibration['ece']:.3f})")
+    axes.legend(fontsize=7, loc="upper left")
+    return _png(figure)
+
+
+def bar_chart_png(groups: dict[str, dict[str, float]], *, title: str, ylabel: str) -> bytes:
+    """Grouped bars: `groups` maps a series name to {category: value} (the same categories in each)."""
+    plt = _pyplot()
+    categories = list(next(iter(groups.values())).keys()) if groups else []
+    figure, axes = plt.subplots(figsize=(min(8, max(5, 0.3 * len(categories) * max(1, len(groups)) + 2)), 4))
+    width = 0.8 / max(1, len(groups))
+    positions = np.arange(len(categories))
+    for offset, (series, values) in enumerate(groups.items()):
+        axes.bar(positions + offset * width - 0.4 + width / 2, [values[c] for c in categories], width, label=series)
+    axes.set_xticks(positions, categories, rotation=30 if len(categories) > 4 else 0, ha="right", fontsize=8)
+    axes.set_ylim(0, 1.05)
+    axes.set_ylabel(ylabel)
+    axes.set_title(title)
+    axes.grid(axis="y", alpha=0.3)
+    axes.legend(fontsize=8)
+    return _png(figure)
+
+
+def curve_png(history: dict, keys: tuple[str, ...], *, ylabel: str, best_epoch: int | None = None) -> bytes:
+    """Per-epoch curves of the `history` entries `keys`, with the best epoch (1-based) marked."""
+    plt = _pyplot()
+    figure, axes = plt.subplots(figsize=(4.6, 3.2))
+    for key in keys:
+        if key in history:
+            axes.plot(range(1, len(history[key]) + 1), history[key], marker="o", markersize=3, label=key)
+    if best_epoch is not None:
+        axes.axvline(best_epoch, color="grey", linestyle=":", label=f"best epoch {best_epoch}")
+    axes.set_xlabel("epoch")
+    axes.set_ylabel(ylabel)
+    axes.grid(alpha=0.3)
+    axes.legend(fontsize=8)
+    return _png(figure)
+
+
+def heatmap_overlay_png(image: np.ndarray, heatmap: np.ndarray, *, title: str) -> bytes:
+    """`heatmap` (any shape, upsampled to the image) drawn translucent over an RGB image (0..255)."""
+    plt = _pyplot()
+    figure, axes = plt.subplots(figsize=(3.2, 3.2))
+    height, width = image.shape[:2]
+    axes.imshow(np.asarray(image, dtype=np.uint8), extent=(0, width, height, 0))
+    axes.imshow(heatmap, cmap="jet", alpha=0.45, extent=(0, width, height, 0), interpolation="bilinear")
+    axes.set_axis_off()
+    axes.set_title(title, fontsize=9)
+    return _png(figure)
+
+
+def explanation_png(image, explanation: dict, labels: list[str]) -> bytes:
+    """One figure of `explain`'s findings: the image, its occlusion map, the attention map (when there is
+    one), the words' importances and the modality contribution."""
+    plt = _pyplot()
+    panels = 4 + (explanation.get("attention") is not None)
+    figure, axes = plt.subplots(1, panels, figsize=(3.3 * panels, 3.4))
+    label = labels[explanation["class_index"]]
+    axes[0].set_title(f"predicted {label} ({explanation['probability']:.2f})", fontsize=9)
+    if image is not None:
+        axes[0].imshow(np.asarray(image, dtype=np.uint8))
+    maps = [("occlusion: probability drop", explanation["image_heatmap"])]
+    if explanation.get("attention") is not None:
+        maps.append(("cross-attention of the text", explanation["attention"]["image"]))
+    for panel, (title, heatmap) in zip(axes[1:], maps):
+        if image is not None and heatmap is not None:
+            height, width = np.asarray(image).shape[:2]
+            panel.imshow(np.asarray(image, dtype=np.uint8), extent=(0, width, height, 0))
+            panel.imshow(np.asarray(heatmap), cmap="jet", alpha=0.5, extent=(0, width, height, 0),
+                         interpolation="nearest")
+        panel.set_title(title, fontsize=9)
+    for panel in axes[: len(maps) + 1]:
+        panel.set_axis_off()
+    words = explanation["words"]
+    word_axes, modality_axes = axes[-2], axes[-1]
+    word_axes.barh([entry["word"] for entry in words][::-1], [entry["importance"] for entry in words][::-1],
+                   color="#4c78a8")
+    word_axes.set_title("words: probability drop when removed", fontsize=9)
+    word_axes.tick_params(labelsize=8)
+    modality = explanation["modality"]
+    modality_axes.bar(list(modality), list(modality.values()), color=["#4c78a8", "#f58518", "#54a24b"])
+    modality_axes.set_ylim(0, 1)
+    modality_axes.set_title(f"probability of {label}", fontsize=9)
+    modality_axes.tick_params(labelsize=8)
+    return _png(figure)

@@ -1,0 +1,146 @@
+"""The results folder `evaluate` writes for each manifest it evaluates a run or a bundle on.
+
+```
+TARGET/results/<manifest stem>/
+  metrics.json                     every figure `evaluate --json` prints
+  per_class.csv                    precision, recall, F1, support, text-only and image-only recall per class
+  predictions.csv                  per row: text, image, true and predicted label, scores, ablated predictions
+  confusion_matrix.png             counts (rows true, columns predicted)
+  confusion_matrix_normalized.png  each row divided by its support
+  reliability.png                  the reliability diagram
+  modality_ablation.png            per-class accuracy: fused, text only, image only
+  attention/line-<N>.png           a cross-attention run: the text's attention over the image of the
+                                   sample rows the report shows (N: the manifest line)
+```
+
+The PNG files need matplotlib (the training extra); where only the device
+runtime is installed the folder holds the JSON and CSV files alone.
+TensorFlow-free.
+"""
+
+import csv
+import io
+import logging
+from pathlib import Path
+
+import numpy as np
+
+from mmkeras.atomic_files import write_atomically, write_json_atomically
+from mmkeras.evaluation import plots
+
+logger = logging.getLogger("mmkeras")
+
+RESULTS_FOLDER = "results"
+ATTENTION_FOLDER = "attention"
+# Right and wrong predictions the report shows (the most confident of each).
+SAMPLES_PER_KIND = 6
+METRICS_FILE = "metrics.json"
+PER_CLASS_FILE = "per_class.csv"
+PREDICTIONS_FILE = "predictions.csv"
+
+
+def results_dir(target, data) -> Path:
+    """`TARGET/results/<stem of the manifest>`: where `evaluate` writes the figures of `data`."""
+    return Path(target) / RESULTS_FOLDER / Path(data).stem
+
+
+def write_results(folder, figures: dict, predictions: list[dict]) -> Path:
+    """Write metrics.json, per_class.csv, predictions.csv and (with matplotlib) the figures.
+
+    Args:
+        folder: the results folder (created).
+        figures: what `evaluate` returns.
+        predictions: one dict per row (the columns of predictions.csv, in order).
+
+    Returns:
+        The folder.
+    """
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    write_json_atomically(folder / METRICS_FILE, figures)
+    write_csv(folder / PER_CLASS_FILE, per_class_rows(figures))
+    write_csv(folder / PREDICTIONS_FILE, predictions)
+    if plots.can_plot():
+        labels = list(figures["per_class"])
+        pngs = {
+            "confusion_matrix.png": plots.confusion_png(figures["confusion_matrix"], labels),
+            "confusion_matrix_normalized.png": plots.confusion_png(
+                figures["confusion_matrix"], labels, normalized=True
+            ),
+            "reliability.png": plots.reliability_png(figures["calibration"]),
+            "modality_ablation.png": ablation_png(figures),
+        }
+        for name, png in pngs.items():
+            write_atomically(folder / name, lambda partial, png=png: partial.write_bytes(png))
+    else:
+        logger.info("matplotlib is not installed: %s holds no figures", folder)
+    return folder
+
+
+def per_class_rows(figures: dict) -> list[dict]:
+    """The rows of per_class.csv."""
+    ablation = figures["modality_ablation"]
+    return [
+        {
+            "label": label,
+            **{key: round_figure(value) for key, value in values.items()},
+            "text_only_recall": round_figure(ablation["text_only"]["per_class_recall"][label]),
+            "image_only_recall": round_figure(ablation["image_only"]["per_class_recall"][label]),
+        }
+        for label, values in figures["per_class"].items()
+    ]
+
+
+def ablation_png(figures: dict) -> bytes:
+    """Per-class recall with both modalities, the text only and the image only."""
+    ablation = figures["modality_ablation"]
+    groups = {
+        "fused": {label: values["recall"] for label, values in figures["per_class"].items()},
+        "text only": ablation["text_only"]["per_class_recall"],
+        "image only": ablation["image_only"]["per_class_recall"],
+    }
+    return plots.bar_chart_png(groups, title="modality ablation: per-class accuracy", ylabel="recall")
+
+
+def write_csv(path: Path, rows: list[dict]):
+    """Rows of dicts (the first row's keys are the header) as a UTF-8 CSV file, atomically."""
+    buffer = io.StringIO()
+    if rows:
+        writer = csv.DictWriter(buffer, fieldnames=list(rows[0]), lineterminator="\n")
+        writer.writeheader()
+        writer.writerows(rows)
+    text = buffer.getvalue()
+    write_atomically(path, lambda partial: partial.write_text(text, encoding="utf-8"))
+
+
+def round_figure(value):
+    """A float rounded to 4 decimals for tables (other values unchanged)."""
+    return round(float(value), 4) if isinstance(value, (float, np.floating)) else value
+
+
+def sample_rows(rows: list[dict]) -> list[dict]:
+    """Up to `SAMPLES_PER_KIND` right then wrong predictions (predictions.csv rows), most confident first."""
+    by_score = sorted(rows, key=lambda row: -float(row["score"]))
+    right = [row for row in by_score if int(row["correct"])][:SAMPLES_PER_KIND]
+    wrong = [row for row in by_score if not int(row["correct"])][:SAMPLES_PER_KIND]
+    return right + wrong
+
+
+def attention_overlay_path(folder, line) -> Path:
+    return Path(folder) / ATTENTION_FOLDER / f"line-{line}.png"
+
+
+def write_attention_overlays(run, folder, rows: list[dict]):
+    """The text-to-image attention of a cross-attention run over the image of each row that has both modalities."""
+    from mmkeras.evaluation.attention_maps import cross_attention_maps, has_cross_attention
+
+    rows = [row for row in rows if row["text"] and row["image"]]
+    if not plots.can_plot() or not rows or not has_cross_attention(run.model):
+        return
+    texts, images = [row["text"] for row in rows], [row["image"] for row in rows]
+    maps = cross_attention_maps(run, texts, images)["image"]
+    pixels = run.preprocessor(texts, images)["image"]
+    (Path(folder) / ATTENTION_FOLDER).mkdir(exist_ok=True)
+    for row, heatmap, image in zip(rows, maps, pixels):
+        png = plots.heatmap_overlay_png(image, heatmap, title="text's attention over the image")
+        write_atomically(attention_overlay_path(folder, row["line"]), lambda partial, png=png: partial.write_bytes(png))

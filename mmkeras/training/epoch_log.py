@@ -1,0 +1,74 @@
+"""`EpochLog`: a run's per-epoch record, written as training goes: results.csv and TensorBoard events.
+
+`results.csv` has one row per finished epoch (losses, accuracies, learning
+rate, seconds) and is rewritten whole from the training state after each
+epoch, so a resumed run's file matches an uninterrupted run's. TensorBoard
+event files (`RUN_DIR/tensorboard/`) are written when the `tensorboard`
+package is installed (`pip install "mmkeras[tensorboard]"`); without it they
+are skipped with one log line.
+
+Example:
+>>> log = EpochLog("runs/demo")                                        # doctest: +SKIP
+>>> fit(loop, epochs_data, val_data, epochs=10, batch_size=32,
+...     on_epoch_end=log)                                               # doctest: +SKIP
+"""
+
+import importlib.util
+import logging
+from pathlib import Path
+
+from mmkeras.evaluation.results_folder import write_csv
+from mmkeras.training.checkpoints import TrainingState
+
+logger = logging.getLogger("mmkeras")
+
+RESULTS_CSV = "results.csv"
+TENSORBOARD_FOLDER = "tensorboard"
+# results.csv's columns after `epoch`, in order; a key a run does not have (no validation) is left out.
+COLUMNS = ("loss", "accuracy", "val_loss", "val_accuracy", "learning_rate")
+
+
+class EpochLog:
+    """Writes results.csv (and TensorBoard scalars) after each epoch; call it with the `TrainingState`.
+
+    Args:
+        run_dir: the run folder.
+        tensorboard: write TensorBoard event files when the package is
+            installed.
+    """
+
+    def __init__(self, run_dir, *, tensorboard: bool = True):
+        self.run_dir = Path(run_dir)
+        self.writer = None
+        if tensorboard and importlib.util.find_spec("tensorboard") is not None:
+            import tensorflow as tf
+
+            self.writer = tf.summary.create_file_writer(str(self.run_dir / TENSORBOARD_FOLDER))
+        elif tensorboard:
+            logger.info('tensorboard is not installed: no event files (pip install "mmkeras[tensorboard]")')
+
+    def __call__(self, state: TrainingState):
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        write_csv(self.run_dir / RESULTS_CSV, epoch_rows(state))
+        if self.writer is not None:
+            self._write_scalars(state)
+
+    def _write_scalars(self, state: TrainingState):
+        import tensorflow as tf
+
+        epoch = len(state.epoch_seconds)
+        with self.writer.as_default(step=epoch):
+            for key in COLUMNS:
+                if key in state.history:
+                    tf.summary.scalar(key, state.history[key][-1])
+            tf.summary.scalar("epoch_seconds", state.epoch_seconds[-1])
+        self.writer.flush()
+
+
+def epoch_rows(state: TrainingState) -> list[dict]:
+    """The rows of results.csv: `epoch` (1-based), the `COLUMNS` the run has, and `seconds`."""
+    keys = [key for key in COLUMNS if key in state.history]
+    return [
+        {"epoch": epoch + 1, **{key: state.history[key][epoch] for key in keys}, "seconds": seconds}
+        for epoch, seconds in enumerate(state.epoch_seconds)
+    ]

@@ -1,0 +1,37 @@
+import json
+
+import yaml
+from test_cli_end_to_end import run_cli
+
+
+def fake_run(folder, fusion, val_accuracy, epoch_seconds):
+    """A run folder's files that `compare` reads without --data (the model file is not opened)."""
+    folder.mkdir()
+    (folder / "model.keras").write_bytes(b"")
+    (folder / "labels.json").write_text('["a", "b"]')
+    (folder / "config.yaml").write_text(yaml.safe_dump({"fusion": fusion}))
+    metrics = {"val_accuracy": val_accuracy, "trainable_params": 1000, "total_params": 1200,
+               "epoch_seconds": epoch_seconds}
+    (folder / "metrics.json").write_text(json.dumps(metrics))
+    return folder
+
+
+def test_compare_without_data_tabulates_the_runs_own_figures(tmp_path, capsys):
+    concat = fake_run(tmp_path / "concat", "concat", 0.75, [9.0, 1.0, 3.0])
+    gated = fake_run(tmp_path / "gated", "gated", 0.5, [5.0])
+    code, out, _ = run_cli(capsys, "compare", concat, gated)
+    assert code == 0
+    lines = out.splitlines()
+    assert lines[0].split()[:5] == ["run", "fusion", "trainable", "s/epoch", "val"]
+    assert lines[1].split()[:5] == ["concat", "concat", "1000", "2.0000", "0.7500"]  # the first epoch left out
+    assert lines[2].split()[:5] == ["gated", "gated", "1000", "5.0000", "0.5000"]
+    code, out, _ = run_cli(capsys, "compare", concat, gated, "--json")
+    comparison = json.loads(out)
+    assert comparison["data"] is None
+    assert [run["figures"] for run in comparison["runs"]] == [None, None]
+
+
+def test_compare_refuses_a_folder_that_is_not_a_run(tmp_path, capsys):
+    code, _, err = run_cli(capsys, "compare", tmp_path)
+    assert code == 2
+    assert "not a run folder" in err

@@ -1,0 +1,176 @@
+"""A trained run's saved results: results.csv and TensorBoard from train, the results folder from evaluate,
+and the HTML report rendered in a real (headless) browser."""
+
+import csv
+import importlib.util
+import json
+import math
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+
+import pytest
+from test_cli_end_to_end import SAMPLES, run_cli, write_subset
+
+from mmkeras.cli.app import main
+from mmkeras.evaluation.report import SECTIONS
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+CHROMIUM_FLAGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+
+
+@pytest.fixture(scope="module")
+def evaluated(tmp_path_factory):
+    """A 2-epoch run, its float bundle next to it, both evaluated on the validation rows."""
+    folder = tmp_path_factory.mktemp("evaluated")
+    train = write_subset(SAMPLES / "train.csv", folder / "train.csv", 96)
+    val = write_subset(SAMPLES / "val.csv", folder / "val.csv", 32)
+    run_dir, bundle_dir = folder / "run", folder / "bundle"
+    assert main(["train", "--data", str(train), "--val", str(val), "--out", str(run_dir), "--epochs", "2"]
+                + ["--batch-size", "16", "--seed", "1", "--json"]) == 0
+    assert main(["export", str(run_dir), "--out", str(bundle_dir), "--json"]) == 0
+    return {"run": run_dir, "bundle": bundle_dir, "val": val}
+
+
+def test_train_writes_results_csv_and_tensorboard_events(evaluated):
+    with (evaluated["run"] / "results.csv").open(newline="") as file:
+        rows = list(csv.DictReader(file))
+    assert [row["epoch"] for row in rows] == ["1", "2"]
+    assert set(rows[0]) == {"epoch", "loss", "accuracy", "val_loss", "val_accuracy", "learning_rate", "seconds"}
+    # The rate after each epoch's last update: the cosine schedule ends at 0.
+    learning_rates = [float(row["learning_rate"]) for row in rows]
+    assert learning_rates[0] > learning_rates[1] >= 0
+    history = json.loads((evaluated["run"] / "history.json").read_text())
+    assert [float(row["val_loss"]) for row in rows] == pytest.approx(history["val_loss"])
+    if importlib.util.find_spec("tensorboard") is None:
+        assert not (evaluated["run"] / "tensorboard").exists()
+    else:
+        assert list((evaluated["run"] / "tensorboard").glob("events.out.tfevents.*"))
+
+
+@pytest.mark.parametrize("target", ["run", "bundle"])
+def test_evaluate_json_has_calibration_consistency_and_saves_a_results_folder(evaluated, target, capsys):
+    code, out, _ = run_cli(capsys, "evaluate", evaluated[target], "--data", evaluated["val"], "--json")
+    assert code == 0
+    figures = json.loads(out, parse_constant=lambda name: pytest.fail(f"{name} in --json"))
+    assert 0.0 <= figures["calibration"]["ece"] <= 1.0
+    assert set(figures["top_k_accuracy"]) == {"top_2", "top_3", "top_5"}
+    assert figures["top_k_accuracy"]["top_5"] >= figures["top_k_accuracy"]["top_2"] >= figures["accuracy"]
+    consistency = figures["consistency"]
+    assert {"agreement_with_text_only", "agreement_with_image_only", "flipped_without_image",
+            "flipped_without_text"} <= set(consistency)
+    text_only = figures["modality_ablation"]["text_only"]
+    assert set(text_only["per_class_recall"]) == set(figures["per_class"])
+
+    folder = evaluated[target] / "results" / "val"
+    assert figures["results_dir"] == str(folder)
+    assert json.loads((folder / "metrics.json").read_text())["accuracy"] == figures["accuracy"]
+    for name in ("confusion_matrix.png", "confusion_matrix_normalized.png", "reliability.png", "modality_ablation.png"):
+        assert (folder / name).read_bytes().startswith(b"\x89PNG")
+    with (folder / "predictions.csv").open(newline="") as file:
+        predictions = list(csv.DictReader(file))
+    assert len(predictions) == figures["n"] == 32
+    assert sum(int(row["correct"]) for row in predictions) == round(figures["accuracy"] * 32)
+    scores = [float(value) for key, value in predictions[0].items() if key.startswith("score_")]
+    assert math.isclose(sum(scores), 1.0, abs_tol=1e-3)
+    with (folder / "per_class.csv").open(newline="") as file:
+        assert {row["label"] for row in csv.DictReader(file)} == set(figures["per_class"])
+
+
+# The device-only install: no TensorFlow, Keras, keras-hub or matplotlib.
+DEVICE_ONLY = """
+import importlib.util
+import sys
+
+BLOCKED = ("tensorflow", "keras", "keras_hub", "matplotlib")
+
+class BlockTrainingExtra:
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] in BLOCKED:
+            raise ImportError(f"blocked import of {name}")
+
+# As where they are not installed: importing them fails, and looking them up finds nothing.
+sys.meta_path.insert(0, BlockTrainingExtra())
+find_spec = importlib.util.find_spec
+importlib.util.find_spec = lambda name, package=None: (
+    None if name.split(".")[0] in BLOCKED else find_spec(name, package)
+)
+from mmkeras.cli.app import main
+
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def test_evaluating_a_bundle_without_the_training_extra_saves_figures_without_plots(evaluated, tmp_path):
+    bundle = tmp_path / "bundle"
+    shutil.copytree(evaluated["bundle"], bundle, ignore=shutil.ignore_patterns("results"))
+    completed = subprocess.run(
+        [sys.executable, "-c", DEVICE_ONLY, "evaluate", str(bundle), "--data", str(evaluated["val"]), "--json"],
+        capture_output=True, text=True, timeout=300,
+    )
+    assert completed.returncode == 0, completed.stderr
+    assert "ece" in json.loads(completed.stdout)["calibration"]
+    saved = {path.name for path in (bundle / "results" / "val").iterdir()}
+    assert saved == {"metrics.json", "per_class.csv", "predictions.csv"}
+
+
+def test_report_has_every_section_and_lists_the_bundle(evaluated, capsys):
+    run_cli(capsys, "evaluate", evaluated["run"], "--data", evaluated["val"])
+    page = (evaluated["run"] / "report.html").read_text()
+    for section in SECTIONS:
+        assert f'<section id="{section}">' in page
+    assert "http://" not in page and "https://" not in page  # nothing from the network
+    assert "On val" in page and "Sample predictions" in page
+    assert ">bundle<" in page  # the bundle exported next to the run
+    # curves (3), confusion (2), ablation, reliability, and the sample cards' images
+    assert len(re.findall(r'src="data:image/png;base64,', page)) > 8
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="chromium is not installed (apt-get install -y chromium)")
+def test_report_renders_in_a_browser_with_every_image_loaded(evaluated, capsys):
+    run_cli(capsys, "evaluate", evaluated["run"], "--data", evaluated["val"])
+    page = evaluated["run"] / "report.html"
+    with tempfile.TemporaryDirectory() as profile:
+        completed = subprocess.run(
+            [CHROMIUM, *CHROMIUM_FLAGS, f"--user-data-dir={profile}", "--virtual-time-budget=10000",
+             "--dump-dom", page.as_uri()],
+            capture_output=True, text=True, timeout=180,
+        )
+    body = re.search(r"<body([^>]*)>", completed.stdout)
+    assert body, completed.stderr[-2000:]
+    attributes = dict(re.findall(r'([\w-]+)="([^"]*)"', body.group(1)))
+    assert int(attributes["data-sections"]) == len(SECTIONS)
+    assert int(attributes["data-images-total"]) > 8
+    assert attributes["data-images-loaded"] == attributes["data-images-total"]
+
+
+def test_compare_evaluates_each_run_and_benchmarks_its_bundles(evaluated, tmp_path, capsys):
+    code, out, _ = run_cli(capsys, "compare", evaluated["run"], "--data", evaluated["val"], "--out", tmp_path, "--json")
+    assert code == 0
+    [run] = json.loads(out)["runs"]
+    saved = json.loads((evaluated["run"] / "results" / "val" / "metrics.json").read_text())
+    assert run["figures"]["accuracy"] == saved["accuracy"]
+    assert run["settings"]["fusion"] == "cross-attention"
+    [bundle] = run["bundles"]
+    assert bundle["name"] == "bundle"
+    assert bundle["size_bytes"] == (evaluated["bundle"] / "model.tflite").stat().st_size
+    assert bundle["p50_ms"] > 0
+    assert (tmp_path / "comparison.png").read_bytes().startswith(b"\x89PNG")
+
+
+def test_evaluating_a_cross_attention_run_saves_attention_overlays_the_report_shows(evaluated, capsys):
+    run_cli(capsys, "evaluate", evaluated["run"], "--data", evaluated["val"])
+    overlays = list((evaluated["run"] / "results" / "val" / "attention").glob("line-*.png"))
+    assert overlays and all(path.read_bytes().startswith(b"\x89PNG") for path in overlays)
+    page = (evaluated["run"] / "report.html").read_text()
+    assert page.count('alt="attention over the image"') == len(overlays)
