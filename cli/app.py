@@ -109,6 +109,18 @@ def prepare_target(target: Path, command: str):
         load_tensorflow()
 
 
+def with_flag_names(replace, overrides: dict) -> RunConfig:
+    """`replace(**overrides)`, a setting's error naming the flag it came from (`--learning-rate`, not `learning_rate`)."""
+    try:
+        return replace(**overrides)
+    except UserError as error:
+        name = error.reason.split(" ", 1)[0]
+        if name not in overrides or error.path:
+            raise
+        flag = "--" + name.replace("_", "-")
+        raise UserError(flag + error.reason[len(name) :]) from None
+
+
 def given(**values) -> dict:
     """The options the user gave (typer passes `None` for the others)."""
     return {key: value for key, value in values.items() if value is not None}
@@ -242,7 +254,7 @@ def train(
         checkpoint_steps=checkpoint_steps,
         modality_balance=modality_balance,
     )
-    run_config = base.replace(**overrides)
+    run_config = with_flag_names(base.replace, overrides)
     if not run_config.data or not run_config.out:
         raise UserError("training needs a training manifest (--data) and a run folder (--out)")
     preflight.require_training_extra("train")
