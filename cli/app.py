@@ -110,7 +110,7 @@ def prepare_target(target: Path, command: str):
 
 
 def with_flag_names(replace, overrides: dict) -> RunConfig:
-    """`replace(**overrides)`, a setting's error naming the flag it came from (`--learning-rate`, not `learning_rate`)."""
+    """`replace(**overrides)`; a setting's error names its flag (`--learning-rate`, not `learning_rate`)."""
     try:
         return replace(**overrides)
     except UserError as error:

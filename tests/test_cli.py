@@ -195,8 +195,10 @@ def test_json_output_has_no_nan_or_infinity(capsys):
     assert json.loads(capsys.readouterr().out) == {"loss": None, "figures": [1.0, None], "nested": {"x": None}}
 
 
-@pytest.mark.parametrize("flag, value", [("--learning-rate", "nan"), ("--new-layers-lr-scale", "inf"), ("--epochs", "0")])
+@pytest.mark.parametrize(
+    "flag, value", [("--learning-rate", "nan"), ("--new-layers-lr-scale", "inf"), ("--epochs", "0")]
+)
 def test_a_bad_value_is_named_by_its_flag(flag, value, capsys):
     code, _, err = run_cli(capsys, "train", "--data", "x.csv", "--out", "run", flag, value)
     assert code == 2
-    assert err.startswith(f"error: {flag} must be") or err.startswith(f"error: Invalid value for '{flag}'")
+    assert err.startswith((f"error: {flag} must be", f"error: Invalid value for '{flag}'"))
