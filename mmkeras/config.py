@@ -20,6 +20,8 @@ OPTIMIZERS = ("adamw", "adam", "sgd")
 ON_BAD_ROW = ("fail", "skip")
 MIXED_PRECISION = ("auto", "off", "float16", "bfloat16")
 CLASS_WEIGHTS = ("none", "balanced")
+# classify: one label per row; match: does the text fit the image (two labels: match/mismatch, 1/0, true/false).
+TASKS = ("classify", "match")
 
 
 @dataclasses.dataclass
@@ -79,6 +81,13 @@ class RunConfig:
             rows / (classes * rows of that class) in the loss).
         checkpoint_steps: also write a resume checkpoint every this many
             optimizer updates (0: only at the end of each epoch).
+        task: `classify` (one label per row) or `match` (whether the text
+            fits the image: a probability from the fusion together with the
+            aligned embeddings' similarity).
+        init_from: an align run (`mmkeras align`) whose backbones,
+            tokenizer, projections and temperature the model starts from.
+        embedding_dim: width of the shared text-image embedding space (an
+            align run's projections, and the match task's).
 
     Example:
     >>> config = RunConfig(data="samples/train.csv", out="runs/demo", epochs=3)
@@ -117,6 +126,9 @@ class RunConfig:
     gradient_accumulation: int = 1
     class_weight: str = "none"
     checkpoint_steps: int = 0
+    task: str = "classify"
+    init_from: str | None = None
+    embedding_dim: int = 64
 
     def __post_init__(self):
         self.validate()
@@ -131,11 +143,20 @@ class RunConfig:
             "on_bad_row": ON_BAD_ROW,
             "mixed_precision": MIXED_PRECISION,
             "class_weight": CLASS_WEIGHTS,
+            "task": TASKS,
         }
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
                 raise UserError(f"{name} must be one of {', '.join(allowed)}, got {getattr(self, name)!r}")
-        positive = ("sequence_length", "fusion_dim", "num_heads", "epochs", "batch_size", "gradient_accumulation")
+        positive = (
+            "sequence_length",
+            "fusion_dim",
+            "num_heads",
+            "epochs",
+            "batch_size",
+            "gradient_accumulation",
+            "embedding_dim",
+        )
         for name in positive:
             if getattr(self, name) < 1:
                 raise UserError(f"{name} must be at least 1, got {getattr(self, name)}")

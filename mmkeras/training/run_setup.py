@@ -75,7 +75,7 @@ def epoch_datasets(
     return train_epochs, val_data
 
 
-def make_loop(config: RunConfig, model, strategy, policy: str, label_ids, num_classes: int) -> TrainingLoop:
+def make_loop(config: RunConfig, model, strategy, policy: str, label_ids, num_classes: int, *, loss=None) -> TrainingLoop:
     """The loop that trains `model` with the run's optimizer, class weights, accumulation and XLA choice.
 
     Args:
@@ -89,6 +89,7 @@ def make_loop(config: RunConfig, model, strategy, policy: str, label_ids, num_cl
         label_ids: the training rows' labels (the schedule's length and the
             balanced class weights).
         num_classes: the number of classes.
+        loss: the loop's loss when not classification (`TrainingLoop`'s `loss`).
     """
     total_steps = updates_per_epoch(len(label_ids), config.batch_size, config.gradient_accumulation) * config.epochs
     with strategy.scope():
@@ -100,5 +101,6 @@ def make_loop(config: RunConfig, model, strategy, policy: str, label_ids, num_cl
         strategy=strategy,
         class_weights=class_weights,
         gradient_accumulation=config.gradient_accumulation,
+        loss=loss,
         jit_compile=config.jit_compile,
     )
