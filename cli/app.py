@@ -34,9 +34,11 @@ from mmkeras.config import (
     MIXED_PRECISION,
     ON_BAD_ROW,
     STRATEGIES,
+    TASKS,
     RunConfig,
 )
 from mmkeras.errors import UserError
+from mmkeras.evaluation.zero_shot import DEFAULT_PROMPT
 from mmkeras.framework_logs import VERBOSE_ENV, import_tensorflow_quietly, quiet_frameworks
 from mmkeras.progress import install_log_handler
 from mmkeras.quantization.qat_settings import LEARNING_RATE_FACTOR, UNKNOWN_LAYERS, QATSettings
@@ -164,6 +166,10 @@ def train(
     checkpoint_steps: Optional[int] = setting(
         "checkpoint_steps", "Also checkpoint every N optimizer updates (0: each epoch only).", min=0
     ),
+    task: Optional[Literal[TASKS]] = setting("task", "classify, or match: does the text fit the image (2 labels)."),
+    init_from: Optional[Path] = setting(
+        "init_from", "Start from an align run's backbones, tokenizer and projections (mmkeras align)."
+    ),
     as_json: bool = JSON_OPTION,
 ):
     """Train a model on a manifest and write a run folder.
@@ -197,6 +203,8 @@ def train(
         gradient_accumulation=gradient_accumulation,
         class_weight=class_weight,
         checkpoint_steps=checkpoint_steps,
+        task=task,
+        init_from=init_from and str(init_from),
     )
     run_config = base.replace(**overrides)
     if not run_config.data or not run_config.out:
@@ -205,6 +213,8 @@ def train(
     preflight.check_manifest(run_config.data, flag="--data")
     if run_config.val:
         preflight.check_manifest(run_config.val, flag="--val")
+    if run_config.init_from:
+        preflight.check_run_folder(run_config.init_from)
     preflight.check_out_folder(run_config.out)
     load_tensorflow()
     from mmkeras.training.trainer import train as train_run
@@ -225,6 +235,10 @@ def train(
 def evaluate(
     target: Path = typer.Argument(..., help="A run folder or a bundle folder."),
     data: Path = typer.Option(..., "--data", help="Labelled manifest to evaluate on."),
+    zero_shot: bool = typer.Option(
+        False, "--zero-shot", help="An align run classifies the images by the label names alone."
+    ),
+    prompt: str = typer.Option(DEFAULT_PROMPT, "--prompt", help="With --zero-shot: the text of a class, with {label}."),
     as_json: bool = JSON_OPTION,
 ):
     """Accuracy, macro-F1, per-class figures and modality ablation on a manifest.
@@ -233,6 +247,9 @@ def evaluate(
 
     Example: mmkeras evaluate bundles/demo --data samples/test.csv --json
     """
+    if zero_shot:
+        evaluate_zero_shot(target, data, prompt, as_json)
+        return
     preflight.check_manifest(data, flag="--data")
     if not preflight.is_bundle_folder(target):
         preflight.check_run_folder(target)
@@ -405,6 +422,92 @@ def report(
     from mmkeras.evaluation.report import write_report
 
     typer.echo(f"wrote {write_report(run_dir, out)}")
+
+
+@app.command()
+def align(
+    data: Optional[Path] = typer.Option(None, "--data", help="True (text, image) pairs; a label column groups rows."),
+    out: Optional[Path] = typer.Option(None, "--out", help="Run folder to write."),
+    val: Optional[Path] = typer.Option(None, "--val", help="Validation pairs (recall@K, early stopping)."),
+    config: Optional[Path] = typer.Option(None, "--config", help="YAML run config; flags override it."),
+    text_backbone: Optional[str] = setting("text_backbone", "Text SPEC, as for train."),
+    vision_backbone: Optional[str] = setting("vision_backbone", "Vision SPEC, as for train."),
+    embedding_dim: Optional[int] = setting("embedding_dim", "Width of the shared embedding space.", min=1),
+    epochs: Optional[int] = setting("epochs", "Training epochs.", min=1),
+    batch_size: Optional[int] = setting("batch_size", "Global batch: the in-batch negatives of every row.", min=1),
+    learning_rate: Optional[float] = setting(
+        "learning_rate", "Peak learning rate.", show_default="5e-5 when pretrained backbone weights train, else 1e-3"
+    ),
+    seed: Optional[int] = setting("seed", "Seed for weights, shuffling and dropout."),
+    deterministic: Optional[bool] = setting("deterministic", "Deterministic TensorFlow ops.", "--deterministic"),
+    strategy: Optional[Literal[STRATEGIES]] = setting("strategy", "tf.distribute strategy, as for train."),
+    resume: bool = typer.Option(False, "--resume", help="Continue the run in --out from its last checkpoint."),
+    freeze: Optional[Literal[FREEZE_CHOICES]] = setting("freeze", "Backbones whose weights stay as loaded."),
+    lora_rank: Optional[int] = setting("lora_rank", "LoRA adapters of this rank on the backbones (0: off).", min=0),
+    mixed_precision: Optional[Literal[MIXED_PRECISION]] = setting("mixed_precision", "As for train."),
+    gradient_accumulation: Optional[int] = setting("gradient_accumulation", "Batches per update.", min=1),
+    checkpoint_steps: Optional[int] = setting("checkpoint_steps", "Also checkpoint every N updates.", min=0),
+    as_json: bool = JSON_OPTION,
+):
+    """Align a text and an image backbone contrastively on true pairs (CLIP-style) and write a run folder.
+
+    Start a matching or any other classifier from it with train --init-from.
+
+    Example: mmkeras align --data samples/matching/pairs.csv --val samples/matching/val_pairs.csv --out runs/align
+    """
+    base = RunConfig.from_yaml(config) if config else RunConfig()
+    run_config = base.replace(
+        data=data and str(data),
+        out=out and str(out),
+        val=val and str(val),
+        text_backbone=text_backbone,
+        vision_backbone=vision_backbone,
+        embedding_dim=embedding_dim,
+        epochs=epochs,
+        batch_size=batch_size,
+        learning_rate=learning_rate,
+        seed=seed,
+        deterministic=deterministic,
+        strategy=strategy,
+        freeze=freeze,
+        lora_rank=lora_rank,
+        mixed_precision=mixed_precision,
+        gradient_accumulation=gradient_accumulation,
+        checkpoint_steps=checkpoint_steps,
+    )
+    if not run_config.data or not run_config.out:
+        raise UserError("align needs a manifest of true pairs (--data) and a run folder (--out)")
+    preflight.require_training_extra("align")
+    preflight.check_manifest(run_config.data, flag="--data", require_labels=False)
+    if run_config.val:
+        preflight.check_manifest(run_config.val, flag="--val", require_labels=False)
+    preflight.check_out_folder(run_config.out)
+    load_tensorflow()
+    from mmkeras.training.align_job import align as align_run
+
+    result = align_run(run_config, resume=resume)
+    if not result.is_chief:
+        return
+    metrics = result.metrics
+    recall = metrics.get("val_recall")
+    shown = "" if recall is None else (
+        f", val recall@1 text->image {recall['text_to_image']['1']:.4f}, image->text {recall['image_to_text']['1']:.4f}"
+    )
+    emit(metrics, as_json, f"aligned {metrics['epochs_completed']} epochs: loss {metrics['loss']:.4f}{shown}, "
+         f"run in {result.run_dir}")
+
+
+def evaluate_zero_shot(target: Path, data: Path, prompt: str, as_json: bool):
+    """`evaluate --zero-shot`: an align run's accuracy from the label names alone."""
+    preflight.check_manifest(data, flag="--data")
+    preflight.check_run_folder(target)
+    preflight.require_training_extra("evaluate --zero-shot")
+    load_tensorflow()
+    from mmkeras.evaluation.zero_shot import zero_shot_evaluate
+
+    figures = zero_shot_evaluate(target, data, prompt)
+    emit(figures, as_json, f"zero-shot accuracy {figures['accuracy']:.4f}  macro_f1 {figures['macro_f1']:.4f}  "
+         f"n {figures['n']}  ({len(figures['labels'])} classes, prompt {prompt!r})")
 
 
 def format_figure(value) -> str:

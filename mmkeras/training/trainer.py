@@ -16,10 +16,15 @@ from mmkeras.config import RunConfig
 from mmkeras.data.manifest import read_manifest
 from mmkeras.errors import UserError
 from mmkeras.models.builder import FROZEN_BACKBONES, build_model
+from mmkeras.training.aligned_start import aligned_config, copy_aligned_layers, load_aligned_start
 from mmkeras.training.feature_cache import CachedEpochs, cache_features, default_cache_dir, split_at_frozen_backbones
 from mmkeras.training.job import JobResult, PreparedRun, TrainingJob
 from mmkeras.training.precision import dtype_policy, float32_copy, resolve_policy
 from mmkeras.training.run_setup import checked_manifests, epoch_datasets
+
+# The label pairs `--task match` accepts (lowercased), and the one of each that means a match.
+MATCH_LABELS = ({"mismatch", "match"}, {"0", "1"}, {"false", "true"})
+MATCHING = ("match", "1", "true")
 
 logger = logging.getLogger("mmkeras")
 
@@ -49,6 +54,8 @@ def train(config: RunConfig, *, resume: bool = False) -> JobResult:
     """
     if not config.data or not config.out:
         raise UserError("training needs a training manifest (--data) and a run folder (--out)")
+    if config.init_from:
+        config = aligned_config(config)
     return TrainJob(config, resume=resume).run()
 
 
@@ -66,10 +73,12 @@ class TrainJob(TrainingJob):
         labels = raw_train.labels()
         if len(labels) < 2:
             raise UserError(f"a classifier needs at least 2 labels, found {labels}", path=config.data)
+        match_index = match_label_index(labels, config.data) if config.task == "match" else 1
         policy = resolve_policy(config.mixed_precision)
         logger.info("building the model (%s text, %s vision, %s fusion)",
                     config.text_backbone, config.vision_backbone, config.fusion)
         with strategy.scope(), dtype_policy(policy):
+            aligned = load_aligned_start(config.init_from) if config.init_from else None
             model, preprocessor = build_model(
                 config.text_backbone,
                 config.vision_backbone,
@@ -82,7 +91,13 @@ class TrainJob(TrainingJob):
                 modality_dropout=config.modality_dropout,
                 texts=[row.text for row in raw_train.rows if row.text],
                 seed=config.seed,
+                task=config.task,
+                embedding_dim=config.embedding_dim,
+                match_index=match_index,
+                backbones=aligned and aligned.backbones,
             )
+            if aligned:
+                copy_aligned_layers(model, aligned.model)
         train_manifest, val_manifest, skipped = checked_manifests(config, raw_train, labels, preprocessor.image_size)
         with strategy.scope():
             prepare_backbones(model, config)
@@ -104,6 +119,16 @@ class TrainJob(TrainingJob):
     def final_model(self, prepared: PreparedRun) -> keras.Model:
         # A run folder holds the float32 model: mixed precision is how a run trains, not what it exports.
         return prepared.model if prepared.policy == "float32" else float32_copy(prepared.model)
+
+
+def match_label_index(labels: list[str], path) -> int:
+    """The index of the `match` label among the two of `--task match` (match/mismatch, 1/0 or true/false)."""
+    lowered = [label.lower() for label in labels]
+    if set(lowered) not in MATCH_LABELS:
+        raise UserError(
+            f"--task match needs the labels match/mismatch, 1/0 or true/false, found {', '.join(labels)}", path=path
+        )
+    return next(index for index, label in enumerate(lowered) if label in MATCHING)
 
 
 def prepare_backbones(model: keras.Model, config: RunConfig):
