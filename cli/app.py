@@ -356,9 +356,11 @@ def export(
     load_tensorflow()
     from mmkeras.export.conversion_report import describe_report
     from mmkeras.export.converter import export_bundle
+    from mmkeras.export.dual_encoder_export import describe_dual_encoder_report
 
     report = export_bundle(run_dir, out, quantize=quantize, calibration_data=calibration_data)
-    emit(report, as_json, describe_report(report))
+    # An align run exports a dual-encoder bundle, whose report has one entry per encoder.
+    emit(report, as_json, describe_dual_encoder_report(report) if "encoders" in report else describe_report(report))
 
 
 @app.command()
@@ -495,6 +497,48 @@ def align(
     )
     emit(metrics, as_json, f"aligned {metrics['epochs_completed']} epochs: loss {metrics['loss']:.4f}{shown}, "
          f"run in {result.run_dir}")
+
+
+@app.command()
+def index(
+    bundle_dir: Path = typer.Argument(..., help="A dual-encoder bundle (mmkeras export of an align run)."),
+    images: Path = typer.Option(..., "--images", help="Folder of images to index (searched recursively)."),
+    out: Path = typer.Option(..., "--out", help="Index file to write (.npz: float16 embeddings and paths)."),
+    as_json: bool = JSON_OPTION,
+):
+    """Embed every image of a folder with a dual-encoder bundle, for mmkeras search (no TensorFlow needed).
+
+    Example: mmkeras index bundles/align --images photos/ --out photos.npz
+    """
+    from mmkeras.runtime.embedder import Embedder
+    from mmkeras.runtime.image_index import build_index
+
+    image_index = build_index(Embedder(bundle_dir), images)
+    image_index.save(out)
+    emit({"images": len(image_index.paths), "index": str(out)}, as_json,
+         f"indexed {len(image_index.paths)} images into {out}")
+
+
+@app.command()
+def search(
+    bundle_dir: Path = typer.Argument(..., help="The dual-encoder bundle the index was made with."),
+    index_file: Path = typer.Argument(..., help="An index file from mmkeras index."),
+    text: str = typer.Option(..., "--text", help="What to look for."),
+    top_k: int = typer.Option(5, "--top-k", min=1, help="How many images to list."),
+    as_json: bool = JSON_OPTION,
+):
+    """The images of an index that best fit a text, best first (exact cosine search; no TensorFlow needed).
+
+    Example: mmkeras search bundles/align photos.npz --text "a red ring" --top-k 3
+    """
+    from mmkeras.runtime.embedder import Embedder
+    from mmkeras.runtime.image_index import ImageIndex
+
+    embedder = Embedder(bundle_dir)
+    image_index = ImageIndex.load(index_file)
+    hits = image_index.search(embedder.embed_text([text])[0], top_k)
+    results = [{"image": str(Path(image_index.root) / path), "score": round(score, 4)} for path, score in hits]
+    emit({"results": results}, as_json, "\n".join(f"{hit['score']:.4f}  {hit['image']}" for hit in results))
 
 
 def evaluate_zero_shot(target: Path, data: Path, prompt: str, as_json: bool):

@@ -64,6 +64,7 @@ from ai_edge_litert.schema_py_generated import BuiltinOperator
 from mmkeras.data.manifest import Manifest, read_manifest
 from mmkeras.errors import UserError
 from mmkeras.framework_logs import native_stderr_silenced
+from mmkeras.models.dual_encoder import is_dual_encoder
 from mmkeras.export.bundle_writer import check_replaceable, tensor_entry, write_bundle_json
 from mmkeras.export.conversion_report import op_summary, parity_report
 from mmkeras.quantization.qat_transform import check_calibrated, is_quantized
@@ -267,6 +268,10 @@ def export_bundle(
     check_replaceable(out_dir)
     logger.info("loading %s", run_dir)
     run = load_run(run_dir)
+    if is_dual_encoder(run.model):
+        from mmkeras.export.dual_encoder_export import export_dual_encoder
+
+        return export_dual_encoder(run, out_dir, quantize=quantize, calibration_data=calibration_data)
     sample = manifest_sample(run, calibration_data, required=quantize == "int8")
     parity_inputs, parity_source = parity_sample(run, sample)
     tflite_model = convert_model(
