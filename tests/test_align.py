@@ -98,15 +98,28 @@ def test_align_refuses_a_row_without_an_image(tmp_path, capsys):
     assert "needs both a text and an image" in err and "pairs.csv" in err
 
 
+# The counterfactual: each replica's negatives are its own rows only (no all_gather).
+PER_REPLICA_NEGATIVES = TWO_LOGICAL_CPUS + """
+import mmkeras.training.contrastive_loss as contrastive_loss
+contrastive_loss._gather = lambda value: value
+contrastive_loss._replica_offset = lambda rows: tf.constant(0, tf.int32)
+"""
+
+
 def test_align_over_two_mirrored_replicas_trains_as_one_big_batch(pairs, tmp_path):
     """Negatives gathered across replicas: 2 replicas of 4 rows make the update of one process with 8."""
     single = run(align_args(pairs, tmp_path / "single", "--strategy", "one"), timeout=240)
     mirrored = run(align_args(pairs, tmp_path / "mirrored", "--strategy", "mirrored"), timeout=240,
                    prelude=TWO_LOGICAL_CPUS)
+    local = run(align_args(pairs, tmp_path / "local", "--strategy", "mirrored"), timeout=240,
+                prelude=PER_REPLICA_NEGATIVES)
+    single_weights = run_weights(tmp_path / "single")
     assert abs(mirrored["loss"] - single["loss"]) < 1e-5
     # 1e-4, not the 1e-5 of `train`: Adam divides near-zero gradients by their own size, which magnifies
-    # the rounding of a different summation order (measured 1.3e-5); negatives kept per replica differ far more.
-    assert max_difference(run_weights(tmp_path / "mirrored"), run_weights(tmp_path / "single")) < 1e-4
+    # the rounding of a different summation order (measured 1.3e-5); per-replica negatives differ far more.
+    assert max_difference(run_weights(tmp_path / "mirrored"), single_weights) < 1e-4
+    assert max_difference(run_weights(tmp_path / "local"), single_weights) > 1e-3
+    assert abs(local["loss"] - single["loss"]) > 1e-3
 
 
 @pytest.fixture(scope="module")
