@@ -70,12 +70,12 @@ def generate(out_dir: Path, seed: int = DEFAULT_SEED) -> dict[str, int]:
     rng = np.random.default_rng(seed)
     written = {}
     for name, size in PAIR_ROWS.items():
-        written[name] = _write(out_dir, name, [_pair(rng, out_dir, name, index) for index in range(size)])
+        written[name] = write_manifest(out_dir, name, [_pair(rng, out_dir, name, index) for index in range(size)])
     for name, size in MATCH_ROWS.items():
         # Half true claims, half false ones: every concept's image is as often matched as mismatched.
         rows = [_claim(rng, out_dir, name, index, matches=index % 2 == 0) for index in range(size)]
-        written[name] = _write(out_dir, name, [rows[i] for i in rng.permutation(size)])
-    written["concepts"] = _write(
+        written[name] = write_manifest(out_dir, name, [rows[i] for i in rng.permutation(size)])
+    written["concepts"] = write_manifest(
         out_dir, "concepts", [_concept_row(rng, out_dir, index) for index in range(CONCEPT_ROWS)]
     )
     return written
@@ -83,20 +83,20 @@ def generate(out_dir: Path, seed: int = DEFAULT_SEED) -> dict[str, int]:
 
 def _pair(rng, out_dir: Path, split: str, index: int) -> dict:
     concept = concepts()[rng.integers(len(concepts()))]
-    return {"text": _claim_text(rng, concept), "image": _image(rng, out_dir, split, index, concept),
+    return {"text": _claim_text(rng, concept), "image": draw_concept(rng, out_dir, split, index, concept),
             "label": concept_name(concept)}
 
 
 def _claim(rng, out_dir: Path, split: str, index: int, *, matches: bool) -> dict:
     concept = concepts()[rng.integers(len(concepts()))]
     claimed = concept if matches else _other_concept(rng, concept)
-    return {"text": _claim_text(rng, claimed), "image": _image(rng, out_dir, split, index, concept),
+    return {"text": _claim_text(rng, claimed), "image": draw_concept(rng, out_dir, split, index, concept),
             "label": "match" if matches else "mismatch"}
 
 
 def _concept_row(rng, out_dir: Path, index: int) -> dict:
     concept = concepts()[index % len(concepts())]
-    return {"text": "", "image": _image(rng, out_dir, "concepts", index, concept), "label": concept_name(concept)}
+    return {"text": "", "image": draw_concept(rng, out_dir, "concepts", index, concept), "label": concept_name(concept)}
 
 
 def _other_concept(rng, concept: tuple[str, str]) -> tuple[str, str]:
@@ -115,14 +115,16 @@ def _claim_text(rng, concept: tuple[str, str]) -> str:
     return template.format(colour=concept[0], shape=concept[1])
 
 
-def _image(rng, out_dir: Path, split: str, index: int, concept: tuple[str, str]) -> str:
+def draw_concept(rng, out_dir: Path, split: str, index: int, concept: tuple[str, str]) -> str:
+    """Draw `concept` as `images/<split>/<index>.png` under `out_dir`; returns that relative path."""
     relative = Path("images") / split / f"{index:05d}.png"
     (out_dir / relative).parent.mkdir(parents=True, exist_ok=True)
     save_image(draw_image(concept[1], COLOURS[concept[0]], rng, IMAGE_SIZE, NOISE_STD), out_dir / relative)
     return relative.as_posix()
 
 
-def _write(out_dir: Path, name: str, rows: list[dict]) -> int:
+def write_manifest(out_dir: Path, name: str, rows: list[dict]) -> int:
+    """Write `<name>.csv` (text, image, label) into `out_dir`; returns the rows written."""
     with open(out_dir / f"{name}.csv", "w", newline="", encoding="utf-8") as file:
         writer = csv.DictWriter(file, fieldnames=("text", "image", "label"), lineterminator="\n")
         writer.writeheader()
