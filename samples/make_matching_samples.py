@@ -132,14 +132,21 @@ def write_manifest(out_dir: Path, name: str, rows: list[dict]) -> int:
     return len(rows)
 
 
-def main(argv: list[str] | None = None):
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--out", type=Path, default=SAMPLES_DIR / "matching", help="folder to write")
-    parser.add_argument("--seed", type=int, default=DEFAULT_SEED, help="another seed draws another dataset")
+def generator_main(argv, *, description: str, write, default_out: Path, default_seed: int):
+    """The command line of a samples generator: `--out DIR --seed N`, then `write(out, seed)`."""
+    parser = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out", type=Path, default=default_out, help="folder to write")
+    parser.add_argument("--seed", type=int, default=default_seed, help="another seed draws another dataset")
     args = parser.parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
-    for name, rows in generate(args.out, args.seed).items():
+    for name, rows in write(args.out, args.seed).items():
         print(f"{args.out / name}.csv: {rows} rows", file=sys.stderr)
+
+
+def main(argv: list[str] | None = None):
+    generator_main(
+        argv, description=__doc__, write=generate, default_out=SAMPLES_DIR / "matching", default_seed=DEFAULT_SEED
+    )
 
 
 if __name__ == "__main__":

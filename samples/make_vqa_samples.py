@@ -12,7 +12,6 @@ Usage:
     python samples/make_vqa_samples.py --out DIR --seed 7
 """
 
-import argparse
 import shutil
 import sys
 from pathlib import Path
@@ -23,7 +22,7 @@ SAMPLES_DIR = Path(__file__).resolve().parent
 sys.path.insert(0, str(SAMPLES_DIR.parent))
 
 from benchmarks.synthetic_data import COLOURS  # noqa: E402
-from samples.make_matching_samples import concepts, draw_concept, write_manifest  # noqa: E402
+from samples.make_matching_samples import concepts, draw_concept, generator_main, write_manifest  # noqa: E402
 
 DEFAULT_SEED = 20261202
 SPLIT_ROWS = {"train": 400, "val": 100, "test": 200}
@@ -61,13 +60,7 @@ def generate(out_dir: Path, seed: int = DEFAULT_SEED) -> dict[str, int]:
 
 
 def main(argv: list[str] | None = None):
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--out", type=Path, default=SAMPLES_DIR / "vqa", help="folder to write")
-    parser.add_argument("--seed", type=int, default=DEFAULT_SEED, help="another seed draws another dataset")
-    args = parser.parse_args(argv)
-    args.out.mkdir(parents=True, exist_ok=True)
-    for name, rows in generate(args.out, args.seed).items():
-        print(f"{args.out / name}.csv: {rows} rows", file=sys.stderr)
+    generator_main(argv, description=__doc__, write=generate, default_out=SAMPLES_DIR / "vqa", default_seed=DEFAULT_SEED)
 
 
 if __name__ == "__main__":
