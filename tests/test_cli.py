@@ -162,4 +162,5 @@ def test_train_offers_exactly_the_configs_choices():
         "freeze": config.FREEZE_CHOICES,
         "mixed_precision": config.MIXED_PRECISION,
         "class_weight": config.CLASS_WEIGHTS,
+        "task": config.TASKS,
     }
