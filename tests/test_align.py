@@ -6,7 +6,16 @@ import numpy as np
 import pytest
 import tensorflow as tf
 from test_cli_end_to_end import SAMPLES, run_cli, write_subset
-from training_runs import TWO_LOGICAL_CPUS, max_difference, run, run_weights
+from training_runs import (
+    TWO_LOGICAL_CPUS,
+    finish,
+    kill_at_first_checkpoint,
+    max_difference,
+    run,
+    run_weights,
+    start,
+    stop,
+)
 
 from mmkeras.cli.app import main
 from mmkeras.runs import load_run
@@ -182,3 +191,19 @@ def test_zero_shot_refuses_a_prompt_without_the_label(align_run, tmp_path, capsy
     code, _, err = run_cli(capsys, "evaluate", align_run, "--data", concepts, "--zero-shot", "--prompt", "a photo")
     assert code == 2
     assert "--prompt must contain {label}" in err
+
+
+def test_a_killed_align_run_resumes_to_the_uninterrupted_weights(pairs, tmp_path):
+    settings = ("--deterministic", "--checkpoint-steps", "1")
+    expected = run(align_args(pairs, tmp_path / "uninterrupted", *settings), timeout=240)
+    interrupted = tmp_path / "interrupted"
+    kill_at_first_checkpoint(align_args(pairs, interrupted, *settings), interrupted)
+    resumed = start(align_args(pairs, interrupted, *settings, "--resume"))
+    try:
+        code, out, err = finish(resumed, timeout=240)
+    finally:
+        stop([resumed])
+    assert code == 0, err[-3000:]
+    assert "resuming from ckpt-" in err
+    assert json.loads(out)["val_recall"] == expected["val_recall"]
+    assert max_difference(run_weights(interrupted), run_weights(tmp_path / "uninterrupted")) < 1e-6
