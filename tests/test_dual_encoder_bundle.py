@@ -46,11 +46,15 @@ def test_float_encoders_embed_as_the_keras_towers(bundles):
         assert bundle["conversion"]["parity"][name]["min_cosine"] > 0.9999
 
 
-def test_int8_encoders_compute_in_int8(bundles):
+def test_int8_bundle_has_an_int8_image_encoder_and_int8_text_weights(bundles):
     _, reports = bundles
-    for name in ("text_encoder", "image_encoder"):
-        compute = reports["int8"]["conversion"]["encoders"][name]["ops"]["compute_ops"]
-        assert compute["int8"] == compute["total"] > 0
+    encoders = reports["int8"]["conversion"]["encoders"]
+    image_compute = encoders["image_encoder"]["ops"]["compute_ops"]
+    assert image_compute["int8"] == image_compute["total"] > 0
+    text_compute = encoders["text_encoder"]["ops"]["compute_ops"]
+    assert text_compute["hybrid"] > 0 and text_compute["float"] < text_compute["total"]
+    assert reports["int8"]["encoder_quantization"] == {"text_encoder": "dynamic", "image_encoder": "int8"}
+    assert reports["int8"]["conversion"]["parity"]["text_encoder"]["min_cosine"] > 0.999
 
 
 def test_index_and_search_run_without_tensorflow(bundles, tmp_path):
