@@ -41,6 +41,7 @@ from mmkeras.errors import UserError
 from mmkeras.evaluation.zero_shot import DEFAULT_PROMPT
 from mmkeras.framework_logs import VERBOSE_ENV, import_tensorflow_quietly, quiet_frameworks
 from mmkeras.progress import install_log_handler
+from mmkeras.runs import is_run_folder, load_run_config
 from mmkeras.quantization.qat_settings import LEARNING_RATE_FACTOR, UNKNOWN_LAYERS, QATSettings
 from mmkeras.runtime.benchmark import DEFAULT_RUNS, WARMUP_RUNS
 from mmkeras.runtime.bundle import QUANTIZATION_MODES
@@ -249,6 +250,9 @@ def evaluate(
     """
     if zero_shot:
         evaluate_zero_shot(target, data, prompt, as_json)
+        return
+    if is_run_folder(target) and load_run_config(target).task == "multilabel":
+        evaluate_multilabel_run(target, data, as_json)
         return
     preflight.check_manifest(data, flag="--data")
     if not preflight.is_bundle_folder(target):
@@ -552,6 +556,18 @@ def evaluate_zero_shot(target: Path, data: Path, prompt: str, as_json: bool):
     figures = zero_shot_evaluate(target, data, prompt)
     emit(figures, as_json, f"zero-shot accuracy {figures['accuracy']:.4f}  macro_f1 {figures['macro_f1']:.4f}  "
          f"n {figures['n']}  ({len(figures['labels'])} classes, prompt {prompt!r})")
+
+
+def evaluate_multilabel_run(target: Path, data: Path, as_json: bool):
+    """`evaluate` of a `--task multilabel` run: mAP and micro/macro-F1 at the tuned thresholds."""
+    preflight.check_manifest(data, flag="--data")
+    preflight.require_training_extra("evaluate RUN_DIR")
+    load_tensorflow()
+    from mmkeras.evaluation.multilabel_evaluate import evaluate_multilabel
+
+    figures = evaluate_multilabel(target, data)
+    emit(figures, as_json, f"mAP {figures['mAP']:.4f}  micro_f1 {figures['micro_f1']:.4f}  "
+         f"macro_f1 {figures['macro_f1']:.4f}  exact_match {figures['exact_match']:.4f}  n {figures['n']}")
 
 
 def format_figure(value) -> str:

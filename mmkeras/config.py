@@ -20,8 +20,9 @@ OPTIMIZERS = ("adamw", "adam", "sgd")
 ON_BAD_ROW = ("fail", "skip")
 MIXED_PRECISION = ("auto", "off", "float16", "bfloat16")
 CLASS_WEIGHTS = ("none", "balanced")
-# classify: one label per row; match: does the text fit the image (two labels: match/mismatch, 1/0, true/false).
-TASKS = ("classify", "match")
+# classify: one label per row; match: does the text fit the image (two labels: match/mismatch, 1/0, true/false);
+# multilabel: a label cell lists several labels separated by `|`.
+TASKS = ("classify", "match", "multilabel")
 
 
 @dataclasses.dataclass
@@ -83,7 +84,9 @@ class RunConfig:
             optimizer updates (0: only at the end of each epoch).
         task: `classify` (one label per row) or `match` (whether the text
             fits the image: a probability from the fusion together with the
-            aligned embeddings' similarity).
+            aligned embeddings' similarity), or `multilabel` (label cells
+            list several labels separated by `|`; sigmoid outputs, per-label
+            thresholds tuned on the validation rows).
         init_from: an align run (`mmkeras align`) whose backbones,
             tokenizer, projections and temperature the model starts from.
         embedding_dim: width of the shared text-image embedding space (an
@@ -162,6 +165,8 @@ class RunConfig:
                 raise UserError(f"{name} must be at least 1, got {getattr(self, name)}")
         if not 0.0 <= self.dropout < 1.0:
             raise UserError(f"dropout must be in [0, 1), got {self.dropout}")
+        if self.task == "multilabel" and self.class_weight != "none":
+            raise UserError("class_weight does not apply to multilabel: each label has its own sigmoid loss")
         if self.cache_features and (self.freeze == "none" or self.lora_rank):
             raise UserError("cache_features needs frozen backbones (freeze text, vision or both) and no LoRA")
         if not 0.0 <= self.modality_dropout <= 1.0:
