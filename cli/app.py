@@ -167,7 +167,9 @@ def train(
     checkpoint_steps: Optional[int] = setting(
         "checkpoint_steps", "Also checkpoint every N optimizer updates (0: each epoch only).", min=0
     ),
-    task: Optional[Literal[TASKS]] = setting("task", "classify, or match: does the text fit the image (2 labels)."),
+    task: Optional[Literal[TASKS]] = setting(
+        "task", "classify; match: does the text fit the image (2 labels); multilabel: label cells like a|b."
+    ),
     init_from: Optional[Path] = setting(
         "init_from", "Start from an align run's backbones, tokenizer and projections (mmkeras align)."
     ),
