@@ -1,12 +1,11 @@
 """`train --task multilabel`: label cells with several labels, sigmoid outputs, tuned thresholds, mAP and F1."""
 
-import csv
 import json
 
 import numpy as np
 import pytest
 import tensorflow as tf
-from test_cli_end_to_end import SAMPLES, run_cli
+from test_cli_end_to_end import SAMPLES, run_cli, write_subset
 
 from mmkeras.cli.app import main
 from mmkeras.evaluation.multilabel_metrics import multi_hot, multilabel_figures, tune_thresholds
@@ -14,15 +13,10 @@ from mmkeras.training.multilabel_loss import MultiLabelLoss
 
 
 def tagged_manifest(source, out, rows):
-    """The first `rows` matching pairs, labelled `colour|shape` instead of `colour shape`."""
-    with source.open(newline="", encoding="utf-8") as handle:
-        records = list(csv.DictReader(handle))[:rows]
-    with out.open("w", newline="", encoding="utf-8") as handle:
-        writer = csv.DictWriter(handle, fieldnames=["text", "image", "label"])
-        writer.writeheader()
-        for record in records:
-            writer.writerow({"text": record["text"], "image": str(source.parent / record["image"]),
-                             "label": record["label"].replace(" ", "|")})
+    """The first `rows` matching pairs, labelled `colour|shape` instead of `colour shape` (the last column)."""
+    lines = write_subset(source, out, rows).read_text(encoding="utf-8").splitlines()
+    tagged = [line.rsplit(",", 1)[0] + "," + line.rsplit(",", 1)[1].replace(" ", "|") for line in lines[1:]]
+    out.write_text("\n".join([lines[0], *tagged]) + "\n", encoding="utf-8")
     return out
 
 
