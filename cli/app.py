@@ -38,7 +38,7 @@ from mmkeras.config import (
     RunConfig,
 )
 from mmkeras.errors import UserError
-from mmkeras.evaluation.zero_shot import DEFAULT_PROMPT
+from mmkeras.evaluation.zero_shot import DEFAULT_PROMPT, is_align_run
 from mmkeras.framework_logs import VERBOSE_ENV, import_tensorflow_quietly, quiet_frameworks
 from mmkeras.progress import install_log_handler
 from mmkeras.runs import is_run_folder, load_run_config
@@ -253,6 +253,8 @@ def evaluate(
     if zero_shot:
         evaluate_zero_shot(target, data, prompt, as_json)
         return
+    if is_run_folder(target) and is_align_run(target):
+        raise UserError("an align run has no classifier: evaluate it with --zero-shot", path=target)
     if is_run_folder(target) and load_run_config(target).task == "multilabel":
         evaluate_multilabel_run(target, data, as_json)
         return

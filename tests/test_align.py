@@ -186,6 +186,13 @@ def test_zero_shot_classifies_images_by_label_names(align_run, tmp_path, capsys)
     assert len(figures["confusion_matrix"]) == len(figures["labels"])
 
 
+def test_evaluate_without_zero_shot_says_an_align_run_needs_it(align_run, tmp_path, capsys):
+    concepts = write_subset(SAMPLES / "matching" / "concepts.csv", tmp_path / "concepts.csv", 4)
+    code, _, err = run_cli(capsys, "evaluate", align_run, "--data", concepts)
+    assert code == 2
+    assert "evaluate it with --zero-shot" in err
+
+
 def test_zero_shot_refuses_a_prompt_without_the_label(align_run, tmp_path, capsys):
     concepts = write_subset(SAMPLES / "matching" / "concepts.csv", tmp_path / "concepts.csv", 4)
     code, _, err = run_cli(capsys, "evaluate", align_run, "--data", concepts, "--zero-shot", "--prompt", "a photo")

@@ -22,6 +22,7 @@ Example:
 
 import keras
 
+from mmkeras.evaluation.zero_shot import DUAL_ENCODER_NAME
 from mmkeras.models.builder import _seeded
 from mmkeras.models.embedding_heads import embed_image_tokens, embed_text_tokens
 from mmkeras.models.logit_scale import LogitScale
@@ -81,7 +82,7 @@ def build_dual_encoder(
             IMAGE_EMBEDDING: image_embedding,
             LOGIT_SCALE: LogitScale(dtype="float32", name=LOGIT_SCALE)(text_embedding),
         }
-        model = keras.Model(inputs, outputs, name="mmkeras_dual_encoder")
+        model = keras.Model(inputs, outputs, name=DUAL_ENCODER_NAME)
     return model, MultimodalPreprocessor(text.tokenizer, vision.image_size)
 
 
