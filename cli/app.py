@@ -38,11 +38,14 @@ from mmkeras.config import (
     MODALITY_BALANCE,
     ON_BAD_ROW,
     STRATEGIES,
+    TASKS,
     RunConfig,
 )
 from mmkeras.errors import UserError
+from mmkeras.evaluation.zero_shot import DEFAULT_PROMPT, is_align_run
 from mmkeras.framework_logs import VERBOSE_ENV, import_tensorflow_quietly, quiet_frameworks
 from mmkeras.progress import install_log_handler
+from mmkeras.runs import is_run_folder, load_run_config
 from mmkeras.quantization.qat_settings import LEARNING_RATE_FACTOR, UNKNOWN_LAYERS, QATSettings
 from mmkeras.runtime.benchmark import DEFAULT_RUNS, WARMUP_RUNS
 from mmkeras.runtime.bundle import QUANTIZATION_MODES, WEB_SITE_FOLDER
@@ -217,6 +220,12 @@ def train(
     modality_balance: Optional[Literal[MODALITY_BALANCE]] = setting(
         "modality_balance", "Keep one modality from dominating: auxiliary unimodal losses, or OGM gradient modulation."
     ),
+    task: Optional[Literal[TASKS]] = setting(
+        "task", "classify; match: does the text fit the image (2 labels); multilabel: label cells like a|b."
+    ),
+    init_from: Optional[Path] = setting(
+        "init_from", "Start from an align run's backbones, tokenizer and projections (mmkeras align)."
+    ),
     as_json: bool = JSON_OPTION,
 ):
     """Train a model on a manifest and write a run folder.
@@ -253,6 +262,8 @@ def train(
         class_weight=class_weight,
         checkpoint_steps=checkpoint_steps,
         modality_balance=modality_balance,
+        task=task,
+        init_from=init_from and str(init_from),
     )
     run_config = with_flag_names(base.replace, overrides)
     if not run_config.data or not run_config.out:
@@ -261,6 +272,8 @@ def train(
     preflight.check_manifest(run_config.data, flag="--data", on_bad_row=run_config.on_bad_row)
     if run_config.val:
         preflight.check_manifest(run_config.val, flag="--val", on_bad_row=run_config.on_bad_row)
+    if run_config.init_from:
+        preflight.check_run_folder(run_config.init_from)
     preflight.check_out_folder(run_config.out)
     load_tensorflow()
     from mmkeras.training.trainer import train as train_run
@@ -281,6 +294,10 @@ def train(
 def evaluate(
     target: Path = typer.Argument(..., help="A run folder or a bundle folder."),
     data: Path = typer.Option(..., "--data", help="Labelled manifest to evaluate on."),
+    zero_shot: bool = typer.Option(
+        False, "--zero-shot", help="An align run classifies the images by the label names alone."
+    ),
+    prompt: str = typer.Option(DEFAULT_PROMPT, "--prompt", help="With --zero-shot: the text of a class, with {label}."),
     as_json: bool = JSON_OPTION,
 ):
     """Accuracy, macro-F1, calibration, consistency and modality ablation on a manifest; saves a results folder.
@@ -290,6 +307,14 @@ def evaluate(
 
     Example: mmkeras evaluate bundles/demo --data samples/test.csv --json
     """
+    if zero_shot:
+        evaluate_zero_shot(target, data, prompt, as_json)
+        return
+    if is_run_folder(target) and is_align_run(target):
+        raise UserError("an align run has no classifier: evaluate it with --zero-shot", path=target)
+    if is_run_folder(target) and load_run_config(target).task == "multilabel":
+        evaluate_multilabel_run(target, data, as_json)
+        return
     preflight.check_manifest(data, flag="--data")
     prepare_target(target, "evaluate RUN_DIR")
     from mmkeras.evaluation.evaluate import evaluate as evaluate_target
@@ -401,11 +426,17 @@ def export(
     from mmkeras.evaluation.report import refresh_report
     from mmkeras.export.conversion_report import describe_report
     from mmkeras.export.converter import export_bundle
+    from mmkeras.export.dual_encoder_export import describe_dual_encoder_report
 
     report = export_bundle(
         run_dir, out, quantize=quantize, calibration_data=calibration_data,
         keep_float=[name.strip().upper() for name in keep_float.split(",") if name.strip()] if keep_float else (),
     )
+    if "encoders" in report:  # an align run exports a dual-encoder bundle: one report entry per encoder
+        if web:
+            logger.warning("--web: the browser page runs classifier bundles; none written for a dual encoder")
+        emit(report, as_json, describe_dual_encoder_report(report))
+        return
     refresh_report(out)  # the run's report lists its bundles
     human = describe_report(report)
     if web:
@@ -623,6 +654,146 @@ def explain(
         f"{explanation['label']} ({explanation['probability']:.3f}; text only {modality['text_only']:.3f}, "
         f"image only {modality['image_only']:.3f})" + (f"\nwrote {out}" if out else ""),
     )
+
+
+@app.command()
+def align(
+    data: Optional[Path] = typer.Option(None, "--data", help="True (text, image) pairs; a label column groups rows."),
+    out: Optional[Path] = typer.Option(None, "--out", help="Run folder to write."),
+    val: Optional[Path] = typer.Option(None, "--val", help="Validation pairs (recall@K, early stopping)."),
+    config: Optional[Path] = typer.Option(None, "--config", help="YAML run config; flags override it."),
+    text_backbone: Optional[str] = setting("text_backbone", "Text SPEC, as for train."),
+    vision_backbone: Optional[str] = setting("vision_backbone", "Vision SPEC, as for train."),
+    embedding_dim: Optional[int] = setting("embedding_dim", "Width of the shared embedding space.", min=1),
+    epochs: Optional[int] = setting("epochs", "Training epochs.", min=1),
+    batch_size: Optional[int] = setting("batch_size", "Global batch: the in-batch negatives of every row.", min=1),
+    learning_rate: Optional[float] = setting(
+        "learning_rate", "Peak learning rate.", show_default="5e-5 when pretrained backbone weights train, else 1e-3"
+    ),
+    seed: Optional[int] = setting("seed", "Seed for weights, shuffling and dropout."),
+    deterministic: Optional[bool] = setting("deterministic", "Deterministic TensorFlow ops.", "--deterministic"),
+    strategy: Optional[Literal[STRATEGIES]] = setting("strategy", "tf.distribute strategy, as for train."),
+    resume: bool = typer.Option(False, "--resume", help="Continue the run in --out from its last checkpoint."),
+    freeze: Optional[Literal[FREEZE_CHOICES]] = setting("freeze", "Backbones whose weights stay as loaded."),
+    lora_rank: Optional[int] = setting("lora_rank", "LoRA adapters of this rank on the backbones (0: off).", min=0),
+    mixed_precision: Optional[Literal[MIXED_PRECISION]] = setting("mixed_precision", "As for train."),
+    gradient_accumulation: Optional[int] = setting("gradient_accumulation", "Batches per update.", min=1),
+    checkpoint_steps: Optional[int] = setting("checkpoint_steps", "Also checkpoint every N updates.", min=0),
+    as_json: bool = JSON_OPTION,
+):
+    """Align a text and an image backbone contrastively on true pairs (CLIP-style) and write a run folder.
+
+    Start a matching or any other classifier from it with train --init-from.
+
+    Example: mmkeras align --data samples/matching/pairs.csv --val samples/matching/val_pairs.csv --out runs/align
+    """
+    base = RunConfig.from_yaml(config) if config else RunConfig()
+    run_config = base.replace(
+        data=data and str(data),
+        out=out and str(out),
+        val=val and str(val),
+        text_backbone=text_backbone,
+        vision_backbone=vision_backbone,
+        embedding_dim=embedding_dim,
+        epochs=epochs,
+        batch_size=batch_size,
+        learning_rate=learning_rate,
+        seed=seed,
+        deterministic=deterministic,
+        strategy=strategy,
+        freeze=freeze,
+        lora_rank=lora_rank,
+        mixed_precision=mixed_precision,
+        gradient_accumulation=gradient_accumulation,
+        checkpoint_steps=checkpoint_steps,
+    )
+    if not run_config.data or not run_config.out:
+        raise UserError("align needs a manifest of true pairs (--data) and a run folder (--out)")
+    preflight.require_training_extra("align")
+    preflight.check_manifest(run_config.data, flag="--data", require_labels=False)
+    if run_config.val:
+        preflight.check_manifest(run_config.val, flag="--val", require_labels=False)
+    preflight.check_out_folder(run_config.out)
+    load_tensorflow()
+    from mmkeras.training.align_job import align as align_run
+
+    result = align_run(run_config, resume=resume)
+    if not result.is_chief:
+        return
+    metrics = result.metrics
+    recall = metrics.get("val_recall")
+    shown = "" if recall is None else (
+        f", val recall@1 text->image {recall['text_to_image']['1']:.4f}, image->text {recall['image_to_text']['1']:.4f}"
+    )
+    emit(metrics, as_json, f"aligned {metrics['epochs_completed']} epochs: loss {metrics['loss']:.4f}{shown}, "
+         f"run in {result.run_dir}")
+
+
+@app.command()
+def index(
+    bundle_dir: Path = typer.Argument(..., help="A dual-encoder bundle (mmkeras export of an align run)."),
+    images: Path = typer.Option(..., "--images", help="Folder of images to index (searched recursively)."),
+    out: Path = typer.Option(..., "--out", help="Index file to write (.npz: float16 embeddings and paths)."),
+    as_json: bool = JSON_OPTION,
+):
+    """Embed every image of a folder with a dual-encoder bundle, for mmkeras search (no TensorFlow needed).
+
+    Example: mmkeras index bundles/align --images photos/ --out photos.npz
+    """
+    from mmkeras.runtime.embedder import Embedder
+    from mmkeras.runtime.image_index import build_index
+
+    image_index = build_index(Embedder(bundle_dir), images)
+    image_index.save(out)
+    emit({"images": len(image_index.paths), "index": str(out)}, as_json,
+         f"indexed {len(image_index.paths)} images into {out}")
+
+
+@app.command()
+def search(
+    bundle_dir: Path = typer.Argument(..., help="The dual-encoder bundle the index was made with."),
+    index_file: Path = typer.Argument(..., help="An index file from mmkeras index."),
+    text: str = typer.Option(..., "--text", help="What to look for."),
+    top_k: int = typer.Option(5, "--top-k", min=1, help="How many images to list."),
+    as_json: bool = JSON_OPTION,
+):
+    """The images of an index that best fit a text, best first (exact cosine search; no TensorFlow needed).
+
+    Example: mmkeras search bundles/align photos.npz --text "a red ring" --top-k 3
+    """
+    from mmkeras.runtime.embedder import Embedder
+    from mmkeras.runtime.image_index import ImageIndex
+
+    embedder = Embedder(bundle_dir)
+    image_index = ImageIndex.load(index_file)
+    hits = image_index.search(embedder.embed_text([text])[0], top_k)
+    results = [{"image": str(Path(image_index.root) / path), "score": round(score, 4)} for path, score in hits]
+    emit({"results": results}, as_json, "\n".join(f"{hit['score']:.4f}  {hit['image']}" for hit in results))
+
+
+def evaluate_zero_shot(target: Path, data: Path, prompt: str, as_json: bool):
+    """`evaluate --zero-shot`: an align run's accuracy from the label names alone."""
+    preflight.check_manifest(data, flag="--data")
+    preflight.check_run_folder(target)
+    preflight.require_training_extra("evaluate --zero-shot")
+    load_tensorflow()
+    from mmkeras.evaluation.zero_shot import zero_shot_evaluate
+
+    figures = zero_shot_evaluate(target, data, prompt)
+    emit(figures, as_json, f"zero-shot accuracy {figures['accuracy']:.4f}  macro_f1 {figures['macro_f1']:.4f}  "
+         f"n {figures['n']}  ({len(figures['labels'])} classes, prompt {prompt!r})")
+
+
+def evaluate_multilabel_run(target: Path, data: Path, as_json: bool):
+    """`evaluate` of a `--task multilabel` run: mAP and micro/macro-F1 at the tuned thresholds."""
+    preflight.check_manifest(data, flag="--data")
+    preflight.require_training_extra("evaluate RUN_DIR")
+    load_tensorflow()
+    from mmkeras.evaluation.multilabel_evaluate import evaluate_multilabel
+
+    figures = evaluate_multilabel(target, data)
+    emit(figures, as_json, f"mAP {figures['mAP']:.4f}  micro_f1 {figures['micro_f1']:.4f}  "
+         f"macro_f1 {figures['macro_f1']:.4f}  exact_match {figures['exact_match']:.4f}  n {figures['n']}")
 
 
 def format_figure(value) -> str:

@@ -65,6 +65,7 @@ from mmkeras.data.manifest import Manifest, read_manifest
 from mmkeras.errors import UserError
 from mmkeras.folder_lock import folder_lock
 from mmkeras.framework_logs import native_stderr_silenced
+from mmkeras.models.dual_encoder import is_dual_encoder
 from mmkeras.export.bundle_writer import check_replaceable, tensor_entry, write_bundle_json
 from mmkeras.export.conversion_report import op_summary, parity_report
 from mmkeras.quantization.qat_transform import check_calibrated, is_quantized
@@ -298,6 +299,10 @@ def export_bundle(
 def _export_locked(run_dir: Path, out_dir: Path, quantize: str, calibration_data, keep_float) -> dict:
     logger.info("loading %s", run_dir)
     run = load_run(run_dir)
+    if is_dual_encoder(run.model):
+        from mmkeras.export.dual_encoder_export import export_dual_encoder
+
+        return export_dual_encoder(run, out_dir, quantize=quantize, calibration_data=calibration_data)
     sample = manifest_sample(run, calibration_data, required=quantize == "int8")
     parity_inputs, parity_source = parity_sample(run, sample)
     kept_float = sorted({*FLOAT_OPS_IN_INT8, *keep_float}) if quantize == "int8" and run.quantization is None else []

@@ -30,6 +30,13 @@ _PUBLIC = {
     "evaluate": "mmkeras.evaluation.evaluate",
     "export_bundle": "mmkeras.export.converter",
     "Predictor": "mmkeras.runtime",
+    # Alignment, matching and retrieval.
+    "align": "mmkeras.training.align_job",
+    "build_dual_encoder": "mmkeras.models.dual_encoder",
+    "zero_shot_evaluate": "mmkeras.evaluation.zero_shot",
+    "Embedder": "mmkeras.runtime.embedder",
+    "ImageIndex": "mmkeras.runtime.image_index",
+    "build_index": "mmkeras.runtime.image_index",
 }
 
 __all__ = sorted(_PUBLIC)

@@ -24,6 +24,9 @@ MIXED_PRECISION = ("auto", "off", "float16", "bfloat16")
 CLASS_WEIGHTS = ("none", "balanced")
 AUGMENTATIONS = ("none", "photo")
 MODALITY_BALANCE = ("none", "aux", "adaptive")
+# classify: one label per row; match: does the text fit the image (two labels: match/mismatch, 1/0, true/false);
+# multilabel: a label cell lists several labels separated by `|`.
+TASKS = ("classify", "match", "multilabel")
 
 
 # NumPy's and TensorFlow's seeds are 32-bit.
@@ -106,6 +109,15 @@ class RunConfig:
             (text-only and image-only heads with weighted auxiliary losses) or
             `adaptive` (on-the-fly gradient modulation, OGM);
             `mmkeras.training.modality_balance`.
+        task: `classify` (one label per row) or `match` (whether the text
+            fits the image: a probability from the fusion together with the
+            aligned embeddings' similarity), or `multilabel` (label cells
+            list several labels separated by `|`; sigmoid outputs, per-label
+            thresholds tuned on the validation rows).
+        init_from: an align run (`mmkeras align`) whose backbones,
+            tokenizer, projections and temperature the model starts from.
+        embedding_dim: width of the shared text-image embedding space (an
+            align run's projections, and the match task's).
 
     Example:
     >>> config = RunConfig(data="samples/train.csv", out="runs/demo", epochs=3)
@@ -147,6 +159,9 @@ class RunConfig:
     max_image_pixels: int = MAX_IMAGE_PIXELS
     augment: str = "none"
     modality_balance: str = "none"
+    task: str = "classify"
+    init_from: str | None = None
+    embedding_dim: int = 64
 
     def __post_init__(self):
         self.validate()
@@ -164,6 +179,7 @@ class RunConfig:
             "class_weight": CLASS_WEIGHTS,
             "augment": AUGMENTATIONS,
             "modality_balance": MODALITY_BALANCE,
+            "task": TASKS,
         }
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
@@ -176,12 +192,15 @@ class RunConfig:
             "batch_size",
             "gradient_accumulation",
             "max_image_pixels",
+            "embedding_dim",
         )
         for name in positive:
             if getattr(self, name) is not None and getattr(self, name) < 1:
                 raise UserError(f"{name} must be at least 1, got {getattr(self, name)}")
         if not 0.0 <= self.dropout < 1.0:
             raise UserError(f"dropout must be in [0, 1), got {self.dropout}")
+        if self.task == "multilabel" and self.class_weight != "none":
+            raise UserError("class_weight does not apply to multilabel: each label has its own sigmoid loss")
         if self.cache_features and (self.freeze == "none" or self.lora_rank):
             raise UserError("cache_features needs frozen backbones (freeze text, vision or both) and no LoRA")
         if self.cache_features and self.augment != "none":

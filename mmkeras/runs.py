@@ -44,6 +44,7 @@ from mmkeras.errors import UserError
 from mmkeras.preprocessing import MultimodalPreprocessor
 from mmkeras.preprocessing.multimodal_preprocessor import CONFIG_FILE as PREPROCESSOR_FILE
 from mmkeras.preprocessing.multimodal_preprocessor import TOKENIZER_FILE
+from mmkeras.runtime.bundle import RESULTS_FOLDER
 from mmkeras.training.checkpoints import CHECKPOINTS_DIR, is_checkpoints_folder
 
 if TYPE_CHECKING:  # this module is imported by TF-free readers (reports, the CLI's checks)
@@ -58,6 +59,8 @@ QUANTIZATION_FILE = "quantization.json"
 QAT_WEIGHTS_FILE = "qat.weights.h5"
 SKIPPED_ROWS_FILE = "skipped_rows.csv"
 REPORT_FILE = "report.html"
+RESULTS_CSV = "results.csv"  # one row per epoch (`training.epoch_log`)
+TENSORBOARD_FOLDER = "tensorboard"
 # Every name a run folder may hold: `train` and `qat` write into a folder only when it holds nothing else.
 RUN_ENTRIES = frozenset(
     {
@@ -71,6 +74,9 @@ RUN_ENTRIES = frozenset(
         SKIPPED_ROWS_FILE,
         CHECKPOINTS_DIR,
         REPORT_FILE,
+        RESULTS_CSV,
+        TENSORBOARD_FOLDER,
+        RESULTS_FOLDER,
         PREPROCESSOR_FILE,
         TOKENIZER_FILE,
     }

@@ -167,6 +167,7 @@ def test_train_offers_exactly_the_configs_choices():
         "class_weight": config.CLASS_WEIGHTS,
         "augment": config.AUGMENTATIONS,
         "modality_balance": config.MODALITY_BALANCE,
+        "task": config.TASKS,
     }
 
 

@@ -27,10 +27,10 @@ import numpy as np
 
 from mmkeras.atomic_files import write_atomically, write_json_atomically
 from mmkeras.evaluation import plots
+from mmkeras.runtime.bundle import RESULTS_FOLDER
 
 logger = logging.getLogger("mmkeras")
 
-RESULTS_FOLDER = "results"
 ATTENTION_FOLDER = "attention"
 # Right and wrong predictions the report shows (the most confident of each).
 SAMPLES_PER_KIND = 6

@@ -7,7 +7,9 @@ a saved `.keras` model needs.
 from mmkeras.models.builder import build_model
 from mmkeras.models.concat_fusion import ConcatFusion
 from mmkeras.models.cross_attention_fusion import CrossAttentionFusion
+from mmkeras.models.dual_encoder import build_dual_encoder
 from mmkeras.models.gated_fusion import GatedFusion
+from mmkeras.models.logit_scale import LogitScale
 from mmkeras.models.modality_dropout import ModalityDropout
 from mmkeras.models.text_backbones import BUILTIN_TEXT_BACKBONES
 from mmkeras.models.text_backbones import TextBackbone
@@ -24,9 +26,11 @@ __all__ = [
     "ConcatFusion",
     "CrossAttentionFusion",
     "GatedFusion",
+    "LogitScale",
     "ModalityDropout",
     "TextBackbone",
     "VisionBackbone",
+    "build_dual_encoder",
     "build_model",
     "load_text_backbone",
     "load_vision_backbone",

@@ -28,7 +28,10 @@ from mmkeras.config import FUSIONS
 from mmkeras.errors import UserError
 from mmkeras.models.concat_fusion import ConcatFusion
 from mmkeras.models.cross_attention_fusion import CrossAttentionFusion
+from mmkeras.models.embedding_heads import embed_image_tokens, embed_text_tokens
 from mmkeras.models.gated_fusion import GatedFusion
+from mmkeras.models.embedding_heads import ALIGNED_LAYERS
+from mmkeras.models.logit_scale import LogitScale
 from mmkeras.models.modality_dropout import ModalityDropout
 from mmkeras.models.text_backbones import BACKBONE_NAME as TEXT_BACKBONE
 from mmkeras.models.text_backbones import BUILTIN_TEXT_BACKBONES
@@ -62,6 +65,10 @@ def build_model(
     modality_dropout=0.0,
     texts=None,
     seed=None,
+    task="classify",
+    embedding_dim=64,
+    match_index=1,
+    backbones=None,
 ):
     """Build a multimodal classifier and the preprocessor that feeds it.
 
@@ -85,6 +92,14 @@ def build_model(
         seed: makes the random weights (and dropout seeds) reproducible
             without touching the caller's global random state; `None` draws
             from that global state.
+        task: `classify`, or `match`: the logits also see the scaled cosine
+            similarity of the text's and the image's embeddings in a shared
+            space (the heads of `build_dual_encoder`, named alike so an
+            aligned run's projections and temperature carry over).
+        embedding_dim: width of that shared space (`match` only).
+        match_index: which of the 2 logits is the `match` class (`match` only).
+        backbones: `(TextBackbone, VisionBackbone)` to build on instead of
+            loading the SPECs (an align run's, for `train --init-from`).
 
     Returns:
         `(model, preprocessor)`: a `keras.Model` mapping the four inputs to
@@ -94,9 +109,12 @@ def build_model(
         UserError: a bad setting or backbone SPEC.
     """
     _check_settings(num_classes, fusion, fusion_dim, num_heads, dropout, modality_dropout)
-    with _seeded(seed):
-        text = load_text_backbone(text_backbone, sequence_length=sequence_length, texts=texts)
-        vision = load_vision_backbone(vision_backbone)
+    with seeded_weights(seed):
+        if backbones is None:
+            text = load_text_backbone(text_backbone, sequence_length=sequence_length, texts=texts)
+            vision = load_vision_backbone(vision_backbone)
+        else:
+            text, vision = backbones
         sequence_length = text.tokenizer.sequence_length
         inputs = {
             "token_ids": keras.Input((sequence_length,), dtype="int32", name="token_ids"),
@@ -115,6 +133,9 @@ def build_model(
         fused = keras.layers.Dropout(dropout, name="head_dropout")(fused)
         # float32 logits even under mixed precision: the loss needs them.
         logits = keras.layers.Dense(num_classes, dtype="float32", name="logits")(fused)
+        if task == "match":
+            similarity = _similarity_logits(text_tokens, inputs["padding_mask"], image_tokens, embedding_dim, match_index)
+            logits = keras.layers.Add(dtype="float32", name="match_logits")([logits, similarity])
         model = keras.Model(inputs, logits, name="mmkeras_classifier")
     return model, MultimodalPreprocessor(text.tokenizer, vision.image_size, vision.resample)
 
@@ -122,20 +143,41 @@ def build_model(
 def pretrained_backbones(config) -> tuple[str, ...]:
     """Layer names of a run's backbones loaded with pretrained weights.
 
-    A backbone is pretrained unless its SPEC is a built-in random architecture.
+    A backbone is pretrained unless its SPEC is a built-in random architecture
+    and the run does not start from an align run (`init_from`).
 
     Args:
-        config: a `RunConfig` (`text_backbone`, `vision_backbone`).
+        config: a `RunConfig` (`text_backbone`, `vision_backbone`, `init_from`).
 
     Example:
     >>> pretrained_backbones(RunConfig(text_backbone="bert_tiny_en_uncased"))  # doctest: +SKIP
     ('text_backbone',)
     """
     specs = {
-        TEXT_BACKBONE: config.text_backbone not in BUILTIN_TEXT_BACKBONES,
-        VISION_BACKBONE: config.vision_backbone not in BUILTIN_VISION_BACKBONES,
+        TEXT_BACKBONE: bool(config.init_from) or config.text_backbone not in BUILTIN_TEXT_BACKBONES,
+        VISION_BACKBONE: bool(config.init_from) or config.vision_backbone not in BUILTIN_VISION_BACKBONES,
     }
     return tuple(name for name, pretrained in specs.items() if pretrained)
+
+
+def _similarity_logits(text_tokens, padding_mask, image_tokens, embedding_dim, match_index):
+    """Logits [B, 2] from the scaled cosine similarity of the two modalities' embeddings.
+
+    They start as the aligned model's own answer: half the scaled similarity
+    for `match`, minus half for `mismatch` (a learned bias sets the
+    threshold). A head that had to discover the similarity from a random
+    weight learned too slowly, and its noise unlearned the alignment
+    (measured on samples/matching: test accuracy 0.49, docs/design.md#alignment-before-matching).
+    """
+    text_embedding = embed_text_tokens(text_tokens, padding_mask, embedding_dim)
+    image_embedding = embed_image_tokens(image_tokens, embedding_dim)
+    similarity = keras.layers.Dot(axes=-1, dtype="float32", name="similarity")([text_embedding, image_embedding])
+    scale = LogitScale(dtype="float32", name="logit_scale")(similarity)
+    scaled = keras.layers.Multiply(dtype="float32", name="scaled_similarity")([similarity, scale])
+    direction = [[0.5, -0.5] if match_index == 0 else [-0.5, 0.5]]
+    return keras.layers.Dense(
+        2, kernel_initializer=keras.initializers.Constant(direction), dtype="float32", name="similarity_logits"
+    )(scaled)
 
 
 def fine_tuned_pretrained_backbones(config) -> tuple[str, ...]:
@@ -143,6 +185,7 @@ def fine_tuned_pretrained_backbones(config) -> tuple[str, ...]:
 
     Their weights do not train when `--freeze` names them or under
     `--lora-rank` (then only the adapters, which start from zero, train).
+    A match classifier from an align run also fine-tunes the aligned heads.
 
     Args:
         config: a `RunConfig` (`text_backbone`, `vision_backbone`, `freeze`,
@@ -155,7 +198,10 @@ def fine_tuned_pretrained_backbones(config) -> tuple[str, ...]:
     if config.lora_rank:
         return ()
     frozen = FROZEN_BACKBONES[config.freeze]
-    return tuple(name for name in pretrained_backbones(config) if name not in frozen)
+    backbones = tuple(name for name in pretrained_backbones(config) if name not in frozen)
+    # A match classifier from an align run fine-tunes the aligned heads too (at the backbones' rate).
+    aligned = ALIGNED_LAYERS if config.init_from and config.task == "match" else ()
+    return backbones + aligned
 
 
 def _check_settings(num_classes, fusion, fusion_dim, num_heads, dropout, modality_dropout):
@@ -182,7 +228,7 @@ def _fusion_layer(fusion, fusion_dim, num_heads, dropout):
 
 
 @contextlib.contextmanager
-def _seeded(seed):
+def seeded_weights(seed):
     """Seed the source of Keras' default initializer and dropout seeds, then restore it.
 
     Keras 3 draws the seed of every unseeded initializer and dropout layer

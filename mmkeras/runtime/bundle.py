@@ -32,6 +32,10 @@ TOKENIZER_FILE = "tokenizer.json"
 TEST_VECTORS_FILE = "test_vectors.json"
 TEST_VECTORS_FOLDER = "test_vectors"
 WEB_SITE_FOLDER = "web"
+# What `evaluate BUNDLE` writes into it (`mmkeras.evaluation.results_folder`).
+RESULTS_FOLDER = "results"
+# The two models of a dual-encoder bundle (an align run's export), instead of `MODEL_FILE`.
+ENCODER_FILES = {"text_encoder": "text_encoder.tflite", "image_encoder": "image_encoder.tflite"}
 # Every file of a bundle: `export` replaces a folder only when it holds nothing else.
 BUNDLE_FILES = (
     BUNDLE_FILE,
@@ -41,6 +45,8 @@ BUNDLE_FILES = (
     TEST_VECTORS_FILE,
     TEST_VECTORS_FOLDER,
     WEB_SITE_FOLDER,
+    RESULTS_FOLDER,
+    *ENCODER_FILES.values(),
 )
 # In a folder an export is still writing; a bundle folder never holds it (see `read_bundle`).
 UNFINISHED_MARKER = ".export-unfinished"

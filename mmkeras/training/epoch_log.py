@@ -18,12 +18,11 @@ import logging
 from pathlib import Path
 
 from mmkeras.evaluation.results_folder import write_csv
+from mmkeras.runs import RESULTS_CSV, TENSORBOARD_FOLDER
 from mmkeras.training.checkpoints import TrainingState
 
 logger = logging.getLogger("mmkeras")
 
-RESULTS_CSV = "results.csv"
-TENSORBOARD_FOLDER = "tensorboard"
 # results.csv's columns after `epoch`, in order; a key a run does not have (no validation) is left out.
 COLUMNS = ("loss", "accuracy", "val_loss", "val_accuracy", "learning_rate")
 

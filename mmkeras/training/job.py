@@ -78,6 +78,8 @@ class PreparedRun:
         policy: the Keras dtype policy the model computes in.
         balance: the `ModalityBalance` under `--modality-balance` (then
             `trained_model` is its training model), else `None`.
+        saved_labels: the class names the run folder records, when not
+            `labels` (an align run trains on row groups, not classes).
     """
 
     model: keras.Model
@@ -90,6 +92,7 @@ class PreparedRun:
     skipped_rows: list[BadRow]
     policy: str = "float32"
     balance: object = None
+    saved_labels: list[str] | None = None
 
 
 class TrainingJob:
@@ -102,7 +105,8 @@ class TrainingJob:
             made with the same settings.
 
     Subclasses implement `prepare`, and may override `loop_config`,
-    `resume_settings`, `initial_metrics`, `final_model` and `run_folder_extras`.
+    `resume_settings`, `training_loss`, `initial_metrics`, `final_metrics`,
+    `final_model` and `run_folder_extras`.
     """
 
     # Whether validation picks the weights kept (early stopping, best epoch) or only reports.
@@ -110,7 +114,7 @@ class TrainingJob:
     name = "training"
 
     def __init__(self, config: RunConfig, *, resume: bool = False):
-        paths = {key: getattr(config, key) for key in ("data", "val", "out")}
+        paths = {key: getattr(config, key) for key in ("data", "val", "out", "init_from")}
         self.config = config.replace(**{key: str(Path(path).resolve()) for key, path in paths.items() if path})
         self.resume = resume
 
@@ -131,6 +135,14 @@ class TrainingJob:
     def resume_settings(self, loop_config: RunConfig) -> dict:
         """What a resumed process must share with the interrupted one (checked against the checkpoint)."""
         return loop_config.to_dict()
+
+    def training_loss(self):
+        """The loss the loop minimises (see `TrainingLoop`'s `loss`); `None`: classification cross-entropy."""
+        return None
+
+    def final_metrics(self, prepared: PreparedRun, model: keras.Model) -> dict:
+        """Figures of the final model added to the run's metrics (an align run's retrieval recall)."""
+        return {}
 
     def initial_metrics(self, prepared: PreparedRun, loop: TrainingLoop) -> dict:
         """Figures measured before the first update (reported with the final ones)."""
@@ -164,7 +176,14 @@ class TrainingJob:
         labels = prepared.labels
         label_ids = prepared.train_manifest.encode_labels(labels)
         loop = make_loop(
-            loop_config, prepared.trained_model, strategy, prepared.policy, label_ids, len(labels), prepared.balance
+            loop_config,
+            prepared.trained_model,
+            strategy,
+            prepared.policy,
+            label_ids,
+            len(labels),
+            prepared.balance,
+            loss=self.training_loss(),
         )
         metrics = self.initial_metrics(prepared, loop)
         best_weights = None
@@ -212,12 +231,13 @@ class TrainingJob:
             # With best-weight keeping: the kept (best) weights' figures, not the last epoch's.
             metrics["val_loss"], metrics["val_accuracy"] = loop.evaluate(prepared.val_data)
         model = self.final_model(prepared)
+        metrics.update(self.final_metrics(prepared, model))
         if chief:
             save_run(
                 config.out,
                 model=model,
                 preprocessor=prepared.preprocessor,
-                labels=labels,
+                labels=labels if prepared.saved_labels is None else prepared.saved_labels,
                 config=config,
                 history=state.history,
                 metrics=metrics,

@@ -84,7 +84,7 @@ def epoch_datasets(
 
 
 def make_loop(
-    config: RunConfig, model, strategy, policy: str, label_ids, num_classes: int, balance=None
+    config: RunConfig, model, strategy, policy: str, label_ids, num_classes: int, balance=None, *, loss=None
 ) -> TrainingLoop:
     """The loop that trains `model` with the run's optimizer, class weights, accumulation and XLA choice.
 
@@ -100,6 +100,7 @@ def make_loop(
             balanced class weights).
         num_classes: the number of classes.
         balance: the run's `ModalityBalance` (`model` is its training model), or `None`.
+        loss: the loop's loss when not classification (`TrainingLoop`'s `loss`).
     """
     total_steps = updates_per_epoch(len(label_ids), config.batch_size, config.gradient_accumulation) * config.epochs
     with strategy.scope():
@@ -111,6 +112,7 @@ def make_loop(
         strategy=strategy,
         class_weights=class_weights,
         gradient_accumulation=config.gradient_accumulation,
+        loss=loss,
         jit_compile=config.jit_compile,
         balance=balance,
     )

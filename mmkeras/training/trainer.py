@@ -10,17 +10,25 @@ writes the run folder (on the chief only, under multi-worker training).
 import logging
 
 import keras
+import numpy as np
 import tensorflow as tf
 
 from mmkeras.config import RunConfig
 from mmkeras.data.manifest import read_manifest
 from mmkeras.errors import UserError
+from mmkeras.evaluation.multilabel_metrics import multi_hot, multilabel_figures, split_labels, tune_thresholds
 from mmkeras.models.builder import FROZEN_BACKBONES, build_model, pretrained_backbones
+from mmkeras.training.aligned_start import aligned_config, copy_aligned_layers, load_aligned_start
 from mmkeras.training.feature_cache import CachedEpochs, cache_features, default_cache_dir, split_at_frozen_backbones
 from mmkeras.training.job import JobResult, PreparedRun, TrainingJob
 from mmkeras.training.modality_balance import ModalityBalance
+from mmkeras.training.multilabel_loss import MultiLabelLoss
 from mmkeras.training.precision import dtype_policy, float32_copy, resolve_policy
 from mmkeras.training.run_setup import checked_manifests, epoch_datasets
+
+# The label pairs `--task match` accepts (lowercased), and the one of each that means a match.
+MATCH_LABELS = ({"mismatch", "match"}, {"0", "1"}, {"false", "true"})
+MATCHING = ("match", "1", "true")
 
 logger = logging.getLogger("mmkeras")
 
@@ -50,6 +58,8 @@ def train(config: RunConfig, *, resume: bool = False) -> JobResult:
     """
     if not config.data or not config.out:
         raise UserError("training needs a training manifest (--data) and a run folder (--out)")
+    if config.init_from:
+        config = aligned_config(config)
     return TrainJob(config, resume=resume).run()
 
 
@@ -64,17 +74,22 @@ class TrainJob(TrainingJob):
     def prepare(self, strategy: tf.distribute.Strategy) -> PreparedRun:
         config = self.config
         raw_train = read_manifest(config.data, on_bad_row=config.on_bad_row)
-        labels = raw_train.labels()
-        if len(labels) < 2:
-            raise UserError(f"a classifier needs at least 2 labels, found {labels}", path=config.data)
+        labels = classes = raw_train.labels()
+        if config.task == "multilabel":
+            labels, classes = multilabel_cells(config, raw_train)
+            self.label_sets = multi_hot(labels, classes)
+        if len(classes) < 2:
+            raise UserError(f"a classifier needs at least 2 labels, found {classes}", path=config.data)
+        match_index = match_label_index(labels, config.data) if config.task == "match" else 1
         policy = resolve_policy(config.mixed_precision)
         logger.info("building the model (%s text, %s vision, %s fusion)",
                     config.text_backbone, config.vision_backbone, config.fusion)
         with strategy.scope(), dtype_policy(policy):
+            aligned = load_aligned_start(config.init_from) if config.init_from else None
             model, preprocessor = build_model(
                 config.text_backbone,
                 config.vision_backbone,
-                num_classes=len(labels),
+                num_classes=len(classes),
                 fusion=config.fusion,
                 sequence_length=config.sequence_length,
                 fusion_dim=config.fusion_dim,
@@ -83,7 +98,13 @@ class TrainJob(TrainingJob):
                 modality_dropout=config.modality_dropout,
                 texts=[row.text for row in raw_train.rows if row.text],
                 seed=config.seed,
+                task=config.task,
+                embedding_dim=config.embedding_dim,
+                match_index=match_index,
+                backbones=aligned and aligned.backbones,
             )
+            if aligned:
+                copy_aligned_layers(model, aligned.model)
         preprocessor.max_image_pixels = config.max_image_pixels  # the bundle's runtime keeps the limit
         train_manifest, val_manifest, skipped = checked_manifests(config, raw_train, labels, preprocessor.image_size)
         with strategy.scope():
@@ -101,6 +122,7 @@ class TrainJob(TrainingJob):
             trained_model=trained_model,
             preprocessor=preprocessor,
             labels=labels,
+            saved_labels=classes if config.task == "multilabel" else None,
             train_manifest=train_manifest,
             train_epochs=train_epochs,
             val_data=val_data,
@@ -119,9 +141,52 @@ class TrainJob(TrainingJob):
             )
         return {"texts_truncated": truncated}
 
+    def training_loss(self):
+        return MultiLabelLoss(self.label_sets) if self.config.task == "multilabel" else None
+
+    def final_metrics(self, prepared: PreparedRun, model: keras.Model) -> dict:
+        """For `multilabel`: per-label thresholds tuned on the validation rows, and their figures there.
+
+        Scored with the trained model, which the validation batches feed (the head, on cached features).
+        """
+        if self.config.task != "multilabel" or prepared.val_data is None:
+            return {}
+        scores, cells = [], []
+        for inputs, cell_ids in prepared.val_data:
+            logits = prepared.trained_model(inputs, training=False)
+            scores.append(keras.ops.convert_to_numpy(keras.ops.sigmoid(logits)))
+            cells.append(cell_ids.numpy())
+        truth, scores = self.label_sets[np.concatenate(cells)], np.concatenate(scores)
+        thresholds = tune_thresholds(truth, scores)
+        figures = multilabel_figures(truth, scores, thresholds, prepared.saved_labels)
+        return {
+            "thresholds": dict(zip(prepared.saved_labels, thresholds)),
+            **{f"val_{key}": figures[key] for key in ("mAP", "micro_f1", "macro_f1", "exact_match")},
+        }
+
     def final_model(self, prepared: PreparedRun) -> keras.Model:
         # A run folder holds the float32 model: mixed precision is how a run trains, not what it exports.
         return prepared.model if prepared.policy == "float32" else float32_copy(prepared.model)
+
+
+def multilabel_cells(config: RunConfig, raw_train) -> tuple[list[str], list[str]]:
+    """`(cells, labels)` of `--task multilabel`: the distinct label cells of the training and validation rows
+    (what the data pipeline encodes) and the labels they list (`red|ring`: `red` and `ring`)."""
+    cells = set(raw_train.labels())
+    if config.val:
+        cells |= set(read_manifest(config.val).labels())
+    labels = sorted({label for cell in cells for label in split_labels(cell)})
+    return sorted(cells), labels
+
+
+def match_label_index(labels: list[str], path) -> int:
+    """The index of the `match` label among the two of `--task match` (match/mismatch, 1/0 or true/false)."""
+    lowered = [label.lower() for label in labels]
+    if set(lowered) not in MATCH_LABELS:
+        raise UserError(
+            f"--task match needs the labels match/mismatch, 1/0 or true/false, found {', '.join(labels)}", path=path
+        )
+    return next(index for index, label in enumerate(lowered) if label in MATCHING)
 
 
 def prepare_backbones(model: keras.Model, config: RunConfig):

@@ -48,6 +48,11 @@ class TrainingLoop:
         strategy: the tf.distribute strategy (default: the current one).
         class_weights: a weight per class for the loss, or `None` (all 1).
         gradient_accumulation: micro-batches per optimizer update.
+        loss: what the model is trained to minimise, when not the
+            classification cross-entropy of logits: an object with
+            `per_example_loss(labels, outputs)` and
+            `correct_predictions(labels, outputs)` (e.g. `ContrastiveLoss`,
+            whose outputs are embeddings); class weights do not apply to it.
         jit_compile: compile the step with XLA when every layer supports it
             (the whole step on one replica; the forward/backward pass per
             replica under a distributed strategy, where XLA cannot reach the
@@ -72,11 +77,13 @@ class TrainingLoop:
         strategy: tf.distribute.Strategy | None = None,
         class_weights=None,
         gradient_accumulation: int = 1,
+        loss=None,
         jit_compile: bool | None = None,
         balance=None,
     ):
         self.model = model
         self.balance = balance
+        self.loss = loss
         self.optimizer = optimizer
         self.strategy = strategy or tf.distribute.get_strategy()
         self.gradient_accumulation = gradient_accumulation
@@ -113,6 +120,8 @@ class TrainingLoop:
     # --- per replica -------------------------------------------------------------------------------------------
 
     def _per_example_loss(self, labels, logits):
+        if self.loss is not None:
+            return self.loss.per_example_loss(labels, logits)
         losses = keras.losses.sparse_categorical_crossentropy(labels, tf.cast(logits, tf.float32), from_logits=True)
         if self.class_weights is not None:
             losses = losses * tf.gather(self.class_weights, labels)
@@ -133,7 +142,7 @@ class TrainingLoop:
         gradients = densify_gradients(tape.gradient(scaled, variables))
         if self.balance is not None:
             gradients = self.balance.modulate(gradients, labels, outputs)
-        return gradients, _figures(labels, logits, losses)
+        return gradients, self._figures(labels, logits, losses)
 
     def _replica_accumulate(self, inputs, labels, group_size):
         gradients, figures = self._gradients(inputs, labels, group_size)
@@ -153,7 +162,15 @@ class TrainingLoop:
     def _replica_evaluate(self, inputs, labels):
         logits = self.model(inputs, training=False)
         logits = logits if self.balance is None else logits[0]
-        return _figures(labels, logits, self._per_example_loss(labels, logits))
+        return self._figures(labels, logits, self._per_example_loss(labels, logits))
+
+    def _figures(self, labels, logits, losses):
+        """Sums this replica contributes: loss, correct predictions, examples."""
+        if self.loss is None:
+            correct = _correct_predictions(labels, logits)
+        else:
+            correct = self.loss.correct_predictions(labels, logits)
+        return [tf.reduce_sum(losses), correct, tf.cast(tf.size(labels), tf.float32)]
 
     def _run(self, replica_fn, args):
         """`replica_fn` on every replica; its figures summed over all of them."""
@@ -250,11 +267,9 @@ def batch_sizes(num_examples: int, batch_size: int) -> list[int]:
     return [batch_size] * full + ([rest] if rest else [])
 
 
-def _figures(labels, logits, losses):
-    """Sums this replica contributes: loss, correct predictions, examples."""
+def _correct_predictions(labels, logits):
     predictions = tf.argmax(logits, axis=-1, output_type=labels.dtype)
-    correct = tf.reduce_sum(tf.cast(tf.equal(predictions, labels), tf.float32))
-    return [tf.reduce_sum(losses), correct, tf.cast(tf.size(labels), tf.float32)]
+    return tf.reduce_sum(tf.cast(tf.equal(predictions, labels), tf.float32))
 
 
 def _loss_and_accuracy(totals) -> tuple[float, float]:

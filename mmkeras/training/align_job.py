@@ -1,0 +1,175 @@
+"""`align`: contrastive pretraining of a text and an image backbone on true pairs (`mmkeras align`).
+
+A classifier trained from match/mismatch labels alone does not learn whether
+a text agrees with an image (docs/design.md#alignment-before-matching);
+aligning the two backbones first, CLIP-style, does. `AlignJob` is a
+`TrainingJob` like `train` and `qat` (strategy, exact resume, checkpoints,
+run folder); what differs is the model (`build_dual_encoder`), the data (true
+pairs; a label column, when present, groups rows that are not each other's
+negatives) and the loss (`ContrastiveLoss`). Its final figures add recall@1/5/10
+of validation retrieval in both directions.
+
+Example:
+>>> result = align(RunConfig(data="pairs.csv", val="val_pairs.csv", out="runs/align"))  # doctest: +SKIP
+>>> result.metrics["val_recall"]["text_to_image"]["1"]                                  # doctest: +SKIP
+0.91
+"""
+
+import dataclasses
+import logging
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from mmkeras.config import RunConfig
+from mmkeras.data.dataset import EpochDatasets, make_dataset
+from mmkeras.data.manifest import Manifest, read_manifest
+from mmkeras.errors import UserError
+from mmkeras.evaluation.retrieval_metrics import retrieval_recall
+from mmkeras.models.dual_encoder import ENCODER_INPUTS, IMAGE_EMBEDDING, TEXT_EMBEDDING, build_dual_encoder
+from mmkeras.training.contrastive_loss import ContrastiveLoss
+from mmkeras.training.job import JobResult, PreparedRun, TrainingJob
+from mmkeras.training.precision import dtype_policy, float32_copy, resolve_policy
+from mmkeras.training.trainer import prepare_backbones
+
+logger = logging.getLogger("mmkeras")
+
+
+def align(config: RunConfig, *, resume: bool = False) -> JobResult:
+    """Align a text and an image backbone on the true pairs of `config.data` and write the run folder.
+
+    Args:
+        config: the run config (`data` and `out` required; `fusion`,
+            `task` and the head settings do not apply).
+        resume: continue the run in `config.out` from its last checkpoint.
+
+    Example:
+    >>> align(RunConfig(data="pairs.csv", out="runs/align", epochs=20))  # doctest: +SKIP
+    """
+    if not config.data or not config.out:
+        raise UserError("align needs a manifest of true pairs (--data) and a run folder (--out)")
+    if config.cache_features:
+        raise UserError("align does not cache features: both towers' outputs feed the loss through projections")
+    if config.class_weight != "none":
+        raise UserError("class weights do not apply to align: a pair has no class")
+    return AlignJob(config, resume=resume).run()
+
+
+class AlignJob(TrainingJob):
+    """`mmkeras align`: a dual encoder trained with symmetric InfoNCE over in-batch negatives.
+
+    Args:
+        config: the run config.
+        resume: continue from the run's last checkpoint.
+    """
+
+    name = "alignment"
+
+    def prepare(self, strategy: tf.distribute.Strategy) -> PreparedRun:
+        config = self.config
+        pairs = _pairs(read_manifest(config.data, require_labels=False, on_bad_row=config.on_bad_row))
+        policy = resolve_policy(config.mixed_precision)
+        logger.info("building the dual encoder (%s text, %s vision)", config.text_backbone, config.vision_backbone)
+        with strategy.scope(), dtype_policy(policy):
+            model, preprocessor = build_dual_encoder(
+                config.text_backbone,
+                config.vision_backbone,
+                sequence_length=config.sequence_length,
+                embedding_dim=config.embedding_dim,
+                texts=[row.text for row in pairs.rows],
+                seed=config.seed,
+            )
+        check = {"on_bad_row": config.on_bad_row, "max_pixels": config.max_image_pixels}
+        pairs, _ = pairs.validate_images(preprocessor.image_size, **check)
+        skipped = list(pairs.skipped)
+        groups, train_pairs = _grouped(pairs)
+        with strategy.scope():
+            prepare_backbones(model, config)
+        train_epochs = EncoderEpochs(
+            EpochDatasets(train_pairs, groups, preprocessor, batch_size=config.batch_size, seed=config.seed)
+        )
+        val_data = None
+        if config.val:
+            val_manifest = read_manifest(config.val, require_labels=False, on_bad_row=config.on_bad_row)
+            val_pairs, _ = _pairs(val_manifest).validate_images(preprocessor.image_size, **check)
+            skipped += val_pairs.skipped
+            val_groups, val_pairs = _grouped(val_pairs)
+            val_data = make_dataset(
+                val_pairs, val_groups, preprocessor, batch_size=config.batch_size, shuffle=False, seed=config.seed
+            ).map(encoder_inputs)
+        return PreparedRun(
+            model=model,
+            trained_model=model,
+            preprocessor=preprocessor,
+            labels=groups,
+            train_manifest=train_pairs,
+            train_epochs=train_epochs,
+            val_data=val_data,
+            skipped_rows=skipped,
+            policy=policy,
+            saved_labels=pairs.labels(),
+        )
+
+    def training_loss(self):
+        return ContrastiveLoss()
+
+    def final_metrics(self, prepared: PreparedRun, model: keras.Model) -> dict:
+        if prepared.val_data is None:
+            return {}
+        text, image, groups = embed_pairs(model, prepared.val_data)
+        recall = retrieval_recall(text, image, groups)
+        logger.info("validation recall@1: text to image %.4f, image to text %.4f",
+                    recall["text_to_image"]["1"], recall["image_to_text"]["1"])
+        return {"val_recall": recall}
+
+    def final_model(self, prepared: PreparedRun) -> keras.Model:
+        return prepared.model if prepared.policy == "float32" else float32_copy(prepared.model)
+
+
+class EncoderEpochs:
+    """`EpochDatasets` whose batches hold the dual encoder's inputs only (a pair has both modalities).
+
+    Args:
+        epochs: the `EpochDatasets` of the pairs.
+    """
+
+    def __init__(self, epochs: EpochDatasets):
+        self.epochs = epochs
+        self.num_examples = epochs.num_examples
+
+    def for_epoch(self, epoch: int) -> tf.data.Dataset:
+        return self.epochs.for_epoch(epoch).map(encoder_inputs)
+
+
+def encoder_inputs(inputs, labels):
+    """A batch of the model contract's inputs reduced to `ENCODER_INPUTS`."""
+    return {name: inputs[name] for name in ENCODER_INPUTS}, labels
+
+
+def embed_pairs(model: keras.Model, dataset: tf.data.Dataset) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """`(text embeddings, image embeddings, group ids)` of every pair in `dataset`, in order."""
+    texts, images, groups = [], [], []
+    for inputs, labels in dataset:
+        outputs = model(inputs, training=False)
+        texts.append(np.asarray(outputs[TEXT_EMBEDDING]))
+        images.append(np.asarray(outputs[IMAGE_EMBEDDING]))
+        groups.append(np.asarray(labels))
+    return np.concatenate(texts), np.concatenate(images), np.concatenate(groups)
+
+
+def _pairs(manifest: Manifest) -> Manifest:
+    """The manifest, checked to hold true pairs: every row has a text and an image."""
+    for row in manifest.rows:
+        if row.text is None or row.image is None:
+            raise UserError("an align row needs both a text and an image (a true pair)", path=manifest.path, row=row.line)
+    return manifest
+
+
+def _grouped(pairs: Manifest) -> tuple[list[str], Manifest]:
+    """`(group names, manifest labelled by group)`: rows of one label form a group when every row has a label;
+    otherwise every row is its own group (its only positive is its own pair)."""
+    if all(row.label is not None for row in pairs.rows):
+        return pairs.labels(), pairs
+    rows = [dataclasses.replace(row, label=f"line {row.line}") for row in pairs.rows]
+    return sorted({row.label for row in rows}), Manifest(pairs.path, rows, pairs.skipped)

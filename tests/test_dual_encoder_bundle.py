@@ -1,0 +1,98 @@
+"""Dual-encoder bundles: export of an align run, the TF-free Embedder, index and search."""
+
+import json
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from test_cli_end_to_end import SAMPLES, WITHOUT_TENSORFLOW, run_cli, write_subset
+
+from mmkeras.cli.app import main
+from mmkeras.runtime.image_index import ImageIndex
+
+MATCHING = SAMPLES / "matching"
+
+
+@pytest.fixture(scope="module")
+def align_run(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("align")
+    pairs = write_subset(MATCHING / "pairs.csv", folder / "pairs.csv", 16)
+    out = folder / "run"
+    assert main(["align", "--data", str(pairs), "--out", str(out), "--epochs", "1", "--batch-size", "8",
+                 "--embedding-dim", "16"]) == 0
+    return out
+
+
+@pytest.fixture(scope="module")
+def bundles(align_run, tmp_path_factory):
+    folder = tmp_path_factory.mktemp("bundles")
+    reports = {}
+    for quantize in ("none", "int8"):
+        assert main(["export", str(align_run), "--out", str(folder / quantize), "--quantize", quantize]) == 0
+        reports[quantize] = json.loads((folder / quantize / "bundle.json").read_text())
+    return folder, reports
+
+
+def test_float_encoders_embed_as_the_keras_towers(bundles):
+    folder, reports = bundles
+    assert {"text_encoder.tflite", "image_encoder.tflite", "tokenizer.json", "bundle.json"} <= {
+        path.name for path in (folder / "none").iterdir()
+    }
+    bundle = reports["none"]
+    assert bundle["kind"] == "dual_encoder" and bundle["embedding_dim"] == 16
+    for name in ("text_encoder", "image_encoder"):
+        assert bundle["conversion"]["parity"][name]["min_cosine"] > 0.9999
+
+
+def test_int8_bundle_has_an_int8_image_encoder_and_int8_text_weights(bundles):
+    _, reports = bundles
+    encoders = reports["int8"]["conversion"]["encoders"]
+    image_compute = encoders["image_encoder"]["ops"]["compute_ops"]
+    assert image_compute["int8"] == image_compute["total"] > 0
+    text_compute = encoders["text_encoder"]["ops"]["compute_ops"]
+    assert text_compute["hybrid"] > 0 and text_compute["float"] < text_compute["total"]
+    assert reports["int8"]["encoder_quantization"] == {"text_encoder": "dynamic", "image_encoder": "int8"}
+    assert reports["int8"]["conversion"]["parity"]["text_encoder"]["min_cosine"] > 0.999
+
+
+def test_index_and_search_run_without_tensorflow(bundles, tmp_path):
+    folder, _ = bundles
+    images = tmp_path / "images"
+    images.mkdir()
+    rows = [line.split(",") for line in (MATCHING / "concepts.csv").read_text().splitlines()[1:11]]
+    for _, image, _ in rows:
+        shutil.copy(MATCHING / image, images / image.split("/")[-1])
+    index_file = tmp_path / "index.npz"
+
+    def device_cli(*args):
+        done = subprocess.run([sys.executable, "-c", WITHOUT_TENSORFLOW, *map(str, args)], capture_output=True,
+                              text=True, timeout=120)
+        assert done.returncode == 0, done.stderr
+        return json.loads(done.stdout)
+
+    assert device_cli("index", folder / "int8", "--images", images, "--out", index_file, "--json")["images"] == 10
+    stored = ImageIndex.load(index_file)
+    assert stored.embeddings.dtype == np.float16 and stored.embeddings.shape == (10, 16)
+    results = device_cli("search", folder / "int8", index_file, "--text", "a red ring", "--top-k", "3", "--json")
+    scores = [hit["score"] for hit in results["results"]]
+    assert len(scores) == 3 and scores == sorted(scores, reverse=True)
+
+
+def test_search_finds_the_image_whose_embedding_is_the_query():
+    rng = np.random.default_rng(0)
+    embeddings = rng.normal(size=(50, 8)).astype("float32")
+    embeddings /= np.linalg.norm(embeddings, axis=1, keepdims=True)
+    index = ImageIndex(embeddings, [f"{number}.png" for number in range(50)], "/images")
+    hits = index.search(embeddings[17], top_k=4)
+    assert hits[0][0] == "17.png" and abs(hits[0][1] - 1.0) < 1e-3
+    exact = np.argsort(-(embeddings @ embeddings[17]))[:4]
+    assert [path for path, _ in hits] == [f"{number}.png" for number in exact]
+
+
+def test_a_classifier_bundle_is_not_a_dual_encoder_bundle(tmp_path, capsys):
+    (tmp_path / "bundle.json").write_text(json.dumps({"format_version": 1}))
+    code, _, err = run_cli(capsys, "search", tmp_path, tmp_path / "index.npz", "--text", "a red ring")
+    assert code == 2
+    assert "not a dual-encoder bundle" in err
