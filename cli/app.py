@@ -594,7 +594,7 @@ def cv(
     preflight.check_manifest(data, flag="--data")
     if val:
         preflight.check_manifest(val, flag="--val")
-    preflight.check_out_folder(out)
+    preflight.check_output_folder(out)
     load_tensorflow()
     from mmkeras.evaluation.cross_validation import cross_validate
     from mmkeras.evaluation.tables import summary_table
@@ -621,7 +621,7 @@ def compare(
         preflight.require_training_extra("compare --data")
         load_tensorflow()
     if out:
-        preflight.check_out_folder(out)
+        preflight.check_output_folder(out)
     from mmkeras.evaluation.compare import compare_runs, comparison_table
 
     comparison = compare_runs(run_dirs, data, out=out)
@@ -643,7 +643,7 @@ def explain(
     """
     prepare_target(target, "explain RUN_DIR")
     if out:
-        preflight.check_out_folder(out)
+        preflight.check_output_folder(out)
     from mmkeras.evaluation.explain import explain as explain_prediction
 
     explanation = explain_prediction(target, text, image, out=out)

@@ -46,6 +46,13 @@ def check_out_folder(path):
     check_run_output(path)
 
 
+def check_output_folder(path, *, flag: str = "--out"):
+    """A folder for results (cv, compare, explain): it may exist, but not as a file."""
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise UserError(f"{flag} must be a folder; a file of that name exists", path=path)
+
+
 def check_output_file(path, *, flag: str = "--out"):
     """A file to write: its folder must exist, and the path must not be a folder."""
     path = Path(path)

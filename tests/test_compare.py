@@ -1,13 +1,15 @@
 import json
+import zipfile
 
 import yaml
 from test_cli_end_to_end import run_cli
 
 
 def fake_run(folder, fusion, val_accuracy, epoch_seconds):
-    """A run folder's files that `compare` reads without --data (the model file is not opened)."""
+    """A run folder's files that `compare` reads without --data (the model file is checked, not loaded)."""
     folder.mkdir()
-    (folder / "model.keras").write_bytes(b"")
+    with zipfile.ZipFile(folder / "model.keras", "w") as archive:
+        archive.writestr("config.json", "{}")
     (folder / "labels.json").write_text('["a", "b"]')
     (folder / "config.yaml").write_text(yaml.safe_dump({"fusion": fusion}))
     metrics = {"val_accuracy": val_accuracy, "trainable_params": 1000, "total_params": 1200,

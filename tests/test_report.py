@@ -25,3 +25,12 @@ def test_report_embeds_curves_figures_and_config(tmp_path):
 def test_report_needs_a_history(tmp_path):
     with pytest.raises(UserError, match="history.json"):
         write_report(tmp_path)
+
+
+def test_a_neighbours_damaged_bundle_does_not_stop_the_report(tmp_path):
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    (run_dir / "history.json").write_text(json.dumps({"loss": [1.0, 0.5]}))
+    (tmp_path / "broken").mkdir()
+    (tmp_path / "broken" / "bundle.json").write_text('{\n  "format_version": 1,\n  oops\n}')
+    assert write_report(run_dir, tmp_path / "r.html").is_file()

@@ -289,8 +289,12 @@ def run_bundles(run_dir: Path, extra) -> list[tuple[Path, dict]]:
     candidates += [Path(folder) / BUNDLE_FILE for folder in extra]
     found = {}
     for path in candidates:
-        bundle = read_json(path)
-        if bundle.get("source_run") and Path(bundle["source_run"]).resolve() == run:
+        try:
+            bundle = read_json(path)
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+            continue  # a neighbour's damaged bundle.json is not this run's report's business
+        source = bundle.get("source_run") if isinstance(bundle, dict) else None
+        if isinstance(source, str) and source and Path(source).resolve() == run:
             found[path.parent.resolve()] = bundle
     return sorted(found.items())
 

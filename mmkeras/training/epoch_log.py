@@ -38,23 +38,22 @@ class EpochLog:
 
     def __init__(self, run_dir, *, tensorboard: bool = True):
         self.run_dir = Path(run_dir)
+        self.tensorboard = tensorboard and importlib.util.find_spec("tensorboard") is not None
         self.writer = None
-        if tensorboard and importlib.util.find_spec("tensorboard") is not None:
-            import tensorflow as tf
-
-            self.writer = tf.summary.create_file_writer(str(self.run_dir / TENSORBOARD_FOLDER))
-        elif tensorboard:
+        if tensorboard and not self.tensorboard:
             logger.info('tensorboard is not installed: no event files (pip install "mmkeras[tensorboard]")')
 
     def __call__(self, state: TrainingState):
         self.run_dir.mkdir(parents=True, exist_ok=True)
         write_csv(self.run_dir / RESULTS_CSV, epoch_rows(state))
-        if self.writer is not None:
+        if self.tensorboard:
             self._write_scalars(state)
 
     def _write_scalars(self, state: TrainingState):
         import tensorflow as tf
 
+        if self.writer is None:  # made with the first epoch's figures: a run that fails before leaves no folder
+            self.writer = tf.summary.create_file_writer(str(self.run_dir / TENSORBOARD_FOLDER))
         epoch = len(state.epoch_seconds)
         with self.writer.as_default(step=epoch):
             for key in COLUMNS:
