@@ -112,10 +112,15 @@ def prepare_target(target: Path, command: str):
         load_tensorflow()
 
 
-def with_flag_names(replace, overrides: dict) -> RunConfig:
-    """`replace(**overrides)`; a setting's error names its flag (`--learning-rate`, not `learning_rate`)."""
+def run_config_from(config_file: Path | None, **flags) -> RunConfig:
+    """The run config of `--config` (or the defaults) with the flags the user gave.
+
+    A setting's error names its flag (`--learning-rate`, not `learning_rate`).
+    """
+    base = RunConfig.from_yaml(config_file) if config_file else RunConfig()
+    overrides = {name: str(value) if isinstance(value, Path) else value for name, value in given(**flags).items()}
     try:
-        return replace(**overrides)
+        return base.replace(**overrides)
     except UserError as error:
         name = error.reason.split(" ", 1)[0]
         if name not in overrides or error.path:
@@ -235,11 +240,11 @@ def train(
 
     Example: mmkeras train --data samples/train.csv --val samples/val.csv --out runs/demo --epochs 10
     """
-    base = RunConfig.from_yaml(config) if config else RunConfig()
-    overrides = given(
-        data=data and str(data),
-        out=out and str(out),
-        val=val and str(val),
+    run_config = run_config_from(
+        config,
+        data=data,
+        out=out,
+        val=val,
         text_backbone=text_backbone,
         vision_backbone=vision_backbone,
         fusion=fusion,
@@ -263,9 +268,8 @@ def train(
         checkpoint_steps=checkpoint_steps,
         modality_balance=modality_balance,
         task=task,
-        init_from=init_from and str(init_from),
+        init_from=init_from,
     )
-    run_config = with_flag_names(base.replace, overrides)
     if not run_config.data or not run_config.out:
         raise UserError("training needs a training manifest (--data) and a run folder (--out)")
     preflight.require_training_extra("train")
@@ -574,21 +578,19 @@ def cv(
 
     Example: mmkeras cv --data samples/train.csv --folds 5 --out cv/samples --config samples/run.yaml
     """
-    base = RunConfig.from_yaml(config) if config else RunConfig()
-    run_config = base.replace(
-        **given(
-            data=str(data),
-            out=str(out),
-            val=val and str(val),
-            text_backbone=text_backbone,
-            vision_backbone=vision_backbone,
-            fusion=fusion,
-            epochs=epochs,
-            batch_size=batch_size,
-            learning_rate=learning_rate,
-            seed=seed,
-            modality_balance=modality_balance,
-        )
+    run_config = run_config_from(
+        config,
+        data=data,
+        out=out,
+        val=val,
+        text_backbone=text_backbone,
+        vision_backbone=vision_backbone,
+        fusion=fusion,
+        epochs=epochs,
+        batch_size=batch_size,
+        learning_rate=learning_rate,
+        seed=seed,
+        modality_balance=modality_balance,
     )
     preflight.require_training_extra("cv")
     preflight.check_manifest(data, flag="--data")
@@ -687,11 +689,11 @@ def align(
 
     Example: mmkeras align --data samples/matching/pairs.csv --val samples/matching/val_pairs.csv --out runs/align
     """
-    base = RunConfig.from_yaml(config) if config else RunConfig()
-    run_config = base.replace(
-        data=data and str(data),
-        out=out and str(out),
-        val=val and str(val),
+    run_config = run_config_from(
+        config,
+        data=data,
+        out=out,
+        val=val,
         text_backbone=text_backbone,
         vision_backbone=vision_backbone,
         embedding_dim=embedding_dim,
