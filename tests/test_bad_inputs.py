@@ -136,6 +136,8 @@ CASES = [
     ("image-is-a-pipe", lambda fx, ws: evaluate_bundle(fx, ws, f"a,{pipe(ws)},x\n"), "not a regular file"),
     ("image-too-many-pixels", lambda fx, ws: evaluate_bundle(fx, ws, f"a,{big_png(ws)},x\n"), "7000x6000 pixels"),
     ("evaluate-unknown-label", lambda fx, ws: evaluate_bundle(fx, ws, "a,,no_such_label\n"), "unknown label"),
+    ("train-label-left-without-rows", lambda fx, ws: train(
+        manifest(ws, "a,,x\nb,,x\nc,nope.png,y\n"), ws, "--on-bad-row", "skip"), "'y' have no usable training row"),
     # values and configs
     ("learning-rate-nan", lambda fx, ws: train(fx["train"], ws, "--learning-rate", "nan"), "finite"),
     ("learning-rate-inf", lambda fx, ws: train(fx["train"], ws, "--learning-rate", "inf"), "finite"),
@@ -266,15 +268,18 @@ def test_export_replaces_its_own_bundle_and_cleans_what_a_killed_export_left(fix
 def test_train_replaces_only_its_own_run_and_lists_skipped_rows(fixtures, tmp_path, capsys):
     run = copy_of(fixtures["run"], tmp_path)
     (run / "quantization.json").write_text("{}")  # an earlier QAT run's record must not survive
-    rows = fixtures["train"].read_text(encoding="utf-8") + "broken,nope.png,x\n"
+    rows = fixtures["train"].read_text(encoding="utf-8") + "broken,nope.png,red_calm\n"
     data = write(tmp_path / "data.csv", rows)
-    code = main(["train", "--data", str(data), "--out", str(run), "--epochs", "1", "--on-bad-row", "skip", "--json"])
+    val = write(tmp_path / "val.csv", "\n".join(rows.splitlines()[:5]) + "\nan owl,,no_such_label\n")
+    code = main([
+        "train", "--data", str(data), "--val", str(val), "--out", str(run), "--epochs", "1",
+        "--on-bad-row", "skip", "--json",
+    ])
     captured = capsys.readouterr()
-    assert code == 0 and json.loads(captured.out)["bad_rows_skipped"] == 1
+    assert code == 0 and json.loads(captured.out)["bad_rows_skipped"] == 2
     assert f"the run in {run} will be replaced" in captured.err
     assert not (run / "quantization.json").exists()
-    assert (run / "skipped_rows.csv").read_text(encoding="utf-8").splitlines() == [
-        "file,line,reason",
-        f"{data},34,cannot read image 'nope.png': file not found",
-    ]
+    skipped_rows = (run / "skipped_rows.csv").read_text(encoding="utf-8").splitlines()
+    assert skipped_rows[:2] == ["file,line,reason", f"{data},34,cannot read image 'nope.png': file not found"]
+    assert len(skipped_rows) == 3 and skipped_rows[2].startswith(f'{val},6,"unknown label \'no_such_label\' (known')
     assert not (tmp_path / ".run.lock").exists()

@@ -152,6 +152,21 @@ def test_unknown_label_names_file_line_label_and_known_labels_briefly(tmp_path):
         unlabelled.encode_labels(["a"])
 
 
+def test_validation_rows_of_an_untrained_class_fail_or_are_skipped_and_kept(tmp_path):
+    path = write(tmp_path / "val.csv", "text,image,label\na,,cat\nb,,zebra\nc,,dog\nd,,lion\n")
+    with pytest.raises(UserError) as caught:
+        read_manifest(path).with_known_labels(["cat", "dog"], "fail")
+    assert str(caught.value).startswith(f"{path}: 2 bad rows (--on-bad-row skip drops them): line 3: unknown label")
+    kept = read_manifest(path).with_known_labels(["cat", "dog"], "skip")
+    assert [row.label for row in kept.rows] == ["cat", "dog"]
+    assert [(row.line, row.reason) for row in kept.skipped] == [
+        (3, "unknown label 'zebra' (known labels: cat, dog)"),
+        (5, "unknown label 'lion' (known labels: cat, dog)"),
+    ]
+    with pytest.raises(UserError, match="no rows left: all 4 rows are bad"):
+        read_manifest(path).with_known_labels(["owl"], "skip")
+
+
 @pytest.fixture
 def manifest_with_bad_images(tmp_path):
     red_png(tmp_path / "images" / "good.png")

@@ -136,6 +136,29 @@ class Manifest:
             indices[position] = index_of[row.label]
         return indices
 
+    def with_known_labels(self, labels: list[str], on_bad_row: str) -> "Manifest":
+        """The manifest without rows whose label is not in `labels` (a validation row of a class never trained).
+
+        Args:
+            labels: the class names the model is trained on.
+            on_bad_row: `fail` raises one `UserError` listing every such row;
+                `skip` drops them into the returned manifest's `skipped`.
+
+        Raises:
+            UserError: such rows under `fail`, or no row left under `skip`.
+        """
+        known = set(labels)
+        bad_rows = [
+            BadRow(self.path, row.line, f"unknown label {row.label!r} (known labels: {_summarize(labels)})")
+            for row in self.rows
+            if row.label is not None and row.label not in known
+        ]
+        if not bad_rows:
+            return self
+        bad_lines = {bad_row.line for bad_row in bad_rows}
+        good_rows = [row for row in self.rows if row.line not in bad_lines]
+        return _settle(self.path, good_rows, bad_rows, on_bad_row, previously_skipped=self.skipped)
+
     def validate_images(
         self, image_size: tuple[int, int], on_bad_row: str, *, max_pixels: int = MAX_IMAGE_PIXELS
     ) -> tuple["Manifest", int]:

@@ -45,8 +45,10 @@ def checked_manifests(
     Args:
         config: the run config (`val`, `on_bad_row`, `max_image_pixels`).
         train_manifest: the training manifest as read.
-        labels: the class names in logit order; a row with another label is
-            a user error naming its file and line, before any training.
+        labels: the class names in logit order; a training row with another
+            label is a user error naming its file and line, before any
+            training; a validation row with one fails or is skipped as
+            `config.on_bad_row` says.
         image_size: the preprocessor's `(height, width)`.
     """
     check = {"on_bad_row": config.on_bad_row, "max_pixels": config.max_image_pixels}
@@ -55,7 +57,10 @@ def checked_manifests(
     skipped = list(train_manifest.skipped)
     val_manifest = None
     if config.val:
-        val_manifest, _ = read_manifest(config.val, on_bad_row=config.on_bad_row).validate_images(image_size, **check)
+        val_manifest = read_manifest(config.val, on_bad_row=config.on_bad_row).with_known_labels(
+            labels, config.on_bad_row
+        )
+        val_manifest, _ = val_manifest.validate_images(image_size, **check)
         skipped += val_manifest.skipped
         val_manifest.encode_labels(labels)
     return train_manifest, val_manifest, skipped

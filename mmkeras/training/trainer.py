@@ -107,6 +107,8 @@ class TrainJob(TrainingJob):
                 copy_aligned_layers(model, aligned.model)
         preprocessor.max_image_pixels = config.max_image_pixels  # the bundle's runtime keeps the limit
         train_manifest, val_manifest, skipped = checked_manifests(config, raw_train, labels, preprocessor.image_size)
+        if config.task != "multilabel":  # multilabel cells also come from --val
+            check_every_label_kept(train_manifest, labels)
         with strategy.scope():
             prepare_backbones(model, config)
         trained_model, train_epochs, val_data = _training_data(
@@ -177,6 +179,17 @@ def multilabel_cells(config: RunConfig, raw_train) -> tuple[list[str], list[str]
         cells |= set(read_manifest(config.val).labels())
     labels = sorted({label for cell in cells for label in split_labels(cell)})
     return sorted(cells), labels
+
+
+def check_every_label_kept(train_manifest, labels: list[str]):
+    """A label whose every training row was skipped as bad would be a class the model never learns: refuse it."""
+    lost = sorted(set(labels) - set(train_manifest.labels()))
+    if lost:
+        raise UserError(
+            f"label(s) {', '.join(map(repr, lost))} have no usable training row left after skipping bad rows; "
+            "fix those rows or remove the label",
+            path=train_manifest.path,
+        )
 
 
 def match_label_index(labels: list[str], path) -> int:
