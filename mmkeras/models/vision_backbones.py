@@ -66,6 +66,7 @@ class VisionBackbone:
         pretrained: whether the weights were loaded from a preset.
         resample: the resize filter the checkpoint was trained with
             (`bilinear`, `bicubic` or `nearest`).
+        crop_pct: timm's centre crop share (`None`: resize whole images).
     """
 
     backbone: keras.Model
@@ -74,6 +75,7 @@ class VisionBackbone:
     offset: float | list[float]
     pretrained: bool
     resample: str = DEFAULT_RESAMPLE
+    crop_pct: float | None = None
 
 
 def load_vision_backbone(spec: str) -> VisionBackbone:
@@ -198,7 +200,9 @@ def _load_preset(spec):
     if len(backbone.outputs[0].shape) not in (3, 4):
         raise UserError(f"vision backbone {spec!r} gives outputs of shape {backbone.outputs[0].shape}, not tokens")
     image_size, scale, offset, resample = _preset_image_settings(spec, backbone)
-    return VisionBackbone(backbone, image_size, scale, offset, pretrained=True, resample=resample)
+    return VisionBackbone(
+        backbone, image_size, scale, offset, pretrained=True, resample=resample, crop_pct=_timm_crop_pct(spec)
+    )
 
 
 def _preset_image_settings(spec, backbone):
@@ -244,6 +248,22 @@ def _hugging_face_image_settings(spec):
         return image_size, rescale, 0.0, resample
     mean, std = config["image_mean"], config["image_std"]
     return image_size, [rescale / s for s in std], [-m / s for m, s in zip(mean, std)], resample
+
+
+def _timm_crop_pct(spec):
+    """timm's `pretrained_cfg.crop_pct` when its evaluation crops the centre, else `None`.
+
+    timm evaluates with `crop_mode` `center` unless told otherwise; `squash`
+    and `border` resize differently and are not reproduced (whole images).
+    """
+    path = Path(spec) / "config.json"
+    if not path.is_file():
+        return None
+    pretrained_cfg = json.loads(path.read_text(encoding="utf-8")).get("pretrained_cfg") or {}
+    crop_pct, crop_mode = pretrained_cfg.get("crop_pct"), pretrained_cfg.get("crop_mode", "center")
+    if crop_mode != "center" or not isinstance(crop_pct, (int, float)) or not 0.0 < crop_pct <= 1.0:
+        return None
+    return float(crop_pct)
 
 
 def _plain(value):
