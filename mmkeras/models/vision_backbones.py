@@ -29,7 +29,9 @@ Example:
 ((32, 32), False)
 """
 
+import contextlib
 import dataclasses
+import io
 import json
 from pathlib import Path
 
@@ -49,6 +51,12 @@ DEFAULT_SCALE, DEFAULT_OFFSET = 1.0 / 255.0, 0.0
 CENTRED_SCALE, CENTRED_OFFSET = 2.0 / 255.0, -1.0
 DEFAULT_IMAGE_SIZE = (224, 224)
 TINY_IMAGE_SIZE = (32, 32)
+# What keras-hub 0.32 converts from a local folder (its utils/transformers and utils/timm).
+CONVERTED_FOLDERS = (
+    "Hugging Face vit, deit, dinov2, dinov3_vit, swin; timm resnet*, mobilenetv3_small_050/100, "
+    "mobilenetv3_large_100, efficientnet_b0-b5/lite0/el/em/es, densenet121/169/201, cspresnet50, "
+    "cspresnext50, cspdarknet53, darknet53, hgnetv2_b0-b6 (ssld tags), vgg11/13/16/19"
+)
 # Hugging Face image processors name Pillow's filters by number.
 PIL_RESAMPLE_NAMES = {0: "nearest", 2: "bilinear", 3: "bicubic"}
 
@@ -107,14 +115,18 @@ def vision_tokens(features):
     """Turn a vision backbone's output into tokens [B, N, D].
 
     ViT-like outputs are already tokens; a conv feature map [B, h, w, C]
-    becomes h*w tokens of width C.
+    becomes h*w tokens of width C (a backbone that names its feature maps,
+    as HGNetV2 does, gives one here: `_last_feature_map_only`).
 
     Args:
-        features: the backbone's output (a symbolic or eager tensor).
+        features: the backbone's output (a symbolic or eager tensor, or a
+            dict holding one).
 
     Returns:
         [B, N, D] tokens.
     """
+    if isinstance(features, dict):
+        (features,) = features.values()
     if len(features.shape) == 3:
         return features
     height, width, channels = features.shape[1:]
@@ -180,6 +192,17 @@ def _with_complete_config(backbone: keras_hub.models.VGGBackbone) -> VGGBackbone
     return complete
 
 
+def _last_feature_map_only(backbone):
+    """A backbone giving a feature map per stage (HGNetV2's `out_features`), cut to its last stage's."""
+    config = backbone.get_config()
+    if len(backbone.outputs) == 1 or "out_features" not in config:
+        return backbone
+    last_stage = config["out_features"][-1]
+    single = type(backbone).from_config({**config, "out_features": [last_stage]})
+    single.set_weights(backbone.get_weights())
+    return single
+
+
 def _load_preset(spec):
     if "://" not in spec and not Path(spec).exists() and spec not in keras_hub.models.Backbone.presets:
         raise UserError(
@@ -187,21 +210,26 @@ def _load_preset(spec):
             "or a keras-hub preset name"
         )
     try:
-        backbone = keras_hub.models.Backbone.from_preset(spec, name=BACKBONE_NAME)
+        # keras-hub's timm MobileNet converter prints a line per weight: stdout carries `--json` reports.
+        with contextlib.redirect_stdout(io.StringIO()):
+            backbone = keras_hub.models.Backbone.from_preset(spec, name=BACKBONE_NAME)
     except (OSError, ValueError, KeyError, ImportError) as error:
-        reason = (str(error).strip() or type(error).__name__).splitlines()[0]
+        reason = _timm_hgnetv2_problem(spec) or (str(error).strip() or type(error).__name__).splitlines()[0]
         if spec in keras_hub.models.Backbone.presets:
             reason += " (named presets download from Kaggle: check the network or use a local preset folder)"
+        elif Path(spec).is_dir():
+            reason += f" (keras-hub converts these checkpoint folders: {CONVERTED_FOLDERS})"
         raise UserError(f"cannot load vision backbone {spec!r}: {reason}") from error
     if type(backbone) is keras_hub.models.VGGBackbone:  # keep its name and flags in saved runs
         backbone = _with_complete_config(backbone)
+    backbone = _last_feature_map_only(backbone)
     if len(backbone.inputs) != 1 or len(backbone.inputs[0].shape) != 4 or len(backbone.outputs) != 1:
         raise UserError(f"vision backbone {spec!r} ({type(backbone).__name__}) is not an image backbone")
     if len(backbone.outputs[0].shape) not in (3, 4):
         raise UserError(f"vision backbone {spec!r} gives outputs of shape {backbone.outputs[0].shape}, not tokens")
     image_size, scale, offset, resample = _preset_image_settings(spec, backbone)
     return VisionBackbone(
-        backbone, image_size, scale, offset, pretrained=True, resample=resample, crop_pct=_timm_crop_pct(spec)
+        backbone, image_size, scale, offset, pretrained=True, resample=resample, crop_pct=_checkpoint_crop_pct(spec)
     )
 
 
@@ -250,20 +278,55 @@ def _hugging_face_image_settings(spec):
     return image_size, [rescale / s for s in std], [-m / s for m, s in zip(mean, std)], resample
 
 
-def _timm_crop_pct(spec):
-    """timm's `pretrained_cfg.crop_pct` when its evaluation crops the centre, else `None`.
+def _timm_hgnetv2_problem(spec):
+    """Why keras-hub 0.32 fails on a timm hgnetv2 folder not tagged `ssld`, else `None`.
 
-    timm evaluates with `crop_mode` `center` unless told otherwise; `squash`
-    and `border` resize differently and are not reproduced (whole images).
+    timm's hgnetv2 keeps learnable affine blocks (`lab.scale`, `lab.bias`) of
+    shape [1], which keras-hub's scalar variables refuse; for `ssld` tags
+    (timm's published weights) it builds the backbone without them.
     """
-    path = Path(spec) / "config.json"
-    if not path.is_file():
+    config = _json_file(Path(spec) / "config.json")
+    architecture = str(config.get("architecture", ""))
+    tag = str((config.get("pretrained_cfg") or {}).get("tag") or "")
+    if not architecture.startswith("hgnetv2") or tag.startswith("ssld"):
         return None
-    pretrained_cfg = json.loads(path.read_text(encoding="utf-8")).get("pretrained_cfg") or {}
-    crop_pct, crop_mode = pretrained_cfg.get("crop_pct"), pretrained_cfg.get("crop_mode", "center")
-    if crop_mode != "center" or not isinstance(crop_pct, (int, float)) or not 0.0 < crop_pct <= 1.0:
+    return (
+        f"keras-hub 0.32 loads timm {architecture} checkpoints only with an ssld tag (this one: {tag!r}): "
+        "it cannot read their [1]-shaped learnable affine blocks"
+    )
+
+
+def _checkpoint_crop_pct(spec):
+    """The centre crop share the checkpoint is evaluated with, else `None`.
+
+    timm: `pretrained_cfg.crop_pct` when `crop_mode` is `center` (timm's
+    default); `squash` and `border` resize differently and are not
+    reproduced. Hugging Face: a centre crop after a shortest-edge resize
+    (BitImageProcessor, as DINOv2's) is the same crop, `crop_size /
+    shortest_edge`; a crop after a fixed-size resize (DeiT's 256x256, then
+    224) is not reproduced: whole images are resized.
+    """
+    folder = Path(spec)
+    pretrained_cfg = _json_file(folder / "config.json").get("pretrained_cfg") or {}
+    processor = _json_file(folder / "preprocessor_config.json")
+    crop_pct = None
+    if pretrained_cfg.get("crop_mode", "center") == "center":
+        crop_pct = pretrained_cfg.get("crop_pct")
+    size, crop_size = processor.get("size"), processor.get("crop_size")
+    if processor.get("do_center_crop") and isinstance(size, dict) and isinstance(crop_size, dict):
+        if "shortest_edge" in size and crop_size.get("height") == crop_size.get("width"):
+            crop_pct = crop_size["height"] / size["shortest_edge"]
+    if not isinstance(crop_pct, (int, float)) or not 0.0 < crop_pct <= 1.0:
         return None
     return float(crop_pct)
+
+
+def _json_file(path):
+    """A JSON object file's content, `{}` when there is none."""
+    if not path.is_file():
+        return {}
+    content = json.loads(path.read_text(encoding="utf-8"))
+    return content if isinstance(content, dict) else {}
 
 
 def _plain(value):
