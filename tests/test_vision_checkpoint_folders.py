@@ -207,3 +207,10 @@ def test_the_cli_exits_2_with_that_line(tmp_path, capsys):
     (error,) = [line for line in err.splitlines() if line.startswith("error:")]
     assert code == 2 and "Traceback" not in err
     assert str(tmp_path / "checkpoint") in error and "convnext_tiny" in error and "keras-hub converts" in error
+
+
+def test_a_damaged_preprocessor_config_is_one_line_naming_it(tmp_path):
+    write_vit_folder(tmp_path)
+    (tmp_path / "preprocessor_config.json").write_text('{"size": ')
+    with pytest.raises(UserError, match=r"preprocessor_config.json: invalid JSON"):
+        load_vision_backbone(str(tmp_path))

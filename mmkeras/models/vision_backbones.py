@@ -264,10 +264,9 @@ def _hugging_face_image_settings(spec):
     keras-hub builds no ImageConverter for Hugging Face ViT folders, but their
     image processor config says how the weights were trained to see images.
     """
-    path = Path(spec) / "preprocessor_config.json"
-    if not path.is_file():
+    config = _json_file(Path(spec) / "preprocessor_config.json")
+    if not config:
         return None, None, None, None
-    config = json.loads(path.read_text(encoding="utf-8"))
     size = config.get("size")
     image_size = (size["height"], size["width"]) if isinstance(size, dict) and "height" in size else None
     resample = PIL_RESAMPLE_NAMES.get(config.get("resample"))
@@ -314,18 +313,22 @@ def _checkpoint_crop_pct(spec):
         crop_pct = pretrained_cfg.get("crop_pct")
     size, crop_size = processor.get("size"), processor.get("crop_size")
     if processor.get("do_center_crop") and isinstance(size, dict) and isinstance(crop_size, dict):
-        if "shortest_edge" in size and crop_size.get("height") == crop_size.get("width"):
-            crop_pct = crop_size["height"] / size["shortest_edge"]
+        shortest_edge, crop_side = size.get("shortest_edge"), crop_size.get("height")
+        if isinstance(shortest_edge, int) and isinstance(crop_side, int) and crop_side == crop_size.get("width"):
+            crop_pct = crop_side / shortest_edge
     if not isinstance(crop_pct, (int, float)) or not 0.0 < crop_pct <= 1.0:
         return None
     return float(crop_pct)
 
 
 def _json_file(path):
-    """A JSON object file's content, `{}` when there is none."""
+    """A JSON object file's content, `{}` when there is none (`UserError` naming it when it is not JSON)."""
     if not path.is_file():
         return {}
-    content = json.loads(path.read_text(encoding="utf-8"))
+    try:
+        content = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise UserError(f"invalid JSON: {error}", path=path) from None
     return content if isinstance(content, dict) else {}
 
 
