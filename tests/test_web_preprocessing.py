@@ -100,3 +100,13 @@ def test_timms_centre_crop_is_the_same_in_the_browser(resample):
         cropped = pillow_pixels(image, size, resample, crop_pct=0.875)
         np.testing.assert_array_equal(pixels, cropped, err_msg=f"{image.shape} -> {size}")
         assert not np.array_equal(cropped, pillow_pixels(image, size, resample))
+
+
+@pytest.mark.parametrize("crop_pct", [0.875, 0.95, 1.0])
+def test_the_centre_crop_is_the_same_for_any_sizes(crop_pct):
+    rng = np.random.default_rng(3)
+    images = [random_rgba(rng, *rng.integers(2, 90, 2)) for _ in range(20)]
+    sizes = [tuple(int(side) for side in rng.integers(1, 60, 2)) for _ in images]
+    for image, size, pixels in zip(images, sizes, browser_pixels(images, sizes, "bicubic", crop_pct)):
+        expected = pillow_pixels(image, size, "bicubic", crop_pct)
+        np.testing.assert_array_equal(pixels, expected, err_msg=f"{image.shape} -> {size}")
