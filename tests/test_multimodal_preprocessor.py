@@ -103,9 +103,8 @@ def test_the_centre_crop_is_saved_and_older_files_read_without_one(preprocessor,
     config_path = tmp_path / "run" / "preprocessor.json"
     assert json.loads(config_path.read_text())["image"]["crop_pct"] == 0.875
     loaded = MultimodalPreprocessor.load(tmp_path / "run")
-    np.testing.assert_array_equal(
-        loaded.load_images([tmp_path / "a.png"])[0][0], load_image(tmp_path / "a.png", IMAGE_SIZE, "bicubic", crop_pct=0.875)
-    )
+    expected = load_image(tmp_path / "a.png", IMAGE_SIZE, "bicubic", crop_pct=0.875)
+    np.testing.assert_array_equal(loaded.load_images([tmp_path / "a.png"])[0][0], expected)
     config = json.loads(config_path.read_text())
     del config["image"]["crop_pct"]
     config_path.write_text(json.dumps(config))

@@ -67,10 +67,12 @@ FORMATS = {
     ]),
     "deit": (write_deit_folder, "DeiTBackbone", HUGGING_FACE_SIZE, "bicubic", None, [
         (lambda b: b.layers[1].distillation_token, same("deit.embeddings.distillation_token")),
-        (lambda b: b.layers[2].encoder_layers[0].mlp.dense.kernel, linear("deit.encoder.layer.0.intermediate.dense.weight")),
+        (lambda b: b.layers[2].encoder_layers[0].mlp.dense.kernel,
+         linear("deit.encoder.layer.0.intermediate.dense.weight")),
     ]),
     "dinov2": (write_dinov2_folder, "DINOV2Backbone", HUGGING_FACE_SIZE, "bicubic", 0.875, [
-        (lambda b: b.embeddings.patch_embeddings.projection.kernel, conv("embeddings.patch_embeddings.projection.weight")),
+        (lambda b: b.embeddings.patch_embeddings.projection.kernel,
+         conv("embeddings.patch_embeddings.projection.weight")),
         (lambda b: b.encoder.layers[0].layer_scale1.lambda1, same("encoder.layer.0.layer_scale1.lambda1")),
     ]),
     "dinov3": (write_dinov3_folder, "DINOV3Backbone", HUGGING_FACE_SIZE, "bilinear", None, [
@@ -79,7 +81,8 @@ FORMATS = {
     ]),
     "swin": (write_swin_folder, "SwinTransformerBackbone", HUGGING_FACE_SIZE, "bicubic", None, [
         (lambda b: b.stages[0].blocks[0].attn.qkv.kernel, swin_qkv("swin.encoder.layers.0.blocks.0.attention.self")),
-        (lambda b: b.stages[0].downsample.reduction.kernel, linear("swin.encoder.layers.0.downsample.reduction.weight")),
+        (lambda b: b.stages[0].downsample.reduction.kernel,
+         linear("swin.encoder.layers.0.downsample.reduction.weight")),
     ]),
     "timm-resnet": (write_timm_resnet_folder, "ResNetBackbone", TIMM_SIZE, "bicubic", 0.875, [
         (lambda b: b.get_layer("conv1_conv").kernel, conv("conv1.weight")),
@@ -87,7 +90,8 @@ FORMATS = {
     ]),
     "timm-mobilenet": (write_timm_mobilenet_folder, "MobileNetBackbone", TIMM_SIZE, "bilinear", 0.875, [
         (lambda b: b.get_layer("input_conv").kernel, conv("conv_stem.weight")),
-        (lambda b: b.get_layer("block_2_1").squeeze_excite.conv_reduce.kernel, conv("blocks.2.1.se.conv_reduce.weight")),
+        (lambda b: b.get_layer("block_2_1").squeeze_excite.conv_reduce.kernel,
+         conv("blocks.2.1.se.conv_reduce.weight")),
     ]),
     "timm-efficientnet": (write_timm_efficientnet_folder, "EfficientNetBackbone", TIMM_SIZE, "bicubic", 0.875, [
         (lambda b: b.get_layer("block2a_dwconv").kernel, depthwise("blocks.1.0.conv_dw.weight")),
@@ -184,7 +188,8 @@ def write_unconverted_hugging_face_folder(folder):
 
 @pytest.mark.parametrize(("write", "reason"), [
     (write_unconverted_timm_folder, "no converter for timm models with architecture `'convnext_tiny'`"),
-    (write_unconverted_hugging_face_folder, "no converter for huggingface/transformers models with model type `'beit'`"),
+    (write_unconverted_hugging_face_folder,
+     "no converter for huggingface/transformers models with model type `'beit'`"),
     (lambda folder: write_timm_hgnetv2_folder(folder, tag="in1k"),
      "loads timm hgnetv2_b0 checkpoints only with an ssld tag (this one: 'in1k')"),
 ])
