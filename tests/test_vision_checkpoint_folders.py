@@ -6,6 +6,8 @@ import json
 import keras
 import numpy as np
 import pytest
+from PIL import Image
+from safetensors.numpy import save_file
 from test_cli_end_to_end import SAMPLES, run_cli, write_subset
 from vision_folders import (
     IMAGENET_MEAN,
@@ -25,7 +27,6 @@ from vision_folders import (
     write_timm_vgg_folder,
     write_vit_folder,
 )
-from PIL import Image
 
 from mmkeras.errors import UserError
 from mmkeras.models import build_model, load_vision_backbone
@@ -163,6 +164,22 @@ def test_the_checkpoints_preprocessing_reaches_the_model_and_the_saved_preproces
     np.testing.assert_array_equal(pixels, load_image(image, tuple(size), resample, crop_pct=0.875))
     assert not np.array_equal(pixels, load_image(image, tuple(size), resample))
     assert tuple(model(preprocessor(["a photo"], [image])).shape) == (1, 2)
+
+
+def test_unread_affine_blocks_that_are_not_the_identity_are_a_warning(folders, tmp_path, caplog):
+    folder, _ = folders("timm-hgnetv2")
+    with caplog.at_level("WARNING", logger="mmkeras"):
+        load_vision_backbone(str(folder))
+    assert "leaves out this hgnetv2's learnable affine blocks" in caplog.text
+    identity = tmp_path / "identity"
+    tensors = write_timm_hgnetv2_folder(identity)
+    for name in [name for name in tensors if ".lab." in name]:
+        tensors[name] = np.full(1, 1.0 if name.endswith(".scale") else 0.0, np.float32)
+    save_file(tensors, str(identity / "model.safetensors"))
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="mmkeras"):
+        load_vision_backbone(str(identity))
+    assert "affine" not in caplog.text
 
 
 def test_a_backbone_with_a_feature_map_per_stage_trains_on_its_last_one(folders, tmp_path):

@@ -33,10 +33,13 @@ import contextlib
 import dataclasses
 import io
 import json
+import logging
 from pathlib import Path
 
 import keras
 import keras_hub
+import numpy as np
+from safetensors import safe_open
 
 from mmkeras.errors import UserError
 from mmkeras.models.vgg_backbone import VGGBackbone
@@ -51,6 +54,7 @@ DEFAULT_SCALE, DEFAULT_OFFSET = 1.0 / 255.0, 0.0
 CENTRED_SCALE, CENTRED_OFFSET = 2.0 / 255.0, -1.0
 DEFAULT_IMAGE_SIZE = (224, 224)
 TINY_IMAGE_SIZE = (32, 32)
+logger = logging.getLogger("mmkeras")
 # What keras-hub 0.32 converts from a local folder (its utils/transformers and utils/timm).
 CONVERTED_FOLDERS = (
     "Hugging Face vit, deit, dinov2, dinov3_vit, swin; timm resnet*, mobilenetv3_small_050/100, "
@@ -223,6 +227,7 @@ def _load_preset(spec):
     if type(backbone) is keras_hub.models.VGGBackbone:  # keep its name and flags in saved runs
         backbone = _with_complete_config(backbone)
     backbone = _last_feature_map_only(backbone)
+    _warn_of_unread_affine_blocks(spec, backbone)
     if len(backbone.inputs) != 1 or len(backbone.inputs[0].shape) != 4 or len(backbone.outputs) != 1:
         raise UserError(f"vision backbone {spec!r} ({type(backbone).__name__}) is not an image backbone")
     if len(backbone.outputs[0].shape) not in (3, 4):
@@ -293,6 +298,24 @@ def _timm_hgnetv2_problem(spec):
         f"keras-hub 0.32 loads timm {architecture} checkpoints only with an ssld tag (this one: {tag!r}): "
         "it cannot read their [1]-shaped learnable affine blocks"
     )
+
+
+def _warn_of_unread_affine_blocks(spec, backbone):
+    """Warn when keras-hub built a timm hgnetv2 without the learnable affine blocks its file holds, and they
+    are not the identity (scale 1, bias 0): then the converted backbone is not the checkpoint's function."""
+    path = Path(spec) / "model.safetensors"
+    config = backbone.get_config()
+    if config.get("use_learnable_affine_block", True) or not path.is_file():
+        return
+    with safe_open(str(path), framework="numpy") as tensors:
+        blocks = {name: tensors.get_tensor(name) for name in tensors.keys() if ".lab." in name}
+    changed = sum(not np.all(value == (1.0 if name.endswith(".scale") else 0.0)) for name, value in blocks.items())
+    if changed:
+        logger.warning(
+            "%s: keras-hub 0.32 leaves out this hgnetv2's learnable affine blocks (ssld tag), and %d of their "
+            "%d tensors are not the identity: the converted backbone differs from timm's; fine-tuning adapts it",
+            spec, changed, len(blocks),
+        )
 
 
 def _checkpoint_crop_pct(spec):
