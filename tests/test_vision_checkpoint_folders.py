@@ -10,6 +10,8 @@ from PIL import Image
 from safetensors.numpy import save_file
 from test_cli_end_to_end import SAMPLES, run_cli, write_subset
 from vision_folders import (
+    HALF_MEAN,
+    HALF_STD,
     IMAGENET_MEAN,
     IMAGENET_STD,
     TIMM_IMAGE_SIZE,
@@ -142,6 +144,27 @@ def test_a_checkpoint_folder_loads_its_weights_and_its_preprocessing(folders, na
         np.testing.assert_array_equal(keras.ops.convert_to_numpy(variable(vision.backbone)), expected(tensors))
 
 
+def edit_json(path, edit):
+    content = json.loads(path.read_text())
+    edit(content)
+    path.write_text(json.dumps(content))
+
+
+@pytest.mark.parametrize(("write", "config_file", "edit"), [
+    (write_timm_resnet_folder, "config.json", lambda config: config["pretrained_cfg"].update(
+        mean=HALF_MEAN, std=HALF_STD, interpolation="nearest", crop_mode="squash")),
+    (write_dinov3_folder, "preprocessor_config.json", lambda config: config.update(
+        image_mean=HALF_MEAN, image_std=HALF_STD, resample=0)),
+])
+def test_the_folders_own_mean_std_filter_and_crop_mode_are_used(tmp_path, write, config_file, edit):
+    write(tmp_path)
+    edit_json(tmp_path / config_file, edit)
+    vision = load_vision_backbone(str(tmp_path))
+    np.testing.assert_allclose(vision.scale, [2 / 255] * 3, rtol=1e-6)
+    np.testing.assert_allclose(vision.offset, [-1.0] * 3, rtol=1e-6)
+    assert (vision.resample, vision.crop_pct) == ("nearest", None)  # timm's squash mode is not a centre crop
+
+
 def photo(folder):
     path = folder / "photo.png"
     Image.fromarray(np.random.default_rng(0).integers(0, 256, (50, 70, 3), dtype=np.uint8)).save(path)
@@ -193,14 +216,12 @@ def test_a_backbone_with_a_feature_map_per_stage_trains_on_its_last_one(folders,
 
 def write_unconverted_timm_folder(folder):
     write_timm_resnet_folder(folder)
-    config = json.loads((folder / "config.json").read_text())
-    (folder / "config.json").write_text(json.dumps({**config, "architecture": "convnext_tiny"}))
+    edit_json(folder / "config.json", lambda config: config.update(architecture="convnext_tiny"))
 
 
 def write_unconverted_hugging_face_folder(folder):
     write_vit_folder(folder)
-    config = json.loads((folder / "config.json").read_text())
-    (folder / "config.json").write_text(json.dumps({**config, "model_type": "beit"}))
+    edit_json(folder / "config.json", lambda config: config.update(model_type="beit"))
 
 
 @pytest.mark.parametrize(("write", "reason"), [
