@@ -1,8 +1,6 @@
-"""Tiny random Hugging Face and timm checkpoint folders, written in each family's on-disk layout.
+"""Tiny random Hugging Face text checkpoint folders, written in each family's on-disk layout.
 
-`write_vit_folder` and `write_timm_resnet_folder` write vision checkpoints as
-`save_pretrained` (ViTForImageClassification) and timm's `push_to_hub` do,
-with their preprocessing configs. `write_text_folder(family, folder)` writes what `save_pretrained` writes for
+(Vision folders: `vision_folders.py`.) `write_text_folder(family, folder)` writes what `save_pretrained` writes for
 that family: `config.json` with the family's keys, `model.safetensors` with
 the weight names keras-hub's `convert_<family>.py` reads (Hugging Face
 `Linear` weights as `[out, in]`), `tokenizer.json` built with the `tokenizers`
@@ -166,7 +164,7 @@ TOKENIZERS = {
 # -- weights and configs ------------------------------------------------------------------------
 
 
-class _Tensors(dict):
+class RandomTensors(dict):
     """Random float32 tensors by Hugging Face name."""
 
     def __init__(self, rng):
@@ -226,7 +224,7 @@ def _bert_config(model_type, vocabulary_size, positions, **extra):
 
 def _bert_layout(rng, prefix, vocabulary_size, positions, token_types, pooler=False):
     """Embeddings and one encoder layer under BERT's names (RoBERTa and XLM-R share them)."""
-    tensors = _Tensors(rng)
+    tensors = RandomTensors(rng)
     tensors.add(f"{prefix}embeddings.word_embeddings.weight", vocabulary_size, HIDDEN)
     tensors.add(f"{prefix}embeddings.position_embeddings.weight", positions, HIDDEN)
     tensors.add(f"{prefix}embeddings.token_type_embeddings.weight", token_types, HIDDEN)
@@ -265,7 +263,7 @@ def _xlm_roberta_weights(rng, vocabulary_size, max_positions):
 
 
 def _distilbert_weights(rng, vocabulary_size, max_positions):
-    tensors = _Tensors(rng)
+    tensors = RandomTensors(rng)
     tensors.add("distilbert.embeddings.word_embeddings.weight", vocabulary_size, HIDDEN)
     tensors.add("distilbert.embeddings.position_embeddings.weight", max_positions, HIDDEN)
     tensors.layer_norm("distilbert.embeddings.LayerNorm", HIDDEN)
@@ -294,7 +292,7 @@ def _distilbert_weights(rng, vocabulary_size, max_positions):
 
 
 def _albert_weights(rng, vocabulary_size, max_positions):
-    tensors = _Tensors(rng)
+    tensors = RandomTensors(rng)
     tensors.add("albert.embeddings.word_embeddings.weight", vocabulary_size, EMBEDDING)
     tensors.add("albert.embeddings.position_embeddings.weight", max_positions, EMBEDDING)
     tensors.add("albert.embeddings.token_type_embeddings.weight", 2, EMBEDDING)
@@ -332,86 +330,3 @@ TOKEN_EMBEDDING = {
     "xlm-roberta": "embeddings.word_embeddings.weight",
     "albert": "albert.embeddings.word_embeddings.weight",
 }
-
-
-# -- vision -------------------------------------------------------------------------------------
-
-VIT_IMAGE_SIZE, VIT_PATCH = 16, 8
-# Hugging Face image processors name Pillow's filters by number (3: bicubic).
-PIL_BICUBIC = 3
-IMAGENET_MEAN, IMAGENET_STD = [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]
-
-
-def write_vit_folder(folder, seed=0):
-    """A ViTForImageClassification checkpoint (`vit.` names) with a bicubic, mean/std preprocessor_config.json."""
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    tensors = _Tensors(np.random.default_rng(seed))
-    patches = (VIT_IMAGE_SIZE // VIT_PATCH) ** 2
-    tensors.add("vit.embeddings.patch_embeddings.projection.weight", HIDDEN, 3, VIT_PATCH, VIT_PATCH)
-    tensors.add("vit.embeddings.patch_embeddings.projection.bias", HIDDEN)
-    tensors.add("vit.embeddings.cls_token", 1, 1, HIDDEN)
-    tensors.add("vit.embeddings.position_embeddings", 1, patches + 1, HIDDEN)
-    layer = "vit.encoder.layer.0"
-    for part in ("query", "key", "value"):
-        tensors.linear(f"{layer}.attention.attention.{part}", HIDDEN, HIDDEN)
-    tensors.linear(f"{layer}.attention.output.dense", HIDDEN, HIDDEN)
-    tensors.layer_norm(f"{layer}.layernorm_before", HIDDEN)
-    tensors.layer_norm(f"{layer}.layernorm_after", HIDDEN)
-    tensors.linear(f"{layer}.intermediate.dense", HIDDEN, INTERMEDIATE)
-    tensors.linear(f"{layer}.output.dense", INTERMEDIATE, HIDDEN)
-    tensors.layer_norm("vit.layernorm", HIDDEN)
-    tensors.linear("classifier", HIDDEN, 3)
-    save_file(dict(tensors), str(folder / "model.safetensors"))
-    config = {
-        "model_type": "vit", "architectures": ["ViTForImageClassification"], "image_size": VIT_IMAGE_SIZE,
-        "patch_size": VIT_PATCH, "num_channels": 3, "num_hidden_layers": 1, "num_attention_heads": HEADS,
-        "hidden_size": HIDDEN, "intermediate_size": INTERMEDIATE, "hidden_dropout_prob": 0.0,
-        "attention_probs_dropout_prob": 0.0, "qkv_bias": True, "id2label": {"0": "a", "1": "b", "2": "c"},
-    }
-    (folder / "config.json").write_text(json.dumps(config, indent=2))
-    processor = {
-        "image_processor_type": "ViTImageProcessor", "do_resize": True,
-        "size": {"height": VIT_IMAGE_SIZE, "width": VIT_IMAGE_SIZE}, "resample": PIL_BICUBIC,
-        "do_rescale": True, "rescale_factor": 1 / 255, "do_normalize": True,
-        "image_mean": IMAGENET_MEAN, "image_std": IMAGENET_STD,
-    }
-    (folder / "preprocessor_config.json").write_text(json.dumps(processor, indent=2))
-    return dict(tensors)
-
-
-def write_timm_resnet_folder(folder, input_size=32, seed=0):
-    """A timm `resnet18` checkpoint (torchvision-style names, BatchNorm running stats) with its pretrained_cfg."""
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    tensors = _Tensors(np.random.default_rng(seed))
-
-    def conv_bn(conv, norm, inputs, outputs, kernel):
-        tensors.add(f"{conv}.weight", outputs, inputs, kernel, kernel)  # torch: [out, in, kh, kw]
-        tensors.layer_norm(norm, outputs)
-        tensors.add(f"{norm}.running_mean", outputs)
-        tensors[f"{norm}.running_var"] = np.abs(tensors[f"{norm}.weight"]) + 0.5
-        tensors.add(f"{norm}.num_batches_tracked")
-
-    conv_bn("conv1", "bn1", 3, 64, 7)
-    inputs = 64
-    for stage, width in enumerate([64, 128, 256, 512], start=1):
-        for block in range(2):
-            name = f"layer{stage}.{block}"
-            conv_bn(f"{name}.conv1", f"{name}.bn1", inputs, width, 3)
-            conv_bn(f"{name}.conv2", f"{name}.bn2", width, width, 3)
-            if block == 0 and stage > 1:
-                conv_bn(f"{name}.downsample.0", f"{name}.downsample.1", inputs, width, 1)
-            inputs = width
-    tensors.linear("fc", 512, 10)
-    save_file(dict(tensors), str(folder / "model.safetensors"))
-    config = {
-        "architecture": "resnet18", "num_classes": 10, "num_features": 512, "global_pool": "avg",
-        "pretrained_cfg": {
-            "tag": "random", "input_size": [3, input_size, input_size], "interpolation": "bicubic",
-            "mean": IMAGENET_MEAN, "std": IMAGENET_STD, "crop_pct": 0.875, "crop_mode": "center",
-            "num_classes": 10, "pool_size": [1, 1], "first_conv": "conv1", "classifier": "fc",
-        },
-    }
-    (folder / "config.json").write_text(json.dumps(config, indent=2))
-    return dict(tensors)

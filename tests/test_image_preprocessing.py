@@ -1,6 +1,7 @@
 """load_image: every supported kind of image file becomes the same RGB float array."""
 
 import io
+import math
 import os
 
 import numpy as np
@@ -46,11 +47,42 @@ def test_str_path_and_bytes_give_identical_arrays(tmp_path):
     assert from_path.min() >= 0 and from_path.max() <= 255
 
 
+def pillow_two_pass(image, width, height, resample=Image.Resampling.BILINEAR):
+    """Pillow's resize, the horizontal pass first (as load_image fixes it)."""
+    return image.resize((width, image.height), resample).resize((width, height), resample)
+
+
 def test_resize_is_pillow_bilinear_to_width_height(tmp_path):
     pattern = Image.fromarray(np.random.default_rng(1).integers(0, 256, (50, 70, 3), dtype=np.uint8))
     path = save(pattern, tmp_path / "noise.png")
-    expected = np.asarray(pattern.resize((SIZE[1], SIZE[0]), Image.Resampling.BILINEAR), np.float32)
+    expected = np.asarray(pillow_two_pass(pattern, SIZE[1], SIZE[0]), np.float32)
     np.testing.assert_array_equal(load_image(path, SIZE), expected)
+
+
+def test_the_horizontal_pass_always_runs_first(tmp_path):
+    # 87x113 -> 71x47 bicubic: the installed Pillow runs the vertical pass first here, many units apart.
+    pattern = Image.fromarray(np.random.default_rng(2).integers(0, 256, (113, 87, 3), dtype=np.uint8))
+    expected = np.asarray(pillow_two_pass(pattern, 71, 47, Image.Resampling.BICUBIC), np.float32)
+    np.testing.assert_array_equal(load_image(save(pattern, tmp_path / "noise.png"), (47, 71), "bicubic"), expected)
+
+
+@pytest.mark.parametrize(("width", "height"), [(70, 50), (41, 97), (40, 40)])
+def test_crop_pct_is_timms_centre_crop(tmp_path, width, height):
+    pattern = Image.fromarray(np.random.default_rng(3).integers(0, 256, (height, width, 3), dtype=np.uint8))
+    path = save(pattern, tmp_path / "noise.png")
+    # timm's eval transform, written out: Resize(floor(32 / 0.875)) of the shorter side, then CenterCrop(32).
+    scale_size = math.floor(32 / 0.875)
+    short, long = sorted((width, height))
+    resized_long = int(scale_size * long / short)
+    new_width, new_height = (scale_size, resized_long) if width <= height else (resized_long, scale_size)
+    top, left = int(round((new_height - 32) / 2.0)), int(round((new_width - 32) / 2.0))
+    resized = pillow_two_pass(pattern, new_width, new_height, Image.Resampling.BICUBIC)
+    expected = np.asarray(resized.crop((left, top, left + 32, top + 32)), np.float32)
+    cropped = load_image(path, (32, 32), "bicubic", crop_pct=0.875)
+    np.testing.assert_array_equal(cropped, expected)
+    assert not np.array_equal(cropped, load_image(path, (32, 32), "bicubic"))
+    with pytest.raises(ValueError, match="crop_pct must be in"):
+        load_image(path, (32, 32), crop_pct=1.5)
 
 
 def test_exif_orientation_6_rotates_a_non_square_jpeg(tmp_path):

@@ -95,6 +95,26 @@ def test_save_load_round_trip_gives_identical_inputs(preprocessor, image_path, t
         np.testing.assert_array_equal(before[name], after[name])
 
 
+def test_the_centre_crop_is_saved_and_older_files_read_without_one(preprocessor, tmp_path):
+    Image.fromarray(np.random.default_rng(0).integers(0, 256, (30, 60, 3), dtype=np.uint8)).save(tmp_path / "a.png")
+    assert json.loads(json.dumps(preprocessor.get_config()))["image"]["crop_pct"] is None
+    cropping = MultimodalPreprocessor(preprocessor.tokenizer, IMAGE_SIZE, "bicubic", crop_pct=0.875)
+    cropping.save(tmp_path / "run")
+    config_path = tmp_path / "run" / "preprocessor.json"
+    assert json.loads(config_path.read_text())["image"]["crop_pct"] == 0.875
+    loaded = MultimodalPreprocessor.load(tmp_path / "run")
+    expected = load_image(tmp_path / "a.png", IMAGE_SIZE, "bicubic", crop_pct=0.875)
+    np.testing.assert_array_equal(loaded.load_images([tmp_path / "a.png"])[0][0], expected)
+    config = json.loads(config_path.read_text())
+    del config["image"]["crop_pct"]
+    config_path.write_text(json.dumps(config))
+    assert MultimodalPreprocessor.load(tmp_path / "run").crop_pct is None
+    config["image"]["crop_pct"] = 0
+    config_path.write_text(json.dumps(config))
+    with pytest.raises(UserError, match="image crop_pct must be null or a number in"):
+        MultimodalPreprocessor.load(tmp_path / "run")
+
+
 def test_loading_a_bad_folder_is_a_user_error(preprocessor, tmp_path):
     with pytest.raises(UserError, match="cannot read preprocessor"):
         MultimodalPreprocessor.load(tmp_path)

@@ -16,6 +16,7 @@ import pytest
 from mmkeras.cli.app import main
 from mmkeras.errors import UserError
 from mmkeras.export.converter import export_bundle
+from mmkeras.runtime.bundle import read_bundle
 from mmkeras.runtime.predictor import Predictor
 from mmkeras.runtime.test_vectors import read_test_vectors
 from mmkeras.web import site_builder
@@ -41,14 +42,21 @@ def example_rows():
 
 @pytest.fixture(scope="module")
 def sites(tmp_path_factory):
-    """mode -> (bundle folder, site folder) for a float and an int8 export of one run."""
+    """mode -> (bundle folder, site folder) for a float and an int8 export of one run, and (`crop`) a float
+    export of that run preprocessing as a timm checkpoint does (bicubic, centre crop)."""
     if find_chromium() is None or shutil.which("npm") is None:
         pytest.skip("needs chromium and npm: apt-get install -y chromium npm")
     root = tmp_path_factory.mktemp("web")
     run_dir = save_tiny_run(root / "run")
+    shutil.copytree(run_dir, root / "run-crop")
+    settings_path = root / "run-crop" / "preprocessor.json"
+    settings = json.loads(settings_path.read_text())
+    settings["image"].update(resample="bicubic", crop_pct=0.875)
+    settings_path.write_text(json.dumps(settings))
     built = {}
-    for mode in ("none", "int8"):
-        export_bundle(run_dir, root / mode, quantize=mode)
+    for mode, source, quantize in (("none", run_dir, "none"), ("int8", run_dir, "int8"),
+                                   ("crop", root / "run-crop", "none")):
+        export_bundle(source, root / mode, quantize=quantize)
         build_site(root / mode, root / "sites" / mode)
         built[mode] = (root / mode, root / "sites" / mode)
     # The rows' images, served next to the sites, and the list the page runs.
@@ -101,15 +109,17 @@ def python_results(bundle_dir):
 
 
 @needs_browser
-@pytest.mark.parametrize("mode", ["none", "int8"])
+@pytest.mark.parametrize("mode", ["none", "int8", "crop"])
 def test_browser_gives_the_python_runtime_answers_on_every_test_row(sites, browser_results, mode):
     bundle_dir, _ = sites[mode]
     inputs, logits, labels = python_results(bundle_dir)
     results = browser_results[mode]
     assert "error" not in results and len(results) == len(labels)
     assert [result["token_ids"] for result in results] == inputs["token_ids"].tolist()
-    # The same decoded and resized pixels: Pillow's resize and compositing are reproduced exactly.
+    # The same decoded, resized (and cropped) pixels: Pillow's resize and compositing are reproduced exactly.
     assert [result["pixel_sum"] for result in results] == inputs["image"].sum(axis=(1, 2, 3)).tolist()
+    if mode == "crop":
+        assert read_bundle(bundle_dir)["preprocessing"]["image"]["crop_pct"] == 0.875
     assert [result["label"] for result in results] == labels
     # Float: within 1e-4; int8: within one quantization step of the logits.
     tolerance = read_test_vectors(bundle_dir)["logit_tolerance"]

@@ -137,7 +137,7 @@ def build_model(
             similarity = _similarity_logits(text_tokens, inputs["padding_mask"], image_tokens, embedding_dim, match_index)
             logits = keras.layers.Add(dtype="float32", name="match_logits")([logits, similarity])
         model = keras.Model(inputs, logits, name="mmkeras_classifier")
-    return model, MultimodalPreprocessor(text.tokenizer, vision.image_size, vision.resample)
+    return model, MultimodalPreprocessor(text.tokenizer, vision.image_size, vision.resample, crop_pct=vision.crop_pct)
 
 
 def pretrained_backbones(config) -> tuple[str, ...]:

@@ -84,7 +84,7 @@ def build_dual_encoder(
             LOGIT_SCALE: LogitScale(dtype="float32", name=LOGIT_SCALE)(text_embedding),
         }
         model = keras.Model(inputs, outputs, name=DUAL_ENCODER_NAME)
-    return model, MultimodalPreprocessor(text.tokenizer, vision.image_size, vision.resample)
+    return model, MultimodalPreprocessor(text.tokenizer, vision.image_size, vision.resample, crop_pct=vision.crop_pct)
 
 
 def encoders(model: keras.Model) -> tuple[keras.Model, keras.Model]:

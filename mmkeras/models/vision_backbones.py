@@ -29,12 +29,17 @@ Example:
 ((32, 32), False)
 """
 
+import contextlib
 import dataclasses
+import io
 import json
+import logging
 from pathlib import Path
 
 import keras
 import keras_hub
+import numpy as np
+from safetensors import safe_open
 
 from mmkeras.errors import UserError
 from mmkeras.models.vgg_backbone import VGGBackbone
@@ -49,6 +54,13 @@ DEFAULT_SCALE, DEFAULT_OFFSET = 1.0 / 255.0, 0.0
 CENTRED_SCALE, CENTRED_OFFSET = 2.0 / 255.0, -1.0
 DEFAULT_IMAGE_SIZE = (224, 224)
 TINY_IMAGE_SIZE = (32, 32)
+logger = logging.getLogger("mmkeras")
+# What keras-hub 0.32 converts from a local folder (its utils/transformers and utils/timm).
+CONVERTED_FOLDERS = (
+    "Hugging Face vit, deit, dinov2, dinov3_vit, swin; timm resnet*, mobilenetv3_small_050/100, "
+    "mobilenetv3_large_100, efficientnet_b0-b5/lite0/el/em/es, densenet121/169/201, cspresnet50, "
+    "cspresnext50, cspdarknet53, darknet53, hgnetv2_b0-b6 (ssld tags), vgg11/13/16/19"
+)
 # Hugging Face image processors name Pillow's filters by number.
 PIL_RESAMPLE_NAMES = {0: "nearest", 2: "bilinear", 3: "bicubic"}
 
@@ -66,6 +78,7 @@ class VisionBackbone:
         pretrained: whether the weights were loaded from a preset.
         resample: the resize filter the checkpoint was trained with
             (`bilinear`, `bicubic` or `nearest`).
+        crop_pct: timm's centre crop share (`None`: resize whole images).
     """
 
     backbone: keras.Model
@@ -74,6 +87,7 @@ class VisionBackbone:
     offset: float | list[float]
     pretrained: bool
     resample: str = DEFAULT_RESAMPLE
+    crop_pct: float | None = None
 
 
 def load_vision_backbone(spec: str) -> VisionBackbone:
@@ -105,14 +119,18 @@ def vision_tokens(features):
     """Turn a vision backbone's output into tokens [B, N, D].
 
     ViT-like outputs are already tokens; a conv feature map [B, h, w, C]
-    becomes h*w tokens of width C.
+    becomes h*w tokens of width C (a backbone that names its feature maps,
+    as HGNetV2 does, gives one here: `_last_feature_map_only`).
 
     Args:
-        features: the backbone's output (a symbolic or eager tensor).
+        features: the backbone's output (a symbolic or eager tensor, or a
+            dict holding one).
 
     Returns:
         [B, N, D] tokens.
     """
+    if isinstance(features, dict):
+        (features,) = features.values()
     if len(features.shape) == 3:
         return features
     height, width, channels = features.shape[1:]
@@ -178,6 +196,17 @@ def _with_complete_config(backbone: keras_hub.models.VGGBackbone) -> VGGBackbone
     return complete
 
 
+def _last_feature_map_only(backbone):
+    """A backbone giving a feature map per stage (HGNetV2's `out_features`), cut to its last stage's."""
+    config = backbone.get_config()
+    if len(backbone.outputs) == 1 or "out_features" not in config:
+        return backbone
+    last_stage = config["out_features"][-1]
+    single = type(backbone).from_config({**config, "out_features": [last_stage]})
+    single.set_weights(backbone.get_weights())
+    return single
+
+
 def _load_preset(spec):
     if "://" not in spec and not Path(spec).exists() and spec not in keras_hub.models.Backbone.presets:
         raise UserError(
@@ -185,20 +214,28 @@ def _load_preset(spec):
             "or a keras-hub preset name"
         )
     try:
-        backbone = keras_hub.models.Backbone.from_preset(spec, name=BACKBONE_NAME)
+        # keras-hub's timm MobileNet converter prints a line per weight: stdout carries `--json` reports.
+        with contextlib.redirect_stdout(io.StringIO()):
+            backbone = keras_hub.models.Backbone.from_preset(spec, name=BACKBONE_NAME)
     except (OSError, ValueError, KeyError, ImportError) as error:
-        reason = (str(error).strip() or type(error).__name__).splitlines()[0]
+        reason = _timm_hgnetv2_problem(spec) or (str(error).strip() or type(error).__name__).splitlines()[0]
         if spec in keras_hub.models.Backbone.presets:
             reason += " (named presets download from Kaggle: check the network or use a local preset folder)"
+        elif Path(spec).is_dir():
+            reason += f" (keras-hub converts these checkpoint folders: {CONVERTED_FOLDERS})"
         raise UserError(f"cannot load vision backbone {spec!r}: {reason}") from error
     if type(backbone) is keras_hub.models.VGGBackbone:  # keep its name and flags in saved runs
         backbone = _with_complete_config(backbone)
+    backbone = _last_feature_map_only(backbone)
+    _warn_of_unread_affine_blocks(spec, backbone)
     if len(backbone.inputs) != 1 or len(backbone.inputs[0].shape) != 4 or len(backbone.outputs) != 1:
         raise UserError(f"vision backbone {spec!r} ({type(backbone).__name__}) is not an image backbone")
     if len(backbone.outputs[0].shape) not in (3, 4):
         raise UserError(f"vision backbone {spec!r} gives outputs of shape {backbone.outputs[0].shape}, not tokens")
     image_size, scale, offset, resample = _preset_image_settings(spec, backbone)
-    return VisionBackbone(backbone, image_size, scale, offset, pretrained=True, resample=resample)
+    return VisionBackbone(
+        backbone, image_size, scale, offset, pretrained=True, resample=resample, crop_pct=_checkpoint_crop_pct(spec)
+    )
 
 
 def _preset_image_settings(spec, backbone):
@@ -232,10 +269,9 @@ def _hugging_face_image_settings(spec):
     keras-hub builds no ImageConverter for Hugging Face ViT folders, but their
     image processor config says how the weights were trained to see images.
     """
-    path = Path(spec) / "preprocessor_config.json"
-    if not path.is_file():
+    config = _json_file(Path(spec) / "preprocessor_config.json")
+    if not config:
         return None, None, None, None
-    config = json.loads(path.read_text(encoding="utf-8"))
     size = config.get("size")
     image_size = (size["height"], size["width"]) if isinstance(size, dict) and "height" in size else None
     resample = PIL_RESAMPLE_NAMES.get(config.get("resample"))
@@ -244,6 +280,79 @@ def _hugging_face_image_settings(spec):
         return image_size, rescale, 0.0, resample
     mean, std = config["image_mean"], config["image_std"]
     return image_size, [rescale / s for s in std], [-m / s for m, s in zip(mean, std)], resample
+
+
+def _timm_hgnetv2_problem(spec):
+    """Why keras-hub 0.32 fails on a timm hgnetv2 folder not tagged `ssld`, else `None`.
+
+    timm's hgnetv2 keeps learnable affine blocks (`lab.scale`, `lab.bias`) of
+    shape [1], which keras-hub's scalar variables refuse; for `ssld` tags
+    (timm's published weights) it builds the backbone without them.
+    """
+    config = _json_file(Path(spec) / "config.json")
+    architecture = str(config.get("architecture", ""))
+    tag = str((config.get("pretrained_cfg") or {}).get("tag") or "")
+    if not architecture.startswith("hgnetv2") or tag.startswith("ssld"):
+        return None
+    return (
+        f"keras-hub 0.32 loads timm {architecture} checkpoints only with an ssld tag (this one: {tag!r}): "
+        "it cannot read their [1]-shaped learnable affine blocks"
+    )
+
+
+def _warn_of_unread_affine_blocks(spec, backbone):
+    """Warn when keras-hub built a timm hgnetv2 without the learnable affine blocks its file holds, and they
+    are not the identity (scale 1, bias 0): then the converted backbone is not the checkpoint's function."""
+    path = Path(spec) / "model.safetensors"
+    config = backbone.get_config()
+    if config.get("use_learnable_affine_block", True) or not path.is_file():
+        return
+    with safe_open(str(path), framework="numpy") as tensors:
+        blocks = {name: tensors.get_tensor(name) for name in tensors.keys() if ".lab." in name}
+    changed = sum(not np.all(value == (1.0 if name.endswith(".scale") else 0.0)) for name, value in blocks.items())
+    if changed:
+        logger.warning(
+            "%s: keras-hub 0.32 leaves out this hgnetv2's learnable affine blocks (ssld tag), and %d of their "
+            "%d tensors are not the identity: the converted backbone differs from timm's; fine-tuning adapts it",
+            spec, changed, len(blocks),
+        )
+
+
+def _checkpoint_crop_pct(spec):
+    """The centre crop share the checkpoint is evaluated with, else `None`.
+
+    timm: `pretrained_cfg.crop_pct` when `crop_mode` is `center` (timm's
+    default); `squash` and `border` resize differently and are not
+    reproduced. Hugging Face: a centre crop after a shortest-edge resize
+    (BitImageProcessor, as DINOv2's) is the same crop, `crop_size /
+    shortest_edge`; a crop after a fixed-size resize (DeiT's 256x256, then
+    224) is not reproduced: whole images are resized.
+    """
+    folder = Path(spec)
+    pretrained_cfg = _json_file(folder / "config.json").get("pretrained_cfg") or {}
+    processor = _json_file(folder / "preprocessor_config.json")
+    crop_pct = None
+    if pretrained_cfg.get("crop_mode", "center") == "center":
+        crop_pct = pretrained_cfg.get("crop_pct")
+    size, crop_size = processor.get("size"), processor.get("crop_size")
+    if processor.get("do_center_crop") and isinstance(size, dict) and isinstance(crop_size, dict):
+        shortest_edge, crop_side = size.get("shortest_edge"), crop_size.get("height")
+        if isinstance(shortest_edge, int) and isinstance(crop_side, int) and crop_side == crop_size.get("width"):
+            crop_pct = crop_side / shortest_edge
+    if not isinstance(crop_pct, (int, float)) or not 0.0 < crop_pct <= 1.0:
+        return None
+    return float(crop_pct)
+
+
+def _json_file(path):
+    """A JSON object file's content, `{}` when there is none (`UserError` naming it when it is not JSON)."""
+    if not path.is_file():
+        return {}
+    try:
+        content = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise UserError(f"invalid JSON: {error}", path=path) from None
+    return content if isinstance(content, dict) else {}
 
 
 def _plain(value):

@@ -15,11 +15,15 @@ order (what a mobile developer re-implements):
    grayscale, bilevel and CMYK images are converted by Pillow;
 4. resize to (width, height) with Pillow's bilinear resampling (which
    averages over the source area when shrinking), or the bicubic or nearest
-   resampling a pretrained vision checkpoint was trained with;
+   resampling a pretrained vision checkpoint was trained with; with a
+   `crop_pct` (timm's evaluation transform), resize keeping the aspect ratio
+   to cover `floor(size / crop_pct)` and cut the centre `size` out
+   (`centre_crop_geometry`);
 5. return float32 values in 0..255 (normalisation happens inside the model).
 """
 
 import io
+import math
 import os
 import stat
 import struct
@@ -69,6 +73,7 @@ def load_image(
     image_size: tuple[int, int],
     resample: str = DEFAULT_RESAMPLE,
     *,
+    crop_pct: float | None = None,
     max_pixels: int = MAX_IMAGE_PIXELS,
 ) -> np.ndarray:
     """Decode, orient, convert to RGB and resize one image.
@@ -77,6 +82,9 @@ def load_image(
         source: a file path, or the encoded file's bytes.
         image_size: `(height, width)` of the result.
         resample: the resize filter: `bilinear`, `bicubic` or `nearest`.
+        crop_pct: `None` resizes the whole image to `image_size`; a share in
+            (0, 1] resizes it to cover `image_size / crop_pct` and keeps the
+            centre `image_size` (timm's centre crop).
         max_pixels: the largest width x height accepted.
 
     Returns:
@@ -102,7 +110,61 @@ def load_image(
         _check_regular_file(source, name)
     image = _decode(source, name, max_pixels)
     rgb = _to_rgb(ImageOps.exif_transpose(image), name)
-    return np.asarray(rgb.resize((width, height), RESAMPLE_FILTERS[resample]), dtype=np.float32)
+    if crop_pct is None:
+        return np.asarray(_resize(rgb, (width, height), resample), dtype=np.float32)
+    scaled_size, box = centre_crop_geometry(rgb.size, image_size, crop_pct)
+    return np.asarray(_resize(rgb, scaled_size, resample).crop(box), dtype=np.float32)
+
+
+def _resize(rgb: Image.Image, size: tuple[int, int], resample: str) -> Image.Image:
+    """Pillow's resize to `(width, height)`, the horizontal pass always first.
+
+    Pillow resamples one axis, rounds to 8 bits, then the other; the Pillow
+    13.0.0 wheel installed here sometimes runs the vertical pass first (up to
+    one unit apart with bilinear, 22 with bicubic, whose kernel overshoots).
+    Two one-axis resizes fix the order, so any port that runs the passes in
+    this order (the browser's preprocessing.js) gets the same bytes.
+    """
+    width, height = size
+    resample_filter = RESAMPLE_FILTERS[resample]
+    if resample != "nearest" and rgb.width != width and rgb.height != height:
+        rgb = rgb.resize((width, rgb.height), resample_filter)
+    return rgb.resize((width, height), resample_filter)
+
+
+def centre_crop_geometry(
+    source_size: tuple[int, int], image_size: tuple[int, int], crop_pct: float
+) -> tuple[tuple[int, int], tuple[int, int, int, int]]:
+    """Where timm's centre crop resizes an image to and which box it keeps.
+
+    timm's evaluation transform resizes to `floor(size / crop_pct)` keeping
+    the aspect ratio (torchvision's `Resize`: the shorter side gets the target,
+    the longer one `int(target * long / short)`) and cuts the centre out
+    (`CenterCrop`: offsets `round(margin / 2)`, halves to even).
+
+    Args:
+        source_size: the image's `(width, height)`, as Pillow gives it.
+        image_size: `(height, width)` of the result.
+        crop_pct: the share of the resized image kept, in (0, 1].
+
+    Returns:
+        `((width, height) to resize to, (left, top, right, bottom) box to keep)`.
+
+    Example:
+    >>> centre_crop_geometry((640, 480), (224, 224), 0.875)
+    ((341, 256), (58, 16, 282, 240))
+    """
+    if not 0.0 < crop_pct <= 1.0:
+        raise ValueError(f"crop_pct must be in (0, 1], got {crop_pct}")
+    source_width, source_height = source_size
+    height, width = image_size
+    target_height, target_width = math.floor(height / crop_pct), math.floor(width / crop_pct)
+    if source_width * target_height <= source_height * target_width:  # the width is the shorter side
+        scaled_width, scaled_height = target_width, max(int(target_width * source_height / source_width), height)
+    else:
+        scaled_width, scaled_height = max(int(target_height * source_width / source_height), width), target_height
+    top, left = round((scaled_height - height) / 2), round((scaled_width - width) / 2)
+    return (scaled_width, scaled_height), (left, top, left + width, top + height)
 
 
 def _check_regular_file(path: str | Path, name: str):

@@ -37,6 +37,9 @@ class MultimodalPreprocessor:
         image_size: `(height, width)` the vision backbone takes.
         resample: how images are resized: `bilinear` (default), `bicubic`
             or `nearest`, as the vision checkpoint was trained.
+        crop_pct: `None` (default) resizes whole images; a share in (0, 1]
+            resizes them to cover `image_size / crop_pct` and keeps the
+            centre, as timm evaluates the checkpoint (`load_image`).
         max_image_pixels: images with more pixels are refused (before decoding).
 
     Example:
@@ -56,6 +59,7 @@ class MultimodalPreprocessor:
         image_size: tuple[int, int],
         resample: str = DEFAULT_RESAMPLE,
         *,
+        crop_pct: float | None = None,
         max_image_pixels: int = MAX_IMAGE_PIXELS,
     ):
         height, width = (int(side) for side in image_size)
@@ -63,11 +67,14 @@ class MultimodalPreprocessor:
             raise ValueError(f"image_size must be positive (height, width), got {image_size}")
         if resample not in RESAMPLE_FILTERS:
             raise ValueError(f"resample must be one of {', '.join(RESAMPLE_FILTERS)}, got {resample!r}")
+        if crop_pct is not None and not 0.0 < crop_pct <= 1.0:
+            raise ValueError(f"crop_pct must be in (0, 1], got {crop_pct}")
         if max_image_pixels < 1:
             raise ValueError(f"max_image_pixels must be positive, got {max_image_pixels}")
         self.tokenizer = tokenizer
         self.image_size = (height, width)
         self.resample = resample
+        self.crop_pct = None if crop_pct is None else float(crop_pct)
         self.max_image_pixels = int(max_image_pixels)
 
     @property
@@ -113,7 +120,9 @@ class MultimodalPreprocessor:
         present = np.zeros(len(images), np.float32)
         for index, image in enumerate(images):
             if is_present(image):
-                pixels[index] = load_image(image, self.image_size, self.resample, max_pixels=self.max_image_pixels)
+                pixels[index] = load_image(
+                    image, self.image_size, self.resample, crop_pct=self.crop_pct, max_pixels=self.max_image_pixels
+                )
                 present[index] = 1.0
         return pixels, present
 
@@ -135,6 +144,7 @@ class MultimodalPreprocessor:
             "image": {
                 "layout": "height, width, RGB",
                 "resample": self.resample,
+                "crop_pct": self.crop_pct,
                 "value_range": [0, 255],
                 "alpha_background": list(BACKGROUND),
                 "exif_orientation": True,
@@ -184,11 +194,17 @@ class MultimodalPreprocessor:
         resample = image.get("resample", DEFAULT_RESAMPLE)
         if resample not in RESAMPLE_FILTERS:
             raise UserError(f"unknown image resample {resample!r} (known: {', '.join(RESAMPLE_FILTERS)})", path=path)
+        crop_pct = image.get("crop_pct")  # files from before the centre crop have none
+        if crop_pct is not None and not (_is_number(crop_pct) and 0.0 < crop_pct <= 1.0):
+            raise UserError(f"image crop_pct must be null or a number in (0, 1], got {crop_pct!r}", path=path)
         max_image_pixels = config.get("max_image_pixels") or MAX_IMAGE_PIXELS
-        return cls(tokenizer, tuple(image_size), resample, max_image_pixels=max_image_pixels)
+        return cls(tokenizer, tuple(image_size), resample, crop_pct=crop_pct, max_image_pixels=max_image_pixels)
 
     def __repr__(self):
-        return f"MultimodalPreprocessor({self.tokenizer!r}, image_size={self.image_size}, resample={self.resample!r})"
+        return (
+            f"MultimodalPreprocessor({self.tokenizer!r}, image_size={self.image_size}, resample={self.resample!r}, "
+            f"crop_pct={self.crop_pct})"
+        )
 
 
 def _check_settings(tokenizer_file, sequence_length, image_size, max_image_pixels, path: Path):
@@ -206,6 +222,10 @@ def _check_settings(tokenizer_file, sequence_length, image_size, max_image_pixel
 
 def _is_count(value) -> bool:
     return isinstance(value, int) and not isinstance(value, bool) and value >= 1
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
 def is_present(value: str | Path | bytes | None) -> bool:

@@ -41,7 +41,7 @@ async function preprocess(state, text, imageBlob) {
   let pixels = new Float32Array(height * width * 3);
   if (imageBlob) {
     const {rgba, width: imageWidth, height: imageHeight} = await decodeImage(imageBlob);
-    pixels = imageTensor(rgba, imageWidth, imageHeight, preprocessing.image_size, preprocessing.image.alpha_background);
+    pixels = imageTensor(rgba, imageWidth, imageHeight, preprocessing.image_size, preprocessing.image);
   }
   const modalityMask = new Float32Array([textPresent ? 1 : 0, imageBlob ? 1 : 0]);
   return {token_ids: tokenIds, padding_mask: paddingMask, image: pixels, modality_mask: modalityMask};
