@@ -63,6 +63,7 @@ from ai_edge_litert.schema_py_generated import BuiltinOperator
 
 from mmkeras.data.manifest import Manifest, read_manifest
 from mmkeras.errors import UserError
+from mmkeras.evaluation.multilabel_evaluate import run_thresholds
 from mmkeras.folder_lock import folder_lock
 from mmkeras.framework_logs import native_stderr_silenced
 from mmkeras.models.dual_encoder import is_dual_encoder
@@ -408,6 +409,8 @@ def write_bundle_files(directory: Path, tflite_model: bytes, run, quantize: str)
         quantization=quantize,
         preprocessing=run.preprocessor.get_config(),
         source_run=str(Path(run.path).resolve()),
+        task=run.config.task,
+        thresholds=run_thresholds(run.path, run.labels) if run.config.task == "multilabel" else None,
     )
     write_bundle_json(directory, **fields)
     return fields
