@@ -13,6 +13,8 @@ from mmkeras.cli.app import main
 from mmkeras.data.manifest import read_manifest
 from mmkeras.evaluation.multilabel_metrics import multi_hot, multilabel_figures, tune_thresholds
 from mmkeras.export.converter import export_bundle
+from mmkeras.quantization.qat_settings import QATSettings
+from mmkeras.quantization.qat_training import qat_finetune
 from mmkeras.runtime.predictor import Predictor
 from mmkeras.runtime.test_vectors import read_test_vectors, verify_bundle
 from mmkeras.training.multilabel_loss import MultiLabelLoss
@@ -137,3 +139,18 @@ def test_multilabel_test_vectors_record_the_label_sets_and_verify(multilabel_bun
                                                      if vector["image"] else None).labels for vector in vectors)
     assert verify_bundle(multilabel_bundles["int8"])["passed"]
 
+
+def test_qat_of_a_multilabel_run_trains_its_sigmoid_loss_and_exports_an_int8_multilabel_bundle(multilabel_run):
+    root = multilabel_run["out"].parent
+    float_loss = json.loads((multilabel_run["out"] / "metrics.json").read_text())["loss"]
+    result = qat_finetune(multilabel_run["out"], root / "train.csv", root / "qat", val=multilabel_run["val"],
+                          settings=QATSettings(epochs=1, batch_size=8, calibration_batches=1))
+    # The fake-quantized model starts from the float weights: near the float run's per-label sigmoid loss
+    # (a softmax over the label cells would start above log(cells) > 2).
+    assert abs(result.metrics["initial_loss"] - float_loss) < 0.2
+    export_bundle(root / "qat", root / "bundle-qat", quantize="int8")
+    bundle = json.loads((root / "bundle-qat" / "bundle.json").read_text())
+    assert bundle["conversion"]["qat"] and bundle["output_activation"] == "sigmoid"
+    assert bundle["thresholds"] == [result.metrics["thresholds"][label] for label in bundle["labels"]]
+    figures = device_cli("evaluate", root / "bundle-qat", "--data", multilabel_run["val"])
+    assert figures["n"] == 12 and 0 <= figures["mAP"] <= 1
