@@ -103,6 +103,17 @@ def test_a_multilabel_bundle_carries_its_task_sigmoid_output_and_the_run_thresho
     tuned = json.loads((multilabel_run["out"] / "metrics.json").read_text())["thresholds"]
     assert (bundle["task"], bundle["output_activation"]) == ("multilabel", "sigmoid")
     assert bundle["thresholds"] == [tuned[label] for label in bundle["labels"]]
+    assert bundle["conversion"]["thresholds_tuned_rows"] is None
+
+
+def test_an_int8_multilabel_bundle_carries_thresholds_tuned_on_its_own_validation_scores(multilabel_run,
+                                                                                        multilabel_bundles):
+    predictor = Predictor(multilabel_bundles["int8"])
+    rows = read_manifest(multilabel_run["val"]).rows
+    logits = predictor.predict_inputs(predictor.preprocessor([row.text for row in rows], [row.image for row in rows]))
+    truth = multi_hot([row.label for row in rows], predictor.labels)
+    assert predictor.thresholds == tune_thresholds(truth, predictor.scores(logits))
+    assert predictor.bundle["conversion"]["thresholds_tuned_rows"] == len(rows)
 
 
 @pytest.mark.parametrize("mode", ["none", "int8"])
@@ -151,6 +162,6 @@ def test_qat_of_a_multilabel_run_trains_its_sigmoid_loss_and_exports_an_int8_mul
     export_bundle(root / "qat", root / "bundle-qat", quantize="int8")
     bundle = json.loads((root / "bundle-qat" / "bundle.json").read_text())
     assert bundle["conversion"]["qat"] and bundle["output_activation"] == "sigmoid"
-    assert bundle["thresholds"] == [result.metrics["thresholds"][label] for label in bundle["labels"]]
+    assert bundle["conversion"]["thresholds_tuned_rows"] == 12  # re-tuned on the int8 model's own scores
     figures = device_cli("evaluate", root / "bundle-qat", "--data", multilabel_run["val"])
     assert figures["n"] == 12 and 0 <= figures["mAP"] <= 1
