@@ -45,7 +45,7 @@ from mmkeras.errors import UserError
 from mmkeras.evaluation.zero_shot import DEFAULT_PROMPT, is_align_run
 from mmkeras.framework_logs import VERBOSE_ENV, import_tensorflow_quietly, quiet_frameworks
 from mmkeras.progress import install_log_handler
-from mmkeras.runs import is_run_folder, load_run_config
+from mmkeras.runs import is_run_folder
 from mmkeras.quantization.qat_settings import LEARNING_RATE_FACTOR, UNKNOWN_LAYERS, QATSettings
 from mmkeras.runtime.benchmark import DEFAULT_RUNS, WARMUP_RUNS
 from mmkeras.runtime.bundle import QUANTIZATION_MODES, WEB_SITE_FOLDER
@@ -308,6 +308,7 @@ def evaluate(
 
     A bundle is evaluated with the device runtime (no TensorFlow needed).
     The figures, tables and plots go to TARGET/results/<manifest stem>/.
+    A multilabel run or bundle reports mAP, micro/macro-F1 and exact match at its tuned thresholds.
 
     Example: mmkeras evaluate bundles/demo --data samples/test.csv --json
     """
@@ -316,8 +317,10 @@ def evaluate(
         return
     if is_run_folder(target) and is_align_run(target):
         raise UserError("an align run has no classifier: evaluate it with --zero-shot", path=target)
-    if is_run_folder(target) and load_run_config(target).task == "multilabel":
-        evaluate_multilabel_run(target, data, as_json)
+    from mmkeras.evaluation.multilabel_evaluate import is_multilabel
+
+    if is_multilabel(target):
+        evaluate_multilabel_target(target, data, as_json)
         return
     preflight.check_manifest(data, flag="--data")
     prepare_target(target, "evaluate RUN_DIR")
@@ -460,19 +463,23 @@ def predict(
 ):
     """Predict one example with the on-device runtime (no TensorFlow).
 
+    A multilabel bundle prints the labels at or above their thresholds (`a|b`; --json: `labels`, `scores`).
+
     Example: mmkeras predict bundles/demo --text "such a serene little card" --image photo.png
     """
     from mmkeras.runtime.predictor import Predictor
 
     if text is None and image is None:
         raise UserError("give --text, --image or both")
-    prediction = Predictor(bundle_dir).predict(text, image)
+    predictor = Predictor(bundle_dir)
+    prediction = predictor.predict(text, image)
     best = sorted(prediction.scores.items(), key=lambda item: -item[1])[:3]
-    emit(
-        {"label": prediction.label, "scores": prediction.scores},
-        as_json,
-        f"{prediction.label}  (" + ", ".join(f"{label} {score:.3f}" for label, score in best) + ")",
-    )
+    scores = ", ".join(f"{label} {score:.3f}" for label, score in best)
+    if predictor.multilabel:  # a label set, maybe empty
+        emit({"labels": prediction.labels, "scores": prediction.scores}, as_json,
+             f"{'|'.join(prediction.labels) or '(no label)'}  ({scores})")
+        return
+    emit({"label": prediction.label, "scores": prediction.scores}, as_json, f"{prediction.label}  ({scores})")
 
 
 @app.command()
@@ -786,11 +793,10 @@ def evaluate_zero_shot(target: Path, data: Path, prompt: str, as_json: bool):
          f"n {figures['n']}  ({len(figures['labels'])} classes, prompt {prompt!r})")
 
 
-def evaluate_multilabel_run(target: Path, data: Path, as_json: bool):
-    """`evaluate` of a `--task multilabel` run: mAP and micro/macro-F1 at the tuned thresholds."""
+def evaluate_multilabel_target(target: Path, data: Path, as_json: bool):
+    """`evaluate` of a `--task multilabel` run or bundle: mAP and micro/macro-F1 at the tuned thresholds."""
     preflight.check_manifest(data, flag="--data")
-    preflight.require_training_extra("evaluate RUN_DIR")
-    load_tensorflow()
+    prepare_target(target, "evaluate RUN_DIR")
     from mmkeras.evaluation.multilabel_evaluate import evaluate_multilabel
 
     figures = evaluate_multilabel(target, data)

@@ -17,6 +17,7 @@ from mmkeras.runtime.bundle import (
     BUNDLE_FILES,
     BUNDLE_FORMAT_VERSION,
     MODEL_FILE,
+    OUTPUT_ACTIVATIONS,
     PREPROCESSOR_FILE,
     QUANTIZATION_MODES,
     TOKENIZER_FILE,
@@ -52,6 +53,8 @@ def write_bundle_json(
     quantization: str,
     preprocessing: dict[str, Any],
     source_run: str,
+    task: str = "classify",
+    thresholds: list[float] | None = None,
     conversion: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Write `bundle.json` into a folder that already holds the other bundle files.
@@ -65,6 +68,9 @@ def write_bundle_json(
         preprocessing: the preprocessor's settings (the content of
             `preprocessor.json`), repeated so that one file describes the bundle.
         source_run: the run folder the bundle was exported from.
+        task: the run's task; it sets `output_activation` (`OUTPUT_ACTIVATIONS`).
+        thresholds: for `multilabel`, per label (in `labels` order) the
+            sigmoid score at and above which the label is predicted.
         conversion: the export's conversion report (op types, compute-op
             precision, size, parity with the Keras model), stored under
             `conversion` when given.
@@ -78,6 +84,9 @@ def write_bundle_json(
     """
     if quantization not in QUANTIZATION_MODES:
         raise ValueError(f"quantization must be one of {QUANTIZATION_MODES}, got {quantization!r}")
+    activation = OUTPUT_ACTIVATIONS[task]
+    if (thresholds is None) != (activation == "softmax"):
+        raise ValueError(f"thresholds go with a sigmoid output ({task!r} gives {activation})")
     bundle = {
         "format_version": BUNDLE_FORMAT_VERSION,
         "mmkeras_version": __version__,
@@ -87,6 +96,9 @@ def write_bundle_json(
         "output": output,
         "labels": list(labels),
         "quantization": quantization,
+        "task": task,
+        "output_activation": activation,
+        **({"thresholds": [float(value) for value in thresholds]} if thresholds is not None else {}),
         "preprocessing": preprocessing,
         "preprocessor_file": PREPROCESSOR_FILE,
         "tokenizer_file": TOKENIZER_FILE,

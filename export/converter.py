@@ -63,9 +63,11 @@ from ai_edge_litert.schema_py_generated import BuiltinOperator
 
 from mmkeras.data.manifest import Manifest, read_manifest
 from mmkeras.errors import UserError
+from mmkeras.evaluation.multilabel_evaluate import run_thresholds
 from mmkeras.folder_lock import folder_lock
 from mmkeras.framework_logs import native_stderr_silenced
 from mmkeras.models.dual_encoder import is_dual_encoder
+from mmkeras.export.bundle_thresholds import retuned_thresholds
 from mmkeras.export.bundle_writer import check_replaceable, tensor_entry, write_bundle_json
 from mmkeras.export.conversion_report import op_summary, parity_report
 from mmkeras.quantization.qat_transform import check_calibrated, is_quantized
@@ -276,7 +278,10 @@ def export_bundle(
         `ops` (`op_summary`), `calibration_rows` (int8) and `parity`
         (`source`: `validation` rows of the run's validation manifest, else
         `calibration` rows; `rows`, `max_abs_logit_diff`, `label_agreement`
-        against the Keras model), or `None` when no manifest can be read.
+        against the Keras model), or `None` when no manifest can be read;
+        for a multilabel run `thresholds_tuned_rows`: the validation rows a
+        quantized bundle's thresholds were re-tuned on (`retuned_thresholds`;
+        `None`: the run's thresholds).
 
     Example:
     >>> report = export_bundle("runs/demo", "bundles/demo", quantize="int8")  # doctest: +SKIP
@@ -323,6 +328,12 @@ def _export_locked(run_dir: Path, out_dir: Path, quantize: str, calibration_data
             logger.info("checking the bundle against the Keras model on %d %s rows", rows, parity_source)
             litert_model = LiteRTModel(staging / MODEL_FILE)
             parity = {"source": parity_source, **parity_report(run.model, litert_model, parity_inputs)}
+        multilabel = {}
+        if run.config.task == "multilabel":
+            multilabel = {"thresholds_tuned_rows": None}
+            retuned = retuned_thresholds(run, LiteRTModel(staging / MODEL_FILE)) if quantize != "none" else None
+            if retuned is not None:
+                bundle_fields["thresholds"], multilabel["thresholds_tuned_rows"] = retuned
         report = {
             "quantize": quantize,
             "qat": run.quantization is not None,
@@ -331,6 +342,7 @@ def _export_locked(run_dir: Path, out_dir: Path, quantize: str, calibration_data
             "calibration_rows": len(sample["image"]) if quantize == "int8" else None,
             "kept_float": kept_float,
             "parity": parity,
+            **multilabel,
         }
         write_bundle_json(staging, **bundle_fields, conversion=report)
         examples = examples_from_manifest(test_vector_manifest(run, calibration_data), run.preprocessor.image_size)
@@ -408,6 +420,8 @@ def write_bundle_files(directory: Path, tflite_model: bytes, run, quantize: str)
         quantization=quantize,
         preprocessing=run.preprocessor.get_config(),
         source_run=str(Path(run.path).resolve()),
+        task=run.config.task,
+        thresholds=run_thresholds(run.path, run.labels) if run.config.task == "multilabel" else None,
     )
     write_bundle_json(directory, **fields)
     return fields

@@ -9,7 +9,7 @@ import pytest
 from mmkeras import __version__
 from mmkeras.errors import UserError
 from mmkeras.export.bundle_writer import tensor_entry, write_bundle_json
-from mmkeras.runtime.bundle import BUNDLE_FORMAT_VERSION, INPUT_NAMES, bundle_schema, read_bundle
+from mmkeras.runtime.bundle import BUNDLE_FORMAT_VERSION, INPUT_NAMES, bundle_schema, output_activation, read_bundle
 
 PREPROCESSING = {"format": 1, "sequence_length": 8, "image_size": [32, 32]}
 # Passes read_bundle's file checks (size, the TFL3 identifier); the interpreter is never given it here.
@@ -48,7 +48,8 @@ def rewrite(bundle_dir, **changes):
 
 def test_written_bundle_reads_back(bundle_dir):
     bundle = read_bundle(bundle_dir)
-    assert set(bundle) == set(bundle_schema()["required"])
+    assert set(bundle) == {*bundle_schema()["required"], "task", "output_activation"}
+    assert (bundle["task"], bundle["output_activation"]) == ("classify", "softmax") and "thresholds" not in bundle
     assert bundle["format_version"] == BUNDLE_FORMAT_VERSION
     assert bundle["mmkeras_version"] == __version__
     assert bundle["created"].endswith("+00:00")
@@ -133,6 +134,10 @@ def test_a_json_list_is_not_a_bundle(bundle_dir):
         ({"quantization": "int4"}, "at quantization: 'int4' is not one of"),
         ({"output": {"name": "logits", "shape": [1, 0], "dtype": "float32", "quantization": None}},
          "at output/shape/1"),
+        ({"output_activation": "sigmoid"}, "at the top level: 'thresholds' is a required property"),
+        ({"output_activation": "sigmoid", "thresholds": [0.5, 1.5]}, "at thresholds/1: 1.5 is greater than"),
+        ({"output_activation": "sigmoid", "thresholds": [0.5]}, "at thresholds: 1 thresholds for 2 labels"),
+        ({"task": "detect"}, "at task: 'detect' is not one of"),
     ],
 )
 def test_bundle_json_is_checked_against_its_schema(bundle_dir, changes, message):
@@ -140,6 +145,23 @@ def test_bundle_json_is_checked_against_its_schema(bundle_dir, changes, message)
     with pytest.raises(UserError) as caught:
         read_bundle(bundle_dir)
     assert str(caught.value).startswith(f"{bundle_dir / 'bundle.json'}: malformed bundle.json {message}")
+
+
+def test_a_bundle_from_before_the_task_keys_reads_as_single_label_softmax(bundle_dir):
+    values = json.loads((bundle_dir / "bundle.json").read_text(encoding="utf-8"))
+    del values["task"], values["output_activation"]
+    (bundle_dir / "bundle.json").write_text(json.dumps(values), encoding="utf-8")
+    assert output_activation(read_bundle(bundle_dir)) == "softmax"
+
+
+def test_a_multilabel_bundle_json_writes_its_thresholds(bundle_dir):
+    values = json.loads((bundle_dir / "bundle.json").read_text(encoding="utf-8"))
+    arguments = {key: values[key] for key in ("inputs", "output", "labels", "quantization", "preprocessing")}
+    write_bundle_json(bundle_dir, **arguments, source_run="runs/tags", task="multilabel", thresholds=[0.25, 0.75])
+    bundle = read_bundle(bundle_dir)
+    assert (bundle["output_activation"], bundle["thresholds"]) == ("sigmoid", [0.25, 0.75])
+    with pytest.raises(ValueError, match="thresholds go with a sigmoid output"):
+        write_bundle_json(bundle_dir, **arguments, source_run="runs/tags", task="multilabel")
 
 
 def test_a_link_out_of_the_bundle_folder_is_refused(bundle_dir, tmp_path_factory):

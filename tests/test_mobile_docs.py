@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from mmkeras.runtime.bundle import INPUT_NAMES, OUTPUT_NAME
+from mmkeras.runtime.bundle import INPUT_NAMES, OUTPUT_NAME, bundle_schema
 from mmkeras.runtime.test_vectors import SCHEMA_PATH
 
 MOBILE_DOC = Path(__file__).resolve().parents[1] / "docs" / "mobile.md"
@@ -35,8 +35,7 @@ def test_snippet_binds_every_tensor_by_its_bundle_name(language):
 def test_kotlin_reads_only_keys_that_test_vectors_json_has():
     schema = json.loads(SCHEMA_PATH.read_text())
     known = {*schema["properties"], *schema["$defs"]["vector"]["properties"], "sum",
-             # bundle.json keys (docs/bundle.md)
-             "model_file", "labels", "preprocessing", "image_size"}
+             *bundle_schema()["properties"], "image_size"}
     getters = r'(?:getJSONArray|getJSONObject|getString|getDouble|getInt|isNull)\("(\w+)"\)'
     read = set(re.findall(getters, snippet("kotlin")))
     assert read and read <= known, read - known

@@ -1,14 +1,22 @@
 """`train --task multilabel`: label cells with several labels, sigmoid outputs, tuned thresholds, mAP and F1."""
 
 import json
+import subprocess
+import sys
 
 import numpy as np
 import pytest
 import tensorflow as tf
-from test_cli_end_to_end import SAMPLES, run_cli, write_subset
+from test_cli_end_to_end import SAMPLES, WITHOUT_TENSORFLOW, run_cli, write_subset
 
 from mmkeras.cli.app import main
+from mmkeras.data.manifest import read_manifest
 from mmkeras.evaluation.multilabel_metrics import multi_hot, multilabel_figures, tune_thresholds
+from mmkeras.export.converter import export_bundle
+from mmkeras.quantization.qat_settings import QATSettings
+from mmkeras.quantization.qat_training import qat_finetune
+from mmkeras.runtime.predictor import Predictor
+from mmkeras.runtime.test_vectors import read_test_vectors, verify_bundle
 from mmkeras.training.multilabel_loss import MultiLabelLoss
 
 
@@ -71,3 +79,89 @@ def test_evaluate_reports_map_and_f1_of_a_multilabel_run(multilabel_run, capsys)
     # The same rows as the validation the thresholds were tuned on: the same figures.
     assert figures["mAP"] == metrics["val_mAP"] and figures["micro_f1"] == metrics["val_micro_f1"]
     assert figures["n"] == 12
+
+
+@pytest.fixture(scope="module")
+def multilabel_bundles(multilabel_run):
+    """mode -> a bundle exported from the multilabel run: float, and post-training int8."""
+    root = multilabel_run["out"].parent
+    for mode in ("none", "int8"):
+        export_bundle(multilabel_run["out"], root / f"bundle-{mode}", quantize=mode)
+    return {mode: root / f"bundle-{mode}" for mode in ("none", "int8")}
+
+
+def device_cli(*args) -> dict:
+    """`mmkeras ARGS --json` in a fresh interpreter where TensorFlow, Keras and keras-hub cannot be imported."""
+    done = subprocess.run([sys.executable, "-c", WITHOUT_TENSORFLOW, *map(str, args), "--json"], capture_output=True,
+                          text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    return json.loads(done.stdout)
+
+
+def test_a_multilabel_bundle_carries_its_task_sigmoid_output_and_the_run_thresholds(multilabel_run, multilabel_bundles):
+    bundle = json.loads((multilabel_bundles["none"] / "bundle.json").read_text())
+    tuned = json.loads((multilabel_run["out"] / "metrics.json").read_text())["thresholds"]
+    assert (bundle["task"], bundle["output_activation"]) == ("multilabel", "sigmoid")
+    assert bundle["thresholds"] == [tuned[label] for label in bundle["labels"]]
+    assert bundle["conversion"]["thresholds_tuned_rows"] is None
+
+
+def test_an_int8_multilabel_bundle_carries_thresholds_tuned_on_its_own_validation_scores(multilabel_run,
+                                                                                        multilabel_bundles):
+    predictor = Predictor(multilabel_bundles["int8"])
+    rows = read_manifest(multilabel_run["val"]).rows
+    logits = predictor.predict_inputs(predictor.preprocessor([row.text for row in rows], [row.image for row in rows]))
+    truth = multi_hot([row.label for row in rows], predictor.labels)
+    assert predictor.thresholds == tune_thresholds(truth, predictor.scores(logits))
+    assert predictor.bundle["conversion"]["thresholds_tuned_rows"] == len(rows)
+
+
+@pytest.mark.parametrize("mode", ["none", "int8"])
+def test_predict_of_a_multilabel_bundle_gives_the_labels_at_or_above_their_thresholds(multilabel_run,
+                                                                                   multilabel_bundles, mode):
+    row = read_manifest(multilabel_run["val"]).rows[0]
+    predictor = Predictor(multilabel_bundles[mode])
+    printed = device_cli("predict", multilabel_bundles[mode], "--text", row.text, "--image", row.image)
+    prediction = predictor.predict(row.text, row.image)
+    # Sigmoid scores, one per label and independent of each other (they do not sum to 1).
+    np.testing.assert_allclose(list(printed["scores"].values()), 1 / (1 + np.exp(-prediction.logits)), rtol=1e-5)
+    expected = [label for label, cut in zip(predictor.labels, predictor.thresholds) if printed["scores"][label] >= cut]
+    assert printed["labels"] == prediction.labels == expected
+
+
+@pytest.mark.parametrize("mode", ["none", "int8"])
+def test_evaluate_of_a_multilabel_bundle_gives_the_run_figures_without_tensorflow(multilabel_run, multilabel_bundles,
+                                                                                 capsys, mode):
+    code, out, err = run_cli(capsys, "evaluate", multilabel_run["out"], "--data", multilabel_run["val"], "--json")
+    assert code == 0, err
+    run_figures = json.loads(out)
+    bundle_figures = device_cli("evaluate", multilabel_bundles[mode], "--data", multilabel_run["val"])
+    if mode == "none":  # the same model: the same figures, per label too
+        assert bundle_figures == run_figures
+    else:  # int8 moves scores a little: the same figures, on the same rows, near the run's
+        assert bundle_figures.keys() == run_figures.keys() and bundle_figures["n"] == run_figures["n"]
+        assert abs(bundle_figures["mAP"] - run_figures["mAP"]) <= 0.1
+
+
+def test_multilabel_test_vectors_record_the_label_sets_and_verify(multilabel_bundles):
+    vectors = read_test_vectors(multilabel_bundles["int8"])["vectors"]
+    predictor = Predictor(multilabel_bundles["int8"])
+    assert all(vector["labels"] == predictor.predict(vector["text"], multilabel_bundles["int8"] / vector["image"]
+                                                     if vector["image"] else None).labels for vector in vectors)
+    assert verify_bundle(multilabel_bundles["int8"])["passed"]
+
+
+def test_qat_of_a_multilabel_run_trains_its_sigmoid_loss_and_exports_an_int8_multilabel_bundle(multilabel_run):
+    root = multilabel_run["out"].parent
+    float_loss = json.loads((multilabel_run["out"] / "metrics.json").read_text())["loss"]
+    result = qat_finetune(multilabel_run["out"], root / "train.csv", root / "qat", val=multilabel_run["val"],
+                          settings=QATSettings(epochs=1, batch_size=8, calibration_batches=1))
+    # The fake-quantized model starts from the float weights: near the float run's per-label sigmoid loss
+    # (a softmax over the label cells would start above log(cells) > 2).
+    assert abs(result.metrics["initial_loss"] - float_loss) < 0.2
+    export_bundle(root / "qat", root / "bundle-qat", quantize="int8")
+    bundle = json.loads((root / "bundle-qat" / "bundle.json").read_text())
+    assert bundle["conversion"]["qat"] and bundle["output_activation"] == "sigmoid"
+    assert bundle["conversion"]["thresholds_tuned_rows"] == 12  # re-tuned on the int8 model's own scores
+    figures = device_cli("evaluate", root / "bundle-qat", "--data", multilabel_run["val"])
+    assert figures["n"] == 12 and 0 <= figures["mAP"] <= 1

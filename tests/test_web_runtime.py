@@ -40,10 +40,28 @@ def example_rows():
             (long_text, rows[0][1])]
 
 
+def as_multilabel(bundle_dir):
+    """Make a float bundle multilabel: a sigmoid per label, each threshold in the widest gap between the middle
+    half of the example rows' scores (the label sets vary, and no score lies within the logit tolerance of one)."""
+    predictor = Predictor(bundle_dir, num_threads=1)
+    texts, images = zip(*example_rows())
+    logits = predictor.predict_inputs(predictor.preprocessor(list(texts), [SAMPLES / i if i else None for i in images]))
+    thresholds = []
+    for scores in np.sort(1 / (1 + np.exp(-logits)), axis=0).T:
+        middle = scores[len(scores) // 4 : 3 * len(scores) // 4]
+        widest = int(np.argmax(np.diff(middle)))
+        thresholds.append(float(middle[widest : widest + 2].mean()))
+    path = bundle_dir / "bundle.json"
+    bundle = json.loads(path.read_text())
+    path.write_text(json.dumps({**bundle, "task": "multilabel", "output_activation": "sigmoid",
+                                "thresholds": thresholds}))
+
+
 @pytest.fixture(scope="module")
 def sites(tmp_path_factory):
-    """mode -> (bundle folder, site folder) for a float and an int8 export of one run, and (`crop`) a float
-    export of that run preprocessing as a timm checkpoint does (bicubic, centre crop)."""
+    """mode -> (bundle folder, site folder) for a float and an int8 export of one run, (`crop`) a float export of
+    that run preprocessing as a timm checkpoint does (bicubic, centre crop), and the float bundle read as
+    multilabel."""
     if find_chromium() is None or shutil.which("npm") is None:
         pytest.skip("needs chromium and npm: apt-get install -y chromium npm")
     root = tmp_path_factory.mktemp("web")
@@ -59,6 +77,10 @@ def sites(tmp_path_factory):
         export_bundle(source, root / mode, quantize=quantize)
         build_site(root / mode, root / "sites" / mode)
         built[mode] = (root / mode, root / "sites" / mode)
+    shutil.copytree(root / "none", root / "multilabel")
+    as_multilabel(root / "multilabel")
+    build_site(root / "multilabel", root / "sites" / "multilabel")
+    built["multilabel"] = (root / "multilabel", root / "sites" / "multilabel")
     # The rows' images, served next to the sites, and the list the page runs.
     shutil.copytree(SAMPLES / "images", root / "sites" / "images")
     examples = [{"text": text, "image": f"../images/{image[len('images/'):]}" if image else None}
@@ -124,6 +146,19 @@ def test_browser_gives_the_python_runtime_answers_on_every_test_row(sites, brows
     # Float: within 1e-4; int8: within one quantization step of the logits.
     tolerance = read_test_vectors(bundle_dir)["logit_tolerance"]
     assert np.max(np.abs(np.array([result["logits"] for result in results]) - logits)) <= tolerance
+
+
+@needs_browser
+def test_browser_gives_the_label_sets_of_a_multilabel_bundle(sites, browser_results):
+    bundle_dir, _ = sites["multilabel"]
+    predictor = Predictor(bundle_dir, num_threads=1)
+    _, logits, _ = python_results(bundle_dir)
+    expected = [predictor.predicted_labels(predictor.scores(row)) for row in logits]
+    results = browser_results["multilabel"]
+    assert [result["labels"] for result in results] == expected
+    assert len({tuple(labels) for labels in expected}) > 2  # the thresholds split the rows: a real check
+    np.testing.assert_allclose([list(result["scores"].values()) for result in results], predictor.scores(logits),
+                               atol=1e-4)
 
 
 @needs_browser

@@ -51,13 +51,18 @@ def run_predict_logits(run) -> Callable[[dict], np.ndarray]:
     return lambda inputs: np.asarray(run.model.predict_on_batch(inputs))
 
 
-def predict_probabilities(predict_logits, preprocessor, texts, images, description="predicting") -> np.ndarray:
-    """Class probabilities float64 [N, classes], preprocessing and predicting `CHUNK_ROWS` rows at a time."""
+def predict_probabilities(
+    predict_logits, preprocessor, texts, images, description="predicting", *, activation=softmax
+) -> np.ndarray:
+    """Class probabilities float64 [N, classes], preprocessing and predicting `CHUNK_ROWS` rows at a time.
+
+    `activation` turns logits into probabilities: `softmax`, or `sigmoid` for multilabel models.
+    """
     probabilities = []
     with step_progress(description, len(texts)) as progress:
         for start in range(0, len(texts), CHUNK_ROWS):
             inputs = preprocessor(texts[start : start + CHUNK_ROWS], images[start : start + CHUNK_ROWS])
-            probabilities.append(softmax(predict_logits(inputs)))
+            probabilities.append(activation(predict_logits(inputs)))
             progress.update(min(start + CHUNK_ROWS, len(texts)))
     return np.concatenate(probabilities) if probabilities else np.zeros((0, 0))
 

@@ -1,4 +1,8 @@
-"""`evaluate_multilabel`: a `--task multilabel` run's figures on a manifest, at its tuned thresholds.
+"""`evaluate_multilabel`: figures of a `--task multilabel` run or bundle on a manifest, at its tuned thresholds.
+
+A run (Keras) and its bundle (LiteRT, no TensorFlow) go through the same
+code: `evaluate`'s `load_target` and `predict_probabilities`, with a sigmoid
+per label instead of the softmax.
 
 Example:
 >>> figures = evaluate_multilabel("runs/tags", "test.csv")  # doctest: +SKIP
@@ -9,41 +13,57 @@ Example:
 import json
 from pathlib import Path
 
-import numpy as np
-
 from mmkeras.data.manifest import read_manifest
 from mmkeras.errors import UserError
+from mmkeras.evaluation.evaluate import load_target, predict_probabilities
 from mmkeras.evaluation.multilabel_metrics import multi_hot, multilabel_figures, split_labels
-from mmkeras.progress import step_progress
+from mmkeras.runtime.bundle import BUNDLE_FILE, output_activation, read_bundle
+from mmkeras.runtime.predictor import sigmoid
 
-CHUNK_ROWS = 64
+# The threshold of a run trained without validation rows to tune it on.
 DEFAULT_THRESHOLD = 0.5
 
 
-def evaluate_multilabel(run_dir, data) -> dict:
-    """mAP, micro/macro-F1, exact match and per-label figures of a multilabel run on a labelled manifest.
+def is_multilabel(target) -> bool:
+    """Whether `target` is a `--task multilabel` run folder or a bundle exported from one."""
+    from mmkeras.runs import is_run_folder, load_run_config
 
-    The thresholds are the ones `train` tuned on the validation rows
-    (`metrics.json`), 0.5 for a run trained without validation rows.
+    target = Path(target)
+    if (target / BUNDLE_FILE).is_file():
+        return output_activation(read_bundle(target)) == "sigmoid"
+    return is_run_folder(target) and load_run_config(target).task == "multilabel"
+
+
+def run_thresholds(run_dir, labels: list[str]) -> list[float]:
+    """Per label, the threshold `train` tuned on the validation rows (`metrics.json`), in `labels` order.
+
+    `DEFAULT_THRESHOLD` for a run trained without validation rows.
     """
-    from mmkeras.runs import METRICS_FILE, load_run
+    from mmkeras.runs import METRICS_FILE
 
-    run = load_run(run_dir)
     metrics_file = Path(run_dir) / METRICS_FILE
     tuned = json.loads(metrics_file.read_text(encoding="utf-8")).get("thresholds") if metrics_file.is_file() else None
-    thresholds = [DEFAULT_THRESHOLD if tuned is None else tuned[label] for label in run.labels]
-    manifest, _ = read_manifest(data).validate_images(run.preprocessor.image_size, "fail")
-    known = set(run.labels)
+    return [DEFAULT_THRESHOLD if tuned is None else float(tuned[label]) for label in labels]
+
+
+def evaluate_multilabel(target, data) -> dict:
+    """mAP, micro/macro-F1, exact match and per-label figures of a multilabel run or bundle on a manifest.
+
+    Args:
+        target: a `--task multilabel` run folder, or a bundle exported from one.
+        data: a manifest whose label cells list labels separated by `|`.
+
+    The thresholds are the run's (`run_thresholds`), or those the bundle carries (the same values).
+    """
+    predict_logits, preprocessor, labels, run = load_target(target)
+    thresholds = run_thresholds(target, labels) if run is not None else read_bundle(target)["thresholds"]
+    manifest, _ = read_manifest(data).validate_images(preprocessor.image_size, "fail")
+    known = set(labels)
     for row in manifest.rows:
         unknown = [label for label in split_labels(row.label) if label not in known]
         if unknown:
             raise UserError(f"unknown label(s) {', '.join(unknown)}", path=manifest.path, row=row.line)
-    scores = []
-    with step_progress("evaluating", len(manifest.rows)) as progress:
-        for start in range(0, len(manifest.rows), CHUNK_ROWS):
-            rows = manifest.rows[start : start + CHUNK_ROWS]
-            logits = np.asarray(run.model.predict_on_batch(run.preprocessor([r.text for r in rows], [r.image for r in rows])))
-            scores.append(1.0 / (1.0 + np.exp(-logits)))
-            progress.update(start + len(rows))
-    truth = multi_hot([row.label for row in manifest.rows], run.labels)
-    return multilabel_figures(truth, np.concatenate(scores), thresholds, run.labels)
+    texts, images = [row.text for row in manifest.rows], [row.image for row in manifest.rows]
+    scores = predict_probabilities(predict_logits, preprocessor, texts, images, "evaluating", activation=sigmoid)
+    truth = multi_hot([row.label for row in manifest.rows], labels)
+    return multilabel_figures(truth, scores, thresholds, labels)

@@ -51,6 +51,7 @@ import tensorflow as tf
 from mmkeras.config import RunConfig
 from mmkeras.data.manifest import read_manifest
 from mmkeras.errors import UserError
+from mmkeras.evaluation.multilabel_metrics import multi_hot
 from mmkeras.models.text_backbones import freeze_pooler
 from mmkeras.quantization.qat_settings import LEARNING_RATE_FACTOR, QATSettings
 from mmkeras.quantization.qat_transform import calibrate_ranges, is_quantized, quantize_model
@@ -58,6 +59,7 @@ from mmkeras.runs import load_run, load_run_config
 from mmkeras.training.job import JobResult, PreparedRun, TrainingJob
 from mmkeras.training.optimizers import resolve_learning_rate
 from mmkeras.training.run_setup import checked_manifests, epoch_datasets
+from mmkeras.training.trainer import multilabel_cells
 from mmkeras.training.training_loop import TrainingLoop
 
 logger = logging.getLogger("mmkeras")
@@ -157,9 +159,10 @@ class QATJob(TrainingJob):
                 )
         self.float_run = run
         labels, preprocessor = run.labels, run.preprocessor
-        train_manifest, val_manifest, skipped = checked_manifests(
-            config, read_manifest(config.data, on_bad_row=config.on_bad_row), labels, preprocessor.image_size
-        )
+        raw_train = read_manifest(config.data, on_bad_row=config.on_bad_row)
+        if config.task == "multilabel":  # the pipeline encodes label cells; the model keeps the run's labels
+            labels = self.multilabel_cells(raw_train, run.labels)
+        train_manifest, val_manifest, skipped = checked_manifests(config, raw_train, labels, preprocessor.image_size)
         train_epochs, val_data = epoch_datasets(config, preprocessor, labels, train_manifest, val_manifest)
         logger.info("calibrating activation ranges on %d batches", settings.calibration_batches)
         # Eager and identical in every process (same rows, same weights), so every replica gets the same ranges;
@@ -171,12 +174,23 @@ class QATJob(TrainingJob):
             trained_model=model,
             preprocessor=preprocessor,
             labels=labels,
+            saved_labels=run.labels if self.label_sets is not None else None,
             train_manifest=train_manifest,
             train_epochs=train_epochs,
             val_data=val_data,
             skipped_rows=skipped,
             policy=model.dtype_policy.name,
         )
+
+    def multilabel_cells(self, raw_train, run_labels: list[str]) -> list[str]:
+        """The label cells of a multilabel run's QAT data (setting `label_sets`); every label must be the run's."""
+        cells, labels = multilabel_cells(self.config, raw_train)
+        unknown = sorted(set(labels) - set(run_labels))
+        if unknown:
+            raise UserError(f"label(s) {', '.join(unknown)} are not the run's ({', '.join(run_labels)})",
+                            path=self.config.data)
+        self.label_sets = multi_hot(cells, run_labels)
+        return cells
 
     def initial_metrics(self, prepared: PreparedRun, loop: TrainingLoop) -> dict:
         logger.info("measuring the QAT model's loss before fine-tuning")

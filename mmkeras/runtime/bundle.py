@@ -56,6 +56,11 @@ SCHEMA_FILE = "bundle.schema.json"
 INPUT_NAMES = ("token_ids", "padding_mask", "image", "modality_mask")
 OUTPUT_NAME = "logits"
 QUANTIZATION_MODES = ("none", "float16", "dynamic", "int8")
+# How scores come from the logits (`output_activation`): one softmax over the labels (one label per
+# example: classify, match) or one sigmoid per label (multilabel: every label at or above its threshold).
+# A bundle written before these keys existed is single-label softmax.
+OUTPUT_ACTIVATIONS = {"classify": "softmax", "match": "softmax", "multilabel": "sigmoid"}
+DEFAULT_OUTPUT_ACTIVATION = "softmax"
 # A LiteRT model is a FlatBuffer whose file identifier, bytes 4..8, is "TFL3".
 TFLITE_IDENTIFIER = b"TFL3"
 # The smallest FlatBuffer with a root table and an identifier; FlatBuffers cannot exceed 2 GiB.
@@ -103,10 +108,21 @@ def read_bundle(directory: str | Path, *, unfinished_ok: bool = False) -> dict[s
         raise UserError("bundle.json must hold a JSON object", path=path)
     _check_format_version(values.get("format_version"), path)
     _check_schema(values, path)
+    _check_thresholds(values, path)
     for key in ("model_file", "preprocessor_file", "tokenizer_file"):
         _check_bundle_file(directory, values[key])
     check_tflite_file(directory / values["model_file"])
     return values
+
+
+def output_activation(bundle: dict[str, Any]) -> str:
+    """`softmax` or `sigmoid`: how a bundle's logits become scores (`softmax` for a bundle without the key).
+
+    Example:
+    >>> output_activation({"labels": ["cat", "dog"]})
+    'softmax'
+    """
+    return bundle.get("output_activation", DEFAULT_OUTPUT_ACTIVATION)
 
 
 def bundle_schema() -> dict[str, Any]:
@@ -131,6 +147,15 @@ def _check_schema(values: dict, path: Path):
         description = error.schema.get("description") if isinstance(error.schema, dict) else None
         reason = f"{error.instance!r} is not allowed ({description})" if description else error.message
         raise UserError(f"malformed bundle.json at {where}: {reason}", path=path)
+
+
+def _check_thresholds(values: dict, path: Path):
+    """The schema asks a sigmoid bundle for thresholds; one per label is beyond what a schema can say."""
+    thresholds = values.get("thresholds")
+    if thresholds is not None and len(thresholds) != len(values["labels"]):
+        raise UserError(
+            f"malformed bundle.json at thresholds: {len(thresholds)} thresholds for {len(values['labels'])} labels", path=path
+        )
 
 
 def _check_bundle_file(directory: Path, name: str):

@@ -1,5 +1,10 @@
 """`Predictor`: classify a text + image pair on the device, without TensorFlow.
 
+A single-label bundle (`classify`, `match`) gives one label and softmax
+probabilities; a `multilabel` bundle gives a sigmoid score per label and the
+set of labels at or above their thresholds (bundle.json's `output_activation`
+and `thresholds`).
+
 It reads a bundle (see `mmkeras.runtime.bundle`), preprocesses with the same
 TensorFlow-free `MultimodalPreprocessor` and tokenizer file that training used,
 and runs `model.tflite` with the LiteRT interpreter. Imports: numpy, pillow,
@@ -12,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from mmkeras.errors import UserError
-from mmkeras.runtime.bundle import PREPROCESSOR_FILE, read_bundle
+from mmkeras.runtime.bundle import PREPROCESSOR_FILE, output_activation, read_bundle
 from mmkeras.runtime.interpreter import LiteRTModel
 from mmkeras.preprocessing import MultimodalPreprocessor
 from mmkeras.preprocessing.image import UnreadableImageError
@@ -23,14 +28,19 @@ class Prediction:
     """One prediction.
 
     Args:
-        label: the most likely class.
-        scores: class name -> probability (softmax of the logits), in label order.
+        label: the most likely class (the highest score).
+        scores: class name -> score, in label order: the softmax probability,
+            or for a multilabel bundle the label's own sigmoid.
         logits: the raw model output, float32 [num_classes].
+        labels: the predicted labels: `[label]`, or for a multilabel bundle
+            every label whose score is at or above its threshold (maybe none),
+            in label order.
     """
 
     label: str
     scores: dict[str, float]
     logits: np.ndarray
+    labels: list[str]
 
 
 class Predictor:
@@ -45,6 +55,9 @@ class Predictor:
     Attributes:
         bundle: the parsed bundle.json (a dict; see docs/bundle.md).
         labels: class names in logit order.
+        multilabel: whether scores are per-label sigmoids (a `multilabel` bundle).
+        thresholds: per label, the score at and above which it is predicted
+            (multilabel bundles; `None` otherwise).
         preprocessor: the bundle's `MultimodalPreprocessor`.
 
     Example:
@@ -68,6 +81,24 @@ class Predictor:
     def labels(self) -> list[str]:
         return self.bundle["labels"]
 
+    @property
+    def multilabel(self) -> bool:
+        return output_activation(self.bundle) == "sigmoid"
+
+    @property
+    def thresholds(self) -> list[float] | None:
+        return self.bundle.get("thresholds") if self.multilabel else None
+
+    def scores(self, logits: np.ndarray) -> np.ndarray:
+        """Scores float64 [..., num_classes] of logits: softmax, or a sigmoid per label for a multilabel bundle."""
+        return sigmoid(logits) if self.multilabel else softmax(logits)
+
+    def predicted_labels(self, scores: np.ndarray) -> list[str]:
+        """The labels one example's scores predict: the best one, or those at or above their thresholds."""
+        if not self.multilabel:
+            return [self.labels[int(np.argmax(scores))]]
+        return [label for label, score, cut in zip(self.labels, scores, self.thresholds) if score >= cut]
+
     def predict(self, text: str | bytes | None, image: str | Path | bytes | None) -> Prediction:
         """Classify one example; `None` (or "") marks a missing text or image.
 
@@ -81,11 +112,12 @@ class Predictor:
         except UnreadableImageError as error:
             raise UserError(str(error)) from None
         [logits] = self.predict_inputs(inputs)
-        probabilities = softmax(logits)
+        scores = self.scores(logits)
         return Prediction(
             label=self.labels[int(np.argmax(logits))],
-            scores={label: float(p) for label, p in zip(self.labels, probabilities)},
+            scores={label: float(score) for label, score in zip(self.labels, scores)},
             logits=logits,
+            labels=self.predicted_labels(scores),
         )
 
     def predict_inputs(self, inputs: dict[str, np.ndarray]) -> np.ndarray:
@@ -128,6 +160,12 @@ def _load_model(path: Path, num_threads: int | None) -> LiteRTModel:
         # when tensors cannot be allocated; the first line says which.
         reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         raise UserError(f"the LiteRT interpreter cannot load this model: {reason}", path=path) from None
+
+
+def sigmoid(logits: np.ndarray) -> np.ndarray:
+    """Each logit's own probability, computed stably in float64 (no overflow for large negative logits)."""
+    values = np.asarray(logits, dtype=np.float64)
+    return np.exp(-np.logaddexp(0.0, -values))
 
 
 def softmax(logits: np.ndarray) -> np.ndarray:

@@ -5,7 +5,8 @@ files it names into `test_vectors/`. Each vector holds the raw text, the image
 file (path in the bundle and sha256 of its bytes), the token ids and padding
 mask, a checksum of the float32 pixel tensor (sum, and sha256 of its
 little-endian bytes), the modality mask and the logits and label the Python
-runtime gives. A Kotlin, Swift or JavaScript port feeds the same text and image
+runtime gives (for a multilabel bundle also `labels`, the label set at the
+bundle's thresholds). A Kotlin, Swift or JavaScript port feeds the same text and image
 file through its own preprocessing and model and compares, step by step:
 token ids exactly, pixels by their sum (sha256 only matches a bit-identical
 decoder and resizer), logits within `logit_tolerance`, labels exactly.
@@ -128,6 +129,7 @@ def record_vector(predictor: Predictor, text: str | None, bundle_dir: Path, imag
     image_bytes = (bundle_dir / image).read_bytes() if image else None
     inputs = predictor.preprocessor([text], [image_bytes])
     [logits] = predictor.predict_inputs(inputs)
+    label_set = {"labels": predictor.predicted_labels(predictor.scores(logits))} if predictor.multilabel else {}
     return {
         "text": text,
         "image": image,
@@ -138,6 +140,7 @@ def record_vector(predictor: Predictor, text: str | None, bundle_dir: Path, imag
         "modality_mask": inputs["modality_mask"][0].tolist(),
         "logits": [float(value) for value in logits],
         "label": predictor.labels[int(np.argmax(logits))],
+        **label_set,
     }
 
 
@@ -211,8 +214,8 @@ def compare_vector(expected: dict, actual: dict, content: dict) -> list[str]:
     """What differs between a recorded vector and a new run of it, step by step."""
     problems = [
         f"{key} {actual[key]} != {expected[key]}"
-        for key in ("token_ids", "padding_mask", "modality_mask", "label")
-        if actual[key] != expected[key]
+        for key in ("token_ids", "padding_mask", "modality_mask", "label", "labels")
+        if actual.get(key) != expected.get(key)
     ]
     if actual["pixels"]["sha256"] != expected["pixels"]["sha256"]:
         problems.append(f"pixels differ (sum {actual['pixels']['sum']} != {expected['pixels']['sum']})")

@@ -10,19 +10,17 @@ writes the run folder (on the chief only, under multi-worker training).
 import logging
 
 import keras
-import numpy as np
 import tensorflow as tf
 
 from mmkeras.config import RunConfig
 from mmkeras.data.manifest import read_manifest
 from mmkeras.errors import UserError
-from mmkeras.evaluation.multilabel_metrics import multi_hot, multilabel_figures, split_labels, tune_thresholds
+from mmkeras.evaluation.multilabel_metrics import multi_hot, split_labels
 from mmkeras.models.builder import FROZEN_BACKBONES, build_model, pretrained_backbones
 from mmkeras.training.aligned_start import aligned_config, copy_aligned_layers, load_aligned_start
 from mmkeras.training.feature_cache import CachedEpochs, cache_features, default_cache_dir, split_at_frozen_backbones
 from mmkeras.training.job import JobResult, PreparedRun, TrainingJob
 from mmkeras.training.modality_balance import ModalityBalance
-from mmkeras.training.multilabel_loss import MultiLabelLoss
 from mmkeras.training.precision import dtype_policy, float32_copy, resolve_policy
 from mmkeras.training.run_setup import checked_manifests, epoch_datasets
 
@@ -142,29 +140,6 @@ class TrainJob(TrainingJob):
                 truncated, len(texts), prepared.preprocessor.sequence_length,
             )
         return {"texts_truncated": truncated}
-
-    def training_loss(self):
-        return MultiLabelLoss(self.label_sets) if self.config.task == "multilabel" else None
-
-    def final_metrics(self, prepared: PreparedRun, model: keras.Model) -> dict:
-        """For `multilabel`: per-label thresholds tuned on the validation rows, and their figures there.
-
-        Scored with the trained model, which the validation batches feed (the head, on cached features).
-        """
-        if self.config.task != "multilabel" or prepared.val_data is None:
-            return {}
-        scores, cells = [], []
-        for inputs, cell_ids in prepared.val_data:
-            logits = prepared.trained_model(inputs, training=False)
-            scores.append(keras.ops.convert_to_numpy(keras.ops.sigmoid(logits)))
-            cells.append(cell_ids.numpy())
-        truth, scores = self.label_sets[np.concatenate(cells)], np.concatenate(scores)
-        thresholds = tune_thresholds(truth, scores)
-        figures = multilabel_figures(truth, scores, thresholds, prepared.saved_labels)
-        return {
-            "thresholds": dict(zip(prepared.saved_labels, thresholds)),
-            **{f"val_{key}": figures[key] for key in ("mAP", "micro_f1", "macro_f1", "exact_match")},
-        }
 
     def final_model(self, prepared: PreparedRun) -> keras.Model:
         # A run folder holds the float32 model: mixed precision is how a run trains, not what it exports.

@@ -1,4 +1,6 @@
 // The page: loads the bundle with LiteRT.js and tokenizers.js, classifies a text and an image.
+// A multilabel bundle (bundle.json `output_activation` "sigmoid") gives a sigmoid per label and the
+// set of labels at or above their `thresholds`; a bundle without the key is single-label softmax.
 //
 // Scriptable: index.html?text=...&image=URL (either may be absent) runs that example at once, and
 // index.html?examples=URL runs a JSON list of {"text", "image"} (or test_vectors.json); the result
@@ -68,18 +70,31 @@ function softmax(logits) {
   return exponentials.map((value) => value / total);
 }
 
+function sigmoid(logits) {
+  return logits.map((logit) => 1 / (1 + Math.exp(-logit)));
+}
+
+/** The result's label fields: the best label and every label's score; for multilabel also the label set. */
+function labelsOf(bundle, logits) {
+  const multilabel = bundle.output_activation === 'sigmoid';
+  const scores = multilabel ? sigmoid(logits) : softmax(logits);
+  const best = logits.indexOf(Math.max(...logits));
+  const result = {
+    label: bundle.labels[best],
+    scores: Object.fromEntries(bundle.labels.map((label, index) => [label, scores[index]])),
+  };
+  if (multilabel) result.labels = bundle.labels.filter((_, index) => scores[index] >= bundle.thresholds[index]);
+  return result;
+}
+
 async function classify(state, text, imageBlob) {
   const started = performance.now();
   const values = await preprocess(state, text, imageBlob);
   const preprocessed = performance.now();
   const logits = await runModel(state, values);
   const finished = performance.now();
-  const labels = state.bundle.labels;
-  const probabilities = softmax(logits);
-  const best = logits.indexOf(Math.max(...logits));
   return {
-    label: labels[best],
-    scores: Object.fromEntries(labels.map((label, index) => [label, probabilities[index]])),
+    ...labelsOf(state.bundle, logits),
     logits,
     token_ids: Array.from(values.token_ids),
     pixel_sum: values.image.reduce((sum, value) => sum + value, 0),
@@ -92,7 +107,8 @@ async function imageFromUrl(url) {
 }
 
 function show(prediction) {
-  document.getElementById('label').textContent = prediction.label;
+  document.getElementById('label').textContent =
+    prediction.labels ? (prediction.labels.join(' | ') || '(no label)') : prediction.label;
   const {preprocess: preprocessMs, inference} = prediction.latency_ms;
   document.getElementById('latency').textContent =
     `preprocessing ${preprocessMs.toFixed(1)} ms, inference ${inference.toFixed(1)} ms`;
