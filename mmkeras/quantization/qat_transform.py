@@ -5,8 +5,12 @@ its exact type:
 
 - quantized in place (`quantized_layer.convert_layer`): Dense, EinsumDense
   (as 2-D matmuls), Conv2D (grouped too) and DepthwiseConv2D (per-channel
-  kernels), MultiHeadAttention (queries, scores, context), LayerNormalization,
-  Activation, ReLU, Softmax, Add, Multiply (fake-quantized outputs);
+  kernels), LayerNormalization, Activation, ReLU, Add, Multiply
+  (fake-quantized outputs);
+- left float unless `QuantizerSettings.integer_only`: the attention step
+  (MultiHeadAttention's queries, scores and context, Softmax) and hard-swish
+  activations, which the int8 export keeps float (`FLOAT_OPS_IN_INT8`: XNNPACK
+  runs them only in float); their projections are quantized like any Dense;
 - folded: a BatchNormalization right after a convolution (inside keras-hub
   MobileNet blocks, or an edge of a functional graph);
 - no quantizer needed: layers without arithmetic of their own or whose tensors
@@ -172,6 +176,8 @@ def quantize_model(
         fold_batch_normalization(conv, norm)
     for layer in layers:
         quantized_class = QUANTIZED_CLASSES.get(type(layer))
+        if not settings.integer_only and stays_float(layer):
+            continue
         if quantized_class is QuantizedMultiHeadAttention:
             convert_layer(layer, quantized_class, settings, QuantizedMultiHeadAttention.QUANTIZERS)
         elif quantized_class is QuantizedActivation:
@@ -179,6 +185,13 @@ def quantize_model(
         elif quantized_class is not None:
             convert_layer(layer, quantized_class, settings)
     return model
+
+
+def stays_float(layer) -> bool:
+    """Whether `layer` is one the int8 export keeps float unless integer-only (the attention step, hard-swish)."""
+    if type(layer) in (keras.layers.MultiHeadAttention, keras.layers.Softmax):
+        return True
+    return type(layer) is keras.layers.Activation and layer.activation is keras.activations.hard_swish
 
 
 def activation_quantizers(model: keras.Model) -> list[ActivationQuantizer]:
