@@ -26,7 +26,8 @@ from mmkeras.export.converter import (
     manifest_sample,
 )
 from mmkeras.export.conversion_report import COMPUTE_OPS, op_summary
-from mmkeras.runtime.interpreter import list_ops
+from mmkeras import compat
+from mmkeras.runtime.interpreter import list_ops, load_interpreter
 from mmkeras.runtime.predictor import Predictor
 from mmkeras.models import build_model
 from mmkeras.runs import load_run, save_run
@@ -298,6 +299,21 @@ def test_conversion_report_counts_compute_ops_by_precision_and_is_stored(bundles
         assert conversion["quantize"] == mode and conversion["qat"] is False
         assert conversion["ops"]["compute_ops"] == compute[mode]
         assert conversion["parity"]["source"] == "calibration"
+
+
+def test_dynamic_keeps_grouped_convolution_weights_float():
+    # XNNPACK has no hybrid grouped convolution (keras-hub MobileNet's depthwise stages); the builtin one is slow.
+    texts = ["a red circle", "a blue square"]
+    model, _ = build_model("tiny", "tiny-mobilenet", num_classes=2, texts=texts, sequence_length=8, seed=0)
+    interpreter = load_interpreter(convert_model(model, quantize="dynamic"), default_delegates=False)
+    tensors = {details["index"]: details for details in interpreter.get_tensor_details()}
+    weights = {"grouped": set(), "ordinary": set()}
+    for op in compat.litert_ops_details(interpreter):
+        if op["op_name"] == "CONV_2D":
+            activations, kernel = (tensors[index] for index in op["inputs"][:2])
+            kind = "grouped" if kernel["shape"][-1] != activations["shape"][-1] else "ordinary"
+            weights[kind].add(np.dtype(kernel["dtype"]).name)
+    assert weights == {"grouped": {"float32"}, "ordinary": {"int8", "float32"}}  # small kernels stay float anyway
 
 
 def test_int8_keeps_hard_swish_float_for_xnnpack(tmp_path):
