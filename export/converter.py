@@ -41,9 +41,10 @@ Quantization modes:
   by measured ablation (`benchmarks/int8_op_profile.py`, docs/design.md#int8-latency-on-xnnpack):
   HARD_SWISH (MobileNetV3), the attention matmuls and softmax (BATCH_MATMUL,
   SOFTMAX) and the layer-norm variance (SQUARED_DIFFERENCE). A QAT graph is
-  quantized by its fake-quant ops, which the denylist does not reach: the
-  QAT transform leaves those ops without fake quantization by default
-  (`QuantizerSettings.integer_only`), so the denylist keeps them float there too.
+  quantized by its fake-quant ops, which the denylist does not reach: there
+  only the ops without fake quantization stay float (SQUARED_DIFFERENCE, and
+  HARD_SWISH, which the QAT transform leaves alone unless
+  `QuantizerSettings.integer_only`); its attention stays int8.
   For a QAT run (`mmkeras qat`) the converter keeps the ranges the
   fake-quant ops learned and calibrates only the tensors without one
   (residual adds, pooling, masking inside blocks). The other modes on a QAT
