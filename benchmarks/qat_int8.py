@@ -1,10 +1,11 @@
 """float32, float16, dynamic, PTQ-int8 and QAT-int8 bundles of one run, side by side in one process.
 
 For each bundle: test accuracy, label agreement with the float32 bundle, model
-size (and its ratio to float32), latency p50 at 1 and 2 threads, and the
-compute-op precision of the conversion report. Latency is the median over 3
-rounds that measure every bundle in turn (`--runs` timed runs each), so that a busy spell of a shared machine
-does not fall on one bundle only. QAT-int8 is `qat_finetune`
+size (and its ratio to float32), latency p50 at 1 and 2 threads and its ratio
+to float32's, the compute-op precision and the op types kept float
+(`kept_float`) of the conversion report. Latency is the median over `--rounds`
+rounds (3) that measure every bundle in turn (`--runs` timed runs each), so
+that a busy spell of a shared machine does not fall on one bundle only. QAT-int8 is `qat_finetune`
 (`mmkeras qat`) followed by `export --quantize int8`. Prints one JSON object on
 stdout (progress on stderr); nothing is asserted.
 
@@ -67,7 +68,7 @@ EDGE_MOBILENET = dict(
 )
 
 
-def measure(run_dir: Path, train: Path, test: Path, workdir: Path, *, qat_epochs: int, runs: int) -> dict:
+def measure(run_dir: Path, train: Path, test: Path, workdir: Path, *, qat_epochs: int, runs: int, rounds: int) -> dict:
     run = load_run(run_dir)
     manifest = read_manifest(test)
     inputs = run.preprocessor([row.text for row in manifest.rows], [row.image for row in manifest.rows])
@@ -93,9 +94,21 @@ def measure(run_dir: Path, train: Path, test: Path, workdir: Path, *, qat_epochs
             "float_ops": report["ops"]["float_ops"],
             "parity_vs_keras": report["parity"],
         }
-    for name, latency in interleaved_latency({name: report["path"] for name, report in reports.items()}, runs).items():
-        result[name]["latency_p50_ms"] = latency
+    latency = interleaved_latency({name: report["path"] for name, report in reports.items()}, runs, rounds)
+    for name, figures in latency_figures(latency).items():
+        result[name].update(figures, kept_float=reports[name]["kept_float"])
     return result
+
+
+def latency_figures(latency: dict) -> dict:
+    """Each bundle's p50 per thread count and its ratio to the float32 bundle's (`none`)."""
+    return {
+        name: {
+            "latency_p50_ms": by_threads,
+            "latency_vs_float32": {threads: round(ms / latency["none"][threads], 3) for threads, ms in by_threads.items()},
+        }
+        for name, by_threads in latency.items()
+    }
 
 
 def interleaved_latency(bundles: dict[str, str], runs: int, rounds: int = LATENCY_ROUNDS) -> dict:
@@ -156,13 +169,14 @@ def main(argv=None) -> dict:
     parser.add_argument("--edge", action="store_true", help="the edge-sized random configuration instead")
     parser.add_argument("--qat-epochs", type=int, default=2)
     parser.add_argument("--runs", type=int, default=200, help="timed runs per latency figure")
+    parser.add_argument("--rounds", type=int, default=LATENCY_ROUNDS, help="interleaved rounds (the median is reported)")
     parser.add_argument("--workdir", type=Path, help="keep the runs and bundles here (default: a temp folder)")
     parser.add_argument("--latency-only", type=Path, help="only measure the latency of the bundles a --workdir kept")
     args = parser.parse_args(argv)
     logging.basicConfig(stream=sys.stderr, level=logging.INFO, format="%(message)s")
     if args.latency_only:
         names = [*PTQ_BUNDLES, "qat-int8"]
-        result = interleaved_latency({name: args.latency_only / name for name in names}, args.runs)
+        result = latency_figures(interleaved_latency({name: args.latency_only / name for name in names}, args.runs, args.rounds))
         print(json.dumps(result, indent=2))
         return result
     if args.edge == bool(args.run and args.train and args.test):
@@ -173,10 +187,10 @@ def main(argv=None) -> dict:
         if args.edge:
             run_dir, manifest = build_edge_run(workdir)
             result = {"configuration": "edge-sized random", **measure(
-                run_dir, manifest, manifest, workdir, qat_epochs=args.qat_epochs, runs=args.runs)}  # fmt: skip
+                run_dir, manifest, manifest, workdir, qat_epochs=args.qat_epochs, runs=args.runs, rounds=args.rounds)}  # fmt: skip
         else:
             result = {"configuration": str(args.run), **measure(
-                args.run, args.train, args.test, workdir, qat_epochs=args.qat_epochs, runs=args.runs)}  # fmt: skip
+                args.run, args.train, args.test, workdir, qat_epochs=args.qat_epochs, runs=args.runs, rounds=args.rounds)}  # fmt: skip
     print(json.dumps(result, indent=2))
     return result
 

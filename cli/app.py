@@ -412,8 +412,8 @@ def export(
     ),
     keep_float: Optional[str] = typer.Option(
         None, "--keep-float",
-        help="Post-training int8: op types left float, comma-separated (e.g. BATCH_MATMUL,SOFTMAX).",
-        show_default="HARD_SWISH",
+        help="int8: more op types left float, comma-separated (e.g. GELU,MUL).",
+        show_default="BATCH_MATMUL,HARD_SWISH,SOFTMAX,SQUARED_DIFFERENCE",
     ),
     web: bool = typer.Option(False, "--web", help="Also build the browser site (as `mmkeras web`) in BUNDLE_DIR/web."),
     as_json: bool = JSON_OPTION,

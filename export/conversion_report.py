@@ -60,6 +60,20 @@ def compute_precision(op) -> str:
     return "hybrid" if "int8" in op.input_dtypes else "float"
 
 
+def float_op_types(tflite_model: bytes, op_types) -> list[str]:
+    """Those of `op_types` that the model has, all with float outputs (the op types an int8 export kept float).
+
+    Example:
+    >>> float_op_types(tflite_bytes, ["SOFTMAX", "HARD_SWISH"])  # doctest: +SKIP
+    ['SOFTMAX']
+    """
+    outputs = collections.defaultdict(set)
+    for op in list_ops(tflite_model):
+        if op.name in op_types:
+            outputs[op.name].update(op.output_dtypes)
+    return sorted(name for name, dtypes in outputs.items() if dtypes == {"float32"})
+
+
 def parity_report(model, litert_model, sample: dict[str, np.ndarray]) -> dict:
     """How far the exported model's logits (`litert_model`, a `LiteRTModel`) are from the Keras model's on `sample`."""
     expected = np.asarray(model(sample, training=False))

@@ -23,6 +23,9 @@ Quantization modes:
 - `float16`: float16 weights, dequantized to float32 at load; compute stays float32.
 - `dynamic`: dynamic-range quantization: int8 weights of the large matmuls and
   convolutions, activations quantized on the fly; no calibration data.
+  Grouped convolutions keep float32 weights (`float_grouped_convolutions`):
+  XNNPACK has no hybrid grouped convolution, and the builtin one made an
+  edge-sized model 2-4x slower than float (0.83x with them float).
 - `int8`: full-integer post-training quantization calibrated on
   `representative_inputs`. Inputs and outputs stay float32 (and token ids
   int32): the graph quantizes the image right after the input and dequantizes
@@ -31,12 +34,17 @@ Quantization modes:
   the identical model on a keras-hub BERT + ViT (the converter does not enforce
   it; the LayerNorms' NEG stayed float with QUANTIZE / DEQUANTIZE around it),
   so the op dtypes are what to check: `op_summary` counts them.
-  HARD_SWISH (MobileNetV3-style backbones) is kept float in post-training
-  int8 exports (`FLOAT_OPS_IN_INT8`, through the converter's
-  QuantizationDebugger denylist): XNNPACK runs no int8 HARD_SWISH and the
-  builtin int8 kernel made an edge-sized model 2.5x slower than float (1.9x
-  faster with it float). A QAT graph is quantized by its fake-quant ops,
-  which the denylist does not reach: there HARD_SWISH stays int8.
+  Some op types stay float in an int8 export (`FLOAT_OPS_IN_INT8`, through
+  the converter's QuantizationDebugger denylist): XNNPACK has no int8 kernel
+  for them, so in int8 each falls back to a slow builtin kernel and splits
+  XNNPACK's graph with QUANTIZE / DEQUANTIZE around it. The set was chosen
+  by measured ablation (`benchmarks/int8_op_profile.py`, docs/design.md#int8-latency-on-xnnpack):
+  HARD_SWISH (MobileNetV3), the attention matmuls and softmax (BATCH_MATMUL,
+  SOFTMAX) and the layer-norm variance (SQUARED_DIFFERENCE). A QAT graph is
+  quantized by its fake-quant ops, which the denylist does not reach: there
+  only the ops without fake quantization stay float (SQUARED_DIFFERENCE, and
+  HARD_SWISH, which the QAT transform leaves alone unless
+  `QuantizerSettings.integer_only`); its attention stays int8.
   For a QAT run (`mmkeras qat`) the converter keeps the ranges the
   fake-quant ops learned and calibrates only the tensors without one
   (residual adds, pooling, masking inside blocks). The other modes on a QAT
@@ -69,7 +77,8 @@ from mmkeras.framework_logs import native_stderr_silenced
 from mmkeras.models.dual_encoder import is_dual_encoder
 from mmkeras.export.bundle_thresholds import retuned_thresholds
 from mmkeras.export.bundle_writer import check_replaceable, tensor_entry, write_bundle_json
-from mmkeras.export.conversion_report import op_summary, parity_report
+from mmkeras.export.conversion_report import float_op_types, op_summary, parity_report
+from mmkeras.export.hybrid_weights import float_grouped_convolutions
 from mmkeras.quantization.qat_transform import check_calibrated, is_quantized
 from mmkeras.runs import load_run
 from mmkeras.runtime.bundle import (
@@ -92,10 +101,12 @@ CALIBRATION_ROWS = 200
 CALIBRATION_SEED = 0
 # Rows on which the exported model is compared with the Keras model.
 PARITY_ROWS = 32
-# int8 ops that stay float in an int8 export: XNNPACK has no int8 HARD_SWISH and the builtin
-# int8 kernel is slow (measured: conv 1x1 + hard-swish x4 at 112x112x48, 9.9 ms all-int8 vs 1.4 ms
-# with HARD_SWISH float; tiny float 0.16 ms vs int8 8.8 ms for 4 HARD_SWISH alone).
-FLOAT_OPS_IN_INT8 = ("HARD_SWISH",)
+# Op types that stay float in an int8 export, measured on the edge-sized model (benchmarks/int8_op_profile.py):
+# XNNPACK runs them only in float, so in int8 each falls back to a builtin kernel between QUANTIZE / DEQUANTIZE.
+# HARD_SWISH: conv 1x1 + hard-swish x4 at 112x112x48, 9.9 ms all-int8 vs 1.4 ms with HARD_SWISH float.
+# BATCH_MATMUL + SOFTMAX (attention) + SQUARED_DIFFERENCE (layer-norm variance): post-training int8 went from
+# 1.42x to 0.78x the float32 latency; either of BATCH_MATMUL or SQUARED_DIFFERENCE alone gained little (1.08-1.15x).
+FLOAT_OPS_IN_INT8 = ("BATCH_MATMUL", "HARD_SWISH", "SOFTMAX", "SQUARED_DIFFERENCE")
 # A bundle folder's permissions before the umask (mkdtemp's own are 0o700).
 _FOLDER_MODE = 0o777 & ~os.umask(os.umask(0))
 
@@ -148,9 +159,10 @@ def convert_model(
         quantize: `none`, `float16`, `dynamic` or `int8` (see the module docstring).
         representative_inputs: for `int8` only: an iterable of input dicts
             (batches, each array [N, ...]) to calibrate activation ranges on.
-        keep_float: for post-training `int8` only: op types (`BATCH_MATMUL`,
-            ...) left float (selective quantization), chosen where int8 is
-            slower on the target (`benchmarks/int8_op_profile.py`).
+        keep_float: for `int8` only: op types (`BATCH_MATMUL`, ...) left
+            float (selective quantization), chosen where int8 is slower on
+            the target (`benchmarks/int8_op_profile.py`); in a QAT graph only
+            ops without fake quantization stay float.
 
     Raises:
         UnsupportedOpsError: the model needs Flex or custom ops.
@@ -188,8 +200,8 @@ def convert_model(
         try:
             with native_stderr_silenced():  # the converter prints its settings from C++
                 tflite_model = converter.convert()
-                # A QAT graph is quantized by its fake-quant ops, not by calibration: the denylist does not reach it.
-                keep_float = tuple(keep_float) if quantize == "int8" and not is_quantized(model) else ()
+                # In a QAT graph the denylist reaches only ops without fake quantization (the others stay int8).
+                keep_float = tuple(keep_float) if quantize == "int8" else ()
                 if keep_float and any(op.name in keep_float for op in list_ops(tflite_model)):
                     tflite_model = convert_keeping_float(converter, keep_float)
         except Exception as error:
@@ -198,6 +210,8 @@ def convert_model(
                 raise UnsupportedOpsError(unsupported) from None
             raise
     check_builtin_only(tflite_model)
+    if quantize == "dynamic":
+        tflite_model = float_grouped_convolutions(tflite_model)
     return tflite_model
 
 
@@ -268,9 +282,10 @@ def export_bundle(
         calibration_data: for int8, a manifest whose rows calibrate the
             activation ranges (a seeded sample of at most 200 rows); by
             default the run's training manifest.
-        keep_float: for post-training int8: op types left float besides
-            `FLOAT_OPS_IN_INT8` (selective quantization; reported as
-            `kept_float`).
+        keep_float: for int8: op types left float besides
+            `FLOAT_OPS_IN_INT8` (selective quantization). The report's
+            `kept_float` lists those of both that the model has and that
+            stayed float (a QAT run's fake-quantized ops stay int8).
 
     Returns:
         The conversion report, also stored as bundle.json's `conversion`
@@ -310,11 +325,12 @@ def _export_locked(run_dir: Path, out_dir: Path, quantize: str, calibration_data
         return export_dual_encoder(run, out_dir, quantize=quantize, calibration_data=calibration_data)
     sample = manifest_sample(run, calibration_data, required=quantize == "int8")
     parity_inputs, parity_source = parity_sample(run, sample)
-    kept_float = sorted({*FLOAT_OPS_IN_INT8, *keep_float}) if quantize == "int8" and run.quantization is None else []
+    requested_float = {*FLOAT_OPS_IN_INT8, *keep_float}
     tflite_model = convert_model(
         run.model, quantize=quantize, representative_inputs=[sample] if quantize == "int8" else None,
-        keep_float=kept_float,
+        keep_float=requested_float,
     )
+    kept_float = float_op_types(tflite_model, requested_float) if quantize == "int8" else []
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=staging_prefix(out_dir, "partial"), dir=out_dir.parent))
     staging.chmod(_FOLDER_MODE)  # mkdtemp makes it private to the user; a bundle is an ordinary folder

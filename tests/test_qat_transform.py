@@ -76,6 +76,23 @@ def test_int8_transform_stays_close_and_quantizes_every_compute_layer(float_mode
     assert len(activation_quantizers(qat_model)) > len(compute)
 
 
+def hard_swish_layers(model):
+    """Whether each hard-swish activation layer of a model was quantized, by name."""
+    return {
+        layer.name: type(layer).__name__.startswith("Quantized")
+        for layer in all_layers(model)
+        if isinstance(layer, keras.layers.Activation) and layer.activation is keras.activations.hard_swish
+    }
+
+
+def test_hard_swish_stays_float_unless_integer_only():
+    # The int8 export keeps HARD_SWISH float (XNNPACK runs it only in float); fake quantization would force int8.
+    model, _ = tiny_model("tiny-mobilenet")
+    default = hard_swish_layers(quantize_model(model))
+    assert default and not any(default.values())
+    assert all(hard_swish_layers(quantize_model(model, QuantizerSettings(integer_only=True))).values())
+
+
 def test_mobilenet_batch_norms_are_all_folded():
     model, _ = tiny_model("tiny-mobilenet")
     norms = [layer for layer in all_layers(quantize_model(model)) if isinstance(layer, keras.layers.BatchNormalization)]

@@ -7,6 +7,12 @@ its exact type:
   (as 2-D matmuls), Conv2D (grouped too) and DepthwiseConv2D (per-channel
   kernels), MultiHeadAttention (queries, scores, context), LayerNormalization,
   Activation, ReLU, Softmax, Add, Multiply (fake-quantized outputs);
+- left float unless `QuantizerSettings.integer_only`: hard-swish activations,
+  which the int8 export then keeps float (`FLOAT_OPS_IN_INT8`: XNNPACK runs
+  HARD_SWISH only in float). The attention step stays fake-quantized: left
+  float, it made the edge-sized model's QAT-int8 faster (0.87x instead of
+  1.19x the float latency) but cost the samples run 13 points of int8
+  accuracy (docs/design.md#int8-latency-on-xnnpack);
 - folded: a BatchNormalization right after a convolution (inside keras-hub
   MobileNet blocks, or an edge of a functional graph);
 - no quantizer needed: layers without arithmetic of their own or whose tensors
@@ -172,6 +178,8 @@ def quantize_model(
         fold_batch_normalization(conv, norm)
     for layer in layers:
         quantized_class = QUANTIZED_CLASSES.get(type(layer))
+        if not settings.integer_only and stays_float(layer):
+            continue
         if quantized_class is QuantizedMultiHeadAttention:
             convert_layer(layer, quantized_class, settings, QuantizedMultiHeadAttention.QUANTIZERS)
         elif quantized_class is QuantizedActivation:
@@ -179,6 +187,11 @@ def quantize_model(
         elif quantized_class is not None:
             convert_layer(layer, quantized_class, settings)
     return model
+
+
+def stays_float(layer) -> bool:
+    """Whether `layer` is one the int8 export keeps float unless integer-only (hard-swish)."""
+    return type(layer) is keras.layers.Activation and layer.activation is keras.activations.hard_swish
 
 
 def activation_quantizers(model: keras.Model) -> list[ActivationQuantizer]:
