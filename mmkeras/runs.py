@@ -56,6 +56,10 @@ CONFIG_FILE = "config.yaml"
 HISTORY_FILE = "history.json"
 METRICS_FILE = "metrics.json"
 QUANTIZATION_FILE = "quantization.json"
+# Quantizer settings a QAT run's quantization.json lacks when an older mmkeras wrote it: the graph it was
+# trained as. Before `integer_only` existed, QAT fake-quantized hard-swish; rebuilt without it, the model
+# would have other variables than its saved weights.
+SETTINGS_OF_OLDER_QAT_RUNS = {"integer_only": True}
 QAT_WEIGHTS_FILE = "qat.weights.h5"
 SKIPPED_ROWS_FILE = "skipped_rows.csv"
 REPORT_FILE = "report.html"
@@ -346,7 +350,7 @@ def _rebuild_qat_model(run_dir: Path, float_model: "keras.Model", quantization: 
     if not (run_dir / QAT_WEIGHTS_FILE).is_file():
         raise UserError(f"QAT run without {QAT_WEIGHTS_FILE}", path=run_dir)
     try:
-        settings = QuantizerSettings(**quantization["settings"])
+        settings = QuantizerSettings(**{**SETTINGS_OF_OLDER_QAT_RUNS, **quantization["settings"]})
     except (KeyError, TypeError, ValueError) as error:
         raise UserError(f"unreadable {QUANTIZATION_FILE}: {error}", path=run_dir / QUANTIZATION_FILE) from None
     model = quantize_model(float_model, settings, copy=False)

@@ -19,7 +19,7 @@ from mmkeras.runtime.interpreter import list_ops
 from mmkeras.runtime.predictor import Predictor
 from mmkeras.models import build_model
 from mmkeras.models.text_backbones import freeze_pooler
-from mmkeras.quantization.qat_settings import QATSettings
+from mmkeras.quantization.qat_settings import QATSettings, QuantizerSettings
 from mmkeras.quantization.qat_training import qat_finetune
 from mmkeras.quantization.qat_transform import activation_quantizers, calibrate_ranges, quantize_model
 from mmkeras.runs import QAT_WEIGHTS_FILE, QUANTIZATION_FILE, load_run, save_run
@@ -85,15 +85,19 @@ def test_qat_training_lowers_the_loss_and_writes_a_qat_run(qat_run, data):
     assert (run_dir / QAT_WEIGHTS_FILE).is_file()
 
 
-def test_a_qat_run_reloads_exactly(float_run, data, tmp_path):
+@pytest.mark.parametrize("integer_only, saved_settings", [
+    (False, {"num_bits": 8, "ema_decay": 0.99, "integer_only": False}),
+    (True, {"num_bits": 8, "ema_decay": 0.99}),  # written before integer_only existed: hard-swish fake-quantized
+])
+def test_a_qat_run_reloads_exactly(float_run, data, tmp_path, integer_only, saved_settings):
     run = load_run(float_run)
-    qat_model = quantize_model(run.model)
+    qat_model = quantize_model(run.model, QuantizerSettings(integer_only=integer_only))
     inputs = run.preprocessor(["a red circle", None], [None, SAMPLES / read_manifest(data[0]).rows[0].image])
     calibrate_ranges(qat_model, [inputs])
     qat_model.get_layer("logits").kernel.assign(qat_model.get_layer("logits").kernel * 1.5)  # not the float weights
     save_run(
         tmp_path / "qat", model=qat_model, preprocessor=run.preprocessor, labels=run.labels, config=run.config,
-        quantization={"settings": {"num_bits": 8, "ema_decay": 0.99}}, float_model_file=run.float_model_file,
+        quantization={"settings": saved_settings}, float_model_file=run.float_model_file,
     )
     reloaded = load_run(tmp_path / "qat")
     assert reloaded.quantization["settings"]["num_bits"] == 8
