@@ -1,5 +1,7 @@
 """`train --task multilabel`: label cells with several labels, sigmoid outputs, tuned thresholds, mAP and F1."""
 
+import contextlib
+import io
 import json
 import subprocess
 import sys
@@ -52,9 +54,10 @@ def multilabel_run(tmp_path_factory):
     train = tagged_manifest(SAMPLES / "matching" / "pairs.csv", folder / "train.csv", 24)
     val = tagged_manifest(SAMPLES / "matching" / "val_pairs.csv", folder / "val.csv", 12)
     out = folder / "run"
-    assert main(["train", "--data", str(train), "--val", str(val), "--out", str(out), "--task", "multilabel",
-                 "--epochs", "2", "--batch-size", "8", "--fusion", "concat"]) == 0
-    return {"out": out, "val": val}
+    with contextlib.redirect_stdout(io.StringIO()) as summary:
+        assert main(["train", "--data", str(train), "--val", str(val), "--out", str(out), "--task", "multilabel",
+                     "--epochs", "2", "--batch-size", "8", "--fusion", "concat"]) == 0
+    return {"out": out, "val": val, "summary": summary.getvalue()}
 
 
 def tagged_labels(multilabel_run) -> list[str]:
@@ -69,6 +72,8 @@ def test_multilabel_run_keeps_the_labels_and_their_tuned_thresholds(multilabel_r
     metrics = json.loads((multilabel_run["out"] / "metrics.json").read_text())
     assert set(metrics["thresholds"]) == set(labels)
     assert {"val_mAP", "val_micro_f1", "val_macro_f1", "val_exact_match"} <= set(metrics)
+    figures = f"val_mAP {metrics['val_mAP']:.4f}, val_micro_f1 {metrics['val_micro_f1']:.4f}, run in"
+    assert figures in multilabel_run["summary"] and "val_accuracy" not in multilabel_run["summary"]
 
 
 def test_evaluate_reports_map_and_f1_of_a_multilabel_run(multilabel_run, capsys):
