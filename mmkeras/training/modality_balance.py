@@ -9,12 +9,17 @@
   Multimodal Learning via On-the-fly Gradient Modulation", CVPR 2022). Each
   batch, the score of a modality is the summed probability its unimodal
   head gives the true class; with ratio = score_text / score_image, the text
-  backbone's gradients are scaled by 1 - tanh(alpha * ratio) when ratio > 1
-  (the image's by 1 - tanh(alpha / ratio) when ratio < 1), so the dominant
-  modality learns slower while the other catches up. OGM reads the scores from
-  the halves of a concat head; mmkeras's cross-attention and gated fusions have
-  no such split, so the scores come from unimodal linear probes on detached
-  features (trained alongside, no gradient into the backbones). The paper's
+  backbone learns at 1 - tanh(alpha * ratio) times its rate when ratio > 1
+  (the image's at 1 - tanh(alpha / ratio) when ratio < 1), so the dominant
+  modality learns slower while the other catches up. OGM multiplies the
+  dominant encoder's gradients under SGD, where that is the same as scaling
+  its step; under Adam(W), mmkeras's default, a gradient scale cancels in
+  m / sqrt(v) (the first step is lr x sign(gradient) whatever the scale), so
+  mmkeras scales the step: the backbones' learning rates through
+  `scale_learning_rate`, set each batch. OGM reads the scores from the halves
+  of a concat head; mmkeras's cross-attention and gated fusions have no such
+  split, so the scores come from unimodal linear probes on detached features
+  (trained alongside, no gradient into the backbones). The paper's
   Gaussian-noise "GE" term is not applied.
 
 The saved model is the plain one: the heads exist only in the training model.
@@ -53,13 +58,24 @@ class ModalityBalance:
         heads = UnimodalHeads(num_classes, detach=mode == "adaptive", name="unimodal_heads")
         text_logits, image_logits = heads(*model.get_layer(FUSION_LAYER).input)
         self.training_model = keras.Model(model.inputs, [model.output, text_logits, image_logits])
-        text = {id(variable) for variable in model.get_layer(TEXT_BACKBONE).trainable_variables}
-        image = {id(variable) for variable in model.get_layer(VISION_BACKBONE).trainable_variables}
-        # 0: scaled by nothing, 1: the text backbone's, 2: the vision backbone's (aligned with trainable_variables).
-        self.variable_groups = [
-            1 if id(variable) in text else 2 if id(variable) in image else 0
-            for variable in self.training_model.trainable_variables
-        ]
+        self.backbone_variables = (
+            model.get_layer(TEXT_BACKBONE).trainable_variables,
+            model.get_layer(VISION_BACKBONE).trainable_variables,
+        )
+        # `adaptive`: OGM's (text, image) coefficients of the current batch, read by the optimizer at the update;
+        # per replica under a distributed strategy (each replica measures its own share of the batch).
+        self.update_scales = tuple(
+            tf.Variable(1.0, trainable=False, name=name, synchronization=tf.VariableSynchronization.ON_READ,
+                        aggregation=tf.VariableAggregation.MEAN)
+            for name in ("text_update_scale", "image_update_scale")
+        )
+
+    def scale_updates(self, optimizer):
+        """`adaptive`: make `optimizer` (an mmkeras optimizer) update each backbone at its OGM coefficient times
+        its learning rate; `aux`: nothing."""
+        if self.mode == "adaptive":
+            for variables, scale in zip(self.backbone_variables, self.update_scales):
+                optimizer.scale_learning_rate(variables, scale)
 
     def per_example_loss(self, labels, outputs, loss_of):
         """The fused loss plus the heads' (weighted under `aux`; probes under `adaptive`, which only train
@@ -68,18 +84,14 @@ class ModalityBalance:
         weight = AUXILIARY_LOSS_WEIGHT if self.mode == "aux" else 1.0
         return loss_of(labels, fused) + weight * (loss_of(labels, text_logits) + loss_of(labels, image_logits))
 
-    def modulate(self, gradients, labels, outputs):
-        """`adaptive`: the dominant modality's backbone gradients scaled down (OGM); `aux`: unchanged."""
+    def modulate(self, labels, outputs):
+        """`adaptive`: set this batch's OGM coefficients (the dominant backbone's step shrinks); `aux`: nothing."""
         if self.mode != "adaptive":
-            return gradients
+            return
         _, text_logits, image_logits = outputs
-        text_scale, image_scale = ogm_coefficients(true_class_score(labels, text_logits),
-                                                   true_class_score(labels, image_logits))
-        scales = (1.0, text_scale, image_scale)
-        return [
-            gradient if group == 0 or gradient is None else gradient * tf.cast(scales[group], gradient.dtype)
-            for gradient, group in zip(gradients, self.variable_groups)
-        ]
+        coefficients = ogm_coefficients(true_class_score(labels, text_logits), true_class_score(labels, image_logits))
+        for scale, coefficient in zip(self.update_scales, coefficients):
+            scale.assign(coefficient)
 
 
 def true_class_score(labels, logits):

@@ -60,8 +60,9 @@ class TrainingLoop:
             only (`use_xla`).
         balance: a `ModalityBalance` whose `training_model` is `model`
             (outputs: fused, text-only and image-only logits): its loss is
-            trained and its gradient modulation applied; the figures are the
-            fused logits'.
+            trained and its modulation set each batch (the optimizer must
+            apply it: `balance.scale_updates(optimizer)`); the figures are
+            the fused logits'.
 
     Example:
     >>> loop = TrainingLoop(model, keras.optimizers.Adam(1e-3))       # doctest: +SKIP
@@ -141,7 +142,7 @@ class TrainingLoop:
             scaled = self.optimizer.scale_loss(loss)  # loss scaling under mixed_float16, else the loss itself
         gradients = densify_gradients(tape.gradient(scaled, variables))
         if self.balance is not None:
-            gradients = self.balance.modulate(gradients, labels, outputs)
+            self.balance.modulate(labels, outputs)
         return gradients, self._figures(labels, logits, losses)
 
     def _replica_accumulate(self, inputs, labels, group_size):
