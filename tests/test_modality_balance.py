@@ -11,16 +11,20 @@ from mmkeras.config import RunConfig
 from mmkeras.errors import UserError
 from mmkeras.models.builder import build_model
 from mmkeras.runs import load_run
-from mmkeras.training.modality_balance import ModalityBalance, ogm_coefficients
+from mmkeras.training.modality_balance import ModalityBalance, ogm_coefficients, opm_rates
 from mmkeras.training.run_setup import make_loop
 
 
-def test_ogm_slows_only_the_dominant_modality():
+def test_ogm_and_opm_act_on_the_dominant_modality_only_and_not_at_balance():
     text_scale, image_scale = ogm_coefficients(4.0, 1.0)
-    assert float(text_scale) == pytest.approx(1 - np.tanh(0.5 * 4.0)) and float(image_scale) == 1.0
+    assert float(text_scale) == pytest.approx(1 - np.tanh(4.0 - 1.0), abs=1e-6) and float(image_scale) == 1.0
     text_scale, image_scale = ogm_coefficients(1.0, 2.0)
-    assert float(text_scale) == 1.0 and float(image_scale) == pytest.approx(1 - np.tanh(0.5 * 2.0))
-    assert [float(scale) for scale in ogm_coefficients(1.0, 1.0)] == [1.0, 1.0]
+    assert float(text_scale) == 1.0 and float(image_scale) == pytest.approx(1 - np.tanh(2.0 - 1.0), abs=1e-6)
+    text_rate, image_rate = opm_rates(1.0, 2.0)
+    assert float(text_rate) == 0.0 and float(image_rate) == pytest.approx(0.5 * np.tanh(2.0 - 1.0))
+    # No jump at balance: a ratio just above 1 barely slows or hides anything.
+    assert [float(scale) for scale in ogm_coefficients(1.01, 1.0)] == [pytest.approx(0.99, abs=1e-3), 1.0]
+    assert [float(rate) for rate in opm_rates(1.0, 1.0)] == [0.0, 0.0]
 
 
 def balanced_model(mode):
@@ -77,17 +81,28 @@ def backbone_steps(text_probe_bias, tmp_path):
         np.sqrt(sum(np.sum((variable.numpy() - old) ** 2) for variable, old in zip(variables, olds)))
         for variables, olds in zip(balance.backbone_variables, before)
     ]
-    return steps, [float(scale.numpy()) for scale in balance.update_scales]
+    return steps, [float(scale.numpy()) for scale in balance.update_scales + balance.drop_rates]
 
 
 def test_adaptive_slows_the_dominant_backbones_step_under_adamw(tmp_path):
     # A scaled gradient would not do it: AdamW's first step is lr x sign(gradient) whatever the scale.
-    (text_step, image_step), (text_scale, image_scale) = backbone_steps(20.0, tmp_path)  # text dominates
-    (other_text_step, other_image_step), (other_text_scale, other_image_scale) = backbone_steps(-20.0, tmp_path)
+    (text_step, image_step), (text_scale, image_scale, *drop_rates) = backbone_steps(20.0, tmp_path)  # text dominates
+    (other_text_step, other_image_step), (other_text_scale, other_image_scale, *_) = backbone_steps(-20.0, tmp_path)
     assert text_scale < 0.5 and image_scale == 1.0 and other_text_scale == 1.0 and other_image_scale < 0.5
+    assert drop_rates[0] > 0.0 and drop_rates[1] == 0.0  # the next batch hides some of the texts
     # The probes' biases change no backbone gradient: the step ratios are the coefficients.
     assert text_step / other_text_step == pytest.approx(text_scale, rel=0.05)
     assert other_image_step / image_step == pytest.approx(other_image_scale, abs=0.02)
+
+
+def test_adaptive_hides_only_the_dominant_modality_of_rows_that_have_both():
+    _, _, balance = balanced_model("adaptive")
+    balance.drop_rates[0].assign(0.5)
+    mask = np.ones((2000, 2), "float32")
+    mask[:500, 1] = 0.0  # no image: the text is kept
+    dropped = np.asarray(balance.drop_dominant({"modality_mask": tf.constant(mask)})["modality_mask"])
+    assert (dropped[:, 1] == mask[:, 1]).all() and (dropped[:500, 0] == 1.0).all()
+    assert 1 - dropped[500:, 0].mean() == pytest.approx(0.5, abs=0.05)
 
 
 def test_modality_balance_is_refused_with_cached_features():
