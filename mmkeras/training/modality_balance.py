@@ -27,8 +27,8 @@
   rates through `scale_learning_rate`. OGM reads the scores from the halves
   of a concat head; the cross-attention and gated fusions have no such
   split, so the scores come from linear probes on detached backbone tokens
-  (trained alongside, `PROBE_LR_SCALE` times faster, no gradient into the
-  backbones). The Gaussian-noise "GE" term is not applied.
+  (trained alongside, `PROBE_LR_SCALE` times faster than the fused head, no
+  gradient into the backbones). The Gaussian-noise "GE" term is not applied.
 
 The saved model is the plain one: the heads exist only in the training model.
 
@@ -50,8 +50,8 @@ AUXILIARY_LOSS_WEIGHT = 0.5
 # OGM's alpha in the journal version's continuous form, 1 - alpha * tanh(ratio - 1): 1 slows a modality
 # twice as sure as the other to 0.24 of its rate, and leaves both alone when they balance.
 OGM_ALPHA = 1.0
-# The probes learn this many times faster than the backbones: at the backbones' rate they lagged so far behind
-# that both scores stayed near chance for two epochs (ratio 1 +- 0.1) while the text already explained 95%.
+# The probes learn this many times faster than the fused head: at its rate they lagged so far behind that both
+# scores stayed near chance for two epochs (ratio 1 +- 0.1) while the text already explained 95% of the rows.
 PROBE_LR_SCALE = 10.0
 # The most rows whose dominant modality OPM hides (at ratio -> infinity).
 OPM_MAX_RATE = 0.5
