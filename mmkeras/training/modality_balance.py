@@ -121,7 +121,8 @@ class ModalityBalance:
         _, text_logits, image_logits = outputs
         both = modality_mask[:, 0] * modality_mask[:, 1]
         scores = (true_class_score(labels, text_logits, both), true_class_score(labels, image_logits, both))
-        for variable, value in zip(self.update_scales + self.drop_rates, ogm_coefficients(*scores) + opm_rates(*scores)):
+        settings = ogm_coefficients(*scores) + opm_rates(*scores)
+        for variable, value in zip(self.update_scales + self.drop_rates, settings):
             variable.assign(value)
 
 
