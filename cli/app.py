@@ -223,7 +223,7 @@ def train(
         "checkpoint_steps", "Also checkpoint every N optimizer updates (0: each epoch only).", min=0
     ),
     modality_balance: Optional[Literal[MODALITY_BALANCE]] = setting(
-        "modality_balance", "Keep one modality from dominating: auxiliary unimodal losses, or OGM gradient modulation."
+        "modality_balance", "Keep one modality from dominating: auxiliary unimodal losses, or OGM/OPM modulation."
     ),
     task: Optional[Literal[TASKS]] = setting(
         "task", "classify; match: does the text fit the image (2 labels); multilabel: label cells like a|b."

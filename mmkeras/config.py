@@ -107,7 +107,8 @@ class RunConfig:
             runtime refuses it too.
         modality_balance: keep one modality from dominating: `none`, `aux`
             (text-only and image-only heads with weighted auxiliary losses) or
-            `adaptive` (on-the-fly gradient modulation, OGM);
+            `adaptive` (on-the-fly modulation, OGM and OPM: the dominant
+            backbone learns slower and its modality is hidden in some rows);
             `mmkeras.training.modality_balance`.
         task: `classify` (one label per row) or `match` (whether the text
             fits the image: a probability from the fusion together with the

@@ -1,39 +1,108 @@
 import json
 
 import numpy as np
+import keras
 import pytest
 import tensorflow as tf
+from PIL import Image
 from test_cli_end_to_end import SAMPLES, run_cli, write_subset
 
 from mmkeras.config import RunConfig
 from mmkeras.errors import UserError
 from mmkeras.models.builder import build_model
 from mmkeras.runs import load_run
-from mmkeras.training.modality_balance import ModalityBalance, ogm_coefficients
+from mmkeras.training.modality_balance import ModalityBalance, ogm_coefficients, opm_rates
+from mmkeras.training.run_setup import make_loop
 
 
-def test_ogm_slows_only_the_dominant_modality():
+def test_ogm_and_opm_act_on_the_dominant_modality_only_and_not_at_balance():
     text_scale, image_scale = ogm_coefficients(4.0, 1.0)
-    assert float(text_scale) == pytest.approx(1 - np.tanh(0.5 * 4.0)) and float(image_scale) == 1.0
+    assert float(text_scale) == pytest.approx(1 - np.tanh(4.0 - 1.0), abs=1e-6) and float(image_scale) == 1.0
     text_scale, image_scale = ogm_coefficients(1.0, 2.0)
-    assert float(text_scale) == 1.0 and float(image_scale) == pytest.approx(1 - np.tanh(0.5 * 2.0))
-    assert [float(scale) for scale in ogm_coefficients(1.0, 1.0)] == [1.0, 1.0]
+    assert float(text_scale) == 1.0 and float(image_scale) == pytest.approx(1 - np.tanh(2.0 - 1.0), abs=1e-6)
+    text_rate, image_rate = opm_rates(1.0, 2.0)
+    assert float(text_rate) == 0.0 and float(image_rate) == pytest.approx(0.5 * np.tanh(2.0 - 1.0))
+    # No jump at balance: a ratio just above 1 barely slows or hides anything.
+    assert [float(scale) for scale in ogm_coefficients(1.01, 1.0)] == [pytest.approx(0.99, abs=1e-3), 1.0]
+    assert [float(rate) for rate in opm_rates(1.0, 1.0)] == [0.0, 0.0]
 
 
-def test_adaptive_scales_the_dominant_backbones_gradients_and_nothing_else():
-    model, preprocessor = build_model(num_classes=2, texts=["red", "blue"], seed=0)
-    balance = ModalityBalance("adaptive", model, num_classes=2)
-    gradients = [tf.ones_like(variable) for variable in balance.training_model.trainable_variables]
-    labels = tf.constant([0, 1])
-    # The text head is sure of the true class, the image head is not: text dominates.
-    text_logits = tf.constant([[9.0, -9.0], [-9.0, 9.0]])
-    image_logits = tf.zeros((2, 2))
-    modulated = balance.modulate(gradients, labels, (None, text_logits, image_logits))
-    scales = {group: {float(tf.reduce_max(g)) for g, gr in zip(modulated, balance.variable_groups) if gr == group}
-              for group in (0, 1, 2)}
-    assert scales[0] == {1.0} and scales[2] == {1.0}
-    [text_scale] = scales[1]
-    assert text_scale == pytest.approx(1 - np.tanh(0.5 * 2.0), abs=1e-4)
+def balanced_model(mode):
+    model, preprocessor = build_model(num_classes=2, texts=["red square", "blue circle"], seed=0)
+    return model, preprocessor, ModalityBalance(mode, model, num_classes=2)
+
+
+def batch(preprocessor, tmp_path):
+    rng = np.random.default_rng(0)
+    images = []
+    for index in range(4):
+        images.append(tmp_path / f"{index}.png")
+        Image.fromarray(rng.integers(0, 255, (32, 32, 3), dtype=np.uint8)).save(images[-1])
+    return preprocessor(["red square", "blue circle"] * 2, images), tf.constant([0, 1, 0, 1])
+
+
+def backbone_gradients(balance, inputs, labels, objective):
+    """Gradients of `objective(labels, outputs)` for the text and vision backbones' variables."""
+    with tf.GradientTape() as tape:
+        loss = tf.reduce_sum(objective(labels, balance.training_model(inputs, training=False)))
+    text, image = balance.backbone_variables
+    gradients = tape.gradient(loss, [*text, *image], unconnected_gradients=tf.UnconnectedGradients.ZERO)
+    return gradients[: len(text)], gradients[len(text) :]
+
+
+def cross_entropy(labels, logits):
+    return keras.losses.sparse_categorical_crossentropy(labels, logits, from_logits=True)
+
+
+@pytest.mark.parametrize("mode", ["aux", "adaptive"])
+def test_aux_losses_reach_the_backbones_and_adaptive_probes_do_not(mode, tmp_path):
+    _, preprocessor, balance = balanced_model(mode)
+    inputs, labels = batch(preprocessor, tmp_path)
+    heads_only = lambda labels, outputs: balance.per_example_loss(labels, outputs, cross_entropy) - cross_entropy(
+        labels, outputs[0]
+    )
+    for gradients in backbone_gradients(balance, inputs, labels, heads_only):
+        norm = float(tf.linalg.global_norm(gradients))
+        assert (norm > 0) if mode == "aux" else (norm == 0)
+
+
+def backbone_steps(text_probe_bias, tmp_path):
+    """How far one training step moves each backbone's weights, with the text probe's bias on the true class."""
+    model, preprocessor, balance = balanced_model("adaptive")
+    # Every label is class 0: a bias on class 0 makes the text probe sure of the truth, the image probe is not.
+    balance.training_model.get_layer("unimodal_heads").text_head.bias.assign([text_probe_bias, 0.0])
+    inputs, _ = batch(preprocessor, tmp_path)
+    labels = np.zeros(4, "int32")
+    config = RunConfig(warmup_fraction=0.0)
+    loop = make_loop(config, balance.training_model, tf.distribute.get_strategy(), "float32", labels, 2, balance)
+    before = [[variable.numpy() for variable in variables] for variables in balance.backbone_variables]
+    loop.train_epoch(tf.data.Dataset.from_tensors((inputs, labels)), num_examples=4, batch_size=4)
+    steps = [
+        np.sqrt(sum(np.sum((variable.numpy() - old) ** 2) for variable, old in zip(variables, olds)))
+        for variables, olds in zip(balance.backbone_variables, before)
+    ]
+    return steps, [float(scale.numpy()) for scale in balance.update_scales + balance.drop_rates]
+
+
+def test_adaptive_slows_the_dominant_backbones_step_under_adamw(tmp_path):
+    # A scaled gradient would not do it: AdamW's first step is lr x sign(gradient) whatever the scale.
+    (text_step, image_step), (text_scale, image_scale, *drop_rates) = backbone_steps(20.0, tmp_path)  # text dominates
+    (other_text_step, other_image_step), (other_text_scale, other_image_scale, *_) = backbone_steps(-20.0, tmp_path)
+    assert text_scale < 0.5 and image_scale == 1.0 and other_text_scale == 1.0 and other_image_scale < 0.5
+    assert drop_rates[0] > 0.0 and drop_rates[1] == 0.0  # the next batch hides some of the texts
+    # The probes' biases change no backbone gradient: the step ratios are the coefficients.
+    assert text_step / other_text_step == pytest.approx(text_scale, rel=0.05)
+    assert other_image_step / image_step == pytest.approx(other_image_scale, abs=0.02)
+
+
+def test_adaptive_hides_only_the_dominant_modality_of_rows_that_have_both():
+    _, _, balance = balanced_model("adaptive")
+    balance.drop_rates[0].assign(0.5)
+    mask = np.ones((2000, 2), "float32")
+    mask[:500, 1] = 0.0  # no image: the text is kept
+    dropped = np.asarray(balance.drop_dominant({"modality_mask": tf.constant(mask)})["modality_mask"])
+    assert (dropped[:, 1] == mask[:, 1]).all() and (dropped[:500, 0] == 1.0).all()
+    assert 1 - dropped[500:, 0].mean() == pytest.approx(0.5, abs=0.05)
 
 
 def test_modality_balance_is_refused_with_cached_features():

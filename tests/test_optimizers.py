@@ -140,3 +140,20 @@ def test_weight_decay_spares_biases_and_norms():
     kernel = keras.Variable(np.ones(3), name="kernel")
     assert not optimizer._use_weight_decay(bias)
     assert optimizer._use_weight_decay(kernel)
+
+
+@pytest.mark.parametrize("jit_compile", [False, True])
+def test_learning_rate_scales_multiply_and_a_variable_scale_is_read_at_each_update(jit_compile):
+    # Adam's first step is lr * sign(g): each update moves the weight by lr times the product of its scales.
+    weight = keras.Variable(np.zeros(3, "float32"))
+    optimizer = DenseAdam(LEARNING_RATE)
+    optimizer.build([weight])
+    step_scale = tf.Variable(0.5, trainable=False)
+    optimizer.scale_learning_rate([weight], 20.0)
+    optimizer.scale_learning_rate([weight], step_scale)
+    update = tf.function(lambda: optimizer.apply([tf.ones(3)], [weight]), jit_compile=jit_compile)
+    update()
+    assert float(weight.numpy()[0]) == pytest.approx(-10 * LEARNING_RATE, rel=1e-3)
+    step_scale.assign(0.0)
+    update()
+    assert float(weight.numpy()[0]) == pytest.approx(-10 * LEARNING_RATE, rel=1e-3)

@@ -5,35 +5,56 @@
   `AUXILIARY_LOSS_WEIGHT` times its cross-entropy to the loss, so the weaker
   modality's backbone keeps a gradient of its own even when the fused head
   can already fit the data with the easier one.
-- `adaptive`: on-the-fly gradient modulation (OGM, Peng et al., "Balanced
-  Multimodal Learning via On-the-fly Gradient Modulation", CVPR 2022). Each
-  batch, the score of a modality is the summed probability its unimodal
-  head gives the true class; with ratio = score_text / score_image, the text
-  backbone's gradients are scaled by 1 - tanh(alpha * ratio) when ratio > 1
-  (the image's by 1 - tanh(alpha / ratio) when ratio < 1), so the dominant
-  modality learns slower while the other catches up. OGM reads the scores from
-  the halves of a concat head; mmkeras's cross-attention and gated fusions have
-  no such split, so the scores come from unimodal linear probes on detached
-  features (trained alongside, no gradient into the backbones). The paper's
-  Gaussian-noise "GE" term is not applied.
+- `adaptive`: on-the-fly modulation (OGM, Peng et al., "Balanced Multimodal
+  Learning via On-the-fly Gradient Modulation", CVPR 2022, in the continuous
+  form of its journal version, Wei et al., "On-the-fly Modulation for
+  Balanced Multimodal Learning", TPAMI 2024). Each batch, the score of a
+  modality is the summed probability its unimodal probe gives the true class
+  (rows that have both); with ratio = score_text / score_image > 1, the text
+  is dominant and
+  - OGM: the text backbone learns at 1 - alpha * tanh(ratio - 1) times its
+    rate (the image's likewise when ratio < 1);
+  - OPM (the journal version's prediction modulation): the next batch hides
+    the text (its column of the modality mask) of `OPM_MAX_RATE *
+    tanh(ratio - 1)` of the rows, so the fused head must also answer from the
+    image and the image backbone gets the gradient of those rows. Slowing a
+    backbone alone cannot stop the fusion from leaning on the easy modality
+    when even its random features give the class away.
+  OGM multiplies the dominant encoder's gradients under SGD, which is the
+  same as scaling its step; under Adam(W), mmkeras's default, a gradient
+  scale cancels in m / sqrt(v) (the first step is lr x sign(gradient)
+  whatever the scale), so mmkeras scales the step: the backbones' learning
+  rates through `scale_learning_rate`. OGM reads the scores from the halves
+  of a concat head; the cross-attention and gated fusions have no such
+  split, so the scores come from linear probes on detached backbone tokens
+  (trained alongside, `PROBE_LR_SCALE` times faster than the fused head, no
+  gradient into the backbones). The Gaussian-noise "GE" term is not applied.
 
 The saved model is the plain one: the heads exist only in the training model.
 
 Example:
->>> balance = ModalityBalance("aux", model, num_classes=6)   # doctest: +SKIP
+>>> balance = ModalityBalance("adaptive", model, num_classes=6)   # doctest: +SKIP
+>>> balance.scale_updates(optimizer)  # doctest: +SKIP
 >>> loop = TrainingLoop(balance.training_model, optimizer, balance=balance)  # doctest: +SKIP
 """
 
 import keras
 import tensorflow as tf
+from keras import ops
 
 from mmkeras.models.text_backbones import BACKBONE_NAME as TEXT_BACKBONE
 from mmkeras.models.unimodal_heads import UnimodalHeads
 from mmkeras.models.vision_backbones import BACKBONE_NAME as VISION_BACKBONE
 
 AUXILIARY_LOSS_WEIGHT = 0.5
-# OGM's alpha (the paper's range is 0.1-0.8 for its datasets).
-OGM_ALPHA = 0.5
+# OGM's alpha in the journal version's continuous form, 1 - alpha * tanh(ratio - 1): 1 slows a modality
+# twice as sure as the other to 0.24 of its rate, and leaves both alone when they balance.
+OGM_ALPHA = 1.0
+# The probes learn this many times faster than the fused head: at its rate they lagged so far behind that both
+# scores stayed near chance for two epochs (ratio 1 +- 0.1) while the text already explained 95% of the rows.
+PROBE_LR_SCALE = 10.0
+# The most rows whose dominant modality OPM hides (at ratio -> infinity).
+OPM_MAX_RATE = 0.5
 FUSION_LAYER = "fusion"
 
 
@@ -44,22 +65,35 @@ class ModalityBalance:
         mode: `aux` or `adaptive`.
         model: the multimodal model (`build_model`), built under the strategy's scope.
         num_classes: the number of classes.
+        seed: seed of the `adaptive` drops.
     """
 
-    def __init__(self, mode: str, model: keras.Model, num_classes: int):
+    def __init__(self, mode: str, model: keras.Model, num_classes: int, seed=None):
         if mode not in ("aux", "adaptive"):
             raise ValueError(f"mode must be aux or adaptive, got {mode!r}")
         self.mode = mode
         heads = UnimodalHeads(num_classes, detach=mode == "adaptive", name="unimodal_heads")
         text_logits, image_logits = heads(*model.get_layer(FUSION_LAYER).input)
         self.training_model = keras.Model(model.inputs, [model.output, text_logits, image_logits])
-        text = {id(variable) for variable in model.get_layer(TEXT_BACKBONE).trainable_variables}
-        image = {id(variable) for variable in model.get_layer(VISION_BACKBONE).trainable_variables}
-        # 0: scaled by nothing, 1: the text backbone's, 2: the vision backbone's (aligned with trainable_variables).
-        self.variable_groups = [
-            1 if id(variable) in text else 2 if id(variable) in image else 0
-            for variable in self.training_model.trainable_variables
-        ]
+        self.probe_variables = heads.trainable_variables
+        self.backbone_variables = (
+            model.get_layer(TEXT_BACKBONE).trainable_variables,
+            model.get_layer(VISION_BACKBONE).trainable_variables,
+        )
+        # `adaptive`: OGM's (text, image) step scales and OPM's drop rates, measured on one batch and used by the
+        # optimizer at its update and by the next batch's drops; per replica under a distributed strategy (each
+        # replica measures its own share of the batch).
+        self.update_scales = tuple(balance_variable(1.0, f"{name}_update_scale") for name in ("text", "image"))
+        self.drop_rates = tuple(balance_variable(0.0, f"{name}_drop_rate") for name in ("text", "image"))
+        self.seed_generator = keras.random.SeedGenerator(seed)
+
+    def scale_updates(self, optimizer):
+        """`adaptive`: make `optimizer` (an mmkeras optimizer) update each backbone at its OGM coefficient times
+        its learning rate, and the probes at `PROBE_LR_SCALE` times theirs; `aux`: nothing."""
+        if self.mode == "adaptive":
+            for variables, scale in zip(self.backbone_variables, self.update_scales):
+                optimizer.scale_learning_rate(variables, scale)
+            optimizer.scale_learning_rate(self.probe_variables, PROBE_LR_SCALE)
 
     def per_example_loss(self, labels, outputs, loss_of):
         """The fused loss plus the heads' (weighted under `aux`; probes under `adaptive`, which only train
@@ -68,34 +102,64 @@ class ModalityBalance:
         weight = AUXILIARY_LOSS_WEIGHT if self.mode == "aux" else 1.0
         return loss_of(labels, fused) + weight * (loss_of(labels, text_logits) + loss_of(labels, image_logits))
 
-    def modulate(self, gradients, labels, outputs):
-        """`adaptive`: the dominant modality's backbone gradients scaled down (OGM); `aux`: unchanged."""
+    def drop_dominant(self, inputs: dict) -> dict:
+        """`adaptive`: the batch's inputs with the dominant modality hidden at its drop rate (OPM) in rows that
+        have both; `aux`: `inputs` as they are."""
         if self.mode != "adaptive":
-            return gradients
+            return inputs
+        mask = inputs["modality_mask"]
+        draws = keras.random.uniform(ops.shape(mask), seed=self.seed_generator, dtype=mask.dtype)
+        # At most one rate is above 0: a row never loses both modalities.
+        hidden = ops.cast(draws < ops.cast(ops.stack(self.drop_rates), mask.dtype), mask.dtype)
+        return {**inputs, "modality_mask": mask * (1.0 - hidden * mask[:, :1] * mask[:, 1:])}
+
+    def modulate(self, labels, outputs, modality_mask):
+        """`adaptive`: measure the modalities' scores on the rows that kept both in `modality_mask`, then set the
+        OGM step scales of this update and the OPM drop rates of the next batch; `aux`: nothing."""
+        if self.mode != "adaptive":
+            return
         _, text_logits, image_logits = outputs
-        text_scale, image_scale = ogm_coefficients(true_class_score(labels, text_logits),
-                                                   true_class_score(labels, image_logits))
-        scales = (1.0, text_scale, image_scale)
-        return [
-            gradient if group == 0 or gradient is None else gradient * tf.cast(scales[group], gradient.dtype)
-            for gradient, group in zip(gradients, self.variable_groups)
-        ]
+        both = modality_mask[:, 0] * modality_mask[:, 1]
+        scores = (true_class_score(labels, text_logits, both), true_class_score(labels, image_logits, both))
+        settings = ogm_coefficients(*scores) + opm_rates(*scores)
+        for variable, value in zip(self.update_scales + self.drop_rates, settings):
+            variable.assign(value)
 
 
-def true_class_score(labels, logits):
-    """The summed probability a head gives the true classes of a batch."""
+def balance_variable(value: float, name: str) -> tf.Variable:
+    """A scalar the training step sets (per replica) and the optimizer or the next step reads."""
+    return tf.Variable(value, trainable=False, name=name, synchronization=tf.VariableSynchronization.ON_READ,
+                       aggregation=tf.VariableAggregation.MEAN)
+
+
+def true_class_score(labels, logits, weights):
+    """The summed probability a head gives the true classes of a batch's rows, each times its weight."""
     probabilities = tf.nn.softmax(tf.cast(logits, tf.float32), axis=-1)
-    return tf.reduce_sum(tf.gather(probabilities, tf.cast(labels, tf.int32), batch_dims=1))
+    true_class = tf.gather(probabilities, tf.cast(labels, tf.int32), batch_dims=1)
+    return tf.reduce_sum(true_class * tf.cast(weights, tf.float32))
+
+
+def opm_rates(text_score, image_score, max_rate: float = OPM_MAX_RATE):
+    """OPM's `(text, image)` drop rates: `max_rate * tanh(ratio - 1)` for the dominant modality, 0 for the other.
+
+    Example:
+    >>> [round(float(rate), 3) for rate in opm_rates(3.0, 1.0)]
+    [0.482, 0.0]
+    """
+    ratio = tf.cast(text_score, tf.float32) / tf.maximum(tf.cast(image_score, tf.float32), 1e-6)
+    text_rate = tf.where(ratio > 1.0, max_rate * tf.tanh(ratio - 1.0), 0.0)
+    image_rate = tf.where(ratio < 1.0, max_rate * tf.tanh(1.0 / tf.maximum(ratio, 1e-6) - 1.0), 0.0)
+    return text_rate, image_rate
 
 
 def ogm_coefficients(text_score, image_score, alpha: float = OGM_ALPHA):
-    """OGM's `(text, image)` gradient scales: 1 - tanh(alpha * ratio) for the dominant modality, 1 for the other.
+    """OGM's `(text, image)` step scales: 1 - alpha * tanh(ratio - 1) for the dominant modality, 1 for the other.
 
     Example:
     >>> [round(float(scale), 3) for scale in ogm_coefficients(3.0, 1.0)]
-    [0.095, 1.0]
+    [0.036, 1.0]
     """
     ratio = tf.cast(text_score, tf.float32) / tf.maximum(tf.cast(image_score, tf.float32), 1e-6)
-    text_scale = tf.where(ratio > 1.0, 1.0 - tf.tanh(alpha * ratio), 1.0)
-    image_scale = tf.where(ratio < 1.0, 1.0 - tf.tanh(alpha / tf.maximum(ratio, 1e-6)), 1.0)
+    text_scale = tf.where(ratio > 1.0, 1.0 - alpha * tf.tanh(ratio - 1.0), 1.0)
+    image_scale = tf.where(ratio < 1.0, 1.0 - alpha * tf.tanh(1.0 / tf.maximum(ratio, 1e-6) - 1.0), 1.0)
     return text_scale, image_scale

@@ -45,21 +45,24 @@ class _DenseGradients:
 class _ScaledLearningRates:
     """Mixin: `scale_learning_rate(variables, scale)` multiplies the learning rate of those variables' updates.
 
-    Decoupled weight decay stays at the optimizer's own rate for every variable.
+    Scales given for one variable multiply. A scale may be a `tf.Variable`, read at every update (how
+    `--modality-balance adaptive` slows the dominant backbone step by step). Decoupled weight decay stays at the
+    optimizer's own rate for every variable.
     """
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         self._learning_rate_scales = {}
 
-    def scale_learning_rate(self, variables, scale: float):
-        """Update `variables` at `scale` times the scheduled learning rate."""
-        keys = [compat.optimizer_variable_key(self, variable) for variable in variables]
-        self._learning_rate_scales.update(dict.fromkeys(keys, scale))
+    def scale_learning_rate(self, variables, scale):
+        """Update `variables` at `scale` (a float or a scalar `tf.Variable`) times their learning rate."""
+        for variable in variables:
+            self._learning_rate_scales.setdefault(compat.optimizer_variable_key(self, variable), []).append(scale)
 
     def update_step(self, gradient, variable, learning_rate):
-        scale = self._learning_rate_scales.get(compat.optimizer_variable_key(self, variable), 1.0)
-        return super().update_step(gradient, variable, learning_rate * scale if scale != 1.0 else learning_rate)
+        for scale in self._learning_rate_scales.get(compat.optimizer_variable_key(self, variable), ()):
+            learning_rate = learning_rate * scale
+        return super().update_step(gradient, variable, learning_rate)
 
 
 @keras.saving.register_keras_serializable(package="mmkeras")

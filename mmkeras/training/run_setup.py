@@ -110,6 +110,8 @@ def make_loop(
     total_steps = updates_per_epoch(len(label_ids), config.batch_size, config.gradient_accumulation) * config.epochs
     with strategy.scope():
         optimizer = make_optimizer(config, model, total_steps=total_steps)
+    if balance is not None:
+        balance.scale_updates(optimizer)
     class_weights = balanced_class_weights(label_ids, num_classes) if config.class_weight == "balanced" else None
     return TrainingLoop(
         model,

@@ -115,7 +115,7 @@ class TrainJob(TrainingJob):
         balance = None
         if config.modality_balance != "none":
             with strategy.scope():
-                balance = ModalityBalance(config.modality_balance, model, len(labels))
+                balance = ModalityBalance(config.modality_balance, model, len(labels), seed=config.seed)
             trained_model = balance.training_model
         return PreparedRun(
             model=model,

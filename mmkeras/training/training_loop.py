@@ -60,8 +60,9 @@ class TrainingLoop:
             only (`use_xla`).
         balance: a `ModalityBalance` whose `training_model` is `model`
             (outputs: fused, text-only and image-only logits): its loss is
-            trained and its gradient modulation applied; the figures are the
-            fused logits'.
+            trained, its drops applied to each batch and its modulation set
+            (the optimizer must apply it: `balance.scale_updates(optimizer)`);
+            the figures are the fused logits'.
 
     Example:
     >>> loop = TrainingLoop(model, keras.optimizers.Adam(1e-3))       # doctest: +SKIP
@@ -130,6 +131,8 @@ class TrainingLoop:
     def _replica_gradients(self, inputs, labels, group_size):
         """Gradients of this replica's share of `sum(losses) / group_size` (global examples per update)."""
         variables = self.model.trainable_variables
+        if self.balance is not None:
+            inputs = self.balance.drop_dominant(inputs)
         with tf.GradientTape() as tape:
             outputs = self.model(inputs, training=True)
             logits = outputs if self.balance is None else outputs[0]
@@ -141,7 +144,7 @@ class TrainingLoop:
             scaled = self.optimizer.scale_loss(loss)  # loss scaling under mixed_float16, else the loss itself
         gradients = densify_gradients(tape.gradient(scaled, variables))
         if self.balance is not None:
-            gradients = self.balance.modulate(gradients, labels, outputs)
+            self.balance.modulate(labels, outputs, inputs["modality_mask"])
         return gradients, self._figures(labels, logits, losses)
 
     def _replica_accumulate(self, inputs, labels, group_size):
