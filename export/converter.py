@@ -43,8 +43,8 @@ Quantization modes:
   SOFTMAX) and the layer-norm variance (SQUARED_DIFFERENCE). A QAT graph is
   quantized by its fake-quant ops, which the denylist does not reach: there
   only the ops without fake quantization stay float (SQUARED_DIFFERENCE, and
-  HARD_SWISH, which the QAT transform leaves alone unless
-  `QuantizerSettings.integer_only`); its attention stays int8.
+  HARD_SWISH and the attention matmuls, which the QAT transform leaves alone
+  unless `QuantizerSettings.integer_only`).
   For a QAT run (`mmkeras qat`) the converter keeps the ranges the
   fake-quant ops learned and calibrates only the tensors without one
   (residual adds, pooling, masking inside blocks). The other modes on a QAT

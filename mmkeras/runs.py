@@ -58,8 +58,8 @@ METRICS_FILE = "metrics.json"
 QUANTIZATION_FILE = "quantization.json"
 # Quantizer settings a QAT run's quantization.json lacks when an older mmkeras wrote it: the graph it was
 # trained as. Before `integer_only` existed, QAT fake-quantized hard-swish; rebuilt without it, the model
-# would have other variables than its saved weights.
-SETTINGS_OF_OLDER_QAT_RUNS = {"integer_only": True}
+# would have other variables than its saved weights; before `float_attention`, it fake-quantized the whole attention.
+SETTINGS_OF_OLDER_QAT_RUNS = {"integer_only": True, "float_attention": False}
 QAT_WEIGHTS_FILE = "qat.weights.h5"
 SKIPPED_ROWS_FILE = "skipped_rows.csv"
 REPORT_FILE = "report.html"

@@ -259,7 +259,8 @@ def test_qat_then_int8_export_then_evaluate(trained, data, tmp_path, capsys):
     assert "from a QAT run" in out and "parity on" in out  # the conversion report, shown to the user
     conversion = json.loads((bundle_dir / "bundle.json").read_text())["conversion"]
     assert conversion["qat"] and conversion["calibration_rows"] == 32
-    assert conversion["ops"]["compute_ops"]["int8_fraction"] >= 0.9
+    # Every compute op int8 but the attention matmuls, which QAT and the export leave float.
+    assert conversion["ops"]["compute_ops"]["int8_fraction"] >= 0.75 and "BATCH_MATMUL" in conversion["kept_float"]
     for target in (qat_dir, bundle_dir):
         code, out, _ = run_cli(capsys, "evaluate", target, "--data", data["val"], "--json")
         assert code == 0 and json.loads(out)["n"] == 32

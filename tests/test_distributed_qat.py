@@ -28,6 +28,11 @@ from mmkeras.quantization.qat_transform import activation_quantizers
 from mmkeras.runs import load_run, save_run
 
 TOLERANCE = 1e-5
+# With the attention's queries float (`QuantizerSettings.float_attention`), the largest attention score of a
+# batch sits exactly on the score quantizer's range edge, where the straight-through gradient is kept or cut by
+# its last bit; a replica's other summation order moved one query kernel 1.2e-5 from the single process's (all
+# other weights within 3.4e-6). Uncombined per-replica ranges move ranges, losses and weights far more.
+WEIGHT_TOLERANCE = 3e-5
 SEQUENCE_LENGTH = 16
 # 16 training rows in global batches of 6: 6 + 6 + 4 (3 + 3 and 2 + 2 rows per replica).
 QAT_FLAGS = ("--epochs", "2", "--batch-size", "6", "--calibration-batches", "1", "--learning-rate", "3e-3")
@@ -103,7 +108,7 @@ def assert_same_qat(out, metrics, single):
     # The ranges moved away from the calibration batch during training, far more than the tolerance.
     assert np.all(ranges[:, 1] >= ranges[:, 0]) and np.max(np.abs(ranges)) > 0.1
     assert np.max(np.abs(ranges - single["ranges"])) < TOLERANCE
-    assert max_difference(weights, single["weights"]) < TOLERANCE
+    assert max_difference(weights, single["weights"]) < WEIGHT_TOLERANCE
     for key in ("initial_loss", "loss", "val_loss"):
         assert abs(metrics[key] - single["metrics"][key]) < TOLERANCE
 

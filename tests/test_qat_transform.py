@@ -19,6 +19,7 @@ from mmkeras.quantization.qat_transform import (
 from mmkeras.quantization.quantized_attention import QuantizedMultiHeadAttention
 from mmkeras.quantization.quantized_conv import FoldedBatchNormalization, fold_batch_normalization
 from mmkeras.quantization.quantized_dense import QuantizedEinsumDense
+from mmkeras.quantization.quantized_outputs import QuantizedSoftmax
 from mmkeras.quantization.qat_settings import QuantizerSettings
 
 TEXTS = ["a red circle on the left", "a blue square", "a big green triangle", "small yellow star"] * 2
@@ -91,6 +92,31 @@ def test_hard_swish_stays_float_unless_integer_only():
     default = hard_swish_layers(quantize_model(model))
     assert default and not any(default.values())
     assert all(hard_swish_layers(quantize_model(model, QuantizerSettings(integer_only=True))).values())
+
+
+def attention_quantizers(model):
+    """The fake quantizers of each attention layer and whether each Softmax layer was quantized, by name."""
+    layers = all_layers(model)
+    attention = {layer.name: sorted(name for name in QuantizedMultiHeadAttention.QUANTIZERS if hasattr(layer, name))
+                 for layer in layers if isinstance(layer, keras.layers.MultiHeadAttention)}
+    softmax = {
+        layer.name: isinstance(layer, QuantizedSoftmax) for layer in layers if isinstance(layer, keras.layers.Softmax)
+    }
+    return attention, softmax
+
+
+def test_attention_stays_float_but_its_scores_unless_integer_only():
+    # The int8 export keeps the attention matmuls and softmax float (XNNPACK runs them only in float); only the
+    # scores stay fake-quantized, so that the masked scores (-1e9 where masked) get the scores' trained range.
+    model, _ = tiny_model("tiny-mobilenet")
+    attention, softmax = attention_quantizers(quantize_model(model))
+    assert attention and all(names == ["score_quantizer"] for names in attention.values())
+    assert softmax and not any(softmax.values())
+    attention, softmax = attention_quantizers(quantize_model(model, QuantizerSettings(integer_only=True)))
+    assert all(names == sorted(QuantizedMultiHeadAttention.QUANTIZERS) for names in attention.values())
+    assert all(softmax.values())
+    attention, _ = attention_quantizers(quantize_model(model, QuantizerSettings(float_attention=False)))
+    assert all(names == sorted(QuantizedMultiHeadAttention.QUANTIZERS) for names in attention.values())
 
 
 def test_mobilenet_batch_norms_are_all_folded():

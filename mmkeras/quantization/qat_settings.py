@@ -6,7 +6,7 @@ TensorFlow is imported; every default lives here once.
 Example:
 >>> settings = QATSettings(epochs=3)
 >>> settings.quantizer_settings()
-QuantizerSettings(num_bits=8, ema_decay=0.99, integer_only=False)
+QuantizerSettings(num_bits=8, ema_decay=0.99, integer_only=False, float_attention=True)
 """
 
 import dataclasses
@@ -39,11 +39,21 @@ class QuantizerSettings:
             post-training int8 export: XNNPACK runs HARD_SWISH only in float,
             and the int8 ADD/MUL form made the edge-sized model's QAT-int8
             2.0x the float latency (1.2x with hard-swish float).
+        float_attention: fake-quantize only the attention scores and leave
+            the queries, the probabilities (Softmax) and the context float,
+            unless `integer_only`; the int8 export then keeps the attention
+            matmuls and softmax float as in a post-training export (faster
+            on XNNPACK). The scores keep their fake quantization because the
+            masked softmax replaces masked scores with -1e9 (a SELECT_V2
+            whose int8 output shares its input's scale): calibrated, that
+            tensor's range spans -1e9 and every real score rounds to one
+            value; fake-quantized, it keeps the scores' trained range.
     """
 
     num_bits: int = NUM_BITS
     ema_decay: float = EMA_DECAY
     integer_only: bool = False
+    float_attention: bool = True
 
 
 @dataclasses.dataclass

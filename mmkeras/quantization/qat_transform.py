@@ -5,14 +5,17 @@ its exact type:
 
 - quantized in place (`quantized_layer.convert_layer`): Dense, EinsumDense
   (as 2-D matmuls), Conv2D (grouped too) and DepthwiseConv2D (per-channel
-  kernels), MultiHeadAttention (queries, scores, context), LayerNormalization,
-  Activation, ReLU, Softmax, Add, Multiply (fake-quantized outputs);
-- left float unless `QuantizerSettings.integer_only`: hard-swish activations,
-  which the int8 export then keeps float (`FLOAT_OPS_IN_INT8`: XNNPACK runs
-  HARD_SWISH only in float). The attention step stays fake-quantized: left
-  float, it made the edge-sized model's QAT-int8 faster (0.87x instead of
-  1.19x the float latency) but cost the samples run 13 points of int8
-  accuracy (docs/design.md#int8-latency-on-xnnpack);
+  kernels), MultiHeadAttention (its scores; queries and context too unless
+  `QuantizerSettings.float_attention`), LayerNormalization, Activation, ReLU,
+  Softmax, Add, Multiply (fake-quantized outputs);
+- left float unless `QuantizerSettings.integer_only`: hard-swish activations
+  and (with `float_attention`, the default) the attention's queries,
+  probabilities (Softmax) and context, which the int8 export then keeps float
+  as in a post-training export (`FLOAT_OPS_IN_INT8`: XNNPACK runs HARD_SWISH,
+  BATCH_MATMUL and SOFTMAX only in float). The scores stay fake-quantized: the
+  masked softmax sets masked scores to -1e9, and calibrated instead, that
+  tensor's int8 range (shared with the scores) spanned -1e9, so every real
+  score rounded to one value (docs/design.md#int8-latency-on-xnnpack);
 - folded: a BatchNormalization right after a convolution (inside keras-hub
   MobileNet blocks, or an edge of a functional graph);
 - no quantizer needed: layers without arithmetic of their own or whose tensors
@@ -178,10 +181,10 @@ def quantize_model(
         fold_batch_normalization(conv, norm)
     for layer in layers:
         quantized_class = QUANTIZED_CLASSES.get(type(layer))
-        if not settings.integer_only and stays_float(layer):
+        if stays_float(layer, settings):
             continue
         if quantized_class is QuantizedMultiHeadAttention:
-            convert_layer(layer, quantized_class, settings, QuantizedMultiHeadAttention.QUANTIZERS)
+            convert_layer(layer, quantized_class, settings, QuantizedMultiHeadAttention.quantizer_names(settings))
         elif quantized_class is QuantizedActivation:
             convert_layer(layer, quantized_class, settings, QuantizedActivation.quantizer_names(layer))
         elif quantized_class is not None:
@@ -189,8 +192,12 @@ def quantize_model(
     return model
 
 
-def stays_float(layer) -> bool:
-    """Whether `layer` is one the int8 export keeps float unless integer-only (hard-swish)."""
+def stays_float(layer, settings: QuantizerSettings) -> bool:
+    """Whether `layer` is left without fake quantization: hard-swish, and Softmax with float attention."""
+    if settings.integer_only:
+        return False
+    if type(layer) is keras.layers.Softmax:
+        return settings.float_attention
     return type(layer) is keras.layers.Activation and layer.activation is keras.activations.hard_swish
 
 

@@ -3,10 +3,11 @@
 Keras' MultiHeadAttention goes through the fused `ops.dot_product_attention`
 when dropout is 0, which leaves no place for fake quantization inside
 (docs/design.md#converter-traps). The quantized version always computes attention explicitly and
-fake-quantizes the scaled queries, the attention scores and the attended
-values; the attention probabilities are fake-quantized by its Softmax
-sub-layer (a `QuantizedSoftmax`) and the projections are `QuantizedEinsumDense`
-layers, both converted by the QAT transform like any other layer.
+fake-quantizes the attention scores, and with `QuantizerSettings.integer_only`
+(or without `float_attention`) also the scaled queries and the attended
+values; then the attention probabilities are fake-quantized by its Softmax
+sub-layer (a `QuantizedSoftmax`). The projections are `QuantizedEinsumDense`
+layers, converted by the QAT transform like any other layer.
 
 Example:
 >>> import keras, numpy as np
@@ -29,12 +30,18 @@ from mmkeras import compat
 
 @keras.saving.register_keras_serializable(package="mmkeras")
 class QuantizedMultiHeadAttention(keras.layers.MultiHeadAttention):
-    """MultiHeadAttention computed explicitly, with fake-quantized queries, scores and context.
+    """MultiHeadAttention computed explicitly, with fake-quantized scores (and queries and context).
 
-    Made by `quantized_layer.convert_layer` with `QUANTIZERS`.
+    Made by `quantized_layer.convert_layer` with `quantizer_names(settings)`.
     """
 
     QUANTIZERS = ("query_quantizer", "score_quantizer", "context_quantizer")
+    # With `QuantizerSettings.float_attention`: the scores only, so that the masked scores' int8 range is theirs.
+    SCORE_QUANTIZER = ("score_quantizer",)
+
+    @classmethod
+    def quantizer_names(cls, settings) -> tuple[str, ...]:
+        return cls.SCORE_QUANTIZER if settings.float_attention and not settings.integer_only else cls.QUANTIZERS
 
     def _compute_attention(
         self, query, key, value, attention_mask=None, training=None, return_attention_scores=False, **kwargs
@@ -44,10 +51,16 @@ class QuantizedMultiHeadAttention(keras.layers.MultiHeadAttention):
         # `use_causal_mask` only arrives here as a separate flag for the base
         # class; for subclasses Keras folds it into `attention_mask`.
         internals = compat.attention_internals(self)
-        query = self.query_quantizer(ops.multiply(query, ops.cast(1.0 / math.sqrt(float(self.key_dim)), query.dtype)))
+        query = ops.multiply(query, ops.cast(1.0 / math.sqrt(float(self.key_dim)), query.dtype))
+        query = self._quantized("query_quantizer", query)
         scores = self.score_quantizer(ops.einsum(internals.dot_product_equation, key, query))
         probabilities = internals.masked_softmax(scores, attention_mask)
         if self.dropout > 0.0:
             probabilities = internals.dropout_layer(probabilities, training=training)
-        context = self.context_quantizer(ops.einsum(internals.combine_equation, probabilities, value))
+        context = self._quantized("context_quantizer", ops.einsum(internals.combine_equation, probabilities, value))
         return context, probabilities
+
+    def _quantized(self, quantizer_name, tensor):
+        """`tensor` through the named quantizer, or as it is where the layer has none (float attention)."""
+        quantizer = getattr(self, quantizer_name, None)
+        return tensor if quantizer is None else quantizer(tensor)
