@@ -8,6 +8,7 @@ import keras
 import numpy as np
 import pytest
 from test_cli_end_to_end import write_subset  # pytest puts tests/ on sys.path
+from test_converter import int8_tensor_scales
 
 from mmkeras.config import RunConfig
 from mmkeras.data.manifest import read_manifest
@@ -16,7 +17,7 @@ from mmkeras.evaluation.evaluate import evaluate
 from mmkeras.runtime.bundle import read_bundle
 from mmkeras.export.conversion_report import COMPUTE_OPS
 from mmkeras.export.converter import BUILTIN_OP_NAMES, export_bundle
-from mmkeras.runtime.interpreter import list_ops, load_interpreter
+from mmkeras.runtime.interpreter import list_ops
 from mmkeras.runtime.predictor import Predictor
 from mmkeras.models import build_model
 from mmkeras.models.text_backbones import freeze_pooler
@@ -138,12 +139,7 @@ def test_int8_export_of_a_qat_run_with_padding_keeps_the_attention_scores_range(
     # Masked attention scores are -1e9 (Keras' masked softmax). Calibrated rather than fake-quantized, their
     # int8 scale became ~1e9 / 255, shared with the scores themselves, and every real score rounded to one value.
     bundle_dir, _ = int8_bundle
-    interpreter = load_interpreter(bundle_dir / "model.tflite", default_delegates=False)
-    scales = {
-        details["name"]: float(np.max(details["quantization_parameters"]["scales"]))
-        for details in interpreter.get_tensor_details()
-        if details["dtype"] == np.int8 and details["quantization_parameters"]["scales"].size
-    }
+    scales = int8_tensor_scales(bundle_dir / "model.tflite")
     masked = {name: scale for name, scale in scales.items() if "softmax" in name}
     assert masked and max(masked.values()) < 1.0, masked
     assert max(scales.values()) < 100.0, max(scales.items(), key=lambda item: item[1])
