@@ -40,11 +40,13 @@ Quantization modes:
   XNNPACK's graph with QUANTIZE / DEQUANTIZE around it. The set was chosen
   by measured ablation (`benchmarks/int8_op_profile.py`, docs/design.md#int8-latency-on-xnnpack):
   HARD_SWISH (MobileNetV3), the attention matmuls and softmax (BATCH_MATMUL,
-  SOFTMAX) and the layer-norm variance (SQUARED_DIFFERENCE). A QAT graph is
-  quantized by its fake-quant ops, which the denylist does not reach: there
-  only the ops without fake quantization stay float (SQUARED_DIFFERENCE, and
-  HARD_SWISH and the attention matmuls, which the QAT transform leaves alone
-  unless `QuantizerSettings.integer_only`).
+  SOFTMAX), the layer-norm variance (SQUARED_DIFFERENCE), and the attention
+  mask's path (SELECT_V2, TRANSPOSE), whose -1e9 fill would otherwise
+  set the int8 scale of the scores. A QAT graph is quantized by its
+  fake-quant ops, which the denylist does not reach: there only the ops
+  without fake quantization stay float (SQUARED_DIFFERENCE, and HARD_SWISH
+  and the attention, which the QAT transform leaves alone unless
+  `QuantizerSettings.integer_only`).
   For a QAT run (`mmkeras qat`) the converter keeps the ranges the
   fake-quant ops learned and calibrates only the tensors without one
   (residual adds, pooling, masking inside blocks). The other modes on a QAT
@@ -106,13 +108,11 @@ PARITY_ROWS = 32
 # HARD_SWISH: conv 1x1 + hard-swish x4 at 112x112x48, 9.9 ms all-int8 vs 1.4 ms with HARD_SWISH float.
 # BATCH_MATMUL + SOFTMAX (attention) + SQUARED_DIFFERENCE (layer-norm variance): post-training int8 went from
 # 1.42x to 0.78x the float32 latency; either of BATCH_MATMUL or SQUARED_DIFFERENCE alone gained little (1.08-1.15x).
-FLOAT_OPS_IN_INT8 = ("BATCH_MATMUL", "HARD_SWISH", "SOFTMAX", "SQUARED_DIFFERENCE")
-# Also float in a post-training int8 export: the attention mask's path. A masked softmax fills masked scores
-# with -1e9 (SELECT_V2); calibrated, that tensor's int8 scale is ~3.9e6, and SELECT_V2 shares it with the
-# scores and the TRANSPOSE before them, so every score rounds to one value (samples run: 0.647 test accuracy,
-# 1.000 with these float; edge model: 0.77x -> 0.78x float32 latency). QAT graphs need no such help: their
-# scores are fake-quantized with the range training learned.
-MASKING_OPS_IN_POST_TRAINING_INT8 = ("SELECT_V2", "TRANSPOSE")
+# SELECT_V2 + TRANSPOSE (the attention mask's path): a masked softmax fills masked scores with -1e9 (SELECT_V2);
+# calibrated, that tensor's int8 scale is ~3.9e6, and SELECT_V2 shares it with the scores and the TRANSPOSE
+# before them, so every score rounds to one value (samples run, post-training int8: 0.647 test accuracy, 1.000
+# with these float; float-attention QAT-int8: 0.633 and 1.000; no latency cost measured on the edge model).
+FLOAT_OPS_IN_INT8 = ("BATCH_MATMUL", "HARD_SWISH", "SELECT_V2", "SOFTMAX", "SQUARED_DIFFERENCE", "TRANSPOSE")
 # A bundle folder's permissions before the umask (mkdtemp's own are 0o700).
 _FOLDER_MODE = 0o777 & ~os.umask(os.umask(0))
 
@@ -332,8 +332,6 @@ def _export_locked(run_dir: Path, out_dir: Path, quantize: str, calibration_data
     sample = manifest_sample(run, calibration_data, required=quantize == "int8")
     parity_inputs, parity_source = parity_sample(run, sample)
     requested_float = {*FLOAT_OPS_IN_INT8, *keep_float}
-    if run.quantization is None:
-        requested_float.update(MASKING_OPS_IN_POST_TRAINING_INT8)
     tflite_model = convert_model(
         run.model, quantize=quantize, representative_inputs=[sample] if quantize == "int8" else None,
         keep_float=requested_float,

@@ -358,9 +358,7 @@ def test_int8_keeps_attention_and_layer_norm_variance_float_by_default_and_repor
     for op_type in ("BATCH_MATMUL", "SOFTMAX", "SQUARED_DIFFERENCE"):
         assert op_dtypes(int8_model, op_type) == {"float32"}, op_type
         assert op_type in bundles["int8"][1]["kept_float"]
-    assert set(bundles["int8"][1]["kept_float"]) <= {
-        *converter.FLOAT_OPS_IN_INT8, *converter.MASKING_OPS_IN_POST_TRAINING_INT8
-    }
+    assert set(bundles["int8"][1]["kept_float"]) <= set(converter.FLOAT_OPS_IN_INT8)
     assert op_dtypes(int8_model, "FULLY_CONNECTED") == {"int8"}
     assert bundles["none"][1]["kept_float"] == []
 

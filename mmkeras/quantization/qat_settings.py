@@ -39,15 +39,11 @@ class QuantizerSettings:
             post-training int8 export: XNNPACK runs HARD_SWISH only in float,
             and the int8 ADD/MUL form made the edge-sized model's QAT-int8
             2.0x the float latency (1.2x with hard-swish float).
-        float_attention: fake-quantize only the attention scores and leave
-            the queries, the probabilities (Softmax) and the context float,
-            unless `integer_only`; the int8 export then keeps the attention
-            matmuls and softmax float as in a post-training export (faster
-            on XNNPACK). The scores keep their fake quantization because the
-            masked softmax replaces masked scores with -1e9 (a SELECT_V2
-            whose int8 output shares its input's scale): calibrated, that
-            tensor's range spans -1e9 and every real score rounds to one
-            value; fake-quantized, it keeps the scores' trained range.
+        float_attention: leave the attention (queries, scores, Softmax,
+            context) without fake quantization, unless `integer_only`; the
+            int8 export then keeps the attention matmuls, softmax and the
+            mask's path float as in a post-training export (faster on
+            XNNPACK; the export's `FLOAT_OPS_IN_INT8`).
     """
 
     num_bits: int = NUM_BITS

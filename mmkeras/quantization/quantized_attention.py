@@ -3,10 +3,11 @@
 Keras' MultiHeadAttention goes through the fused `ops.dot_product_attention`
 when dropout is 0, which leaves no place for fake quantization inside
 (docs/design.md#converter-traps). The quantized version always computes attention explicitly and
-fake-quantizes the attention scores, and with `QuantizerSettings.integer_only`
-(or without `float_attention`) also the scaled queries and the attended
-values; then the attention probabilities are fake-quantized by its Softmax
-sub-layer (a `QuantizedSoftmax`). The projections are `QuantizedEinsumDense`
+fake-quantizes the scaled queries, the attention scores and the attended
+values (with `QuantizerSettings.integer_only`, or without `float_attention`;
+with float attention, the default, none of them); then the attention
+probabilities are fake-quantized by its Softmax sub-layer (a
+`QuantizedSoftmax`). The projections are `QuantizedEinsumDense`
 layers, converted by the QAT transform like any other layer.
 
 Example:
@@ -30,18 +31,17 @@ from mmkeras import compat
 
 @keras.saving.register_keras_serializable(package="mmkeras")
 class QuantizedMultiHeadAttention(keras.layers.MultiHeadAttention):
-    """MultiHeadAttention computed explicitly, with fake-quantized scores (and queries and context).
+    """MultiHeadAttention computed explicitly, with fake-quantized queries, scores and context (or none).
 
     Made by `quantized_layer.convert_layer` with `quantizer_names(settings)`.
     """
 
     QUANTIZERS = ("query_quantizer", "score_quantizer", "context_quantizer")
-    # With `QuantizerSettings.float_attention`: the scores only, so that the masked scores' int8 range is theirs.
-    SCORE_QUANTIZER = ("score_quantizer",)
 
     @classmethod
     def quantizer_names(cls, settings) -> tuple[str, ...]:
-        return cls.SCORE_QUANTIZER if settings.float_attention and not settings.integer_only else cls.QUANTIZERS
+        """None with `QuantizerSettings.float_attention` (the export keeps the attention float), else all three."""
+        return () if settings.float_attention and not settings.integer_only else cls.QUANTIZERS
 
     def _compute_attention(
         self, query, key, value, attention_mask=None, training=None, return_attention_scores=False, **kwargs
@@ -53,7 +53,7 @@ class QuantizedMultiHeadAttention(keras.layers.MultiHeadAttention):
         internals = compat.attention_internals(self)
         query = ops.multiply(query, ops.cast(1.0 / math.sqrt(float(self.key_dim)), query.dtype))
         query = self._quantized("query_quantizer", query)
-        scores = self.score_quantizer(ops.einsum(internals.dot_product_equation, key, query))
+        scores = self._quantized("score_quantizer", ops.einsum(internals.dot_product_equation, key, query))
         probabilities = internals.masked_softmax(scores, attention_mask)
         if self.dropout > 0.0:
             probabilities = internals.dropout_layer(probabilities, training=training)
