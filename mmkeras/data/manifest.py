@@ -130,9 +130,7 @@ class Manifest:
             if row.label is None:
                 raise UserError("the row has no label", path=self.path, row=row.line)
             if row.label not in index_of:
-                raise UserError(
-                    f"unknown label {row.label!r} (known labels: {_summarize(labels)})", path=self.path, row=row.line
-                )
+                raise UserError(_unknown_label(row.label, labels), path=self.path, row=row.line)
             indices[position] = index_of[row.label]
         return indices
 
@@ -149,7 +147,7 @@ class Manifest:
         """
         known = set(labels)
         bad_rows = [
-            BadRow(self.path, row.line, f"unknown label {row.label!r} (known labels: {_summarize(labels)})")
+            BadRow(self.path, row.line, _unknown_label(row.label, labels))
             for row in self.rows
             if row.label is not None and row.label not in known
         ]
@@ -407,6 +405,10 @@ def _image_problem(image: Path, image_size: tuple[int, int], max_pixels: int) ->
     except UnreadableImageError as error:
         return error.reason
     return None
+
+
+def _unknown_label(label: str, labels: list[str]) -> str:
+    return f"unknown label {label!r} (known labels: {_summarize(labels)})"
 
 
 def _summarize(labels: list[str]) -> str:
