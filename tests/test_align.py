@@ -1,6 +1,7 @@
 """`mmkeras align`: the contrastive loss, one big batch across replicas, the run folder and its recall figures."""
 
 import json
+import shutil
 
 import numpy as np
 import pytest
@@ -214,3 +215,15 @@ def test_a_killed_align_run_resumes_to_the_uninterrupted_weights(pairs, tmp_path
     assert "resuming from ckpt-" in err
     assert json.loads(out)["val_recall"] == expected["val_recall"]
     assert max_difference(run_weights(interrupted), run_weights(tmp_path / "uninterrupted")) < 1e-6
+
+
+def test_an_aligned_start_keeps_the_align_runs_image_preprocessing(align_run, tmp_path):
+    # A classifier started from an align run must resize and crop its images as the align run did.
+    from mmkeras.training.aligned_start import load_aligned_start
+
+    run = shutil.copytree(align_run, tmp_path / "run")
+    settings = json.loads((run / "preprocessor.json").read_text())
+    settings["image"].update(resample="bicubic", crop_pct=0.875)
+    (run / "preprocessor.json").write_text(json.dumps(settings))
+    vision = load_aligned_start(run).backbones[1]
+    assert (vision.resample, vision.crop_pct) == ("bicubic", 0.875)

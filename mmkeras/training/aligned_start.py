@@ -71,6 +71,8 @@ def load_aligned_start(align_dir) -> AlignedStart:
         normalization.scale,
         normalization.offset,
         pretrained=True,
+        resample=run.preprocessor.resample,
+        crop_pct=run.preprocessor.crop_pct,
     )
     return AlignedStart(run.model, (text, vision))
 

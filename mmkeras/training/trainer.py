@@ -151,7 +151,7 @@ def multilabel_cells(config: RunConfig, raw_train) -> tuple[list[str], list[str]
     (what the data pipeline encodes) and the labels they list (`red|ring`: `red` and `ring`)."""
     cells = set(raw_train.labels())
     if config.val:
-        cells |= set(read_manifest(config.val).labels())
+        cells |= set(read_manifest(config.val, on_bad_row=config.on_bad_row).labels())
     labels = sorted({label for cell in cells for label in split_labels(cell)})
     return sorted(cells), labels
 
