@@ -239,11 +239,14 @@ def load_run(run_dir) -> Run:
     # Registers the custom layers and optimizers that model.keras refers to.
     import mmkeras.models  # noqa: F401
     import mmkeras.training.optimizers  # noqa: F401
+    from mmkeras.models.dual_encoder import is_dual_encoder
 
     run_dir = Path(run_dir)
     config = load_run_config(run_dir)
     labels = read_labels(run_dir)
     model = _load_model_file(run_dir / MODEL_FILE, keras)
+    if not labels and not is_dual_encoder(model):
+        raise UserError("labels.json names no class", path=run_dir / LABELS_FILE)
     _refreeze(model)
     quantization = None
     if (run_dir / QUANTIZATION_FILE).is_file():
@@ -274,10 +277,13 @@ def load_run_config(run_dir) -> RunConfig:
 
 
 def read_labels(run_dir) -> list[str]:
-    """A run's class names from `labels.json` (`UserError` naming the file unless a list of distinct names)."""
+    """A run's class names from `labels.json` (`UserError` naming the file unless a list of distinct names).
+
+    The list is empty for an align run whose pairs had no label column.
+    """
     path = Path(run_dir) / LABELS_FILE
     labels = _read_json(path)
-    if not (isinstance(labels, list) and labels and all(isinstance(label, str) and label for label in labels)):
+    if not (isinstance(labels, list) and all(isinstance(label, str) and label for label in labels)):
         raise UserError("labels.json must hold a list of class names (non-empty strings)", path=path)
     if len(set(labels)) != len(labels):
         raise UserError("labels.json repeats a class name", path=path)

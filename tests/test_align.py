@@ -227,3 +227,10 @@ def test_an_aligned_start_keeps_the_align_runs_image_preprocessing(align_run, tm
     (run / "preprocessor.json").write_text(json.dumps(settings))
     vision = load_aligned_start(run).backbones[1]
     assert (vision.resample, vision.crop_pct) == ("bicubic", 0.875)
+
+
+def test_an_align_run_of_unlabelled_pairs_loads(align_run, tmp_path):
+    # Pairs without a label column save no concepts (labels.json is []): the run must still load and export.
+    run = shutil.copytree(align_run, tmp_path / "run")
+    (run / "labels.json").write_text("[]")
+    assert load_run(run).labels == []

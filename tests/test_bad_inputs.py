@@ -165,6 +165,8 @@ CASES = [
         fx["run"] / "model.keras", 3000)), "--out", ws / "b"], "not a Keras model file"),
     ("run-labels-invalid-json", lambda fx, ws: ["export", broken_run(fx, ws, "labels.json", b"[\"a\","), "--out",
                                                 ws / "b"], "invalid JSON"),
+    ("run-labels-empty", lambda fx, ws: ["export", broken_run(fx, ws, "labels.json", b"[]"), "--out", ws / "b"],
+     "labels.json names no class"),
     ("run-labels-not-a-list", lambda fx, ws: ["report", broken_run(fx, ws, "labels.json", b'{"a": 1}')],
      "list of class names"),
     ("run-config-broken", lambda fx, ws: ["report", broken_run(fx, ws, "config.yaml", b"epochs: [\n")], "invalid YAML"),
