@@ -415,7 +415,7 @@ def export(
     keep_float: Optional[str] = typer.Option(
         None, "--keep-float",
         help="int8: more op types left float, comma-separated (e.g. GELU,MUL).",
-        show_default="BATCH_MATMUL,HARD_SWISH,SOFTMAX,SQUARED_DIFFERENCE",
+        show_default="BATCH_MATMUL,HARD_SWISH,SELECT_V2,SOFTMAX,SQUARED_DIFFERENCE,TRANSPOSE",
     ),
     web: bool = typer.Option(False, "--web", help="Also build the browser site (as `mmkeras web`) in BUNDLE_DIR/web."),
     as_json: bool = JSON_OPTION,

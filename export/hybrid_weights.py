@@ -22,9 +22,7 @@ import flatbuffers
 import numpy as np
 from ai_edge_litert import schema_py_generated as schema
 
-OP_NAMES = {code: name for name, code in vars(schema.BuiltinOperator).items() if name.isupper()}
-# The flatbuffer file identifier of a LiteRT model.
-FILE_IDENTIFIER = b"TFL3"
+from mmkeras.runtime.bundle import TFLITE_IDENTIFIER
 
 
 def float_grouped_convolutions(tflite_model: bytes) -> bytes:
@@ -42,7 +40,7 @@ def float_grouped_convolutions(tflite_model: bytes) -> bytes:
         for op in subgraph.operators:
             code = model.operatorCodes[op.opcodeIndex]
             # Op codes above 127 only fit the newer field; the older one holds a placeholder then.
-            if OP_NAMES.get(max(code.builtinCode, code.deprecatedBuiltinCode)) != "CONV_2D":
+            if max(code.builtinCode, code.deprecatedBuiltinCode) != schema.BuiltinOperator.CONV_2D:
                 continue
             activations, weights = (subgraph.tensors[index] for index in op.inputs[:2])
             hybrid = activations.type == schema.TensorType.FLOAT32 and weights.type == schema.TensorType.INT8
@@ -53,7 +51,7 @@ def float_grouped_convolutions(tflite_model: bytes) -> bytes:
     if not changed:
         return tflite_model
     builder = flatbuffers.Builder(len(tflite_model))
-    builder.Finish(model.Pack(builder), file_identifier=FILE_IDENTIFIER)
+    builder.Finish(model.Pack(builder), file_identifier=TFLITE_IDENTIFIER)
     return bytes(builder.Output())
 
 

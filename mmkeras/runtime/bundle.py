@@ -125,13 +125,9 @@ def output_activation(bundle: dict[str, Any]) -> str:
     return bundle.get("output_activation", DEFAULT_OUTPUT_ACTIVATION)
 
 
+@functools.cache
 def bundle_schema() -> dict[str, Any]:
     """The JSON Schema of `bundle.json` (format version 1)."""
-    return _load_schema()
-
-
-@functools.cache
-def _load_schema() -> dict[str, Any]:
     return json.loads(resources.files("mmkeras.runtime").joinpath(SCHEMA_FILE).read_text(encoding="utf-8"))
 
 
