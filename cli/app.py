@@ -43,7 +43,7 @@ from mmkeras.config import (
 )
 from mmkeras.errors import UserError
 from mmkeras.evaluation.zero_shot import DEFAULT_PROMPT, is_align_run
-from mmkeras.framework_logs import VERBOSE_ENV, import_tensorflow_quietly, quiet_frameworks
+from mmkeras.framework_logs import VERBOSE_ENV, import_tensorflow_quietly, native_stderr_kept_off, quiet_frameworks
 from mmkeras.progress import install_log_handler
 from mmkeras.runs import is_run_folder
 from mmkeras.quantization.qat_settings import LEARNING_RATE_FACTOR, UNKNOWN_LAYERS, QATSettings
@@ -836,7 +836,8 @@ def main(argv: list[str] | None = None) -> int:
     quiet_frameworks()  # before anything imports TensorFlow
     install_log_handler(logging.DEBUG if verbose else logging.INFO)
     try:
-        code = app(args=argv, prog_name="mmkeras", standalone_mode=False)
+        with native_stderr_kept_off():  # framework C++ lines, however late they come (docs/design.md#cli-output)
+            code = app(args=argv, prog_name="mmkeras", standalone_mode=False)
     except typer.Exit as done:
         code = done.exit_code
     except typer.TyperException as error:  # bad flags: usage errors exit with code 2

@@ -7,9 +7,13 @@ prints "INFO: Created TensorFlow Lite XNNPACK delegate for CPU." from C++
 each time it is created. Neither goes through Python, so the only way to
 hide them is to point file descriptor 2 at /dev/null while that code runs:
 `native_stderr_silenced` does that around TensorFlow's import and the
-interpreter's creation, and nowhere else (an error raised there still reaches
-the user as a Python exception). `MMKERAS_VERBOSE=1` (the CLI's `--verbose`)
-turns all of this off.
+interpreter's creation for Python callers (an error raised there still reaches
+the user as a Python exception). Some lines come later and lazily (the CUDA
+platform's "failed call to cuInit" at the first device query, from a thread
+whose timing varies), so the CLI runs each whole command inside
+`native_stderr_kept_off`: fd 2 points at /dev/null for the command, and
+Python's own stderr writes go to a copy of the real fd 2. `MMKERAS_VERBOSE=1`
+(the CLI's `--verbose`) turns all of this off.
 
 Example:
 >>> quiet_frameworks()
@@ -60,6 +64,42 @@ def native_stderr_silenced():
         sys.stderr.flush()
         os.dup2(saved, 2)
         os.close(saved)
+
+
+@contextlib.contextmanager
+def native_stderr_kept_off():
+    """For a whole command: C++ writes to fd 2 vanish, Python's `sys.stderr` still reaches the terminal.
+
+    `sys.stderr` is rebound to a copy of fd 2 only when it writes to fd 2 itself; a swapped stream (pytest's
+    capsys, a notebook) is left alone. No-op when verbose.
+    """
+    if is_verbose():
+        yield
+        return
+    sys.stderr.flush()
+    saved = os.dup(2)
+    python_stderr = sys.stderr
+    if _writes_to_fd(python_stderr, 2):
+        # Line-buffered like the stream it stands in for, so log lines appear as they are written.
+        sys.stderr = open(saved, "w", buffering=1, encoding=python_stderr.encoding, errors="backslashreplace", closefd=False)
+    try:
+        with open(os.devnull, "wb") as devnull:
+            os.dup2(devnull.fileno(), 2)
+        yield
+    finally:
+        sys.stderr.flush()
+        if sys.stderr is not python_stderr:
+            sys.stderr.close()
+            sys.stderr = python_stderr
+        os.dup2(saved, 2)
+        os.close(saved)
+
+
+def _writes_to_fd(stream, fd: int) -> bool:
+    try:
+        return stream.fileno() == fd
+    except (AttributeError, OSError, ValueError):  # io.UnsupportedOperation is an OSError and a ValueError
+        return False
 
 
 def import_tensorflow_quietly():

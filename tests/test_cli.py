@@ -21,7 +21,10 @@ from mmkeras.framework_logs import VERBOSE_ENV
 
 COMMANDS = ("train", "evaluate", "qat", "export", "predict", "benchmark", "report", "web")
 # What TensorFlow, absl and LiteRT write to stderr when nobody keeps them quiet.
-FRAMEWORK_NOISE = re.compile(r"absl|I0000|W0000|oneDNN|cudart|XNNPACK|fully_quantize|tensorflow|WARNING:")
+# absl's C++ format is "E0000 00:00:1796484160.154871 12555 cuda_platform.cc:52] failed call to cuInit: ...".
+FRAMEWORK_NOISE = re.compile(
+    r"absl|^[IWEF]\d{4} |oneDNN|cudart|cuInit|XNNPACK|fully_quantize|tensorflow|WARNING:|INFO:|ERROR:", re.MULTILINE
+)
 
 
 def mmkeras(*argv) -> subprocess.CompletedProcess:
@@ -137,6 +140,29 @@ def test_train_json_shows_progress_and_no_framework_logs(tmp_path):
     statuses = ("loading TensorFlow", "building the model", r"checking images: (\d+)/\1", "epoch 1/2: 3/3", "run saved")
     for status in statuses:
         assert any(re.search(status, line) for line in lines), status
+
+
+@pytest.mark.parametrize("verbose", [False, True])
+def test_a_command_keeps_late_native_lines_off_stderr_unless_verbose(verbose):
+    # A C++ line written to fd 2 at any time while a command runs (the CUDA platform's cuInit error comes from
+    # the first device query, after the import's quiet window), beside mmkeras' own Python lines.
+    code = (
+        "import logging, os, sys\n"
+        "from mmkeras.framework_logs import native_stderr_kept_off\n"
+        "from mmkeras.progress import install_log_handler\n"
+        "install_log_handler(logging.INFO)\n"
+        "with native_stderr_kept_off():\n"
+        "    os.write(2, b'E0000 00:00:1.5 1 cuda_platform.cc:52] failed call to cuInit\\n')\n"
+        "    logging.getLogger('mmkeras').info('building the model')\n"
+        "    print('a line of mine', file=sys.stderr)\n"
+        "os.write(2, b'after the command\\n')\n"
+    )
+    env = {**os.environ, VERBOSE_ENV: "1" if verbose else "0"}
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=60)
+    assert result.returncode == 0, result.stderr
+    lines = result.stderr.splitlines()
+    assert ("building the model" in lines, "a line of mine" in lines, "after the command" in lines) == (True,) * 3
+    assert bool(FRAMEWORK_NOISE.search(result.stderr)) == verbose
 
 
 @pytest.mark.parametrize("verbose", [False, True])
