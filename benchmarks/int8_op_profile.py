@@ -25,7 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
-from mmkeras.export.converter import CALIBRATION_ROWS, FLOAT_OPS_IN_INT8, convert_model, manifest_inputs
+from mmkeras.export.litert_conversion import CALIBRATION_ROWS, FLOAT_OPS_IN_INT8, convert_model, manifest_inputs
 from mmkeras.runs import load_run
 from mmkeras.runtime.interpreter import LiteRTModel, list_ops
 

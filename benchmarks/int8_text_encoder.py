@@ -71,7 +71,7 @@ def main(argv=None):
     args = parser.parse_args(argv)
     from mmkeras.data.manifest import read_manifest
     from mmkeras.export.conversion_report import op_summary
-    from mmkeras.export.converter import convert_model, manifest_inputs
+    from mmkeras.export.litert_conversion import convert_model, manifest_inputs
     from mmkeras.models.dual_encoder import TEXT_INPUTS, encoders
     from mmkeras.runs import load_run
     from mmkeras.runtime.interpreter import LiteRTModel

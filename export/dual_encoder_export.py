@@ -25,8 +25,6 @@ Example:
 0.998
 """
 
-import shutil
-import tempfile
 from pathlib import Path
 
 import keras
@@ -35,11 +33,12 @@ import numpy as np
 from mmkeras.atomic_files import write_json_atomically
 from mmkeras.errors import UserError
 from mmkeras.export.conversion_report import op_summary
-from mmkeras.export.converter import CALIBRATION_ROWS, PARITY_ROWS, convert_model, manifest_inputs, replace_folder
+from mmkeras.export.litert_conversion import CALIBRATION_ROWS, PARITY_ROWS, convert_model, manifest_inputs
 from mmkeras.models.dual_encoder import TEXT_INPUTS, encoders
 from mmkeras.runtime.bundle import BUNDLE_FILE, BUNDLE_FORMAT_VERSION
 from mmkeras.runtime.bundle import ENCODER_FILES
 from mmkeras.runtime.embedder import DUAL_ENCODER_KIND, Embedder
+from mmkeras.staged_folder import staged_folder
 
 
 def export_dual_encoder(run, out_dir, *, quantize: str = "none", calibration_data=None) -> dict:
@@ -71,9 +70,7 @@ def export_dual_encoder(run, out_dir, *, quantize: str = "none", calibration_dat
         )
         for name, tower in towers.items()
     }
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.partial-", dir=out_dir.parent))
-    try:
+    with staged_folder(out_dir) as staging:
         for name, tflite_model in converted.items():
             (staging / ENCODER_FILES[name]).write_bytes(tflite_model)
         run.preprocessor.save(staging)
@@ -99,10 +96,6 @@ def export_dual_encoder(run, out_dir, *, quantize: str = "none", calibration_dat
             "parity": _parity(towers, staging, parity_inputs),
         }
         write_json_atomically(staging / BUNDLE_FILE, {**bundle, "conversion": report})
-        replace_folder(staging, out_dir)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
     return {"path": str(out_dir), **report}
 
 

@@ -18,13 +18,8 @@ from mmkeras.data.manifest import read_manifest
 from mmkeras.errors import UserError
 from mmkeras.export import converter
 from mmkeras.runtime.bundle import INPUT_NAMES, read_bundle
-from mmkeras.export.converter import (
-    UnsupportedOpsError,
-    check_builtin_only,
-    convert_model,
-    export_bundle,
-    manifest_sample,
-)
+from mmkeras.export.converter import export_bundle, manifest_sample
+from mmkeras.export.litert_conversion import UnsupportedOpsError, check_builtin_only, convert_model
 from mmkeras.export.conversion_report import COMPUTE_OPS, op_summary
 from mmkeras import compat
 from mmkeras.runtime.interpreter import list_ops, load_interpreter

@@ -22,6 +22,7 @@ from typing import Any
 import jsonschema
 
 from mmkeras.errors import UserError
+from mmkeras.staged_folder import UNFINISHED_MARKER
 
 BUNDLE_FORMAT_VERSION = 1
 BUNDLE_FILE = "bundle.json"
@@ -48,8 +49,6 @@ BUNDLE_FILES = (
     RESULTS_FOLDER,
     *ENCODER_FILES.values(),
 )
-# In a folder an export is still writing; a bundle folder never holds it (see `read_bundle`).
-UNFINISHED_MARKER = ".export-unfinished"
 # The JSON Schema of bundle.json, shipped in this package (docs/bundle.md describes it).
 SCHEMA_FILE = "bundle.schema.json"
 # The model inputs of the shared contract, in the order bundle.json lists them.

@@ -19,12 +19,12 @@ import logging
 import os
 import shutil
 import subprocess
-import tempfile
 from pathlib import Path
 
 from mmkeras.errors import UserError
 from mmkeras.runtime.bundle import BUNDLE_FILE, read_bundle
 from mmkeras.runtime.bundle import TEST_VECTORS_FILE, TEST_VECTORS_FOLDER
+from mmkeras.staged_folder import staged_folder
 
 logger = logging.getLogger("mmkeras")
 
@@ -126,20 +126,12 @@ def build_site(bundle_dir: str | Path, out_dir: str | Path) -> dict:
     bundle = read_bundle(bundle_dir)
     check_site_replaceable(out_dir)
     modules = install_packages(npm_cache_folder())
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.partial-", dir=out_dir.parent))
-    try:
+    with staged_folder(out_dir) as staging:
         shutil.copytree(PAGE_FOLDER, staging, dirs_exist_ok=True)
         for source, target in VENDOR_FILES.items():
             (staging / target).parent.mkdir(parents=True, exist_ok=True)
             shutil.copyfile(modules / source, staging / target)
         copy_bundle(bundle_dir, bundle, staging / SITE_BUNDLE_FOLDER)
-        if out_dir.exists():
-            shutil.rmtree(out_dir)
-        os.rename(staging, out_dir)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
     report = {
         "path": str(out_dir),
         "size_bytes": folder_size(out_dir),
