@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from mmkeras.export.litert_conversion import CALIBRATION_ROWS, FLOAT_OPS_IN_INT8, convert_model, manifest_inputs
-from mmkeras.runs import load_run
+from mmkeras.quantization.run_loading import load_run
 from mmkeras.runtime.interpreter import LiteRTModel, list_ops
 
 # Op types that are data movement or quantization bookkeeping: keeping them float decides nothing.

@@ -73,7 +73,7 @@ def main(argv=None):
     from mmkeras.export.conversion_report import op_summary
     from mmkeras.export.litert_conversion import convert_model, manifest_inputs
     from mmkeras.models.dual_encoder import TEXT_INPUTS, encoders
-    from mmkeras.runs import load_run
+    from mmkeras.quantization.run_loading import load_run
     from mmkeras.runtime.interpreter import LiteRTModel
 
     run = load_run(args.run)

@@ -133,7 +133,7 @@ def probes(run, data: dict) -> dict:
 
 
 def measure(run_dir: Path, data: dict) -> dict:
-    from mmkeras.runs import load_run
+    from mmkeras.quantization.run_loading import load_run
 
     figures = mmkeras("evaluate", str(run_dir), "--data", str(data["test"]), "--json")
     return {

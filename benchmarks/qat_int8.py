@@ -38,7 +38,8 @@ from mmkeras.config import RunConfig
 from mmkeras.data.manifest import read_manifest
 from mmkeras.quantization.qat_settings import QATSettings
 from mmkeras.quantization.qat_training import qat_finetune
-from mmkeras.runs import load_run, save_run
+from mmkeras.quantization.run_loading import load_run
+from mmkeras.runs import save_run
 
 # Bundle name (also its folder in --workdir) -> export mode of the float run.
 PTQ_BUNDLES = {"none": "none", "float16": "float16", "dynamic": "dynamic", "ptq-int8": "int8"}

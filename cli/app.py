@@ -42,10 +42,10 @@ from mmkeras.config import (
     RunConfig,
 )
 from mmkeras.errors import UserError
-from mmkeras.evaluation.zero_shot import DEFAULT_PROMPT, is_align_run
+from mmkeras.evaluation.zero_shot import DEFAULT_PROMPT
 from mmkeras.framework_logs import VERBOSE_ENV, import_tensorflow_quietly, native_stderr_kept_off, quiet_frameworks
 from mmkeras.progress import install_log_handler
-from mmkeras.runs import is_run_folder
+from mmkeras.runs import is_align_run, is_run_folder
 from mmkeras.quantization.qat_settings import LEARNING_RATE_FACTOR, UNKNOWN_LAYERS, QATSettings
 from mmkeras.runtime.benchmark import DEFAULT_RUNS, WARMUP_RUNS
 from mmkeras.runtime.bundle import QUANTIZATION_MODES, WEB_SITE_FOLDER
@@ -607,7 +607,7 @@ def cv(
         preflight.check_manifest(val, flag="--val")
     preflight.check_output_folder(out)
     load_tensorflow()
-    from mmkeras.evaluation.cross_validation import cross_validate
+    from mmkeras.training.cross_validation import cross_validate
     from mmkeras.evaluation.tables import summary_table
 
     result = cross_validate(run_config, folds)

@@ -31,7 +31,7 @@ from mmkeras.export.litert_conversion import (
 )
 from mmkeras.folder_lock import folder_lock
 from mmkeras.models.dual_encoder import is_dual_encoder
-from mmkeras.runs import load_run
+from mmkeras.quantization.run_loading import load_run
 from mmkeras.runtime.bundle import INPUT_NAMES, MODEL_FILE, QUANTIZATION_MODES, read_bundle
 from mmkeras.runtime.interpreter import LiteRTModel
 from mmkeras.runtime.test_vectors import examples_from_manifest, write_test_vectors

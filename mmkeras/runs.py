@@ -30,25 +30,17 @@ the float `model.keras`, applies the same `quantize_model` transform and loads
 """
 
 import csv
-import dataclasses
+import re
 import json
 import shutil
 import zipfile
 from pathlib import Path
-from typing import TYPE_CHECKING
 
-from mmkeras import compat
 from mmkeras.atomic_files import write_atomically, write_json_atomically
 from mmkeras.config import RunConfig
 from mmkeras.errors import UserError
-from mmkeras.preprocessing import MultimodalPreprocessor
 from mmkeras.preprocessing.multimodal_preprocessor import CONFIG_FILE as PREPROCESSOR_FILE
 from mmkeras.preprocessing.multimodal_preprocessor import TOKENIZER_FILE
-from mmkeras.runtime.bundle import RESULTS_FOLDER
-from mmkeras.training.checkpoints import CHECKPOINTS_DIR, is_checkpoints_folder
-
-if TYPE_CHECKING:  # this module is imported by TF-free readers (reports, the CLI's checks)
-    import keras
 
 MODEL_FILE = "model.keras"
 LABELS_FILE = "labels.json"
@@ -65,6 +57,13 @@ SKIPPED_ROWS_FILE = "skipped_rows.csv"
 REPORT_FILE = "report.html"
 RESULTS_CSV = "results.csv"  # one row per epoch (`training.epoch_log`)
 TENSORBOARD_FOLDER = "tensorboard"
+# What `evaluate` writes into a run or a bundle folder (`mmkeras.evaluation.results_folder`).
+RESULTS_FOLDER = "results"
+# `training.checkpoints.Checkpoints` writes here, one folder per checkpoint (and `.partial-` while written).
+CHECKPOINTS_DIR = "checkpoints"
+CHECKPOINT_NAME = re.compile(r"(\.partial-)?ckpt-\d{4,}-\d{6,}")
+# The name `build_dual_encoder` gives its model (kept in model.keras): an align run's.
+DUAL_ENCODER_NAME = "mmkeras_dual_encoder"
 # Every name a run folder may hold: `train` and `qat` write into a folder only when it holds nothing else.
 RUN_ENTRIES = frozenset(
     {
@@ -91,33 +90,6 @@ PARTIAL_PREFIX = "partial-"
 _FOREIGN_SHOWN = 5
 # Settings that run folders of older mmkeras versions saved and that are no longer settings.
 RETIRED_SETTINGS = ("resume",)
-
-
-@dataclasses.dataclass
-class Run:
-    """A loaded run folder.
-
-    Args:
-        path: the run folder.
-        model: the Keras model (not compiled).
-        preprocessor: the preprocessor the model was trained with.
-        labels: class names in logit order.
-        config: the run's resolved config.
-        quantization: the content of `quantization.json` for a QAT run
-            (then `model` is the QAT model), else `None`.
-    """
-
-    path: Path
-    model: "keras.Model"
-    preprocessor: MultimodalPreprocessor
-    labels: list[str]
-    config: RunConfig
-    quantization: dict | None = None
-
-    @property
-    def float_model_file(self) -> Path:
-        """The float `model.keras` (for a QAT run: the model its fine-tune started from)."""
-        return self.path / MODEL_FILE
 
 
 def save_run(
@@ -226,42 +198,6 @@ def is_run_folder(path) -> bool:
     return (Path(path) / MODEL_FILE).is_file() and (Path(path) / LABELS_FILE).is_file()
 
 
-def load_run(run_dir) -> Run:
-    """Load a run folder written by `save_run` (`UserError` if it is not one).
-
-    Example:
-    >>> run = load_run("runs/demo")  # doctest: +SKIP
-    >>> run.labels  # doctest: +SKIP
-    ['big_red', 'small_red']
-    """
-    import keras
-
-    # Registers the custom layers and optimizers that model.keras refers to.
-    import mmkeras.models  # noqa: F401
-    import mmkeras.training.optimizers  # noqa: F401
-    from mmkeras.models.dual_encoder import is_dual_encoder
-
-    run_dir = Path(run_dir)
-    config = load_run_config(run_dir)
-    labels = read_labels(run_dir)
-    model = _load_model_file(run_dir / MODEL_FILE, keras)
-    if not labels and not is_dual_encoder(model):
-        raise UserError("labels.json names no class", path=run_dir / LABELS_FILE)
-    _refreeze(model)
-    quantization = None
-    if (run_dir / QUANTIZATION_FILE).is_file():
-        quantization = _read_json(run_dir / QUANTIZATION_FILE)
-        model = _rebuild_qat_model(run_dir, model, quantization)
-    return Run(
-        path=run_dir,
-        model=model,
-        preprocessor=MultimodalPreprocessor.load(run_dir),
-        labels=labels,
-        config=config,
-        quantization=quantization,
-    )
-
-
 def load_run_config(run_dir) -> RunConfig:
     """The resolved config of a run folder, without loading its model (`UserError` if it is not a run folder).
 
@@ -271,7 +207,7 @@ def load_run_config(run_dir) -> RunConfig:
     run_dir = Path(run_dir)
     if not is_run_folder(run_dir):
         raise UserError(f"not a run folder (needs {MODEL_FILE} and {LABELS_FILE})", path=run_dir)
-    _check_model_archive(run_dir / MODEL_FILE)
+    check_model_archive(run_dir / MODEL_FILE)
     read_labels(run_dir)
     return RunConfig.from_yaml(run_dir / CONFIG_FILE, ignored=RETIRED_SETTINGS)
 
@@ -282,7 +218,7 @@ def read_labels(run_dir) -> list[str]:
     The list is empty for an align run whose pairs had no label column.
     """
     path = Path(run_dir) / LABELS_FILE
-    labels = _read_json(path)
+    labels = read_json(path)
     if not (isinstance(labels, list) and all(isinstance(label, str) and label for label in labels)):
         raise UserError("labels.json must hold a list of class names (non-empty strings)", path=path)
     if len(set(labels)) != len(labels):
@@ -290,7 +226,8 @@ def read_labels(run_dir) -> list[str]:
     return labels
 
 
-def _read_json(path: Path):
+def read_json(path: Path):
+    """A JSON file of the run folder (`UserError` naming it when missing or unreadable)."""
     try:
         return json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
@@ -301,7 +238,7 @@ def _read_json(path: Path):
         raise UserError(f"invalid JSON: {error.msg}", path=path, row=error.lineno) from None
 
 
-def _check_model_archive(path: Path):
+def check_model_archive(path: Path):
     """A `.keras` file is a zip holding `config.json`: a truncated or foreign file is found without TensorFlow."""
     try:
         with zipfile.ZipFile(path) as archive:
@@ -312,35 +249,7 @@ def _check_model_archive(path: Path):
         raise UserError("not a Keras model file: the archive has no config.json", path=path)
 
 
-def _load_model_file(path: Path, keras) -> "keras.Model":
-    """`model.keras`, loaded in Keras' safe mode; a file Keras refuses is reported as the user's file.
-
-    Safe mode (the default) refuses code in the file (a `Lambda`, an unknown
-    function): that is a `UserError` naming the file, as is a damaged archive.
-    """
-    _check_model_archive(path)
-    try:
-        return keras.models.load_model(path, compile=False, safe_mode=True)
-    except (ValueError, TypeError, KeyError, OSError, zipfile.BadZipFile) as error:
-        reason = " ".join(str(error).split()) or type(error).__name__
-        raise UserError(f"cannot load the model ({type(error).__name__}): {reason}", path=path) from None
-
-
-def _refreeze(model: "keras.Model"):
-    """Make the variables of the layers `model.keras` says are frozen (`--freeze`) non-trainable again.
-
-    Loading sets a layer's `trainable` flag from its config before its variables exist, and they
-    are created trainable: `model.trainable_variables` (what `TrainingLoop`, and so QAT, trains)
-    would include a frozen backbone's. (Assigning `trainable = False` again to the loaded layer
-    did not reach them, measured with Keras 3.15.)
-    """
-    for layer in compat.flatten_layers(model):
-        if not layer.trainable:
-            for variable in layer.variables:
-                variable.trainable = False
-
-
-def _save_qat_model(run_dir: Path, model: "keras.Model", quantization: dict, float_model_file):
+def _save_qat_model(run_dir: Path, model, quantization: dict, float_model_file):
     if float_model_file is None:
         raise ValueError("a QAT run needs the float model file it was made from")
     if Path(float_model_file).resolve() != (run_dir / MODEL_FILE).resolve():
@@ -349,16 +258,21 @@ def _save_qat_model(run_dir: Path, model: "keras.Model", quantization: dict, flo
     write_json_atomically(run_dir / QUANTIZATION_FILE, quantization)
 
 
-def _rebuild_qat_model(run_dir: Path, float_model: "keras.Model", quantization: dict) -> "keras.Model":
-    from mmkeras.quantization.qat_transform import quantize_model
-    from mmkeras.quantization.qat_settings import QuantizerSettings
+def is_checkpoints_folder(folder: Path) -> bool:
+    """Whether `folder` holds nothing but what `Checkpoints` writes (so a fresh run may clear it).
 
-    if not (run_dir / QAT_WEIGHTS_FILE).is_file():
-        raise UserError(f"QAT run without {QAT_WEIGHTS_FILE}", path=run_dir)
+    Example:
+    >>> is_checkpoints_folder(Path("runs/demo/checkpoints"))  # doctest: +SKIP
+    True
+    """
+    return folder.is_dir() and all(entry.is_dir() and CHECKPOINT_NAME.fullmatch(entry.name) for entry in folder.iterdir())
+
+
+def is_align_run(run_dir) -> bool:
+    """Whether a run folder holds a dual encoder (`mmkeras align`), read from model.keras without Keras."""
     try:
-        settings = QuantizerSettings(**{**SETTINGS_OF_OLDER_QAT_RUNS, **quantization["settings"]})
-    except (KeyError, TypeError, ValueError) as error:
-        raise UserError(f"unreadable {QUANTIZATION_FILE}: {error}", path=run_dir / QUANTIZATION_FILE) from None
-    model = quantize_model(float_model, settings, copy=False)
-    model.load_weights(run_dir / QAT_WEIGHTS_FILE)
-    return model
+        with zipfile.ZipFile(Path(run_dir) / MODEL_FILE) as archive:
+            model_config = json.loads(archive.read("config.json"))
+    except (OSError, KeyError, ValueError, zipfile.BadZipFile):
+        return False
+    return model_config.get("config", {}).get("name") == DUAL_ENCODER_NAME

@@ -19,7 +19,7 @@ from training_runs import (
 )
 
 from mmkeras.cli.app import main
-from mmkeras.runs import load_run
+from mmkeras.quantization.run_loading import load_run
 from mmkeras.training.contrastive_loss import ContrastiveLoss
 
 PAIRS = SAMPLES / "matching" / "pairs.csv"

@@ -11,7 +11,7 @@ import pytest
 import yaml
 
 from mmkeras.cli.app import main
-from mmkeras.runs import load_run
+from mmkeras.quantization.run_loading import load_run
 
 SAMPLES = Path(__file__).resolve().parents[1] / "samples"
 TRAIN_JSON_KEYS = {

@@ -25,7 +25,8 @@ from mmkeras import compat
 from mmkeras.runtime.interpreter import list_ops, load_interpreter
 from mmkeras.runtime.predictor import Predictor
 from mmkeras.models import build_model
-from mmkeras.runs import load_run, save_run
+from mmkeras.quantization.run_loading import load_run
+from mmkeras.runs import save_run
 
 SAMPLES = Path(__file__).resolve().parents[1] / "samples"
 SEQUENCE_LENGTH = 16

@@ -25,7 +25,8 @@ from mmkeras.config import RunConfig
 from mmkeras.data.manifest import read_manifest
 from mmkeras.models import build_model
 from mmkeras.quantization.qat_transform import activation_quantizers
-from mmkeras.runs import load_run, save_run
+from mmkeras.quantization.run_loading import load_run
+from mmkeras.runs import save_run
 
 TOLERANCE = 1e-5
 # With the attention's queries float (`QuantizerSettings.float_attention`), the largest attention score of a

@@ -10,7 +10,7 @@ from test_cli_end_to_end import SAMPLES, run_cli, write_subset
 from mmkeras.config import RunConfig
 from mmkeras.errors import UserError
 from mmkeras.models.builder import build_model
-from mmkeras.runs import load_run
+from mmkeras.quantization.run_loading import load_run
 from mmkeras.training.modality_balance import ModalityBalance, ogm_coefficients, opm_rates
 from mmkeras.training.run_setup import make_loop
 

@@ -24,7 +24,8 @@ from mmkeras.models.text_backbones import freeze_pooler
 from mmkeras.quantization.qat_settings import QATSettings, QuantizerSettings
 from mmkeras.quantization.qat_training import qat_finetune
 from mmkeras.quantization.qat_transform import activation_quantizers, calibrate_ranges, quantize_model
-from mmkeras.runs import QAT_WEIGHTS_FILE, QUANTIZATION_FILE, load_run, save_run
+from mmkeras.quantization.run_loading import load_run
+from mmkeras.runs import QAT_WEIGHTS_FILE, QUANTIZATION_FILE, save_run
 
 SAMPLES = Path(__file__).resolve().parents[1] / "samples"
 SEQUENCE_LENGTH = 16

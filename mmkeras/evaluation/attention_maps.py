@@ -32,7 +32,7 @@ def cross_attention_maps(run, texts: list, images: list) -> dict:
     """Text-to-image attention on the patch grid, and the attention each text token receives.
 
     Args:
-        run: a loaded run (`mmkeras.runs.load_run`) with cross-attention fusion.
+        run: a loaded run (`mmkeras.quantization.run_loading.load_run`) with cross-attention fusion.
         texts: texts (`None` for missing).
         images: images (paths or bytes; `None` for missing).
 

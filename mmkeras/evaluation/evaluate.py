@@ -38,7 +38,8 @@ def load_target(target) -> tuple[Callable[[dict], np.ndarray], object, list[str]
 
         predictor = Predictor(target)
         return predictor.predict_inputs, predictor.preprocessor, predictor.labels, None
-    from mmkeras.runs import is_run_folder, load_run
+    from mmkeras.quantization.run_loading import load_run
+    from mmkeras.runs import is_run_folder
 
     if not is_run_folder(target):
         raise UserError("neither a run folder nor a bundle folder", path=target)

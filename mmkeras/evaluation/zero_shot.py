@@ -10,10 +10,6 @@ Example:
 0.93
 """
 
-import json
-import zipfile
-from pathlib import Path
-
 import numpy as np
 
 from mmkeras.data.manifest import read_manifest
@@ -22,19 +18,7 @@ from mmkeras.evaluation.metrics import classification_figures
 from mmkeras.progress import step_progress
 
 DEFAULT_PROMPT = "{label}"
-# The name build_dual_encoder gives its model (kept in model.keras).
-DUAL_ENCODER_NAME = "mmkeras_dual_encoder"
 CHUNK_ROWS = 64
-
-
-def is_align_run(run_dir) -> bool:
-    """Whether a run folder holds a dual encoder (`mmkeras align`), read from model.keras without Keras."""
-    try:
-        with zipfile.ZipFile(Path(run_dir) / "model.keras") as archive:
-            model_config = json.loads(archive.read("config.json"))
-    except (OSError, KeyError, ValueError, zipfile.BadZipFile):
-        return False
-    return model_config.get("config", {}).get("name") == DUAL_ENCODER_NAME
 
 
 def zero_shot_evaluate(run_dir, data, prompt: str = DEFAULT_PROMPT) -> dict:
@@ -52,7 +36,7 @@ def zero_shot_evaluate(run_dir, data, prompt: str = DEFAULT_PROMPT) -> dict:
         UserError: not an align run, a prompt without `{label}`, or a row without an image.
     """
     from mmkeras.models.dual_encoder import encoders, is_dual_encoder
-    from mmkeras.runs import load_run
+    from mmkeras.quantization.run_loading import load_run
 
     if "{label}" not in prompt:
         raise UserError(f"--prompt must contain {{label}}, got {prompt!r}")

@@ -22,7 +22,6 @@ Example:
 
 import keras
 
-from mmkeras.evaluation.zero_shot import DUAL_ENCODER_NAME
 from mmkeras.models.builder import seeded_weights
 from mmkeras.models.embedding_heads import embed_image_tokens, embed_text_tokens
 from mmkeras.models.logit_scale import LogitScale
@@ -31,6 +30,7 @@ from mmkeras.models.text_backbones import text_sequence
 from mmkeras.models.vision_backbones import load_vision_backbone
 from mmkeras.models.vision_backbones import vision_tokens
 from mmkeras.preprocessing.multimodal_preprocessor import MultimodalPreprocessor
+from mmkeras.runs import DUAL_ENCODER_NAME
 
 # The model inputs of a dual encoder: the contract's four without `modality_mask` (a pair has both).
 ENCODER_INPUTS = ("token_ids", "padding_mask", "image")

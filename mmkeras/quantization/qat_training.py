@@ -55,7 +55,8 @@ from mmkeras.evaluation.multilabel_metrics import multi_hot
 from mmkeras.models.text_backbones import freeze_pooler
 from mmkeras.quantization.qat_settings import LEARNING_RATE_FACTOR, QATSettings
 from mmkeras.quantization.qat_transform import calibrate_ranges, is_quantized, quantize_model
-from mmkeras.runs import load_run, load_run_config
+from mmkeras.quantization.run_loading import load_run
+from mmkeras.runs import load_run_config
 from mmkeras.training.job import JobResult, PreparedRun, TrainingJob
 from mmkeras.training.optimizers import resolve_learning_rate
 from mmkeras.training.run_setup import checked_manifests, epoch_datasets

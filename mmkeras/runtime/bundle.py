@@ -22,6 +22,7 @@ from typing import Any
 import jsonschema
 
 from mmkeras.errors import UserError
+from mmkeras.runs import RESULTS_FOLDER  # `evaluate BUNDLE` writes into it too
 from mmkeras.staged_folder import UNFINISHED_MARKER
 
 BUNDLE_FORMAT_VERSION = 1
@@ -33,8 +34,6 @@ TOKENIZER_FILE = "tokenizer.json"
 TEST_VECTORS_FILE = "test_vectors.json"
 TEST_VECTORS_FOLDER = "test_vectors"
 WEB_SITE_FOLDER = "web"
-# What `evaluate BUNDLE` writes into it (`mmkeras.evaluation.results_folder`).
-RESULTS_FOLDER = "results"
 # The two models of a dual-encoder bundle (an align run's export), instead of `MODEL_FILE`.
 ENCODER_FILES = {"text_encoder": "text_encoder.tflite", "image_encoder": "image_encoder.tflite"}
 # Every file of a bundle: `export` replaces a folder only when it holds nothing else.

@@ -27,7 +27,8 @@ from mmkeras.models.text_backbones import BACKBONE_NAME as TEXT_BACKBONE
 from mmkeras.models.text_backbones import TextBackbone
 from mmkeras.models.vision_backbones import BACKBONE_NAME as VISION_BACKBONE
 from mmkeras.models.vision_backbones import VisionBackbone
-from mmkeras.runs import load_run, load_run_config
+from mmkeras.quantization.run_loading import load_run
+from mmkeras.runs import load_run_config
 
 
 @dataclasses.dataclass

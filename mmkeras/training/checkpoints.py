@@ -24,7 +24,6 @@ import hashlib
 import json
 import logging
 import os
-import re
 import shutil
 from pathlib import Path
 
@@ -32,13 +31,12 @@ import numpy as np
 
 from mmkeras.errors import UserError
 from mmkeras.atomic_files import write_json_atomically
+# The folder's name is part of the run folder's format (`mmkeras.runs.is_checkpoints_folder`).
+from mmkeras.runs import CHECKPOINTS_DIR
 
-CHECKPOINTS_DIR = "checkpoints"
 VARIABLES_FILE = "variables.npz"
 STATE_FILE = "state.json"
 KEEP = 2
-# The names `Checkpoints.save` gives its folders (finished, and `.partial-` while written).
-_CHECKPOINT_NAME = re.compile(r"(\.partial-)?ckpt-\d{4,}-\d{6,}")
 # Settings that may differ between a run and its resumption: checkpoints written before `resume` became an
 # argument of the job (instead of a RunConfig field) hold it in their settings.
 RESUMABLE_DIFFERENCES = ("resume",)
@@ -217,15 +215,3 @@ def _sha256(path: Path) -> str:
         for block in iter(lambda: handle.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()
-
-
-def is_checkpoints_folder(folder: Path) -> bool:
-    """Whether `folder` holds nothing but what `Checkpoints` writes (so a fresh run may clear it).
-
-    Example:
-    >>> is_checkpoints_folder(Path("runs/demo/checkpoints"))  # doctest: +SKIP
-    True
-    """
-    return folder.is_dir() and all(
-        entry.is_dir() and _CHECKPOINT_NAME.fullmatch(entry.name) for entry in folder.iterdir()
-    )
