@@ -1,5 +1,7 @@
 """Writing a bundle's `bundle.json`, and where a bundle may be written (read by `mmkeras.runtime.bundle`).
 
+The folder itself is written by `mmkeras.staged_folder` (whole or not at all).
+
 Example:
 >>> write_bundle_json("bundles/demo", inputs=inputs, output=output, labels=["cat", "dog"],
 ...                   quantization="none", preprocessing={}, source_run="runs/demo")  # doctest: +SKIP
@@ -22,6 +24,20 @@ from mmkeras.runtime.bundle import (
     QUANTIZATION_MODES,
     TOKENIZER_FILE,
 )
+
+
+def bundle_header() -> dict[str, Any]:
+    """The keys every bundle.json of every kind starts with: format version, mmkeras version, creation time (UTC).
+
+    Example:
+    >>> sorted(bundle_header())
+    ['created', 'format_version', 'mmkeras_version']
+    """
+    return {
+        "format_version": BUNDLE_FORMAT_VERSION,
+        "mmkeras_version": __version__,
+        "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+    }
 
 
 def tensor_entry(name: str, shape, dtype: str, quantization: tuple[float, int] | None = None) -> dict[str, Any]:
@@ -88,9 +104,7 @@ def write_bundle_json(
     if (thresholds is None) != (activation == "softmax"):
         raise ValueError(f"thresholds go with a sigmoid output ({task!r} gives {activation})")
     bundle = {
-        "format_version": BUNDLE_FORMAT_VERSION,
-        "mmkeras_version": __version__,
-        "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        **bundle_header(),
         "model_file": MODEL_FILE,
         "inputs": inputs,
         "output": output,

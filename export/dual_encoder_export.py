@@ -32,12 +32,12 @@ import numpy as np
 
 from mmkeras.atomic_files import write_json_atomically
 from mmkeras.errors import UserError
+from mmkeras.export.bundle_writer import bundle_header
 from mmkeras.export.conversion_report import op_summary
 from mmkeras.export.litert_conversion import CALIBRATION_ROWS, PARITY_ROWS, convert_model, manifest_inputs
 from mmkeras.models.dual_encoder import TEXT_INPUTS, encoders
-from mmkeras.runtime.bundle import BUNDLE_FILE, BUNDLE_FORMAT_VERSION
-from mmkeras.runtime.bundle import ENCODER_FILES
-from mmkeras.runtime.embedder import DUAL_ENCODER_KIND, Embedder
+from mmkeras.runtime.bundle import BUNDLE_FILE, DUAL_ENCODER_KIND, ENCODER_FILES
+from mmkeras.runtime.embedder import Embedder
 from mmkeras.staged_folder import staged_folder
 
 
@@ -75,7 +75,7 @@ def export_dual_encoder(run, out_dir, *, quantize: str = "none", calibration_dat
             (staging / ENCODER_FILES[name]).write_bytes(tflite_model)
         run.preprocessor.save(staging)
         bundle = {
-            "format_version": BUNDLE_FORMAT_VERSION,
+            **bundle_header(),
             "kind": DUAL_ENCODER_KIND,
             "encoders": ENCODER_FILES,
             "embedding_dim": int(run.config.embedding_dim),
@@ -129,7 +129,7 @@ def _towers(model: keras.Model) -> dict[str, keras.Model]:
 
 def _parity(towers: dict, bundle_dir: Path, inputs: dict) -> dict:
     """Mean and lowest cosine between the bundle's and the Keras towers' embeddings of the same rows."""
-    embedder = Embedder(bundle_dir)
+    embedder = Embedder(bundle_dir, unfinished_ok=True)  # the staging folder, before it is renamed into place
     device = {
         "text_encoder": embedder.encode_tokens(inputs["token_ids"], inputs["padding_mask"]),
         "image_encoder": embedder.encode_pixels(inputs["image"]),

@@ -2,6 +2,7 @@
 
 import json
 import shutil
+import stat
 import subprocess
 import sys
 
@@ -9,7 +10,10 @@ import numpy as np
 import pytest
 from test_cli_end_to_end import SAMPLES, WITHOUT_TENSORFLOW, run_cli, write_subset
 
+from mmkeras import __version__
 from mmkeras.cli.app import main
+from mmkeras.runtime.bundle import DUAL_ENCODER_KIND, read_bundle
+from mmkeras.staged_folder import FOLDER_MODE
 from mmkeras.runtime.image_index import ImageIndex
 
 MATCHING = SAMPLES / "matching"
@@ -95,4 +99,14 @@ def test_a_classifier_bundle_is_not_a_dual_encoder_bundle(tmp_path, capsys):
     (tmp_path / "bundle.json").write_text(json.dumps({"format_version": 1}))
     code, _, err = run_cli(capsys, "search", tmp_path, tmp_path / "index.npz", "--text", "a red ring")
     assert code == 2
-    assert "not a dual-encoder bundle" in err
+    assert "a classifier bundle" in err and "needs a dual_encoder bundle" in err
+
+
+def test_the_exported_bundle_reads_back_by_its_kind_with_ordinary_permissions(bundles, capsys):
+    folder, _ = bundles
+    bundle = read_bundle(folder / "none", kinds=(DUAL_ENCODER_KIND,))
+    assert bundle["mmkeras_version"] == __version__ and bundle["created"].endswith("+00:00")
+    assert stat.S_IMODE((folder / "none").stat().st_mode) == FOLDER_MODE
+    code, _, err = run_cli(capsys, "predict", folder / "none", "--text", "a red ring")
+    assert code == 2
+    assert "a dual_encoder bundle" in err and "missing model_file" not in err and len(err.strip().splitlines()) == 1

@@ -1,4 +1,4 @@
-"""The bundle: the folder that goes to the device, and reading its `bundle.json`.
+"""The bundle: the folder that goes to the device, and reading its `bundle.json` (every kind: `BUNDLE_KINDS`).
 
 ```
 BUNDLE_DIR/
@@ -59,6 +59,14 @@ QUANTIZATION_MODES = ("none", "float16", "dynamic", "int8")
 # A bundle written before these keys existed is single-label softmax.
 OUTPUT_ACTIVATIONS = {"classify": "softmax", "match": "softmax", "multilabel": "sigmoid"}
 DEFAULT_OUTPUT_ACTIVATION = "softmax"
+# What a bundle holds (`bundle_kind`), in the words of the line that refuses a bundle a command cannot use.
+BUNDLE_KINDS = {
+    "classifier": "one label per example: a softmax over its labels",
+    "multilabel": "any number of labels per example: a sigmoid per label",
+    "dual_encoder": "an align run's text and image encoders, for mmkeras index, search and match",
+}
+CLASSIFIER_KINDS = ("classifier", "multilabel")
+DUAL_ENCODER_KIND = "dual_encoder"
 # A LiteRT model is a FlatBuffer whose file identifier, bytes 4..8, is "TFL3".
 TFLITE_IDENTIFIER = b"TFL3"
 # The smallest FlatBuffer with a root table and an identifier; FlatBuffers cannot exceed 2 GiB.
@@ -66,11 +74,17 @@ TFLITE_MIN_BYTES = 16
 TFLITE_MAX_BYTES = 2**31
 
 
-def read_bundle(directory: str | Path, *, unfinished_ok: bool = False) -> dict[str, Any]:
+def read_bundle(
+    directory: str | Path, *, kinds: tuple[str, ...] = CLASSIFIER_KINDS, unfinished_ok: bool = False
+) -> dict[str, Any]:
     """Read and check a bundle folder's `bundle.json`, and that its files are there and sound.
+
+    Every reader of bundles reads them here, saying which kinds it can use:
+    a bundle of another kind is refused in one line naming its kind.
 
     Args:
         directory: the bundle folder.
+        kinds: the `BUNDLE_KINDS` the caller can use (`bundle_kind`).
         unfinished_ok: accept the staging folder of an export in progress
             (only the exporter checking its own work does). Otherwise a
             folder holding `UNFINISHED_MARKER` is refused: a killed export
@@ -78,7 +92,7 @@ def read_bundle(directory: str | Path, *, unfinished_ok: bool = False) -> dict[s
 
     Checks, each a `UserError` naming the file: `bundle.json` exists, is
     UTF-8 JSON, has a format version this mmkeras reads and matches
-    `bundle.schema.json`; every file it names is a regular file inside the
+    `bundle.schema.json` for its kind; every file it names is a regular file inside the
     bundle folder (no path leads out of it); `model.tflite` is a LiteRT
     FlatBuffer by its identifier and size.
 
@@ -105,12 +119,41 @@ def read_bundle(directory: str | Path, *, unfinished_ok: bool = False) -> dict[s
     if not isinstance(values, dict):
         raise UserError("bundle.json must hold a JSON object", path=path)
     _check_format_version(values.get("format_version"), path)
-    _check_schema(values, path)
-    _check_thresholds(values, path)
-    for key in ("model_file", "preprocessor_file", "tokenizer_file"):
-        _check_bundle_file(directory, values[key])
-    check_tflite_file(directory / values["model_file"])
+    kind = bundle_kind(values, path)
+    if kind not in kinds:
+        raise UserError(
+            f"a {kind} bundle ({BUNDLE_KINDS[kind]}); this needs a {' or '.join(kinds)} bundle", path=path
+        )
+    if kind == DUAL_ENCODER_KIND:
+        _check_schema(values, path, {"$ref": "#/$defs/dual_encoder_bundle", "$defs": bundle_schema()["$defs"]},
+                      required=bundle_schema()["$defs"]["dual_encoder_bundle"]["required"])
+        models = list(values["encoders"].values())
+        files = [*models, PREPROCESSOR_FILE, TOKENIZER_FILE]
+    else:
+        _check_schema(values, path, bundle_schema(), required=bundle_schema()["required"])
+        _check_thresholds(values, path)
+        models = [values["model_file"]]
+        files = [values["model_file"], values["preprocessor_file"], values["tokenizer_file"]]
+    for name in files:
+        _check_bundle_file(directory, name)
+    for name in models:
+        check_tflite_file(directory / name)
     return values
+
+
+def bundle_kind(values: dict[str, Any], path: Path | None = None) -> str:
+    """Which of `BUNDLE_KINDS` a bundle.json describes: its `kind`, else its output activation's.
+
+    Example:
+    >>> bundle_kind({"output_activation": "sigmoid"}), bundle_kind({"kind": "dual_encoder"})
+    ('multilabel', 'dual_encoder')
+    """
+    kind = values.get("kind")
+    if kind is None:
+        return "multilabel" if output_activation(values) == "sigmoid" else "classifier"
+    if kind != DUAL_ENCODER_KIND:
+        raise UserError(f"unknown bundle kind {kind!r} (this mmkeras reads {', '.join(BUNDLE_KINDS)})", path=path)
+    return kind
 
 
 def output_activation(bundle: dict[str, Any]) -> str:
@@ -129,11 +172,11 @@ def bundle_schema() -> dict[str, Any]:
     return json.loads(resources.files("mmkeras.runtime").joinpath(SCHEMA_FILE).read_text(encoding="utf-8"))
 
 
-def _check_schema(values: dict, path: Path):
-    missing = [key for key in bundle_schema()["required"] if key not in values]
+def _check_schema(values: dict, path: Path, schema: dict, *, required: list[str]):
+    missing = [key for key in required if key not in values]
     if missing:  # all of them at once: the validator would name one at a time
         raise UserError(f"malformed bundle.json: missing {', '.join(missing)}", path=path)
-    validator = jsonschema.Draft202012Validator(bundle_schema())
+    validator = jsonschema.Draft202012Validator(schema)
     error = jsonschema.exceptions.best_match(validator.iter_errors(values))
     if error is not None:
         where = "/".join(str(part) for part in error.absolute_path) or "the top level"

@@ -13,18 +13,13 @@ Example:
 (2, 64)
 """
 
-import json
 from pathlib import Path
 
 import numpy as np
 
-from mmkeras.errors import UserError
 from mmkeras.preprocessing import MultimodalPreprocessor
-from mmkeras.runtime.bundle import BUNDLE_FILE
+from mmkeras.runtime.bundle import DUAL_ENCODER_KIND, read_bundle
 from mmkeras.runtime.interpreter import LiteRTModel
-
-DUAL_ENCODER_KIND = "dual_encoder"
-
 
 class Embedder:
     """Embed texts and images with a dual-encoder bundle.
@@ -32,15 +27,17 @@ class Embedder:
     Args:
         bundle_dir: a folder written by `mmkeras export` from an align run.
         num_threads: CPU threads for the interpreters; `None` lets them pick.
+        unfinished_ok: accept an export's staging folder (for the exporter's
+            own parity check; see `read_bundle`).
 
     Attributes:
         bundle: the parsed bundle.json.
         preprocessor: the bundle's `MultimodalPreprocessor`.
     """
 
-    def __init__(self, bundle_dir: str | Path, *, num_threads: int | None = None):
+    def __init__(self, bundle_dir: str | Path, *, num_threads: int | None = None, unfinished_ok: bool = False):
         bundle_dir = Path(bundle_dir)
-        self.bundle = read_dual_encoder_bundle(bundle_dir)
+        self.bundle = read_bundle(bundle_dir, kinds=(DUAL_ENCODER_KIND,), unfinished_ok=unfinished_ok)
         self.preprocessor = MultimodalPreprocessor.load(bundle_dir)
         self.text_encoder = LiteRTModel(bundle_dir / self.bundle["encoders"]["text_encoder"], num_threads=num_threads)
         self.image_encoder = LiteRTModel(
@@ -68,20 +65,6 @@ class Embedder:
     def encode_pixels(self, pixels: np.ndarray) -> np.ndarray:
         """Unit-length embeddings of already decoded images (0..255 RGB, [N, H, W, 3])."""
         return _unit_rows(self.image_encoder({"image": pixels}))
-
-
-def read_dual_encoder_bundle(bundle_dir: Path) -> dict:
-    """bundle.json of a dual-encoder bundle (`UserError` for a classifier bundle or a missing file)."""
-    path = bundle_dir / BUNDLE_FILE
-    try:
-        bundle = json.loads(path.read_text(encoding="utf-8"))
-    except OSError as error:
-        raise UserError(f"not a bundle folder: {error.strerror}", path=path) from None
-    except json.JSONDecodeError as error:
-        raise UserError(f"invalid JSON: {error.msg}", path=path, row=error.lineno) from None
-    if bundle.get("kind") != DUAL_ENCODER_KIND:
-        raise UserError("not a dual-encoder bundle (export an align run: mmkeras export ALIGN_RUN)", path=path)
-    return bundle
 
 
 def _unit_rows(embeddings: np.ndarray) -> np.ndarray:
