@@ -21,5 +21,9 @@ def discover(package: str, folder: str) -> list[str]:
 setup(
     package_dir=PACKAGE_ROOTS,
     packages=[name for package, folder in PACKAGE_ROOTS.items() for name in discover(package, folder)],
-    package_data={"mmkeras": ["py.typed"], "mmkeras.runtime": ["*.json"], "mmkeras.web": ["site/*"]},
+    package_data={
+        "mmkeras": ["py.typed"],
+        "mmkeras.runtime": ["*.json"],
+        "mmkeras.web": ["site/*", "package.json", "package-lock.json"],
+    },
 )

@@ -30,8 +30,8 @@ the float `model.keras`, applies the same `quantize_model` transform and loads
 """
 
 import csv
-import re
 import json
+import re
 import shutil
 import zipfile
 from pathlib import Path
@@ -39,7 +39,9 @@ from pathlib import Path
 from mmkeras.atomic_files import write_atomically, write_json_atomically
 from mmkeras.config import RunConfig
 from mmkeras.errors import UserError
-from mmkeras.preprocessing.multimodal_preprocessor import CONFIG_FILE as PREPROCESSOR_FILE
+from mmkeras.preprocessing.multimodal_preprocessor import (
+    CONFIG_FILE as PREPROCESSOR_FILE,
+)
 from mmkeras.preprocessing.multimodal_preprocessor import TOKENIZER_FILE
 
 MODEL_FILE = "model.keras"

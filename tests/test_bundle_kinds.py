@@ -6,7 +6,13 @@ import pytest
 from test_cli_end_to_end import run_cli
 
 from mmkeras.errors import UserError
-from mmkeras.runtime.bundle import BUNDLE_KINDS, DUAL_ENCODER_KIND, ENCODER_FILES, bundle_kind, read_bundle
+from mmkeras.runtime.bundle import (
+    BUNDLE_KINDS,
+    DUAL_ENCODER_KIND,
+    ENCODER_FILES,
+    bundle_kind,
+    read_bundle,
+)
 
 # The smallest file `check_tflite_file` takes for a LiteRT model: 16 bytes with the TFL3 identifier at 4..8.
 FAKE_TFLITE = b"\0" * 4 + b"TFL3" + b"\0" * 8
@@ -49,10 +55,9 @@ def test_predict_and_web_name_the_kind_of_a_dual_encoder_bundle(tmp_path, capsys
     code, _, err = run_cli(capsys, command[0], bundle, *[tmp_path / part if part == "site" else part
                                                         for part in command[1:]])
     assert code == 2
-    assert err.strip().splitlines() == [
-        f"error: {bundle / 'bundle.json'}: a dual_encoder bundle ({BUNDLE_KINDS['dual_encoder']}); "
-        "this needs a classifier or multilabel bundle"
-    ]
+    expected = (f"error: {bundle / 'bundle.json'}: a dual_encoder bundle ({BUNDLE_KINDS['dual_encoder']}); "
+                "this needs a classifier or multilabel bundle")
+    assert err.strip().splitlines() == [expected]
     assert not (tmp_path / "site").exists()
 
 

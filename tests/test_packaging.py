@@ -56,6 +56,7 @@ def test_the_wheel_holds_every_module_of_the_repository(wheel):
     }
     assert expected - packed == set()
     assert "mmkeras/quantization/qat_transform.py" in packed
+    assert {"mmkeras/web/package.json", "mmkeras/web/package-lock.json"} <= packed  # what `mmkeras web` installs
 
 
 def test_the_wheel_declares_the_console_script_and_the_extras(wheel):
@@ -67,6 +68,7 @@ def test_the_wheel_declares_the_console_script_and_the_extras(wheel):
     assert "Provides-Extra: train" in metadata
     base = [line for line in metadata.splitlines() if line.startswith("Requires-Dist:") and "extra ==" not in line]
     assert not any("tensorflow" in line or "keras" in line for line in base)
+    assert "Requires-Dist: ai-edge-litert==2.3.*" in base  # what the runtime accepts (tests/test_dependencies.py)
 
 
 @pytest.mark.parametrize("module", BASE_INSTALL_MODULES)

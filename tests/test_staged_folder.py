@@ -8,7 +8,12 @@ from pathlib import Path
 
 import pytest
 
-from mmkeras.staged_folder import FOLDER_MODE, UNFINISHED_MARKER, remove_stale_staging, staged_folder
+from mmkeras.staged_folder import (
+    FOLDER_MODE,
+    UNFINISHED_MARKER,
+    remove_stale_staging,
+    staged_folder,
+)
 
 # Writes a folder with `staged_folder` in a fresh interpreter started under a given umask (the module reads
 # the umask once, at import), and prints the folder's and its file's permission bits.

@@ -2,10 +2,13 @@
 
 The site holds the page (`site/` next to this module), a copy of the bundle's
 files, and the JavaScript packages it runs on: LiteRT.js (`@litertjs/core`,
-its WASM builds) and tokenizers.js (`@huggingface/tokenizers`). Those are
-installed with `npm` from the registry into a cache folder the first time
-(`$MMKERAS_NPM_CACHE`, default `~/.cache/mmkeras/npm`) and copied from there:
-the page loads nothing from any other host. Only the two WASM builds LiteRT.js
+its WASM builds) and tokenizers.js (`@huggingface/tokenizers`). Their versions
+are pinned in `package.json` and `package-lock.json` next to this module (the
+lock holds every package's integrity hash); the first time, `npm ci` installs
+exactly those into a cache folder (`$MMKERAS_NPM_CACHE`, default
+`~/.cache/mmkeras/npm`), from npm's own cache when it has them
+(`--prefer-offline`), and the site copies them from there: the page loads
+nothing from any other host. Only the two WASM builds LiteRT.js
 picks without threads are copied (with and without relaxed SIMD); the threaded
 one needs cross-origin isolation headers a plain static host does not send.
 
@@ -15,6 +18,7 @@ Example:
 True
 """
 
+import json
 import logging
 import os
 import shutil
@@ -28,8 +32,10 @@ from mmkeras.staged_folder import staged_folder
 
 logger = logging.getLogger("mmkeras")
 
-# The versions the page was written and tested against (docs/design.md, "Browser runtime").
-NPM_PACKAGES = {"@litertjs/core": "2.5.3", "@litertjs/wasm-utils": "2.5.3", "@huggingface/tokenizers": "0.2.0"}
+# The npm project of the page's packages: the versions it was written and tested against
+# (docs/design.md, "Browser runtime"), and the lock `npm ci` installs exactly.
+NPM_PROJECT_FILES = ("package.json", "package-lock.json")
+NPM_PACKAGES = json.loads(Path(__file__).with_name("package.json").read_text(encoding="utf-8"))["dependencies"]
 # Where each file the page needs comes from (under node_modules/) and goes (under the site).
 VENDOR_FILES = {
     "@litertjs/core/dist/index.js": "vendor/litertjs-core/index.js",
@@ -62,10 +68,12 @@ def install_packages(cache: Path) -> Path:
     if npm is None:
         raise UserError("building the web site needs npm (Node.js), which is not on PATH: e.g. apt-get install -y npm")
     cache.mkdir(parents=True, exist_ok=True)
+    for name in NPM_PROJECT_FILES:
+        shutil.copyfile(Path(__file__).with_name(name), cache / name)
     logger.info("installing %s with npm into %s", ", ".join(NPM_PACKAGES), cache)
     completed = subprocess.run(
-        [npm, "install", "--prefix", str(cache), "--no-audit", "--no-fund", "--no-package-lock",
-         "--ignore-scripts", "--loglevel=error", *(f"{name}@{version}" for name, version in NPM_PACKAGES.items())],
+        [npm, "ci", "--prefix", str(cache), "--prefer-offline", "--no-audit", "--no-fund", "--ignore-scripts",
+         "--loglevel=error"],
         capture_output=True,
         text=True,
     )
