@@ -24,9 +24,14 @@ float model the fine-tune started from:
 ```
 
 A fake-quantized keras-hub model does not survive a `.keras` round trip (the
-blocks' configs rebuild float sub-layers), so `load_run` rebuilds it: it loads
-the float `model.keras`, applies the same `quantize_model` transform and loads
+blocks' configs rebuild float sub-layers), so `load_run`
+(`mmkeras.quantization.run_loading`) rebuilds it: it loads the float
+`model.keras`, applies the same `quantize_model` transform and loads
 `qat.weights.h5`, which restores the QAT model exactly.
+
+This module is the folder's format and imports no Keras or TensorFlow (the
+runtime, reports and the CLI's checks read run folders with it); loading the
+model is `load_run`'s, one layer up (`mmkeras.layers`).
 """
 
 import csv
