@@ -21,6 +21,7 @@ from mmkeras.preprocessing import MultimodalPreprocessor
 from mmkeras.runtime.bundle import DUAL_ENCODER_KIND, read_bundle
 from mmkeras.runtime.interpreter import LiteRTModel
 
+
 class Embedder:
     """Embed texts and images with a dual-encoder bundle.
 
