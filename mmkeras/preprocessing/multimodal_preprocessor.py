@@ -20,7 +20,14 @@ from pathlib import Path
 import numpy as np
 
 from mmkeras.errors import UserError
-from mmkeras.preprocessing.image import BACKGROUND, DEFAULT_RESAMPLE, MAX_IMAGE_PIXELS, RESAMPLE_FILTERS, load_image
+from mmkeras.preprocessing.image import (
+    BACKGROUND,
+    DEFAULT_RESAMPLE,
+    JPEG_DRAFT_FACTOR,
+    MAX_IMAGE_PIXELS,
+    RESAMPLE_FILTERS,
+    load_image,
+)
 from mmkeras.preprocessing.text import TextTokenizer
 from mmkeras.preprocessing.text_cleaning import clean_text
 
@@ -41,6 +48,10 @@ class MultimodalPreprocessor:
             resizes them to cover `image_size / crop_pct` and keeps the
             centre, as timm evaluates the checkpoint (`load_image`).
         max_image_pixels: images with more pixels are refused (before decoding).
+        jpeg_draft_factor: JPEGs are decoded at the smallest DCT scale that
+            keeps this many times the resize size (`load_image`); `None`
+            decodes every pixel, as `preprocessor.json` files without the
+            key (written before it existed) do.
 
     Example:
     >>> tokenizer = TextTokenizer.train_from_texts(
@@ -61,6 +72,7 @@ class MultimodalPreprocessor:
         *,
         crop_pct: float | None = None,
         max_image_pixels: int = MAX_IMAGE_PIXELS,
+        jpeg_draft_factor: int | None = JPEG_DRAFT_FACTOR,
     ):
         height, width = (int(side) for side in image_size)
         if height < 1 or width < 1:
@@ -71,11 +83,14 @@ class MultimodalPreprocessor:
             raise ValueError(f"crop_pct must be in (0, 1], got {crop_pct}")
         if max_image_pixels < 1:
             raise ValueError(f"max_image_pixels must be positive, got {max_image_pixels}")
+        if jpeg_draft_factor is not None and not _is_count(jpeg_draft_factor):
+            raise ValueError(f"jpeg_draft_factor must be None or a positive integer, got {jpeg_draft_factor!r}")
         self.tokenizer = tokenizer
         self.image_size = (height, width)
         self.resample = resample
         self.crop_pct = None if crop_pct is None else float(crop_pct)
         self.max_image_pixels = int(max_image_pixels)
+        self.jpeg_draft_factor = jpeg_draft_factor
 
     @property
     def sequence_length(self) -> int:
@@ -121,7 +136,12 @@ class MultimodalPreprocessor:
         for index, image in enumerate(images):
             if is_present(image):
                 pixels[index] = load_image(
-                    image, self.image_size, self.resample, crop_pct=self.crop_pct, max_pixels=self.max_image_pixels
+                    image,
+                    self.image_size,
+                    self.resample,
+                    crop_pct=self.crop_pct,
+                    max_pixels=self.max_image_pixels,
+                    jpeg_draft_factor=self.jpeg_draft_factor,
                 )
                 present[index] = 1.0
         return pixels, present
@@ -148,6 +168,8 @@ class MultimodalPreprocessor:
                 "value_range": [0, 255],
                 "alpha_background": list(BACKGROUND),
                 "exif_orientation": True,
+                # JPEG DCT scale: the smallest of 1/2, 1/4, 1/8 keeping this factor x the resize size; null: full
+                "jpeg_draft_factor": self.jpeg_draft_factor,
             },
             "missing_text": "empty string, modality_mask[:, 0] = 0",
             "missing_image": "all-zero image, modality_mask[:, 1] = 0",
@@ -197,13 +219,25 @@ class MultimodalPreprocessor:
         crop_pct = image.get("crop_pct")  # files from before the centre crop have none
         if crop_pct is not None and not (_is_number(crop_pct) and 0.0 < crop_pct <= 1.0):
             raise UserError(f"image crop_pct must be null or a number in (0, 1], got {crop_pct!r}", path=path)
+        jpeg_draft_factor = image.get("jpeg_draft_factor")  # files from before reduced decoding have none
+        if jpeg_draft_factor is not None and not _is_count(jpeg_draft_factor):
+            raise UserError(
+                f"image jpeg_draft_factor must be null or a positive integer, got {jpeg_draft_factor!r}", path=path
+            )
         max_image_pixels = config.get("max_image_pixels") or MAX_IMAGE_PIXELS
-        return cls(tokenizer, tuple(image_size), resample, crop_pct=crop_pct, max_image_pixels=max_image_pixels)
+        return cls(
+            tokenizer,
+            tuple(image_size),
+            resample,
+            crop_pct=crop_pct,
+            max_image_pixels=max_image_pixels,
+            jpeg_draft_factor=jpeg_draft_factor,
+        )
 
     def __repr__(self):
         return (
             f"MultimodalPreprocessor({self.tokenizer!r}, image_size={self.image_size}, resample={self.resample!r}, "
-            f"crop_pct={self.crop_pct})"
+            f"crop_pct={self.crop_pct}, jpeg_draft_factor={self.jpeg_draft_factor})"
         )
 
 
