@@ -42,8 +42,8 @@ async function preprocess(state, text, imageBlob) {
     state.tokenizer, textPresent ? text : '', preprocessing.sequence_length, state.padId);
   let pixels = new Float32Array(height * width * 3);
   if (imageBlob) {
-    const {rgba, width: imageWidth, height: imageHeight} = await decodeImage(imageBlob);
-    pixels = imageTensor(rgba, imageWidth, imageHeight, preprocessing.image_size, preprocessing.image);
+    const {rgba, width: imageWidth, height: imageHeight, draft} = await decodeImage(imageBlob, preprocessing);
+    pixels = imageTensor(rgba, imageWidth, imageHeight, preprocessing.image_size, preprocessing.image, draft);
   }
   const modalityMask = new Float32Array([textPresent ? 1 : 0, imageBlob ? 1 : 0]);
   return {token_ids: tokenIds, padding_mask: paddingMask, image: pixels, modality_mask: modalityMask};

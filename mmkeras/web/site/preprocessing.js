@@ -6,7 +6,9 @@
 // and bicubic resample (Resample.c: antialiased filters with 22-bit fixed-point coefficients, one pass
 // per axis, each rounded to 8 bits), its nearest resize (Geometry.c's affine scaling), timm's centre
 // crop (load_image's crop_pct) and Pillow's alpha compositing onto white (AlphaComposite.c) are
-// reimplemented.
+// reimplemented. A bundle with `jpeg_draft_factor` decodes a large JPEG at the DCT scale load_image picks,
+// through WebCodecs' ImageDecoder (Chromium's libjpeg-turbo scales as Pillow's `draft` does), and resizes
+// from the same source box (docs/design.md, "Photo decoding at reduced DCT scale").
 
 const PRECISION_BITS = 22; // Pillow: 32 - 8 - 2
 const ALPHA_PRECISION_BITS = 7; // Pillow's AlphaComposite.c
@@ -37,22 +39,28 @@ const FILTERS = {
   },
 };
 
-/** Per output pixel: first source index, count and fixed-point weights (Pillow's precompute_coeffs). */
-export function resampleCoefficients(inSize, outSize, filter = FILTERS.bilinear) {
-  const scale = inSize / outSize;
+/**
+ * Per output pixel: first source index, count and fixed-point weights (Pillow's precompute_coeffs), for the
+ * source span `in0..in1` (Pillow's resize `box`; the whole axis by default).
+ */
+export function resampleCoefficients(inSize, outSize, filter = FILTERS.bilinear, in0 = 0, in1 = inSize) {
+  // Pillow takes the box as C floats (single precision), subtracted as floats.
+  const start = Math.fround(in0);
+  const scale = Math.fround(Math.fround(in1) - start) / outSize;
   const filterScale = Math.max(scale, 1.0);
   const support = filter.support * filterScale; // widened when shrinking (antialiasing)
+  const inverseScale = 1.0 / filterScale; // Pillow multiplies by it (dividing differs in the last bit)
   const kernelSize = Math.ceil(support) * 2 + 1;
   const bounds = new Int32Array(outSize * 2);
   const normalized = new Float64Array(outSize * kernelSize);
   for (let out = 0; out < outSize; out++) {
-    const center = (out + 0.5) * scale;
+    const center = start + (out + 0.5) * scale;
     const first = Math.max(Math.trunc(center - support + 0.5), 0);
     const count = Math.min(Math.trunc(center + support + 0.5), inSize) - first;
     const raw = new Float64Array(count);
     let total = 0.0;
     for (let k = 0; k < count; k++) {
-      const x = Math.abs((k + first - center + 0.5) / filterScale);
+      const x = Math.abs((k + first - center + 0.5) * inverseScale);
       raw[k] = filter.kernel(x);
       total += raw[k];
     }
@@ -72,10 +80,10 @@ function clip8(accumulator) {
   return value < 0 ? 0 : value > 255 ? 255 : value;
 }
 
-/** One resampling pass over RGB bytes along x (`horizontal`) or y, as Pillow's 8-bit passes. */
-function resamplePass(rgb, width, height, outSize, horizontal, filter) {
+/** One resampling pass over RGB bytes along x (`horizontal`) or y from `in0..in1`, as Pillow's 8-bit passes. */
+function resamplePass(rgb, width, height, outSize, horizontal, filter, in0, in1) {
   const inSize = horizontal ? width : height;
-  const {bounds, weights, kernelSize} = resampleCoefficients(inSize, outSize, filter);
+  const {bounds, weights, kernelSize} = resampleCoefficients(inSize, outSize, filter, in0, in1);
   const outWidth = horizontal ? outSize : width;
   const outHeight = horizontal ? height : outSize;
   const out = new Uint8Array(outWidth * outHeight * 3);
@@ -98,23 +106,32 @@ function resamplePass(rgb, width, height, outSize, horizontal, filter) {
 }
 
 /**
- * Pillow's `Image.resize((outWidth, outHeight), BILINEAR or BICUBIC)` of RGB bytes: the horizontal pass,
- * then the vertical one, as Pillow's source does (a pass is skipped when its size stays). The Pillow 13.0.0
- * wheel measured here sometimes runs them the other way round: up to one unit apart then (docs/design.md).
+ * Pillow's `Image.resize((outWidth, outHeight), BILINEAR or BICUBIC, box)` of RGB bytes: the horizontal pass,
+ * then the vertical one, as Pillow's source does (a pass is skipped when its size and span stay). The Pillow
+ * 13.0.0 wheel measured here sometimes runs them the other way round: up to one unit apart then
+ * (docs/design.md). `box` is `[left, top, right, bottom]` in source pixels, the whole image by default.
  */
-export function resizeFiltered(rgb, width, height, outWidth, outHeight, resample = 'bilinear') {
+export function resizeFiltered(rgb, width, height, outWidth, outHeight, resample = 'bilinear', box = null) {
   const filter = FILTERS[resample];
+  const [left, top, right, bottom] = box ?? [0, 0, width, height];
   let pixels = rgb;
-  if (outWidth !== width) pixels = resamplePass(pixels, width, height, outWidth, true, filter);
-  if (outHeight !== height) pixels = resamplePass(pixels, outWidth, height, outHeight, false, filter);
+  if (outWidth !== width || left !== 0 || right !== outWidth) {
+    pixels = resamplePass(pixels, width, height, outWidth, true, filter, left, right);
+  }
+  if (outHeight !== height || top !== 0 || bottom !== outHeight) {
+    pixels = resamplePass(pixels, outWidth, height, outHeight, false, filter, top, bottom);
+  }
   return pixels;
 }
 
-/** Source index per output index of Pillow's NEAREST resize (Geometry.c: a running sum from pixel centres). */
-function nearestIndices(inSize, outSize) {
-  const step = inSize / outSize;
+/**
+ * Source index per output index of Pillow's NEAREST resize of the span `in0..in1` (Geometry.c's affine
+ * transform: a running sum of the step from the first pixel centre).
+ */
+function nearestIndices(inSize, outSize, in0 = 0, in1 = inSize) {
+  const step = Math.fround(Math.fround(in1) - Math.fround(in0)) / outSize; // the box as C floats, as above
   const indices = new Int32Array(outSize);
-  let coordinate = step * 0.5;
+  let coordinate = Math.fround(in0) + step * 0.5;
   for (let out = 0; out < outSize; out++) {
     indices[out] = Math.min(Math.trunc(coordinate), inSize - 1);
     coordinate += step;
@@ -122,10 +139,11 @@ function nearestIndices(inSize, outSize) {
   return indices;
 }
 
-/** Pillow's `Image.resize((outWidth, outHeight), NEAREST)` of RGB bytes. */
-export function resizeNearest(rgb, width, height, outWidth, outHeight) {
-  const columns = nearestIndices(width, outWidth);
-  const rows = nearestIndices(height, outHeight);
+/** Pillow's `Image.resize((outWidth, outHeight), NEAREST, box)` of RGB bytes. */
+export function resizeNearest(rgb, width, height, outWidth, outHeight, box = null) {
+  const [left, top, right, bottom] = box ?? [0, 0, width, height];
+  const columns = nearestIndices(width, outWidth, left, right);
+  const rows = nearestIndices(height, outHeight, top, bottom);
   const out = new Uint8Array(outWidth * outHeight * 3);
   for (let y = 0; y < outHeight; y++) {
     for (let x = 0; x < outWidth; x++) {
@@ -171,14 +189,27 @@ function cropRgb(rgb, width, left, top, outWidth, outHeight) {
   return out;
 }
 
-/** RGB bytes resized to `imageSize` ([H, W]) as `load_image` does: whole, or centre-cropped with `cropPct`. */
-export function resizeImage(rgb, width, height, imageSize, resample = 'bilinear', cropPct = null) {
+/** `[width, height]` load_image resizes an image of `width` x `height` to (before a centre crop). */
+export function resizeSize(width, height, imageSize, cropPct = null) {
+  if (cropPct === null || cropPct === undefined) return [imageSize[1], imageSize[0]];
+  const {scaledWidth, scaledHeight} = centreCropGeometry(width, height, imageSize, cropPct);
+  return [scaledWidth, scaledHeight];
+}
+
+/**
+ * RGB bytes resized to `imageSize` ([H, W]) as `load_image` does: whole, or centre-cropped with `cropPct`.
+ * A reduced JPEG decode (`decodeImage`) passes `draft`: `{fullWidth, fullHeight, box}`, the photo's size (which
+ * sets the crop geometry) and the region of the decoded pixels the photo covers.
+ */
+export function resizeImage(rgb, width, height, imageSize, resample = 'bilinear', cropPct = null, draft = null) {
+  const box = draft?.box ?? null;
   const resizeTo = (outWidth, outHeight) => (resample === 'nearest'
-    ? resizeNearest(rgb, width, height, outWidth, outHeight)
-    : resizeFiltered(rgb, width, height, outWidth, outHeight, resample));
+    ? resizeNearest(rgb, width, height, outWidth, outHeight, box)
+    : resizeFiltered(rgb, width, height, outWidth, outHeight, resample, box));
   const [outHeight, outWidth] = imageSize;
   if (cropPct === null || cropPct === undefined) return resizeTo(outWidth, outHeight);
-  const {scaledWidth, scaledHeight, left, top} = centreCropGeometry(width, height, imageSize, cropPct);
+  const {scaledWidth, scaledHeight, left, top} = centreCropGeometry(
+    draft?.fullWidth ?? width, draft?.fullHeight ?? height, imageSize, cropPct);
   return cropRgb(resizeTo(scaledWidth, scaledHeight), scaledWidth, left, top, outWidth, outHeight);
 }
 
@@ -203,22 +234,109 @@ export function compositeOnBackground(rgba, background) {
 
 /**
  * The model's `image` input (Float32Array [H * W * 3], 0..255) from decoded RGBA bytes, with bundle.json's
- * `preprocessing.image` settings (`resample`, `crop_pct`; null or absent: no crop).
+ * `preprocessing.image` settings (`resample`, `crop_pct`; null or absent: no crop) and, for a reduced JPEG
+ * decode, `decodeImage`'s `draft`.
  */
-export function imageTensor(rgba, width, height, imageSize, imageSettings) {
+export function imageTensor(rgba, width, height, imageSize, imageSettings, draft = null) {
   const {alpha_background: background, resample = 'bilinear', crop_pct: cropPct = null} = imageSettings;
   const rgb = compositeOnBackground(rgba, background);
-  return Float32Array.from(resizeImage(rgb, width, height, imageSize, resample, cropPct));
+  return Float32Array.from(resizeImage(rgb, width, height, imageSize, resample, cropPct, draft));
 }
 
-/** Decoded RGBA bytes of an image file: first frame, EXIF orientation applied, no colour management. */
-export async function decodeImage(blob) {
+/** RGBA bytes of a drawable (ImageBitmap, VideoFrame) as displayed, read back through an OffscreenCanvas. */
+function drawnRgba(drawable, width, height) {
+  const canvas = new OffscreenCanvas(width, height);
+  const context = canvas.getContext('2d', {willReadFrequently: true});
+  context.drawImage(drawable, 0, 0);
+  return context.getImageData(0, 0, width, height).data;
+}
+
+/** The displayed `[width, height]` of an image file, from its header (the page's image element, EXIF applied). */
+function displayedSize(blob) {
+  const url = URL.createObjectURL(blob);
+  return new Promise((resolve, reject) => {
+    const element = new Image();
+    element.onload = () => resolve([element.naturalWidth, element.naturalHeight]);
+    element.onerror = () => reject(new Error('cannot read the image'));
+    element.src = url;
+  }).finally(() => URL.revokeObjectURL(url));
+}
+
+/**
+ * The DCT scale denominator load_image's `_draft_jpeg` picks (Pillow's `draft`): the largest of 8, 4, 2, 1 at
+ * most `min(W // (factor * w), H // (factor * h))`; the same in either orientation.
+ */
+export function draftScale(width, height, resizeWidth, resizeHeight, factor) {
+  const most = Math.min(Math.floor(width / (factor * resizeWidth)), Math.floor(height / (factor * resizeHeight)));
+  return [8, 4, 2, 1].find((scale) => scale <= most) ?? 1;
+}
+
+/**
+ * The region of a displayed 1/`scale` decode of a `width` x `height` (displayed) photo that the photo covers:
+ * load_image's `draft_source_box`. The decode's padded last column and row lie where the file's right and
+ * bottom edges are displayed, which the frame's rotation (clockwise) and then horizontal flip tell.
+ */
+export function draftSourceBox(width, height, scale, rotation, flip) {
+  const covered = [width / scale, height / scale];
+  const decoded = [Math.ceil(width / scale), Math.ceil(height / scale)];
+  // Where the file's top-left corner lands: [on the right, at the bottom].
+  let [right, bottom] = {0: [0, 0], 90: [1, 0], 180: [1, 1], 270: [0, 1]}[rotation];
+  if (flip) right = 1 - right;
+  const left = (decoded[0] - covered[0]) * right;
+  const top = (decoded[1] - covered[1]) * bottom;
+  return [left, top, left + covered[0], top + covered[1]];
+}
+
+/**
+ * A JPEG decoded at the DCT scale load_image would use, or null when there is none (a small photo) or the
+ * browser cannot (no WebCodecs ImageDecoder, or it ignored the desired size).
+ */
+async function decodeJpegDraft(blob, imageSize, imageSettings) {
+  if (typeof ImageDecoder === 'undefined' || typeof Image === 'undefined') return null;
+  const [width, height] = await displayedSize(blob);
+  const [resizeWidth, resizeHeight] = resizeSize(width, height, imageSize, imageSettings.crop_pct ?? null);
+  const scale = draftScale(width, height, resizeWidth, resizeHeight, imageSettings.jpeg_draft_factor);
+  if (scale === 1) return null;
+  const decodedWidth = Math.ceil(width / scale);
+  const decodedHeight = Math.ceil(height / scale);
+  // Chromium scales a JPEG by n/8 to the largest size within the desired area (orientation does not matter).
+  const decoder = new ImageDecoder({
+    data: await blob.arrayBuffer(), type: 'image/jpeg', colorSpaceConversion: 'none',
+    desiredWidth: decodedWidth, desiredHeight: decodedHeight,
+  });
+  try {
+    const {image: frame} = await decoder.decode();
+    try {
+      if (frame.displayWidth !== decodedWidth || frame.displayHeight !== decodedHeight) return null;
+      const box = draftSourceBox(width, height, scale, frame.rotation ?? 0, frame.flip ?? false);
+      const rgba = drawnRgba(frame, decodedWidth, decodedHeight);
+      return {rgba, width: decodedWidth, height: decodedHeight, draft: {fullWidth: width, fullHeight: height, box}};
+    } finally {
+      frame.close();
+    }
+  } finally {
+    decoder.close();
+  }
+}
+
+function isJpeg(bytes) {
+  return bytes[0] === 0xff && bytes[1] === 0xd8 && bytes[2] === 0xff;
+}
+
+/**
+ * Decoded RGBA bytes of an image file: first frame, EXIF orientation applied, no colour management. With
+ * bundle.json's `preprocessing` (`image_size`, `image.jpeg_draft_factor`) a large JPEG is decoded at reduced
+ * DCT scale, and `draft` says which region to resize (pass it on to `imageTensor`).
+ */
+export async function decodeImage(blob, preprocessing = null) {
+  const factor = preprocessing?.image?.jpeg_draft_factor ?? null;
+  if (factor !== null && isJpeg(new Uint8Array(await blob.slice(0, 3).arrayBuffer()))) {
+    const drafted = await decodeJpegDraft(blob, preprocessing.image_size, preprocessing.image);
+    if (drafted !== null) return drafted;
+  }
   const bitmap = await createImageBitmap(blob, {
     imageOrientation: 'from-image', premultiplyAlpha: 'none', colorSpaceConversion: 'none',
   });
-  const canvas = new OffscreenCanvas(bitmap.width, bitmap.height);
-  const context = canvas.getContext('2d', {willReadFrequently: true});
-  context.drawImage(bitmap, 0, 0);
-  const {data} = context.getImageData(0, 0, bitmap.width, bitmap.height);
-  return {rgba: data, width: bitmap.width, height: bitmap.height};
+  const rgba = drawnRgba(bitmap, bitmap.width, bitmap.height);
+  return {rgba, width: bitmap.width, height: bitmap.height, draft: null};
 }
