@@ -496,12 +496,22 @@ def benchmark(
         False, "--compare", help="Side by side (implied by several bundles): cold start, peak memory, "
         "threads 1..N, XNNPACK on and off, interleaved.",
     ),
+    image: Optional[Path] = typer.Option(
+        None, "--image", help="Time preprocessing on this photo (one bundle).",
+        show_default="random noise at the model's image size",
+    ),
+    text: Optional[str] = typer.Option(
+        None, "--text", help="Time preprocessing on this text (one bundle).", show_default="a sample sentence"
+    ),
     as_json: bool = JSON_OPTION,
 ):
     """Latency percentiles (ms) and size of bundles on this machine's CPU.
 
     Example: mmkeras benchmark bundles/float bundles/int8 --threads 2 --json
+    Example: mmkeras benchmark bundles/float --image photo.jpg --text "a red bike"
     """
+    if (image is not None or text is not None) and (compare or len(bundle_dirs) > 1):
+        raise UserError("--image and --text time one bundle; --compare and several bundles use a noise image")
     if compare or len(bundle_dirs) > 1:
         from mmkeras.runtime.bundle_comparison import compare_bundles, comparison_table
 
@@ -510,13 +520,13 @@ def benchmark(
         return
     from mmkeras.runtime.benchmark import benchmark_bundle
 
-    figures = benchmark_bundle(bundle_dirs[0], threads=threads, runs=runs)
+    figures = benchmark_bundle(bundle_dirs[0], threads=threads, runs=runs, image=image, text=text)
     latency = figures["latency_ms"]
     emit(
         figures,
         as_json,
         f"p50 {latency['p50']:.3f} ms  p90 {latency['p90']:.3f} ms  p99 {latency['p99']:.3f} ms  "
-        f"size {figures['model_size_bytes']} bytes",
+        f"size {figures['model_size_bytes']} bytes  preprocessing p50 {figures['preprocess_ms']['p50']:.3f} ms",
     )
 
 

@@ -1,8 +1,11 @@
 """`benchmark_bundle`: on-device latency of a bundle through the runtime (no TensorFlow).
 
 Times whole `Predictor.predict_inputs` calls on one preprocessed example (a
-sample sentence and a random-noise image), after warm-up runs, and reports
-percentiles; preprocessing is timed separately because a device pays it too.
+sample sentence and a random-noise image at the model's size, or the user's
+own photo and text), after warm-up runs, and reports percentiles;
+preprocessing is timed separately because a device pays it too: decoding a
+12 MP photo costs far more than the model (docs/design.md, "Photo decoding at
+reduced DCT scale").
 """
 
 import io
@@ -12,6 +15,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from mmkeras.errors import UserError
+from mmkeras.preprocessing.image import UnreadableImageError
 from mmkeras.runtime.bundle import MODEL_FILE
 from mmkeras.runtime.predictor import Predictor
 
@@ -48,7 +53,13 @@ def timed(call, runs: int) -> list[float]:
 
 
 def benchmark_bundle(
-    bundle_dir, *, threads: int | None = None, runs: int = DEFAULT_RUNS, warmup: int = WARMUP_RUNS
+    bundle_dir,
+    *,
+    threads: int | None = None,
+    runs: int = DEFAULT_RUNS,
+    warmup: int = WARMUP_RUNS,
+    image: str | Path | None = None,
+    text: str | None = None,
 ) -> dict:
     """Latency percentiles (ms) of a bundle's model and preprocessing, and its size.
 
@@ -57,23 +68,34 @@ def benchmark_bundle(
         threads: interpreter threads (`None`: the runtime's default).
         runs: timed runs.
         warmup: untimed runs first.
+        image: a photo to preprocess (read from disk on every run, as an
+            app does); `None`: random noise at the model's image size.
+        text: the text to preprocess; `None`: a sample sentence.
+
+    Raises:
+        UserError: `image` cannot be read (missing, not an image, too large).
 
     Example:
-    >>> benchmark_bundle("bundles/demo", threads=1)["latency_ms"]["p50"]  # doctest: +SKIP
-    0.21
+    >>> benchmark_bundle("bundles/demo", image="photo.jpg")["preprocess_ms"]["p50"]  # doctest: +SKIP
+    21.4
     """
     predictor = Predictor(bundle_dir, num_threads=threads)
     height, width = predictor.preprocessor.image_size
-    image = noise_image_bytes(height, width)
+    source = noise_image_bytes(height, width) if image is None else Path(image)
+    sentence = SAMPLE_TEXT if text is None else text
 
     def preprocess():
-        return predictor.preprocessor([SAMPLE_TEXT], [image])
+        return predictor.preprocessor([sentence], [source])
 
-    inputs = preprocess()
+    try:
+        inputs = preprocess()
+    except UnreadableImageError as error:
+        raise UserError(error.reason, path=image) from None
     timed(lambda: predictor.predict_inputs(inputs), warmup)
     model_path = Path(bundle_dir) / MODEL_FILE
     return {
         "bundle": str(bundle_dir),
+        "input": {"image": None if image is None else str(image), "text": text, **_image_settings(predictor)},
         "quantization": predictor.bundle["quantization"],
         "threads": threads,
         "runs": runs,
@@ -81,3 +103,9 @@ def benchmark_bundle(
         "preprocess_ms": percentiles_ms(timed(preprocess, max(1, runs // 4))),
         "model_size_bytes": model_path.stat().st_size,
     }
+
+
+def _image_settings(predictor: Predictor) -> dict:
+    """What preprocessing costs depend on: the model's image size and the JPEG decode policy."""
+    preprocessor = predictor.preprocessor
+    return {"image_size": list(preprocessor.image_size), "jpeg_draft_factor": preprocessor.jpeg_draft_factor}
