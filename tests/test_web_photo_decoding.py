@@ -1,8 +1,8 @@
 """The browser's reduced JPEG decoding (preprocessing.js `decodeImage` with `jpeg_draft_factor`) against Python.
 
 The resize from a draft's source box runs in Node; the decode itself in headless Chromium, whose WebCodecs
-ImageDecoder scales a JPEG by the same DCT factor as Pillow's `draft` (both libjpeg-turbo). docs/design.md,
-"Photo decoding at reduced DCT scale", says what is exact and what is within a tolerance.
+ImageDecoder scales a JPEG by the same DCT factor as Pillow's `draft` (both libjpeg-turbo).
+docs/design.md#photo-decoding-at-reduced-dct-scale says what is exact and what is within a tolerance.
 """
 
 import base64

@@ -12,8 +12,8 @@ order (what a mobile developer re-implements):
    decoded at the smallest DCT scale (1/2, 1/4 or 1/8; libjpeg's
    `scale_denom`, Pillow's `draft`) whose size stays at least that factor
    times the resize size on both axes, ten times faster for a phone photo
-   and within a few units of the full decode (docs/design.md, "Photo
-   decoding at reduced DCT scale");
+   and within a few units of the full decode
+   (docs/design.md#photo-decoding-at-reduced-dct-scale);
 2. apply the EXIF orientation tag;
 3. convert to 8-bit RGB: 16-bit grayscale is scaled by 255/65535; an alpha
    channel or a transparent palette colour is composited onto white; palette,

@@ -4,8 +4,8 @@ Times whole `Predictor.predict_inputs` calls on one preprocessed example (a
 sample sentence and a random-noise image at the model's size, or the user's
 own photo and text), after warm-up runs, and reports percentiles;
 preprocessing is timed separately because a device pays it too: decoding a
-12 MP photo costs far more than the model (docs/design.md, "Photo decoding at
-reduced DCT scale").
+12 MP photo costs far more than the model
+(docs/design.md#photo-decoding-at-reduced-dct-scale).
 """
 
 import io

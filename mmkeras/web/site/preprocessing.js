@@ -8,7 +8,7 @@
 // crop (load_image's crop_pct) and Pillow's alpha compositing onto white (AlphaComposite.c) are
 // reimplemented. A bundle with `jpeg_draft_factor` decodes a large JPEG at the DCT scale load_image picks,
 // through WebCodecs' ImageDecoder (Chromium's libjpeg-turbo scales as Pillow's `draft` does), and resizes
-// from the same source box (docs/design.md, "Photo decoding at reduced DCT scale").
+// from the same source box (docs/design.md#photo-decoding-at-reduced-dct-scale).
 
 const PRECISION_BITS = 22; // Pillow: 32 - 8 - 2
 const ALPHA_PRECISION_BITS = 7; // Pillow's AlphaComposite.c
