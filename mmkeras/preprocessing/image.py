@@ -133,11 +133,14 @@ def load_image(
     file = io.BytesIO(source) if isinstance(source, (bytes, bytearray)) else source
     with _decoding_errors(name), Image.open(file) as image:
         _check_pixel_count(image, name, max_pixels)
-        # The geometry comes from the full size, so a reduced decode resizes and crops to the same sizes.
-        resize_size, crop_box = resize_geometry(_oriented_size(image), image_size, crop_pct)
         orientation = image.getexif().get(ExifTags.Base.Orientation)
         full_size = image.size
-        scale = 1 if jpeg_draft_factor is None else _draft_jpeg(image, resize_size, jpeg_draft_factor)
+        # The geometry comes from the full size, so a reduced decode resizes and crops to the same sizes.
+        resize_size, crop_box = resize_geometry(_turned(full_size, orientation), image_size, crop_pct)
+        if jpeg_draft_factor is None:
+            scale = 1
+        else:  # the resize size in the file's orientation
+            scale = _draft_jpeg(image, _turned(resize_size, orientation), jpeg_draft_factor)
         image.load()  # the first frame, fully decoded (so a truncated file fails here, not later)
     source_box = None if scale == 1 else draft_source_box(full_size, scale, orientation)
     rgb = _to_rgb(ImageOps.exif_transpose(image), name)
@@ -188,32 +191,26 @@ def draft_source_box(
     decoded_width, decoded_height = math.ceil(width), math.ceil(height)
     if orientation in _SWAPPING_ORIENTATIONS:
         width, height, decoded_width, decoded_height = height, width, decoded_height, decoded_width
-    right, bottom = _ORIGIN_CORNER.get(orientation, (0, 0))
+    right, bottom = _ORIGIN_CORNER.get(orientation or 1, (0, 0))
     left, top = (decoded_width - width) * right, (decoded_height - height) * bottom
     return (float(left), float(top), left + width, top + height)
 
 
-def _oriented_size(image: Image.Image) -> tuple[int, int]:
-    """`(width, height)` after `exif_transpose`, read from the header (nothing decoded)."""
-    width, height = image.size
-    if image.getexif().get(ExifTags.Base.Orientation) in _SWAPPING_ORIENTATIONS:
-        return height, width
-    return width, height
+def _turned(size: tuple[int, int], orientation: int | None) -> tuple[int, int]:
+    """`size` with width and height swapped when the EXIF orientation turns the photo by 90 or 270 degrees."""
+    return (size[1], size[0]) if orientation in _SWAPPING_ORIENTATIONS else size
 
 
-def _draft_jpeg(image: Image.Image, resize_size: tuple[int, int], factor: int) -> int:
-    """Ask libjpeg for the smallest DCT scale keeping `factor` x `resize_size`; the denominator chosen.
+def _draft_jpeg(image: Image.Image, size: tuple[int, int], factor: int) -> int:
+    """Ask libjpeg for the smallest DCT scale keeping `factor` x `size`; the scale's denominator.
 
     Pillow's `draft` picks the scale `s` in 8, 4, 2, 1 with `s <= min(W // w, H // h)` for the
     requested `(w, h)` (in the file's orientation) and decodes `ceil(W / s) x ceil(H / s)` pixels.
     """
     if not isinstance(image, JpegImagePlugin.JpegImageFile):  # MPO, a phone's JPEG with previews, is one
         return 1
-    width, height = resize_size
-    if _oriented_size(image) != image.size:  # the file stores the photo rotated by 90 or 270 degrees
-        width, height = height, width
     full_width = image.width
-    drafted = image.draft(None, (width * factor, height * factor))  # None, or (mode, (0, 0, W / s, H / s))
+    drafted = image.draft(None, (size[0] * factor, size[1] * factor))  # None, or (mode, (0, 0, W / s, H / s))
     return 1 if drafted is None else round(full_width / drafted[1][2])
 
 
