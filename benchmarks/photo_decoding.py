@@ -22,8 +22,6 @@ Timings are interleaved (each round runs every option once), so a busy machine s
 
 import argparse
 import base64
-import functools
-import http.server
 import json
 import os
 import platform
@@ -31,7 +29,6 @@ import shutil
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 
@@ -41,7 +38,7 @@ from PIL import Image
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))  # headless_chromium: the DevTools-over-a-pipe driver the tests use
 
-from headless_chromium import Chromium, find_chromium
+from headless_chromium import find_chromium, served_page_text
 
 from mmkeras.preprocessing.image import JPEG_DRAFT_FACTOR, load_image
 
@@ -188,21 +185,8 @@ def browser(photos: list[Path], rounds: int, references: dict) -> dict:
         settings = {"image_size": list(IMAGE_SIZE), "image": {**SETTINGS, "jpeg_draft_factor": JPEG_DRAFT_FACTOR}}
         (site / "cases.json").write_text(json.dumps(
             {"photos": [path.name for path in photos], "rounds": rounds, "preprocessing": settings}))
-
-        class QuietHandler(http.server.SimpleHTTPRequestHandler):
-            def log_message(self, *args):
-                pass
-
-        server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(QuietHandler, directory=site))
-        threading.Thread(target=server.serve_forever, daemon=True).start()
-        chromium = Chromium()
-        try:
-            log("browser: headless Chromium")
-            page = json.loads(chromium.page_text(f"http://127.0.0.1:{server.server_port}/index.html", "result",
-                                                 timeout=900))
-        finally:
-            chromium.close()
-            server.shutdown()
+        log("browser: headless Chromium")
+        page = json.loads(served_page_text(site, "index.html", "result", timeout=900))
     if "error" in page:
         return {"error": page["error"]}
     version = subprocess.run([find_chromium(), "--version"], capture_output=True, text=True, check=False).stdout.strip()

@@ -6,11 +6,14 @@ so the DOM is dumped before the page has a result. Over
 `--remote-debugging-pipe` the test instead polls the page in real time.
 """
 
+import functools
+import http.server
 import json
 import os
 import shutil
 import subprocess
 import tempfile
+import threading
 import time
 
 CHROMIUM_NAMES = ("chromium", "chromium-browser", "google-chrome")
@@ -95,3 +98,20 @@ class Chromium:
         os.close(self.commands)
         os.close(self.replies)
         self.profile.cleanup()
+
+
+def served_page_text(folder, page: str, element_id: str, timeout: float = 120.0) -> str:
+    """Serve `folder` over HTTP on loopback, open `page` there in a fresh Chromium, and return `element_id`'s text."""
+
+    class QuietHandler(http.server.SimpleHTTPRequestHandler):
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(QuietHandler, directory=folder))
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    browser = Chromium()
+    try:
+        return browser.page_text(f"http://127.0.0.1:{server.server_port}/{page}", element_id, timeout)
+    finally:
+        browser.close()
+        server.shutdown()

@@ -6,17 +6,14 @@ docs/design.md#photo-decoding-at-reduced-dct-scale says what is exact and what i
 """
 
 import base64
-import functools
-import http.server
 import json
 import shutil
 import subprocess
-import threading
 from pathlib import Path
 
 import numpy as np
 import pytest
-from headless_chromium import Chromium, find_chromium
+from headless_chromium import find_chromium, served_page_text
 from PIL import Image
 from test_jpeg_draft import jpeg_bytes, photo
 
@@ -85,19 +82,7 @@ def browser_tensors(folder: Path, cases: list[dict]) -> list[dict]:
     shutil.copy(SITE / "preprocessing.js", folder)
     (folder / "index.html").write_text(PAGE)
     (folder / "cases.json").write_text(json.dumps(cases))
-
-    class QuietHandler(http.server.SimpleHTTPRequestHandler):
-        def log_message(self, *args):
-            pass
-
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(QuietHandler, directory=folder))
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    browser = Chromium()
-    try:
-        results = json.loads(browser.page_text(f"http://127.0.0.1:{server.server_port}/index.html", "result"))
-    finally:
-        browser.close()
-        server.shutdown()
+    results = json.loads(served_page_text(folder, "index.html", "result"))
     assert "error" not in results, results
     return results
 
