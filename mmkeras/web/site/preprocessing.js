@@ -80,26 +80,37 @@ function clip8(accumulator) {
   return value < 0 ? 0 : value > 255 ? 255 : value;
 }
 
-/** One resampling pass over RGB bytes along x (`horizontal`) or y from `in0..in1`, as Pillow's 8-bit passes. */
+/**
+ * One resampling pass over RGB bytes along x (`horizontal`) or y from `in0..in1`, as Pillow's 8-bit passes.
+ * The three channels share one walk over the taps (`step` bytes apart along the pass); the sums are integers
+ * far below 2^53, exact in doubles, so the order of the loops does not change a value.
+ */
 function resamplePass(rgb, width, height, outSize, horizontal, filter, in0, in1) {
-  const inSize = horizontal ? width : height;
-  const {bounds, weights, kernelSize} = resampleCoefficients(inSize, outSize, filter, in0, in1);
+  const {bounds, weights, kernelSize} = resampleCoefficients(horizontal ? width : height, outSize, filter, in0, in1);
   const outWidth = horizontal ? outSize : width;
   const outHeight = horizontal ? height : outSize;
+  const step = horizontal ? 3 : width * 3;
+  const half = 2 ** (PRECISION_BITS - 1);
   const out = new Uint8Array(outWidth * outHeight * 3);
   for (let y = 0; y < outHeight; y++) {
     for (let x = 0; x < outWidth; x++) {
       const position = horizontal ? x : y;
-      const first = bounds[position * 2];
       const count = bounds[position * 2 + 1];
-      for (let channel = 0; channel < 3; channel++) {
-        let accumulator = 2 ** (PRECISION_BITS - 1);
-        for (let k = 0; k < count; k++) {
-          const source = horizontal ? (y * width + first + k) : ((first + k) * width + x);
-          accumulator += rgb[source * 3 + channel] * weights[position * kernelSize + k];
-        }
-        out[(y * outWidth + x) * 3 + channel] = clip8(accumulator);
+      const firstWeight = position * kernelSize;
+      let source = horizontal ? (y * width + bounds[position * 2]) * 3 : (bounds[position * 2] * width + x) * 3;
+      let red = half;
+      let green = half;
+      let blue = half;
+      for (let k = 0; k < count; k++, source += step) {
+        const weight = weights[firstWeight + k];
+        red += rgb[source] * weight;
+        green += rgb[source + 1] * weight;
+        blue += rgb[source + 2] * weight;
       }
+      const target = (y * outWidth + x) * 3;
+      out[target] = clip8(red);
+      out[target + 1] = clip8(green);
+      out[target + 2] = clip8(blue);
     }
   }
   return out;
@@ -218,6 +229,12 @@ export function compositeOnBackground(rgba, background) {
   const rgb = new Uint8Array((rgba.length / 4) * 3);
   for (let pixel = 0; pixel < rgba.length / 4; pixel++) {
     const alpha = rgba[pixel * 4 + 3];
+    if (alpha === 255) { // the formula below gives the pixel itself (checked for every value): skip it
+      rgb[pixel * 3] = rgba[pixel * 4];
+      rgb[pixel * 3 + 1] = rgba[pixel * 4 + 1];
+      rgb[pixel * 3 + 2] = rgba[pixel * 4 + 2];
+      continue;
+    }
     for (let channel = 0; channel < 3; channel++) {
       let value = background[channel];
       if (alpha !== 0) {
