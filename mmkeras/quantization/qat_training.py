@@ -202,6 +202,8 @@ class QATJob(TrainingJob):
         return {
             "quantization": {
                 "settings": dataclasses.asdict(self.settings.quantizer_settings()),
+                # so that loading the QAT run rebuilds it as it was made (a `warn` run keeps its float layers)
+                "unknown_layers": self.settings.unknown_layers,
                 "float_run": str(self.float_run.path),
             },
             "float_model_file": self.float_run.float_model_file,

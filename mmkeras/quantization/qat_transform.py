@@ -20,7 +20,8 @@ its exact type:
   MobileNet blocks, or an edge of a functional graph);
 - no quantizer needed: layers without arithmetic of their own or whose tensors
   the int8 converter quantizes from calibration data (Embedding, Dropout,
-  Reshape, padding, pooling, Rescaling, Concatenate);
+  Reshape, padding, pooling, Rescaling, Concatenate, mmkeras' ModalityDropout,
+  which hides modalities while QAT trains as while the float run trained);
 - containers whose sub-layers are visited (functional models, keras-hub
   blocks, mmkeras fusion layers). The few element-wise ops these compute
   inline (residual adds, pooling, masking) get their int8 ranges from the
@@ -52,6 +53,7 @@ from mmkeras.errors import UserError
 from mmkeras.models.concat_fusion import ConcatFusion
 from mmkeras.models.cross_attention_fusion import CrossAttentionFusion
 from mmkeras.models.gated_fusion import GatedFusion
+from mmkeras.models.modality_dropout import ModalityDropout
 from mmkeras.quantization.fake_quant import ActivationQuantizer
 from mmkeras.quantization.quantized_attention import QuantizedMultiHeadAttention
 from mmkeras.quantization.quantized_conv import QuantizedConv2D, QuantizedDepthwiseConv2D, fold_batch_normalization
@@ -95,6 +97,7 @@ NO_QUANTIZER_CLASSES = (
     keras.layers.AveragePooling2D,
     keras.layers.MaxPooling2D,
     keras_hub.layers.PositionEmbedding,
+    ModalityDropout,  # the identity at inference: the exported model has no trace of it
 )
 _MOBILENET = compat.mobilenet_module()
 _VIT = compat.vit_layers_module()

@@ -133,6 +133,6 @@ def _rebuild_qat_model(run_dir: Path, float_model: keras.Model, quantization: di
         settings = QuantizerSettings(**{**SETTINGS_OF_OLDER_QAT_RUNS, **quantization["settings"]})
     except (KeyError, TypeError, ValueError) as error:
         raise UserError(f"unreadable {QUANTIZATION_FILE}: {error}", path=run_dir / QUANTIZATION_FILE) from None
-    model = quantize_model(float_model, settings, copy=False)
+    model = quantize_model(float_model, settings, on_unknown=quantization.get("unknown_layers", "error"), copy=False)
     model.load_weights(run_dir / QAT_WEIGHTS_FILE)
     return model

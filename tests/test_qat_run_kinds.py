@@ -1,0 +1,58 @@
+"""QAT, then int8 export and evaluation, for the kinds of run `mmkeras train` makes beyond the plain one."""
+
+import json
+from pathlib import Path
+
+import pytest
+from test_cli_end_to_end import write_subset  # pytest puts tests/ on sys.path
+
+from mmkeras.config import RunConfig
+from mmkeras.data.manifest import read_manifest
+from mmkeras.evaluation.evaluate import evaluate
+from mmkeras.export.converter import export_bundle
+from mmkeras.models import build_model
+from mmkeras.models.modality_dropout import ModalityDropout
+from mmkeras.quantization.qat_settings import QATSettings
+from mmkeras.quantization.qat_training import qat_finetune
+from mmkeras.runtime.interpreter import list_ops
+from mmkeras.quantization.run_loading import load_run
+from mmkeras.runs import QUANTIZATION_FILE, save_run
+
+SAMPLES = Path(__file__).resolve().parents[1] / "samples"
+SEQUENCE_LENGTH = 16
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("data")
+    return write_subset(SAMPLES / "train.csv", folder / "train.csv", 32), write_subset(
+        SAMPLES / "val.csv", folder / "val.csv", 16
+    )
+
+
+def float_run(folder: Path, data, **model_settings) -> Path:
+    train, val = data
+    manifest = read_manifest(train)
+    labels = manifest.labels()
+    model, preprocessor = build_model(
+        "tiny", "tiny", num_classes=len(labels), texts=[row.text for row in manifest.rows if row.text],
+        sequence_length=SEQUENCE_LENGTH, seed=0, **model_settings,
+    )
+    config = RunConfig(data=str(train), val=str(val), out=str(folder), sequence_length=SEQUENCE_LENGTH, seed=3,
+                       **model_settings)
+    save_run(folder, model=model, preprocessor=preprocessor, labels=labels, config=config)
+    return folder
+
+
+def test_a_run_trained_with_modality_dropout_goes_through_qat_int8_export_and_evaluate(data, tmp_path):
+    run_dir = float_run(tmp_path / "float", data, modality_dropout=0.3)
+    assert any(isinstance(layer, ModalityDropout) for layer in load_run(run_dir).model.layers)
+    qat_dir = tmp_path / "qat"
+    settings = QATSettings(epochs=1, batch_size=16, calibration_batches=1)  # unknown_layers: "error"
+    qat_finetune(run_dir, data[0], qat_dir, val=data[1], settings=settings)
+    assert json.loads((qat_dir / QUANTIZATION_FILE).read_text())["unknown_layers"] == "error"
+    report = export_bundle(qat_dir, tmp_path / "int8", quantize="int8")
+    compute = [op for op in list_ops(tmp_path / "int8" / "model.tflite") if op.name in ("FULLY_CONNECTED", "CONV_2D")]
+    assert report["qat"] and compute and all(op.output_dtypes == ("int8",) for op in compute)
+    figures = evaluate(qat_dir, data[1], save_results=False)
+    assert 0.0 <= figures["accuracy"] <= 1.0
