@@ -46,7 +46,7 @@ from mmkeras.evaluation.zero_shot import DEFAULT_PROMPT
 from mmkeras.framework_logs import VERBOSE_ENV, import_tensorflow_quietly, native_stderr_kept_off, quiet_frameworks
 from mmkeras.progress import install_log_handler
 from mmkeras.runs import is_align_run, is_run_folder
-from mmkeras.quantization.qat_settings import LEARNING_RATE_FACTOR, UNKNOWN_LAYERS, QATSettings
+from mmkeras.quantization.qat_settings import CALIBRATION_ROWS, LEARNING_RATE_FACTOR, UNKNOWN_LAYERS, QATSettings
 from mmkeras.runtime.benchmark import DEFAULT_RUNS, WARMUP_RUNS
 from mmkeras.runtime.bundle import QUANTIZATION_MODES, WEB_SITE_FOLDER
 
@@ -410,7 +410,10 @@ def export(
         QUANTIZATION_MODES[0], help="Weights and activations: none (float32), float16, dynamic (int8 weights), int8."
     ),
     calibration_data: Optional[Path] = typer.Option(
-        None, help="Manifest for int8 calibration.", show_default="a sample of the run's training manifest"
+        None, help="Manifest for int8 calibration.", show_default="the run's training manifest"
+    ),
+    calibration_rows: int = typer.Option(
+        CALIBRATION_ROWS, min=1, help="Calibrate on the manifest's rows up to this many (a seeded sample beyond)."
     ),
     keep_float: Optional[str] = typer.Option(
         None, "--keep-float",
@@ -438,7 +441,7 @@ def export(
     from mmkeras.export.dual_encoder_export import describe_dual_encoder_report
 
     report = export_bundle(
-        run_dir, out, quantize=quantize, calibration_data=calibration_data,
+        run_dir, out, quantize=quantize, calibration_data=calibration_data, calibration_rows=calibration_rows,
         keep_float=[name.strip().upper() for name in keep_float.split(",") if name.strip()] if keep_float else (),
     )
     if "encoders" in report:  # an align run exports a dual-encoder bundle: one report entry per encoder

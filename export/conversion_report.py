@@ -16,6 +16,12 @@ from mmkeras.runtime.interpreter import list_ops
 
 # The ops that do a model's arithmetic: the int8 share of these is reported.
 COMPUTE_OPS = ("FULLY_CONNECTED", "CONV_2D", "DEPTHWISE_CONV_2D", "BATCH_MATMUL")
+# A quantized bundle is warned about when it loses more accuracy than this on labelled rows, or, without
+# labels, when it gives the float model's label on fewer rows than this.
+ACCURACY_DROP_LIMIT = 0.01
+AGREEMENT_LIMIT = 0.97
+# Rows per Keras call in the parity check (a real backbone's activations on 256 rows at once take gigabytes).
+PARITY_BATCH = 32
 
 
 def op_summary(tflite_model: bytes) -> dict:
@@ -74,15 +80,75 @@ def float_op_types(tflite_model: bytes, op_types) -> list[str]:
     return sorted(name for name, dtypes in outputs.items() if dtypes == {"float32"})
 
 
-def parity_report(model, litert_model, sample: dict[str, np.ndarray]) -> dict:
-    """How far the exported model's logits (`litert_model`, a `LiteRTModel`) are from the Keras model's on `sample`."""
-    expected = np.asarray(model(sample, training=False))
+def parity_report(model, litert_model, sample: dict[str, np.ndarray], labels: np.ndarray | None = None) -> dict:
+    """How far the exported model's logits (`litert_model`, a `LiteRTModel`) are from the Keras model's on `sample`.
+
+    With `labels` (class indices of the rows) also the accuracy of both and
+    `accuracy_drop` (float minus exported).
+    """
+    rows = len(next(iter(sample.values())))
+    expected = np.concatenate([
+        np.asarray(model({name: value[start : start + PARITY_BATCH] for name, value in sample.items()}, training=False))
+        for start in range(0, rows, PARITY_BATCH)
+    ])
     actual = litert_model(sample)
-    return {
-        "rows": len(expected),
+    report = {
+        "rows": rows,
         "max_abs_logit_diff": float(np.max(np.abs(actual - expected))),
         "label_agreement": float(np.mean(actual.argmax(axis=1) == expected.argmax(axis=1))),
     }
+    if labels is not None:
+        float_accuracy = float(np.mean(expected.argmax(axis=1) == labels))
+        accuracy = float(np.mean(actual.argmax(axis=1) == labels))
+        report.update(float_accuracy=float_accuracy, accuracy=accuracy, accuracy_drop=float_accuracy - accuracy)
+    return report
+
+
+def quality_warning(report: dict) -> str | None:
+    """One line when a quantized bundle loses accuracy, naming the remedies that apply; else `None`.
+
+    The loss is the accuracy drop on labelled parity rows (more than
+    `ACCURACY_DROP_LIMIT`), else a label agreement with the float model
+    under `AGREEMENT_LIMIT`.
+
+    Example:
+    >>> quality_warning({"quantize": "int8", "qat": False, "ops": {"by_type": {"CONV_2D": 3}}, "parity": {
+    ...     "rows": 100, "source": "validation", "label_agreement": 0.72,
+    ...     "float_accuracy": 0.868, "accuracy": 0.786, "accuracy_drop": 0.082}})
+    'the int8 bundle loses 8.2 points of accuracy on 100 validation rows (0.868 -> 0.786, label agreement 0.720 with the float model); try: mmkeras qat, then export int8; --keep-float CONV_2D'
+    """
+    parity, mode = report["parity"], report["quantize"]
+    if mode == "none" or parity is None:
+        return None
+    where = f"{parity['rows']} {parity['source']} rows"
+    if "accuracy_drop" in parity:
+        if parity["accuracy_drop"] <= ACCURACY_DROP_LIMIT:
+            return None
+        loss = (
+            f"loses {100 * parity['accuracy_drop']:.1f} points of accuracy on {where} ({parity['float_accuracy']:.3f}"
+            f" -> {parity['accuracy']:.3f}, label agreement {parity['label_agreement']:.3f} with the float model)"
+        )
+    elif parity["label_agreement"] < AGREEMENT_LIMIT:
+        loss = f"gives the float model's label on only {parity['label_agreement']:.3f} of {where}"
+    else:
+        return None
+    return f"the {mode} bundle {loss}; try: {'; '.join(remedies(report))}"
+
+
+def remedies(report: dict) -> list[str]:
+    """What can win the accuracy back, for the mode and the model of `report`."""
+    mode = report["quantize"]
+    if mode == "float16":
+        return ["--quantize none"]
+    if mode == "dynamic":
+        return ["--quantize float16"]
+    found = []
+    if mode == "int8" and not report["qat"]:
+        found.append("mmkeras qat, then export int8")
+    compute = [name for name in ("CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED") if name in report["ops"]["by_type"]]
+    if compute:
+        found.append(f"--keep-float {','.join(compute)}")
+    return found
 
 
 def describe_report(report: dict) -> str:
@@ -101,8 +167,11 @@ def describe_report(report: dict) -> str:
     if parity is None:
         lines.append("parity: not checked (no manifest to read)")
     else:
+        accuracy = (
+            f", accuracy {parity['accuracy']:.3f} (Keras {parity['float_accuracy']:.3f})" if "accuracy" in parity else ""
+        )
         lines.append(
             f"parity on {parity['rows']} {parity['source']} rows: label agreement {parity['label_agreement']:.3f}, "
-            f"max logit error {parity['max_abs_logit_diff']:.4f}"
+            f"max logit error {parity['max_abs_logit_diff']:.4f}{accuracy}"
         )
     return "\n".join(lines)

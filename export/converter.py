@@ -19,7 +19,7 @@ from mmkeras.errors import UserError
 from mmkeras.evaluation.multilabel_evaluate import run_thresholds
 from mmkeras.export.bundle_thresholds import retuned_thresholds
 from mmkeras.export.bundle_writer import check_replaceable, tensor_entry, write_bundle_json
-from mmkeras.export.conversion_report import float_op_types, op_summary, parity_report
+from mmkeras.export.conversion_report import float_op_types, op_summary, parity_report, quality_warning
 from mmkeras.export.dual_encoder_export import export_dual_encoder
 from mmkeras.export.litert_conversion import (
     BUILTIN_OP_NAMES,
@@ -28,6 +28,7 @@ from mmkeras.export.litert_conversion import (
     PARITY_ROWS,
     convert_model,
     manifest_inputs,
+    manifest_rows,
 )
 from mmkeras.folder_lock import folder_lock
 from mmkeras.models.dual_encoder import is_dual_encoder
@@ -47,6 +48,7 @@ def export_bundle(
     quantize: str = "none",
     calibration_data: str | Path | None = None,
     keep_float: Iterable[str] = (),
+    calibration_rows: int = CALIBRATION_ROWS,
 ) -> dict:
     """Convert a run folder to a bundle folder (see `mmkeras.runtime.bundle`).
 
@@ -63,12 +65,13 @@ def export_bundle(
         out_dir: the bundle folder to write (or replace).
         quantize: `none`, `float16`, `dynamic` or `int8`.
         calibration_data: for int8, a manifest whose rows calibrate the
-            activation ranges (a seeded sample of at most 200 rows); by
-            default the run's training manifest.
+            activation ranges; by default the run's training manifest.
         keep_float: for int8: op types left float besides
             `FLOAT_OPS_IN_INT8` (selective quantization). The report's
             `kept_float` lists those of both that the model has and that
             stayed float (a QAT run's fake-quantized ops stay int8).
+        calibration_rows: calibrate on all the calibration manifest's rows
+            up to this many (a seeded sample of that many when it has more).
 
     Returns:
         The conversion report, also stored as bundle.json's `conversion`
@@ -76,7 +79,10 @@ def export_bundle(
         `ops` (`op_summary`), `calibration_rows` (int8) and `parity`
         (`source`: `validation` rows of the run's validation manifest, else
         `calibration` rows; `rows`, `max_abs_logit_diff`, `label_agreement`
-        against the Keras model), or `None` when no manifest can be read;
+        against the Keras model, and on labelled rows `float_accuracy`,
+        `accuracy` and `accuracy_drop`), or `None` when no manifest can be
+        read; `warning`: the line logged when the bundle loses accuracy
+        (`quality_warning`), else `None`;
         for a multilabel run `thresholds_tuned_rows`: the validation rows a
         quantized bundle's thresholds were re-tuned on (`retuned_thresholds`;
         `None`: the run's thresholds).
@@ -88,6 +94,8 @@ def export_bundle(
     """
     if quantize not in QUANTIZATION_MODES:
         raise UserError(f"quantize must be one of {', '.join(QUANTIZATION_MODES)}, got {quantize!r}")
+    if calibration_rows < 1:
+        raise UserError(f"calibration_rows must be at least 1, got {calibration_rows}")
     unknown = sorted(set(keep_float) - BUILTIN_OP_NAMES)
     if unknown:
         raise UserError(f"not LiteRT builtin op types: {', '.join(unknown)} (e.g. BATCH_MATMUL, SOFTMAX, MUL)")
@@ -96,16 +104,21 @@ def export_bundle(
     with folder_lock(out_dir):
         check_replaceable(out_dir)  # again: another export may have written it while this one waited
         remove_stale_staging(out_dir)
-        return _export_locked(Path(run_dir), out_dir, quantize, calibration_data, keep_float)
+        report = _export_locked(Path(run_dir), out_dir, quantize, calibration_data, keep_float, calibration_rows)
+    if report.get("warning"):
+        logger.warning("warning: %s", report["warning"])
+    return report
 
 
-def _export_locked(run_dir: Path, out_dir: Path, quantize: str, calibration_data, keep_float) -> dict:
+def _export_locked(
+    run_dir: Path, out_dir: Path, quantize: str, calibration_data, keep_float, calibration_rows: int
+) -> dict:
     logger.info("loading %s", run_dir)
     run = load_run(run_dir)
     if is_dual_encoder(run.model):
         return export_dual_encoder(run, out_dir, quantize=quantize, calibration_data=calibration_data)
-    sample = manifest_sample(run, calibration_data, required=quantize == "int8")
-    parity_inputs, parity_source = parity_sample(run, sample)
+    sample = manifest_sample(run, calibration_data, required=True, max_rows=calibration_rows) if quantize == "int8" else None
+    parity_inputs, parity_labels, parity_source = parity_sample(run, calibration_data)
     requested_float = {*FLOAT_OPS_IN_INT8, *keep_float}
     tflite_model = convert_model(
         run.model, quantize=quantize, representative_inputs=[sample] if quantize == "int8" else None,
@@ -120,7 +133,7 @@ def _export_locked(run_dir: Path, out_dir: Path, quantize: str, calibration_data
             rows = len(parity_inputs["image"])
             logger.info("checking the bundle against the Keras model on %d %s rows", rows, parity_source)
             litert_model = LiteRTModel(staging / MODEL_FILE)
-            parity = {"source": parity_source, **parity_report(run.model, litert_model, parity_inputs)}
+            parity = {"source": parity_source, **parity_report(run.model, litert_model, parity_inputs, parity_labels)}
         multilabel = {}
         if run.config.task == "multilabel":
             multilabel = {"thresholds_tuned_rows": None}
@@ -137,14 +150,17 @@ def _export_locked(run_dir: Path, out_dir: Path, quantize: str, calibration_data
             "parity": parity,
             **multilabel,
         }
+        report["warning"] = quality_warning(report)
         write_bundle_json(staging, **bundle_fields, conversion=report)
         examples = examples_from_manifest(test_vector_manifest(run, calibration_data), run.preprocessor.image_size)
         write_test_vectors(staging, examples, unfinished_ok=True)
     return {"path": str(out_dir), **report}
 
 
-def manifest_sample(run, calibration_data: str | Path | None, *, required: bool) -> dict[str, np.ndarray] | None:
-    """Model inputs for a seeded sample of the calibration (or training) manifest's rows.
+def manifest_sample(
+    run, calibration_data: str | Path | None, *, required: bool, max_rows: int = CALIBRATION_ROWS
+) -> dict[str, np.ndarray] | None:
+    """Model inputs for the calibration (or training) manifest's rows: all, or a seeded sample of `max_rows`.
 
     `None` when no calibration manifest is given, the run's training manifest is not there
     and `required` is false.
@@ -158,16 +174,33 @@ def manifest_sample(run, calibration_data: str | Path | None, *, required: bool)
                 path=run.path,
             )
         return None
-    return manifest_inputs(run, path, CALIBRATION_ROWS)
+    return manifest_inputs(run, path, max_rows)
 
 
-def parity_sample(run, calibration_sample: dict[str, np.ndarray] | None):
-    """`(inputs, source)` for the parity check: the run's validation rows, else the calibration rows."""
+def parity_sample(run, calibration_data: str | Path | None):
+    """`(inputs, labels, source)` for the parity check: the run's validation rows, else the calibration rows.
+
+    At most `PARITY_ROWS` rows (a seeded sample); `labels` are their class
+    indices when every row has a label of the run (not for multilabel runs),
+    else `None`; all three are `None` when there is no manifest to read.
+    """
     if run.config.val and Path(run.config.val).is_file():
-        return manifest_inputs(run, run.config.val, PARITY_ROWS), "validation"
-    if calibration_sample is None:
-        return None, None
-    return {name: value[:PARITY_ROWS] for name, value in calibration_sample.items()}, "calibration"
+        path, source = run.config.val, "validation"
+    else:
+        path, source = calibration_data if calibration_data is not None else run.config.data, "calibration"
+        if path is None or not Path(path).is_file():
+            return None, None, None
+    rows = manifest_rows(run, path, PARITY_ROWS)
+    inputs = run.preprocessor([row.text for row in rows], [row.image for row in rows])
+    return inputs, known_labels(run, rows), source
+
+
+def known_labels(run, rows) -> np.ndarray | None:
+    """The rows' class indices in the run's labels; `None` for a multilabel run or when a row has no known label."""
+    index_of = {label: index for index, label in enumerate(run.labels)}
+    if run.config.task == "multilabel" or not rows or any(row.label not in index_of for row in rows):
+        return None
+    return np.array([index_of[row.label] for row in rows], np.int32)
 
 
 def test_vector_manifest(run, calibration_data: str | Path | None) -> str | Path | None:

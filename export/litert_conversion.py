@@ -68,6 +68,7 @@ from mmkeras.data.manifest import Manifest, read_manifest
 from mmkeras.errors import UserError
 from mmkeras.export.hybrid_weights import float_grouped_convolutions
 from mmkeras.framework_logs import native_stderr_silenced
+from mmkeras.quantization.qat_settings import CALIBRATION_ROWS  # noqa: F401  (the default, for its importers)
 from mmkeras.quantization.qat_transform import check_calibrated, is_quantized
 from mmkeras.runtime.bundle import OUTPUT_NAME, QUANTIZATION_MODES
 from mmkeras.runtime.interpreter import list_ops
@@ -76,11 +77,10 @@ logger = logging.getLogger("mmkeras")
 
 SIGNATURE_KEY = "serving_default"
 BUILTIN_OP_NAMES = frozenset(name for name in vars(BuiltinOperator) if name.isupper()) - {"CUSTOM"}
-# int8 calibration: at most this many manifest rows, drawn with this seed.
-CALIBRATION_ROWS = 200
+# int8 calibration rows beyond `calibration_rows` (default CALIBRATION_ROWS) are a sample drawn with this seed.
 CALIBRATION_SEED = 0
-# Rows on which the exported model is compared with the Keras model.
-PARITY_ROWS = 32
+# Rows on which the exported model is compared with the Keras model (parity, and the accuracy check).
+PARITY_ROWS = 256
 # Op types that stay float in an int8 export, measured on the edge-sized model (benchmarks/int8_op_profile.py):
 # XNNPACK runs them only in float, so in int8 each falls back to a builtin kernel between QUANTIZE / DEQUANTIZE.
 # HARD_SWISH: conv 1x1 + hard-swish x4 at 112x112x48, 9.9 ms all-int8 vs 1.4 ms with HARD_SWISH float.
@@ -176,9 +176,11 @@ def convert_model(
         if quantize == "float16":
             converter.target_spec.supported_types = [tf.float16]
         if quantize == "int8":
-            examples = list(split_examples(representative_inputs, signature))
-            logger.info("int8: calibrating activation ranges on %d rows", len(examples))
-            converter.representative_dataset = lambda: iter(examples)
+            representative_inputs = list(representative_inputs)  # iterated again by a selective conversion
+            rows = sum(len(next(iter(batch.values()))) for batch in representative_inputs)
+            logger.info("int8: calibrating activation ranges on %d rows", rows)
+            # Batch-1 examples made on each pass, not all kept: a real backbone's calibration rows are large.
+            converter.representative_dataset = lambda: split_examples(representative_inputs, signature)
         try:
             with native_stderr_silenced():  # the converter prints its settings from C++
                 tflite_model = converter.convert()
@@ -241,6 +243,12 @@ def check_builtin_only(tflite_model: bytes):
 
 def manifest_inputs(run, path: str | Path, max_rows: int) -> dict[str, np.ndarray]:
     """Model inputs for a seeded sample of at most `max_rows` of a manifest's rows."""
+    rows = manifest_rows(run, path, max_rows)
+    return run.preprocessor([row.text for row in rows], [row.image for row in rows])
+
+
+def manifest_rows(run, path: str | Path, max_rows: int) -> list:
+    """A seeded sample of at most `max_rows` of a manifest's rows, without those whose image does not read."""
     manifest = read_manifest(path, require_labels=False)
     rows = manifest.rows
     if len(rows) > max_rows:
@@ -249,4 +257,4 @@ def manifest_inputs(run, path: str | Path, max_rows: int) -> dict[str, np.ndarra
     # Skipping (with a logged warning) like training's `--on-bad-row skip`: a
     # run trained that way must still export with its own manifest.
     sample, _ = Manifest(manifest.path, rows).validate_images(run.preprocessor.image_size, "skip")
-    return run.preprocessor([row.text for row in sample.rows], [row.image for row in sample.rows])
+    return sample.rows

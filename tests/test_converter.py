@@ -223,7 +223,7 @@ def test_failure_after_writing_leaves_no_partial_bundle(bundles, run_dir, tmp_pa
     monkeypatch.setattr(converter, "convert_model", lambda model, **settings: float_model)
     written = []
 
-    def fail_parity(model, litert_model, sample):
+    def fail_parity(*arguments):
         written.extend(path.name for path in tmp_path.glob(".bundle.partial-*/*"))
         raise RuntimeError("interrupted")
 

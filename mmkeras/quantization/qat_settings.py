@@ -23,6 +23,8 @@ EMA_DECAY = 0.99
 UNKNOWN_LAYERS = ("error", "warn")
 # QAT starts from trained weights: a tenth of the run's peak learning rate.
 LEARNING_RATE_FACTOR = 0.1
+# int8 export: calibrate on the manifest's rows up to this many (`export --calibration-rows`).
+CALIBRATION_ROWS = 200
 
 
 @dataclasses.dataclass(frozen=True)
