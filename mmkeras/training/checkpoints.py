@@ -57,6 +57,7 @@ class TrainingState:
         epoch_seconds: wall time of each completed epoch.
         best_val_loss: the lowest validation loss so far, or `None`.
         epochs_without_improvement: epochs since `best_val_loss` improved.
+        best_epoch: the epoch (1-based) of `best_val_loss`, whose weights are kept.
         stopped_early: early stopping ended the run.
         config: the run config (as a dict) the run was started with.
     """
@@ -68,6 +69,7 @@ class TrainingState:
     epoch_seconds: list = dataclasses.field(default_factory=list)
     best_val_loss: float | None = None
     epochs_without_improvement: int = 0
+    best_epoch: int | None = None
     stopped_early: bool = False
     config: dict = dataclasses.field(default_factory=dict)
 

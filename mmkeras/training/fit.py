@@ -127,6 +127,34 @@ def fit(
     return state
 
 
+def kept_weights_summary(history: dict, kept_epoch: int | None, stopped_early: bool, patience: int) -> str:
+    """Which epoch's weights a run kept and why, and where it stopped, in words.
+
+    Args:
+        history: per-epoch metrics (`loss`, and `val_loss`, `val_accuracy` with validation).
+        kept_epoch: the epoch (1-based) of the lowest `val_loss`, `None` without validation.
+        stopped_early: whether early stopping ended the run.
+        patience: the early-stopping patience the run used.
+
+    Example:
+    >>> kept_weights_summary({"loss": [0.9, 0.7, 0.6], "val_loss": [0.8, 0.6, 0.7],
+    ...                       "val_accuracy": [0.5, 0.7, 0.6]}, 2, False, 3)
+    "kept epoch 2's weights (lowest val_loss 0.6000, val_accuracy 0.7000); trained all 3 epochs"
+    """
+    last = len(history["loss"])
+    ended = (
+        f"stopped after epoch {last}: val_loss did not improve for {patience} epochs"
+        if stopped_early
+        else f"trained all {last} epochs"
+    )
+    if kept_epoch is None:
+        return f"kept the last epoch's weights (no validation manifest); {ended}"
+    index = kept_epoch - 1
+    accuracy = history.get("val_accuracy", [None] * last)[index]
+    shown = f", val_accuracy {accuracy:.4f}" if accuracy is not None else ""
+    return f"kept epoch {kept_epoch}'s weights (lowest val_loss {history['val_loss'][index]:.4f}{shown}); {ended}"
+
+
 def _check_finite_loss(loss: float, epoch: int):
     """A NaN or infinite loss never recovers: stop and say what to change instead of saving a broken run."""
     if not math.isfinite(loss):
@@ -140,6 +168,7 @@ def _track_best(state: TrainingState, val_loss: float, best: dict, model, patien
     """Early stopping on `val_loss`: keep the best weights, count epochs without improvement."""
     if state.best_val_loss is None or val_loss < state.best_val_loss:
         state.best_val_loss, state.epochs_without_improvement = val_loss, 0
+        state.best_epoch = state.epoch + 1
         best["weights"] = model.get_weights()
         return
     state.epochs_without_improvement += 1

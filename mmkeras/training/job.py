@@ -251,6 +251,8 @@ class TrainingJob:
             trainable_params=count_params(model.trainable_weights),
             total_params=int(model.count_params()),
             bad_rows_skipped=len(prepared.skipped_rows),
+            kept_epoch=state.best_epoch if validation is not None else None,
+            stopped_early=state.stopped_early,
         )
         if prepared.val_data is not None:
             logger.info("evaluating the final weights on the validation rows")
