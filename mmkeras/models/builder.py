@@ -69,6 +69,7 @@ def build_model(
     embedding_dim=64,
     match_index=1,
     backbones=None,
+    image_size=None,
 ):
     """Build a multimodal classifier and the preprocessor that feeds it.
 
@@ -100,6 +101,8 @@ def build_model(
         match_index: which of the 2 logits is the `match` class (`match` only).
         backbones: `(TextBackbone, VisionBackbone)` to build on instead of
             loading the SPECs (an align run's, for `train --init-from`).
+        image_size: side of the square images; `None` keeps the vision
+            backbone's own size.
 
     Returns:
         `(model, preprocessor)`: a `keras.Model` mapping the four inputs to
@@ -112,7 +115,7 @@ def build_model(
     with seeded_weights(seed):
         if backbones is None:
             text = load_text_backbone(text_backbone, sequence_length=sequence_length, texts=texts)
-            vision = load_vision_backbone(vision_backbone)
+            vision = load_vision_backbone(vision_backbone, image_size)
         else:
             text, vision = backbones
         sequence_length = text.tokenizer.sequence_length

@@ -46,6 +46,7 @@ def build_dual_encoder(
     embedding_dim=64,
     texts=None,
     seed=None,
+    image_size=None,
 ):
     """Build a dual encoder and the preprocessor that feeds it.
 
@@ -57,6 +58,8 @@ def build_dual_encoder(
         texts: training texts; the `tiny` text backbone learns its vocabulary
             from them.
         seed: makes the random weights reproducible (see `build_model`).
+        image_size: side of the square images; `None` keeps the vision
+            backbone's own size.
 
     Returns:
         `(model, preprocessor)`: a `keras.Model` from the `ENCODER_INPUTS` to
@@ -66,7 +69,7 @@ def build_dual_encoder(
     """
     with seeded_weights(seed):
         text = load_text_backbone(text_backbone, sequence_length=sequence_length, texts=texts)
-        vision = load_vision_backbone(vision_backbone)
+        vision = load_vision_backbone(vision_backbone, image_size)
         sequence_length = text.tokenizer.sequence_length  # `None` asked for the checkpoint's own limit
         inputs = {
             "token_ids": keras.Input((sequence_length,), dtype="int32", name="token_ids"),

@@ -37,6 +37,7 @@ import keras_hub
 from keras import ops
 
 from mmkeras.errors import UserError
+from mmkeras.models.preset_download import offline_preset_error
 from mmkeras.preprocessing.text import TextTokenizer
 
 BUILTIN_TEXT_BACKBONES = ("tiny",)
@@ -232,6 +233,9 @@ def _preset_errors(spec):
     try:
         yield
     except (OSError, ValueError, KeyError, ImportError) as error:
+        offline = offline_preset_error(spec, "text", error)
+        if offline is not None:
+            raise offline from error
         reason = (str(error).strip() or type(error).__name__).splitlines()[0]
         if spec in keras_hub.models.Backbone.presets:
             reason += " (named presets download from Kaggle: check the network or use a local preset folder)"

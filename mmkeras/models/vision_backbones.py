@@ -42,6 +42,7 @@ import numpy as np
 from safetensors import safe_open
 
 from mmkeras.errors import UserError
+from mmkeras.models.preset_download import offline_preset_error
 from mmkeras.models.vgg_backbone import VGGBackbone
 from mmkeras.preprocessing.image import DEFAULT_RESAMPLE, RESAMPLE_FILTERS
 
@@ -79,6 +80,8 @@ class VisionBackbone:
         resample: the resize filter the checkpoint was trained with
             (`bilinear`, `bicubic` or `nearest`).
         crop_pct: timm's centre crop share (`None`: resize whole images).
+        sources: where each image setting came from (`size`, `resample`,
+            `crop`, `normalization`), in words, for the training log.
     """
 
     backbone: keras.Model
@@ -88,21 +91,26 @@ class VisionBackbone:
     pretrained: bool
     resample: str = DEFAULT_RESAMPLE
     crop_pct: float | None = None
+    sources: dict[str, str] = dataclasses.field(default_factory=dict)
 
 
-def load_vision_backbone(spec: str) -> VisionBackbone:
+def load_vision_backbone(spec: str, image_size: int | None = None) -> VisionBackbone:
     """Build or load the vision backbone named by `spec`.
 
     Args:
         spec: `tiny`, `tiny-vit`, `tiny-mobilenet`, a keras-hub preset name,
             a local preset folder or a Hugging Face-format folder.
+        image_size: the side of the square images to feed it; `None` keeps
+            the checkpoint's own size (32 for the built-in backbones).
 
     Returns:
-        A `VisionBackbone`.
+        A `VisionBackbone`; its image settings are logged once, with where
+        each came from.
 
     Raises:
         UserError: the spec is unknown, cannot be loaded (e.g. a named preset
-            while offline), or is not an image backbone.
+            while offline), is not an image backbone, or takes only its own
+            image size.
     """
     built_in = {
         "tiny": (_tiny_cnn, CENTRED_SCALE, CENTRED_OFFSET),
@@ -111,8 +119,82 @@ def load_vision_backbone(spec: str) -> VisionBackbone:
     }
     if spec in built_in:
         build, scale, offset = built_in[spec]
-        return VisionBackbone(build(), TINY_IMAGE_SIZE, scale, offset, pretrained=False)
-    return _load_preset(spec)
+        size = (image_size, image_size) if image_size else TINY_IMAGE_SIZE
+        _check_built_in_size(spec, size)
+        normalization = "the tiny CNN's -1..1 pixels" if spec == "tiny" else "0..1 pixels"
+        sources = {
+            "size": "image_size setting" if image_size else f"the {spec} backbone's default",
+            "resample": "default",
+            "crop": "default",
+            "normalization": normalization,
+        }
+        vision = VisionBackbone(build(size), size, scale, offset, pretrained=False, sources=sources)
+    else:
+        vision = _with_image_size(_load_preset(spec), spec, image_size)
+    logger.info("%s", describe_image_settings(vision))
+    return vision
+
+
+def describe_image_settings(vision: VisionBackbone) -> str:
+    """The image size, resize filter, crop and mean/std a backbone is fed with, and where each came from.
+
+    Example:
+    >>> describe_image_settings(VisionBackbone(None, (32, 32), 1 / 255, 0.0, False))
+    'images: 32x32, bilinear resize, no centre crop, mean 0 std 1 (of 0..1 pixels)'
+    """
+    sources = vision.sources
+
+    def source(key):
+        return f" ({sources[key]})" if key in sources else ""
+
+    height, width = vision.image_size
+    crop = "no centre crop" if vision.crop_pct is None else f"centre crop {vision.crop_pct:.3g} of the shorter side"
+    mean, std = _mean_and_std(vision.scale, vision.offset)
+    return (
+        f"images: {height}x{width}{source('size')}, {vision.resample} resize{source('resample')}, "
+        f"{crop}{source('crop')}, mean {mean} std {std} (of 0..1 pixels){source('normalization')}"
+    )
+
+
+def _mean_and_std(scale, offset) -> tuple[str, str]:
+    """The model's `pixels * scale + offset` on 0..255 pixels written as `(pixels / 255 - mean) / std`."""
+    channels = next((len(value) for value in (scale, offset) if isinstance(value, (list, tuple))), None)
+    if channels is None:
+        std = 1.0 / (255.0 * scale)
+        return f"{-offset * std + 0.0:.3g}", f"{std:.3g}"
+    scales = scale if isinstance(scale, (list, tuple)) else [scale] * channels
+    offsets = offset if isinstance(offset, (list, tuple)) else [offset] * channels
+    stds = [1.0 / (255.0 * value) for value in scales]
+    means = [-value * std + 0.0 for value, std in zip(offsets, stds)]
+    return _listed(means), _listed(stds)
+
+
+def _listed(values) -> str:
+    return "[" + ", ".join(f"{value:.3g}" for value in values) + "]"
+
+
+def _check_built_in_size(spec, size):
+    """The built-in backbones pool four times (tiny) or cut 8x8 patches (tiny-vit)."""
+    side = size[0]
+    if side < 16:
+        raise UserError(f"image_size {side} is too small for the {spec} backbone: use at least 16")
+    if spec == "tiny-vit" and side % 8:
+        raise UserError(f"image_size {side}: the tiny-vit backbone cuts 8x8 patches; use a multiple of 8")
+
+
+def _with_image_size(vision: VisionBackbone, spec: str, image_size: int | None) -> VisionBackbone:
+    """`vision` fed `image_size` images, when its input takes any size; a fixed-size one keeps its own."""
+    if not image_size or vision.image_size == (image_size, image_size):
+        return vision
+    fixed_size = tuple(vision.backbone.inputs[0].shape[1:3])
+    if None not in fixed_size:
+        raise UserError(
+            f"vision backbone {spec!r} takes only {fixed_size[0]}x{fixed_size[1]} images (its position "
+            f"embeddings are built for that size): leave out image_size or set it to {fixed_size[0]}"
+        )
+    own = "x".join(map(str, vision.image_size))
+    sources = {**vision.sources, "size": f"image_size setting; the checkpoint's own is {own}"}
+    return dataclasses.replace(vision, image_size=(image_size, image_size), sources=sources)
 
 
 def vision_tokens(features):
@@ -137,7 +219,7 @@ def vision_tokens(features):
     return keras.layers.Reshape((height * width, channels), name="vision_tokens")(features)
 
 
-def _tiny_cnn():
+def _tiny_cnn(size):
     # A plain conv stack learns shapes from scratch on a few thousand images,
     # where the tiny ViT does not (benchmarks/README.md); four pools leave a
     # 2x2 map whose every token sees the whole image. Only Conv2D (ReLU
@@ -145,14 +227,14 @@ def _tiny_cnn():
     return VGGBackbone(
         stackwise_num_repeats=[1, 1, 1, 1],
         stackwise_num_filters=[48, 96, 128, 128],
-        image_shape=(*TINY_IMAGE_SIZE, 3),
+        image_shape=(*size, 3),
         name=BACKBONE_NAME,
     )
 
 
-def _tiny_vit():
+def _tiny_vit(size):
     return keras_hub.models.ViTBackbone(
-        image_shape=(*TINY_IMAGE_SIZE, 3),
+        image_shape=(*size, 3),
         patch_size=8,
         num_layers=2,
         num_heads=2,
@@ -162,7 +244,7 @@ def _tiny_vit():
     )
 
 
-def _tiny_mobilenet():
+def _tiny_mobilenet(size):
     # keras-hub has no MobileNetV3Backbone: MobileNetBackbone takes V3 blocks
     # (inverted residuals, squeeze-and-excite, hard-swish). Two stages of two
     # blocks take 32x32 images to a 4x4x64 feature map (16 tokens).
@@ -181,7 +263,7 @@ def _tiny_mobilenet():
         depthwise_residual=False,
         last_layer_filter=64,
         squeeze_and_excite=0.5,
-        image_shape=(*TINY_IMAGE_SIZE, 3),
+        image_shape=(*size, 3),
         input_activation="hard_swish",
         output_activation="hard_swish",
         input_num_filters=16,
@@ -218,6 +300,9 @@ def _load_preset(spec):
         with contextlib.redirect_stdout(io.StringIO()):
             backbone = keras_hub.models.Backbone.from_preset(spec, name=BACKBONE_NAME)
     except (OSError, ValueError, KeyError, ImportError) as error:
+        offline = offline_preset_error(spec, "vision", error)
+        if offline is not None:
+            raise offline from error
         reason = _timm_hgnetv2_problem(spec) or (str(error).strip() or type(error).__name__).splitlines()[0]
         if spec in keras_hub.models.Backbone.presets:
             reason += " (named presets download from Kaggle: check the network or use a local preset folder)"
@@ -232,15 +317,17 @@ def _load_preset(spec):
         raise UserError(f"vision backbone {spec!r} ({type(backbone).__name__}) is not an image backbone")
     if len(backbone.outputs[0].shape) not in (3, 4):
         raise UserError(f"vision backbone {spec!r} gives outputs of shape {backbone.outputs[0].shape}, not tokens")
-    image_size, scale, offset, resample = _preset_image_settings(spec, backbone)
+    image_size, scale, offset, resample, sources = _preset_image_settings(spec, backbone)
+    crop_pct = _checkpoint_crop_pct(spec)
+    sources["crop"] = "default" if crop_pct is None else "the folder's config.json / preprocessor_config.json"
     return VisionBackbone(
-        backbone, image_size, scale, offset, pretrained=True, resample=resample, crop_pct=_checkpoint_crop_pct(spec)
+        backbone, image_size, scale, offset, pretrained=True, resample=resample, crop_pct=crop_pct, sources=sources
     )
 
 
 def _preset_image_settings(spec, backbone):
-    """`(image_size, scale, offset, resample)` from the preset's ImageConverter (keras-hub presets, timm's
-    `pretrained_cfg`), else Hugging Face's `preprocessor_config.json`, else defaults."""
+    """`(image_size, scale, offset, resample, sources)` from the preset's ImageConverter (keras-hub presets,
+    timm's `pretrained_cfg`), else Hugging Face's `preprocessor_config.json`, else defaults; `sources` says which."""
     try:
         converter = keras_hub.layers.ImageConverter.from_preset(spec)
     except (FileNotFoundError, ValueError):  # no image_converter.json / no converter class
@@ -248,18 +335,27 @@ def _preset_image_settings(spec, backbone):
     if converter is not None:
         image_size, scale, offset = converter.image_size, converter.scale, converter.offset
         resample = converter.interpolation
+        found_in = "the preset's image converter"
     else:
         image_size, scale, offset, resample = _hugging_face_image_settings(spec)
+        found_in = "preprocessor_config.json"
+    sources = {
+        "size": found_in if image_size else "default",
+        "normalization": found_in if scale is not None else "default",
+        "resample": found_in if resample in RESAMPLE_FILTERS else "default",
+    }
     # A fixed input shape is a hard constraint; the converter's size only
     # matters for backbones that take any size.
     fixed_size = tuple(backbone.inputs[0].shape[1:3])
     if None not in fixed_size:
         image_size = fixed_size
+        sources["size"] = "the backbone's fixed input shape"
     return (
         tuple(image_size or DEFAULT_IMAGE_SIZE),
         DEFAULT_SCALE if scale is None else _plain(scale),
         DEFAULT_OFFSET if offset is None else _plain(offset),
         resample if resample in RESAMPLE_FILTERS else DEFAULT_RESAMPLE,
+        sources,
     )
 
 

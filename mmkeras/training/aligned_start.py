@@ -56,6 +56,7 @@ def aligned_config(config: RunConfig) -> RunConfig:
         vision_backbone=aligned.vision_backbone,
         sequence_length=aligned.sequence_length,
         embedding_dim=aligned.embedding_dim,
+        image_size=aligned.image_size,
     )
 
 
