@@ -45,7 +45,7 @@ from mmkeras.errors import UserError
 from mmkeras.evaluation.zero_shot import DEFAULT_PROMPT
 from mmkeras.framework_logs import VERBOSE_ENV, import_tensorflow_quietly, native_stderr_kept_off, quiet_frameworks
 from mmkeras.progress import install_log_handler
-from mmkeras.runs import is_align_run, is_run_folder
+from mmkeras.runs import is_align_run, is_run_folder, manifest_columns
 from mmkeras.quantization.qat_settings import CALIBRATION_ROWS, LEARNING_RATE_FACTOR, UNKNOWN_LAYERS, QATSettings
 from mmkeras.runtime.benchmark import DEFAULT_RUNS, WARMUP_RUNS
 from mmkeras.runtime.bundle import QUANTIZATION_MODES, WEB_SITE_FOLDER
@@ -62,9 +62,23 @@ app = typer.Typer(
 
 # OSError numbers that mean the machine refused (space, permissions, a read-only filesystem), not a bug.
 ENVIRONMENT_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EPERM, errno.EROFS})
-JSON_OPTION = typer.Option(False, "--json", help="Print exactly one JSON object on stdout (progress goes to stderr).")
+# The help's type column of an on/off option: empty (typer would show `<bool>`, as if it took a value).
+FLAG = ""
+JSON_OPTION = typer.Option(
+    False, "--json", metavar=FLAG, help="Print exactly one JSON object on stdout (progress goes to stderr)."
+)
 TEXT_OPTION = typer.Option(None, "--text", help="The text (omit for a missing text).")
 IMAGE_OPTION = typer.Option(None, "--image", help="The image file (omit for a missing image).")
+# The manifest's column names, where they are not text, image, label (a run keeps them for later commands).
+TEXT_COLUMN_OPTION = typer.Option(
+    None, "--text-column", help="The manifest column holding the texts.", show_default="text, or the run's"
+)
+IMAGE_COLUMN_OPTION = typer.Option(
+    None, "--image-column", help="The manifest column holding the image paths.", show_default="image, or the run's"
+)
+LABEL_COLUMN_OPTION = typer.Option(
+    None, "--label-column", help="The manifest column holding the labels.", show_default="label, or the run's"
+)
 # Package versions `--version` reports, when installed (read from metadata: nothing is imported).
 VERSION_PACKAGES = ("tensorflow", "keras", "keras-hub", "ai-edge-litert", "tokenizers")
 
@@ -72,8 +86,11 @@ VERSION_PACKAGES = ("tensorflow", "keras", "keras-hub", "ai-edge-litert", "token
 def setting(name: str, help: str, *flags: str, **kwargs):
     """An option that overrides `RunConfig.<name>`; `--help` shows RunConfig's default unless told otherwise."""
     default = RunConfig.__dataclass_fields__[name].default
-    shown = str(default).lower() if isinstance(default, bool) else str(default)
-    return typer.Option(None, *flags, help=help, **{"show_default": shown, **kwargs})
+    if isinstance(default, bool):  # a --flag/--no-flag pair: no value to show
+        on, off = flags[0].split("/")
+        shown = on if default else off
+        return typer.Option(None, *flags, help=help, metavar=FLAG, **{"show_default": shown, **kwargs})
+    return typer.Option(None, *flags, help=help, **{"show_default": str(default), **kwargs})
 
 
 def qat_setting(name: str, help: str, **kwargs):
@@ -137,7 +154,9 @@ def given(**values) -> dict:
 @app.callback(invoke_without_command=True)
 def root(
     context: typer.Context,
-    version: bool = typer.Option(False, "--version", is_eager=True, help="Print the versions and exit."),
+    version: bool = typer.Option(
+        False, "--version", metavar=FLAG, is_eager=True, help="Print the versions and exit."
+    ),
 ):
     """Train text+image models from keras-hub backbones and ship them as LiteRT bundles."""
     if version:
@@ -189,7 +208,7 @@ def train(
     ),
     seed: Optional[int] = setting("seed", "Seed for weights, shuffling and dropout."),
     deterministic: Optional[bool] = setting(
-        "deterministic", "Deterministic TensorFlow ops (slower).", "--deterministic"
+        "deterministic", "Deterministic TensorFlow ops (slower).", "--deterministic/--no-deterministic"
     ),
     on_bad_row: Optional[Literal[ON_BAD_ROW]] = setting(
         "on_bad_row",
@@ -200,12 +219,14 @@ def train(
         "strategy", "tf.distribute strategy: auto picks mirrored with several GPUs, else one device."
     ),
     resume: bool = typer.Option(
-        False, "--resume", help="Continue the run in --out from its last checkpoint (same flags)."
+        False, "--resume", metavar=FLAG, help="Continue the run in --out from its last checkpoint (same flags)."
     ),
     freeze: Optional[Literal[FREEZE_CHOICES]] = setting("freeze", "Backbones whose weights stay as loaded."),
     lora_rank: Optional[int] = setting("lora_rank", "LoRA adapters of this rank on the backbones (0: off).", min=0),
     cache_features: Optional[bool] = setting(
-        "cache_features", "Run frozen backbones once and train on their stored outputs.", "--cache-features"
+        "cache_features",
+        "Run frozen backbones once and train on their stored outputs.",
+        "--cache-features/--no-cache-features",
     ),
     modality_dropout: Optional[float] = setting(
         "modality_dropout", "Probability of hiding the text or the image of a training example.", min=0.0, max=1.0
@@ -231,6 +252,18 @@ def train(
     init_from: Optional[Path] = setting(
         "init_from", "Start from an align run's backbones, tokenizer and projections (mmkeras align)."
     ),
+    image_size: Optional[int] = setting(
+        "image_size",
+        "Side of the square images the vision backbone sees.",
+        show_default="a checkpoint folder's own size; tiny: 32",
+        min=16,
+    ),
+    early_stopping_patience: Optional[int] = setting(
+        "early_stopping_patience", "Stop after N epochs without a lower val_loss (0: never; needs --val).", min=0
+    ),
+    text_column: Optional[str] = TEXT_COLUMN_OPTION,
+    image_column: Optional[str] = IMAGE_COLUMN_OPTION,
+    label_column: Optional[str] = LABEL_COLUMN_OPTION,
     as_json: bool = JSON_OPTION,
 ):
     """Train a model on a manifest and write a run folder.
@@ -269,17 +302,24 @@ def train(
         modality_balance=modality_balance,
         task=task,
         init_from=init_from,
+        image_size=image_size,
+        early_stopping_patience=early_stopping_patience,
+        text_column=text_column,
+        image_column=image_column,
+        label_column=label_column,
     )
     if not run_config.data or not run_config.out:
         raise UserError("training needs a training manifest (--data) and a run folder (--out)")
     preflight.require_training_extra("train")
-    preflight.check_manifest(run_config.data, flag="--data", on_bad_row=run_config.on_bad_row)
+    columns = run_config.columns
+    preflight.check_manifest(run_config.data, flag="--data", on_bad_row=run_config.on_bad_row, columns=columns)
     if run_config.val:
-        preflight.check_manifest(run_config.val, flag="--val", on_bad_row=run_config.on_bad_row)
+        preflight.check_manifest(run_config.val, flag="--val", on_bad_row=run_config.on_bad_row, columns=columns)
     if run_config.init_from:
         preflight.check_run_folder(run_config.init_from)
     preflight.check_out_folder(run_config.out)
     load_tensorflow()
+    from mmkeras.training.fit import kept_weights_summary
     from mmkeras.training.trainer import train as train_run
 
     result = train_run(run_config, resume=resume)
@@ -289,10 +329,14 @@ def train(
     # A multi-label run's accuracy is the exact match at 0.5; its tuned figures say more.
     shown = ("val_mAP", "val_micro_f1") if "val_mAP" in metrics else ("val_accuracy",)
     figures = ", ".join(f"{name} {format_figure(metrics[name])}" for name in shown)
+    kept = kept_weights_summary(
+        result.history, metrics["kept_epoch"], metrics["stopped_early"], run_config.early_stopping_patience
+    )
     emit(
         metrics,
         as_json,
-        f"trained {metrics['epochs_completed']} epochs: loss {metrics['loss']:.4f}, {figures}, run in {result.run_dir}",
+        f"trained {metrics['epochs_completed']} epochs: loss {metrics['loss']:.4f}, {figures}, run in {result.run_dir}"
+        f"\n{kept}",
     )
 
 
@@ -301,9 +345,12 @@ def evaluate(
     target: Path = typer.Argument(..., help="A run folder or a bundle folder."),
     data: Path = typer.Option(..., "--data", help="Labelled manifest to evaluate on."),
     zero_shot: bool = typer.Option(
-        False, "--zero-shot", help="An align run classifies the images by the label names alone."
+        False, "--zero-shot", metavar=FLAG, help="An align run classifies the images by the label names alone."
     ),
     prompt: str = typer.Option(DEFAULT_PROMPT, "--prompt", help="With --zero-shot: the text of a class, with {label}."),
+    text_column: Optional[str] = TEXT_COLUMN_OPTION,
+    image_column: Optional[str] = IMAGE_COLUMN_OPTION,
+    label_column: Optional[str] = LABEL_COLUMN_OPTION,
     as_json: bool = JSON_OPTION,
 ):
     """Accuracy, macro-F1, calibration, consistency and modality ablation on a manifest; saves a results folder.
@@ -314,21 +361,22 @@ def evaluate(
 
     Example: mmkeras evaluate bundles/demo --data samples/test.csv --json
     """
+    columns = manifest_columns(target, {"text": text_column, "image": image_column, "label": label_column})
     if zero_shot:
-        evaluate_zero_shot(target, data, prompt, as_json)
+        evaluate_zero_shot(target, data, prompt, as_json, columns)
         return
     if is_run_folder(target) and is_align_run(target):
         raise UserError("an align run has no classifier: evaluate it with --zero-shot", path=target)
     from mmkeras.evaluation.multilabel_evaluate import is_multilabel
 
     if is_multilabel(target):
-        evaluate_multilabel_target(target, data, as_json)
+        evaluate_multilabel_target(target, data, as_json, columns)
         return
-    preflight.check_manifest(data, flag="--data")
+    preflight.check_manifest(data, flag="--data", columns=columns)
     prepare_target(target, "evaluate RUN_DIR")
     from mmkeras.evaluation.evaluate import evaluate as evaluate_target
 
-    figures = evaluate_target(target, data)
+    figures = evaluate_target(target, data, columns=columns)
     ablation = figures["modality_ablation"]
     emit(
         figures,
@@ -360,7 +408,12 @@ def qat(
     checkpoint_steps: Optional[int] = qat_setting(
         "checkpoint_steps", "Also checkpoint every N optimizer updates.", min=0
     ),
-    resume: bool = typer.Option(False, "--resume", help="Continue the QAT run in --out from its last checkpoint."),
+    resume: bool = typer.Option(
+        False, "--resume", metavar=FLAG, help="Continue the QAT run in --out from its last checkpoint."
+    ),
+    text_column: Optional[str] = TEXT_COLUMN_OPTION,
+    image_column: Optional[str] = IMAGE_COLUMN_OPTION,
+    label_column: Optional[str] = LABEL_COLUMN_OPTION,
     as_json: bool = JSON_OPTION,
 ):
     """Fine-tune a run with quantization-aware training; write a QAT run for export --quantize int8.
@@ -382,15 +435,16 @@ def qat(
         )
     )
     on_bad_row = preflight.check_run_folder(run_dir).on_bad_row  # QAT handles bad rows as the run did
-    preflight.check_manifest(data, flag="--data", on_bad_row=on_bad_row)
+    columns = manifest_columns(run_dir, {"text": text_column, "image": image_column, "label": label_column})
+    preflight.check_manifest(data, flag="--data", on_bad_row=on_bad_row, columns=columns)
     if val:
-        preflight.check_manifest(val, flag="--val", on_bad_row=on_bad_row)
+        preflight.check_manifest(val, flag="--val", on_bad_row=on_bad_row, columns=columns)
     preflight.check_out_folder(out)
     preflight.require_training_extra("qat")
     load_tensorflow()
     from mmkeras.quantization.qat_training import qat_finetune
 
-    result = qat_finetune(run_dir, data, out, val=val, settings=settings, resume=resume)
+    result = qat_finetune(run_dir, data, out, val=val, settings=settings, resume=resume, columns=columns)
     if not result.is_chief:
         return
     metrics = result.metrics
@@ -420,7 +474,9 @@ def export(
         help="int8: more op types left float, comma-separated (e.g. GELU,MUL).",
         show_default="BATCH_MATMUL,HARD_SWISH,SELECT_V2,SOFTMAX,SQUARED_DIFFERENCE,TRANSPOSE",
     ),
-    web: bool = typer.Option(False, "--web", help="Also build the browser site (as `mmkeras web`) in BUNDLE_DIR/web."),
+    web: bool = typer.Option(
+        False, "--web", metavar=FLAG, help="Also build the browser site (as `mmkeras web`) in BUNDLE_DIR/web."
+    ),
     as_json: bool = JSON_OPTION,
 ):
     """Convert a run to a LiteRT bundle (model.tflite + bundle.json + tokenizer).
@@ -429,7 +485,9 @@ def export(
     """
     preflight.check_run_folder(run_dir)
     if calibration_data:
-        preflight.check_manifest(calibration_data, flag="--calibration-data", require_labels=False)
+        preflight.check_manifest(
+            calibration_data, flag="--calibration-data", require_labels=False, columns=manifest_columns(run_dir)
+        )
     from mmkeras.export.bundle_writer import check_replaceable
 
     check_replaceable(out)
@@ -464,18 +522,44 @@ def predict(
     bundle_dir: Path = typer.Argument(..., help="A bundle folder."),
     text: Optional[str] = TEXT_OPTION,
     image: Optional[Path] = IMAGE_OPTION,
+    data: Optional[Path] = typer.Option(
+        None, "--data", help="A manifest (CSV or JSONL, labels optional) to predict row by row; needs --out."
+    ),
+    out: Optional[Path] = typer.Option(None, "--out", help="With --data: the predictions CSV to write."),
+    top_k: int = typer.Option(3, "--top-k", min=1, help="With --data: the best labels (and scores) of each row."),
+    on_bad_row: Literal[ON_BAD_ROW] = typer.Option(
+        "fail", "--on-bad-row", help="With --data: fail lists every bad row and writes nothing; "
+        "skip writes them with the reason in an error column.",
+    ),
+    overwrite: bool = typer.Option(
+        False, "--overwrite", metavar=FLAG, help="With --data: replace an existing --out file."
+    ),
+    text_column: Optional[str] = TEXT_COLUMN_OPTION,
+    image_column: Optional[str] = IMAGE_COLUMN_OPTION,
     as_json: bool = JSON_OPTION,
 ):
-    """Predict one example with the on-device runtime (no TensorFlow).
+    """Predict one example, or every row of a manifest, with the on-device runtime (no TensorFlow).
 
     A multilabel bundle prints the labels at or above their thresholds (`a|b`; --json: `labels`, `scores`).
+    With --data, the CSV at --out has one row per input row: its columns, then prediction, label_1, score_1, ...
 
     Example: mmkeras predict bundles/demo --text "such a serene little card" --image photo.png
+    Example: mmkeras predict bundles/demo --data photos.csv --out predictions.csv
     """
     from mmkeras.runtime.predictor import Predictor
 
+    if is_run_folder(bundle_dir) and not preflight.is_bundle_folder(bundle_dir):
+        raise UserError(
+            f"this is a run folder; predict takes a bundle: run `mmkeras export {bundle_dir} --out BUNDLE_DIR` "
+            "first, then `mmkeras predict BUNDLE_DIR ...`",
+            path=bundle_dir,
+        )
+    if data is not None:
+        columns = {"text": text_column, "image": image_column}
+        predict_manifest(bundle_dir, data, out, top_k, on_bad_row, overwrite, columns, as_json)
+        return
     if text is None and image is None:
-        raise UserError("give --text, --image or both")
+        raise UserError("give --text, --image or both (or --data ROWS.csv --out PREDICTIONS.csv)")
     predictor = Predictor(bundle_dir)
     prediction = predictor.predict(text, image)
     best = sorted(prediction.scores.items(), key=lambda item: -item[1])[:3]
@@ -487,6 +571,20 @@ def predict(
     emit({"label": prediction.label, "scores": prediction.scores}, as_json, f"{prediction.label}  ({scores})")
 
 
+def predict_manifest(bundle_dir, data, out, top_k, on_bad_row, overwrite, columns, as_json):
+    """`predict --data`: every row of a manifest, written to the --out CSV."""
+    if out is None:
+        raise UserError("--data needs --out PREDICTIONS.csv (the file to write)")
+    from mmkeras.runtime.batch_predict import predict_file
+
+    summary = predict_file(
+        bundle_dir, data, out, columns=given(**columns), on_bad_row=on_bad_row, top_k=top_k, overwrite=overwrite
+    )
+    bad_rows = summary["bad_rows"]
+    skipped = f" ({bad_rows} bad rows written with their reason in the error column)" if bad_rows else ""
+    emit(summary, as_json, f"predicted {summary['predicted']} of {summary['rows']} rows into {summary['out']}{skipped}")
+
+
 @app.command()
 def benchmark(
     bundle_dirs: list[Path] = typer.Argument(..., help="One or more bundle folders."),
@@ -496,7 +594,7 @@ def benchmark(
     ),
     runs: int = typer.Option(DEFAULT_RUNS, "--runs", min=1, help=f"Timed runs (after {WARMUP_RUNS} warm-up runs)."),
     compare: bool = typer.Option(
-        False, "--compare", help="Side by side (implied by several bundles): cold start, peak memory, "
+        False, "--compare", metavar=FLAG, help="Side by side (implied by several bundles): cold start, peak memory, "
         "threads 1..N, XNNPACK on and off, interleaved.",
     ),
     image: Optional[Path] = typer.Option(
@@ -594,6 +692,11 @@ def cv(
     learning_rate: Optional[float] = setting("learning_rate", "Peak learning rate.", show_default="as for train"),
     seed: Optional[int] = setting("seed", "Seed of the split and of every fold's run."),
     modality_balance: Optional[Literal[MODALITY_BALANCE]] = setting("modality_balance", "As for train."),
+    image_size: Optional[int] = setting("image_size", "As for train.", show_default="as for train", min=16),
+    early_stopping_patience: Optional[int] = setting("early_stopping_patience", "As for train.", min=0),
+    text_column: Optional[str] = TEXT_COLUMN_OPTION,
+    image_column: Optional[str] = IMAGE_COLUMN_OPTION,
+    label_column: Optional[str] = LABEL_COLUMN_OPTION,
     as_json: bool = JSON_OPTION,
 ):
     """Stratified K-fold cross-validation: one run per fold, mean and standard deviation of every figure.
@@ -613,11 +716,16 @@ def cv(
         learning_rate=learning_rate,
         seed=seed,
         modality_balance=modality_balance,
+        image_size=image_size,
+        early_stopping_patience=early_stopping_patience,
+        text_column=text_column,
+        image_column=image_column,
+        label_column=label_column,
     )
     preflight.require_training_extra("cv")
-    preflight.check_manifest(data, flag="--data")
+    preflight.check_manifest(data, flag="--data", columns=run_config.columns)
     if val:
-        preflight.check_manifest(val, flag="--val")
+        preflight.check_manifest(val, flag="--val", columns=run_config.columns)
     preflight.check_output_folder(out)
     load_tensorflow()
     from mmkeras.training.cross_validation import cross_validate
@@ -695,14 +803,22 @@ def align(
         "learning_rate", "Peak learning rate.", show_default="5e-5 when pretrained backbone weights train, else 1e-3"
     ),
     seed: Optional[int] = setting("seed", "Seed for weights, shuffling and dropout."),
-    deterministic: Optional[bool] = setting("deterministic", "Deterministic TensorFlow ops.", "--deterministic"),
+    deterministic: Optional[bool] = setting(
+        "deterministic", "Deterministic TensorFlow ops.", "--deterministic/--no-deterministic"
+    ),
     strategy: Optional[Literal[STRATEGIES]] = setting("strategy", "tf.distribute strategy, as for train."),
-    resume: bool = typer.Option(False, "--resume", help="Continue the run in --out from its last checkpoint."),
+    resume: bool = typer.Option(
+        False, "--resume", metavar=FLAG, help="Continue the run in --out from its last checkpoint."
+    ),
     freeze: Optional[Literal[FREEZE_CHOICES]] = setting("freeze", "Backbones whose weights stay as loaded."),
     lora_rank: Optional[int] = setting("lora_rank", "LoRA adapters of this rank on the backbones (0: off).", min=0),
     mixed_precision: Optional[Literal[MIXED_PRECISION]] = setting("mixed_precision", "As for train."),
     gradient_accumulation: Optional[int] = setting("gradient_accumulation", "Batches per update.", min=1),
     checkpoint_steps: Optional[int] = setting("checkpoint_steps", "Also checkpoint every N updates.", min=0),
+    image_size: Optional[int] = setting("image_size", "As for train.", show_default="as for train", min=16),
+    text_column: Optional[str] = TEXT_COLUMN_OPTION,
+    image_column: Optional[str] = IMAGE_COLUMN_OPTION,
+    label_column: Optional[str] = LABEL_COLUMN_OPTION,
     as_json: bool = JSON_OPTION,
 ):
     """Align a text and an image backbone contrastively on true pairs (CLIP-style) and write a run folder.
@@ -730,13 +846,17 @@ def align(
         mixed_precision=mixed_precision,
         gradient_accumulation=gradient_accumulation,
         checkpoint_steps=checkpoint_steps,
+        image_size=image_size,
+        text_column=text_column,
+        image_column=image_column,
+        label_column=label_column,
     )
     if not run_config.data or not run_config.out:
         raise UserError("align needs a manifest of true pairs (--data) and a run folder (--out)")
     preflight.require_training_extra("align")
-    preflight.check_manifest(run_config.data, flag="--data", require_labels=False)
+    preflight.check_manifest(run_config.data, flag="--data", require_labels=False, columns=run_config.columns)
     if run_config.val:
-        preflight.check_manifest(run_config.val, flag="--val", require_labels=False)
+        preflight.check_manifest(run_config.val, flag="--val", require_labels=False, columns=run_config.columns)
     preflight.check_out_folder(run_config.out)
     load_tensorflow()
     from mmkeras.training.align_job import align as align_run
@@ -795,26 +915,26 @@ def search(
     emit({"results": results}, as_json, "\n".join(f"{hit['score']:.4f}  {hit['image']}" for hit in results))
 
 
-def evaluate_zero_shot(target: Path, data: Path, prompt: str, as_json: bool):
+def evaluate_zero_shot(target: Path, data: Path, prompt: str, as_json: bool, columns: dict):
     """`evaluate --zero-shot`: an align run's accuracy from the label names alone."""
-    preflight.check_manifest(data, flag="--data")
+    preflight.check_manifest(data, flag="--data", columns=columns)
     preflight.check_run_folder(target)
     preflight.require_training_extra("evaluate --zero-shot")
     load_tensorflow()
     from mmkeras.evaluation.zero_shot import zero_shot_evaluate
 
-    figures = zero_shot_evaluate(target, data, prompt)
+    figures = zero_shot_evaluate(target, data, prompt, columns=columns)
     emit(figures, as_json, f"zero-shot accuracy {figures['accuracy']:.4f}  macro_f1 {figures['macro_f1']:.4f}  "
          f"n {figures['n']}  ({len(figures['labels'])} classes, prompt {prompt!r})")
 
 
-def evaluate_multilabel_target(target: Path, data: Path, as_json: bool):
+def evaluate_multilabel_target(target: Path, data: Path, as_json: bool, columns: dict):
     """`evaluate` of a `--task multilabel` run or bundle: mAP and micro/macro-F1 at the tuned thresholds."""
-    preflight.check_manifest(data, flag="--data")
+    preflight.check_manifest(data, flag="--data", columns=columns)
     prepare_target(target, "evaluate RUN_DIR")
     from mmkeras.evaluation.multilabel_evaluate import evaluate_multilabel
 
-    figures = evaluate_multilabel(target, data)
+    figures = evaluate_multilabel(target, data, columns=columns)
     emit(figures, as_json, f"mAP {figures['mAP']:.4f}  micro_f1 {figures['micro_f1']:.4f}  "
          f"macro_f1 {figures['macro_f1']:.4f}  exact_match {figures['exact_match']:.4f}  n {figures['n']}")
 

@@ -33,12 +33,14 @@ def require_training_extra(command: str):
         )
 
 
-def check_manifest(path, *, flag: str, require_labels: bool = True, on_bad_row: str = "fail") -> Manifest:
-    """Read a manifest given with `flag` (every row checked, images not yet opened)."""
+def check_manifest(
+    path, *, flag: str, require_labels: bool = True, on_bad_row: str = "fail", columns: dict[str, str] | None = None
+) -> Manifest:
+    """Read a manifest given with `flag` (every row checked, images not yet opened), `columns` as `read_manifest`."""
     path = Path(path)
     if path.is_dir():
         raise UserError(f"{flag} must be a manifest file (.csv or .jsonl), not a folder", path=path)
-    return read_manifest(path, require_labels=require_labels, on_bad_row=on_bad_row)
+    return read_manifest(path, require_labels=require_labels, on_bad_row=on_bad_row, columns=columns)
 
 
 def check_out_folder(path):

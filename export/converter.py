@@ -152,7 +152,9 @@ def _export_locked(
         }
         report["warning"] = quality_warning(report)
         write_bundle_json(staging, **bundle_fields, conversion=report)
-        examples = examples_from_manifest(test_vector_manifest(run, calibration_data), run.preprocessor.image_size)
+        examples = examples_from_manifest(
+            test_vector_manifest(run, calibration_data), run.preprocessor.image_size, columns=run.config.columns
+        )
         write_test_vectors(staging, examples, unfinished_ok=True)
     return {"path": str(out_dir), **report}
 

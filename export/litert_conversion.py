@@ -249,7 +249,7 @@ def manifest_inputs(run, path: str | Path, max_rows: int) -> dict[str, np.ndarra
 
 def manifest_rows(run, path: str | Path, max_rows: int) -> list:
     """A seeded sample of at most `max_rows` of a manifest's rows, without those whose image does not read."""
-    manifest = read_manifest(path, require_labels=False)
+    manifest = read_manifest(path, require_labels=False, columns=run.config.columns)
     rows = manifest.rows
     if len(rows) > max_rows:
         chosen = np.random.default_rng(CALIBRATION_SEED).choice(len(rows), max_rows, replace=False)

@@ -119,6 +119,15 @@ class RunConfig:
             tokenizer, projections and temperature the model starts from.
         embedding_dim: width of the shared text-image embedding space (an
             align run's projections, and the match task's).
+        image_size: side of the square images the vision backbone sees;
+            `None` keeps a checkpoint folder's own size (32 for the built-in
+            `tiny` backbones). A checkpoint with a fixed input shape (ViT,
+            DINOv2) takes only its own size.
+        text_column: the manifest column (CSV header or JSONL key) holding
+            the texts; later commands on the run read manifests with the
+            same column names unless told otherwise.
+        image_column: the column holding the image paths.
+        label_column: the column holding the labels.
 
     Example:
     >>> config = RunConfig(data="samples/train.csv", out="runs/demo", epochs=3)
@@ -163,6 +172,10 @@ class RunConfig:
     task: str = "classify"
     init_from: str | None = None
     embedding_dim: int = 64
+    image_size: int | None = None
+    text_column: str = "text"
+    image_column: str = "image"
+    label_column: str = "label"
 
     def __post_init__(self):
         self.validate()
@@ -194,6 +207,7 @@ class RunConfig:
             "gradient_accumulation",
             "max_image_pixels",
             "embedding_dim",
+            "image_size",
         )
         for name in positive:
             if getattr(self, name) is not None and getattr(self, name) < 1:
@@ -218,9 +232,24 @@ class RunConfig:
             raise UserError(f"new_layers_lr_scale must be positive, got {self.new_layers_lr_scale}")
         if not 0 <= self.seed <= _MAX_SEED:
             raise UserError(f"seed must be between 0 and {_MAX_SEED}, got {self.seed}")
+        self._check_columns()
         for name in ("lora_rank", "early_stopping_patience", "checkpoint_steps"):
             if getattr(self, name) < 0:
                 raise UserError(f"{name} must not be negative, got {getattr(self, name)}")
+
+    def _check_columns(self):
+        """The three column names: non-empty text, and three different columns."""
+        names = {role: getattr(self, f"{role}_column") for role in ("text", "image", "label")}
+        for role, name in names.items():
+            if not isinstance(name, str) or not name.strip():
+                raise UserError(f"{role}_column must be a column name, got {name!r}")
+        if len(set(names.values())) < len(names):
+            raise UserError(f"text_column, image_column and label_column must differ, got {', '.join(names.values())}")
+
+    @property
+    def columns(self) -> dict[str, str]:
+        """`{role: column name}` of the manifests (`text`, `image`, `label` roles), for `read_manifest`."""
+        return {"text": self.text_column, "image": self.image_column, "label": self.label_column}
 
     def _check_types(self):
         """Numbers must be numbers, and every float finite: NaN passes every `<` check and trains to NaN."""

@@ -219,6 +219,33 @@ def load_run_config(run_dir) -> RunConfig:
     return RunConfig.from_yaml(run_dir / CONFIG_FILE, ignored=RETIRED_SETTINGS)
 
 
+def manifest_columns(target, overrides: dict[str, str | None] | None = None) -> dict[str, str]:
+    """The manifest column names to read for `target`, with the `overrides` that are not `None`.
+
+    A run folder's own (`RunConfig.columns`); for a bundle, those of the run
+    it was exported from while that run is where it was; else `text`,
+    `image`, `label`. `overrides` come from `--text-column` and co.
+
+    Example:
+    >>> manifest_columns("bundles/demo", {"text": "caption", "image": None})  # doctest: +SKIP
+    {'text': 'caption', 'image': 'image', 'label': 'label'}
+    """
+    from mmkeras.runtime.bundle import BUNDLE_FILE  # the runtime reads run folders: imported on use
+
+    source = _source_run(target) if (Path(target) / BUNDLE_FILE).is_file() else target
+    columns = load_run_config(source).columns if source and is_run_folder(source) else RunConfig().columns
+    return {**columns, **{role: name for role, name in (overrides or {}).items() if name is not None}}
+
+
+def _source_run(bundle_dir) -> str | None:
+    """The run a bundle was exported from, as its bundle.json names it (`None` when it cannot be read)."""
+    try:
+        source = json.loads((Path(bundle_dir) / "bundle.json").read_text(encoding="utf-8")).get("source_run")
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, AttributeError):
+        return None
+    return source if isinstance(source, str) else None
+
+
 def read_labels(run_dir) -> list[str]:
     """A run's class names from `labels.json` (`UserError` naming the file unless a list of distinct names).
 

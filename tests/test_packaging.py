@@ -23,6 +23,7 @@ BASE_INSTALL_MODULES = (
     "mmkeras.runtime.bundle",
     "mmkeras.runtime.interpreter",
     "mmkeras.runtime.predictor",
+    "mmkeras.runtime.batch_predict",
     "mmkeras.evaluation.evaluate",
     "mmkeras.evaluation.report",
     "mmkeras.evaluation.explain",

@@ -1,7 +1,9 @@
 """Reading a manifest: the CSV or JSONL file that lists (text, image, label) rows.
 
 A manifest is UTF-8 (a BOM is allowed) and has the columns `text`, `image`
-and `label`; other columns are ignored. CSV files have a header row; JSONL
+and `label`, or the columns `columns` names for them
+(`{"text": "caption", "image": "file", "label": "class"}`); other columns
+are ignored (and kept, in `ManifestRow.cells`). CSV files have a header row; JSONL
 files hold one JSON object per line (blank lines are skipped). An empty text
 or image cell is a missing modality, not an error; image paths are relative
 to the manifest's folder unless absolute. Every mistake is reported as a
@@ -44,6 +46,8 @@ from mmkeras.preprocessing.text_cleaning import InvalidTextError, clean_text
 from mmkeras.progress import step_progress
 
 COLUMNS = ("text", "image", "label")
+# The roles of COLUMNS, each read from the column of its own name unless a mapping says otherwise.
+DEFAULT_COLUMNS = {role: role for role in COLUMNS}
 ON_BAD_ROW = ("fail", "skip")
 # How many known labels an "unknown label" message lists before "...".
 _LABELS_SHOWN = 8
@@ -64,6 +68,8 @@ class ManifestRow:
         line: the line of the manifest the row starts on (1-based).
         raw_label: the label cell as written (spaces kept), to catch
             spellings of one class that differ.
+        cells: every cell of the row as written, by column name (what batch
+            prediction copies to its output).
     """
 
     text: str | None
@@ -71,6 +77,7 @@ class ManifestRow:
     label: str | None
     line: int
     raw_label: str | None = dataclasses.field(default=None, compare=False, repr=False)
+    cells: dict[str, str] | None = dataclasses.field(default=None, compare=False, repr=False)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -113,6 +120,7 @@ class Manifest:
     path: Path
     rows: list[ManifestRow]
     skipped: list[BadRow] = dataclasses.field(default_factory=list)
+    column_names: list[str] = dataclasses.field(default_factory=list)
 
     def labels(self) -> list[str]:
         """The distinct label names, sorted: the class order of a model trained on this manifest."""
@@ -193,11 +201,13 @@ class Manifest:
             if problem is None:
                 good_rows.append(row)
             else:
-                bad_rows.append(BadRow(self.path, row.line, f"cannot read image {self._shown(row.image)!r}: {problem}"))
+                reason = f"cannot read image {self.shown_path(row.image)!r}: {problem}"
+                bad_rows.append(BadRow(self.path, row.line, reason))
         checked = _settle(self.path, good_rows, bad_rows, on_bad_row, previously_skipped=self.skipped)
+        checked.column_names = self.column_names
         return checked, len(bad_rows)
 
-    def _shown(self, image: Path) -> str:
+    def shown_path(self, image: Path) -> str:
         """An image path as the manifest names it (relative to its folder when possible)."""
         try:
             return str(image.relative_to(self.path.parent))
@@ -205,7 +215,9 @@ class Manifest:
             return str(image)
 
 
-def read_manifest(path: str | Path, *, require_labels: bool = True, on_bad_row: str = "fail") -> Manifest:
+def read_manifest(
+    path: str | Path, *, require_labels: bool = True, on_bad_row: str = "fail", columns: dict[str, str] | None = None
+) -> Manifest:
     """Read a CSV (`.csv`) or JSONL (`.jsonl`, `.ndjson`) manifest.
 
     Args:
@@ -215,6 +227,9 @@ def read_manifest(path: str | Path, *, require_labels: bool = True, on_bad_row: 
             column may be absent.
         on_bad_row: `fail` raises one `UserError` listing every bad row;
             `skip` drops them into `Manifest.skipped`.
+        columns: `{role: column name}` for the roles `text`, `image` and
+            `label` whose column is not named after the role (e.g. a run's
+            `RunConfig.columns`).
 
     Raises:
         UserError: the file is missing, a folder, not UTF-8, lacks a column,
@@ -227,19 +242,24 @@ def read_manifest(path: str | Path, *, require_labels: bool = True, on_bad_row: 
     read_records = _RECORD_READERS.get(path.suffix.lower())
     if read_records is None:
         raise UserError("unknown manifest format: use a .csv or .jsonl file", path=path)
-    required = COLUMNS if require_labels else COLUMNS[:2]
-    rows, bad_rows = [], []
-    for line, record in read_records(_read_text(path), path, required):
+    columns = {**DEFAULT_COLUMNS, **(columns or {})}
+    names = tuple(columns[role] for role in COLUMNS)
+    required = names if require_labels else names[:2]
+    rows, bad_rows, column_names = [], [], {}
+    for line, record in read_records(_read_text(path), path, names, required):
         try:
             if isinstance(record, UserError):
                 raise record
-            rows.append(_make_row(record, path, line, require_labels))
+            column_names.update(dict.fromkeys(record))
+            rows.append(_make_row(record, columns, path, line, require_labels))
         except UserError as error:
             bad_rows.append(BadRow(path, line, error.reason))
     _check_label_spellings(rows, path)
     if not rows and not bad_rows:
         raise UserError("the manifest has no rows", path=path)
-    return _settle(path, rows, bad_rows, on_bad_row)
+    manifest = _settle(path, rows, bad_rows, on_bad_row)
+    manifest.column_names = list(column_names)
+    return manifest
 
 
 def _settle(
@@ -247,7 +267,7 @@ def _settle(
 ) -> Manifest:
     """The manifest of `rows`, after failing on or skipping `bad_rows` as `on_bad_row` says."""
     if bad_rows and on_bad_row == "fail":
-        raise _bad_rows_error(path, bad_rows)
+        raise bad_rows_error(path, bad_rows)
     for bad_row in bad_rows:
         logger.warning("skipped: %s", bad_row)
     if not rows:
@@ -255,7 +275,7 @@ def _settle(
     return Manifest(path, rows, [*previously_skipped, *bad_rows])
 
 
-def _bad_rows_error(path: Path, bad_rows: list[BadRow]) -> UserError:
+def bad_rows_error(path: Path, bad_rows: list[BadRow]) -> UserError:
     """One error listing the first `BAD_ROWS_SHOWN` bad rows and the count of the others."""
     if len(bad_rows) == 1:
         return UserError(bad_rows[0].reason, path=path, row=bad_rows[0].line)
@@ -298,7 +318,7 @@ def _read_text(path: Path) -> str:
 
 
 def _csv_records(
-    text: str, path: Path, required: tuple[str, ...]
+    text: str, path: Path, names: tuple[str, ...], required: tuple[str, ...]
 ) -> Iterator[tuple[int, dict[str, str] | UserError]]:
     """(line, {column: cell} or the row's problem) per data row; a row's line is the one it starts on."""
     reader = csv.reader(io.StringIO(text, newline=""), strict=True)
@@ -306,45 +326,53 @@ def _csv_records(
     try:
         header = next(reader, None)
         if header is None:
-            raise UserError(f"empty file: expected a header row with the columns {', '.join(COLUMNS)}", path=path)
-        names = [name.strip() for name in header]
-        _check_columns(names, required, path)
+            raise UserError(f"empty file: expected a header row with the columns {', '.join(names)}", path=path)
+        header_names = [name.strip() for name in header]
+        _check_columns(header_names, names, required, path)
         next_line = reader.line_num + 1
         for cells in reader:
             line, next_line = next_line, reader.line_num + 1
             if not cells:  # a blank line
                 continue
-            if len(cells) != len(names):
-                yield line, UserError(f"expected {len(names)} cells like the header, found {len(cells)}")
+            if len(cells) != len(header_names):
+                yield line, UserError(f"expected {len(header_names)} cells like the header, found {len(cells)}")
                 continue
-            yield line, dict(zip(names, cells))
+            yield line, dict(zip(header_names, cells))
     except csv.Error as error:
         # Quoting mistakes leave the rest of the file unparseable: one error for the file.
         raise UserError(f"invalid CSV: {error} (an unclosed or stray quote?)", path=path, row=next_line) from None
 
 
-def _check_columns(names: list[str], required: tuple[str, ...], path: Path):
-    duplicated = sorted({name for name in names if name in COLUMNS and names.count(name) > 1})
+def _check_columns(header: list[str], names: tuple[str, ...], required: tuple[str, ...], path: Path):
+    duplicated = sorted({name for name in header if name in names and header.count(name) > 1})
     if duplicated:
         raise UserError(f"the header repeats the column(s) {', '.join(duplicated)}", path=path, row=1)
-    missing = [name for name in required if name not in names]
+    missing = [name for name in required if name not in header]
     if missing:
         raise UserError(
-            f"missing column(s) {', '.join(missing)} (the header has: {', '.join(names)})", path=path, row=1
+            f"missing column(s) {', '.join(missing)} (the header has: {', '.join(header)}){_mapping_hint(missing)}",
+            path=path,
+            row=1,
         )
 
 
+def _mapping_hint(missing: list[str]) -> str:
+    """How to name other columns, when a default column name is what is missing."""
+    flags = [f"--{name}-column" for name in missing if name in COLUMNS]
+    return f"; name yours with {', '.join(flags)}" if flags else ""
+
+
 def _jsonl_records(
-    text: str, path: Path, required: tuple[str, ...]
+    text: str, path: Path, names: tuple[str, ...], required: tuple[str, ...]
 ) -> Iterator[tuple[int, dict[str, str] | UserError]]:
     """(line, {key: cell} or the line's problem) per non-blank line, JSON `null` read as an empty cell."""
     # Split on "\n" only: str.splitlines would also split inside JSON strings (U+2028 and co).
     for line, content in enumerate(text.split("\n"), start=1):
         if content.strip():
-            yield line, _json_record(content, required)
+            yield line, _json_record(content, names, required)
 
 
-def _json_record(content: str, required: tuple[str, ...]) -> dict[str, str] | UserError:
+def _json_record(content: str, names: tuple[str, ...], required: tuple[str, ...]) -> dict[str, str] | UserError:
     try:
         record = json.loads(content)
     except json.JSONDecodeError as error:
@@ -355,19 +383,22 @@ def _json_record(content: str, required: tuple[str, ...]) -> dict[str, str] | Us
         return UserError(f"expected a JSON object, found {_json_type(record)}")
     missing = [key for key in required if key not in record]
     if missing:
-        return UserError(f"missing key(s) {', '.join(missing)}")
+        return UserError(f"missing key(s) {', '.join(missing)} (the object has: {', '.join(map(str, record))})")
     try:
-        return {key: _json_cell(record.get(key), key) for key in COLUMNS}
+        cells = {key: _json_cell(record.get(key), key, key == names[-1]) for key in names}
     except UserError as error:
         return error
+    # The other keys are kept as written (JSON for anything but a string) for batch prediction's output.
+    others = {str(key): value if isinstance(value, str) else json.dumps(value) for key, value in record.items()}
+    return {**others, **cells}
 
 
-def _json_cell(value, key: str) -> str:
+def _json_cell(value, key: str, is_label: bool) -> str:
     if value is None:
         return ""
     if isinstance(value, str):
         return value
-    if key == "label" and isinstance(value, int) and not isinstance(value, bool):
+    if is_label and isinstance(value, int) and not isinstance(value, bool):
         return str(value)  # class ids written as numbers are still class names
     raise UserError(f"{key!r} must be a string or null, found {_json_type(value)}")
 
@@ -377,14 +408,15 @@ def _json_type(value) -> str:
     return names.get(type(value), "a number" if isinstance(value, float) else "null")
 
 
-def _make_row(record: dict[str, str], path: Path, line: int, require_labels: bool) -> ManifestRow:
-    for column, cell in record.items():
-        if column in COLUMNS:
-            try:
-                clean_text(cell)
-            except InvalidTextError as error:
-                raise UserError(f"the {column} cell is {error.problem}") from None
-    text, image, label = (record.get(column, "") for column in COLUMNS)
+def _make_row(
+    record: dict[str, str], columns: dict[str, str], path: Path, line: int, require_labels: bool
+) -> ManifestRow:
+    for role in COLUMNS:
+        try:
+            clean_text(record.get(columns[role], ""))
+        except InvalidTextError as error:
+            raise UserError(f"the {columns[role]} cell is {error.problem}") from None
+    text, image, label = (record.get(columns[role], "") for role in COLUMNS)
     if not is_present(text) and not is_present(image):
         raise UserError("the row has neither a text nor an image")
     if require_labels and not label.strip():
@@ -395,6 +427,7 @@ def _make_row(record: dict[str, str], path: Path, line: int, require_labels: boo
         label=label.strip() or None,
         line=line,
         raw_label=label or None,
+        cells=record,
     )
 
 

@@ -22,6 +22,7 @@ from mmkeras.evaluation.consistency import consistency_figures
 from mmkeras.evaluation.metrics import classification_figures, top_k_accuracy
 from mmkeras.evaluation.results_folder import results_dir, sample_rows, write_attention_overlays, write_results
 from mmkeras.progress import step_progress
+from mmkeras.runs import manifest_columns
 from mmkeras.runtime.bundle import BUNDLE_FILE
 from mmkeras.runtime.predictor import softmax
 
@@ -68,7 +69,7 @@ def predict_probabilities(
     return np.concatenate(probabilities) if probabilities else np.zeros((0, 0))
 
 
-def evaluate(target, data, *, save_results: bool = True) -> dict:
+def evaluate(target, data, *, save_results: bool = True, columns: dict[str, str] | None = None) -> dict:
     """Evaluate a run folder or a bundle on a labelled manifest, and save the results.
 
     Args:
@@ -77,6 +78,8 @@ def evaluate(target, data, *, save_results: bool = True) -> dict:
         data: a labelled manifest (CSV or JSONL).
         save_results: write `TARGET/results/<manifest stem>/` and refresh
             the run's report (see `results_folder`).
+        columns: `{role: column name}` of the manifest where it differs
+            from a run's own (`mmkeras.runs.manifest_columns`).
 
     Returns:
         The figures of `classification_figures` plus `top_k_accuracy`
@@ -93,7 +96,8 @@ def evaluate(target, data, *, save_results: bool = True) -> dict:
     (0.97, 0.04)
     """
     predict_logits, preprocessor, labels, run = load_target(target)
-    manifest, _ = read_manifest(data).validate_images(preprocessor.image_size, "fail")
+    manifest = read_manifest(data, columns=manifest_columns(target, columns))
+    manifest, _ = manifest.validate_images(preprocessor.image_size, "fail")
     y_true = manifest.encode_labels(labels)
     texts = [row.text for row in manifest.rows]
     images = [row.image for row in manifest.rows]

@@ -17,6 +17,7 @@ from mmkeras.data.manifest import read_manifest
 from mmkeras.errors import UserError
 from mmkeras.evaluation.evaluate import load_target, predict_probabilities
 from mmkeras.evaluation.multilabel_metrics import multi_hot, multilabel_figures, split_labels
+from mmkeras.runs import manifest_columns
 from mmkeras.runtime.bundle import BUNDLE_FILE, output_activation, read_bundle
 from mmkeras.runtime.predictor import sigmoid
 
@@ -46,18 +47,20 @@ def run_thresholds(run_dir, labels: list[str]) -> list[float]:
     return [DEFAULT_THRESHOLD if tuned is None else float(tuned[label]) for label in labels]
 
 
-def evaluate_multilabel(target, data) -> dict:
+def evaluate_multilabel(target, data, *, columns: dict[str, str] | None = None) -> dict:
     """mAP, micro/macro-F1, exact match and per-label figures of a multilabel run or bundle on a manifest.
 
     Args:
         target: a `--task multilabel` run folder, or a bundle exported from one.
         data: a manifest whose label cells list labels separated by `|`.
+        columns: `{role: column name}` where the manifest's differ from the run's.
 
     The thresholds are the run's (`run_thresholds`), or those the bundle carries (the same values).
     """
     predict_logits, preprocessor, labels, run = load_target(target)
     thresholds = run_thresholds(target, labels) if run is not None else read_bundle(target)["thresholds"]
-    manifest, _ = read_manifest(data).validate_images(preprocessor.image_size, "fail")
+    manifest = read_manifest(data, columns=manifest_columns(target, columns))
+    manifest, _ = manifest.validate_images(preprocessor.image_size, "fail")
     known = set(labels)
     for row in manifest.rows:
         unknown = [label for label in split_labels(row.label) if label not in known]

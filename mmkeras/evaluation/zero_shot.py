@@ -21,13 +21,16 @@ DEFAULT_PROMPT = "{label}"
 CHUNK_ROWS = 64
 
 
-def zero_shot_evaluate(run_dir, data, prompt: str = DEFAULT_PROMPT) -> dict:
+def zero_shot_evaluate(
+    run_dir, data, prompt: str = DEFAULT_PROMPT, *, columns: dict[str, str] | None = None
+) -> dict:
     """Zero-shot figures of an align run on a labelled manifest (its images; texts are ignored).
 
     Args:
         run_dir: a run folder written by `mmkeras align`.
         data: a labelled manifest; its label names are the classes.
         prompt: the text each class name is written into, with `{label}`.
+        columns: `{role: column name}` where the manifest's differ from the run's.
 
     Returns:
         The figures of `classification_figures` plus `prompt` and `labels`.
@@ -37,13 +40,15 @@ def zero_shot_evaluate(run_dir, data, prompt: str = DEFAULT_PROMPT) -> dict:
     """
     from mmkeras.models.dual_encoder import encoders, is_dual_encoder
     from mmkeras.quantization.run_loading import load_run
+    from mmkeras.runs import manifest_columns
 
     if "{label}" not in prompt:
         raise UserError(f"--prompt must contain {{label}}, got {prompt!r}")
     run = load_run(run_dir)
     if not is_dual_encoder(run.model):
         raise UserError("--zero-shot needs an align run (mmkeras align)", path=run_dir)
-    manifest, _ = read_manifest(data).validate_images(run.preprocessor.image_size, "fail")
+    manifest = read_manifest(data, columns=manifest_columns(run_dir, columns))
+    manifest, _ = manifest.validate_images(run.preprocessor.image_size, "fail")
     for row in manifest.rows:
         if row.image is None:
             raise UserError("zero-shot classifies images: the row has none", path=manifest.path, row=row.line)

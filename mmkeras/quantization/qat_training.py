@@ -66,7 +66,9 @@ from mmkeras.training.training_loop import TrainingLoop
 logger = logging.getLogger("mmkeras")
 
 
-def qat_finetune(run_dir, data, out, *, val=None, settings: QATSettings | None = None, resume=False) -> JobResult:
+def qat_finetune(
+    run_dir, data, out, *, val=None, settings: QATSettings | None = None, resume=False, columns=None
+) -> JobResult:
     """Fine-tune the run in `run_dir` with QAT on `data` and write a QAT run to `out`.
 
     Under `multi-worker`, start it on every worker with the same arguments
@@ -81,6 +83,8 @@ def qat_finetune(run_dir, data, out, *, val=None, settings: QATSettings | None =
         settings: `QATSettings`.
         resume: continue the QAT run in `out` from its newest checkpoint
             (the same arguments as the interrupted run).
+        columns: `{role: column name}` of the manifests (`text`, `image`,
+            `label`); `None` keeps the run's.
 
     Returns:
         A `JobResult` whose metrics (also in `out/metrics.json`) add
@@ -103,6 +107,7 @@ def qat_finetune(run_dir, data, out, *, val=None, settings: QATSettings | None =
         batch_size=settings.batch_size,
         strategy=settings.strategy,
         checkpoint_steps=settings.checkpoint_steps,
+        **{f"{role}_column": name for role, name in (columns or {}).items()},
     )
     return QATJob(run_dir, config, settings, resume=resume).run()
 
@@ -160,7 +165,7 @@ class QATJob(TrainingJob):
                 )
         self.float_run = run
         labels, preprocessor = run.labels, run.preprocessor
-        raw_train = read_manifest(config.data, on_bad_row=config.on_bad_row)
+        raw_train = read_manifest(config.data, on_bad_row=config.on_bad_row, columns=config.columns)
         if config.task == "multilabel":  # the pipeline encodes label cells; the model keeps the run's labels
             labels = self.multilabel_cells(raw_train, run.labels)
         train_manifest, val_manifest, skipped = checked_manifests(config, raw_train, labels, preprocessor.image_size)

@@ -144,18 +144,23 @@ def record_vector(predictor: Predictor, text: str | None, bundle_dir: Path, imag
     }
 
 
-def examples_from_manifest(path: str | Path | None, image_size: tuple[int, int], count: int = 3) -> list[tuple]:
+def examples_from_manifest(
+    path: str | Path | None, image_size: tuple[int, int], count: int = 3, *, columns: dict[str, str] | None = None
+) -> list[tuple]:
     """Test-vector examples: `count` rows with both modalities, then the first as text only and as image only.
 
     Without a readable manifest (`path` is `None` or missing, or has no row
     with both), one sample sentence and a noise image stand in, so every
-    bundle has vectors.
+    bundle has vectors. `columns` names the manifest's columns (`read_manifest`).
 
     Example:
     >>> examples_from_manifest("samples/val.csv", (32, 32))[-1]  # doctest: +SKIP
     (None, PosixPath('samples/images/val/00001.png'))
     """
-    rows = read_manifest(path, require_labels=False).rows if path and Path(path).is_file() else []
+    if not (path and Path(path).is_file()):
+        rows = []
+    else:
+        rows = read_manifest(path, require_labels=False, columns=columns).rows
     complete = [(row.text, row.image) for row in rows if row.text and row.image][:count]
     if not complete:
         complete = [(SAMPLE_TEXT, noise_image_bytes(*image_size))]

@@ -68,7 +68,9 @@ class AlignJob(TrainingJob):
 
     def prepare(self, strategy: tf.distribute.Strategy) -> PreparedRun:
         config = self.config
-        pairs = _pairs(read_manifest(config.data, require_labels=False, on_bad_row=config.on_bad_row))
+        pairs = _pairs(
+            read_manifest(config.data, require_labels=False, on_bad_row=config.on_bad_row, columns=config.columns)
+        )
         policy = resolve_policy(config.mixed_precision)
         logger.info("building the dual encoder (%s text, %s vision)", config.text_backbone, config.vision_backbone)
         with strategy.scope(), dtype_policy(policy):
@@ -79,6 +81,7 @@ class AlignJob(TrainingJob):
                 embedding_dim=config.embedding_dim,
                 texts=[row.text for row in pairs.rows],
                 seed=config.seed,
+                image_size=config.image_size,
             )
         check = {"on_bad_row": config.on_bad_row, "max_pixels": config.max_image_pixels}
         pairs, _ = pairs.validate_images(preprocessor.image_size, **check)
@@ -91,7 +94,9 @@ class AlignJob(TrainingJob):
         )
         val_data = None
         if config.val:
-            val_manifest = read_manifest(config.val, require_labels=False, on_bad_row=config.on_bad_row)
+            val_manifest = read_manifest(
+                config.val, require_labels=False, on_bad_row=config.on_bad_row, columns=config.columns
+            )
             val_pairs, _ = _pairs(val_manifest).validate_images(preprocessor.image_size, **check)
             skipped += val_pairs.skipped
             val_groups, val_pairs = _grouped(val_pairs)

@@ -82,7 +82,7 @@ def cross_validate(config: RunConfig, folds: int) -> dict:
     """
     if not config.data or not config.out:
         raise UserError("cross-validation needs a manifest (--data) and a folder (--out)")
-    manifest = read_manifest(config.data)
+    manifest = read_manifest(config.data, columns=config.columns)
     if not 2 <= folds <= len(manifest.rows):
         raise UserError(f"--folds must be between 2 and the number of rows ({len(manifest.rows)}), got {folds}")
     out = Path(config.out)
@@ -129,20 +129,21 @@ def run_fold(config: RunConfig, folder: Path, manifest: Manifest, is_test, fold:
     from mmkeras.training.trainer import train
 
     folder.mkdir(parents=True, exist_ok=True)
-    write_manifest(folder / TRAIN_MANIFEST, [row for row, test in zip(manifest.rows, is_test) if not test])
-    write_manifest(test_manifest, [row for row, test in zip(manifest.rows, is_test) if test])
+    write_manifest(folder / TRAIN_MANIFEST, [row for row, test in zip(manifest.rows, is_test) if not test], config)
+    write_manifest(test_manifest, [row for row, test in zip(manifest.rows, is_test) if test], config)
     interrupted = any((run_dir / "checkpoints").glob("*"))
     logger.info("fold %d/%d: training on %d rows%s", fold + 1, folds, int((~is_test).sum()),
                 ", continuing from its checkpoint" if interrupted else "")
     train(config.replace(data=str(folder / TRAIN_MANIFEST), out=str(run_dir)), resume=interrupted)
-    return scalar_figures(evaluate(run_dir, test_manifest))
+    return scalar_figures(evaluate(run_dir, test_manifest, columns=config.columns))
 
 
-def write_manifest(path: Path, rows):
-    """Rows as a CSV manifest with absolute image paths."""
+def write_manifest(path: Path, rows, config: RunConfig):
+    """Rows as a CSV manifest with absolute image paths, under the run config's column names."""
     write_csv(path, [
-        {"text": row.text or "", "image": "" if row.image is None else str(Path(row.image).resolve()),
-         "label": row.label}
+        {config.text_column: row.text or "",
+         config.image_column: "" if row.image is None else str(Path(row.image).resolve()),
+         config.label_column: row.label}
         for row in rows
     ])
 

@@ -57,9 +57,8 @@ def checked_manifests(
     skipped = list(train_manifest.skipped)
     val_manifest = None
     if config.val:
-        val_manifest = read_manifest(config.val, on_bad_row=config.on_bad_row).with_known_labels(
-            labels, config.on_bad_row
-        )
+        val_manifest = read_manifest(config.val, on_bad_row=config.on_bad_row, columns=config.columns)
+        val_manifest = val_manifest.with_known_labels(labels, config.on_bad_row)
         val_manifest, _ = val_manifest.validate_images(image_size, **check)
         skipped += val_manifest.skipped
         val_manifest.encode_labels(labels)

@@ -71,7 +71,7 @@ class TrainJob(TrainingJob):
 
     def prepare(self, strategy: tf.distribute.Strategy) -> PreparedRun:
         config = self.config
-        raw_train = read_manifest(config.data, on_bad_row=config.on_bad_row)
+        raw_train = read_manifest(config.data, on_bad_row=config.on_bad_row, columns=config.columns)
         labels = classes = raw_train.labels()
         if config.task == "multilabel":
             labels, classes = multilabel_cells(config, raw_train)
@@ -100,6 +100,7 @@ class TrainJob(TrainingJob):
                 embedding_dim=config.embedding_dim,
                 match_index=match_index,
                 backbones=aligned and aligned.backbones,
+                image_size=config.image_size,
             )
             if aligned:
                 copy_aligned_layers(model, aligned.model)
@@ -151,7 +152,7 @@ def multilabel_cells(config: RunConfig, raw_train) -> tuple[list[str], list[str]
     (what the data pipeline encodes) and the labels they list (`red|ring`: `red` and `ring`)."""
     cells = set(raw_train.labels())
     if config.val:
-        cells |= set(read_manifest(config.val, on_bad_row=config.on_bad_row).labels())
+        cells |= set(read_manifest(config.val, on_bad_row=config.on_bad_row, columns=config.columns).labels())
     labels = sorted({label for cell in cells for label in split_labels(cell)})
     return sorted(cells), labels
 

@@ -1,0 +1,180 @@
+"""Batch prediction: a bundle run over every row of a manifest, written as a predictions CSV (no TensorFlow).
+
+`predict_file` reads a CSV or JSONL manifest (labels optional), predicts
+each row with a `Predictor`, and writes one CSV row per input row: the
+input's own columns as written, then `prediction` (the label, or for a
+multilabel bundle the labels at or above their thresholds joined by `|`)
+and the `top_k` best labels with their scores (`label_1`, `score_1`, ...).
+
+A bad row (no text and no image, an unreadable image, a text that is not
+UTF-8, a malformed line) is handled as `train` handles it: `fail` lists
+every bad row and writes nothing; `skip` writes the row with an empty
+prediction and the reason in an `error` column, so the output still has one
+row per input row. The output is written beside `out` and renamed into
+place at the end: an interrupted run leaves no half file, and an existing
+`out` is replaced only when asked.
+
+Example:
+>>> summary = predict_file("bundles/demo", "photos.csv", "predictions.csv")  # doctest: +SKIP
+>>> summary["rows"], summary["bad_rows"]  # doctest: +SKIP
+(60, 0)
+"""
+
+import csv
+import logging
+from pathlib import Path
+
+import numpy as np
+
+from mmkeras.atomic_files import write_atomically
+from mmkeras.config import RunConfig
+from mmkeras.data.manifest import BadRow, Manifest, ManifestRow, bad_rows_error, read_manifest
+from mmkeras.errors import UserError
+from mmkeras.preprocessing.image import UnreadableImageError
+from mmkeras.preprocessing.text_cleaning import InvalidTextError
+from mmkeras.progress import step_progress
+from mmkeras.runs import manifest_columns
+from mmkeras.runtime.predictor import Predictor
+
+# Rows preprocessed and run together; LiteRT runs them one by one, so this only bounds memory.
+BATCH_ROWS = 32
+DEFAULT_TOP_K = 3
+PREDICTION_COLUMN = "prediction"
+ERROR_COLUMN = "error"
+logger = logging.getLogger("mmkeras")
+
+
+def predict_file(
+    bundle_dir: str | Path,
+    data: str | Path,
+    out: str | Path,
+    *,
+    columns: dict[str, str] | None = None,
+    on_bad_row: str = "fail",
+    top_k: int = DEFAULT_TOP_K,
+    overwrite: bool = False,
+    num_threads: int | None = None,
+) -> dict:
+    """Predict every row of the manifest `data` with the bundle in `bundle_dir` and write the CSV `out`.
+
+    Args:
+        bundle_dir: a classifier bundle folder (`mmkeras export`).
+        data: a CSV or JSONL manifest; the label column may be absent.
+        out: the predictions CSV to write.
+        columns: `{role: column name}` where the manifest's text or image
+            column is named otherwise than in the run the bundle was
+            exported from (`mmkeras.runs.manifest_columns`).
+        on_bad_row: `fail` (list every bad row, write nothing) or `skip`
+            (write the row with its reason in the `error` column).
+        top_k: how many best labels (and scores) each output row lists.
+        overwrite: replace an existing `out`.
+        num_threads: interpreter threads (`None`: LiteRT picks).
+
+    Returns:
+        `{"rows", "predicted", "bad_rows", "out"}`.
+
+    Raises:
+        UserError: `out` exists (without `overwrite`) or is `data`, a bad
+            manifest, bad rows under `fail`, or a bundle that is not a
+            classifier.
+    """
+    data, out = Path(data), Path(out)
+    _check_out(out, data, overwrite)
+    predictor = Predictor(bundle_dir, num_threads=num_threads)
+    columns = manifest_columns(bundle_dir, columns)
+    if columns != RunConfig().columns:
+        logger.info("reading the columns %s", ", ".join(f"{role} {name!r}" for role, name in columns.items()))
+    manifest = read_manifest(data, require_labels=False, on_bad_row=on_bad_row, columns=columns)
+    top_k = min(top_k, len(predictor.labels))
+    results, bad_rows = _predict_rows(predictor, manifest, top_k)
+    bad_rows = [*manifest.skipped, *bad_rows]
+    if bad_rows and on_bad_row == "fail":
+        raise bad_rows_error(data, sorted(bad_rows, key=lambda row: row.line))
+    header = _output_header(manifest, top_k, with_errors=bool(bad_rows))
+    lines = {**{row.line: {ERROR_COLUMN: row.reason} for row in bad_rows}, **results}
+    write_atomically(out, lambda partial: _write_csv(partial, header, [lines[line] for line in sorted(lines)]))
+    return {"rows": len(lines), "predicted": len(results), "bad_rows": len(bad_rows), "out": str(out)}
+
+
+def _check_out(out: Path, data: Path, overwrite: bool):
+    """`out` is a new file in an existing folder (or one to replace, when asked), never the input."""
+    if out.is_dir():
+        raise UserError("--out must be a file name (predictions.csv); this is a folder", path=out)
+    if not out.absolute().parent.is_dir():
+        raise UserError(f"--out: the folder {out.absolute().parent} does not exist", path=out)
+    if out.exists() and out.resolve() == data.resolve():
+        raise UserError("--out is the input manifest; write the predictions to another file", path=out)
+    if out.exists() and not overwrite:
+        raise UserError("--out exists; pass --overwrite to replace it, or choose another file", path=out)
+    if out.suffix.lower() != ".csv":
+        raise UserError("--out must be a .csv file", path=out)
+
+
+def _predict_rows(predictor: Predictor, manifest: Manifest, top_k: int) -> tuple[dict[int, dict], list[BadRow]]:
+    """`({line: output cells}, bad rows)`: every row predicted in batches, a row that cannot be read set aside."""
+    results, bad_rows = {}, []
+    with step_progress("predicting", len(manifest.rows)) as progress:
+        for start in range(0, len(manifest.rows), BATCH_ROWS):
+            batch = manifest.rows[start : start + BATCH_ROWS]
+            readable, inputs = _preprocessed(predictor, batch, manifest, bad_rows)
+            if readable:
+                scores = predictor.scores(predictor.predict_inputs(inputs))
+                for row, row_scores in zip(readable, scores):
+                    results[row.line] = {**row.cells, **_prediction_cells(predictor, row_scores, top_k)}
+            progress.update(start + len(batch))
+    return results, bad_rows
+
+
+def _preprocessed(predictor: Predictor, batch: list[ManifestRow], manifest: Manifest, bad_rows: list[BadRow]):
+    """The batch's model inputs, after setting aside (into `bad_rows`) each row whose image cannot be read."""
+    try:
+        return batch, predictor.preprocessor([row.text for row in batch], [row.image for row in batch])
+    except (UnreadableImageError, InvalidTextError):
+        pass  # find the rows at fault, one by one
+    readable = []
+    for row in batch:
+        try:
+            predictor.preprocessor([row.text], [row.image])
+        except UnreadableImageError as error:
+            reason = f"cannot read image {manifest.shown_path(row.image)!r}: {error.reason}"
+            bad_rows.append(BadRow(manifest.path, row.line, reason))
+            continue
+        except InvalidTextError as error:
+            bad_rows.append(BadRow(manifest.path, row.line, f"the text is {error.problem}"))
+            continue
+        readable.append(row)
+    if not readable:
+        return [], None
+    return readable, predictor.preprocessor([row.text for row in readable], [row.image for row in readable])
+
+
+def _prediction_cells(predictor: Predictor, scores: np.ndarray, top_k: int) -> dict[str, str]:
+    """`prediction` and the `top_k` best labels with their scores, best first."""
+    cells = {PREDICTION_COLUMN: "|".join(predictor.predicted_labels(scores))}
+    for rank, index in enumerate(np.argsort(-scores, kind="stable")[:top_k], start=1):
+        cells[f"label_{rank}"] = predictor.labels[index]
+        cells[f"score_{rank}"] = f"{scores[index]:.4f}"
+    return cells
+
+
+def _output_header(manifest: Manifest, top_k: int, *, with_errors: bool) -> list[str]:
+    """The input's columns, then the prediction's (and `error` when a row was bad); no name may clash."""
+    added = [PREDICTION_COLUMN]
+    for rank in range(1, top_k + 1):
+        added += [f"label_{rank}", f"score_{rank}"]
+    if with_errors:
+        added.append(ERROR_COLUMN)
+    clashing = [name for name in added if name in manifest.column_names]
+    if clashing:
+        raise UserError(
+            f"the manifest already has the column(s) {', '.join(clashing)} that predictions add; rename them",
+            path=manifest.path,
+        )
+    return [*manifest.column_names, *added]
+
+
+def _write_csv(path: Path, header: list[str], rows: list[dict[str, str]]):
+    with path.open("w", encoding="utf-8", newline="") as file:
+        writer = csv.DictWriter(file, fieldnames=header, restval="")
+        writer.writeheader()
+        writer.writerows(rows)
