@@ -451,7 +451,8 @@ def qat(
     emit(
         metrics,
         as_json,
-        f"QAT {metrics['epochs_completed']} epochs: loss {metrics['initial_loss']:.4f} -> {metrics['loss']:.4f}, "
+        f"QAT {metrics['epochs_completed']} epochs: loss on the training rows (no dropout or augmentation) "
+        f"{metrics['initial_loss']:.4f} -> {metrics['final_loss']:.4f}, "
         f"val_accuracy {format_figure(metrics['val_accuracy'])}, QAT run in {result.run_dir}",
     )
 

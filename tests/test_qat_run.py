@@ -81,6 +81,8 @@ def test_qat_training_lowers_the_loss_and_writes_a_qat_run(qat_run, data):
         manifest.encode_labels(run.labels), run.model(inputs, training=False)
     )
     assert float(loss) < metrics["initial_loss"]
+    assert metrics["final_loss"] == pytest.approx(float(loss), abs=1e-3)  # like with like: what the summary shows
+    assert len(json.loads((run_dir / "history.json").read_text())["val_accuracy"]) == 3  # validation each epoch
     assert 0.0 <= metrics["val_accuracy"] <= 1.0
     assert json.loads((run_dir / "metrics.json").read_text()) == metrics
     quantization = json.loads((run_dir / QUANTIZATION_FILE).read_text())

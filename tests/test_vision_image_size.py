@@ -4,7 +4,11 @@ import pytest
 
 from mmkeras.errors import UserError
 from mmkeras.models.preset_download import offline_preset_error
-from mmkeras.models.vision_backbones import VisionBackbone, describe_image_settings, load_vision_backbone
+from mmkeras.models.vision_backbones import (
+    VisionBackbone,
+    describe_image_settings,
+    load_vision_backbone,
+)
 
 
 @pytest.mark.parametrize(("spec", "tokens"), [("tiny", 9), ("tiny-vit", 37), ("tiny-mobilenet", 36)])
@@ -31,7 +35,7 @@ def test_the_image_settings_are_written_as_mean_and_std_with_their_sources():
     )
     assert describe_image_settings(imagenet) == (
         "images: 224x224 (preprocessor_config.json), bicubic resize, centre crop 0.875 of the shorter side, "
-        "mean [0.485, 0.456, 0.406] std [0.229, 0.224, 0.225] (of 0..1 pixels) (preprocessor_config.json)"
+        "mean [0.485, 0.456, 0.406] std [0.229, 0.224, 0.225] of 0..1 pixels (preprocessor_config.json)"
     )
 
 

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 import yaml
-
 from mmkeras.cli.app import main
+
 from mmkeras.config import RunConfig
 from mmkeras.data.manifest import read_manifest
 from mmkeras.errors import UserError
@@ -97,8 +97,10 @@ def test_a_run_keeps_its_column_names_and_image_size(trained):
 def test_training_logs_the_image_settings_once_with_their_sources(trained):
     settings = [line for line in trained["logs"] if line.startswith("images: ")]
     assert settings == [
-        "images: 48x48 (image_size setting), bilinear resize (default), no centre crop (default), "
-        "mean 0.5 std 0.5 (of 0..1 pixels) (the tiny CNN's -1..1 pixels)"
+        (
+            "images: 48x48 (image_size setting), bilinear resize (default), no centre crop (default), "
+            "mean 0.5 std 0.5 of 0..1 pixels (the tiny CNN's -1..1 pixels)"
+        )
     ]
 
 

@@ -140,7 +140,7 @@ def describe_image_settings(vision: VisionBackbone) -> str:
 
     Example:
     >>> describe_image_settings(VisionBackbone(None, (32, 32), 1 / 255, 0.0, False))
-    'images: 32x32, bilinear resize, no centre crop, mean 0 std 1 (of 0..1 pixels)'
+    'images: 32x32, bilinear resize, no centre crop, mean 0 std 1 of 0..1 pixels'
     """
     sources = vision.sources
 
@@ -152,7 +152,7 @@ def describe_image_settings(vision: VisionBackbone) -> str:
     mean, std = _mean_and_std(vision.scale, vision.offset)
     return (
         f"images: {height}x{width}{source('size')}, {vision.resample} resize{source('resample')}, "
-        f"{crop}{source('crop')}, mean {mean} std {std} (of 0..1 pixels){source('normalization')}"
+        f"{crop}{source('crop')}, mean {mean} std {std} of 0..1 pixels{source('normalization')}"
     )
 
 

@@ -88,8 +88,10 @@ def qat_finetune(
 
     Returns:
         A `JobResult` whose metrics (also in `out/metrics.json`) add
-        `initial_loss` (the QAT model's loss on `data` before fine-tuning) to
-        training's.
+        `initial_loss` and `final_loss` (the QAT model's loss on `data`,
+        without dropout or augmentation, before and after fine-tuning) to
+        training's; with a validation manifest, each epoch's history has its
+        `val_loss` and `val_accuracy` (reported, not used to pick weights).
 
     Raises:
         UserError: bad settings, manifests, labels the run does not know,
@@ -200,8 +202,16 @@ class QATJob(TrainingJob):
 
     def initial_metrics(self, prepared: PreparedRun, loop: TrainingLoop) -> dict:
         logger.info("measuring the QAT model's loss before fine-tuning")
+        self.loop = loop  # final_metrics measures the same loss after it
         initial_loss, _ = loop.evaluate(prepared.train_epochs.for_epoch(0, augmented=False))
         return {"initial_loss": initial_loss}
+
+    def final_metrics(self, prepared: PreparedRun, model) -> dict:
+        """`final_loss`: the loss `initial_loss` measured (training rows, no dropout or augmentation), after
+        fine-tuning; training's `loss` is the last epoch's mean with them, not comparable to `initial_loss`."""
+        logger.info("measuring the QAT model's loss after fine-tuning, as before it")
+        final_loss, _ = self.loop.evaluate(prepared.train_epochs.for_epoch(0, augmented=False))
+        return {**super().final_metrics(prepared, model), "final_loss": final_loss}
 
     def run_folder_extras(self) -> dict:
         return {

@@ -28,7 +28,13 @@ import numpy as np
 
 from mmkeras.atomic_files import write_atomically
 from mmkeras.config import RunConfig
-from mmkeras.data.manifest import BadRow, Manifest, ManifestRow, bad_rows_error, read_manifest
+from mmkeras.data.manifest import (
+    BadRow,
+    Manifest,
+    ManifestRow,
+    bad_rows_error,
+    read_manifest,
+)
 from mmkeras.errors import UserError
 from mmkeras.preprocessing.image import UnreadableImageError
 from mmkeras.preprocessing.text_cleaning import InvalidTextError

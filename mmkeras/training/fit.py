@@ -33,6 +33,7 @@ def fit(
     checkpoint_steps: int = 0,
     state: TrainingState | None = None,
     best_weights: list | None = None,
+    keep_best: bool = True,
     on_epoch_end: Callable[[TrainingState], None] | None = None,
 ) -> TrainingState:
     """Train from `state` (a fresh run by default) to the end, then restore the best weights.
@@ -51,6 +52,8 @@ def fit(
         checkpoint_steps: see `checkpoints`.
         state: where to continue from (a checkpoint's state), or `None`.
         best_weights: the best weights so far when continuing.
+        keep_best: whether validation picks the weights kept (and early
+            stopping); `False` only reports its figures each epoch (QAT).
         on_epoch_end: called with the state after each epoch's history is
             recorded (e.g. `EpochLog`, which writes results.csv).
 
@@ -105,7 +108,8 @@ def fit(
             if not state.epoch_seconds:
                 logger.info("validating (the first time traces the evaluation step)")
             figures["val_loss"], figures["val_accuracy"] = loop.evaluate(val_data)
-            _track_best(state, figures["val_loss"], best, model, patience)
+            if keep_best:
+                _track_best(state, figures["val_loss"], best, model, patience)
         state.epoch_seconds.append(round(time.perf_counter() - started, 3))
         # The rate after the epoch's last update, read once per epoch (reading a variable waits for every step).
         figures["learning_rate"] = float(loop.optimizer.learning_rate)

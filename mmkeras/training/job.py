@@ -228,11 +228,10 @@ class TrainingJob:
             strategy.num_replicas_in_sync,
             ", XLA" if loop.jit_compile else "",
         )
-        validation = prepared.val_data if self.keeps_best_weights else None
         state = fit(
             loop,
             prepared.train_epochs,
-            validation,
+            prepared.val_data,
             epochs=config.epochs,
             batch_size=config.batch_size,
             patience=config.early_stopping_patience if self.keeps_best_weights else 0,
@@ -240,6 +239,7 @@ class TrainingJob:
             checkpoint_steps=config.checkpoint_steps,
             state=TrainingState(config=settings) if resumed is None else resumed.state,
             best_weights=best_weights,
+            keep_best=self.keeps_best_weights,
             on_epoch_end=EpochLog(config.out) if chief else None,
         )
         metrics.update(
@@ -251,7 +251,7 @@ class TrainingJob:
             trainable_params=count_params(model.trainable_weights),
             total_params=int(model.count_params()),
             bad_rows_skipped=len(prepared.skipped_rows),
-            kept_epoch=state.best_epoch if validation is not None else None,
+            kept_epoch=state.best_epoch,
             stopped_early=state.stopped_early,
         )
         if prepared.val_data is not None:
