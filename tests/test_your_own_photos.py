@@ -181,6 +181,13 @@ def test_a_wrong_column_name_names_the_file_and_the_columns_it_has(photos):
     assert "(the header has: notes, photo, caption, category)" in message
 
 
+def test_a_yaml_config_names_the_columns_and_the_image_size(tmp_path):
+    config = tmp_path / "run.yaml"
+    config.write_text("text-column: caption\nimage_column: photo\nlabel_column: category\nimage_size: 96\n")
+    loaded = RunConfig.from_yaml(config)
+    assert loaded.columns == {"text": "caption", "image": "photo", "label": "category"} and loaded.image_size == 96
+
+
 def test_column_names_and_image_size_are_checked():
     with pytest.raises(UserError, match="must differ"):
         RunConfig(text_column="caption", image_column="caption")
