@@ -7,15 +7,15 @@ from pathlib import Path
 
 import pytest
 import yaml
-from mmkeras.cli.app import main
+from test_cli_end_to_end import SAMPLES, run_cli  # pytest puts tests/ on sys.path
 
+from mmkeras.cli.app import main
 from mmkeras.config import RunConfig
 from mmkeras.data.manifest import read_manifest
 from mmkeras.errors import UserError
 from mmkeras.runs import manifest_columns
 from mmkeras.training.fit import kept_weights_summary
 
-SAMPLES = Path(__file__).resolve().parents[1] / "samples"
 # The user's header: other names than text, image, label, in another order, and a column of their own.
 HEADER = ["notes", "photo", "caption", "category"]
 COLUMN_FLAGS = ["--text-column", "caption", "--image-column", "photo", "--label-column", "category"]
@@ -35,12 +35,6 @@ def write_renamed(source: Path, out: Path, rows: int, *, labels: bool = True) ->
                      "caption": record["text"], "category": record["label"]}
             writer.writerow({name: cells[name] for name in header})
     return out
-
-
-def run_cli(capsys, *argv) -> tuple[int, str, str]:
-    code = main([str(arg) for arg in argv])
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
 
 
 @pytest.fixture(scope="module")
