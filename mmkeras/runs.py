@@ -63,6 +63,7 @@ QAT_WEIGHTS_FILE = "qat.weights.h5"
 SKIPPED_ROWS_FILE = "skipped_rows.csv"
 REPORT_FILE = "report.html"
 RESULTS_CSV = "results.csv"  # one row per epoch (`training.epoch_log`)
+BUNDLE_FILE = "bundle.json"  # a bundle folder's (`runtime.bundle`): a bundle names the run it came from
 TENSORBOARD_FOLDER = "tensorboard"
 # What `evaluate` writes into a run or a bundle folder (`mmkeras.evaluation.results_folder`).
 RESULTS_FOLDER = "results"
@@ -230,8 +231,6 @@ def manifest_columns(target, overrides: dict[str, str | None] | None = None) -> 
     >>> manifest_columns("bundles/demo", {"text": "caption", "image": None})  # doctest: +SKIP
     {'text': 'caption', 'image': 'image', 'label': 'label'}
     """
-    from mmkeras.runtime.bundle import BUNDLE_FILE  # the runtime reads run folders: imported on use
-
     source = _source_run(target) if (Path(target) / BUNDLE_FILE).is_file() else target
     columns = load_run_config(source).columns if source and is_run_folder(source) else RunConfig().columns
     return {**columns, **{role: name for role, name in (overrides or {}).items() if name is not None}}
@@ -240,7 +239,7 @@ def manifest_columns(target, overrides: dict[str, str | None] | None = None) -> 
 def _source_run(bundle_dir) -> str | None:
     """The run a bundle was exported from, as its bundle.json names it (`None` when it cannot be read)."""
     try:
-        source = json.loads((Path(bundle_dir) / "bundle.json").read_text(encoding="utf-8")).get("source_run")
+        source = json.loads((Path(bundle_dir) / BUNDLE_FILE).read_text(encoding="utf-8")).get("source_run")
     except (OSError, UnicodeDecodeError, json.JSONDecodeError, AttributeError):
         return None
     return source if isinstance(source, str) else None

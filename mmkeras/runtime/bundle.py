@@ -22,11 +22,10 @@ from typing import Any
 import jsonschema
 
 from mmkeras.errors import UserError
-from mmkeras.runs import RESULTS_FOLDER  # `evaluate BUNDLE` writes into it too
+from mmkeras.runs import BUNDLE_FILE, RESULTS_FOLDER  # `evaluate BUNDLE` writes into results too
 from mmkeras.staged_folder import UNFINISHED_MARKER
 
 BUNDLE_FORMAT_VERSION = 1
-BUNDLE_FILE = "bundle.json"
 MODEL_FILE = "model.tflite"
 PREPROCESSOR_FILE = "preprocessor.json"
 TOKENIZER_FILE = "tokenizer.json"
