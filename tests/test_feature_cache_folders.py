@@ -4,8 +4,10 @@ import os
 import time
 
 import numpy as np
+import pytest
 
 from mmkeras.folder_lock import folder_lock
+from mmkeras.training import feature_shards
 from mmkeras.training.feature_cache_folders import clear_caches, default_cache_dir, list_caches
 from mmkeras.training.feature_shards import ShardReader, ShardWriter
 
@@ -20,10 +22,13 @@ def write_cache(folder, rows=10, shard_bytes=50):
     return tokens, labels
 
 
-def test_shards_read_back_any_rows_in_any_order(tmp_path):
+@pytest.mark.parametrize("max_open", [256, 2], ids=["descriptors kept open", "opened per read"])
+def test_shards_read_back_any_rows_in_any_order(tmp_path, monkeypatch, max_open):
+    monkeypatch.setattr(feature_shards, "MAX_OPEN_SHARDS", max_open)
     tokens, labels = write_cache(tmp_path / "a")
     reader = ShardReader(tmp_path / "a")
     assert reader.meta["shards"] == 4 and reader.rows == 10  # 50 bytes hold 3 rows of 16 bytes
+    assert (reader.arrays["tokens"].descriptors is None) == (max_open == 2)
     order = [9, 0, 7, 8, 1, 2, 3, 3]
     rows = reader.read(order)
     np.testing.assert_array_equal(rows["tokens"], tokens[order])

@@ -31,6 +31,8 @@ META_FILE = "meta.json"
 FORMAT_VERSION = 1
 # Rows per shard are chosen so that one shard of every array takes about this much (the writer's buffer).
 TARGET_SHARD_BYTES = 16 << 20
+# Open shard files a reader keeps (over all its arrays); beyond, each read opens its shard.
+MAX_OPEN_SHARDS = 256
 
 
 class ShardWriter:
@@ -132,11 +134,15 @@ class _ArrayShards:
 
     def __post_init__(self):
         self.row_bytes = int(np.prod(self.row_shape, dtype=np.int64)) * self.dtype.itemsize
-        self.descriptors, self.offsets = [], []
-        for shard in range(self.meta["shards"]):
-            descriptor = os.open(self.folder / shard_file(self.name, shard), os.O_RDONLY)
-            self.descriptors.append(descriptor)
-            self.offsets.append(_data_offset(descriptor))
+        self.paths = [self.folder / shard_file(self.name, shard) for shard in range(self.meta["shards"])]
+        self.offsets = [_data_offset(path) for path in self.paths]
+        # Descriptors stay open while they are few; a cache of more shards opens each one per read, so that
+        # a huge cache never runs into the process's limit of open files.
+        self.descriptors = (
+            [os.open(path, os.O_RDONLY) for path in self.paths]
+            if len(self.paths) * len(self.meta["arrays"]) <= MAX_OPEN_SHARDS
+            else None
+        )
 
     def read(self, indices: np.ndarray, rows_per_shard: int) -> np.ndarray:
         out = np.empty((len(indices), *self.row_shape), self.dtype)
@@ -145,16 +151,25 @@ class _ArrayShards:
         # Consecutive rows of one shard are one read (an unshuffled pass reads whole runs).
         for start, count in _runs(indices, rows_per_shard):
             shard, row = divmod(int(start), rows_per_shard)
-            size = count * self.row_bytes
-            data = os.pread(self.descriptors[shard], size, self.offsets[shard] + row * self.row_bytes)
+            offset = self.offsets[shard] + row * self.row_bytes
+            data = self._pread(shard, count * self.row_bytes, offset)
             buffer[position : position + count] = np.frombuffer(data, np.uint8).reshape(count, self.row_bytes)
             position += count
         return out
 
-    def close(self):
-        for descriptor in self.descriptors:
+    def _pread(self, shard: int, size: int, offset: int) -> bytes:
+        if self.descriptors is not None:
+            return os.pread(self.descriptors[shard], size, offset)
+        descriptor = os.open(self.paths[shard], os.O_RDONLY)
+        try:
+            return os.pread(descriptor, size, offset)
+        finally:
             os.close(descriptor)
-        self.descriptors = []
+
+    def close(self):
+        for descriptor in self.descriptors or ():
+            os.close(descriptor)
+        self.descriptors = None
 
 
 def _runs(indices: np.ndarray, rows_per_shard: int):
@@ -171,10 +186,9 @@ def _runs(indices: np.ndarray, rows_per_shard: int):
         yield start, count
 
 
-def _data_offset(descriptor: int) -> int:
+def _data_offset(path: Path) -> int:
     """Where a `.npy` file's data starts (after its magic and header)."""
-    with os.fdopen(os.dup(descriptor), "rb") as file:
-        file.seek(0)
+    with open(path, "rb") as file:
         version = np.lib.format.read_magic(file)
         if version == (1, 0):
             np.lib.format.read_array_header_1_0(file)
