@@ -36,16 +36,23 @@ def peak_rss_mb() -> float:
 
 
 def write_data(folder: Path, rows: int) -> tuple[Path, Path]:
+    """`rows` JPEG files (16 distinct images, encoded once) and the CSV and JSONL manifests listing them."""
+    import io
+
     import numpy as np
     from PIL import Image
 
     rng = np.random.default_rng(0)
-    tiles = [Image.fromarray(rng.integers(0, 256, (24, 32, 3), dtype=np.uint8)) for _ in range(16)]
+    tiles = []
+    for _ in range(16):
+        buffer = io.BytesIO()
+        Image.fromarray(rng.integers(0, 256, (24, 32, 3), dtype=np.uint8)).save(buffer, format="JPEG", quality=90)
+        tiles.append(buffer.getvalue())
     records = []
     for index in range(rows):
         relative = f"{index // IMAGES_PER_FOLDER:03d}/{index}.jpg"
         (folder / relative).parent.mkdir(exist_ok=True)
-        tiles[index % 16].save(folder / relative, quality=90)
+        (folder / relative).write_bytes(tiles[index % 16])
         records.append({"text": f"a photo of thing number {index}", "image": relative, "label": f"c{index % 10}"})
     csv_path, jsonl_path = folder / "train.csv", folder / "train.jsonl"
     csv_path.write_text("text,image,label\n" + "".join(f"{r['text']},{r['image']},{r['label']}\n" for r in records))
@@ -56,7 +63,7 @@ def write_data(folder: Path, rows: int) -> tuple[Path, Path]:
 def measure(csv_path: Path, jsonl_path: Path) -> dict:
     """The steps, in this fresh process."""
     from mmkeras.data.manifest import read_manifest
-    from mmkeras.evaluation.cross_validation import stratified_folds
+    from mmkeras.training.cross_validation import stratified_folds
 
     figures = {"baseline_rss_mb": peak_rss_mb()}
 
@@ -89,7 +96,7 @@ def main():
         # An empty image check cache of its own (it lives beside the feature caches).
         environment = {**os.environ, "MMKERAS_CACHE_DIR": str(Path(workdir) / "cache" / "features")}
         command = [sys.executable, __file__, "--child", str(csv_path), str(jsonl_path)]
-        output = subprocess.run(command, check=True, capture_output=True, text=True, env=environment).stdout
+        output = subprocess.run(command, check=True, stdout=subprocess.PIPE, text=True, env=environment).stdout
     figures = json.loads(output.strip().splitlines()[-1])
     print(json.dumps({"machine": "AMD EPYC, 2 cores shared with other work", **figures}, indent=1))
 

@@ -5,7 +5,8 @@ run's and its float bundle's figures are directly comparable. The modality
 ablation scores the same rows again with one modality removed, the way a
 missing modality reaches the model on the device (empty text / no image),
 from one preprocessing and, for a run, one backbone pass per row
-(`modality_ablation.py`); the consistency figures compare those three predictions row by row.
+(`modality_ablation.py`); the consistency figures compare those three
+predictions row by row.
 Everything is saved in the target's results folder (`results_folder`), and
 the run's report is refreshed.
 """
