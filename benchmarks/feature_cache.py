@@ -178,7 +178,8 @@ def main():
                 print(f"{mode}: {rows} rows (run {repeat + 1})", file=sys.stderr)
                 runs[mode][rows].append(run_child(mode, rows))
     results = {
-        mode: {str(rows): least_disturbed(repeats) for rows, repeats in by_size.items()} for mode, by_size in runs.items()
+        mode: {str(rows): least_disturbed(repeats) for rows, repeats in by_size.items()}
+        for mode, by_size in runs.items()
     }
     smallest, largest = str(min(args.sizes)), str(max(args.sizes))
     flatness = {
