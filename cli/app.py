@@ -31,6 +31,7 @@ from mmkeras.cli import preflight
 from mmkeras.compat import UntestedVersionError
 from mmkeras.config import (
     AUGMENTATIONS,
+    CACHE_DTYPES,
     CLASS_WEIGHTS,
     FREEZE_CHOICES,
     FUSIONS,
@@ -228,6 +229,12 @@ def train(
         "Run frozen backbones once and train on their stored outputs.",
         "--cache-features/--no-cache-features",
     ),
+    cache_dir: Optional[Path] = setting(
+        "cache_dir", "Feature cache folder (--cache-features).", show_default="~/.cache/mmkeras/features"
+    ),
+    cache_dtype: Optional[Literal[CACHE_DTYPES]] = setting(
+        "cache_dtype", "Stored feature precision: float16 (half the size) or float32 (exact)."
+    ),
     modality_dropout: Optional[float] = setting(
         "modality_dropout", "Probability of hiding the text or the image of a training example.", min=0.0, max=1.0
     ),
@@ -294,6 +301,8 @@ def train(
         freeze=freeze,
         lora_rank=lora_rank,
         cache_features=cache_features,
+        cache_dir=cache_dir,
+        cache_dtype=cache_dtype,
         modality_dropout=modality_dropout,
         mixed_precision=mixed_precision,
         gradient_accumulation=gradient_accumulation,
@@ -914,6 +923,55 @@ def search(
     hits = image_index.search(embedder.embed_text([text])[0], top_k)
     results = [{"image": str(Path(image_index.root) / path), "score": round(score, 4)} for path, score in hits]
     emit({"results": results}, as_json, "\n".join(f"{hit['score']:.4f}  {hit['image']}" for hit in results))
+
+
+cache_app = typer.Typer(help="The feature cache of --cache-features: list or clear it.", no_args_is_help=True)
+app.add_typer(cache_app, name="cache")
+CACHE_DIR_OPTION = typer.Option(
+    None, "--cache-dir", help="Feature cache folder.", show_default="$MMKERAS_CACHE_DIR or ~/.cache/mmkeras/features"
+)
+
+
+@cache_app.command("list")
+def cache_list(cache_dir: Optional[Path] = CACHE_DIR_OPTION, as_json: bool = JSON_OPTION):
+    """List the cached features, most recently used first, with their sizes.
+
+    Example: mmkeras cache list
+    """
+    from mmkeras.data.feature_cache_folders import default_cache_dir, human_bytes, list_caches
+
+    folder = cache_dir or default_cache_dir()
+    entries = list_caches(folder)
+    lines = [
+        f"{entry.key}  {human_bytes(entry.bytes):>9}  {entry.rows if entry.complete else 'incomplete'} rows  "
+        f"last used {entry.as_dict()['last_used']}  {entry.details.get('manifest', '')}"
+        for entry in entries
+    ]
+    total = sum(entry.bytes for entry in entries)
+    summary = f"{len(entries)} caches, {human_bytes(total)} in {folder}"
+    emit({"cache_dir": str(folder), "bytes": total, "caches": [entry.as_dict() for entry in entries]}, as_json,
+         "\n".join([*lines, summary]))
+
+
+@cache_app.command("clear")
+def cache_clear(
+    cache_dir: Optional[Path] = CACHE_DIR_OPTION,
+    older_than: Optional[float] = typer.Option(
+        None, "--older-than", min=0.0, help="Only caches unused for this many DAYS (default: all)."
+    ),
+    as_json: bool = JSON_OPTION,
+):
+    """Delete cached features (all, or those unused for --older-than days); a cache being written is kept.
+
+    Example: mmkeras cache clear --older-than 30
+    """
+    from mmkeras.data.feature_cache_folders import clear_caches, default_cache_dir, human_bytes
+
+    folder = cache_dir or default_cache_dir()
+    removed = clear_caches(folder, older_than_days=older_than)
+    freed = sum(entry.bytes for entry in removed)
+    emit({"cache_dir": str(folder), "removed": [entry.key for entry in removed], "bytes_freed": freed}, as_json,
+         f"removed {len(removed)} caches ({human_bytes(freed)}) from {folder}")
 
 
 def evaluate_zero_shot(target: Path, data: Path, prompt: str, as_json: bool, columns: dict):

@@ -27,6 +27,7 @@ MODALITY_BALANCE = ("none", "aux", "adaptive")
 # classify: one label per row; match: does the text fit the image (two labels: match/mismatch, 1/0, true/false);
 # multilabel: a label cell lists several labels separated by `|`.
 TASKS = ("classify", "match", "multilabel")
+CACHE_DTYPES = ("float16", "float32")
 
 
 # NumPy's and TensorFlow's seeds are 32-bit.
@@ -83,6 +84,10 @@ class RunConfig:
         freeze: which backbones to keep frozen: `none`, `text`, `vision`, `both`.
         lora_rank: LoRA rank for the backbones (0 = no LoRA).
         cache_features: compute frozen backbones' outputs once and reuse them.
+        cache_dir: the feature cache folder; `None` is the user cache folder
+            (`$XDG_CACHE_HOME` or `~/.cache`, then `mmkeras/features`).
+        cache_dtype: `float16` (half the disk and reads; rounds the
+            features, docs/design.md#feature-cache-float16) or `float32`.
         jit_compile: compile training steps with XLA where every layer
             supports it (costs a compile of some seconds up front); `None`
             (the default) uses XLA on GPUs only: on the 2-core AMD EPYC CPU
@@ -161,6 +166,8 @@ class RunConfig:
     freeze: str = "none"
     lora_rank: int = 0
     cache_features: bool = False
+    cache_dir: str | None = None
+    cache_dtype: str = "float16"
     jit_compile: bool | None = None
     mixed_precision: str = "auto"
     gradient_accumulation: int = 1
@@ -194,6 +201,7 @@ class RunConfig:
             "augment": AUGMENTATIONS,
             "modality_balance": MODALITY_BALANCE,
             "task": TASKS,
+            "cache_dtype": CACHE_DTYPES,
         }
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:

@@ -28,7 +28,7 @@ def train(capsys, data, out: Path, *flags):
 def test_cached_head_training_saves_a_full_model_with_the_same_figures(data, tmp_path, capsys, monkeypatch):
     monkeypatch.setenv("MMKERAS_CACHE_DIR", str(tmp_path / "cache"))
     metrics = train(capsys, data, tmp_path / "run", "--freeze", "both", "--cache-features")
-    assert len(list((tmp_path / "cache").glob("*.npz"))) == 2  # train and val
+    assert len(list((tmp_path / "cache").glob("*/meta.json"))) == 2  # train and val
     assert metrics["trainable_params"] < metrics["total_params"] / 2  # backbones frozen
     code, out, _ = run_cli(capsys, "evaluate", tmp_path / "run", "--data", data["val"], "--json")
     assert code == 0
@@ -43,6 +43,22 @@ def test_cache_features_with_nothing_frozen_or_lora_is_a_user_error(data, tmp_pa
         )
         assert code == 2 and len(err.strip().splitlines()) == 1
     assert not (tmp_path / "run" / "model.keras").exists()
+
+
+def test_a_run_with_another_backbone_keeps_the_first_runs_cache_and_cache_clear_removes_them(data, tmp_path, capsys):
+    cache_dir = tmp_path / "cache"
+    train(capsys, data, tmp_path / "cnn", "--freeze", "both", "--cache-features", "--cache-dir", cache_dir)
+    first = sorted(cache_dir.glob("*/meta.json"))
+    train(capsys, data, tmp_path / "vit", "--freeze", "both", "--cache-features", "--cache-dir", cache_dir,
+          "--vision-backbone", "tiny-vit")
+    assert set(first) < set(cache_dir.glob("*/meta.json")) and len(list(cache_dir.glob("*/meta.json"))) == 4
+    code, out, _ = run_cli(capsys, "cache", "list", "--cache-dir", cache_dir, "--json")
+    listed = json.loads(out)
+    assert code == 0 and len(listed["caches"]) == 4 and all(entry["complete"] for entry in listed["caches"])
+    code, out, _ = run_cli(capsys, "cache", "clear", "--cache-dir", cache_dir, "--older-than", "1", "--json")
+    assert code == 0 and json.loads(out)["removed"] == []  # all used today
+    code, out, _ = run_cli(capsys, "cache", "clear", "--cache-dir", cache_dir, "--json")
+    assert code == 0 and len(json.loads(out)["removed"]) == 4 and not list(cache_dir.iterdir())
 
 
 class SimulatedCrash(Exception):

@@ -31,6 +31,7 @@ def make_dataset(
     shuffle: bool,
     seed: int,
     drop_remainder: bool = False,
+    cache: bool = True,
 ) -> tf.data.Dataset:
     """Batches of `(inputs, label)` (or `inputs` alone) for `fit`, `evaluate` or `predict`.
 
@@ -43,6 +44,8 @@ def make_dataset(
             the same sequence of orders).
         seed: the shuffle seed.
         drop_remainder: drop a last, smaller batch.
+        cache: keep the decoded images in memory when they fit
+            (`CACHE_LIMIT_BYTES`); `False` for a single pass.
 
     Returns:
         A dataset of `({"token_ids", "padding_mask", "image", "modality_mask"},
@@ -56,7 +59,7 @@ def make_dataset(
     """
     columns = _columns(manifest, labels, preprocessor)
     decode = partial(_decode_image, preprocessor=preprocessor)
-    cache = _fits_in_cache(manifest, preprocessor)
+    cache = cache and _fits_in_cache(manifest, preprocessor)
     dataset = tf.data.Dataset.from_tensor_slices(columns)
     if shuffle and not cache:  # shuffle cheap paths, not decoded images
         dataset = dataset.shuffle(len(manifest.rows), seed=seed, reshuffle_each_iteration=True)

@@ -38,7 +38,9 @@ from functools import partial
 from pathlib import Path
 
 import numpy as np
+import PIL
 
+from mmkeras.data.image_checks import ImageCheckCache
 from mmkeras.errors import UserError
 from mmkeras.preprocessing.image import MAX_IMAGE_PIXELS, UnreadableImageError, load_image
 from mmkeras.preprocessing.multimodal_preprocessor import is_present
@@ -166,7 +168,12 @@ class Manifest:
         return _settle(self.path, good_rows, bad_rows, on_bad_row, previously_skipped=self.skipped)
 
     def validate_images(
-        self, image_size: tuple[int, int], on_bad_row: str, *, max_pixels: int = MAX_IMAGE_PIXELS
+        self,
+        image_size: tuple[int, int],
+        on_bad_row: str,
+        *,
+        max_pixels: int = MAX_IMAGE_PIXELS,
+        remember: bool = True,
     ) -> tuple["Manifest", int]:
         """Decode every referenced image once; fail on, or drop, rows whose image cannot be read.
 
@@ -177,6 +184,9 @@ class Manifest:
                 to the returned manifest's `skipped`).
             max_pixels: an image with more pixels is a bad row (checked
                 before it is decoded).
+            remember: reuse and store the outcomes in the image check cache
+                (`ImageCheckCache`): an image whose size and modification
+                time are unchanged since its last check is not opened again.
 
         Returns:
             The manifest of the good rows, and how many rows were dropped.
@@ -187,14 +197,7 @@ class Manifest:
         if on_bad_row not in ON_BAD_ROW:
             raise ValueError(f"on_bad_row must be one of {ON_BAD_ROW}, got {on_bad_row!r}")
         images = list(dict.fromkeys(row.image for row in self.rows if row.image is not None))
-        found = []
-        check = partial(_image_problem, image_size=image_size, max_pixels=max_pixels)
-        # Pillow releases the GIL while decoding, so threads use every core.
-        with ThreadPoolExecutor() as pool, step_progress("checking images", len(images)) as progress:
-            for problem in pool.map(check, images):
-                found.append(problem)
-                progress.update(len(found))
-        problems = dict(zip(images, found))
+        problems = _checked_images(images, image_size, max_pixels, remember=remember)
         good_rows, bad_rows = [], []
         for row in self.rows:
             problem = problems.get(row.image)
@@ -429,6 +432,30 @@ def _make_row(
         raw_label=label or None,
         cells=record,
     )
+
+
+def _checked_images(
+    images: list[Path], image_size: tuple[int, int], max_pixels: int, *, remember: bool
+) -> dict[Path, str | None]:
+    """Why each of `images` cannot be loaded (`None` when it can): remembered outcomes, the others decoded."""
+    settings = f"{image_size[0]}x{image_size[1]}:{max_pixels}:pillow-{PIL.__version__}"
+    checks = ImageCheckCache.open_default() if remember else None
+    problems = checks.known(images, settings) if checks is not None else {}
+    unchecked = [image for image in images if image not in problems]
+    if problems:
+        logger.info("%d of %d images unchanged since their last check", len(problems), len(images))
+    found = []
+    check = partial(_image_problem, image_size=image_size, max_pixels=max_pixels)
+    # Pillow releases the GIL while decoding, so threads use every core.
+    with ThreadPoolExecutor() as pool, step_progress("checking images", len(unchecked)) as progress:
+        for problem in pool.map(check, unchecked):
+            found.append(problem)
+            progress.update(len(found))
+    checked = dict(zip(unchecked, found))
+    if checks is not None:
+        checks.record(checked, settings)
+        checks.close()
+    return {**problems, **checked}
 
 
 def _image_problem(image: Path, image_size: tuple[int, int], max_pixels: int) -> str | None:

@@ -3,13 +3,14 @@
 Both paths feed the model through the same `MultimodalPreprocessor`, so a
 run's and its float bundle's figures are directly comparable. The modality
 ablation scores the same rows again with one modality removed, the way a
-missing modality reaches the model on the device (empty text / no image);
-the consistency figures compare those three predictions row by row.
+missing modality reaches the model on the device (empty text / no image),
+from one preprocessing and, for a run, one backbone pass per row
+(`modality_ablation.py`); the consistency figures compare those three
+predictions row by row.
 Everything is saved in the target's results folder (`results_folder`), and
 the run's report is refreshed.
 """
 
-import time
 from pathlib import Path
 from typing import Callable
 
@@ -20,6 +21,7 @@ from mmkeras.errors import UserError
 from mmkeras.evaluation.calibration import calibration_figures
 from mmkeras.evaluation.consistency import consistency_figures
 from mmkeras.evaluation.metrics import classification_figures, top_k_accuracy
+from mmkeras.evaluation.modality_ablation import ModalityLogits
 from mmkeras.evaluation.results_folder import results_dir, sample_rows, write_attention_overlays, write_results
 from mmkeras.progress import step_progress
 from mmkeras.runs import manifest_columns
@@ -101,11 +103,8 @@ def evaluate(target, data, *, save_results: bool = True, columns: dict[str, str]
     y_true = manifest.encode_labels(labels)
     texts = [row.text for row in manifest.rows]
     images = [row.image for row in manifest.rows]
-    missing = [None] * len(texts)
-    timed = TimedPredictions(predict_logits)
-    fused = predict_probabilities(timed, preprocessor, texts, images, "evaluating")
-    text_only = predict_probabilities(predict_logits, preprocessor, texts, missing, "evaluating text only")
-    image_only = predict_probabilities(predict_logits, preprocessor, missing, images, "evaluating image only")
+    model_logits = ModalityLogits(predict_logits, preprocessor, None if run is None else run.model)
+    fused, text_only, image_only = modality_probabilities(model_logits, preprocessor, texts, images)
     figures = classification_figures(y_true, fused.argmax(axis=1), labels)
     figures["top_k_accuracy"] = {f"top_{k}": top_k_accuracy(fused, y_true, k) for k in TOP_K if k < len(labels)}
     figures["calibration"] = calibration_figures(fused, y_true)
@@ -116,7 +115,7 @@ def evaluate(target, data, *, save_results: bool = True, columns: dict[str, str]
     figures["consistency"] = consistency_figures(
         y_true, fused.argmax(axis=1), text_only.argmax(axis=1), image_only.argmax(axis=1)
     )
-    figures["model_ms_per_row"] = timed.milliseconds_per_row()
+    figures["model_ms_per_row"] = model_logits.milliseconds_per_row()
     if save_results:
         folder = results_dir(target, data)
         figures["results_dir"] = str(folder)
@@ -130,22 +129,19 @@ def evaluate(target, data, *, save_results: bool = True, columns: dict[str, str]
     return figures
 
 
-class TimedPredictions:
-    """`predict_logits` that adds up the time the model takes and the rows it sees."""
+def modality_probabilities(model_logits: ModalityLogits, preprocessor, texts, images) -> list[np.ndarray]:
+    """Class probabilities (float64 [N, classes]) with both modalities, text only and image only.
 
-    def __init__(self, predict_logits):
-        self.predict_logits = predict_logits
-        self.seconds, self.rows = 0.0, 0
-
-    def __call__(self, inputs: dict) -> np.ndarray:
-        started = time.perf_counter()
-        logits = np.asarray(self.predict_logits(inputs))
-        self.seconds += time.perf_counter() - started
-        self.rows += len(logits)
-        return logits
-
-    def milliseconds_per_row(self) -> float | None:
-        return round(1000 * self.seconds / self.rows, 4) if self.rows else None
+    Each chunk of `CHUNK_ROWS` rows is preprocessed once (`ModalityLogits`).
+    """
+    parts = {"fused": [], "text_only": [], "image_only": []}
+    with step_progress("evaluating (both modalities, text only, image only)", len(texts)) as progress:
+        for start in range(0, len(texts), CHUNK_ROWS):
+            inputs = preprocessor(texts[start : start + CHUNK_ROWS], images[start : start + CHUNK_ROWS])
+            for name, logits in model_logits(inputs).items():
+                parts[name].append(softmax(logits))
+            progress.update(min(start + CHUNK_ROWS, len(texts)))
+    return [np.concatenate(parts[name]) for name in ("fused", "text_only", "image_only")]
 
 
 def ablation_figures(y_true, probabilities, labels: list[str]) -> dict:

@@ -16,9 +16,10 @@ from mmkeras.config import RunConfig
 from mmkeras.data.manifest import read_manifest
 from mmkeras.errors import UserError
 from mmkeras.evaluation.multilabel_metrics import multi_hot, split_labels
+from mmkeras.models.backbone_split import split_at_frozen_backbones
 from mmkeras.models.builder import FROZEN_BACKBONES, build_model, pretrained_backbones
 from mmkeras.training.aligned_start import aligned_config, copy_aligned_layers, load_aligned_start
-from mmkeras.training.feature_cache import CachedEpochs, cache_features, default_cache_dir, split_at_frozen_backbones
+from mmkeras.training.feature_cache import CachedEpochs, cache_features
 from mmkeras.training.job import JobResult, PreparedRun, TrainingJob
 from mmkeras.training.modality_balance import ModalityBalance
 from mmkeras.training.precision import dtype_policy, float32_copy, resolve_policy
@@ -202,11 +203,11 @@ def _training_data(config: RunConfig, model, preprocessor, labels, train_manifes
     if not config.cache_features:
         return model, *epoch_datasets(config, preprocessor, labels, train_manifest, val_manifest)
     split = split_at_frozen_backbones(model, FROZEN_BACKBONES[config.freeze])
-    logger.info("frozen backbones' features cached in %s", default_cache_dir())
 
     def cached(manifest):
         return cache_features(
-            split, manifest, labels, preprocessor, cache_dir=default_cache_dir(), batch_size=config.batch_size
+            split, manifest, labels, preprocessor,
+            cache_dir=config.cache_dir, batch_size=config.batch_size, dtype=config.cache_dtype,
         )
 
     train_epochs = CachedEpochs(cached(train_manifest), batch_size=config.batch_size, seed=config.seed)
