@@ -18,7 +18,10 @@ import json
 import logging
 import math
 import os
+import signal
+import socket
 import sys
+import time
 import traceback
 from importlib import metadata
 from pathlib import Path
@@ -271,6 +274,11 @@ def train(
     text_column: Optional[str] = TEXT_COLUMN_OPTION,
     image_column: Optional[str] = IMAGE_COLUMN_OPTION,
     label_column: Optional[str] = LABEL_COLUMN_OPTION,
+    data_service: Optional[str] = setting(
+        "data_service",
+        "grpc://HOST:PORT of a tf.data service dispatcher whose workers decode the training images "
+        "(mmkeras data-service); the same batches as without it.",
+    ),
     as_json: bool = JSON_OPTION,
 ):
     """Train a model on a manifest and write a run folder.
@@ -316,6 +324,7 @@ def train(
         text_column=text_column,
         image_column=image_column,
         label_column=label_column,
+        data_service=data_service,
     )
     if not run_config.data or not run_config.out:
         raise UserError("training needs a training manifest (--data) and a run folder (--out)")
@@ -329,6 +338,10 @@ def train(
     preflight.check_out_folder(run_config.out)
     load_tensorflow()
     from mmkeras.training.fit import kept_weights_summary
+    if run_config.data_service:
+        from mmkeras.data.data_service import parse_address
+
+        parse_address(run_config.data_service, "--data-service")
     from mmkeras.training.trainer import train as train_run
 
     result = train_run(run_config, resume=resume)
@@ -673,6 +686,74 @@ def web(
 
     report = build_site(bundle_dir, out)
     emit(report, as_json, describe_site(report))
+
+
+data_service_app = typer.Typer(
+    help="Servers of TensorFlow's tf.data service: move training's image decoding to other machines "
+    "(train --data-service). Workers need mmkeras installed and the manifest's image paths readable."
+)
+app.add_typer(data_service_app, name="data-service")
+
+
+@data_service_app.command("dispatcher")
+def data_service_dispatcher(
+    port: int = typer.Option(..., "--port", help="Port to listen on (0: any free port)."),
+    work_dir: Optional[Path] = typer.Option(
+        None, "--work-dir", help="Folder where the dispatcher keeps its state, so a restart continues its jobs."
+    ),
+):
+    """Start a tf.data service dispatcher and serve until Ctrl-C.
+
+    Example: mmkeras data-service dispatcher --port 5050
+    """
+    from mmkeras.data.data_service import check_port
+
+    check_port(port, "--port", any_free=True)
+    load_tensorflow()
+    from mmkeras.data.data_service import start_dispatcher
+
+    server = start_dispatcher(port, None if work_dir is None else str(work_dir))
+    taken = server.target.rsplit(":", 1)[1]
+    typer.echo(f"tf.data service dispatcher listening on grpc://{socket.gethostname()}:{taken} (Ctrl-C stops it)")
+    serve_until_interrupted(server)
+
+
+@data_service_app.command("worker")
+def data_service_worker(
+    dispatcher: str = typer.Option(..., "--dispatcher", help="The dispatcher's HOST:PORT."),
+    port: int = typer.Option(..., "--port", help="Port to listen on."),
+    host: Optional[str] = typer.Option(
+        None, "--host", help="Name or address trainers reach this machine by.", show_default="this hostname"
+    ),
+):
+    """Start a tf.data service worker that decodes mmkeras training images, and serve until Ctrl-C.
+
+    Example: mmkeras data-service worker --dispatcher trainer-host:5050 --port 5051
+    """
+    from mmkeras.data.data_service import check_port, parse_address
+
+    parse_address(dispatcher, "--dispatcher")
+    check_port(port, "--port", any_free=False)
+    load_tensorflow()
+    from mmkeras.data.data_service import start_worker
+
+    server = start_worker(dispatcher, port, host=host)
+    typer.echo(
+        f"tf.data service worker listening on {host or socket.gethostname()}:{port} for dispatcher {dispatcher} "
+        "(Ctrl-C stops it)"
+    )
+    serve_until_interrupted(server)
+
+
+def serve_until_interrupted(server):
+    """Block until Ctrl-C (or SIGTERM), then stop `server`: stopping is how a server's run ends, so exit 0."""
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
+    try:
+        while True:
+            time.sleep(1.0)
+    except KeyboardInterrupt:
+        server.stop()
+        typer.echo("stopped", err=True)
 
 
 def describe_site(report: dict) -> str:

@@ -377,3 +377,28 @@ def litert_ops_details(interpreter) -> list[dict]:
     package = type(interpreter).__module__.split(".")[0]
     check_versions(INTERPRETER_DISTRIBUTIONS.get(package, package))
     return interpreter._get_ops_details()
+
+
+# Functions registered under a fixed token (the registry holds them weakly; this keeps them alive).
+_FIXED_PY_FUNCTIONS: dict[str, Callable] = {}
+
+
+def register_py_function(token: str, function: Callable):
+    """Make `function` what `tf.raw_ops.PyFuncStateless(token=token, ...)` calls in this process.
+
+    `tf.numpy_function` registers its function under a token numbered in the
+    process that builds the graph ("pyfunc_0"), so a tf.data service worker in
+    another process cannot run it ("Could not find callback with key=pyfunc_0").
+    A fixed token registered in both processes can be run by either. Private:
+    TensorFlow's `script_ops._py_funcs` registry.
+
+    Example:
+    >>> import numpy as np                                                          # doctest: +SKIP
+    >>> register_py_function("double", lambda x: x * 2)                             # doctest: +SKIP
+    >>> tf.raw_ops.PyFuncStateless(input=[np.int64(2)], token="double", Tout=[tf.int64])  # doctest: +SKIP
+    """
+    check_versions("tensorflow")
+    from tensorflow.python.ops import script_ops
+
+    _FIXED_PY_FUNCTIONS[token] = function
+    script_ops._py_funcs._funcs[token] = function

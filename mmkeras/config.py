@@ -133,6 +133,10 @@ class RunConfig:
             same column names unless told otherwise.
         image_column: the column holding the image paths.
         label_column: the column holding the labels.
+        data_service: a tf.data service dispatcher, `grpc://HOST:PORT`, whose
+            workers decode and batch the training images (the same batches
+            in the same order as locally; `mmkeras.data.data_service`);
+            `None`: this host's CPUs do.
 
     Example:
     >>> config = RunConfig(data="samples/train.csv", out="runs/demo", epochs=3)
@@ -183,6 +187,7 @@ class RunConfig:
     text_column: str = "text"
     image_column: str = "image"
     label_column: str = "label"
+    data_service: str | None = None
 
     def __post_init__(self):
         self.validate()
@@ -230,6 +235,8 @@ class RunConfig:
             raise UserError("cache_features computes each image's features once; it cannot augment them (augment none)")
         if self.modality_balance != "none" and self.cache_features:
             raise UserError("modality_balance needs the backbones' tokens in training: not with cache_features")
+        if self.data_service and (self.cache_features or self.strategy == "multi-worker"):
+            raise UserError("data_service feeds one trainer's image pipeline: not with cache_features or multi-worker")
         if not 0.0 <= self.modality_dropout <= 1.0:
             raise UserError(f"modality_dropout must be in [0, 1], got {self.modality_dropout}")
         if not 0.0 <= self.warmup_fraction < 1.0:

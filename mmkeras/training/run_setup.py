@@ -21,6 +21,7 @@ import keras
 import tensorflow as tf
 
 from mmkeras.config import RunConfig
+from mmkeras.data.data_service import DataServiceEpochs
 from mmkeras.data.dataset import EpochDatasets, make_dataset
 from mmkeras.data.manifest import BadRow, Manifest, read_manifest
 from mmkeras.preprocessing import MultimodalPreprocessor
@@ -74,11 +75,16 @@ def epoch_datasets(
 ) -> tuple[EpochDatasets, tf.data.Dataset | None]:
     """`(training epochs, validation batches or None)` of the model's inputs, `config.batch_size` rows a batch.
 
-    Only the training epochs are augmented (`config.augment`).
+    Only the training epochs are augmented (`config.augment`); with `config.data_service` they are built by
+    that tf.data service's workers (the same batches), the validation batches still here.
     """
-    train_epochs = EpochDatasets(
-        train_manifest, labels, preprocessor, batch_size=config.batch_size, seed=config.seed, augment=config.augment
-    )
+    settings = {"batch_size": config.batch_size, "seed": config.seed, "augment": config.augment}
+    if config.data_service:
+        train_epochs = DataServiceEpochs(
+            train_manifest, labels, preprocessor, service=config.data_service, **settings
+        )
+    else:
+        train_epochs = EpochDatasets(train_manifest, labels, preprocessor, **settings)
     if val_manifest is None:
         return train_epochs, None
     val_data = make_dataset(
