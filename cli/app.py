@@ -45,6 +45,7 @@ from mmkeras.config import (
     TASKS,
     RunConfig,
 )
+from mmkeras.data.service_address import check_port, parse_address
 from mmkeras.errors import UserError
 from mmkeras.evaluation.zero_shot import DEFAULT_PROMPT
 from mmkeras.framework_logs import VERBOSE_ENV, import_tensorflow_quietly, native_stderr_kept_off, quiet_frameworks
@@ -336,12 +337,10 @@ def train(
     if run_config.init_from:
         preflight.check_run_folder(run_config.init_from)
     preflight.check_out_folder(run_config.out)
+    if run_config.data_service:
+        parse_address(run_config.data_service, "--data-service")
     load_tensorflow()
     from mmkeras.training.fit import kept_weights_summary
-    if run_config.data_service:
-        from mmkeras.data.data_service import parse_address
-
-        parse_address(run_config.data_service, "--data-service")
     from mmkeras.training.trainer import train as train_run
 
     result = train_run(run_config, resume=resume)
@@ -706,8 +705,6 @@ def data_service_dispatcher(
 
     Example: mmkeras data-service dispatcher --port 5050
     """
-    from mmkeras.data.data_service import check_port
-
     check_port(port, "--port", any_free=True)
     load_tensorflow()
     from mmkeras.data.data_service import start_dispatcher
@@ -730,8 +727,6 @@ def data_service_worker(
 
     Example: mmkeras data-service worker --dispatcher trainer-host:5050 --port 5051
     """
-    from mmkeras.data.data_service import check_port, parse_address
-
     parse_address(dispatcher, "--dispatcher")
     check_port(port, "--port", any_free=False)
     load_tensorflow()

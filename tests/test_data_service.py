@@ -15,13 +15,9 @@ from test_dataset import IMAGE_SIZE, labels_of, manifest, preprocessor  # noqa: 
 from training_runs import ENTRY, free_ports, max_difference, run, run_weights, train_args, write_data
 
 from mmkeras.cli.app import main
-from mmkeras.data.data_service import (
-    DataServiceEpochs,
-    decode_image_row,
-    image_settings,
-    parse_address,
-)
+from mmkeras.data.data_service import DataServiceEpochs, decode_image_row, image_settings
 from mmkeras.data.dataset import EpochDatasets
+from mmkeras.data.service_address import parse_address
 from mmkeras.errors import UserError
 
 START_TIMEOUT_S = 120  # a server prints its line once TensorFlow has loaded (seconds on a busy 2-core machine)
@@ -67,9 +63,10 @@ def service():
     dispatcher_port, *worker_ports = free_ports(3)
     servers = [start_server("dispatcher", "--port", str(dispatcher_port))]
     try:
+        dispatcher = f"127.0.0.1:{dispatcher_port}"
         for port in worker_ports:
-            dispatcher = f"127.0.0.1:{dispatcher_port}"
-            servers.append(start_server("worker", "--dispatcher", dispatcher, "--port", str(port), "--host", "127.0.0.1"))
+            worker = ("worker", "--dispatcher", dispatcher, "--port", str(port), "--host", "127.0.0.1")
+            servers.append(start_server(*worker))
         yield f"grpc://127.0.0.1:{dispatcher_port}"
     finally:
         codes = stop_servers(servers)

@@ -28,7 +28,6 @@ Example:
 
 import json
 import os
-import re
 import socket
 from functools import partial
 
@@ -39,6 +38,7 @@ from mmkeras import compat
 from mmkeras.config import AUGMENTATIONS
 from mmkeras.data.dataset import _augment_present_image, _columns, _model_inputs, epoch_seed
 from mmkeras.data.manifest import Manifest
+from mmkeras.data.service_address import check_port, parse_address
 from mmkeras.errors import UserError
 from mmkeras.preprocessing.image import load_image
 from mmkeras.preprocessing.multimodal_preprocessor import MultimodalPreprocessor
@@ -47,31 +47,8 @@ from mmkeras.preprocessing.multimodal_preprocessor import MultimodalPreprocessor
 PROCESSING_MODE = "distributed_epoch"
 # The token the image decoder is registered under in the trainer and in every worker.
 DECODE_TOKEN = "mmkeras.data_service.load_image"
-# grpc://HOST:PORT or HOST:PORT; HOST a name, an IPv4 address or a bracketed IPv6 address.
-_ADDRESS = re.compile(r"^(?:grpc://)?(?P<host>[A-Za-z0-9._-]+|\[[0-9A-Fa-f:.]+\]):(?P<port>[0-9]{1,5})$")
 # How long the trainer waits for the dispatcher's port to accept a connection before saying none answers.
 CONNECT_TIMEOUT_S = 5.0
-
-
-def parse_address(address: str, flag: str) -> tuple[str, int]:
-    """`(host, port)` of `grpc://HOST:PORT` or `HOST:PORT`; anything else is a `UserError` naming `flag`.
-
-    Example:
-    >>> parse_address("grpc://10.0.0.5:5050", "--data-service")
-    ('10.0.0.5', 5050)
-    """
-    match = _ADDRESS.match(address.strip())
-    port = int(match["port"]) if match else 0
-    if not match or not 0 < port < 65536:
-        raise UserError(f"{flag} must be grpc://HOST:PORT or HOST:PORT with a port in 1..65535, got {address!r}")
-    return match["host"], port
-
-
-def check_port(port: int, flag: str, *, any_free: bool):
-    """A port to listen on: 1..65535 (or 0, any free port, when `any_free`), else a `UserError` naming `flag`."""
-    lowest = 0 if any_free else 1
-    if not lowest <= port < 65536:
-        raise UserError(f"{flag} must be a port in {lowest}..65535, got {port}")
 
 
 def start_dispatcher(port: int, work_dir: str | None = None) -> tf.data.experimental.service.DispatchServer:
