@@ -689,7 +689,8 @@ def web(
 
 data_service_app = typer.Typer(
     help="Servers of TensorFlow's tf.data service: move training's image decoding to other machines "
-    "(train --data-service). Workers need mmkeras installed and the manifest's image paths readable."
+    "(train --data-service). Workers need mmkeras installed and the manifest's image paths readable.\n\n"
+    "Example: mmkeras data-service dispatcher --port 5050"
 )
 app.add_typer(data_service_app, name="data-service")
 

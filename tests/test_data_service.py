@@ -82,6 +82,12 @@ def test_an_address_is_host_and_port():
             parse_address(bad, "--data-service")
 
 
+@pytest.mark.parametrize("command", [[], ["dispatcher"], ["worker"]])
+def test_the_data_service_help_has_an_example(command, capsys):
+    assert main(["data-service", *command, "--help"]) == 0
+    assert "Example: mmkeras data-service " in capsys.readouterr().out
+
+
 @pytest.mark.parametrize(
     "args, reason",
     [

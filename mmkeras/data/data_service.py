@@ -36,7 +36,7 @@ import tensorflow as tf
 
 from mmkeras import compat
 from mmkeras.config import AUGMENTATIONS
-from mmkeras.data.dataset import _augment_present_image, _columns, _model_inputs, epoch_seed
+from mmkeras.data.dataset import augment_present_image, epoch_seed, model_inputs, row_columns
 from mmkeras.data.manifest import Manifest
 from mmkeras.data.service_address import check_port, parse_address
 from mmkeras.errors import UserError
@@ -163,7 +163,7 @@ class DataServiceEpochs:
         self.seed = seed
         self.augment = augment
         self.service = f"grpc://{host}:{port}"
-        self._columns = _columns(manifest, labels, preprocessor)
+        self._columns = row_columns(manifest, labels, preprocessor)
         self._image_size = preprocessor.image_size
         self._settings = json.dumps(image_settings(preprocessor))
 
@@ -194,7 +194,7 @@ class DataServiceEpochs:
         """`(batch number, inputs, label)`, one batch per batch number, built whole where it is processed."""
         columns = {name: tf.constant(column[order]) for name, column in self._columns.items()}
         decode = partial(_decode_on_worker, settings=self._settings, image_size=self._image_size)
-        augment = partial(_augment_present_image, epoch_seed=seed, image_size=self._image_size)
+        augment = partial(augment_present_image, epoch_seed=seed, image_size=self._image_size)
         photo = augmented and self.augment == "photo"
 
         def batch(number):
@@ -204,7 +204,7 @@ class DataServiceEpochs:
             dataset = dataset.map(decode, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
             if photo:
                 dataset = dataset.map(augment, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-            dataset = dataset.batch(self.batch_size).map(_model_inputs)
+            dataset = dataset.batch(self.batch_size).map(model_inputs)
             return dataset.map(lambda inputs, label: (number, inputs, label))
 
         numbers = tf.data.Dataset.range(self.num_batches)

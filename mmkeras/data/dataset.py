@@ -57,7 +57,7 @@ def make_dataset(
     ...                     batch_size=32, shuffle=True, seed=0)            # doctest: +SKIP
     >>> model.fit(data, epochs=3)                                          # doctest: +SKIP
     """
-    columns = _columns(manifest, labels, preprocessor)
+    columns = row_columns(manifest, labels, preprocessor)
     decode = partial(_decode_image, preprocessor=preprocessor)
     cache = cache and _fits_in_cache(manifest, preprocessor)
     dataset = tf.data.Dataset.from_tensor_slices(columns)
@@ -114,7 +114,7 @@ class EpochDatasets:
         self.augment = augment
         self._image_size = preprocessor.image_size
         self._decode = partial(_decode_image, preprocessor=preprocessor)
-        self._rows = tf.data.Dataset.from_tensor_slices(_columns(manifest, labels, preprocessor))
+        self._rows = tf.data.Dataset.from_tensor_slices(row_columns(manifest, labels, preprocessor))
         self._decoded = None
         if _fits_in_cache(manifest, preprocessor):
             self._decoded = self._rows.map(self._decode, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
@@ -135,7 +135,7 @@ class EpochDatasets:
             dataset = self._rows.shuffle(self.num_examples, seed=seed, reshuffle_each_iteration=False)
             dataset = dataset.map(self._decode, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
         if augmented and self.augment == "photo":
-            augment = partial(_augment_present_image, epoch_seed=seed, image_size=self._image_size)
+            augment = partial(augment_present_image, epoch_seed=seed, image_size=self._image_size)
             dataset = dataset.map(augment, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
         return _batches(dataset, self.batch_size, drop_remainder=False)
 
@@ -145,7 +145,7 @@ def epoch_seed(seed: int, epoch: int) -> int:
     return int(np.random.SeedSequence([seed, epoch]).generate_state(1)[0] >> 1)
 
 
-def _columns(manifest: Manifest, labels: list[str] | None, preprocessor: MultimodalPreprocessor) -> dict:
+def row_columns(manifest: Manifest, labels: list[str] | None, preprocessor: MultimodalPreprocessor) -> dict:
     """Tokenized texts, image paths and encoded labels, one entry per row."""
     rows = manifest.rows
     token_ids, padding_mask, text_present = preprocessor.encode_texts([row.text for row in rows])
@@ -172,7 +172,7 @@ def _fits_in_cache(manifest: Manifest, preprocessor: MultimodalPreprocessor) -> 
 
 def _batches(dataset: tf.data.Dataset, batch_size: int, drop_remainder: bool) -> tf.data.Dataset:
     dataset = dataset.batch(batch_size, drop_remainder=drop_remainder)
-    dataset = dataset.map(_model_inputs, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    dataset = dataset.map(model_inputs, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
     return dataset.prefetch(tf.data.AUTOTUNE)
 
 
@@ -197,7 +197,7 @@ def _decode_image(columns: dict, preprocessor: MultimodalPreprocessor) -> dict:
     return {**columns, "image": image, "image_present": image_present}
 
 
-def _augment_present_image(columns: dict, epoch_seed: int, image_size: tuple[int, int]) -> dict:
+def augment_present_image(columns: dict, epoch_seed: int, image_size: tuple[int, int]) -> dict:
     """`augment_photo` on the row's image, seeded by (epoch seed, row); a missing image stays all zeros."""
     image = columns["image"]
     augmented = augment_photo(image, row_seed(epoch_seed, columns["row"]), image_size)
@@ -205,7 +205,7 @@ def _augment_present_image(columns: dict, epoch_seed: int, image_size: tuple[int
     return {**columns, "image": tf.where(present, augmented, tf.cast(image, tf.float32))}
 
 
-def _model_inputs(batch: dict):
+def model_inputs(batch: dict):
     """The contract's four inputs (and the labels) from a batch of columns."""
     inputs = {
         "token_ids": batch["token_ids"],
