@@ -108,6 +108,7 @@ def decode_image_row(path: bytes, settings: bytes) -> tuple[np.ndarray, np.ndarr
         loading["resample"],
         crop_pct=loading["crop_pct"],
         max_pixels=loading["max_pixels"],
+        jpeg_draft_factor=loading["jpeg_draft_factor"],
     )
     # load_image yields whole numbers in 0..255 (8-bit RGB resized by Pillow): uint8 is exact.
     return pixels.astype(np.uint8), np.float32(1.0)
@@ -120,6 +121,7 @@ def image_settings(preprocessor: MultimodalPreprocessor) -> dict:
         "resample": preprocessor.resample,
         "crop_pct": preprocessor.crop_pct,
         "max_pixels": preprocessor.max_image_pixels,
+        "jpeg_draft_factor": preprocessor.jpeg_draft_factor,
     }
 
 
