@@ -9,11 +9,13 @@ import time
 
 import numpy as np
 import pytest
+import tensorflow as tf
 import yaml
 from PIL import Image
 from test_dataset import IMAGE_SIZE, labels_of, manifest, preprocessor  # noqa: F401  (fixtures)
 from training_runs import ENTRY, free_ports, max_difference, run, run_weights, train_args, write_data
 
+from mmkeras import compat
 from mmkeras.cli.app import main
 from mmkeras.data.data_service import DataServiceEpochs, decode_image_row, image_settings
 from mmkeras.data.dataset import EpochDatasets
@@ -113,6 +115,16 @@ def test_a_dispatcher_that_does_not_answer_is_a_user_error(manifest, preprocesso
         DataServiceEpochs(
             manifest, labels_of(manifest), preprocessor, batch_size=4, seed=0, service=f"127.0.0.1:{port}"
         )
+
+
+def test_a_function_under_a_fixed_token_runs_in_a_traced_graph():
+    """What a worker relies on: `compat.register_py_function` makes the token callable from a graph."""
+    compat.register_py_function("mmkeras.tests.double", lambda value: value * 2)
+    value = tf.constant(21, tf.int64)
+    double = tf.function(
+        lambda: tf.raw_ops.PyFuncStateless(input=[value], token="mmkeras.tests.double", Tout=[tf.int64])
+    )
+    assert double()[0].numpy() == 42
 
 
 def test_the_workers_decoder_loads_what_the_preprocessor_loads(tmp_path, preprocessor):  # noqa: F811
