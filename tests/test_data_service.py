@@ -150,7 +150,7 @@ def test_two_workers_build_the_local_batches_in_the_local_order(service, manifes
     for epoch in range(2):
         local_batches, remote_batches = list(local.for_epoch(epoch)), list(remote.for_epoch(epoch))
         assert len(remote_batches) == len(local_batches) == 4
-        for (local_inputs, local_labels), (inputs, batch_labels) in zip(local_batches, remote_batches):
+        for (local_inputs, local_labels), (inputs, batch_labels) in zip(local_batches, remote_batches, strict=True):
             assert np.array_equal(batch_labels, local_labels)
             for name, value in local_inputs.items():
                 assert np.array_equal(inputs[name], value), name
