@@ -6,8 +6,8 @@ import shutil
 import numpy as np
 import pytest
 import tensorflow as tf
-from test_cli_end_to_end import SAMPLES, run_cli, write_subset
-from training_runs import (
+from tests.helpers.cli import SAMPLES, run_cli, write_subset
+from tests.helpers.training_runs import (
     TWO_LOGICAL_CPUS,
     finish,
     kill_at_first_checkpoint,

@@ -8,7 +8,7 @@ import pytest
 from mmkeras.cli.app import main
 from mmkeras.export.converter import export_bundle
 from mmkeras.runtime.bundle_comparison import compare_bundles, comparison_table, thread_counts
-from test_converter import save_tiny_run
+from tests.helpers.tiny_runs import save_tiny_run
 
 RUNS = 3
 

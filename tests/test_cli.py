@@ -11,7 +11,7 @@ import sys
 import typing
 
 import pytest
-from test_cli_end_to_end import SAMPLES, run_cli, write_subset  # pytest puts tests/ on sys.path
+from tests.helpers.cli import SAMPLES, run_cli, write_subset
 
 from mmkeras import __version__, config
 from mmkeras.cli import preflight

@@ -4,7 +4,6 @@ import csv
 import json
 import subprocess
 import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -12,8 +11,8 @@ import yaml
 
 from mmkeras.cli.app import main
 from mmkeras.quantization.run_loading import load_run
+from tests.helpers.cli import SAMPLES, WITHOUT_TENSORFLOW, run_cli, write_subset
 
-SAMPLES = Path(__file__).resolve().parents[1] / "samples"
 TRAIN_JSON_KEYS = {
     "loss",
     "val_loss",
@@ -24,25 +23,6 @@ TRAIN_JSON_KEYS = {
     "total_params",
     "bad_rows_skipped",
 }
-
-
-def write_subset(source: Path, out: Path, rows: int) -> Path:
-    """The first `rows` rows of a samples manifest, with absolute image paths."""
-    with source.open(newline="", encoding="utf-8") as handle:
-        records = list(csv.DictReader(handle))[:rows]
-    with out.open("w", newline="", encoding="utf-8") as handle:
-        writer = csv.DictWriter(handle, fieldnames=["text", "image", "label"])
-        writer.writeheader()
-        for record in records:
-            image = str(source.parent / record["image"]) if record["image"] else ""
-            writer.writerow({**record, "image": image})
-    return out
-
-
-def run_cli(capsys, *argv) -> tuple[int, str, str]:
-    code = main([str(arg) for arg in argv])
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
 
 
 @pytest.fixture(scope="module")
@@ -121,22 +101,6 @@ def test_a_mixed_precision_run_saves_and_exports_the_float32_model(data, tmp_pat
         code, out, _ = run_cli(capsys, "evaluate", target, "--data", data["val"], "--json")
         figures.append(json.loads(out)["accuracy"])
     assert figures[0] == figures[1]
-
-
-# The device-side commands in a fresh interpreter where importing TensorFlow, Keras or keras-hub fails.
-WITHOUT_TENSORFLOW = """
-import sys
-
-class BlockTensorFlow:
-    def find_spec(self, name, path=None, target=None):
-        if name.split(".")[0] in ("tensorflow", "keras", "keras_hub"):
-            raise ImportError(f"blocked import of {name}")
-
-sys.meta_path.insert(0, BlockTensorFlow())
-from mmkeras.cli.app import main
-
-sys.exit(main(sys.argv[1:]))
-"""
 
 
 def test_float_bundle_matches_the_keras_model(trained, bundle, data, capsys):

@@ -3,7 +3,7 @@
 import json
 
 import pytest
-from training_runs import (
+from tests.helpers.training_runs import (
     TWO_LOGICAL_CPUS,
     finish,
     finish_workers,

@@ -9,7 +9,14 @@ import json
 
 import numpy as np
 import pytest
-from training_runs import (
+
+from mmkeras.config import RunConfig
+from mmkeras.data.manifest import read_manifest
+from mmkeras.models import build_model
+from mmkeras.quantization.qat_transform import activation_quantizers
+from mmkeras.quantization.run_loading import load_run
+from mmkeras.runs import save_run
+from tests.helpers.training_runs import (
     TWO_LOGICAL_CPUS,
     finish,
     finish_workers,
@@ -20,13 +27,6 @@ from training_runs import (
     tf_configs,
     write_data,
 )
-
-from mmkeras.config import RunConfig
-from mmkeras.data.manifest import read_manifest
-from mmkeras.models import build_model
-from mmkeras.quantization.qat_transform import activation_quantizers
-from mmkeras.quantization.run_loading import load_run
-from mmkeras.runs import save_run
 
 TOLERANCE = 1e-5
 # With the attention's queries float (`QuantizerSettings.float_attention`), the largest attention score of a

@@ -8,7 +8,7 @@ import sys
 
 import numpy as np
 import pytest
-from test_cli_end_to_end import SAMPLES, WITHOUT_TENSORFLOW, run_cli, write_subset
+from tests.helpers.cli import SAMPLES, WITHOUT_TENSORFLOW, run_cli, write_subset
 
 from mmkeras import __version__
 from mmkeras.cli.app import main

@@ -12,7 +12,7 @@ import sys
 import tempfile
 
 import pytest
-from test_cli_end_to_end import SAMPLES, run_cli, write_subset
+from tests.helpers.cli import SAMPLES, run_cli, write_subset
 
 from mmkeras.cli.app import main
 from mmkeras.evaluation.report import SECTIONS

@@ -5,19 +5,13 @@ outcome other than a result or a typed mmkeras error fails the test, and a
 deadline per input catches hangs.
 """
 
-import importlib
-import sys
-from pathlib import Path
-
 import pytest
 from hypothesis import HealthCheck, settings
-
 from mmkeras.export.converter import export_bundle
-from mmkeras.runtime.predictor import Predictor
-from test_converter import save_tiny_run
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # benchmarks/ is a folder of scripts next to tests/
-fuzz_runtime = importlib.import_module("benchmarks.fuzz_runtime")
+from benchmarks import fuzz_runtime
+from mmkeras.runtime.predictor import Predictor
+from tests.helpers.tiny_runs import save_tiny_run
 
 # A few examples in CI; a second per input is far above the slowest measured (tens of milliseconds).
 CI_SETTINGS = settings(

@@ -5,7 +5,7 @@ import keras
 import pytest
 import tensorflow as tf
 from PIL import Image
-from test_cli_end_to_end import SAMPLES, run_cli, write_subset
+from tests.helpers.cli import SAMPLES, run_cli, write_subset
 
 from mmkeras.config import RunConfig
 from mmkeras.errors import UserError

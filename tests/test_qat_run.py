@@ -7,8 +7,8 @@ from pathlib import Path
 import keras
 import numpy as np
 import pytest
-from test_cli_end_to_end import write_subset  # pytest puts tests/ on sys.path
-from test_converter import int8_tensor_scales
+from tests.helpers.cli import write_subset
+from tests.helpers.tiny_runs import int8_tensor_scales
 
 from mmkeras.config import RunConfig
 from mmkeras.data.manifest import read_manifest

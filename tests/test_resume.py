@@ -4,7 +4,7 @@ import json
 
 import numpy as np
 import pytest
-from training_runs import (
+from tests.helpers.training_runs import (
     finish,
     kill_at_first_checkpoint,
     max_difference,

@@ -17,7 +17,8 @@ from mmkeras.export.converter import export_bundle
 from mmkeras.preprocessing.text_cleaning import InvalidTextError
 from mmkeras.runtime.interpreter import LiteRTModel, interpreter_module, usable_threads
 from mmkeras.runtime.predictor import Predictor, softmax
-from test_converter import SAMPLES, save_tiny_run
+from tests.helpers.cli import SAMPLES
+from tests.helpers.tiny_runs import save_tiny_run
 
 VAL_ROWS = read_manifest(SAMPLES / "val.csv").rows[:6]
 

@@ -18,7 +18,8 @@ from mmkeras.runtime.test_vectors import (
     read_test_vectors,
     verify_bundle,
 )
-from test_converter import SAMPLES, save_tiny_run
+from tests.helpers.cli import SAMPLES
+from tests.helpers.tiny_runs import save_tiny_run
 
 
 @pytest.fixture(scope="module")

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from test_cli_end_to_end import SAMPLES, run_cli, write_subset
+from tests.helpers.cli import SAMPLES, run_cli, write_subset
 
 
 @pytest.fixture
