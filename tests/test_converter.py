@@ -28,6 +28,8 @@ from mmkeras.quantization.run_loading import load_run
 from tests.helpers.cli import SAMPLES
 from tests.helpers.tiny_runs import SEQUENCE_LENGTH, int8_tensor_scales, save_tiny_run
 
+pytestmark = pytest.mark.slow  # four exports of one run, and more conversions in the tests
+
 
 
 @keras.saving.register_keras_serializable(package="mmkeras_tests")

@@ -28,6 +28,8 @@ from tests.helpers.training_runs import (
     write_data,
 )
 
+pytestmark = pytest.mark.distributed  # every test runs several processes or replicas, or kills one
+
 TOLERANCE = 1e-5
 # With the attention's queries float (`QuantizerSettings.float_attention`), the largest attention score of a
 # batch sits exactly on the score quantizer's range edge, where the straight-through gradient is kept or cut by

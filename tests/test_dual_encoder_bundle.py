@@ -39,6 +39,7 @@ def bundles(align_run, tmp_path_factory):
     return folder, reports
 
 
+@pytest.mark.slow
 def test_float_encoders_embed_as_the_keras_towers(bundles):
     folder, reports = bundles
     assert {"text_encoder.tflite", "image_encoder.tflite", "tokenizer.json", "bundle.json"} <= {
@@ -50,6 +51,7 @@ def test_float_encoders_embed_as_the_keras_towers(bundles):
         assert bundle["conversion"]["parity"][name]["min_cosine"] > 0.9999
 
 
+@pytest.mark.slow
 def test_int8_bundle_has_an_int8_image_encoder_and_int8_text_weights(bundles):
     _, reports = bundles
     encoders = reports["int8"]["conversion"]["encoders"]
@@ -61,6 +63,7 @@ def test_int8_bundle_has_an_int8_image_encoder_and_int8_text_weights(bundles):
     assert reports["int8"]["conversion"]["parity"]["text_encoder"]["min_cosine"] > 0.999
 
 
+@pytest.mark.slow
 def test_index_and_search_run_without_tensorflow(bundles, tmp_path):
     folder, _ = bundles
     images = tmp_path / "images"

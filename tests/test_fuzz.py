@@ -7,11 +7,9 @@ deadline per input catches hangs.
 
 import pytest
 from hypothesis import HealthCheck, settings
-from mmkeras.export.converter import export_bundle
 
 from benchmarks import fuzz_runtime
 from mmkeras.runtime.predictor import Predictor
-from tests.helpers.tiny_runs import save_tiny_run
 
 # A few examples in CI; a second per input is far above the slowest measured (tens of milliseconds).
 CI_SETTINGS = settings(
@@ -20,10 +18,8 @@ CI_SETTINGS = settings(
 
 
 @pytest.fixture(scope="module")
-def predictor(tmp_path_factory):
-    root = tmp_path_factory.mktemp("fuzz")
-    export_bundle(save_tiny_run(root / "run"), root / "bundle")
-    return Predictor(root / "bundle", num_threads=1)
+def predictor(tiny_bundle):
+    return Predictor(tiny_bundle["bundle"], num_threads=1)
 
 
 def assert_no_crash(outcomes):

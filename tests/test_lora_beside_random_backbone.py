@@ -2,6 +2,8 @@
 
 import logging
 
+import pytest
+
 from mmkeras.config import RunConfig
 from mmkeras.data.manifest import read_manifest
 from mmkeras.models import build_model
@@ -11,6 +13,7 @@ from tests.helpers.cli import SAMPLES, write_subset
 from tests.helpers.hugging_face_folders import write_text_folder
 
 
+@pytest.mark.slow
 def test_lora_beside_a_random_vision_backbone_trains_that_backbone_fully_and_reports_cut_texts(tmp_path):
     folder = tmp_path / "bert"
     write_text_folder("bert", folder)

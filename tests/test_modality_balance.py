@@ -110,6 +110,7 @@ def test_modality_balance_is_refused_with_cached_features():
         RunConfig(modality_balance="aux", freeze="both", cache_features=True)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("mode", ["aux", "adaptive"])
 def test_a_balanced_run_trains_and_saves_the_plain_model(mode, tmp_path, capsys):
     train = write_subset(SAMPLES / "train.csv", tmp_path / "train.csv", 48)

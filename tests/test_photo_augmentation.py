@@ -71,6 +71,7 @@ def test_augment_is_a_checked_setting():
         RunConfig(augment="photo", freeze="both", cache_features=True)
 
 
+@pytest.mark.slow
 def test_a_run_trains_with_photo_augmentation_and_records_it(tmp_path):
     train_csv = write_subset(SAMPLES / "train.csv", tmp_path / "train.csv", 16)
     config = RunConfig(data=str(train_csv), out=str(tmp_path / "run"), epochs=1, batch_size=8, augment="photo")

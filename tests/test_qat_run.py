@@ -27,6 +27,8 @@ from mmkeras.quantization.qat_transform import activation_quantizers, calibrate_
 from mmkeras.quantization.run_loading import load_run
 from mmkeras.runs import QAT_WEIGHTS_FILE, QUANTIZATION_FILE, save_run
 
+pytestmark = pytest.mark.slow  # QAT fine-tuning and an int8 export, shared by most tests
+
 SAMPLES = Path(__file__).resolve().parents[1] / "samples"
 SEQUENCE_LENGTH = 16
 

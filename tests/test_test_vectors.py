@@ -19,19 +19,16 @@ from mmkeras.runtime.test_vectors import (
     verify_bundle,
 )
 from tests.helpers.cli import SAMPLES
-from tests.helpers.tiny_runs import save_tiny_run
 
 
-@pytest.fixture(scope="module")
-def run_dir(tmp_path_factory):
-    return save_tiny_run(tmp_path_factory.mktemp("run"))
+@pytest.fixture
+def run_dir(tiny_bundle):
+    return tiny_bundle["run"]
 
 
-@pytest.fixture(scope="module")
-def bundle_dir(run_dir, tmp_path_factory):
-    out = tmp_path_factory.mktemp("bundles") / "float"
-    export_bundle(run_dir, out)
-    return out
+@pytest.fixture
+def bundle_dir(tiny_bundle):
+    return tiny_bundle["bundle"]
 
 
 @pytest.fixture
