@@ -41,7 +41,7 @@ print(json.dumps({"label": prediction.label, "logits": prediction.logits.tolist(
 """
 
 
-@pytest.fixture
+@pytest.fixture(scope="module")
 def bundle_dir(tiny_bundle):
     return tiny_bundle["bundle"]
 

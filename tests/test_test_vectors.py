@@ -21,12 +21,12 @@ from mmkeras.runtime.test_vectors import (
 from tests.helpers.cli import SAMPLES
 
 
-@pytest.fixture
+@pytest.fixture(scope="module")
 def run_dir(tiny_bundle):
     return tiny_bundle["run"]
 
 
-@pytest.fixture
+@pytest.fixture(scope="module")
 def bundle_dir(tiny_bundle):
     return tiny_bundle["bundle"]
 
