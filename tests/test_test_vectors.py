@@ -104,6 +104,7 @@ def test_without_a_manifest_a_generated_example_stands_in():
     assert examples[0][1].startswith(b"\x89PNG")
 
 
+@pytest.mark.slow  # an int8 export
 def test_int8_tolerance_is_one_step_of_the_logits(run_dir, tmp_path):
     out = tmp_path / "int8"
     export_bundle(run_dir, out, quantize="int8")

@@ -205,6 +205,7 @@ def test_unread_affine_blocks_that_are_not_the_identity_are_a_warning(folders, t
     assert "affine" not in caplog.text
 
 
+@pytest.mark.slow  # fits a timm backbone
 def test_a_backbone_with_a_feature_map_per_stage_trains_on_its_last_one(folders, tmp_path):
     folder, _ = folders("timm-hgnetv2")
     model, preprocessor = build_model("tiny", str(folder), num_classes=2, texts=["a photo"], seed=0)
