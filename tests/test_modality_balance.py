@@ -84,6 +84,7 @@ def backbone_steps(text_probe_bias, tmp_path):
     return steps, [float(scale.numpy()) for scale in balance.update_scales + balance.drop_rates]
 
 
+@pytest.mark.slow
 def test_adaptive_slows_the_dominant_backbones_step_under_adamw(tmp_path):
     # A scaled gradient would not do it: AdamW's first step is lr x sign(gradient) whatever the scale.
     (text_step, image_step), (text_scale, image_scale, *drop_rates) = backbone_steps(20.0, tmp_path)  # text dominates
