@@ -105,6 +105,7 @@ def test_a_classifier_bundle_is_not_a_dual_encoder_bundle(tmp_path, capsys):
     assert "a classifier bundle" in err and "needs a dual_encoder bundle" in err
 
 
+@pytest.mark.slow
 def test_the_exported_bundle_reads_back_by_its_kind_with_ordinary_permissions(bundles, capsys):
     folder, _ = bundles
     bundle = read_bundle(folder / "none", kinds=(DUAL_ENCODER_KIND,))
