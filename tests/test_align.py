@@ -6,8 +6,8 @@ import shutil
 import numpy as np
 import pytest
 import tensorflow as tf
-from test_cli_end_to_end import SAMPLES, run_cli, write_subset
-from training_runs import (
+from tests.helpers.cli import SAMPLES, run_cli, write_subset
+from tests.helpers.training_runs import (
     TWO_LOGICAL_CPUS,
     finish,
     kill_at_first_checkpoint,
@@ -116,6 +116,7 @@ contrastive_loss._replica_offset = lambda rows: tf.constant(0, tf.int32)
 """
 
 
+@pytest.mark.distributed
 def test_align_over_two_mirrored_replicas_trains_as_one_big_batch(pairs, tmp_path):
     """Negatives gathered across replicas: 2 replicas of 4 rows make the update of one process with 8."""
     single = run(align_args(pairs, tmp_path / "single", "--strategy", "one"), timeout=240)
@@ -144,6 +145,7 @@ def match_run(align_run, tmp_path_factory):
     return out
 
 
+@pytest.mark.slow
 def test_train_init_from_starts_from_the_aligned_backbones_projections_and_tokenizer(align_run, match_run):
     aligned, matcher = load_run(align_run), load_run(match_run)
     for name in ("text_backbone", "vision_backbone", "text_projection", "image_projection", "logit_scale"):
@@ -154,6 +156,7 @@ def test_train_init_from_starts_from_the_aligned_backbones_projections_and_token
     assert matcher.config.embedding_dim == 16
 
 
+@pytest.mark.slow
 def test_match_starts_from_the_aligned_similarity(match_run):
     """The match logit minus the mismatch logit grows with the cosine similarity, before any training."""
     run = load_run(match_run)
@@ -169,6 +172,7 @@ def test_task_match_refuses_labels_that_are_not_match_or_mismatch(align_run, tmp
     assert "--task match needs the labels match/mismatch, 1/0 or true/false" in err
 
 
+@pytest.mark.slow
 def test_init_from_refuses_a_classifier_run(match_run, tmp_path, capsys):
     train = write_subset(SAMPLES / "matching" / "train.csv", tmp_path / "train.csv", 8)
     code, _, err = run_cli(capsys, "train", "--data", train, "--out", tmp_path / "run", "--init-from", match_run)
@@ -201,6 +205,7 @@ def test_zero_shot_refuses_a_prompt_without_the_label(align_run, tmp_path, capsy
     assert "--prompt must contain {label}" in err
 
 
+@pytest.mark.distributed
 def test_a_killed_align_run_resumes_to_the_uninterrupted_weights(pairs, tmp_path):
     settings = ("--deterministic", "--checkpoint-steps", "1")
     expected = run(align_args(pairs, tmp_path / "uninterrupted", *settings), timeout=240)

@@ -18,7 +18,7 @@ from PIL import Image
 
 from mmkeras.cli.app import main
 from mmkeras.folder_lock import folder_lock
-from test_cli_end_to_end import SAMPLES, write_subset
+from tests.helpers.cli import SAMPLES, write_subset
 
 HEADER = "text,image,label\n"
 

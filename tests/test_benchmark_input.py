@@ -4,8 +4,6 @@ import json
 
 import pytest
 from mmkeras.cli.app import main
-from mmkeras.export.converter import export_bundle
-from test_converter import save_tiny_run
 from test_jpeg_draft import jpeg_bytes, photo
 
 from mmkeras.runtime.benchmark import benchmark_bundle
@@ -13,10 +11,8 @@ from mmkeras.runtime.predictor import Predictor
 
 
 @pytest.fixture(scope="module")
-def bundle_dir(tmp_path_factory):
-    root = tmp_path_factory.mktemp("benchmark-input")
-    export_bundle(save_tiny_run(root / "run"), root / "bundle", quantize="none")
-    return root / "bundle"
+def bundle_dir(tiny_bundle):
+    return tiny_bundle["bundle"]
 
 
 def test_the_photo_and_text_given_are_the_ones_preprocessed(bundle_dir, tmp_path, monkeypatch):

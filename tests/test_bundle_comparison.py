@@ -8,7 +8,7 @@ import pytest
 from mmkeras.cli.app import main
 from mmkeras.export.converter import export_bundle
 from mmkeras.runtime.bundle_comparison import compare_bundles, comparison_table, thread_counts
-from test_converter import save_tiny_run
+from tests.helpers.tiny_runs import save_tiny_run
 
 RUNS = 3
 
@@ -33,6 +33,7 @@ def test_thread_counts_stop_at_the_cpu_count():
     assert thread_counts(None) == list(range(1, os.cpu_count() + 1))
 
 
+@pytest.mark.slow
 def test_every_bundle_is_measured_at_every_setting(figures, bundle_dirs):
     threads = thread_counts(2)
     assert figures["threads"] == threads and figures["runs"] == RUNS
@@ -47,6 +48,7 @@ def test_every_bundle_is_measured_at_every_setting(figures, bundle_dirs):
                 assert 0 < row[part]["p50"] <= row[part]["p90"] <= row[part]["p99"]
 
 
+@pytest.mark.slow
 def test_table_has_a_row_per_bundle_and_setting(figures):
     lines = comparison_table(figures).splitlines()
     assert lines[0].split()[:3] == ["bundle", "quant", "size"]
@@ -56,6 +58,7 @@ def test_table_has_a_row_per_bundle_and_setting(figures):
     assert all(line.endswith("1.00x") for line in lines[1 : 1 + rows_per_bundle])
 
 
+@pytest.mark.slow
 def test_cli_prints_one_json_object_for_several_bundles(bundle_dirs, capsys):
     code = main(["benchmark", *map(str, bundle_dirs), "--threads", "1", "--runs", "2", "--json"])
     figures = json.loads(capsys.readouterr().out)
@@ -64,6 +67,7 @@ def test_cli_prints_one_json_object_for_several_bundles(bundle_dirs, capsys):
     assert figures["threads"] == [1]
 
 
+@pytest.mark.slow
 def test_cli_keeps_the_single_bundle_contract(bundle_dirs, capsys):
     code = main(["benchmark", str(bundle_dirs[0]), "--threads", "1", "--runs", "2", "--json"])
     figures = json.loads(capsys.readouterr().out)

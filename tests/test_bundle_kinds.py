@@ -3,7 +3,6 @@
 import json
 
 import pytest
-from test_cli_end_to_end import run_cli
 
 from mmkeras.errors import UserError
 from mmkeras.runtime.bundle import (
@@ -13,6 +12,7 @@ from mmkeras.runtime.bundle import (
     bundle_kind,
     read_bundle,
 )
+from tests.helpers.cli import run_cli
 
 # The smallest file `check_tflite_file` takes for a LiteRT model: 16 bytes with the TFL3 identifier at 4..8.
 FAKE_TFLITE = b"\0" * 4 + b"TFL3" + b"\0" * 8

@@ -11,7 +11,7 @@ import sys
 import typing
 
 import pytest
-from test_cli_end_to_end import SAMPLES, run_cli, write_subset  # pytest puts tests/ on sys.path
+from tests.helpers.cli import SAMPLES, run_cli, write_subset
 
 from mmkeras import __version__, config
 from mmkeras.cli import preflight
@@ -126,6 +126,7 @@ def test_repeated_calls_do_not_repeat_log_lines(capsys):
     assert capsys.readouterr().err == "said once\n"
 
 
+@pytest.mark.slow
 def test_train_json_shows_progress_and_no_framework_logs(tmp_path):
     train = write_subset(SAMPLES / "train.csv", tmp_path / "train.csv", 48)
     val = write_subset(SAMPLES / "val.csv", tmp_path / "val.csv", 16)

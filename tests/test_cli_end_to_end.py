@@ -4,16 +4,14 @@ import csv
 import json
 import subprocess
 import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
 import yaml
 
-from mmkeras.cli.app import main
 from mmkeras.quantization.run_loading import load_run
+from tests.helpers.cli import WITHOUT_TENSORFLOW, run_cli
 
-SAMPLES = Path(__file__).resolve().parents[1] / "samples"
 TRAIN_JSON_KEYS = {
     "loss",
     "val_loss",
@@ -26,46 +24,19 @@ TRAIN_JSON_KEYS = {
 }
 
 
-def write_subset(source: Path, out: Path, rows: int) -> Path:
-    """The first `rows` rows of a samples manifest, with absolute image paths."""
-    with source.open(newline="", encoding="utf-8") as handle:
-        records = list(csv.DictReader(handle))[:rows]
-    with out.open("w", newline="", encoding="utf-8") as handle:
-        writer = csv.DictWriter(handle, fieldnames=["text", "image", "label"])
-        writer.writeheader()
-        for record in records:
-            image = str(source.parent / record["image"]) if record["image"] else ""
-            writer.writerow({**record, "image": image})
-    return out
+@pytest.fixture
+def data(samples_run):
+    """96 training and 32 validation rows of the samples (tests/conftest.py), under `train`, `val` and `folder`."""
+    return samples_run
 
 
-def run_cli(capsys, *argv) -> tuple[int, str, str]:
-    code = main([str(arg) for arg in argv])
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
+@pytest.fixture
+def trained(samples_run):
+    """The session's run trained on `data` (2 epochs, batch 16, seed 1)."""
+    return samples_run["run"]
 
 
-@pytest.fixture(scope="module")
-def data(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("data")
-    return {
-        "train": write_subset(SAMPLES / "train.csv", folder / "train.csv", 96),
-        "val": write_subset(SAMPLES / "val.csv", folder / "val.csv", 32),
-        "folder": folder,
-    }
-
-
-@pytest.fixture(scope="module")
-def trained(data, tmp_path_factory):
-    run_dir = tmp_path_factory.mktemp("runs") / "run"
-    code = main(
-        ["train", "--data", str(data["train"]), "--val", str(data["val"]), "--out", str(run_dir)]
-        + ["--epochs", "2", "--batch-size", "16", "--seed", "1", "--json"]
-    )
-    assert code == 0
-    return run_dir
-
-
+@pytest.mark.slow
 def test_train_prints_one_json_object_and_writes_the_run(data, tmp_path, capsys):
     code, out, _ = run_cli(
         capsys, "train", "--data", data["train"], "--val", data["val"], "--out", tmp_path / "r",
@@ -81,6 +52,7 @@ def test_train_prints_one_json_object_and_writes_the_run(data, tmp_path, capsys)
     assert "fusion: concat" in (tmp_path / "r" / "config.yaml").read_text()
 
 
+@pytest.mark.slow
 def test_yaml_config_is_overridden_by_flags(data, tmp_path, capsys, monkeypatch):
     config = tmp_path / "run.yaml"
     config.write_text("epochs: 3\nfusion: gated\nbatch_size: 64\n")
@@ -96,13 +68,13 @@ def test_yaml_config_is_overridden_by_flags(data, tmp_path, capsys, monkeypatch)
     assert saved["data"] == str(data["train"])
 
 
-@pytest.fixture(scope="module")
-def bundle(trained, tmp_path_factory):
-    bundle = tmp_path_factory.mktemp("bundles") / "bundle"
-    assert main(["export", str(trained), "--out", str(bundle), "--quantize", "none"]) == 0
-    return bundle
+@pytest.fixture
+def bundle(samples_bundle):
+    """The session run's float32 bundle (`export --quantize none`, the default)."""
+    return samples_bundle["bundle"]
 
 
+@pytest.mark.slow
 def test_a_mixed_precision_run_saves_and_exports_the_float32_model(data, tmp_path, capsys):
     run_dir, bundle_dir = tmp_path / "run", tmp_path / "bundle"
     code, _, err = run_cli(
@@ -121,22 +93,6 @@ def test_a_mixed_precision_run_saves_and_exports_the_float32_model(data, tmp_pat
         code, out, _ = run_cli(capsys, "evaluate", target, "--data", data["val"], "--json")
         figures.append(json.loads(out)["accuracy"])
     assert figures[0] == figures[1]
-
-
-# The device-side commands in a fresh interpreter where importing TensorFlow, Keras or keras-hub fails.
-WITHOUT_TENSORFLOW = """
-import sys
-
-class BlockTensorFlow:
-    def find_spec(self, name, path=None, target=None):
-        if name.split(".")[0] in ("tensorflow", "keras", "keras_hub"):
-            raise ImportError(f"blocked import of {name}")
-
-sys.meta_path.insert(0, BlockTensorFlow())
-from mmkeras.cli.app import main
-
-sys.exit(main(sys.argv[1:]))
-"""
 
 
 def test_float_bundle_matches_the_keras_model(trained, bundle, data, capsys):
@@ -242,6 +198,7 @@ def test_console_script_runs_help():
 QAT_JSON_KEYS = {"initial_loss", "loss", "val_loss", "val_accuracy", "epochs_completed", "epoch_seconds"}
 
 
+@pytest.mark.slow
 def test_qat_then_int8_export_then_evaluate(trained, data, tmp_path, capsys):
     qat_dir, bundle_dir = tmp_path / "qat", tmp_path / "int8"
     code, out, _ = run_cli(

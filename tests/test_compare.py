@@ -2,7 +2,8 @@ import json
 import zipfile
 
 import yaml
-from test_cli_end_to_end import run_cli
+
+from tests.helpers.cli import run_cli
 
 
 def fake_run(folder, fusion, val_accuracy, epoch_seconds):

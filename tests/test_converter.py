@@ -13,7 +13,6 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from mmkeras.config import RunConfig
 from mmkeras.data.manifest import read_manifest
 from mmkeras.errors import UserError
 from mmkeras.export import converter
@@ -26,10 +25,11 @@ from mmkeras.runtime.interpreter import list_ops, load_interpreter
 from mmkeras.runtime.predictor import Predictor
 from mmkeras.models import build_model
 from mmkeras.quantization.run_loading import load_run
-from mmkeras.runs import save_run
+from tests.helpers.cli import SAMPLES
+from tests.helpers.tiny_runs import SEQUENCE_LENGTH, int8_tensor_scales, save_tiny_run
 
-SAMPLES = Path(__file__).resolve().parents[1] / "samples"
-SEQUENCE_LENGTH = 16
+pytestmark = pytest.mark.slow  # four exports of one run, and more conversions in the tests
+
 
 
 @keras.saving.register_keras_serializable(package="mmkeras_tests")
@@ -38,20 +38,6 @@ class RunningProduct(keras.layers.Layer):
 
     def call(self, inputs):
         return keras.ops.cumprod(inputs, axis=-1)
-
-
-def save_tiny_run(run_dir: Path, model=None, preprocessor=None) -> Path:
-    """A run folder for `samples/train.csv`, with a random tiny model unless one is given."""
-    manifest = read_manifest(SAMPLES / "train.csv")
-    labels = manifest.labels()
-    if model is None:
-        texts = [row.text for row in manifest.rows if row.text]
-        model, preprocessor = build_model(
-            num_classes=len(labels), texts=texts, sequence_length=SEQUENCE_LENGTH, seed=0
-        )
-    config = RunConfig(data=str(SAMPLES / "train.csv"), out=str(run_dir), sequence_length=SEQUENCE_LENGTH)
-    save_run(run_dir, model=model, preprocessor=preprocessor, labels=labels, config=config)
-    return run_dir
 
 
 def flex_model(preprocessor, num_classes: int) -> keras.Model:
@@ -326,16 +312,6 @@ def test_int8_keeps_hard_swish_float_for_xnnpack(tmp_path):
 
 def op_dtypes(model, op_type) -> set[str]:
     return {dtype for op in list_ops(model) if op.name == op_type for dtype in op.output_dtypes}
-
-
-def int8_tensor_scales(model) -> dict[str, float]:
-    """Each int8 tensor's (largest) quantization scale, by tensor name."""
-    interpreter = load_interpreter(model, default_delegates=False)
-    return {
-        details["name"]: float(np.max(details["quantization_parameters"]["scales"]))
-        for details in interpreter.get_tensor_details()
-        if details["dtype"] == np.int8 and details["quantization_parameters"]["scales"].size
-    }
 
 
 def test_post_training_int8_keeps_the_attention_mask_path_float(bundles):

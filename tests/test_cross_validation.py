@@ -4,9 +4,9 @@ import numpy as np
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
-from test_cli_end_to_end import SAMPLES, run_cli, write_subset
 
 from mmkeras.training.cross_validation import stratified_folds
+from tests.helpers.cli import SAMPLES, run_cli, write_subset
 
 
 @given(st.lists(st.sampled_from("abcd"), min_size=4, max_size=80), st.integers(2, 4), st.integers(0, 5))

@@ -13,7 +13,7 @@ import tensorflow as tf
 import yaml
 from PIL import Image
 from test_dataset import IMAGE_SIZE, labels_of, manifest, preprocessor  # noqa: F401  (fixtures)
-from training_runs import ENTRY, free_ports, max_difference, run, run_weights, train_args, write_data
+from tests.helpers.training_runs import ENTRY, free_ports, max_difference, run, run_weights, train_args, write_data
 
 from mmkeras import compat
 from mmkeras.cli.app import main
@@ -140,7 +140,7 @@ def test_the_workers_decoder_loads_what_the_preprocessor_loads(tmp_path, preproc
     assert pixels.shape == (*IMAGE_SIZE, 3) and not pixels.any() and present == 0
 
 
-@pytest.mark.slow
+@pytest.mark.distributed
 def test_two_workers_build_the_local_batches_in_the_local_order(service, manifest, preprocessor):  # noqa: F811
     """Exact: every batch equals `EpochDatasets`' (photo augmentation on), so every row comes once per epoch."""
     labels = labels_of(manifest)
@@ -158,7 +158,7 @@ def test_two_workers_build_the_local_batches_in_the_local_order(service, manifes
         assert sorted(seen.tolist()) == list(range(10))  # each row (its own label) once
 
 
-@pytest.mark.slow
+@pytest.mark.distributed
 def test_training_through_the_service_equals_local_training(service, tmp_path):
     (tmp_path / "data").mkdir()
     data = write_data(tmp_path / "data")

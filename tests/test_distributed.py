@@ -3,7 +3,7 @@
 import json
 
 import pytest
-from training_runs import (
+from tests.helpers.training_runs import (
     TWO_LOGICAL_CPUS,
     finish,
     finish_workers,
@@ -44,6 +44,7 @@ def start_workers(data, out, *extra) -> list:
     ]
 
 
+@pytest.mark.distributed
 def test_two_workers_match_a_single_process(data, single, tmp_path):
     out = tmp_path / "run"
     results = finish_workers(start_workers(data, out))
@@ -56,6 +57,7 @@ def test_two_workers_match_a_single_process(data, single, tmp_path):
     assert max_difference(run_weights(out), single["weights"]) < TOLERANCE
 
 
+@pytest.mark.distributed
 def test_mirrored_over_two_logical_cpus_matches_a_single_process(data, single, tmp_path):
     out = tmp_path / "run"
     metrics = run(train_args(data, out, "--strategy", "mirrored"), prelude=TWO_LOGICAL_CPUS)
@@ -63,6 +65,7 @@ def test_mirrored_over_two_logical_cpus_matches_a_single_process(data, single, t
     assert abs(metrics["val_loss"] - single["metrics"]["val_loss"]) < TOLERANCE
 
 
+@pytest.mark.distributed
 def test_a_lost_worker_stops_the_job_and_resume_continues_it(data, single, tmp_path):
     out = tmp_path / "run"
     workers = start_workers(data, out)

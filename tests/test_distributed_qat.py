@@ -9,7 +9,14 @@ import json
 
 import numpy as np
 import pytest
-from training_runs import (
+
+from mmkeras.config import RunConfig
+from mmkeras.data.manifest import read_manifest
+from mmkeras.models import build_model
+from mmkeras.quantization.qat_transform import activation_quantizers
+from mmkeras.quantization.run_loading import load_run
+from mmkeras.runs import save_run
+from tests.helpers.training_runs import (
     TWO_LOGICAL_CPUS,
     finish,
     finish_workers,
@@ -21,14 +28,15 @@ from training_runs import (
     write_data,
 )
 
-from mmkeras.config import RunConfig
-from mmkeras.data.manifest import read_manifest
-from mmkeras.models import build_model
-from mmkeras.quantization.qat_transform import activation_quantizers
-from mmkeras.quantization.run_loading import load_run
-from mmkeras.runs import save_run
+pytestmark = pytest.mark.distributed  # every test runs several processes or replicas, or kills one
 
-TOLERANCE = 1e-5
+# Ranges and losses may differ by this fraction of their scale (the largest range; the loss itself). The order
+# of a float32 sum depends on the strategy and on the CPU model (TensorFlow's oneDNN kernels are chosen for
+# it), and the rounding it leaves grows with the size of what is summed, so the tolerance is relative: an
+# absolute 1e-5 held on AMD EPYC (mirrored: within 8e-8 of the scale) and failed on an Intel Xeon (2.1e-5).
+# Uncombined per-replica ranges put ranges 7.6e-3 and losses 9.5e-3 to 4.4e-2 of their scale away
+# (docs/design.md#cpu-dependent-test-tolerances).
+RELATIVE_TOLERANCE = 1e-4
 # With the attention's queries float (`QuantizerSettings.float_attention`), the largest attention score of a
 # batch sits exactly on the score quantizer's range edge, where the straight-through gradient is kept or cut by
 # its last bit; a replica's other summation order moved one query kernel 1.2e-5 from the single process's (all
@@ -108,10 +116,10 @@ def assert_same_qat(out, metrics, single):
     weights, ranges = qat_state(out)
     # The ranges moved away from the calibration batch during training, far more than the tolerance.
     assert np.all(ranges[:, 1] >= ranges[:, 0]) and np.max(np.abs(ranges)) > 0.1
-    assert np.max(np.abs(ranges - single["ranges"])) < TOLERANCE
+    assert np.max(np.abs(ranges - single["ranges"])) < RELATIVE_TOLERANCE * np.max(np.abs(single["ranges"]))
     assert max_difference(weights, single["weights"]) < WEIGHT_TOLERANCE
     for key in ("initial_loss", "loss", "val_loss"):
-        assert abs(metrics[key] - single["metrics"][key]) < TOLERANCE
+        assert abs(metrics[key] - single["metrics"][key]) < RELATIVE_TOLERANCE * abs(single["metrics"][key])
 
 
 def test_mirrored_qat_over_two_logical_cpus_matches_a_single_process(float_run, data, single, tmp_path):

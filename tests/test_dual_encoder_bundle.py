@@ -8,7 +8,7 @@ import sys
 
 import numpy as np
 import pytest
-from test_cli_end_to_end import SAMPLES, WITHOUT_TENSORFLOW, run_cli, write_subset
+from tests.helpers.cli import SAMPLES, WITHOUT_TENSORFLOW, run_cli, write_subset
 
 from mmkeras import __version__
 from mmkeras.cli.app import main
@@ -39,6 +39,7 @@ def bundles(align_run, tmp_path_factory):
     return folder, reports
 
 
+@pytest.mark.slow
 def test_float_encoders_embed_as_the_keras_towers(bundles):
     folder, reports = bundles
     assert {"text_encoder.tflite", "image_encoder.tflite", "tokenizer.json", "bundle.json"} <= {
@@ -50,6 +51,7 @@ def test_float_encoders_embed_as_the_keras_towers(bundles):
         assert bundle["conversion"]["parity"][name]["min_cosine"] > 0.9999
 
 
+@pytest.mark.slow
 def test_int8_bundle_has_an_int8_image_encoder_and_int8_text_weights(bundles):
     _, reports = bundles
     encoders = reports["int8"]["conversion"]["encoders"]
@@ -61,6 +63,7 @@ def test_int8_bundle_has_an_int8_image_encoder_and_int8_text_weights(bundles):
     assert reports["int8"]["conversion"]["parity"]["text_encoder"]["min_cosine"] > 0.999
 
 
+@pytest.mark.slow
 def test_index_and_search_run_without_tensorflow(bundles, tmp_path):
     folder, _ = bundles
     images = tmp_path / "images"
@@ -102,6 +105,7 @@ def test_a_classifier_bundle_is_not_a_dual_encoder_bundle(tmp_path, capsys):
     assert "a classifier bundle" in err and "needs a dual_encoder bundle" in err
 
 
+@pytest.mark.slow
 def test_the_exported_bundle_reads_back_by_its_kind_with_ordinary_permissions(bundles, capsys):
     folder, _ = bundles
     bundle = read_bundle(folder / "none", kinds=(DUAL_ENCODER_KIND,))

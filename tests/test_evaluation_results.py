@@ -12,10 +12,9 @@ import sys
 import tempfile
 
 import pytest
-from test_cli_end_to_end import SAMPLES, run_cli, write_subset
 
-from mmkeras.cli.app import main
 from mmkeras.evaluation.report import SECTIONS
+from tests.helpers.cli import run_cli
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 CHROMIUM_FLAGS = [
@@ -29,17 +28,10 @@ CHROMIUM_FLAGS = [
 ]
 
 
-@pytest.fixture(scope="module")
-def evaluated(tmp_path_factory):
-    """A 2-epoch run, its float bundle next to it, both evaluated on the validation rows."""
-    folder = tmp_path_factory.mktemp("evaluated")
-    train = write_subset(SAMPLES / "train.csv", folder / "train.csv", 96)
-    val = write_subset(SAMPLES / "val.csv", folder / "val.csv", 32)
-    run_dir, bundle_dir = folder / "run", folder / "bundle"
-    assert main(["train", "--data", str(train), "--val", str(val), "--out", str(run_dir), "--epochs", "2"]
-                + ["--batch-size", "16", "--seed", "1", "--json"]) == 0
-    assert main(["export", str(run_dir), "--out", str(bundle_dir), "--json"]) == 0
-    return {"run": run_dir, "bundle": bundle_dir, "val": val}
+@pytest.fixture
+def evaluated(samples_bundle):
+    """The session's 2-epoch run and its float bundle next to it (tests/conftest.py), with the validation rows."""
+    return samples_bundle
 
 
 def test_train_writes_results_csv_and_tensorboard_events(evaluated):
@@ -136,6 +128,7 @@ def test_report_has_every_section_and_lists_the_bundle(evaluated, capsys):
     assert len(re.findall(r'src="data:image/png;base64,', page)) > 8
 
 
+@pytest.mark.browser
 @pytest.mark.skipif(CHROMIUM is None, reason="chromium is not installed (apt-get install -y chromium)")
 def test_report_renders_in_a_browser_with_every_image_loaded(evaluated, capsys):
     run_cli(capsys, "evaluate", evaluated["run"], "--data", evaluated["val"])

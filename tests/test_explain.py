@@ -6,11 +6,11 @@ import json
 import numpy as np
 import pytest
 from PIL import Image
-from test_cli_end_to_end import run_cli
 
 from mmkeras.evaluation.occlusion import occlusion_attribution
 from mmkeras.preprocessing import MultimodalPreprocessor
 from mmkeras.preprocessing.text import TextTokenizer
+from tests.helpers.cli import run_cli
 
 COLOURS = {"red": (220, 30, 30), "green": (30, 200, 30), "blue": (30, 30, 220)}
 WORDS = ["maybe", "some", "plain", "words", "here", "today", "again", "still"]

@@ -5,19 +5,11 @@ outcome other than a result or a typed mmkeras error fails the test, and a
 deadline per input catches hangs.
 """
 
-import importlib
-import sys
-from pathlib import Path
-
 import pytest
 from hypothesis import HealthCheck, settings
 
-from mmkeras.export.converter import export_bundle
+from benchmarks import fuzz_runtime
 from mmkeras.runtime.predictor import Predictor
-from test_converter import save_tiny_run
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # benchmarks/ is a folder of scripts next to tests/
-fuzz_runtime = importlib.import_module("benchmarks.fuzz_runtime")
 
 # A few examples in CI; a second per input is far above the slowest measured (tens of milliseconds).
 CI_SETTINGS = settings(
@@ -26,10 +18,8 @@ CI_SETTINGS = settings(
 
 
 @pytest.fixture(scope="module")
-def predictor(tmp_path_factory):
-    root = tmp_path_factory.mktemp("fuzz")
-    export_bundle(save_tiny_run(root / "run"), root / "bundle")
-    return Predictor(root / "bundle", num_threads=1)
+def predictor(tiny_bundle):
+    return Predictor(tiny_bundle["bundle"], num_threads=1)
 
 
 def assert_no_crash(outcomes):

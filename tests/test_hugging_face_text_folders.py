@@ -4,7 +4,7 @@ import json
 
 import numpy as np
 import pytest
-from hugging_face_folders import (
+from tests.helpers.hugging_face_folders import (
     FAMILIES,
     HIDDEN,
     ROBERTA_POSITION_OFFSET,
@@ -14,7 +14,7 @@ from hugging_face_folders import (
     family_token_ids,
     write_text_folder,
 )
-from test_cli_end_to_end import SAMPLES, write_subset
+from tests.helpers.cli import SAMPLES, write_subset
 from tokenizers import Tokenizer
 
 from mmkeras.config import RunConfig

@@ -2,16 +2,18 @@
 
 import logging
 
-from hugging_face_folders import write_text_folder
-from test_cli_end_to_end import SAMPLES, write_subset
+import pytest
 
 from mmkeras.config import RunConfig
 from mmkeras.data.manifest import read_manifest
 from mmkeras.models import build_model
 from mmkeras.preprocessing.text import TextTokenizer
 from mmkeras.training.trainer import prepare_backbones, train
+from tests.helpers.cli import SAMPLES, write_subset
+from tests.helpers.hugging_face_folders import write_text_folder
 
 
+@pytest.mark.slow
 def test_lora_beside_a_random_vision_backbone_trains_that_backbone_fully_and_reports_cut_texts(tmp_path):
     folder = tmp_path / "bert"
     write_text_folder("bert", folder)

@@ -2,7 +2,6 @@
 
 import csv
 import importlib
-import sys
 from pathlib import Path
 
 import pytest
@@ -13,7 +12,6 @@ GENERATORS = {"matching": "samples.make_matching_samples", "vqa": "samples.make_
 
 @pytest.mark.parametrize("dataset", sorted(GENERATORS))
 def test_generator_rewrites_the_committed_files(dataset, tmp_path):
-    sys.path.insert(0, str(REPOSITORY))
     generator = importlib.import_module(GENERATORS[dataset])
     generator.main(["--out", str(tmp_path)])
     committed = REPOSITORY / "samples" / dataset

@@ -5,7 +5,7 @@ import keras
 import pytest
 import tensorflow as tf
 from PIL import Image
-from test_cli_end_to_end import SAMPLES, run_cli, write_subset
+from tests.helpers.cli import SAMPLES, run_cli, write_subset
 
 from mmkeras.config import RunConfig
 from mmkeras.errors import UserError
@@ -84,6 +84,7 @@ def backbone_steps(text_probe_bias, tmp_path):
     return steps, [float(scale.numpy()) for scale in balance.update_scales + balance.drop_rates]
 
 
+@pytest.mark.slow
 def test_adaptive_slows_the_dominant_backbones_step_under_adamw(tmp_path):
     # A scaled gradient would not do it: AdamW's first step is lr x sign(gradient) whatever the scale.
     (text_step, image_step), (text_scale, image_scale, *drop_rates) = backbone_steps(20.0, tmp_path)  # text dominates
@@ -110,6 +111,7 @@ def test_modality_balance_is_refused_with_cached_features():
         RunConfig(modality_balance="aux", freeze="both", cache_features=True)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("mode", ["aux", "adaptive"])
 def test_a_balanced_run_trains_and_saves_the_plain_model(mode, tmp_path, capsys):
     train = write_subset(SAMPLES / "train.csv", tmp_path / "train.csv", 48)

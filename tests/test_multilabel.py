@@ -9,7 +9,7 @@ import sys
 import numpy as np
 import pytest
 import tensorflow as tf
-from test_cli_end_to_end import SAMPLES, WITHOUT_TENSORFLOW, run_cli, write_subset
+from tests.helpers.cli import SAMPLES, WITHOUT_TENSORFLOW, run_cli, write_subset
 
 from mmkeras.cli.app import main
 from mmkeras.data.manifest import read_manifest
@@ -66,6 +66,7 @@ def tagged_labels(multilabel_run) -> list[str]:
     return [line.split(",")[-1] for line in lines]
 
 
+@pytest.mark.slow
 def test_multilabel_run_keeps_the_labels_and_their_tuned_thresholds(multilabel_run):
     labels = json.loads((multilabel_run["out"] / "labels.json").read_text())
     assert labels == sorted({part for line in tagged_labels(multilabel_run) for part in line.split("|")})
@@ -76,6 +77,7 @@ def test_multilabel_run_keeps_the_labels_and_their_tuned_thresholds(multilabel_r
     assert figures in multilabel_run["summary"] and "val_accuracy" not in multilabel_run["summary"]
 
 
+@pytest.mark.slow
 def test_evaluate_reports_map_and_f1_of_a_multilabel_run(multilabel_run, capsys):
     code, out, err = run_cli(capsys, "evaluate", multilabel_run["out"], "--data", multilabel_run["val"], "--json")
     assert code == 0, err
@@ -103,6 +105,7 @@ def device_cli(*args) -> dict:
     return json.loads(done.stdout)
 
 
+@pytest.mark.slow
 def test_a_multilabel_bundle_carries_its_task_sigmoid_output_and_the_run_thresholds(multilabel_run, multilabel_bundles):
     bundle = json.loads((multilabel_bundles["none"] / "bundle.json").read_text())
     tuned = json.loads((multilabel_run["out"] / "metrics.json").read_text())["thresholds"]
@@ -111,6 +114,7 @@ def test_a_multilabel_bundle_carries_its_task_sigmoid_output_and_the_run_thresho
     assert bundle["conversion"]["thresholds_tuned_rows"] is None
 
 
+@pytest.mark.slow
 def test_an_int8_multilabel_bundle_carries_thresholds_tuned_on_its_own_validation_scores(multilabel_run,
                                                                                         multilabel_bundles):
     predictor = Predictor(multilabel_bundles["int8"])
@@ -121,6 +125,7 @@ def test_an_int8_multilabel_bundle_carries_thresholds_tuned_on_its_own_validatio
     assert predictor.bundle["conversion"]["thresholds_tuned_rows"] == len(rows)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("mode", ["none", "int8"])
 def test_predict_of_a_multilabel_bundle_gives_the_labels_at_or_above_their_thresholds(multilabel_run,
                                                                                    multilabel_bundles, mode):
@@ -134,6 +139,7 @@ def test_predict_of_a_multilabel_bundle_gives_the_labels_at_or_above_their_thres
     assert printed["labels"] == prediction.labels == expected
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("mode", ["none", "int8"])
 def test_evaluate_of_a_multilabel_bundle_gives_the_run_figures_without_tensorflow(multilabel_run, multilabel_bundles,
                                                                                  capsys, mode):
@@ -148,6 +154,7 @@ def test_evaluate_of_a_multilabel_bundle_gives_the_run_figures_without_tensorflo
         assert abs(bundle_figures["mAP"] - run_figures["mAP"]) <= 0.1
 
 
+@pytest.mark.slow
 def test_multilabel_test_vectors_record_the_label_sets_and_verify(multilabel_bundles):
     vectors = read_test_vectors(multilabel_bundles["int8"])["vectors"]
     predictor = Predictor(multilabel_bundles["int8"])
@@ -156,6 +163,7 @@ def test_multilabel_test_vectors_record_the_label_sets_and_verify(multilabel_bun
     assert verify_bundle(multilabel_bundles["int8"])["passed"]
 
 
+@pytest.mark.slow
 def test_qat_of_a_multilabel_run_trains_its_sigmoid_loss_and_exports_an_int8_multilabel_bundle(multilabel_run):
     root = multilabel_run["out"].parent
     float_loss = json.loads((multilabel_run["out"] / "metrics.json").read_text())["loss"]

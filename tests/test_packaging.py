@@ -46,6 +46,7 @@ def wheel(tmp_path_factory) -> Path:
     return built
 
 
+@pytest.mark.slow
 def test_the_wheel_holds_every_module_of_the_repository(wheel):
     with zipfile.ZipFile(wheel) as archive:
         packed = set(archive.namelist())
@@ -60,6 +61,7 @@ def test_the_wheel_holds_every_module_of_the_repository(wheel):
     assert {"mmkeras/web/package.json", "mmkeras/web/package-lock.json"} <= packed  # what `mmkeras web` installs
 
 
+@pytest.mark.slow
 def test_the_wheel_declares_the_console_script_and_the_extras(wheel):
     with zipfile.ZipFile(wheel) as archive:
         names = archive.namelist()

@@ -4,7 +4,6 @@ import numpy as np
 import pytest
 import tensorflow as tf
 import yaml
-from test_cli_end_to_end import SAMPLES, write_subset
 from test_dataset import IMAGE_SIZE, labels_of, manifest, preprocessor  # noqa: F401 (fixtures)
 
 from mmkeras.config import RunConfig
@@ -12,6 +11,7 @@ from mmkeras.data.augmentation import augment_photo
 from mmkeras.data.dataset import EpochDatasets
 from mmkeras.errors import UserError
 from mmkeras.training.trainer import train
+from tests.helpers.cli import SAMPLES, write_subset
 
 # Rows 1, 4 and 7 of test_dataset's manifest have no image.
 ROWS_WITHOUT_IMAGE = (1, 4, 7)
@@ -71,6 +71,7 @@ def test_augment_is_a_checked_setting():
         RunConfig(augment="photo", freeze="both", cache_features=True)
 
 
+@pytest.mark.slow
 def test_a_run_trains_with_photo_augmentation_and_records_it(tmp_path):
     train_csv = write_subset(SAMPLES / "train.csv", tmp_path / "train.csv", 16)
     config = RunConfig(data=str(train_csv), out=str(tmp_path / "run"), epochs=1, batch_size=8, augment="photo")

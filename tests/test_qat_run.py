@@ -7,8 +7,8 @@ from pathlib import Path
 import keras
 import numpy as np
 import pytest
-from test_cli_end_to_end import write_subset  # pytest puts tests/ on sys.path
-from test_converter import int8_tensor_scales
+from tests.helpers.cli import write_subset
+from tests.helpers.tiny_runs import int8_tensor_scales
 
 from mmkeras.config import RunConfig
 from mmkeras.data.manifest import read_manifest
@@ -26,6 +26,8 @@ from mmkeras.quantization.qat_training import qat_finetune
 from mmkeras.quantization.qat_transform import activation_quantizers, calibrate_ranges, quantize_model
 from mmkeras.quantization.run_loading import load_run
 from mmkeras.runs import QAT_WEIGHTS_FILE, QUANTIZATION_FILE, save_run
+
+pytestmark = pytest.mark.slow  # QAT fine-tuning and an int8 export, shared by most tests
 
 SAMPLES = Path(__file__).resolve().parents[1] / "samples"
 SEQUENCE_LENGTH = 16

@@ -6,7 +6,6 @@ from pathlib import Path
 
 import keras
 import pytest
-from test_cli_end_to_end import write_subset  # pytest puts tests/ on sys.path
 
 from mmkeras.config import RunConfig
 from mmkeras.data.manifest import read_manifest
@@ -20,6 +19,7 @@ from mmkeras.quantization.qat_transform import UnknownLayerError, calibrate_rang
 from mmkeras.runtime.interpreter import list_ops
 from mmkeras.quantization.run_loading import load_run
 from mmkeras.runs import QUANTIZATION_FILE, save_run
+from tests.helpers.cli import write_subset
 
 SAMPLES = Path(__file__).resolve().parents[1] / "samples"
 SEQUENCE_LENGTH = 16
@@ -39,6 +39,7 @@ def float_run(folder: Path, data, **model_settings) -> Path:
     return folder
 
 
+@pytest.mark.slow
 def test_a_run_trained_with_modality_dropout_goes_through_qat_int8_export_and_evaluate(tmp_path):
     data = (write_subset(SAMPLES / "train.csv", tmp_path / "train.csv", 32),
             write_subset(SAMPLES / "val.csv", tmp_path / "val.csv", 16))

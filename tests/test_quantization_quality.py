@@ -7,12 +7,12 @@ from pathlib import Path
 
 import pytest
 import yaml
-from test_cli_end_to_end import run_cli  # pytest puts tests/ on sys.path
-from test_converter import save_tiny_run
-
-from mmkeras.data.manifest import read_manifest
 from mmkeras.export.conversion_report import quality_warning
 from mmkeras.export.converter import export_bundle
+
+from mmkeras.data.manifest import read_manifest
+from tests.helpers.cli import run_cli
+from tests.helpers.tiny_runs import save_tiny_run
 
 SAMPLES = Path(__file__).resolve().parents[1] / "samples"
 

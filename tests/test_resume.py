@@ -4,7 +4,7 @@ import json
 
 import numpy as np
 import pytest
-from training_runs import (
+from tests.helpers.training_runs import (
     finish,
     kill_at_first_checkpoint,
     max_difference,
@@ -29,6 +29,7 @@ def data(tmp_path_factory):
     return write_data(tmp_path_factory.mktemp("data"), **RESUME_SETTINGS)
 
 
+@pytest.mark.distributed
 def test_killed_run_resumes_to_the_uninterrupted_weights(data, tmp_path):
     uninterrupted = tmp_path / "uninterrupted"
     expected = run(train_args(data, uninterrupted, "--deterministic"))

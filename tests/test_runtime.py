@@ -13,11 +13,10 @@ import tensorflow as tf
 from mmkeras.data.manifest import read_manifest
 from mmkeras.errors import UserError
 from mmkeras.runtime.bundle import INPUT_NAMES
-from mmkeras.export.converter import export_bundle
 from mmkeras.preprocessing.text_cleaning import InvalidTextError
 from mmkeras.runtime.interpreter import LiteRTModel, interpreter_module, usable_threads
 from mmkeras.runtime.predictor import Predictor, softmax
-from test_converter import SAMPLES, save_tiny_run
+from tests.helpers.cli import SAMPLES
 
 VAL_ROWS = read_manifest(SAMPLES / "val.csv").rows[:6]
 
@@ -43,10 +42,8 @@ print(json.dumps({"label": prediction.label, "logits": prediction.logits.tolist(
 
 
 @pytest.fixture(scope="module")
-def bundle_dir(tmp_path_factory):
-    root = tmp_path_factory.mktemp("runtime")
-    export_bundle(save_tiny_run(root / "run"), root / "bundle")
-    return root / "bundle"
+def bundle_dir(tiny_bundle):
+    return tiny_bundle["bundle"]
 
 
 @pytest.fixture(scope="module")

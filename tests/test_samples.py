@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from benchmarks import synthetic_data
 from mmkeras.config import RunConfig
 from mmkeras.preprocessing.image import load_image
 from mmkeras.preprocessing.text import TextTokenizer
@@ -26,8 +27,6 @@ def _import_make_samples():
 
 
 make_samples = _import_make_samples()
-# Importing the script put the repository root on sys.path, where benchmarks/ lives.
-synthetic_data = importlib.import_module("benchmarks.synthetic_data")
 
 
 @pytest.fixture(scope="module")

@@ -18,19 +18,17 @@ from mmkeras.runtime.test_vectors import (
     read_test_vectors,
     verify_bundle,
 )
-from test_converter import SAMPLES, save_tiny_run
+from tests.helpers.cli import SAMPLES
 
 
 @pytest.fixture(scope="module")
-def run_dir(tmp_path_factory):
-    return save_tiny_run(tmp_path_factory.mktemp("run"))
+def run_dir(tiny_bundle):
+    return tiny_bundle["run"]
 
 
 @pytest.fixture(scope="module")
-def bundle_dir(run_dir, tmp_path_factory):
-    out = tmp_path_factory.mktemp("bundles") / "float"
-    export_bundle(run_dir, out)
-    return out
+def bundle_dir(tiny_bundle):
+    return tiny_bundle["bundle"]
 
 
 @pytest.fixture
@@ -106,6 +104,7 @@ def test_without_a_manifest_a_generated_example_stands_in():
     assert examples[0][1].startswith(b"\x89PNG")
 
 
+@pytest.mark.slow  # an int8 export
 def test_int8_tolerance_is_one_step_of_the_logits(run_dir, tmp_path):
     out = tmp_path / "int8"
     export_bundle(run_dir, out, quantize="int8")

@@ -1,23 +1,17 @@
 """benchmarks/tiny_pretrained_presets.py: its corpus, and presets that mmkeras' real loaders take and LoRA trains."""
 
 import csv
-import importlib
 import importlib.util
 import re
-import sys
-from pathlib import Path
 
 import keras_hub
 import numpy as np
 import pytest
-from test_cli_end_to_end import SAMPLES, write_subset
 
+from benchmarks import tiny_pretrained_presets as pretraining
 from mmkeras.config import RunConfig
 from mmkeras.training.trainer import train
-
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))  # benchmarks/ is a folder of scripts next to tests/
-pretraining = importlib.import_module("benchmarks.tiny_pretrained_presets")
+from tests.helpers.cli import SAMPLES, write_subset
 
 
 def _import_make_samples():

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from test_cli_end_to_end import SAMPLES, run_cli, write_subset
+from tests.helpers.cli import SAMPLES, run_cli, write_subset
 
 
 @pytest.fixture
@@ -25,6 +25,7 @@ def train(capsys, data, out: Path, *flags):
     return json.loads(stdout)
 
 
+@pytest.mark.slow
 def test_cached_head_training_saves_a_full_model_with_the_same_figures(data, tmp_path, capsys, monkeypatch):
     monkeypatch.setenv("MMKERAS_CACHE_DIR", str(tmp_path / "cache"))
     metrics = train(capsys, data, tmp_path / "run", "--freeze", "both", "--cache-features")
@@ -65,6 +66,7 @@ class SimulatedCrash(Exception):
     pass
 
 
+@pytest.mark.slow
 def test_a_crashed_cached_run_resumes_mid_epoch_to_the_uninterrupted_weights(data, tmp_path, monkeypatch):
     import numpy as np
     from tensorflow.python.framework import config as tf_config

@@ -8,8 +8,13 @@ import numpy as np
 import pytest
 from PIL import Image
 from safetensors.numpy import save_file
-from test_cli_end_to_end import SAMPLES, run_cli, write_subset
-from vision_folders import (
+
+from mmkeras.errors import UserError
+from mmkeras.models import build_model, load_vision_backbone
+from mmkeras.preprocessing import MultimodalPreprocessor
+from mmkeras.preprocessing.image import load_image
+from tests.helpers.cli import SAMPLES, run_cli, write_subset
+from tests.helpers.vision_folders import (
     HALF_MEAN,
     HALF_STD,
     IMAGENET_MEAN,
@@ -29,11 +34,6 @@ from vision_folders import (
     write_timm_vgg_folder,
     write_vit_folder,
 )
-
-from mmkeras.errors import UserError
-from mmkeras.models import build_model, load_vision_backbone
-from mmkeras.preprocessing import MultimodalPreprocessor
-from mmkeras.preprocessing.image import load_image
 
 MEAN_STD_SCALE = [1 / 255 / std for std in IMAGENET_STD]
 MEAN_STD_OFFSET = [-mean / std for mean, std in zip(IMAGENET_MEAN, IMAGENET_STD)]
@@ -205,6 +205,7 @@ def test_unread_affine_blocks_that_are_not_the_identity_are_a_warning(folders, t
     assert "affine" not in caplog.text
 
 
+@pytest.mark.slow  # fits a timm backbone
 def test_a_backbone_with_a_feature_map_per_stage_trains_on_its_last_one(folders, tmp_path):
     folder, _ = folders("timm-hgnetv2")
     model, preprocessor = build_model("tiny", str(folder), num_classes=2, texts=["a photo"], seed=0)

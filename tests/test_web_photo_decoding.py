@@ -13,11 +13,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from headless_chromium import find_chromium, served_page_text
 from PIL import Image
 from test_jpeg_draft import jpeg_bytes, photo
 
 from mmkeras.preprocessing.image import _resize, load_image
+from tests.helpers.headless_chromium import find_chromium, served_page_text
 
 SITE = Path(__file__).resolve().parents[1] / "mmkeras" / "web" / "site"
 NODE_SCRIPT = f"""
@@ -87,6 +87,7 @@ def browser_tensors(folder: Path, cases: list[dict]) -> list[dict]:
     return results
 
 
+@pytest.mark.browser
 @pytest.mark.skipif(find_chromium() is None, reason="needs chromium: apt-get install -y chromium")
 def test_chromium_decodes_large_jpegs_at_the_python_draft_scale_with_the_same_pixels(tmp_path):
     # Odd sizes (partly padded last decoded column and row) in every EXIF orientation, a centre crop, bicubic,

@@ -21,13 +21,18 @@ from mmkeras.runtime.predictor import Predictor
 from mmkeras.runtime.test_vectors import read_test_vectors
 from mmkeras.web import site_builder
 from mmkeras.web.site_builder import build_site
-from headless_chromium import Chromium, find_chromium
-from test_converter import SAMPLES, save_tiny_run
+from tests.helpers.headless_chromium import Chromium, find_chromium
+from tests.helpers.cli import SAMPLES
+from tests.helpers.tiny_runs import save_tiny_run
 
-needs_browser = pytest.mark.skipif(
-    find_chromium() is None or shutil.which("npm") is None,
-    reason="needs chromium and npm: apt-get install -y chromium npm",
-)
+
+def needs_browser(test):
+    """A test of a built site: in the browser tier, and skipped without chromium and npm."""
+    skip = pytest.mark.skipif(
+        find_chromium() is None or shutil.which("npm") is None,
+        reason="needs chromium and npm: apt-get install -y chromium npm",
+    )
+    return pytest.mark.browser(skip(test))
 
 
 def example_rows():
@@ -216,6 +221,7 @@ def test_without_npm_the_error_says_what_to_install(tmp_path, monkeypatch):
         build_site(bundle_dir, tmp_path / "notes")
 
 
+@needs_browser
 @needs_browser
 def test_export_web_builds_the_site_inside_the_bundle(sites, tmp_path, capsys):
     bundle_dir, _ = sites["none"]

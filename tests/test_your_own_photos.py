@@ -7,14 +7,14 @@ from pathlib import Path
 
 import pytest
 import yaml
-from test_cli_end_to_end import SAMPLES, run_cli  # pytest puts tests/ on sys.path
-
 from mmkeras.cli.app import main
+
 from mmkeras.config import RunConfig
 from mmkeras.data.manifest import read_manifest
 from mmkeras.errors import UserError
 from mmkeras.runs import manifest_columns
 from mmkeras.training.fit import kept_weights_summary
+from tests.helpers.cli import SAMPLES, run_cli
 
 # The user's header: other names than text, image, label, in another order, and a column of their own.
 HEADER = ["notes", "photo", "caption", "category"]

@@ -15,7 +15,7 @@ Example:
 >>> conv = keras.layers.Conv2D(4, 3, use_bias=False)
 >>> norm = keras.layers.BatchNormalization()
 >>> images = np.random.default_rng(0).normal(size=(1, 6, 6, 2)).astype("float32")
->>> norm.build((None, 4, 4, 4)); norm.moving_mean.assign([1.0, 2.0, 3.0, 4.0])
+>>> norm.build((None, 4, 4, 4)); _ = norm.moving_mean.assign([1.0, 2.0, 3.0, 4.0])
 >>> expected = norm(conv(images))
 >>> fold_batch_normalization(conv, norm)
 >>> bool(np.allclose(norm(conv(images)), expected, atol=1e-5))

@@ -15,8 +15,14 @@ import json
 from pathlib import Path
 
 import numpy as np
-from hugging_face_folders import HEADS, HIDDEN, INTERMEDIATE, RandomTensors
 from safetensors.numpy import save_file
+
+from tests.helpers.hugging_face_folders import (
+    HEADS,
+    HIDDEN,
+    INTERMEDIATE,
+    RandomTensors,
+)
 
 IMAGENET_MEAN, IMAGENET_STD = [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]
 HALF_MEAN, HALF_STD = [0.5, 0.5, 0.5], [0.5, 0.5, 0.5]

@@ -11,7 +11,8 @@ from pathlib import Path
 import keras
 import numpy as np
 import yaml
-from test_cli_end_to_end import SAMPLES, write_subset
+
+from tests.helpers.cli import SAMPLES, write_subset
 
 # Small enough for 2 cores: 16 rows, global batch 8 (2 updates per epoch), no dropout so replicas can agree.
 TRAIN_ROWS, VAL_ROWS = 16, 8
