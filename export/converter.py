@@ -30,6 +30,7 @@ from mmkeras.export.litert_conversion import (
     manifest_inputs,
     manifest_rows,
 )
+from mmkeras.evaluation.report import record_bundle
 from mmkeras.folder_lock import folder_lock
 from mmkeras.models.dual_encoder import is_dual_encoder
 from mmkeras.quantization.run_loading import load_run
@@ -107,6 +108,7 @@ def export_bundle(
         report = _export_locked(Path(run_dir), out_dir, quantize, calibration_data, keep_float, calibration_rows)
     if report.get("warning"):
         logger.warning("warning: %s", report["warning"])
+    record_bundle(out_dir)  # the run's report and `compare` list it wherever it was written
     return report
 
 

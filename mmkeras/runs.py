@@ -10,6 +10,7 @@ RUN_DIR/
   history.json        per-epoch metrics
   metrics.json        the final figures `mmkeras train --json` prints
   skipped_rows.csv    the rows `--on-bad-row skip` dropped (file, line, reason), when any
+  bundles.json        the bundles exported or evaluated from the run, wherever they were written
 ```
 
 `train` and `qat` write only into a new or empty folder, or one holding a run
@@ -36,6 +37,7 @@ model is `load_run`'s, one layer up (`mmkeras.layers`).
 
 import csv
 import json
+import logging
 import re
 import shutil
 import zipfile
@@ -65,6 +67,8 @@ REPORT_FILE = "report.html"
 RESULTS_CSV = "results.csv"  # one row per epoch (`training.epoch_log`)
 BUNDLE_FILE = "bundle.json"  # a bundle folder's (`runtime.bundle`): a bundle names the run it came from
 TENSORBOARD_FOLDER = "tensorboard"
+# The bundles exported or evaluated from the run (`evaluation.report.record_bundle`) and `recorded_bundles`.
+BUNDLES_FILE = "bundles.json"
 # What `evaluate` writes into a run or a bundle folder (`mmkeras.evaluation.results_folder`).
 RESULTS_FOLDER = "results"
 # `training.checkpoints.Checkpoints` writes here, one folder per checkpoint (and `.partial-` while written).
@@ -90,6 +94,7 @@ RUN_ENTRIES = frozenset(
         RESULTS_FOLDER,
         PREPROCESSOR_FILE,
         TOKENIZER_FILE,
+        BUNDLES_FILE,
     }
 )
 # Files an atomic write leaves behind when killed (`atomic_files.write_atomically`).
@@ -309,3 +314,24 @@ def is_align_run(run_dir) -> bool:
     except (OSError, KeyError, ValueError, zipfile.BadZipFile):
         return False
     return model_config.get("config", {}).get("name") == DUAL_ENCODER_NAME
+
+
+def recorded_bundles(run_dir) -> list[dict]:
+    """The entries of a run's `bundles.json` (`path`, `quantization`, `size_bytes`), in the order recorded.
+
+    A missing file is an empty list; a damaged one is logged and read as empty (it only lists bundles).
+    """
+    path = Path(run_dir) / BUNDLES_FILE
+    try:
+        listed = json.loads(path.read_text(encoding="utf-8"))["bundles"]
+    except FileNotFoundError:
+        return []
+    except (OSError, ValueError, TypeError, KeyError) as error:
+        logging.getLogger("mmkeras").warning("ignoring %s: %s", path, error)
+        return []
+    return [entry for entry in listed if isinstance(entry, dict) and isinstance(entry.get("path"), str)]
+
+
+def write_recorded_bundles(run_dir, entries: list[dict]):
+    """Replace a run's `bundles.json` with `entries` (atomically)."""
+    write_json_atomically(Path(run_dir) / BUNDLES_FILE, {"bundles": entries})

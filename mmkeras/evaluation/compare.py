@@ -3,8 +3,8 @@
 For each run: its settings that tell runs apart (fusion, backbones, freeze,
 LoRA rank), parameters, median epoch time, validation figures, and, with a
 test manifest, `evaluate`'s headline figures (accuracy, macro-F1, ECE,
-text-only and image-only accuracy, consistency). Bundles exported from a run
-(found as the report finds them) add their size and a latency benchmark
+text-only and image-only accuracy, consistency). Every bundle exported or evaluated from a run
+(the run's `bundles.json`, as the report finds them) adds their size and a latency benchmark
 (batch 1, one thread, through the TensorFlow-free runtime).
 
 Example:
@@ -44,7 +44,8 @@ def compare_runs(run_dirs, data=None, *, out=None) -> dict:
     Returns:
         `{"data", "runs": [{"name", "path", "settings", "trainable_params",
         "total_params", "median_epoch_seconds", "val_accuracy", "figures",
-        "bundles": [{"name", "quantize", "size_bytes", "p50_ms"}]}]}`.
+        "bundles": [{"name", "path", "status", "quantize", "size_bytes", "p50_ms"}]}]}`
+        (a bundle moved or deleted since: `status` `missing`, its recorded size, no latency).
     """
     runs = [describe_run(Path(run_dir), data) for run_dir in run_dirs]
     comparison = {"data": None if data is None else str(data), "runs": runs}
@@ -78,20 +79,34 @@ def describe_run(run_dir: Path, data) -> dict:
         "median_epoch_seconds": statistics.median(seconds[1:] or seconds) if seconds else None,
         "val_accuracy": metrics.get("val_accuracy"),
         "figures": figures,
-        "bundles": [describe_bundle(folder, bundle) for folder, bundle in run_bundles(run_dir, ())],
+        "bundles": [describe_bundle(entry) for entry in run_bundles(run_dir)],
     }
 
 
-def describe_bundle(folder: Path, bundle: dict) -> dict:
+def describe_bundle(entry: dict) -> dict:
+    """A `run_bundles` entry's size and latency; a bundle that is gone keeps its recorded size and no latency."""
+    folder = entry["path"]
+    if entry["bundle"] is None:
+        return {"name": folder.name, "path": str(folder), "status": entry["status"],
+                "quantize": entry.get("quantization"), "size_bytes": entry.get("size_bytes"), "p50_ms": None}
     from mmkeras.runtime.benchmark import benchmark_bundle
 
     figures = benchmark_bundle(folder, threads=1, runs=BENCHMARK_RUNS)
     return {
         "name": folder.name,
-        "quantize": bundle["quantization"],
+        "path": str(folder),
+        "status": entry["status"],
+        "quantize": entry["bundle"]["quantization"],
         "size_bytes": figures["model_size_bytes"],
         "p50_ms": figures["latency_ms"]["p50"],
     }
+
+
+def bundle_cell(bundle: dict) -> str:
+    """`NAME QUANTIZE SIZE KB P50` for the table; a bundle that is gone says so."""
+    size = "? KB" if bundle["size_bytes"] is None else f"{bundle['size_bytes'] / 1024:.0f} KB"
+    latency = bundle["status"] if bundle["p50_ms"] is None else f"{bundle['p50_ms']:.3f} ms"
+    return f"{bundle['name']} {bundle['quantize']} {size} {latency}"
 
 
 def comparison_table(comparison: dict) -> str:
@@ -99,7 +114,7 @@ def comparison_table(comparison: dict) -> str:
     evaluated = comparison["data"] is not None
     header = ["run", "fusion", "trainable", "s/epoch", "val acc"]
     header += ["accuracy", "macro-F1", "ECE", "text only", "image only"] if evaluated else []
-    header += ["bundles (size, p50 ms)"]
+    header += ["bundles (quantization, size, p50 ms)"]
     rows = []
     for run in comparison["runs"]:
         row = [run["name"], run["settings"]["fusion"], run["trainable_params"], run["median_epoch_seconds"],
@@ -108,8 +123,7 @@ def comparison_table(comparison: dict) -> str:
             figures = run["figures"]
             row += [figures["accuracy"], figures["macro_f1"], figures["ece"], figures["text_only_accuracy"],
                     figures["image_only_accuracy"]]
-        row.append("; ".join(f"{b['name']} {b['size_bytes'] / 1024:.0f} KB {b['p50_ms']:.3f}" for b in run["bundles"])
-                   or None)
+        row.append("; ".join(bundle_cell(bundle) for bundle in run["bundles"]) or None)
         rows.append(row)
     return text_table(header, rows)
 

@@ -4,9 +4,11 @@ Sections: the final figures, the training curves (loss, accuracy, learning
 rate, the best epoch marked), one evaluation per results folder of the run
 (`evaluate`'s figures: confusion heatmap, per-class table, modality ablation,
 reliability diagram, consistency, a grid of sample predictions with their
-scores, and for a cross-attention run the text's attention over the image), the bundles
-exported from the run (size, int8 op coverage, parity, latency), the
-versions and the config. Every image is a PNG data URI and the page loads
+scores, each card with the photo itself, its file name and manifest line, and for a
+cross-attention run the text's attention over the image beside it), every bundle
+exported or evaluated from the run wherever it was written (the run's
+`bundles.json`, `runs.record_bundle`; one moved or deleted since is shown as
+missing), with size, int8 op coverage, parity and latency, the versions and the config. Every image is a PNG data URI and the page loads
 nothing from the network, so the single file can be mailed or attached to a
 ticket. A small script marks what the browser loaded (`data-images-loaded`
 on `<body>`), which the browser test reads back.
@@ -36,7 +38,14 @@ from mmkeras.evaluation.results_folder import (
     round_figure,
     sample_rows,
 )
-from mmkeras.runs import CONFIG_FILE, HISTORY_FILE, METRICS_FILE, is_run_folder
+from mmkeras.runs import (
+    CONFIG_FILE,
+    HISTORY_FILE,
+    METRICS_FILE,
+    is_run_folder,
+    recorded_bundles,
+    write_recorded_bundles,
+)
 from mmkeras.runtime.bundle import BUNDLE_FILE
 
 logger = logging.getLogger("mmkeras")
@@ -46,10 +55,17 @@ REPORT_FILE = "report.html"
 SECTIONS = ("summary", "curves", "evaluation", "bundles", "versions", "config")
 # Packages whose versions the report lists, when installed.
 REPORTED_PACKAGES = ("tensorflow", "keras", "keras-hub", "ai-edge-litert", "tokenizers", "numpy", "matplotlib")
-THUMBNAIL_PIXELS = 128
+# The photo on a sample card: large enough to recognise (the model's input may be 32x32).
+THUMBNAIL_PIXELS = 320
+# How the bundles table names a recorded bundle that is no longer there.
+BUNDLE_STATUS = {"missing": "missing: moved or deleted", "replaced": "gone: the folder now holds another run's bundle"}
+# Text in any script and emoji: the browser takes each character from the first font that has it
+# (Debian: fonts-noto-cjk, fonts-noto-color-emoji; without them a character may show as a box).
+FONT_FAMILY = ('system-ui,"Noto Sans","Noto Sans CJK SC","Noto Sans CJK JP","Noto Color Emoji",'
+               '"Apple Color Emoji","Segoe UI Emoji",sans-serif')
 
 STYLE = """
-body{font-family:system-ui,sans-serif;margin:0;padding:1.2em 2em;color:#222}
+body{font-family:FONTS;margin:0;padding:1.2em 2em;color:#222}
 h1{margin:.2em 0}h2{border-bottom:2px solid #4c78a8;padding-bottom:.2em;margin-top:1.6em}
 .figures{display:flex;flex-wrap:wrap;gap:1em 3em;align-items:flex-start}
 .charts{display:grid;grid-template-columns:repeat(auto-fit,minmax(360px,1fr));gap:1em;align-items:start}
@@ -57,11 +73,14 @@ h1{margin:.2em 0}h2{border-bottom:2px solid #4c78a8;padding-bottom:.2em;margin-t
 .charts.wide{grid-template-columns:repeat(auto-fit,minmax(520px,1fr))}
 table{border-collapse:collapse;font-size:.9em}th,td{padding:.25em .7em;border-bottom:1px solid #eee;text-align:right}
 th:first-child,td:first-child{text-align:left}
-.cards{display:grid;grid-template-columns:repeat(auto-fill,minmax(210px,1fr));gap:.8em}
-.card{border:2px solid #ccc;border-radius:6px;padding:.5em;font-size:.85em}
-.card.right{border-color:#54a24b}.card.wrong{border-color:#e45756}.card img{width:100%;image-rendering:pixelated}
+.cards{display:grid;grid-template-columns:repeat(auto-fill,minmax(380px,1fr));gap:.8em}
+.card{border:2px solid #ccc;border-radius:6px;padding:.5em;font-size:.9em}
+.card.right{border-color:#54a24b}.card.wrong{border-color:#e45756}
+.pictures{display:flex;gap:.4em}.pictures figure{flex:1;margin:0}.pictures img{width:100%;border-radius:3px}
+.pictures figcaption{font-size:.8em;color:#777}.source{font-size:.8em;color:#555;overflow-wrap:anywhere}
+.missing{color:#b3261e}
 .muted{color:#777}pre{background:#f6f6f6;padding:1em;overflow:auto}
-"""
+""".replace("FONTS", FONT_FAMILY)
 # Counts the images the browser decoded, for a headless browser to read back (--dump-dom).
 LOAD_SCRIPT = """
 window.addEventListener('load',function(){var images=document.images,loaded=0;
@@ -124,12 +143,50 @@ def refresh_report(target) -> Path | None:
     target = Path(target)
     run_dir = target
     if (target / BUNDLE_FILE).is_file():
-        run_dir = Path(read_json(target / BUNDLE_FILE).get("source_run", ""))
+        run_dir = record_bundle(target)
+        if run_dir is None:
+            return None
     if not plots.can_plot() or not is_run_folder(run_dir) or not (run_dir / HISTORY_FILE).is_file():
         return None
-    out = write_report(run_dir, bundles=[target] if target != run_dir else ())
+    out = write_report(run_dir)
     logger.info("report refreshed: %s", out)
     return out
+
+
+def record_bundle(bundle_dir) -> Path | None:
+    """Add a bundle folder to the `bundles.json` of the run it was exported from, when that run is on this machine.
+
+    `export_bundle` and `evaluate BUNDLE` call it, so the run's report and
+    `compare` list every bundle of the run wherever it was written
+    (`bundles/NAME` beside `runs/RUN`, another disk), and one moved or
+    deleted since is shown as such. Each entry keeps the bundle's
+    quantization and model size, shown for a bundle that is gone. A run
+    folder that cannot be written (read-only) is logged, not an error.
+
+    Returns:
+        The run folder recorded in, or `None` (not a bundle, or its run is not here).
+
+    Example:
+    >>> record_bundle("bundles/demo")  # doctest: +SKIP
+    PosixPath('/home/me/runs/demo')
+    """
+    bundle_dir = Path(bundle_dir).resolve()
+    bundle = bundle_json(bundle_dir / BUNDLE_FILE)
+    source = None if bundle is None else bundle_source(bundle)
+    if source is None or not is_run_folder(source):
+        return None
+    entry = {
+        "path": str(bundle_dir),
+        "quantization": bundle.get("quantization"),
+        "size_bytes": (bundle.get("conversion") or {}).get("size_bytes"),
+    }
+    entries = [known for known in recorded_bundles(source) if known["path"] != entry["path"]]
+    try:
+        write_recorded_bundles(source, [*entries, entry])
+    except OSError as error:
+        logger.warning("could not list the bundle in %s: %s", source, error.strerror or error)
+        return None
+    return source
 
 
 def read_json(path: Path) -> dict:
@@ -251,16 +308,22 @@ def samples_grid(folder: Path) -> str:
 
 
 def sample_card(row: dict, folder: Path) -> str:
+    """The photo (and the attention over it), the text, the labels, the file name and the manifest line."""
+    image = Path(row["image"]) if row["image"] else None
+    pictures = []
+    if image is not None and image.is_file():
+        pictures.append(figure(thumbnail(image), "the photo"))
+    elif image is not None:
+        pictures.append(f'<p class="missing">image not found: {html.escape(str(image))}</p>')
     attention = attention_overlay_path(folder, row["line"])
     if attention.is_file():
-        picture = image_tag(attention.read_bytes(), "attention over the image")
-    elif row["image"] and Path(row["image"]).is_file():
-        picture = image_tag(thumbnail(Path(row["image"])), "image")
-    else:
-        picture = '<p class="muted">no image</p>'
+        pictures.append(figure(attention.read_bytes(), "the text's attention over the model's input"))
+    picture = f'<div class="pictures">{"".join(pictures)}</div>' if pictures else '<p class="muted">no image</p>'
+    source = f"{image.name}, " if image is not None else ""
     kind = "right" if row["correct"] == "1" else "wrong"
     return (
         f'<div class="card {kind}">{picture}'
+        f'<div class="source">{html.escape(source)}line {html.escape(row["line"])} of {html.escape(folder.name)}</div>'
         f"<div>“{html.escape(row['text'] or '(no text)')}”</div>"
         f"<div>true <b>{html.escape(row['label'])}</b>, predicted <b>{html.escape(row['predicted'])}</b> "
         f"({float(row['score']):.3f})</div>"
@@ -269,58 +332,92 @@ def sample_card(row: dict, folder: Path) -> str:
     )
 
 
+def figure(png: bytes, caption: str) -> str:
+    return f"<figure>{image_tag(png, caption)}<figcaption>{html.escape(caption)}</figcaption></figure>"
+
+
 def thumbnail(image_path: Path) -> bytes:
-    """The image as a PNG of at most `THUMBNAIL_PIXELS` a side."""
-    from PIL import Image
+    """The photo upright (EXIF orientation applied) as a PNG of at most `THUMBNAIL_PIXELS` a side."""
+    from PIL import Image, ImageOps
 
     with Image.open(image_path) as image:
-        image = image.convert("RGB")
-        image.thumbnail((THUMBNAIL_PIXELS, THUMBNAIL_PIXELS))
+        image = ImageOps.exif_transpose(image).convert("RGB")
+        image.thumbnail((THUMBNAIL_PIXELS, THUMBNAIL_PIXELS), Image.Resampling.LANCZOS)
         buffer = io.BytesIO()
         image.save(buffer, format="PNG")
     return buffer.getvalue()
 
 
-def run_bundles(run_dir: Path, extra) -> list[tuple[Path, dict]]:
-    """`(folder, bundle.json)` of the bundles exported from this run: next to it (or one level
-    into a sibling folder, like `bundles/NAME`) and the `extra` ones."""
+def run_bundles(run_dir: Path, extra=()) -> list[dict]:
+    """The bundles of a run: those its `bundles.json` records (wherever written), those beside it (or one
+    level into a sibling folder, like `bundles/NAME`, for runs exported before the record) and `extra`.
+
+    Returns:
+        One dict per bundle folder, sorted by path: `path`, `bundle` (its bundle.json, `None` when gone) and
+        `status`: `present`, `missing` (moved or deleted since it was recorded) or `replaced` (the folder now
+        holds a bundle of another run); `quantization` and `size_bytes` as recorded, for a bundle that is gone.
+    """
     run = run_dir.resolve()
-    candidates = [*run.parent.glob(f"*/{BUNDLE_FILE}"), *run.parent.glob(f"*/*/{BUNDLE_FILE}")]
-    candidates += [Path(folder) / BUNDLE_FILE for folder in extra]
+    neighbours = [*run.parent.glob(f"*/{BUNDLE_FILE}"), *run.parent.glob(f"*/*/{BUNDLE_FILE}")]
     found = {}
-    for path in candidates:
-        try:
-            bundle = read_json(path)
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError):
-            continue  # a neighbour's damaged bundle.json is not this run's report's business
-        source = bundle.get("source_run") if isinstance(bundle, dict) else None
-        if isinstance(source, str) and source and Path(source).resolve() == run:
-            found[path.parent.resolve()] = bundle
-    return sorted(found.items())
+    for path in [*neighbours, *(Path(folder) / BUNDLE_FILE for folder in extra)]:
+        bundle = bundle_json(path)
+        if bundle is not None and bundle_source(bundle) == run:
+            found[path.parent.resolve()] = {"path": path.parent.resolve(), "bundle": bundle, "status": "present"}
+    for entry in recorded_bundles(run):
+        folder = Path(entry["path"])
+        if folder in found:
+            continue
+        bundle = bundle_json(folder / BUNDLE_FILE)
+        status = "missing" if bundle is None else "present" if bundle_source(bundle) == run else "replaced"
+        found[folder] = {"path": folder, "bundle": bundle if status == "present" else None, "status": status,
+                         "quantization": entry.get("quantization"), "size_bytes": entry.get("size_bytes")}
+    return [found[folder] for folder in sorted(found)]
 
 
-def bundles_section(bundles: list[tuple[Path, dict]]) -> str:
+def bundle_json(path: Path) -> dict | None:
+    """A bundle.json's content, or `None` when it is missing or damaged (a neighbour's is not the report's business)."""
+    try:
+        bundle = read_json(path)
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return None
+    return bundle if isinstance(bundle, dict) and bundle else None
+
+
+def bundle_source(bundle: dict) -> Path | None:
+    source = bundle.get("source_run")
+    return Path(source).resolve() if isinstance(source, str) and source else None
+
+
+def bundles_section(bundles: list[dict]) -> str:
     if not bundles:
         return '<h2>Bundles</h2><p class="muted">None exported yet: mmkeras export RUN_DIR --out BUNDLE_DIR</p>'
     rows = []
-    for folder, bundle in bundles:
+    for entry in bundles:
+        folder, bundle = entry["path"], entry["bundle"]
+        if bundle is None:
+            size = entry.get("size_bytes")
+            rows.append([str(folder), BUNDLE_STATUS[entry["status"]], entry.get("quantization"),
+                         None if size is None else f"{size / 1024:.0f} KB", None, None, None, None, None])
+            continue
         conversion = bundle.get("conversion") or {}
         compute = (conversion.get("ops") or {}).get("compute_ops") or {}
         parity = conversion.get("parity") or {}
         evaluations = [read_json(path) for path in sorted(folder.glob(f"{RESULTS_FOLDER}/*/{RESULTS_METRICS_FILE}"))]
         rows.append(
             [
-                folder.name,
+                str(folder),
+                "present",
                 bundle.get("quantization"),
                 None if "size_bytes" not in conversion else f"{conversion['size_bytes'] / 1024:.0f} KB",
                 None if not compute else f"{compute.get('int8', 0)} of {compute.get('total', 0)}",
                 parity.get("label_agreement"),
                 parity.get("max_abs_logit_diff"),
-                [figures["accuracy"] for figures in evaluations] or None,
+                [figures["accuracy"] for figures in evaluations if "accuracy" in figures] or None,
                 [figures.get("model_ms_per_row") for figures in evaluations] or None,
             ]
         )
-    header = ["bundle", "quantization", "size", "int8 compute ops", "parity: label agreement",
+    header = ["bundle", "status", "quantization", "size", "int8 compute ops", "parity: label agreement",
               "parity: max logit diff", "accuracy (evaluate)", "ms per row (evaluate)"]
     return "<h2>Bundles</h2>" + table(header, rows)
 
