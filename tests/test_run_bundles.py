@@ -35,7 +35,7 @@ def layout(tmp_path_factory):
 
 def bundle_rows(page: str) -> list[str]:
     """The rows of the report's bundles table."""
-    section = re.search(r'<section id="bundles">(.*?)</section>', page, re.S).group(1)
+    section = re.search(r'<section id="bundles">(.*?)</section>', page, re.DOTALL).group(1)
     return re.findall(r"<tr>(.*?)</tr>", section)[1:]
 
 
@@ -49,7 +49,7 @@ def test_the_run_records_every_bundle_exported_to_another_folder(layout):
 
 
 def test_report_and_compare_list_both_bundles_with_size_and_latency(layout, tmp_path):
-    root, run_dir = layout
+    _, run_dir = layout
     rows = bundle_rows(write_report(run_dir, tmp_path / "report.html").read_text())
     assert len(rows) == 2
     assert all("present" in row and " KB" in row for row in rows)

@@ -7,11 +7,13 @@ import csv
 import functools
 import http.server
 import json
+import re
 import shutil
 import threading
 
 import numpy as np
 import pytest
+from PIL import Image
 
 from mmkeras.cli.app import main
 from mmkeras.errors import UserError
@@ -178,6 +180,48 @@ def test_address_runs_one_example_and_writes_label_scores_and_token_ids(sites, s
     assert result["token_ids"] == Predictor(bundle_dir).preprocessor([text], [None])["token_ids"][0].tolist()
 
 
+# What the page shows once an example ran: read in the page, returned as one JSON value.
+PAGE_PARTS = """JSON.stringify({
+  preview: (() => { const image = document.getElementById('preview');
+    return !image.hidden && image.complete ? image.naturalWidth : 0; })(),
+  text: document.getElementById('text').value,
+  picker: document.getElementById('image').accept,
+  camera: document.getElementById('camera').getAttribute('capture'),
+  drop: Boolean(document.getElementById('drop')),
+  label: document.getElementById('label').textContent,
+  bars: [...document.querySelectorAll('#bars li')].map((row) => [row.querySelector('.name').textContent,
+    parseFloat(row.querySelector('.fill').style.width), row.querySelector('.fill').getBoundingClientRect().width]),
+  model: document.getElementById('model').textContent,
+  timings: document.getElementById('timings').textContent,
+})"""
+
+
+@needs_browser
+def test_the_page_shows_the_photo_score_bars_the_model_in_words_and_timings(sites, server, browser, tmp_path):
+    bundle_dir, site = sites["int8"]
+    photo = site.parent / "photo.jpg"  # larger than the model's input, as a photo is
+    with Image.open(SAMPLES / example_rows()[0][1]) as image:
+        image.convert("RGB").resize((1600, 1200), Image.Resampling.LANCZOS).save(photo, quality=92)
+    text = "such a serene little card 🐱 东京"
+    result, parts = browser.page_state(f"{server}/int8/index.html?text={text}&image=../photo.jpg", "result",
+                                       evaluate=PAGE_PARTS, screenshot=str(tmp_path / "page.png"))
+    result, parts = json.loads(result), json.loads(parts)
+    prediction = Predictor(bundle_dir).predict(text, photo)
+    assert result["label"] == prediction.label == parts["label"]
+    assert result["scores"].keys() == prediction.scores.keys()
+    assert result["latency_ms"]["preprocess"] > 0 and result["latency_ms"]["inference"] > 0
+    assert parts["preview"] == 1600 and parts["text"] == text  # the example is shown, not an empty form
+    assert parts["picker"] == "image/*" and parts["camera"] == "environment" and parts["drop"]
+    best = sorted(prediction.scores.items(), key=lambda item: -item[1])[:5]
+    assert [name for name, _, _ in parts["bars"]] == [name for name, _ in best]
+    assert [width for _, width, _ in parts["bars"]] == pytest.approx([100 * score for _, score in best], abs=0.1)
+    assert all(drawn > 0 for _, _, drawn in parts["bars"])  # the bars are drawn, not only styled
+    size = (bundle_dir / "model.tflite").stat().st_size / 2**20
+    assert f"6 labels · int8, {size:.1f} MB" in parts["model"]
+    assert re.fullmatch(r"preprocessing [\d.]+ ms · inference [\d.]+ ms · int8, [\d.]+ MB", parts["timings"])
+    assert Image.open(tmp_path / "page.png").size == (1200, 800)
+
+
 @needs_browser
 def test_the_site_runs_its_bundle_test_vectors(sites, server, browser):
     bundle_dir, _ = sites["int8"]
@@ -190,7 +234,7 @@ def test_the_site_runs_its_bundle_test_vectors(sites, server, browser):
 @needs_browser
 def test_the_site_loads_nothing_from_elsewhere(sites):
     _, site = sites["none"]
-    page = "".join((site / name).read_text() for name in ("index.html", "app.js", "preprocessing.js"))
+    page = "".join((site / name).read_text() for name in ("index.html", "app.js", "preprocessing.js", "style.css"))
     assert "http://" not in page and "https://" not in page
     assert sorted(path.name for path in (site / "wasm").iterdir()) == [
         "litert_wasm_compat_internal.js", "litert_wasm_compat_internal.wasm",

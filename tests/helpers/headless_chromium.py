@@ -6,6 +6,7 @@ so the DOM is dumped before the page has a result. Over
 `--remote-debugging-pipe` the test instead polls the page in real time.
 """
 
+import base64
 import functools
 import http.server
 import json
@@ -71,8 +72,17 @@ class Chromium:
 
     def page_text(self, url: str, element_id: str, timeout: float = 120.0) -> str:
         """Open `url` in a new tab and return the text of `element_id` once it is not empty."""
-        target = self.send("Target.createTarget", url=url)["targetId"]
+        return self.page_state(url, element_id, timeout=timeout)[0]
+
+    def page_state(self, url: str, element_id: str, *, evaluate: str = "null", screenshot: str | None = None,
+                   size: tuple[int, int] = (1200, 800), timeout: float = 120.0) -> tuple[str, object]:
+        """Open `url` in a tab of `size` (width, height) and, once `element_id` has text, return that text and the
+        value of the JavaScript expression `evaluate`; with `screenshot`, also save the page as that PNG file."""
+        target = self.send("Target.createTarget", url="about:blank")["targetId"]
         session = self.send("Target.attachToTarget", targetId=target, flatten=True)["sessionId"]
+        self.send("Emulation.setDeviceMetricsOverride", session, width=size[0], height=size[1],
+                  deviceScaleFactor=1, mobile=False)
+        self.send("Page.navigate", session, url=url)
         expression = f"(document.getElementById({json.dumps(element_id)}) || {{}}).textContent || ''"
         deadline = time.monotonic() + timeout
         try:
@@ -80,7 +90,13 @@ class Chromium:
                 value = self.send("Runtime.evaluate", session, expression=expression, returnByValue=True)
                 text = value["result"].get("value", "")
                 if text:
-                    return text
+                    time.sleep(0.3)  # the preview image decodes after the result is written
+                    state = self.send("Runtime.evaluate", session, expression=evaluate, returnByValue=True)
+                    if screenshot:
+                        png = self.send("Page.captureScreenshot", session, format="png")["data"]
+                        with open(screenshot, "wb") as file:
+                            file.write(base64.b64decode(png))
+                    return text, state["result"].get("value")
                 time.sleep(0.2)
             raise TimeoutError(f"no #{element_id} text within {timeout} s at {url}")
         finally:

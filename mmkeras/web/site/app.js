@@ -1,16 +1,22 @@
 // The page: loads the bundle with LiteRT.js and tokenizers.js, classifies a text and an image.
+// The photo comes from the file picker, a drop on the picture area, or the camera where the browser
+// offers capture; the answer shows score bars for the top labels and the preprocessing and inference times.
 // A multilabel bundle (bundle.json `output_activation` "sigmoid") gives a sigmoid per label and the
 // set of labels at or above their `thresholds`; a bundle without the key is single-label softmax.
 //
 // Scriptable: index.html?text=...&image=URL (either may be absent) runs that example at once, and
 // index.html?examples=URL runs a JSON list of {"text", "image"} (or test_vectors.json); the result
-// goes as JSON into the element with id "result" ({"error": ...} if something failed).
+// goes as JSON into the element with id "result" ({"error": ...} if something failed): label, scores,
+// logits, token_ids, pixel_sum and latency_ms {preprocess, inference} (a list of them for examples=).
 import {Tensor, loadAndCompile, loadLiteRt} from '@litertjs/core';
 import {Tokenizer} from '@huggingface/tokenizers';
 import {decodeImage, encodeText, imageTensor} from './preprocessing.js';
 
 const BUNDLE = './bundle/';
 const TYPED_ARRAYS = {int32: Int32Array, float32: Float32Array};
+const BARS_SHOWN = 5;
+// bundle.json's quantization, as a person says it.
+const QUANTIZATION_WORDS = {none: 'float32', float16: 'float16', dynamic: 'int8 weights', int8: 'int8'};
 
 async function fetchOk(url) {
   const response = await fetch(url);
@@ -26,7 +32,7 @@ async function loadBundle() {
   const model = await loadAndCompile(modelBytes, {accelerator: 'wasm'});
   const tokenizer = new Tokenizer(tokenizerJson, {});
   const padId = tokenizerJson.padding?.pad_id ?? 0;
-  return {bundle, model, tokenizer, padId};
+  return {bundle, model, tokenizer, padId, modelBytes: modelBytes.length};
 }
 
 function isPresent(value) {
@@ -106,20 +112,38 @@ async function imageFromUrl(url) {
   return isPresent(url) ? await (await fetchOk(url)).blob() : null;
 }
 
-function show(prediction) {
-  document.getElementById('label').textContent =
-    prediction.labels ? (prediction.labels.join(' | ') || '(no label)') : prediction.label;
+/** "int8, 0.5 MB": the bundle's quantization and model size in words. */
+export function describeModel(quantization, sizeBytes) {
+  const megabytes = sizeBytes / 2 ** 20;
+  const size = megabytes >= 0.1 ? `${megabytes.toFixed(1)} MB` : `${Math.max(1, Math.round(sizeBytes / 1024))} KB`;
+  return `${QUANTIZATION_WORDS[quantization] ?? quantization}, ${size}`;
+}
+
+function element(tag, className, text) {
+  return Object.assign(document.createElement(tag), {className, textContent: text ?? ''});
+}
+
+/** The answer panel: the label (or label set), bars for the best scores, the timings. */
+function show(state, prediction) {
+  const label = document.getElementById('label');
+  label.className = '';
+  label.textContent = prediction.labels ? (prediction.labels.join(' | ') || '(no label)') : prediction.label;
+  const chosen = new Set(prediction.labels ?? [prediction.label]);
+  const best = Object.entries(prediction.scores).sort((a, b) => b[1] - a[1]).slice(0, BARS_SHOWN);
+  document.getElementById('bars').replaceChildren(...best.map(([name, score]) => {
+    const row = element('li', chosen.has(name) ? 'chosen' : '');
+    const track = element('span', 'track');
+    const fill = element('span', 'fill');
+    fill.style.width = `${(100 * score).toFixed(1)}%`;
+    track.append(fill);
+    row.append(Object.assign(element('span', 'name', name), {title: name}), track,
+      element('span', 'value', `${(100 * score).toFixed(1)}%`));
+    return row;
+  }));
   const {preprocess: preprocessMs, inference} = prediction.latency_ms;
-  document.getElementById('latency').textContent =
-    `preprocessing ${preprocessMs.toFixed(1)} ms, inference ${inference.toFixed(1)} ms`;
-  const table = document.getElementById('scores');
-  table.replaceChildren(...Object.entries(prediction.scores)
-    .sort((a, b) => b[1] - a[1])
-    .map(([label, score]) => {
-      const row = document.createElement('tr');
-      row.append(...[label, score.toFixed(4)].map((text) => Object.assign(document.createElement('td'), {textContent: text})));
-      return row;
-    }));
+  document.getElementById('timings').textContent =
+    `preprocessing ${preprocessMs.toFixed(1)} ms · inference ${inference.toFixed(1)} ms · ` +
+    describeModel(state.bundle.quantization, state.modelBytes);
 }
 
 function writeResult(value) {
@@ -140,30 +164,85 @@ async function runFromAddress(state) {
     }
     writeResult(results);
   } else if (parameters.has('text') || parameters.has('image')) {
-    const prediction = await classify(state, parameters.get('text'), await imageFromUrl(parameters.get('image')));
-    show(prediction);
+    const image = await imageFromUrl(parameters.get('image'));
+    document.getElementById('text').value = parameters.get('text') ?? '';
+    setPhoto(image);
+    const prediction = await classify(state, parameters.get('text'), image);
+    show(state, prediction);
     writeResult(prediction);
   }
+}
+
+let chosenPhoto = null;
+
+/** The photo to classify (a File or Blob, or null), shown in the picture area. */
+function setPhoto(blob) {
+  chosenPhoto = blob;
+  const preview = document.getElementById('preview');
+  if (preview.src) URL.revokeObjectURL(preview.src);
+  preview.hidden = !blob;
+  document.getElementById('drop-hint').hidden = Boolean(blob);
+  document.getElementById('clear').hidden = !blob;
+  if (blob) preview.src = URL.createObjectURL(blob);
+  else preview.removeAttribute('src');
+}
+
+/** The file picker, the camera (where the browser offers `capture`) and drag and drop. */
+function wirePhotoInputs(onPhoto) {
+  const camera = document.getElementById('camera');
+  document.getElementById('camera-button').hidden = !('capture' in camera);
+  for (const input of [document.getElementById('image'), camera]) {
+    input.addEventListener('change', () => {
+      if (input.files[0]) onPhoto(input.files[0]);
+      input.value = '';
+    });
+  }
+  document.getElementById('clear').addEventListener('click', () => onPhoto(null));
+  const drop = document.getElementById('drop');
+  drop.addEventListener('dragover', (event) => {
+    event.preventDefault();
+    drop.classList.add('over');
+  });
+  drop.addEventListener('dragleave', () => drop.classList.remove('over'));
+  drop.addEventListener('drop', (event) => {
+    event.preventDefault();
+    drop.classList.remove('over');
+    const file = [...event.dataTransfer.files].find((candidate) => candidate.type.startsWith('image/'));
+    if (file) onPhoto(file);
+  });
 }
 
 async function main() {
   const status = document.getElementById('status');
   const state = await loadBundle();
-  status.textContent = `ready: ${state.bundle.labels.length} labels, ${state.bundle.quantization} model`;
+  const {labels, quantization} = state.bundle;
+  document.getElementById('model').textContent =
+    `${labels.length} labels · ${describeModel(quantization, state.modelBytes)} · runs in this browser, offline`;
   const form = document.getElementById('form');
-  form.querySelector('button').disabled = false;
-  form.addEventListener('submit', async (event) => {
-    event.preventDefault();
+  const run = async () => {
+    status.textContent = '';
     try {
-      show(await classify(state, document.getElementById('text').value, document.getElementById('image').files[0] ?? null));
+      const prediction = await classify(state, document.getElementById('text').value, chosenPhoto);
+      show(state, prediction);
+      writeResult(prediction);
     } catch (error) {
       status.textContent = `error: ${error.message}`;
     }
+  };
+  wirePhotoInputs((photo) => {
+    setPhoto(photo);
+    if (photo) run();
+  });
+  form.querySelector('button[type=submit]').disabled = false;
+  form.addEventListener('submit', (event) => {
+    event.preventDefault();
+    run();
   });
   await runFromAddress(state);
 }
 
 main().catch((error) => {
+  document.getElementById('model').textContent = 'the model could not be loaded';
   document.getElementById('status').textContent = `error: ${error.message}`;
   writeResult({error: String(error.message ?? error)});
 });
