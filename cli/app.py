@@ -893,6 +893,11 @@ def align(
     deterministic: Optional[bool] = setting(
         "deterministic", "Deterministic TensorFlow ops.", "--deterministic/--no-deterministic"
     ),
+    on_bad_row: Optional[Literal[ON_BAD_ROW]] = setting(
+        "on_bad_row",
+        "A bad row (no text, no image, a missing or unreadable image, a malformed line, ...): fail lists every "
+        "one and stops; skip drops them and lists them in RUN_DIR/skipped_rows.csv.",
+    ),
     strategy: Optional[Literal[STRATEGIES]] = setting("strategy", "tf.distribute strategy, as for train."),
     resume: bool = typer.Option(
         False, "--resume", metavar=FLAG, help="Continue the run in --out from its last checkpoint."
@@ -927,6 +932,7 @@ def align(
         learning_rate=learning_rate,
         seed=seed,
         deterministic=deterministic,
+        on_bad_row=on_bad_row,
         strategy=strategy,
         freeze=freeze,
         lora_rank=lora_rank,
@@ -941,9 +947,12 @@ def align(
     if not run_config.data or not run_config.out:
         raise UserError("align needs a manifest of true pairs (--data) and a run folder (--out)")
     preflight.require_training_extra("align")
-    preflight.check_manifest(run_config.data, flag="--data", require_labels=False, columns=run_config.columns)
+    from mmkeras.data.pairs import read_pairs
+
+    # Every row and image path, before TensorFlow.
+    read_pairs(run_config.data, on_bad_row=run_config.on_bad_row, columns=run_config.columns)
     if run_config.val:
-        preflight.check_manifest(run_config.val, flag="--val", require_labels=False, columns=run_config.columns)
+        read_pairs(run_config.val, on_bad_row=run_config.on_bad_row, columns=run_config.columns)
     preflight.check_out_folder(run_config.out)
     load_tensorflow()
     from mmkeras.training.align_job import align as align_run
@@ -952,12 +961,17 @@ def align(
     if not result.is_chief:
         return
     metrics = result.metrics
+    emit(metrics, as_json, f"aligned {metrics['epochs_completed']} epochs: loss {metrics['loss']:.4f}, "
+         f"{describe_alignment(metrics)}, run in {result.run_dir}")
+
+
+def describe_alignment(metrics: dict) -> str:
+    """An align run's validation recall@1 both ways against chance, or why there is none."""
     recall = metrics.get("val_recall")
-    shown = "" if recall is None else (
-        f", val recall@1 text->image {recall['text_to_image']['1']:.4f}, image->text {recall['image_to_text']['1']:.4f}"
-    )
-    emit(metrics, as_json, f"aligned {metrics['epochs_completed']} epochs: loss {metrics['loss']:.4f}{shown}, "
-         f"run in {result.run_dir}")
+    if recall is None:
+        return "no --val pairs: recall@1 not measured"
+    return (f"val recall@1 text->image {recall['text_to_image']['1']:.4f}, image->text "
+            f"{recall['image_to_text']['1']:.4f} (chance {metrics['val_recall_chance']:.4f})")
 
 
 @app.command()
@@ -993,13 +1007,17 @@ def search(
     Example: mmkeras search bundles/align photos.npz --text "a red ring" --top-k 3
     """
     from mmkeras.runtime.embedder import Embedder
-    from mmkeras.runtime.image_index import ImageIndex
+    from mmkeras.runtime.image_index import ImageIndex, search_warnings
 
     embedder = Embedder(bundle_dir)
     image_index = ImageIndex.load(index_file)
     hits = image_index.search(embedder.embed_text([text])[0], top_k)
     results = [{"image": str(Path(image_index.root) / path), "score": round(score, 4)} for path, score in hits]
-    emit({"results": results}, as_json, "\n".join(f"{hit['score']:.4f}  {hit['image']}" for hit in results))
+    warnings = search_warnings(embedder.bundle.get("alignment"), hits)
+    for warning in warnings:
+        logger.warning("warning: %s", warning)
+    emit({"results": results, "warnings": warnings}, as_json,
+         "\n".join(f"{hit['score']:.4f}  {hit['image']}" for hit in results))
 
 
 cache_app = typer.Typer(help="The feature cache of --cache-features: list or clear it.", no_args_is_help=True)

@@ -25,6 +25,7 @@ Example:
 0.998
 """
 
+import json
 from pathlib import Path
 
 import keras
@@ -36,6 +37,7 @@ from mmkeras.export.bundle_writer import bundle_header
 from mmkeras.export.conversion_report import op_summary
 from mmkeras.export.litert_conversion import CALIBRATION_ROWS, PARITY_ROWS, convert_model, manifest_inputs
 from mmkeras.models.dual_encoder import TEXT_INPUTS, encoders
+from mmkeras.runs import METRICS_FILE
 from mmkeras.runtime.bundle import BUNDLE_FILE, DUAL_ENCODER_KIND, ENCODER_FILES
 from mmkeras.runtime.embedder import Embedder
 from mmkeras.staged_folder import staged_folder
@@ -84,6 +86,7 @@ def export_dual_encoder(run, out_dir, *, quantize: str = "none", calibration_dat
             "encoder_quantization": modes,
             "preprocessing": run.preprocessor.get_config(),
             "source_run": str(Path(run.path).resolve()),
+            "alignment": alignment_figures(run.path),
         }
         write_json_atomically(staging / BUNDLE_FILE, bundle)
         # Parity reads the bundle back as the device does, then the report joins bundle.json.
@@ -97,6 +100,15 @@ def export_dual_encoder(run, out_dir, *, quantize: str = "none", calibration_dat
         }
         write_json_atomically(staging / BUNDLE_FILE, {**bundle, "conversion": report})
     return {"path": str(out_dir), **report}
+
+
+def alignment_figures(run_dir) -> dict | None:
+    """The align run's validation figures that `search` checks its results against, or `None` without `--val`."""
+    path = Path(run_dir) / METRICS_FILE
+    metrics = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+    if "val_recall_chance" not in metrics:
+        return None
+    return {name: metrics[name] for name in ("val_recall", "val_recall_chance", "val_pair_similarity")}
 
 
 def encoder_quantization(quantize: str) -> dict[str, str]:

@@ -94,18 +94,48 @@ def test_align_writes_a_dual_encoder_run_with_recall_both_ways(pairs, align_run)
         recall = metrics["val_recall"][direction]
         assert set(recall) == {"1", "5", "10"}
         assert 0.0 <= recall["1"] <= recall["5"] <= recall["10"] <= 1.0
+    # What search compares with: chance (12 validation pairs, grouped by label) and the true pairs' cosine.
+    labels = [line.split(",")[-1] for line in pairs["val"].read_text().splitlines()[1:]]
+    chance = np.mean([labels.count(label) / len(labels) for label in labels])
+    assert metrics["val_recall_chance"] == pytest.approx(chance, abs=1e-4)
+    similarity = metrics["val_pair_similarity"]
+    assert -1.0 <= similarity["p10"] <= similarity["median"] <= 1.0
     run = load_run(align_run)
     assert set(run.model.output) == {"text_embedding", "image_embedding", "logit_scale"}
     # The run records the concepts of the label column (they group rows; zero-shot reads them).
     assert run.labels == sorted({line.split(",")[-1] for line in pairs["train"].read_text().splitlines()[1:]})
 
 
-def test_align_refuses_a_row_without_an_image(tmp_path, capsys):
-    manifest = tmp_path / "pairs.csv"
-    manifest.write_text("text,image,label\na red ring,,red ring\n", encoding="utf-8")
+def with_bad_pairs(manifest, folder):
+    """`manifest` and three rows that are not true pairs: no image, no text, an image that is missing."""
+    bad = folder / "with_bad_pairs.csv"
+    rows = manifest.read_text(encoding="utf-8").splitlines()
+    image, label = rows[1].split(",")[1:3]
+    image = str((manifest.parent / image).resolve())
+    bad.write_text("\n".join([*rows, "a red ring,,red ring", f",{image},{label}", f"a blue square,gone.png,{label}"])
+                   + "\n", encoding="utf-8")
+    return bad, len(rows) + 1  # the first added row's line
+
+
+def test_align_lists_every_bad_pair_before_loading_tensorflow(pairs, tmp_path, capsys):
+    manifest, first = with_bad_pairs(pairs["train"], tmp_path)
     code, _, err = run_cli(capsys, "align", "--data", manifest, "--out", tmp_path / "run")
     assert code == 2
-    assert "needs both a text and an image" in err and "pairs.csv" in err
+    assert "3 bad rows" in err and "with_bad_pairs.csv" in err
+    assert f"line {first}: a pair needs an image" in err and f"line {first + 1}: a pair needs a text" in err
+    assert f"line {first + 2}: image not found: 'gone.png'" in err
+    assert "loading TensorFlow" not in err and not (tmp_path / "run").exists()
+
+
+def test_align_skips_bad_pairs_and_ends_with_its_recall_against_chance(pairs, tmp_path, capsys):
+    manifest, first = with_bad_pairs(pairs["train"], tmp_path)
+    args = [arg for arg in align_args({**pairs, "train": manifest}, tmp_path / "run", "--on-bad-row", "skip")
+            if arg != "--json"]
+    code, out, _ = run_cli(capsys, *args)
+    assert code == 0
+    skipped = (tmp_path / "run" / "skipped_rows.csv").read_text().splitlines()[1:]
+    assert [int(line.split(",")[1]) for line in skipped] == [first, first + 1, first + 2]
+    assert "val recall@1 text->image" in out.splitlines()[-1] and "(chance " in out.splitlines()[-1]
 
 
 # The counterfactual: each replica's negatives are its own rows only (no all_gather).

@@ -14,7 +14,7 @@ from mmkeras import __version__
 from mmkeras.cli.app import main
 from mmkeras.runtime.bundle import DUAL_ENCODER_KIND, read_bundle
 from mmkeras.staged_folder import FOLDER_MODE
-from mmkeras.runtime.image_index import ImageIndex
+from mmkeras.runtime.image_index import ImageIndex, search_warnings
 
 MATCHING = SAMPLES / "matching"
 
@@ -85,6 +85,25 @@ def test_index_and_search_run_without_tensorflow(bundles, tmp_path):
     results = device_cli("search", folder / "int8", index_file, "--text", "a red ring", "--top-k", "3", "--json")
     scores = [hit["score"] for hit in results["results"]]
     assert len(scores) == 3 and scores == sorted(scores, reverse=True)
+    # The run was aligned without --val: nothing says whether it learned, and search says so.
+    assert json.loads((folder / "int8" / "bundle.json").read_text())["alignment"] is None
+    assert ["no validation figures" in warning for warning in results["warnings"]] == [True]
+
+
+ALIGNMENT = {"val_recall": {"text_to_image": {"1": 0.9}}, "val_recall_chance": 0.01,
+             "val_pair_similarity": {"p10": 0.3, "median": 0.5}}
+
+
+@pytest.mark.parametrize(
+    ("recall", "best_score", "expected"),
+    [(0.9, 0.6, []), (0.9, 0.2, ["the best image scores 0.2000"]), (0.05, 0.6, ["the align run never learned"]),
+     (0.05, 0.2, ["the align run never learned", "the best image scores 0.2000"])],
+)
+def test_search_warns_when_the_run_never_learned_or_the_best_image_scores_low(recall, best_score, expected):
+    alignment = {**ALIGNMENT, "val_recall": {"text_to_image": {"1": recall}}}
+    warnings = search_warnings(alignment, [("a.jpg", best_score), ("b.jpg", best_score - 0.1)])
+    assert [warning[: len(start)] for warning, start in zip(warnings, expected)] == expected
+    assert len(warnings) == len(expected)
 
 
 def test_search_finds_the_image_whose_embedding_is_the_query():

@@ -167,6 +167,18 @@ class Manifest:
         good_rows = [row for row in self.rows if row.line not in bad_lines]
         return _settle(self.path, good_rows, bad_rows, on_bad_row, previously_skipped=self.skipped)
 
+    def without(self, bad_rows: list[BadRow], on_bad_row: str) -> "Manifest":
+        """The manifest without `bad_rows` (found by a caller's own check, e.g. align's true pairs).
+
+        Raises:
+            UserError: bad rows under `fail` (every one listed), or no row left under `skip`.
+        """
+        if not bad_rows:
+            return self
+        bad_lines = {bad_row.line for bad_row in bad_rows}
+        good_rows = [row for row in self.rows if row.line not in bad_lines]
+        return _settle(self.path, good_rows, bad_rows, on_bad_row, previously_skipped=self.skipped)
+
     def validate_images(
         self,
         image_size: tuple[int, int],

@@ -7,6 +7,11 @@ product over every image and a partial sort, which measured well under the
 50 ms budget for 100k images on one core (benchmarks/image_search.py), so no
 approximate index is needed at that size.
 
+`search_warnings` says when a search's results deserve no trust: the align
+run behind the bundle never learned (its validation recall@1 near what a
+random ranking gets), or the best image scores below the true pairs of the
+validation set (the index may hold nothing that fits the text).
+
 Example:
 >>> index = build_index(Embedder("bundles/align"), "photos/")        # doctest: +SKIP
 >>> index.save("photos.npz")                                        # doctest: +SKIP
@@ -23,6 +28,8 @@ from mmkeras.progress import step_progress
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp")
 EMBED_CHUNK = 64
+# "Near chance": a validation recall@1 less than this share of the way from chance to perfect.
+LEARNED_SHARE = 0.1
 
 
 class ImageIndex:
@@ -77,3 +84,34 @@ def build_index(embedder, images_dir: str | Path) -> ImageIndex:
             progress.update(min(start + EMBED_CHUNK, len(files)))
     paths = [path.relative_to(images_dir).as_posix() for path in files]
     return ImageIndex(np.concatenate(chunks), paths, str(images_dir.resolve()))
+
+
+def search_warnings(alignment: dict | None, hits: list[tuple[str, float]]) -> list[str]:
+    """Why a search's results may not fit the text, from the bundle's `alignment` (`None`: no validation figures).
+
+    Args:
+        alignment: bundle.json's `alignment`: the align run's `val_recall`,
+            `val_recall_chance` and `val_pair_similarity` (`p10`, `median`).
+        hits: the search's `(path, score)` pairs, best first.
+
+    Returns:
+        One sentence per problem, or none.
+
+    Example:
+    >>> search_warnings({"val_recall": {"text_to_image": {"1": 0.02}}, "val_recall_chance": 0.01,
+    ...                  "val_pair_similarity": {"p10": 0.3, "median": 0.5}}, [("a.jpg", 0.1)])[0][:28]
+    'the align run never learned:'
+    """
+    if alignment is None:
+        return ["the bundle records no validation figures (align without --val): whether its run learned is unknown"]
+    warnings = []
+    recall = alignment["val_recall"]["text_to_image"]["1"]
+    chance = alignment["val_recall_chance"]
+    if recall < chance + LEARNED_SHARE * (1 - chance):
+        warnings.append(f"the align run never learned: its validation recall@1 (text to image) is {recall:.4f}, "
+                        f"chance is {chance:.4f}; these results are close to random (align longer, or on more pairs)")
+    floor = alignment["val_pair_similarity"]["p10"]
+    if hits and hits[0][1] < floor:
+        warnings.append(f"the best image scores {hits[0][1]:.4f}, below 90% of the true validation pairs "
+                        f"(their 10th percentile {floor:.4f}): the index may hold no image that fits the text")
+    return warnings

@@ -6,8 +6,12 @@ aligning the two backbones first, CLIP-style, does. `AlignJob` is a
 `TrainingJob` like `train` and `qat` (strategy, exact resume, checkpoints,
 run folder); what differs is the model (`build_dual_encoder`), the data (true
 pairs; a label column, when present, groups rows that are not each other's
-negatives) and the loss (`ContrastiveLoss`). Its final figures add recall@1/5/10
-of validation retrieval in both directions.
+negatives) and the loss (`ContrastiveLoss`). The pairs are read by `read_pairs`
+(a row without a text or an image, or whose image is missing, is a bad row under
+`on_bad_row`, checked before TensorFlow loads). Its final figures add recall@1/5/10
+of validation retrieval in both directions, the recall@1 a random ranking would
+get (`val_recall_chance`) and how the matching validation pairs score
+(`val_pair_similarity`); `search` compares its results with both.
 
 Example:
 >>> result = align(RunConfig(data="pairs.csv", val="val_pairs.csv", out="runs/align"))  # doctest: +SKIP
@@ -24,7 +28,8 @@ import tensorflow as tf
 
 from mmkeras.config import RunConfig
 from mmkeras.data.dataset import EpochDatasets, make_dataset
-from mmkeras.data.manifest import Manifest, read_manifest
+from mmkeras.data.manifest import Manifest
+from mmkeras.data.pairs import read_pairs
 from mmkeras.errors import UserError
 from mmkeras.evaluation.retrieval_metrics import retrieval_recall
 from mmkeras.models.dual_encoder import ENCODER_INPUTS, IMAGE_EMBEDDING, TEXT_EMBEDDING, build_dual_encoder
@@ -68,9 +73,7 @@ class AlignJob(TrainingJob):
 
     def prepare(self, strategy: tf.distribute.Strategy) -> PreparedRun:
         config = self.config
-        pairs = _pairs(
-            read_manifest(config.data, require_labels=False, on_bad_row=config.on_bad_row, columns=config.columns)
-        )
+        pairs = read_pairs(config.data, on_bad_row=config.on_bad_row, columns=config.columns)
         policy = resolve_policy(config.mixed_precision)
         logger.info("building the dual encoder (%s text, %s vision)", config.text_backbone, config.vision_backbone)
         with strategy.scope(), dtype_policy(policy):
@@ -94,10 +97,8 @@ class AlignJob(TrainingJob):
         )
         val_data = None
         if config.val:
-            val_manifest = read_manifest(
-                config.val, require_labels=False, on_bad_row=config.on_bad_row, columns=config.columns
-            )
-            val_pairs, _ = _pairs(val_manifest).validate_images(preprocessor.image_size, **check)
+            val_pairs = read_pairs(config.val, on_bad_row=config.on_bad_row, columns=config.columns)
+            val_pairs, _ = val_pairs.validate_images(preprocessor.image_size, **check)
             skipped += val_pairs.skipped
             val_groups, val_pairs = _grouped(val_pairs)
             val_data = make_dataset(
@@ -124,9 +125,7 @@ class AlignJob(TrainingJob):
             return {}
         text, image, groups = embed_pairs(model, prepared.val_data)
         recall = retrieval_recall(text, image, groups)
-        logger.info("validation recall@1: text to image %.4f, image to text %.4f",
-                    recall["text_to_image"]["1"], recall["image_to_text"]["1"])
-        return {"val_recall": recall}
+        return {"val_recall": recall, **pair_figures(text, image, groups)}
 
     def final_model(self, prepared: PreparedRun) -> keras.Model:
         return prepared.model if prepared.policy == "float32" else float32_copy(prepared.model)
@@ -163,12 +162,30 @@ def embed_pairs(model: keras.Model, dataset: tf.data.Dataset) -> tuple[np.ndarra
     return np.concatenate(texts), np.concatenate(images), np.concatenate(groups)
 
 
-def _pairs(manifest: Manifest) -> Manifest:
-    """The manifest, checked to hold true pairs: every row has a text and an image."""
-    for row in manifest.rows:
-        if row.text is None or row.image is None:
-            raise UserError("an align row needs both a text and an image (a true pair)", path=manifest.path, row=row.line)
-    return manifest
+def pair_figures(text: np.ndarray, image: np.ndarray, groups: np.ndarray) -> dict:
+    """What `search` compares with: the recall@1 of a random ranking and the cosine of the true pairs.
+
+    Args:
+        text: [N, D] text embeddings of the validation pairs.
+        image: [N, D] their image embeddings (row i is text i's pair).
+        groups: [N] group ids (rows of one group are each other's hits).
+
+    Returns:
+        `val_recall_chance`: the expected recall@1 of a random ranking (a
+        query's chance of drawing one of its group's N candidates), and
+        `val_pair_similarity`: the 10th percentile and the median of the true
+        pairs' cosine similarity.
+    """
+    groups = np.asarray(groups)
+    chance = float(np.mean([np.mean(groups == group) for group in groups]))
+    unit_text = text / np.linalg.norm(text, axis=1, keepdims=True)
+    unit_image = image / np.linalg.norm(image, axis=1, keepdims=True)
+    cosine = np.sum(unit_text * unit_image, axis=1)
+    return {
+        "val_recall_chance": round(chance, 4),
+        "val_pair_similarity": {"p10": round(float(np.percentile(cosine, 10)), 4),
+                                "median": round(float(np.median(cosine)), 4)},
+    }
 
 
 def _grouped(pairs: Manifest) -> tuple[list[str], Manifest]:
