@@ -10,10 +10,14 @@ import io
 import json
 import re
 import shutil
+from pathlib import Path
 
+import matplotlib
 import pytest
+from matplotlib import font_manager
 from PIL import Image
 
+from mmkeras.evaluation import plots
 from mmkeras.evaluation.compare import compare_runs, comparison_table
 from mmkeras.evaluation.evaluate import evaluate
 from mmkeras.evaluation.report import samples_grid, write_report
@@ -91,3 +95,12 @@ def test_sample_cards_show_the_photo_its_file_name_and_line(tmp_path):
     assert "東京の猫.jpg" in card and "line 7 of test" in card and "一只猫 🐱" in card
     png = base64.b64decode(re.search(r'src="data:image/png;base64,([^"]+)"', card).group(1))
     assert Image.open(io.BytesIO(png)).size == (320, 240)  # readable, not the model's 32x32 input
+
+
+def test_figures_draw_cjk_class_names_with_a_cjk_font(tmp_path):
+    if not any(Path(path).name == plots.FALLBACK_FONT_FILE for path in font_manager.findSystemFonts(fontext="otf")):
+        pytest.skip("needs fonts-noto-cjk: apt-get install -y fonts-noto-cjk")
+    plots.confusion_png([[1, 0], [0, 1]], ["猫", "犬"])  # the first figure sets the fonts up
+    assert plots.FALLBACK_FONT_FAMILY in matplotlib.rcParams["font.family"]
+    found = font_manager.findfont(font_manager.FontProperties(family=plots.FALLBACK_FONT_FAMILY))
+    assert Path(found).name == plots.FALLBACK_FONT_FILE

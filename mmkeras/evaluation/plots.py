@@ -9,12 +9,22 @@ Example:
 b'\\x89PNG'
 """
 
+import functools
 import importlib.util
 import io
+import logging
+from pathlib import Path
 
 import numpy as np
 
+logger = logging.getLogger("mmkeras")
+
 DPI = 110
+# Class names and titles in any script: matplotlib takes a glyph DejaVu Sans lacks from the next family
+# listed. Noto Sans CJK (Debian: fonts-noto-cjk) covers Chinese, Japanese and Korean; emoji fall back to
+# DejaVu Sans's monochrome outlines (matplotlib cannot draw colour emoji fonts).
+FALLBACK_FONT_FAMILY = "Noto Sans CJK JP"
+FALLBACK_FONT_FILE = "NotoSansCJK-Regular.ttc"
 
 
 def can_plot() -> bool:
@@ -28,7 +38,27 @@ def _pyplot():
     matplotlib.use("Agg")  # no display on training servers
     import matplotlib.pyplot as plt
 
+    _use_fallback_font(matplotlib)
     return plt
+
+
+@functools.cache
+def _use_fallback_font(matplotlib):
+    """Put the CJK font after DejaVu Sans, registering its file when matplotlib's font cache predates it."""
+    from matplotlib import font_manager
+
+    known = {font.name for font in font_manager.fontManager.ttflist}
+    if FALLBACK_FONT_FAMILY not in known:
+        for path in font_manager.findSystemFonts(fontext="otf") + font_manager.findSystemFonts():
+            if Path(path).name == FALLBACK_FONT_FILE:
+                font_manager.fontManager.addfont(path)
+                known.add(FALLBACK_FONT_FAMILY)
+                break
+    if FALLBACK_FONT_FAMILY not in known:
+        logger.info("no CJK font (apt-get install fonts-noto-cjk): Chinese, Japanese or Korean class names "
+                    "show as boxes in the figures")
+        return
+    matplotlib.rcParams["font.family"] = ["DejaVu Sans", FALLBACK_FONT_FAMILY]
 
 
 def _png(figure) -> bytes:

@@ -60,12 +60,15 @@ THUMBNAIL_PIXELS = 320
 # How the bundles table names a recorded bundle that is no longer there.
 BUNDLE_STATUS = {"missing": "missing: moved or deleted", "replaced": "gone: the folder now holds another run's bundle"}
 # Text in any script and emoji: the browser takes each character from the first font that has it
-# (Debian: fonts-noto-cjk, fonts-noto-color-emoji; without them a character may show as a box).
-FONT_FAMILY = ('system-ui,"Noto Sans","Noto Sans CJK SC","Noto Sans CJK JP","Noto Color Emoji",'
-               '"Apple Color Emoji","Segoe UI Emoji",sans-serif')
+# (Debian: fonts-noto-cjk, fonts-noto-color-emoji; without them a character may show as a box). The
+# emoji face comes first but covers only emoji code points: after the text fonts, DejaVu Sans's
+# monochrome outlines of some emoji (🐱) would win over the colour ones.
+FONTS = """@font-face{font-family:"Page Emoji";src:local("Noto Color Emoji"),local("Apple Color Emoji"),
+local("Segoe UI Emoji");unicode-range:U+1F000-1FAFF,U+2600-27BF,U+2B00-2BFF,U+FE0F,U+200D}"""
+FONT_FAMILY = '"Page Emoji",system-ui,"Noto Sans","Noto Sans CJK SC","Noto Sans CJK JP",sans-serif'
 
-STYLE = """
-body{font-family:FONTS;margin:0;padding:1.2em 2em;color:#222}
+STYLE = FONTS + """
+body{font-family:FONT_FAMILY;margin:0;padding:1.2em 2em;color:#222}
 h1{margin:.2em 0}h2{border-bottom:2px solid #4c78a8;padding-bottom:.2em;margin-top:1.6em}
 .figures{display:flex;flex-wrap:wrap;gap:1em 3em;align-items:flex-start}
 .charts{display:grid;grid-template-columns:repeat(auto-fit,minmax(360px,1fr));gap:1em;align-items:start}
@@ -76,11 +79,11 @@ th:first-child,td:first-child{text-align:left}
 .cards{display:grid;grid-template-columns:repeat(auto-fill,minmax(380px,1fr));gap:.8em}
 .card{border:2px solid #ccc;border-radius:6px;padding:.5em;font-size:.9em}
 .card.right{border-color:#54a24b}.card.wrong{border-color:#e45756}
-.pictures{display:flex;gap:.4em}.pictures figure{flex:1;margin:0}.pictures img{width:100%;border-radius:3px}
+.pictures{display:flex;gap:.4em;align-items:flex-start}.pictures figure{flex:1;margin:0}.pictures img{width:100%;border-radius:3px}
 .pictures figcaption{font-size:.8em;color:#777}.source{font-size:.8em;color:#555;overflow-wrap:anywhere}
 .missing{color:#b3261e}
 .muted{color:#777}pre{background:#f6f6f6;padding:1em;overflow:auto}
-""".replace("FONTS", FONT_FAMILY)
+""".replace("FONT_FAMILY", FONT_FAMILY)
 # Counts the images the browser decoded, for a headless browser to read back (--dump-dom).
 LOAD_SCRIPT = """
 window.addEventListener('load',function(){var images=document.images,loaded=0;
@@ -312,12 +315,12 @@ def sample_card(row: dict, folder: Path) -> str:
     image = Path(row["image"]) if row["image"] else None
     pictures = []
     if image is not None and image.is_file():
-        pictures.append(figure(thumbnail(image), "the photo"))
+        pictures.append(figure(thumbnail(image), "photo"))
     elif image is not None:
         pictures.append(f'<p class="missing">image not found: {html.escape(str(image))}</p>')
     attention = attention_overlay_path(folder, row["line"])
     if attention.is_file():
-        pictures.append(figure(attention.read_bytes(), "the text's attention over the model's input"))
+        pictures.append(figure(attention.read_bytes(), "attention over the image"))
     picture = f'<div class="pictures">{"".join(pictures)}</div>' if pictures else '<p class="muted">no image</p>'
     source = f"{image.name}, " if image is not None else ""
     kind = "right" if row["correct"] == "1" else "wrong"
@@ -397,8 +400,8 @@ def bundles_section(bundles: list[dict]) -> str:
         folder, bundle = entry["path"], entry["bundle"]
         if bundle is None:
             size = entry.get("size_bytes")
-            rows.append([str(folder), BUNDLE_STATUS[entry["status"]], entry.get("quantization"),
-                         None if size is None else f"{size / 1024:.0f} KB", None, None, None, None, None])
+            rows.append([folder.name, BUNDLE_STATUS[entry["status"]], entry.get("quantization"),
+                         None if size is None else f"{size / 1024:.0f} KB", None, None, None, None, None, str(folder)])
             continue
         conversion = bundle.get("conversion") or {}
         compute = (conversion.get("ops") or {}).get("compute_ops") or {}
@@ -406,7 +409,7 @@ def bundles_section(bundles: list[dict]) -> str:
         evaluations = [read_json(path) for path in sorted(folder.glob(f"{RESULTS_FOLDER}/*/{RESULTS_METRICS_FILE}"))]
         rows.append(
             [
-                str(folder),
+                folder.name,
                 "present",
                 bundle.get("quantization"),
                 None if "size_bytes" not in conversion else f"{conversion['size_bytes'] / 1024:.0f} KB",
@@ -415,10 +418,11 @@ def bundles_section(bundles: list[dict]) -> str:
                 parity.get("max_abs_logit_diff"),
                 [figures["accuracy"] for figures in evaluations if "accuracy" in figures] or None,
                 [figures.get("model_ms_per_row") for figures in evaluations] or None,
+                str(folder),
             ]
         )
     header = ["bundle", "status", "quantization", "size", "int8 compute ops", "parity: label agreement",
-              "parity: max logit diff", "accuracy (evaluate)", "ms per row (evaluate)"]
+              "parity: max logit diff", "accuracy (evaluate)", "ms per row (evaluate)", "folder"]
     return "<h2>Bundles</h2>" + table(header, rows)
 
 

@@ -7,6 +7,7 @@ so the DOM is dumped before the page has a result. Over
 """
 
 import base64
+import fcntl
 import functools
 import http.server
 import json
@@ -36,9 +37,13 @@ class Chromium:
         # Chromium reads commands from fd 3 and writes replies to fd 4.
         commands_read, self.commands = os.pipe()
         self.replies, replies_write = os.pipe()
+        # The child's ends above fd 4: one of them on fd 3 or 4 would be closed by the other's dup2 before it moved.
+        commands_read, replies_write = (self._above_four(fd) for fd in (commands_read, replies_write))
         self.process = subprocess.Popen(
             [find_chromium(), *FLAGS, f"--user-data-dir={self.profile.name}", "about:blank"],
-            pass_fds=(3, 4),  # kept open after preexec_fn moved the pipe ends there
+            # dup2 makes fds 3 and 4 inheritable; every other descriptor Python opened is close-on-exec. (pass_fds
+            # would mark 3 and 4 inheritable before preexec_fn runs: EBADF when the parent has them closed.)
+            close_fds=False,
             preexec_fn=lambda: (os.dup2(commands_read, 3), os.dup2(replies_write, 4)),
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
@@ -47,6 +52,12 @@ class Chromium:
         os.close(replies_write)
         self.buffer = b""
         self.next_id = 0
+
+    @staticmethod
+    def _above_four(fd: int) -> int:
+        moved = fcntl.fcntl(fd, fcntl.F_DUPFD, 5)
+        os.close(fd)
+        return moved
 
     def send(self, method: str, session: str | None = None, **params) -> dict:
         self.next_id += 1
