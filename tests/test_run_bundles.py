@@ -23,7 +23,8 @@ from mmkeras.evaluation.evaluate import evaluate
 from mmkeras.evaluation.report import samples_grid, write_report
 from mmkeras.export.converter import export_bundle
 from mmkeras.runs import BUNDLES_FILE, recorded_bundles
-from test_converter import SAMPLES, save_tiny_run
+from tests.helpers.cli import SAMPLES
+from tests.helpers.tiny_runs import save_tiny_run
 
 
 @pytest.fixture(scope="module")
