@@ -144,11 +144,9 @@ def run_config_from(config_file: Path | None, **flags) -> RunConfig:
     try:
         return base.replace(**overrides)
     except UserError as error:
-        name = error.reason.split(" ", 1)[0]
-        if name not in overrides or error.path:
+        if error.setting not in overrides or error.path:
             raise
-        flag = "--" + name.replace("_", "-")
-        raise UserError(flag + error.reason[len(name) :]) from None
+        raise error.naming_setting("--" + error.setting.replace("_", "-")) from None
 
 
 def given(**values) -> dict:
