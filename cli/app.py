@@ -514,12 +514,11 @@ def export(
     check_replaceable(out)
     preflight.require_training_extra("export")
     load_tensorflow()
-    from mmkeras.evaluation.report import refresh_report
+    from mmkeras.evaluation.exported_run_report import export_and_report
     from mmkeras.export.conversion_report import describe_report
-    from mmkeras.export.converter import export_bundle
     from mmkeras.export.dual_encoder_export import describe_dual_encoder_report
 
-    report = export_bundle(
+    report = export_and_report(
         run_dir, out, quantize=quantize, calibration_data=calibration_data, calibration_rows=calibration_rows,
         keep_float=[name.strip().upper() for name in keep_float.split(",") if name.strip()] if keep_float else (),
     )
@@ -528,7 +527,6 @@ def export(
             logger.warning("--web: the browser page runs classifier bundles; none written for a dual encoder")
         emit(report, as_json, describe_dual_encoder_report(report))
         return
-    refresh_report(out)  # the run's report lists its bundles
     human = describe_report(report)
     if web:
         from mmkeras.web.site_builder import build_site
