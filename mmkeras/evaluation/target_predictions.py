@@ -11,8 +11,8 @@ Example:
 (1, 4)
 """
 
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 
