@@ -514,7 +514,7 @@ def export(
     check_replaceable(out)
     preflight.require_training_extra("export")
     load_tensorflow()
-    from mmkeras.evaluation.exported_run_report import export_and_report
+    from mmkeras.export.exported_run_report import export_and_report
     from mmkeras.export.conversion_report import describe_report
     from mmkeras.export.dual_encoder_export import describe_dual_encoder_report
 

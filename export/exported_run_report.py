@@ -1,8 +1,8 @@
 """`export_and_report`: export a run to a bundle, then refresh the run's report so it lists the bundle.
 
-`export_bundle` writes the bundle and knows nothing of the HTML report (the
-report is drawn above the export layer); `mmkeras export` and a Python user
-who wants the same result call this.
+`export_bundle` writes the bundle; `mmkeras export` and a Python user who
+wants the run's report to list it call this (as `train` refreshes the report
+of the run it writes).
 
 Example:
 >>> report = export_and_report("runs/demo", "bundles/demo-int8", quantize="int8")  # doctest: +SKIP
