@@ -11,6 +11,7 @@ Usage: python tools/cli_docs.py            (rewrites docs/cli.md)
 """
 
 import inspect
+import re
 import sys
 import types
 import typing
@@ -48,7 +49,7 @@ def command_section(path: str, help_text: str, callback) -> str:
     lines = [f"## {path}", "", "```console", f"$ {usage}", "```", ""]
     for line in inspect.cleandoc(help_text).splitlines():
         if line.startswith("Example: "):
-            lines += ["Example:", "", "```console", f"$ {line.removeprefix('Example: ')}", "```"]
+            lines += ["Example:", "", "```console", f"$ {line.removeprefix('Example: ')}", "```", ""]
         else:
             lines.append(line)
     if arguments:
@@ -57,7 +58,7 @@ def command_section(path: str, help_text: str, callback) -> str:
     options = option_lines(callback)
     if options:
         lines += ["", "Options:", "", *options]
-    return "\n".join(lines) + "\n"
+    return re.sub(r"\n{3,}", "\n\n", "\n".join(lines)).rstrip("\n") + "\n"
 
 
 def parameters(callback) -> list[tuple[str, OptionInfo | ArgumentInfo, object]]:
