@@ -230,13 +230,17 @@ class RunConfig:
         if self.task == "multilabel" and self.class_weight != "none":
             raise UserError("does not apply to multilabel: each label has its own sigmoid loss", setting="class_weight")
         if self.cache_features and (self.freeze == "none" or self.lora_rank):
-            raise UserError("needs frozen backbones (freeze text, vision or both) and no LoRA", setting="cache_features")
+            raise UserError(
+                "needs frozen backbones (freeze text, vision or both) and no LoRA", setting="cache_features"
+            )
         if self.cache_features and self.augment != "none":
             raise UserError(
                 "computes each image's features once; it cannot augment them (augment none)", setting="cache_features"
             )
         if self.modality_balance != "none" and self.cache_features:
-            raise UserError("needs the backbones' tokens in training: not with cache_features", setting="modality_balance")
+            raise UserError(
+                "needs the backbones' tokens in training: not with cache_features", setting="modality_balance"
+            )
         if self.data_service and (self.cache_features or self.strategy == "multi-worker"):
             raise UserError("data_service feeds one trainer's image pipeline: not with cache_features or multi-worker")
         if not 0.0 <= self.modality_dropout <= 1.0:
