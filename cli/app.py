@@ -50,7 +50,7 @@ from mmkeras.errors import UserError
 from mmkeras.evaluation.zero_shot import DEFAULT_PROMPT
 from mmkeras.framework_logs import VERBOSE_ENV, import_tensorflow_quietly, native_stderr_kept_off, quiet_frameworks
 from mmkeras.progress import install_log_handler
-from mmkeras.runs import is_align_run, is_run_folder, manifest_columns
+from mmkeras.runs import is_run_folder, manifest_columns
 from mmkeras.quantization.qat_settings import CALIBRATION_ROWS, LEARNING_RATE_FACTOR, UNKNOWN_LAYERS, QATSettings
 from mmkeras.runtime.benchmark import DEFAULT_RUNS, WARMUP_RUNS
 from mmkeras.runtime.bundle import QUANTIZATION_MODES, WEB_SITE_FOLDER
@@ -144,11 +144,9 @@ def run_config_from(config_file: Path | None, **flags) -> RunConfig:
     try:
         return base.replace(**overrides)
     except UserError as error:
-        name = error.reason.split(" ", 1)[0]
-        if name not in overrides or error.path:
+        if error.setting not in overrides or error.path:
             raise
-        flag = "--" + name.replace("_", "-")
-        raise UserError(flag + error.reason[len(name) :]) from None
+        raise error.naming_setting("--" + error.setting.replace("_", "-")) from None
 
 
 def given(**values) -> dict:
@@ -383,28 +381,29 @@ def evaluate(
     Example: mmkeras evaluate bundles/demo --data samples/test.csv --json
     """
     columns = manifest_columns(target, {"text": text_column, "image": image_column, "label": label_column})
-    if zero_shot:
-        evaluate_zero_shot(target, data, prompt, as_json, columns)
-        return
-    if is_run_folder(target) and is_align_run(target):
-        raise UserError("an align run has no classifier: evaluate it with --zero-shot", path=target)
-    from mmkeras.evaluation.multilabel_evaluate import is_multilabel
-
-    if is_multilabel(target):
-        evaluate_multilabel_target(target, data, as_json, columns)
-        return
     preflight.check_manifest(data, flag="--data", columns=columns)
-    prepare_target(target, "evaluate RUN_DIR")
+    if zero_shot:
+        preflight.check_run_folder(target)
+    prepare_target(target, "evaluate --zero-shot" if zero_shot else "evaluate RUN_DIR")
     from mmkeras.evaluation.evaluate import evaluate as evaluate_target
 
-    figures = evaluate_target(target, data, columns=columns)
+    figures = evaluate_target(target, data, zero_shot=zero_shot, prompt=prompt, columns=columns)
+    emit(figures, as_json, describe_evaluation(figures))
+
+
+def describe_evaluation(figures: dict) -> str:
+    """The summary line of `evaluate`'s figures: zero-shot, multilabel or classifier ones."""
+    if "prompt" in figures:
+        return (f"zero-shot accuracy {figures['accuracy']:.4f}  macro_f1 {figures['macro_f1']:.4f}  "
+                f"n {figures['n']}  ({len(figures['labels'])} classes, prompt {figures['prompt']!r})")
+    if "mAP" in figures:
+        return (f"mAP {figures['mAP']:.4f}  micro_f1 {figures['micro_f1']:.4f}  "
+                f"macro_f1 {figures['macro_f1']:.4f}  exact_match {figures['exact_match']:.4f}  n {figures['n']}")
     ablation = figures["modality_ablation"]
-    emit(
-        figures,
-        as_json,
+    return (
         f"accuracy {figures['accuracy']:.4f}  macro_f1 {figures['macro_f1']:.4f}  n {figures['n']}  "
         f"(text only {ablation['text_only']['accuracy']:.4f}, image only {ablation['image_only']['accuracy']:.4f})  "
-        f"ECE {figures['calibration']['ece']:.4f}\nresults in {figures['results_dir']}",
+        f"ECE {figures['calibration']['ece']:.4f}\nresults in {figures['results_dir']}"
     )
 
 
@@ -515,12 +514,11 @@ def export(
     check_replaceable(out)
     preflight.require_training_extra("export")
     load_tensorflow()
-    from mmkeras.evaluation.report import refresh_report
+    from mmkeras.export.exported_run_report import export_and_report
     from mmkeras.export.conversion_report import describe_report
-    from mmkeras.export.converter import export_bundle
     from mmkeras.export.dual_encoder_export import describe_dual_encoder_report
 
-    report = export_bundle(
+    report = export_and_report(
         run_dir, out, quantize=quantize, calibration_data=calibration_data, calibration_rows=calibration_rows,
         keep_float=[name.strip().upper() for name in keep_float.split(",") if name.strip()] if keep_float else (),
     )
@@ -529,7 +527,6 @@ def export(
             logger.warning("--web: the browser page runs classifier bundles; none written for a dual encoder")
         emit(report, as_json, describe_dual_encoder_report(report))
         return
-    refresh_report(out)  # the run's report lists its bundles
     human = describe_report(report)
     if web:
         from mmkeras.web.site_builder import build_site
@@ -1067,30 +1064,6 @@ def cache_clear(
     freed = sum(entry.bytes for entry in removed)
     emit({"cache_dir": str(folder), "removed": [entry.key for entry in removed], "bytes_freed": freed}, as_json,
          f"removed {len(removed)} caches ({human_bytes(freed)}) from {folder}")
-
-
-def evaluate_zero_shot(target: Path, data: Path, prompt: str, as_json: bool, columns: dict):
-    """`evaluate --zero-shot`: an align run's accuracy from the label names alone."""
-    preflight.check_manifest(data, flag="--data", columns=columns)
-    preflight.check_run_folder(target)
-    preflight.require_training_extra("evaluate --zero-shot")
-    load_tensorflow()
-    from mmkeras.evaluation.zero_shot import zero_shot_evaluate
-
-    figures = zero_shot_evaluate(target, data, prompt, columns=columns)
-    emit(figures, as_json, f"zero-shot accuracy {figures['accuracy']:.4f}  macro_f1 {figures['macro_f1']:.4f}  "
-         f"n {figures['n']}  ({len(figures['labels'])} classes, prompt {prompt!r})")
-
-
-def evaluate_multilabel_target(target: Path, data: Path, as_json: bool, columns: dict):
-    """`evaluate` of a `--task multilabel` run or bundle: mAP and micro/macro-F1 at the tuned thresholds."""
-    preflight.check_manifest(data, flag="--data", columns=columns)
-    prepare_target(target, "evaluate RUN_DIR")
-    from mmkeras.evaluation.multilabel_evaluate import evaluate_multilabel
-
-    figures = evaluate_multilabel(target, data, columns=columns)
-    emit(figures, as_json, f"mAP {figures['mAP']:.4f}  micro_f1 {figures['micro_f1']:.4f}  "
-         f"macro_f1 {figures['macro_f1']:.4f}  exact_match {figures['exact_match']:.4f}  n {figures['n']}")
 
 
 def format_figure(value) -> str:

@@ -16,8 +16,8 @@ Example:
 from pathlib import Path
 
 from mmkeras.data.manifest import read_manifest
-from mmkeras.evaluation.evaluate import predict_probabilities
 from mmkeras.evaluation.multilabel_metrics import multi_hot, tune_thresholds
+from mmkeras.evaluation.target_predictions import predict_probabilities
 from mmkeras.runtime.predictor import sigmoid
 
 

@@ -29,6 +29,7 @@ _PUBLIC = {
     "JobResult": "mmkeras.training.job",
     "evaluate": "mmkeras.evaluation.evaluate",
     "export_bundle": "mmkeras.export.converter",
+    "export_and_report": "mmkeras.export.exported_run_report",
     "Predictor": "mmkeras.runtime",
     # Alignment, matching and retrieval.
     "align": "mmkeras.training.align_job",

@@ -210,7 +210,7 @@ class RunConfig:
         }
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
-                raise UserError(f"{name} must be one of {', '.join(allowed)}, got {getattr(self, name)!r}")
+                raise UserError(f"must be one of {', '.join(allowed)}, got {getattr(self, name)!r}", setting=name)
         positive = (
             "sequence_length",
             "fusion_dim",
@@ -224,40 +224,46 @@ class RunConfig:
         )
         for name in positive:
             if getattr(self, name) is not None and getattr(self, name) < 1:
-                raise UserError(f"{name} must be at least 1, got {getattr(self, name)}")
+                raise UserError(f"must be at least 1, got {getattr(self, name)}", setting=name)
         if not 0.0 <= self.dropout < 1.0:
-            raise UserError(f"dropout must be in [0, 1), got {self.dropout}")
+            raise UserError(f"must be in [0, 1), got {self.dropout}", setting="dropout")
         if self.task == "multilabel" and self.class_weight != "none":
-            raise UserError("class_weight does not apply to multilabel: each label has its own sigmoid loss")
+            raise UserError("does not apply to multilabel: each label has its own sigmoid loss", setting="class_weight")
         if self.cache_features and (self.freeze == "none" or self.lora_rank):
-            raise UserError("cache_features needs frozen backbones (freeze text, vision or both) and no LoRA")
+            raise UserError(
+                "needs frozen backbones (freeze text, vision or both) and no LoRA", setting="cache_features"
+            )
         if self.cache_features and self.augment != "none":
-            raise UserError("cache_features computes each image's features once; it cannot augment them (augment none)")
+            raise UserError(
+                "computes each image's features once; it cannot augment them (augment none)", setting="cache_features"
+            )
         if self.modality_balance != "none" and self.cache_features:
-            raise UserError("modality_balance needs the backbones' tokens in training: not with cache_features")
+            raise UserError(
+                "needs the backbones' tokens in training: not with cache_features", setting="modality_balance"
+            )
         if self.data_service and (self.cache_features or self.strategy == "multi-worker"):
             raise UserError("data_service feeds one trainer's image pipeline: not with cache_features or multi-worker")
         if not 0.0 <= self.modality_dropout <= 1.0:
-            raise UserError(f"modality_dropout must be in [0, 1], got {self.modality_dropout}")
+            raise UserError(f"must be in [0, 1], got {self.modality_dropout}", setting="modality_dropout")
         if not 0.0 <= self.warmup_fraction < 1.0:
-            raise UserError(f"warmup_fraction must be in [0, 1), got {self.warmup_fraction}")
+            raise UserError(f"must be in [0, 1), got {self.warmup_fraction}", setting="warmup_fraction")
         if self.learning_rate is not None and self.learning_rate <= 0:
-            raise UserError(f"learning_rate must be positive, got {self.learning_rate}")
+            raise UserError(f"must be positive, got {self.learning_rate}", setting="learning_rate")
         if self.new_layers_lr_scale <= 0:
-            raise UserError(f"new_layers_lr_scale must be positive, got {self.new_layers_lr_scale}")
+            raise UserError(f"must be positive, got {self.new_layers_lr_scale}", setting="new_layers_lr_scale")
         if not 0 <= self.seed <= _MAX_SEED:
-            raise UserError(f"seed must be between 0 and {_MAX_SEED}, got {self.seed}")
+            raise UserError(f"must be between 0 and {_MAX_SEED}, got {self.seed}", setting="seed")
         self._check_columns()
         for name in ("lora_rank", "early_stopping_patience", "checkpoint_steps"):
             if getattr(self, name) < 0:
-                raise UserError(f"{name} must not be negative, got {getattr(self, name)}")
+                raise UserError(f"must not be negative, got {getattr(self, name)}", setting=name)
 
     def _check_columns(self):
         """The three column names: non-empty text, and three different columns."""
         names = {role: getattr(self, f"{role}_column") for role in ("text", "image", "label")}
         for role, name in names.items():
             if not isinstance(name, str) or not name.strip():
-                raise UserError(f"{role}_column must be a column name, got {name!r}")
+                raise UserError(f"must be a column name, got {name!r}", setting=f"{role}_column")
         if len(set(names.values())) < len(names):
             raise UserError(f"text_column, image_column and label_column must differ, got {', '.join(names.values())}")
 
@@ -274,9 +280,9 @@ class RunConfig:
             if kinds is None or (value is None and field.type in (int | None, float | None)):
                 continue
             if isinstance(value, bool) or not isinstance(value, kinds):
-                raise UserError(f"{field.name} must be a number, got {value!r}")
+                raise UserError(f"must be a number, got {value!r}", setting=field.name)
             if not math.isfinite(value):
-                raise UserError(f"{field.name} must be a finite number, got {value}")
+                raise UserError(f"must be a finite number, got {value}", setting=field.name)
 
     def replace(self, **overrides: Any) -> "RunConfig":
         """A copy with `overrides` applied; `None` values are ignored (flag not given)."""

@@ -168,3 +168,12 @@ def test_evaluating_a_cross_attention_run_saves_attention_overlays_the_report_sh
     assert overlays and all(path.read_bytes().startswith(b"\x89PNG") for path in overlays)
     page = (evaluated["run"] / "report.html").read_text()
     assert page.count('alt="attention over the image"') == len(overlays)
+
+
+def test_export_and_report_lists_a_bundle_written_away_from_the_run(evaluated, tmp_path):
+    # Only a bundle next to the run is found by the report on its own; this one is listed by the refresh.
+    import mmkeras
+
+    report = mmkeras.export_and_report(evaluated["run"], tmp_path / "api-bundle")
+    assert report["path"] == str(tmp_path / "api-bundle")
+    assert ">api-bundle<" in (evaluated["run"] / "report.html").read_text()

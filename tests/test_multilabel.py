@@ -11,6 +11,7 @@ import pytest
 import tensorflow as tf
 from tests.helpers.cli import SAMPLES, WITHOUT_TENSORFLOW, run_cli, write_subset
 
+import mmkeras
 from mmkeras.cli.app import main
 from mmkeras.data.manifest import read_manifest
 from mmkeras.evaluation.multilabel_metrics import multi_hot, multilabel_figures, tune_thresholds
@@ -86,6 +87,22 @@ def test_evaluate_reports_map_and_f1_of_a_multilabel_run(multilabel_run, capsys)
     # The same rows as the validation the thresholds were tuned on: the same figures.
     assert figures["mAP"] == metrics["val_mAP"] and figures["micro_f1"] == metrics["val_micro_f1"]
     assert figures["n"] == 12
+
+
+def test_the_python_api_evaluates_a_multilabel_run_as_the_cli_does(multilabel_run, capsys, tmp_path):
+    # Before, `mmkeras.evaluate` scored every run as a softmax classifier: it refused the `a|b` cells
+    # ("unknown label 'red|excited'") and gave single-tag rows an accuracy.
+    one_tag = tmp_path / "one_tag.csv"
+    lines = multilabel_run["val"].read_text(encoding="utf-8").splitlines()
+    one_tag.write_text("\n".join([lines[0], *(line.split("|")[0] for line in lines[1:])]) + "\n", encoding="utf-8")
+    for data in (multilabel_run["val"], one_tag):
+        code, out, err = run_cli(capsys, "evaluate", multilabel_run["out"], "--data", data, "--json")
+        assert code == 0, err
+        figures = mmkeras.evaluate(multilabel_run["out"], data)
+        assert json.loads(json.dumps(figures)) == json.loads(out)
+        assert "accuracy" not in figures and figures["n"] == 12
+    metrics = json.loads((multilabel_run["out"] / "metrics.json").read_text())
+    assert mmkeras.evaluate(multilabel_run["out"], multilabel_run["val"])["mAP"] == metrics["val_mAP"]
 
 
 @pytest.fixture(scope="module")

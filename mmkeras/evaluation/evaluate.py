@@ -1,6 +1,11 @@
 """`evaluate`: figures of a run folder (Keras model) or a bundle (LiteRT, no TensorFlow) on a manifest.
 
-Both paths feed the model through the same `MultimodalPreprocessor`, so a
+`evaluate` is what `mmkeras evaluate` runs: it picks the evaluation the
+target needs (a `--task multilabel` run or bundle: `evaluate_multilabel`; an
+align run, zero-shot: `zero_shot_evaluate`; any other classifier:
+`evaluate_classifier`), so the Python API and the CLI give the same figures.
+
+For a classifier: Both paths feed the model through the same `MultimodalPreprocessor`, so a
 run's and its float bundle's figures are directly comparable. The modality
 ablation scores the same rows again with one modality removed, the way a
 missing modality reaches the model on the device (empty text / no image),
@@ -11,9 +16,6 @@ Everything is saved in the target's results folder (`results_folder`), and
 the run's report is refreshed.
 """
 
-from pathlib import Path
-from typing import Callable
-
 import numpy as np
 
 from mmkeras.data.manifest import read_manifest
@@ -22,57 +24,66 @@ from mmkeras.evaluation.calibration import calibration_figures
 from mmkeras.evaluation.consistency import consistency_figures
 from mmkeras.evaluation.metrics import classification_figures, top_k_accuracy
 from mmkeras.evaluation.modality_ablation import ModalityLogits
+from mmkeras.evaluation.multilabel_evaluate import evaluate_multilabel, is_multilabel
 from mmkeras.evaluation.results_folder import results_dir, sample_rows, write_attention_overlays, write_results
+from mmkeras.evaluation.target_predictions import CHUNK_ROWS, load_target
+from mmkeras.evaluation.zero_shot import DEFAULT_PROMPT, zero_shot_evaluate
 from mmkeras.progress import step_progress
-from mmkeras.runs import manifest_columns
-from mmkeras.runtime.bundle import BUNDLE_FILE
+from mmkeras.runs import is_align_run, is_run_folder, manifest_columns
 from mmkeras.runtime.predictor import softmax
 
-CHUNK_ROWS = 64
 # Top-k accuracies reported (those with k below the number of classes).
 TOP_K = (2, 3, 5)
 
 
-def load_target(target) -> tuple[Callable[[dict], np.ndarray], object, list[str], object]:
-    """(predict_logits, preprocessor, labels, run) for a run folder (the loaded `Run`) or a bundle (`None`)."""
-    target = Path(target)
-    if (target / BUNDLE_FILE).is_file():
-        from mmkeras.runtime.predictor import Predictor
+def evaluate(
+    target,
+    data,
+    *,
+    zero_shot: bool = False,
+    prompt: str = DEFAULT_PROMPT,
+    save_results: bool = True,
+    columns: dict[str, str] | None = None,
+) -> dict:
+    """Evaluate a run folder or a bundle on a labelled manifest, the way its task needs.
 
-        predictor = Predictor(target)
-        return predictor.predict_inputs, predictor.preprocessor, predictor.labels, None
-    from mmkeras.quantization.run_loading import load_run
-    from mmkeras.runs import is_run_folder
+    Args:
+        target: a run folder (written by `train`, `qat` or `align`) or a
+            bundle folder (written by `export_bundle`).
+        data: a labelled manifest (CSV or JSONL); a multilabel target's
+            label cells list labels separated by `|`.
+        zero_shot: classify the manifest's images by its label names alone
+            (an align run only; `zero_shot_evaluate`).
+        prompt: with `zero_shot`, the text of a class, with `{label}`.
+        save_results: a classifier's results folder and report refresh
+            (`evaluate_classifier`).
+        columns: `{role: column name}` of the manifest where it differs
+            from a run's own (`mmkeras.runs.manifest_columns`).
 
-    if not is_run_folder(target):
-        raise UserError("neither a run folder nor a bundle folder", path=target)
-    run = load_run(target)
-    return run_predict_logits(run), run.preprocessor, run.labels, run
+    Returns:
+        A multilabel target: `evaluate_multilabel`'s figures (`mAP`,
+        `micro_f1`, ...); zero-shot: `zero_shot_evaluate`'s (with
+        `prompt`); any other classifier: `evaluate_classifier`'s.
 
+    Raises:
+        UserError: an align run without `zero_shot` (it has no classifier),
+            and every mistake the chosen evaluation finds.
 
-def run_predict_logits(run) -> Callable[[dict], np.ndarray]:
-    """`predict_logits` of a loaded run's Keras model (numpy logits)."""
-    return lambda inputs: np.asarray(run.model.predict_on_batch(inputs))
-
-
-def predict_probabilities(
-    predict_logits, preprocessor, texts, images, description="predicting", *, activation=softmax
-) -> np.ndarray:
-    """Class probabilities float64 [N, classes], preprocessing and predicting `CHUNK_ROWS` rows at a time.
-
-    `activation` turns logits into probabilities: `softmax`, or `sigmoid` for multilabel models.
+    Example:
+    >>> evaluate("runs/tags", "samples/tags.csv")["mAP"]  # doctest: +SKIP
+    0.97
     """
-    probabilities = []
-    with step_progress(description, len(texts)) as progress:
-        for start in range(0, len(texts), CHUNK_ROWS):
-            inputs = preprocessor(texts[start : start + CHUNK_ROWS], images[start : start + CHUNK_ROWS])
-            probabilities.append(activation(predict_logits(inputs)))
-            progress.update(min(start + CHUNK_ROWS, len(texts)))
-    return np.concatenate(probabilities) if probabilities else np.zeros((0, 0))
+    if zero_shot:
+        return zero_shot_evaluate(target, data, prompt, columns=columns)
+    if is_run_folder(target) and is_align_run(target):
+        raise UserError("an align run has no classifier: evaluate it with --zero-shot", path=target)
+    if is_multilabel(target):
+        return evaluate_multilabel(target, data, columns=columns)
+    return evaluate_classifier(target, data, save_results=save_results, columns=columns)
 
 
-def evaluate(target, data, *, save_results: bool = True, columns: dict[str, str] | None = None) -> dict:
-    """Evaluate a run folder or a bundle on a labelled manifest, and save the results.
+def evaluate_classifier(target, data, *, save_results: bool = True, columns: dict[str, str] | None = None) -> dict:
+    """Evaluate a (single-label) classifier run folder or bundle on a labelled manifest, and save the results.
 
     Args:
         target: a run folder (written by `train`/`qat`) or a bundle folder
@@ -93,7 +104,7 @@ def evaluate(target, data, *, save_results: bool = True, columns: dict[str, str]
         `results_dir` (when saved).
 
     Example:
-    >>> figures = evaluate("runs/demo", "samples/test.csv")  # doctest: +SKIP
+    >>> figures = evaluate_classifier("runs/demo", "samples/test.csv")  # doctest: +SKIP
     >>> figures["accuracy"], figures["calibration"]["ece"]  # doctest: +SKIP
     (0.97, 0.04)
     """

@@ -17,8 +17,8 @@ from pathlib import Path
 from mmkeras.atomic_files import write_atomically, write_json_atomically
 from mmkeras.errors import UserError
 from mmkeras.evaluation import plots
-from mmkeras.evaluation.evaluate import load_target
 from mmkeras.evaluation.occlusion import occlusion_attribution
+from mmkeras.evaluation.target_predictions import load_target
 from mmkeras.preprocessing.image import UnreadableImageError
 
 EXPLANATION_JSON = "explanation.json"

@@ -15,8 +15,8 @@ from pathlib import Path
 
 from mmkeras.data.manifest import read_manifest
 from mmkeras.errors import UserError
-from mmkeras.evaluation.evaluate import load_target, predict_probabilities
 from mmkeras.evaluation.multilabel_metrics import multi_hot, multilabel_figures, split_labels
+from mmkeras.evaluation.target_predictions import load_target, predict_probabilities
 from mmkeras.runs import manifest_columns
 from mmkeras.runtime.bundle import BUNDLE_FILE, output_activation, read_bundle
 from mmkeras.runtime.predictor import sigmoid
