@@ -349,7 +349,11 @@ def train(
     shown = ("val_mAP", "val_micro_f1") if "val_mAP" in metrics else ("val_accuracy",)
     figures = ", ".join(f"{name} {format_figure(metrics[name])}" for name in shown)
     kept = kept_weights_summary(
-        result.history, metrics["kept_epoch"], metrics["stopped_early"], run_config.early_stopping_patience
+        result.history,
+        metrics["kept_epoch"],
+        metrics["stopped_early"],
+        run_config.early_stopping_patience,
+        with_accuracy="val_mAP" not in metrics,
     )
     emit(
         metrics,

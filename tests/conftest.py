@@ -27,6 +27,15 @@ def pytest_collection_modifyitems(items):
             item.add_marker(pytest.mark.slow)
 
 
+@pytest.fixture(scope="session", autouse=True)
+def own_cache_dir(tmp_path_factory):
+    """Feature caches and remembered image checks go to a folder of this test session, not the user's cache
+    (subprocesses inherit it): no test sees what an earlier session, or the user, cached."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("MMKERAS_CACHE_DIR", str(tmp_path_factory.mktemp("mmkeras_cache") / "features"))
+        yield
+
+
 @pytest.fixture(scope="session")
 def samples_run(tmp_path_factory) -> dict:
     """The first 96 training and 32 validation rows of `samples/`, and a run trained on them.

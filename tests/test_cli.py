@@ -127,7 +127,8 @@ def test_repeated_calls_do_not_repeat_log_lines(capsys):
 
 
 @pytest.mark.slow
-def test_train_json_shows_progress_and_no_framework_logs(tmp_path):
+def test_train_json_shows_progress_and_no_framework_logs(tmp_path, monkeypatch):
+    monkeypatch.setenv("MMKERAS_CACHE_DIR", str(tmp_path / "cache"))  # images not checked before: a progress line
     train = write_subset(SAMPLES / "train.csv", tmp_path / "train.csv", 48)
     val = write_subset(SAMPLES / "val.csv", tmp_path / "val.csv", 16)
     run = tmp_path / "run"
@@ -195,6 +196,7 @@ def test_train_offers_exactly_the_configs_choices():
         "augment": config.AUGMENTATIONS,
         "modality_balance": config.MODALITY_BALANCE,
         "task": config.TASKS,
+        "cache_dtype": config.CACHE_DTYPES,
     }
 
 

@@ -131,7 +131,9 @@ def fit(
     return state
 
 
-def kept_weights_summary(history: dict, kept_epoch: int | None, stopped_early: bool, patience: int) -> str:
+def kept_weights_summary(
+    history: dict, kept_epoch: int | None, stopped_early: bool, patience: int, with_accuracy: bool = True
+) -> str:
     """Which epoch's weights a run kept and why, and where it stopped, in words.
 
     Args:
@@ -139,6 +141,8 @@ def kept_weights_summary(history: dict, kept_epoch: int | None, stopped_early: b
         kept_epoch: the epoch (1-based) of the lowest `val_loss`, `None` without validation.
         stopped_early: whether early stopping ended the run.
         patience: the early-stopping patience the run used.
+        with_accuracy: name the kept epoch's `val_accuracy` too (a multi-label run's is the exact match at
+            0.5, which says little: its tuned figures are reported instead).
 
     Example:
     >>> kept_weights_summary({"loss": [0.9, 0.7, 0.6], "val_loss": [0.8, 0.6, 0.7],
@@ -154,7 +158,7 @@ def kept_weights_summary(history: dict, kept_epoch: int | None, stopped_early: b
     if kept_epoch is None:
         return f"kept the last epoch's weights (no validation manifest); {ended}"
     index = kept_epoch - 1
-    accuracy = history.get("val_accuracy", [None] * last)[index]
+    accuracy = history.get("val_accuracy", [None] * last)[index] if with_accuracy else None
     shown = f", val_accuracy {accuracy:.4f}" if accuracy is not None else ""
     return f"kept epoch {kept_epoch}'s weights (lowest val_loss {history['val_loss'][index]:.4f}{shown}); {ended}"
 
