@@ -14,8 +14,8 @@ import tempfile
 from pathlib import Path
 
 from mmkeras.evaluation.evaluate import evaluate
-from mmkeras.runtime.benchmark import benchmark_bundle
 from mmkeras.export.converter import export_bundle
+from mmkeras.runtime.benchmark import benchmark_bundle
 
 MODES = ("none", "float16", "dynamic", "int8")
 

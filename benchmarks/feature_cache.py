@@ -70,8 +70,8 @@ def measure(mode: str, rows: int, folder: Path) -> dict:
     import numpy as np
     import tensorflow as tf
 
-    from mmkeras.training.feature_cache import CachedFeatures
     from mmkeras.data.feature_shards import ShardWriter, folder_bytes
+    from mmkeras.training.feature_cache import CachedFeatures
 
     tf.constant(0.0) + 1  # TensorFlow's runtime started: part of the baseline
     baseline = peak_rss_mb()

@@ -16,13 +16,13 @@ import json
 import time
 
 import numpy as np
+
 from mmkeras.export.converter import known_labels
 from mmkeras.export.litert_conversion import (
     FLOAT_OPS_IN_INT8,
     convert_model,
     manifest_rows,
 )
-
 from mmkeras.quantization.run_loading import load_run
 from mmkeras.runtime.interpreter import LiteRTModel, list_ops
 

@@ -29,17 +29,17 @@ import tempfile
 from pathlib import Path
 
 import numpy as np
-from mmkeras.runtime.benchmark import benchmark_bundle
-from mmkeras.export.converter import export_bundle
-from mmkeras.runtime.predictor import Predictor
 from PIL import Image
 
 from mmkeras.config import RunConfig
 from mmkeras.data.manifest import read_manifest
+from mmkeras.export.converter import export_bundle
 from mmkeras.quantization.qat_settings import QATSettings
 from mmkeras.quantization.qat_training import qat_finetune
 from mmkeras.quantization.run_loading import load_run
 from mmkeras.runs import save_run
+from mmkeras.runtime.benchmark import benchmark_bundle
+from mmkeras.runtime.predictor import Predictor
 
 # Bundle name (also its folder in --workdir) -> export mode of the float run.
 PTQ_BUNDLES = {"none": "none", "float16": "float16", "dynamic": "dynamic", "ptq-int8": "int8"}

@@ -50,8 +50,8 @@ from mmkeras.errors import UserError
 from mmkeras.evaluation.zero_shot import DEFAULT_PROMPT
 from mmkeras.framework_logs import VERBOSE_ENV, import_tensorflow_quietly, native_stderr_kept_off, quiet_frameworks
 from mmkeras.progress import install_log_handler
-from mmkeras.runs import is_run_folder, manifest_columns
 from mmkeras.quantization.qat_settings import CALIBRATION_ROWS, LEARNING_RATE_FACTOR, UNKNOWN_LAYERS, QATSettings
+from mmkeras.runs import is_run_folder, manifest_columns
 from mmkeras.runtime.benchmark import DEFAULT_RUNS, WARMUP_RUNS
 from mmkeras.runtime.bundle import QUANTIZATION_MODES, WEB_SITE_FOLDER
 
@@ -518,9 +518,9 @@ def export(
     check_replaceable(out)
     preflight.require_training_extra("export")
     load_tensorflow()
-    from mmkeras.export.exported_run_report import export_and_report
     from mmkeras.export.conversion_report import describe_report
     from mmkeras.export.dual_encoder_export import describe_dual_encoder_report
+    from mmkeras.export.exported_run_report import export_and_report
 
     report = export_and_report(
         run_dir, out, quantize=quantize, calibration_data=calibration_data, calibration_rows=calibration_rows,
@@ -816,8 +816,8 @@ def cv(
         preflight.check_manifest(val, flag="--val", columns=run_config.columns)
     preflight.check_output_folder(out)
     load_tensorflow()
-    from mmkeras.training.cross_validation import cross_validate
     from mmkeras.evaluation.tables import summary_table
+    from mmkeras.training.cross_validation import cross_validate
 
     result = cross_validate(run_config, folds)
     emit(result, as_json, summary_table(result["summary"], title=f"{folds}-fold cross-validation, mean ± std"))

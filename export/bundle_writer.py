@@ -36,7 +36,7 @@ def bundle_header() -> dict[str, Any]:
     return {
         "format_version": BUNDLE_FORMAT_VERSION,
         "mmkeras_version": __version__,
-        "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "created": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
     }
 
 

@@ -17,6 +17,7 @@ import numpy as np
 
 from mmkeras.errors import UserError
 from mmkeras.evaluation.multilabel_evaluate import run_thresholds
+from mmkeras.evaluation.report import record_bundle
 from mmkeras.export.bundle_thresholds import retuned_thresholds
 from mmkeras.export.bundle_writer import check_replaceable, tensor_entry, write_bundle_json
 from mmkeras.export.conversion_report import float_op_types, op_summary, parity_report, quality_warning
@@ -30,7 +31,6 @@ from mmkeras.export.litert_conversion import (
     manifest_inputs,
     manifest_rows,
 )
-from mmkeras.evaluation.report import record_bundle
 from mmkeras.folder_lock import folder_lock
 from mmkeras.models.dual_encoder import is_dual_encoder
 from mmkeras.quantization.run_loading import load_run

@@ -5,8 +5,9 @@ TensorFlow-free: the bundle writer of the device runtime uses it too.
 
 import json
 import os
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 
 def write_atomically(path: str | Path, write: Callable[[Path], Any]):

@@ -33,7 +33,7 @@ import importlib
 import importlib.metadata
 import os
 import warnings
-from typing import Callable
+from collections.abc import Callable
 
 from mmkeras import __version__
 

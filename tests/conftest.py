@@ -9,8 +9,8 @@ beside the run, so the bundle is the only one a report or `compare` finds next t
 """
 
 import pytest
-from mmkeras.cli.app import main
 
+from mmkeras.cli.app import main
 from tests.helpers.cli import SAMPLES, write_subset
 
 # Code for the tests to import, not tests (nor doctests: `--doctest-modules` would import it a second time).
@@ -67,7 +67,6 @@ def tiny_bundle(tmp_path_factory) -> dict:
     from mmkeras.export.converter import (
         export_bundle,  # here, so that collecting the tests imports no TensorFlow
     )
-
     from tests.helpers.tiny_runs import save_tiny_run
 
     root = tmp_path_factory.mktemp("tiny_bundle")

@@ -6,6 +6,10 @@ import shutil
 import numpy as np
 import pytest
 import tensorflow as tf
+
+from mmkeras.cli.app import main
+from mmkeras.quantization.run_loading import load_run
+from mmkeras.training.contrastive_loss import ContrastiveLoss
 from tests.helpers.cli import SAMPLES, run_cli, write_subset
 from tests.helpers.training_runs import (
     TWO_LOGICAL_CPUS,
@@ -17,10 +21,6 @@ from tests.helpers.training_runs import (
     start,
     stop,
 )
-
-from mmkeras.cli.app import main
-from mmkeras.quantization.run_loading import load_run
-from mmkeras.training.contrastive_loss import ContrastiveLoss
 
 PAIRS = SAMPLES / "matching" / "pairs.csv"
 # 16 pairs, global batch 8: two updates an epoch, each replica of two holding 4 rows.

@@ -9,10 +9,7 @@ import pytest
 import requests
 
 from mmkeras.errors import UserError
-from mmkeras.models import load_text_backbone
-from mmkeras.models import load_vision_backbone
-from mmkeras.models import text_sequence
-from mmkeras.models import vision_tokens
+from mmkeras.models import load_text_backbone, load_vision_backbone, text_sequence, vision_tokens
 
 TEXTS = ["A red circle", "a blue square", "the red square", None]
 VOCABULARY = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "red", "blue", "circle", "cafe", "a", "##s"]

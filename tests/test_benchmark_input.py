@@ -3,9 +3,9 @@
 import json
 
 import pytest
-from mmkeras.cli.app import main
 from test_jpeg_draft import jpeg_bytes, photo
 
+from mmkeras.cli.app import main
 from mmkeras.runtime.benchmark import benchmark_bundle
 from mmkeras.runtime.predictor import Predictor
 

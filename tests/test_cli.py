@@ -11,13 +11,13 @@ import sys
 import typing
 
 import pytest
-from tests.helpers.cli import SAMPLES, run_cli, write_subset
 
 from mmkeras import __version__, config
-from mmkeras.cli import preflight
 from mmkeras.cli import app as cli_app
+from mmkeras.cli import preflight
 from mmkeras.config import RunConfig
 from mmkeras.framework_logs import VERBOSE_ENV
+from tests.helpers.cli import SAMPLES, run_cli, write_subset
 
 COMMANDS = ("train", "evaluate", "qat", "export", "predict", "benchmark", "report", "web")
 # What TensorFlow, absl and LiteRT write to stderr when nobody keeps them quiet.

@@ -13,18 +13,18 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from mmkeras import compat
 from mmkeras.data.manifest import read_manifest
 from mmkeras.errors import UserError
 from mmkeras.export import converter
-from mmkeras.runtime.bundle import INPUT_NAMES, read_bundle
+from mmkeras.export.conversion_report import COMPUTE_OPS, op_summary
 from mmkeras.export.converter import export_bundle, manifest_sample
 from mmkeras.export.litert_conversion import UnsupportedOpsError, check_builtin_only, convert_model
-from mmkeras.export.conversion_report import COMPUTE_OPS, op_summary
-from mmkeras import compat
-from mmkeras.runtime.interpreter import list_ops, load_interpreter
-from mmkeras.runtime.predictor import Predictor
 from mmkeras.models import build_model
 from mmkeras.quantization.run_loading import load_run
+from mmkeras.runtime.bundle import INPUT_NAMES, read_bundle
+from mmkeras.runtime.interpreter import list_ops, load_interpreter
+from mmkeras.runtime.predictor import Predictor
 from tests.helpers.cli import SAMPLES
 from tests.helpers.tiny_runs import SEQUENCE_LENGTH, int8_tensor_scales, save_tiny_run
 

@@ -3,6 +3,8 @@
 import json
 
 import pytest
+
+from mmkeras.cli.app import main
 from tests.helpers.training_runs import (
     TWO_LOGICAL_CPUS,
     finish,
@@ -17,8 +19,6 @@ from tests.helpers.training_runs import (
     wait_for_checkpoint,
     write_data,
 )
-
-from mmkeras.cli.app import main
 
 TOLERANCE = 1e-5
 

@@ -8,13 +8,13 @@ import sys
 
 import numpy as np
 import pytest
-from tests.helpers.cli import SAMPLES, WITHOUT_TENSORFLOW, run_cli, write_subset
 
 from mmkeras import __version__
 from mmkeras.cli.app import main
 from mmkeras.runtime.bundle import DUAL_ENCODER_KIND, read_bundle
-from mmkeras.staged_folder import FOLDER_MODE
 from mmkeras.runtime.image_index import ImageIndex, search_warnings
+from mmkeras.staged_folder import FOLDER_MODE
+from tests.helpers.cli import SAMPLES, WITHOUT_TENSORFLOW, run_cli, write_subset
 
 MATCHING = SAMPLES / "matching"
 

@@ -9,14 +9,12 @@ import pytest
 from PIL import Image
 
 from mmkeras.data.dataset import make_dataset
+from mmkeras.data.feature_cache_folders import human_bytes
 from mmkeras.data.manifest import read_manifest
 from mmkeras.errors import UserError
 from mmkeras.models import build_model
-from mmkeras.training.feature_cache import CachedEpochs
-from mmkeras.training.feature_cache import CachedFeatures
-from mmkeras.training.feature_cache import cache_features
 from mmkeras.models.backbone_split import split_at_frozen_backbones
-from mmkeras.data.feature_cache_folders import human_bytes
+from mmkeras.training.feature_cache import CachedEpochs, CachedFeatures, cache_features
 
 BOTH = ("text_backbone", "vision_backbone")
 LABELS = ["a", "b"]

@@ -6,10 +6,10 @@ import time
 import numpy as np
 import pytest
 
-from mmkeras.folder_lock import folder_lock
 from mmkeras.data import feature_shards
 from mmkeras.data.feature_cache_folders import clear_caches, default_cache_dir, list_caches
 from mmkeras.data.feature_shards import ShardReader, ShardWriter
+from mmkeras.folder_lock import folder_lock
 
 
 def write_cache(folder, rows=10, shard_bytes=50):

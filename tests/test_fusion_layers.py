@@ -5,9 +5,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from mmkeras.models import ConcatFusion
-from mmkeras.models import CrossAttentionFusion
-from mmkeras.models import GatedFusion
+from mmkeras.models import ConcatFusion, CrossAttentionFusion, GatedFusion
 
 BATCH, TEXT_LENGTH, TEXT_DIM, IMAGE_LENGTH, IMAGE_DIM, FUSION_DIM = 3, 6, 8, 5, 12, 16
 

@@ -4,17 +4,6 @@ import json
 
 import numpy as np
 import pytest
-from tests.helpers.hugging_face_folders import (
-    FAMILIES,
-    HIDDEN,
-    ROBERTA_POSITION_OFFSET,
-    SPECIAL_TOKENS,
-    TEXTS,
-    TOKEN_EMBEDDING,
-    family_token_ids,
-    write_text_folder,
-)
-from tests.helpers.cli import SAMPLES, write_subset
 from tokenizers import Tokenizer
 
 from mmkeras.config import RunConfig
@@ -26,6 +15,17 @@ from mmkeras.preprocessing import MultimodalPreprocessor
 from mmkeras.preprocessing.text import TextTokenizer
 from mmkeras.runtime.predictor import Predictor
 from mmkeras.training.trainer import train
+from tests.helpers.cli import SAMPLES, write_subset
+from tests.helpers.hugging_face_folders import (
+    FAMILIES,
+    HIDDEN,
+    ROBERTA_POSITION_OFFSET,
+    SPECIAL_TOKENS,
+    TEXTS,
+    TOKEN_EMBEDDING,
+    family_token_ids,
+    write_text_folder,
+)
 
 SEQUENCE_LENGTH = 12
 # What keras-hub builds for each family, and the inputs that backbone takes.

@@ -1,11 +1,10 @@
 import json
 
-import numpy as np
 import keras
+import numpy as np
 import pytest
 import tensorflow as tf
 from PIL import Image
-from tests.helpers.cli import SAMPLES, run_cli, write_subset
 
 from mmkeras.config import RunConfig
 from mmkeras.errors import UserError
@@ -13,6 +12,7 @@ from mmkeras.models.builder import build_model
 from mmkeras.quantization.run_loading import load_run
 from mmkeras.training.modality_balance import ModalityBalance, ogm_coefficients, opm_rates
 from mmkeras.training.run_setup import make_loop
+from tests.helpers.cli import SAMPLES, run_cli, write_subset
 
 
 def test_ogm_and_opm_act_on_the_dominant_modality_only_and_not_at_balance():

@@ -6,9 +6,7 @@ import pytest
 
 from mmkeras.config import RunConfig
 from mmkeras.errors import UserError
-from mmkeras.models import CrossAttentionFusion
-from mmkeras.models import ModalityDropout
-from mmkeras.models import build_model
+from mmkeras.models import CrossAttentionFusion, ModalityDropout, build_model
 
 TEXTS = ["a red circle", "a blue square"]
 

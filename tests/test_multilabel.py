@@ -9,7 +9,6 @@ import sys
 import numpy as np
 import pytest
 import tensorflow as tf
-from tests.helpers.cli import SAMPLES, WITHOUT_TENSORFLOW, run_cli, write_subset
 
 import mmkeras
 from mmkeras.cli.app import main
@@ -21,6 +20,7 @@ from mmkeras.quantization.qat_training import qat_finetune
 from mmkeras.runtime.predictor import Predictor
 from mmkeras.runtime.test_vectors import read_test_vectors, verify_bundle
 from mmkeras.training.multilabel_loss import MultiLabelLoss
+from tests.helpers.cli import SAMPLES, WITHOUT_TENSORFLOW, run_cli, write_subset
 
 
 def tagged_manifest(source, out, rows):

@@ -7,18 +7,13 @@ from pathlib import Path
 import keras
 import numpy as np
 import pytest
-from tests.helpers.cli import write_subset
-from tests.helpers.tiny_runs import int8_tensor_scales
 
 from mmkeras.config import RunConfig
 from mmkeras.data.manifest import read_manifest
 from mmkeras.errors import UserError
 from mmkeras.evaluation.evaluate import evaluate
-from mmkeras.runtime.bundle import read_bundle
 from mmkeras.export.conversion_report import COMPUTE_OPS
 from mmkeras.export.converter import BUILTIN_OP_NAMES, export_bundle
-from mmkeras.runtime.interpreter import list_ops
-from mmkeras.runtime.predictor import Predictor
 from mmkeras.models import build_model
 from mmkeras.models.text_backbones import freeze_pooler
 from mmkeras.quantization.qat_settings import QATSettings, QuantizerSettings
@@ -26,6 +21,11 @@ from mmkeras.quantization.qat_training import qat_finetune
 from mmkeras.quantization.qat_transform import activation_quantizers, calibrate_ranges, quantize_model
 from mmkeras.quantization.run_loading import load_run
 from mmkeras.runs import QAT_WEIGHTS_FILE, QUANTIZATION_FILE, save_run
+from mmkeras.runtime.bundle import read_bundle
+from mmkeras.runtime.interpreter import list_ops
+from mmkeras.runtime.predictor import Predictor
+from tests.helpers.cli import write_subset
+from tests.helpers.tiny_runs import int8_tensor_scales
 
 pytestmark = pytest.mark.slow  # QAT fine-tuning and an int8 export, shared by most tests
 

@@ -16,9 +16,9 @@ from mmkeras.models.modality_dropout import ModalityDropout
 from mmkeras.quantization.qat_settings import QATSettings, QuantizerSettings
 from mmkeras.quantization.qat_training import qat_finetune
 from mmkeras.quantization.qat_transform import UnknownLayerError, calibrate_ranges, quantize_model
-from mmkeras.runtime.interpreter import list_ops
 from mmkeras.quantization.run_loading import load_run
 from mmkeras.runs import QUANTIZATION_FILE, save_run
+from mmkeras.runtime.interpreter import list_ops
 from tests.helpers.cli import write_subset
 
 SAMPLES = Path(__file__).resolve().parents[1] / "samples"

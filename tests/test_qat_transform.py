@@ -9,6 +9,7 @@ import pytest
 from mmkeras.errors import UserError
 from mmkeras.models import build_model
 from mmkeras.quantization.fake_quant import ActivationQuantizer
+from mmkeras.quantization.qat_settings import QuantizerSettings
 from mmkeras.quantization.qat_transform import (
     UnknownLayerError,
     activation_quantizers,
@@ -20,7 +21,6 @@ from mmkeras.quantization.quantized_attention import QuantizedMultiHeadAttention
 from mmkeras.quantization.quantized_conv import FoldedBatchNormalization, fold_batch_normalization
 from mmkeras.quantization.quantized_dense import QuantizedEinsumDense
 from mmkeras.quantization.quantized_outputs import QuantizedSoftmax
-from mmkeras.quantization.qat_settings import QuantizerSettings
 
 TEXTS = ["a red circle on the left", "a blue square", "a big green triangle", "small yellow star"] * 2
 

@@ -7,10 +7,10 @@ from pathlib import Path
 
 import pytest
 import yaml
-from mmkeras.export.conversion_report import quality_warning
-from mmkeras.export.converter import export_bundle
 
 from mmkeras.data.manifest import read_manifest
+from mmkeras.export.conversion_report import quality_warning
+from mmkeras.export.converter import export_bundle
 from tests.helpers.cli import run_cli
 from tests.helpers.tiny_runs import save_tiny_run
 

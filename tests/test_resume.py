@@ -4,6 +4,10 @@ import json
 
 import numpy as np
 import pytest
+
+from mmkeras.cli.app import main
+from mmkeras.config import RunConfig
+from mmkeras.training.checkpoints import Checkpoints, TrainingState
 from tests.helpers.training_runs import (
     finish,
     kill_at_first_checkpoint,
@@ -15,10 +19,6 @@ from tests.helpers.training_runs import (
     train_args,
     write_data,
 )
-
-from mmkeras.cli.app import main
-from mmkeras.config import RunConfig
-from mmkeras.training.checkpoints import Checkpoints, TrainingState
 
 # 2 updates per epoch, a checkpoint after each: the kill lands mid-epoch or at an epoch boundary.
 RESUME_SETTINGS = {"epochs": 3, "checkpoint_steps": 1, "dropout": 0.1}

@@ -12,8 +12,8 @@ import tensorflow as tf
 
 from mmkeras.data.manifest import read_manifest
 from mmkeras.errors import UserError
-from mmkeras.runtime.bundle import INPUT_NAMES
 from mmkeras.preprocessing.text_cleaning import InvalidTextError
+from mmkeras.runtime.bundle import INPUT_NAMES
 from mmkeras.runtime.interpreter import LiteRTModel, interpreter_module, usable_threads
 from mmkeras.runtime.predictor import Predictor, softmax
 from tests.helpers.cli import SAMPLES

@@ -23,8 +23,8 @@ from mmkeras.runtime.predictor import Predictor
 from mmkeras.runtime.test_vectors import read_test_vectors
 from mmkeras.web import site_builder
 from mmkeras.web.site_builder import build_site
-from tests.helpers.headless_chromium import Chromium, find_chromium
 from tests.helpers.cli import SAMPLES
+from tests.helpers.headless_chromium import Chromium, find_chromium
 from tests.helpers.tiny_runs import save_tiny_run
 
 

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 import yaml
-from mmkeras.cli.app import main
 
+from mmkeras.cli.app import main
 from mmkeras.config import RunConfig
 from mmkeras.data.manifest import read_manifest
 from mmkeras.errors import UserError

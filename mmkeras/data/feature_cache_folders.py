@@ -22,9 +22,9 @@ import shutil
 import time
 from pathlib import Path
 
+from mmkeras.data.feature_shards import META_FILE, folder_bytes
 from mmkeras.errors import UserError
 from mmkeras.folder_lock import folder_lock
-from mmkeras.data.feature_shards import META_FILE, folder_bytes
 
 SECONDS_PER_DAY = 86400
 

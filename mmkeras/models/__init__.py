@@ -11,14 +11,13 @@ from mmkeras.models.dual_encoder import build_dual_encoder
 from mmkeras.models.gated_fusion import GatedFusion
 from mmkeras.models.logit_scale import LogitScale
 from mmkeras.models.modality_dropout import ModalityDropout
-from mmkeras.models.text_backbones import BUILTIN_TEXT_BACKBONES
-from mmkeras.models.text_backbones import TextBackbone
-from mmkeras.models.text_backbones import load_text_backbone
-from mmkeras.models.text_backbones import text_sequence
-from mmkeras.models.vision_backbones import BUILTIN_VISION_BACKBONES
-from mmkeras.models.vision_backbones import VisionBackbone
-from mmkeras.models.vision_backbones import load_vision_backbone
-from mmkeras.models.vision_backbones import vision_tokens
+from mmkeras.models.text_backbones import BUILTIN_TEXT_BACKBONES, TextBackbone, load_text_backbone, text_sequence
+from mmkeras.models.vision_backbones import (
+    BUILTIN_VISION_BACKBONES,
+    VisionBackbone,
+    load_vision_backbone,
+    vision_tokens,
+)
 
 __all__ = [
     "BUILTIN_TEXT_BACKBONES",

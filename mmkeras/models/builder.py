@@ -28,19 +28,14 @@ from mmkeras.config import FUSIONS
 from mmkeras.errors import UserError
 from mmkeras.models.concat_fusion import ConcatFusion
 from mmkeras.models.cross_attention_fusion import CrossAttentionFusion
-from mmkeras.models.embedding_heads import embed_image_tokens, embed_text_tokens
+from mmkeras.models.embedding_heads import ALIGNED_LAYERS, embed_image_tokens, embed_text_tokens
 from mmkeras.models.gated_fusion import GatedFusion
-from mmkeras.models.embedding_heads import ALIGNED_LAYERS
 from mmkeras.models.logit_scale import LogitScale
 from mmkeras.models.modality_dropout import ModalityDropout
 from mmkeras.models.text_backbones import BACKBONE_NAME as TEXT_BACKBONE
-from mmkeras.models.text_backbones import BUILTIN_TEXT_BACKBONES
-from mmkeras.models.text_backbones import load_text_backbone
-from mmkeras.models.text_backbones import text_sequence
+from mmkeras.models.text_backbones import BUILTIN_TEXT_BACKBONES, load_text_backbone, text_sequence
 from mmkeras.models.vision_backbones import BACKBONE_NAME as VISION_BACKBONE
-from mmkeras.models.vision_backbones import BUILTIN_VISION_BACKBONES
-from mmkeras.models.vision_backbones import load_vision_backbone
-from mmkeras.models.vision_backbones import vision_tokens
+from mmkeras.models.vision_backbones import BUILTIN_VISION_BACKBONES, load_vision_backbone, vision_tokens
 from mmkeras.preprocessing.multimodal_preprocessor import MultimodalPreprocessor
 
 # The backbone layers each `--freeze` choice keeps frozen.

@@ -3,8 +3,7 @@
 import keras
 from keras import ops
 
-from mmkeras.models.masked_pooling import masked_mean
-from mmkeras.models.masked_pooling import token_weights
+from mmkeras.models.masked_pooling import masked_mean, token_weights
 
 
 @keras.saving.register_keras_serializable(package="mmkeras")

@@ -25,10 +25,8 @@ import keras
 from mmkeras.models.builder import seeded_weights
 from mmkeras.models.embedding_heads import embed_image_tokens, embed_text_tokens
 from mmkeras.models.logit_scale import LogitScale
-from mmkeras.models.text_backbones import load_text_backbone
-from mmkeras.models.text_backbones import text_sequence
-from mmkeras.models.vision_backbones import load_vision_backbone
-from mmkeras.models.vision_backbones import vision_tokens
+from mmkeras.models.text_backbones import load_text_backbone, text_sequence
+from mmkeras.models.vision_backbones import load_vision_backbone, vision_tokens
 from mmkeras.preprocessing.multimodal_preprocessor import MultimodalPreprocessor
 from mmkeras.runs import DUAL_ENCODER_NAME
 

@@ -17,10 +17,10 @@ from pathlib import Path
 import numpy as np
 
 from mmkeras.errors import UserError
-from mmkeras.runtime.bundle import PREPROCESSOR_FILE, output_activation, read_bundle
-from mmkeras.runtime.interpreter import LiteRTModel
 from mmkeras.preprocessing import MultimodalPreprocessor
 from mmkeras.preprocessing.image import UnreadableImageError
+from mmkeras.runtime.bundle import PREPROCESSOR_FILE, output_activation, read_bundle
+from mmkeras.runtime.interpreter import LiteRTModel
 
 
 @dataclasses.dataclass

@@ -29,8 +29,9 @@ from pathlib import Path
 
 import numpy as np
 
-from mmkeras.errors import UserError
 from mmkeras.atomic_files import write_json_atomically
+from mmkeras.errors import UserError
+
 # The folder's name is part of the run folder's format (`mmkeras.runs.is_checkpoints_folder`).
 from mmkeras.runs import CHECKPOINTS_DIR
 

@@ -9,7 +9,7 @@ and for a head model on cached features, `qat_finetune` for a QAT model.
 import logging
 import math
 import time
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 

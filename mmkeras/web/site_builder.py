@@ -26,8 +26,7 @@ import subprocess
 from pathlib import Path
 
 from mmkeras.errors import UserError
-from mmkeras.runtime.bundle import BUNDLE_FILE, read_bundle
-from mmkeras.runtime.bundle import TEST_VECTORS_FILE, TEST_VECTORS_FOLDER
+from mmkeras.runtime.bundle import BUNDLE_FILE, TEST_VECTORS_FILE, TEST_VECTORS_FOLDER, read_bundle
 from mmkeras.staged_folder import staged_folder
 
 logger = logging.getLogger("mmkeras")
