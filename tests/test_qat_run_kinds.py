@@ -5,6 +5,7 @@ import json
 from pathlib import Path
 
 import keras
+import numpy as np
 import pytest
 
 from mmkeras.config import RunConfig
@@ -19,7 +20,10 @@ from mmkeras.quantization.qat_transform import UnknownLayerError, calibrate_rang
 from mmkeras.quantization.run_loading import load_run
 from mmkeras.runs import QUANTIZATION_FILE, save_run
 from mmkeras.runtime.interpreter import list_ops
+from mmkeras.runtime.predictor import Predictor
+from mmkeras.training.trainer import train
 from tests.helpers.cli import write_subset
+from tests.helpers.hugging_face_folders import write_text_folder
 
 SAMPLES = Path(__file__).resolve().parents[1] / "samples"
 SEQUENCE_LENGTH = 16
@@ -54,6 +58,54 @@ def test_a_run_trained_with_modality_dropout_goes_through_qat_int8_export_and_ev
     assert report["qat"] and compute and all(op.output_dtypes == ("int8",) for op in compute)
     figures = evaluate(qat_dir, data[1], save_results=False)
     assert 0.0 <= figures["accuracy"] <= 1.0
+
+
+# `--modality-balance`, `--lora-rank` (on a pretrained text backbone: LoRA adapts only those) and frozen backbones
+# with cached features; multilabel runs: tests/test_multilabel.py.
+RUN_KINDS = {
+    "aux": {"modality_balance": "aux"},
+    "adaptive": {"modality_balance": "adaptive"},
+    "lora": {"lora_rank": 2, "text_backbone": "bert"},
+    "cached-features": {"freeze": "both", "cache_features": True},
+}
+
+
+def trained_run(tmp_path, data, kind):
+    settings = dict(RUN_KINDS[kind])
+    if settings.get("text_backbone") == "bert":
+        write_text_folder("bert", tmp_path / "bert")
+        settings["text_backbone"] = str(tmp_path / "bert")
+    config = RunConfig(data=str(data[0]), val=str(data[1]), out=str(tmp_path / "float"), epochs=1, batch_size=8,
+                       sequence_length=SEQUENCE_LENGTH, seed=3, **settings)
+    return train(config)
+
+
+def backbone_weights(run_dir: Path, backbone: str) -> dict[str, np.ndarray]:
+    return {weight.path: np.asarray(weight) for weight in load_run(run_dir).model.get_layer(backbone).weights}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("kind", list(RUN_KINDS))
+def test_every_kind_of_run_goes_through_qat_trains_what_the_float_run_trained_and_exports_int8(tmp_path, kind):
+    data = (write_subset(SAMPLES / "train.csv", tmp_path / "train.csv", 16),
+            write_subset(SAMPLES / "val.csv", tmp_path / "val.csv", 8))
+    float_result = trained_run(tmp_path, data, kind)
+    qat_result = qat_finetune(tmp_path / "float", data[0], tmp_path / "qat", val=data[1],
+                              settings=QATSettings(epochs=1, batch_size=8, calibration_batches=1))
+    # LoRA: new adapters train, not every weight of the adapted backbone; frozen backbones stay frozen
+    assert qat_result.metrics["trainable_params"] == float_result.metrics["trainable_params"]
+    if kind == "lora":
+        before = backbone_weights(tmp_path / "float", "text_backbone")
+        after = backbone_weights(tmp_path / "qat", "text_backbone")
+        changed = {path.split("/")[-2] for path in before if not np.array_equal(before[path], after[path])}
+        assert "query" in changed and "key" not in changed  # keras-hub's LoRA adapts query and value
+    report = export_bundle(tmp_path / "qat", tmp_path / "int8", quantize="int8")
+    compute = [op for op in list_ops(tmp_path / "int8" / "model.tflite") if op.name in ("FULLY_CONNECTED", "CONV_2D")]
+    assert report["qat"] and compute and all(op.output_dtypes == ("int8",) for op in compute)
+    row = read_manifest(data[1]).rows[0]
+    prediction = Predictor(tmp_path / "int8").predict(row.text, row.image)
+    assert prediction.label in load_run(tmp_path / "float").labels
+    assert sum(prediction.scores.values()) == pytest.approx(1.0, abs=1e-3)
 
 
 def test_a_qat_run_made_with_unknown_layers_warn_loads_with_them_float(tmp_path):

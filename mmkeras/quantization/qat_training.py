@@ -16,9 +16,14 @@ as in the float run), the optimizer settings, `jit_compile`, `on_bad_row`,
 the validation manifest when `val` is not given, the strategy when
 `QATSettings.strategy` is `None` and `checkpoint_steps` when
 `QATSettings.checkpoint_steps` is `None`; frozen backbones stay frozen
-(`load_run`). What it does not: early stopping and best-weight keeping (the
-validation figures are reported only, the last weights are kept), `epochs` and
-`batch_size` (`QATSettings`). Only `prepare` differs from training: it loads
+(`load_run`); LoRA runs train new adapters only (`adapt_as_the_float_run`);
+modality dropout hides modalities as it did. What it does not: the
+`--modality-balance` heads (QAT trains the plain model), the feature cache
+(QAT runs the frozen backbones on the images: their fake-quantized outputs
+are what the head sees in the int8 bundle;
+docs/design.md#qat-of-every-kind-of-run), early stopping and best-weight
+keeping (the validation figures are reported only, the last weights are
+kept), `epochs` and `batch_size` (`QATSettings`). Only `prepare` differs from training: it loads
 the float run, quantizes it and calibrates the ranges.
 
 Resume checkpoints are written into `out` as `mmkeras train` writes them (each
@@ -52,6 +57,7 @@ from mmkeras.config import RunConfig
 from mmkeras.data.manifest import read_manifest
 from mmkeras.errors import UserError
 from mmkeras.evaluation.multilabel_metrics import multi_hot
+from mmkeras.models.builder import pretrained_backbones
 from mmkeras.models.text_backbones import freeze_pooler
 from mmkeras.quantization.qat_settings import LEARNING_RATE_FACTOR, QATSettings
 from mmkeras.quantization.qat_transform import calibrate_ranges, is_quantized, quantize_model
@@ -60,7 +66,7 @@ from mmkeras.runs import load_run_config
 from mmkeras.training.job import JobResult, PreparedRun, TrainingJob
 from mmkeras.training.optimizers import resolve_learning_rate
 from mmkeras.training.run_setup import checked_manifests, epoch_datasets
-from mmkeras.training.trainer import multilabel_cells
+from mmkeras.training.trainer import enable_lora, multilabel_cells
 from mmkeras.training.training_loop import TrainingLoop
 
 logger = logging.getLogger("mmkeras")
@@ -114,6 +120,22 @@ def qat_finetune(
     return QATJob(run_dir, config, settings, resume=resume).run()
 
 
+def adapt_as_the_float_run(model, config: RunConfig):
+    """Under `--lora-rank`, new LoRA adapters on the pretrained backbones, whose own kernels stay frozen.
+
+    A saved run holds each adapted kernel with its adapters folded in (Keras
+    merges them on save) and no adapters; without new ones QAT would
+    fine-tune every weight of those backbones, which the float run chose not
+    to. The adapters start as LoRA's do (B zero: the model is unchanged), the
+    fake quantizer sees the kernel with them folded in, as the int8 export
+    ships it, and saving folds them again (docs/design.md#qat-of-every-kind-of-run).
+    """
+    if not config.lora_rank:
+        return
+    for name in pretrained_backbones(config):
+        enable_lora(model.get_layer(name), config.lora_rank)
+
+
 class QATJob(TrainingJob):
     """`mmkeras qat`: the float run loaded, quantized and calibrated, then trained as `train` trains.
 
@@ -165,6 +187,10 @@ class QATJob(TrainingJob):
                 model = quantize_model(
                     model, settings.quantizer_settings(), on_unknown=settings.unknown_layers, copy=False
                 )
+            adapt_as_the_float_run(model, config)
+        if config.modality_balance != "none":
+            logger.info("QAT trains the plain model: the %s balance heads were the float run's training aid only",
+                        config.modality_balance)
         self.float_run = run
         labels, preprocessor = run.labels, run.preprocessor
         raw_train = read_manifest(config.data, on_bad_row=config.on_bad_row, columns=config.columns)
