@@ -502,6 +502,10 @@ def export(
     web: bool = typer.Option(
         False, "--web", metavar=FLAG, help="Also build the browser site (as `mmkeras web`) in BUNDLE_DIR/web."
     ),
+    integer_only: bool = typer.Option(
+        False, "--integer-only", metavar=FLAG,
+        help="int8: quantize every op, and refuse (naming them) a model that keeps float ops.",
+    ),
     as_json: bool = JSON_OPTION,
 ):
     """Convert a run to a LiteRT bundle (model.tflite + bundle.json + tokenizer).
@@ -525,6 +529,7 @@ def export(
     report = export_and_report(
         run_dir, out, quantize=quantize, calibration_data=calibration_data, calibration_rows=calibration_rows,
         keep_float=[name.strip().upper() for name in keep_float.split(",") if name.strip()] if keep_float else (),
+        integer_only=integer_only,
     )
     if "encoders" in report:  # an align run exports a dual-encoder bundle: one report entry per encoder
         if web:

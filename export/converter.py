@@ -22,6 +22,7 @@ from mmkeras.export.bundle_thresholds import retuned_thresholds
 from mmkeras.export.bundle_writer import check_replaceable, tensor_entry, write_bundle_json
 from mmkeras.export.conversion_report import float_op_types, op_summary, parity_report, quality_warning
 from mmkeras.export.dual_encoder_export import export_dual_encoder
+from mmkeras.export.integer_only import check_integer_only
 from mmkeras.export.litert_conversion import (
     BUILTIN_OP_NAMES,
     CALIBRATION_ROWS,
@@ -50,6 +51,7 @@ def export_bundle(
     calibration_data: str | Path | None = None,
     keep_float: Iterable[str] = (),
     calibration_rows: int = CALIBRATION_ROWS,
+    integer_only: bool = False,
 ) -> dict:
     """Convert a run folder to a bundle folder (see `mmkeras.runtime.bundle`).
 
@@ -73,6 +75,9 @@ def export_bundle(
             stayed float (a QAT run's fake-quantized ops stay int8).
         calibration_rows: calibrate on all the calibration manifest's rows
             up to this many (a seeded sample of that many when it has more).
+        integer_only: for int8: convert every op the converter can quantize
+            (no `FLOAT_OPS_IN_INT8`) and refuse (`FloatOpsError`, nothing
+            written) a model that still has float ops.
 
     Returns:
         The conversion report, also stored as bundle.json's `conversion`
@@ -97,6 +102,8 @@ def export_bundle(
         raise UserError(f"quantize must be one of {', '.join(QUANTIZATION_MODES)}, got {quantize!r}")
     if calibration_rows < 1:
         raise UserError(f"calibration_rows must be at least 1, got {calibration_rows}")
+    if integer_only and (quantize != "int8" or keep_float):
+        raise UserError("--integer-only needs --quantize int8 and no --keep-float")
     unknown = sorted(set(keep_float) - BUILTIN_OP_NAMES)
     if unknown:
         raise UserError(f"not LiteRT builtin op types: {', '.join(unknown)} (e.g. BATCH_MATMUL, SOFTMAX, MUL)")
@@ -105,7 +112,9 @@ def export_bundle(
     with folder_lock(out_dir):
         check_replaceable(out_dir)  # again: another export may have written it while this one waited
         remove_stale_staging(out_dir)
-        report = _export_locked(Path(run_dir), out_dir, quantize, calibration_data, keep_float, calibration_rows)
+        report = _export_locked(
+            Path(run_dir), out_dir, quantize, calibration_data, keep_float, calibration_rows, integer_only
+        )
     if report.get("warning"):
         logger.warning("warning: %s", report["warning"])
     record_bundle(out_dir)  # the run's report and `compare` list it wherever it was written
@@ -113,19 +122,24 @@ def export_bundle(
 
 
 def _export_locked(
-    run_dir: Path, out_dir: Path, quantize: str, calibration_data, keep_float, calibration_rows: int
+    run_dir: Path, out_dir: Path, quantize: str, calibration_data, keep_float, calibration_rows: int,
+    integer_only: bool = False,
 ) -> dict:
     logger.info("loading %s", run_dir)
     run = load_run(run_dir)
     if is_dual_encoder(run.model):
+        if integer_only:
+            raise UserError("--integer-only: not for the dual-encoder bundle of an align run yet")
         return export_dual_encoder(run, out_dir, quantize=quantize, calibration_data=calibration_data)
     sample = manifest_sample(run, calibration_data, required=True, max_rows=calibration_rows) if quantize == "int8" else None
     parity_inputs, parity_labels, parity_source = parity_sample(run, calibration_data)
-    requested_float = {*FLOAT_OPS_IN_INT8, *keep_float}
+    requested_float = set() if integer_only else {*FLOAT_OPS_IN_INT8, *keep_float}
     tflite_model = convert_model(
         run.model, quantize=quantize, representative_inputs=[sample] if quantize == "int8" else None,
         keep_float=requested_float,
     )
+    if integer_only:
+        check_integer_only(tflite_model)
     kept_float = float_op_types(tflite_model, requested_float) if quantize == "int8" else []
     with staged_folder(out_dir) as staging:  # until renamed into place, no reader takes it for a bundle
         bundle_fields = write_bundle_files(staging, tflite_model, run, quantize)
