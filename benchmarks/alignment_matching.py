@@ -67,8 +67,12 @@ def main(argv: list[str] | None = None):
         "align", "--data", str(data / "pairs.csv"), "--val", str(data / "val_pairs.csv"),
         "--out", str(work / "align"), "--epochs", str(args.align_epochs), "--json",
     )
-    aligned = train_and_test(data, work, "match_aligned", args.epochs, "--task", "match", "--init-from", str(work / "align"))
-    results["align_then_match"] = {**aligned, "align_seconds": align_seconds, "align_val_recall": align_metrics["val_recall"]}
+    aligned = train_and_test(
+        data, work, "match_aligned", args.epochs, "--task", "match", "--init-from", str(work / "align")
+    )
+    results["align_then_match"] = {
+        **aligned, "align_seconds": align_seconds, "align_val_recall": align_metrics["val_recall"]
+    }
     print(json.dumps({"seed": args.seed, "rows": rows, "align_epochs": args.align_epochs, "epochs": args.epochs,
                       "results": results}, indent=2))
 

@@ -207,7 +207,9 @@ def run_mmkeras(data_dir: Path, work_dir: Path, *, epochs: int, train_flags: lis
         "--out", str(run_dir), "--epochs", str(epochs), "--json", *train_flags,
     )  # fmt: skip
     keras_eval, keras_eval_seconds = run_cli("evaluate", str(run_dir), "--data", str(data_dir / "test.csv"), "--json")
-    _, export_seconds = run_cli("export", str(run_dir), "--out", str(bundle_dir), "--quantize", "none", json_output=False)
+    _, export_seconds = run_cli(
+        "export", str(run_dir), "--out", str(bundle_dir), "--quantize", "none", json_output=False
+    )
     bundle_eval, bundle_eval_seconds = run_cli(
         "evaluate", str(bundle_dir), "--data", str(data_dir / "test.csv"), "--json"
     )

@@ -39,7 +39,8 @@ QUERIES = 200
 
 def embed_pairs(bundle_dir: Path, pairs) -> tuple[np.ndarray, np.ndarray]:
     embedder = Embedder(bundle_dir, num_threads=1)
-    return embedder.embed_text([row.text for row in pairs.rows]), embedder.embed_image([row.image for row in pairs.rows])
+    texts, images = [row.text for row in pairs.rows], [row.image for row in pairs.rows]
+    return embedder.embed_text(texts), embedder.embed_image(images)
 
 
 def search_latency_ms(dim: int, seed: int = 0) -> dict:

@@ -84,7 +84,10 @@ def main(argv=None):
     val_text = {name: val[name] for name in TEXT_INPUTS}
     float_text, float_image = np.asarray(text_encoder(val_text)), np.asarray(image_encoder(val["image"]))
     train_rows = len(read_manifest(run.config.data).rows)
-    calibration = {"200": manifest_inputs(run, run.config.data, 200), "all": manifest_inputs(run, run.config.data, train_rows)}
+    calibration = {
+        "200": manifest_inputs(run, run.config.data, 200),
+        "all": manifest_inputs(run, run.config.data, train_rows),
+    }
     text_only = {key: {name: value[name] for name in TEXT_INPUTS} for key, value in calibration.items()}
     variants = {
         "dynamic": lambda: convert_model(text_encoder, quantize="dynamic"),

@@ -38,8 +38,8 @@ from PIL import Image
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # tests.helpers.headless_chromium: the DevTools-over-a-pipe driver the tests use
 
-from mmkeras.preprocessing.image import JPEG_DRAFT_FACTOR, load_image
-from tests.helpers.headless_chromium import find_chromium, served_page_text
+from mmkeras.preprocessing.image import JPEG_DRAFT_FACTOR, load_image  # noqa: E402
+from tests.helpers.headless_chromium import find_chromium, served_page_text  # noqa: E402
 
 PHOTOS = ("chelsea", "coffee", "astronaut", "rocket")
 PHOTO_SIZE = (4000, 3000)

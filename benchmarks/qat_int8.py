@@ -106,7 +106,9 @@ def latency_figures(latency: dict) -> dict:
     return {
         name: {
             "latency_p50_ms": by_threads,
-            "latency_vs_float32": {threads: round(ms / latency["none"][threads], 3) for threads, ms in by_threads.items()},
+            "latency_vs_float32": {
+                threads: round(ms / latency["none"][threads], 3) for threads, ms in by_threads.items()
+            },
         }
         for name, by_threads in latency.items()
     }
@@ -124,7 +126,10 @@ def interleaved_latency(bundles: dict[str, str], runs: int, rounds: int = LATENC
             for threads in (1, 2):
                 figures = benchmark_bundle(bundle, threads=threads, runs=runs)
                 samples[name][threads].append(figures["latency_ms"]["p50"])
-    return {name: {threads: float(np.median(values)) for threads, values in by_threads.items()} for name, by_threads in samples.items()}
+    return {
+        name: {threads: float(np.median(values)) for threads, values in by_threads.items()}
+        for name, by_threads in samples.items()
+    }
 
 
 def build_edge_run(workdir: Path, rows: int = 64, classes: int = 3) -> tuple[Path, Path]:
@@ -134,7 +139,8 @@ def build_edge_run(workdir: Path, rows: int = 64, classes: int = 3) -> tuple[Pat
     from mmkeras.models import build_model
 
     text_preset, vision_preset = workdir / "text_preset", workdir / "vision_preset"
-    vocabulary = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + [f"w{index}" for index in range(EDGE_VOCABULARY_SIZE - 5)]
+    special_tokens = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+    vocabulary = special_tokens + [f"w{index}" for index in range(EDGE_VOCABULARY_SIZE - len(special_tokens))]
     keras_hub.models.BertBackbone(
         vocabulary_size=EDGE_VOCABULARY_SIZE, num_layers=2, num_heads=2, hidden_dim=128, intermediate_dim=512,
         max_sequence_length=EDGE_SEQUENCE_LENGTH,
@@ -158,7 +164,8 @@ def build_edge_run(workdir: Path, rows: int = 64, classes: int = 3) -> tuple[Pat
         data=str(manifest), out=str(run_dir), text_backbone=str(text_preset), vision_backbone=str(vision_preset),
         sequence_length=EDGE_SEQUENCE_LENGTH, batch_size=16,
     )  # fmt: skip
-    save_run(run_dir, model=model, preprocessor=preprocessor, labels=[f"class{i}" for i in range(classes)], config=config)
+    labels = [f"class{i}" for i in range(classes)]
+    save_run(run_dir, model=model, preprocessor=preprocessor, labels=labels, config=config)
     return run_dir, manifest
 
 
@@ -170,14 +177,17 @@ def main(argv=None) -> dict:
     parser.add_argument("--edge", action="store_true", help="the edge-sized random configuration instead")
     parser.add_argument("--qat-epochs", type=int, default=2)
     parser.add_argument("--runs", type=int, default=200, help="timed runs per latency figure")
-    parser.add_argument("--rounds", type=int, default=LATENCY_ROUNDS, help="interleaved rounds (the median is reported)")
+    parser.add_argument(
+        "--rounds", type=int, default=LATENCY_ROUNDS, help="interleaved rounds (the median is reported)"
+    )
     parser.add_argument("--workdir", type=Path, help="keep the runs and bundles here (default: a temp folder)")
     parser.add_argument("--latency-only", type=Path, help="only measure the latency of the bundles a --workdir kept")
     args = parser.parse_args(argv)
     logging.basicConfig(stream=sys.stderr, level=logging.INFO, format="%(message)s")
     if args.latency_only:
         names = [*PTQ_BUNDLES, "qat-int8"]
-        result = latency_figures(interleaved_latency({name: args.latency_only / name for name in names}, args.runs, args.rounds))
+        bundles = {name: args.latency_only / name for name in names}
+        result = latency_figures(interleaved_latency(bundles, args.runs, args.rounds))
         print(json.dumps(result, indent=2))
         return result
     if args.edge == bool(args.run and args.train and args.test):
@@ -187,11 +197,15 @@ def main(argv=None) -> dict:
         workdir.mkdir(parents=True, exist_ok=True)
         if args.edge:
             run_dir, manifest = build_edge_run(workdir)
-            result = {"configuration": "edge-sized random", **measure(
-                run_dir, manifest, manifest, workdir, qat_epochs=args.qat_epochs, runs=args.runs, rounds=args.rounds)}  # fmt: skip
+            figures = measure(
+                run_dir, manifest, manifest, workdir, qat_epochs=args.qat_epochs, runs=args.runs, rounds=args.rounds
+            )
+            result = {"configuration": "edge-sized random", **figures}
         else:
-            result = {"configuration": str(args.run), **measure(
-                args.run, args.train, args.test, workdir, qat_epochs=args.qat_epochs, runs=args.runs, rounds=args.rounds)}  # fmt: skip
+            figures = measure(
+                args.run, args.train, args.test, workdir, qat_epochs=args.qat_epochs, runs=args.runs, rounds=args.rounds
+            )
+            result = {"configuration": str(args.run), **figures}
     print(json.dumps(result, indent=2))
     return result
 

@@ -114,8 +114,9 @@ def quality_warning(report: dict) -> str | None:
     Example:
     >>> quality_warning({"quantize": "int8", "qat": False, "ops": {"by_type": {"CONV_2D": 3}}, "parity": {
     ...     "rows": 100, "source": "validation", "label_agreement": 0.72,
-    ...     "float_accuracy": 0.868, "accuracy": 0.786, "accuracy_drop": 0.082}})
-    'the int8 bundle loses 8.2 points of accuracy on 100 validation rows (0.868 -> 0.786, label agreement 0.720 with the float model); try: mmkeras qat, then export int8; --keep-float CONV_2D'
+    ...     "float_accuracy": 0.868, "accuracy": 0.786, "accuracy_drop": 0.082}})  # doctest: +NORMALIZE_WHITESPACE
+    'the int8 bundle loses 8.2 points of accuracy on 100 validation rows (0.868 -> 0.786,
+    label agreement 0.720 with the float model); try: mmkeras qat, then export int8; --keep-float CONV_2D'
     """
     parity, mode = report["parity"], report["quantize"]
     if mode == "none" or parity is None:
@@ -168,7 +169,9 @@ def describe_report(report: dict) -> str:
         lines.append("parity: not checked (no manifest to read)")
     else:
         accuracy = (
-            f", accuracy {parity['accuracy']:.3f} (Keras {parity['float_accuracy']:.3f})" if "accuracy" in parity else ""
+            f", accuracy {parity['accuracy']:.3f} (Keras {parity['float_accuracy']:.3f})"
+            if "accuracy" in parity
+            else ""
         )
         lines.append(
             f"parity on {parity['rows']} {parity['source']} rows: label agreement {parity['label_agreement']:.3f}, "

@@ -131,7 +131,9 @@ def _export_locked(
         if integer_only:
             raise UserError("--integer-only: not for the dual-encoder bundle of an align run yet")
         return export_dual_encoder(run, out_dir, quantize=quantize, calibration_data=calibration_data)
-    sample = manifest_sample(run, calibration_data, required=True, max_rows=calibration_rows) if quantize == "int8" else None
+    sample = None
+    if quantize == "int8":
+        sample = manifest_sample(run, calibration_data, required=True, max_rows=calibration_rows)
     parity_inputs, parity_labels, parity_source = parity_sample(run, calibration_data)
     requested_float = set() if integer_only else {*FLOAT_OPS_IN_INT8, *keep_float}
     tflite_model = convert_model(

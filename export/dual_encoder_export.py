@@ -123,8 +123,10 @@ def describe_dual_encoder_report(report: dict) -> str:
         compute = facts["ops"]["compute_ops"]
         parity = report["parity"][name]
         lines.append(
-            f"{name} ({facts['quantize']}): {facts['size_bytes']} bytes, compute ops {compute['int8']} int8 / {compute['float']} float; "
-            f"cosine to Keras on {parity['rows']} rows: mean {parity['mean_cosine']:.4f}, min {parity['min_cosine']:.4f}"
+            f"{name} ({facts['quantize']}): {facts['size_bytes']} bytes, "
+            f"compute ops {compute['int8']} int8 / {compute['float']} float; "
+            f"cosine to Keras on {parity['rows']} rows: "
+            f"mean {parity['mean_cosine']:.4f}, min {parity['min_cosine']:.4f}"
         )
     return "\n".join(lines)
 

@@ -81,7 +81,9 @@ def native_stderr_kept_off():
     python_stderr = sys.stderr
     if _writes_to_fd(python_stderr, 2):
         # Line-buffered like the stream it stands in for, so log lines appear as they are written.
-        sys.stderr = open(saved, "w", buffering=1, encoding=python_stderr.encoding, errors="backslashreplace", closefd=False)
+        sys.stderr = open(
+            saved, "w", buffering=1, encoding=python_stderr.encoding, errors="backslashreplace", closefd=False
+        )
     try:
         with open(os.devnull, "wb") as devnull:
             os.dup2(devnull.fileno(), 2)

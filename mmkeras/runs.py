@@ -303,7 +303,9 @@ def is_checkpoints_folder(folder: Path) -> bool:
     >>> is_checkpoints_folder(Path("runs/demo/checkpoints"))  # doctest: +SKIP
     True
     """
-    return folder.is_dir() and all(entry.is_dir() and CHECKPOINT_NAME.fullmatch(entry.name) for entry in folder.iterdir())
+    return folder.is_dir() and all(
+        entry.is_dir() and CHECKPOINT_NAME.fullmatch(entry.name) for entry in folder.iterdir()
+    )
 
 
 def is_align_run(run_dir) -> bool:

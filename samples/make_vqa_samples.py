@@ -60,7 +60,9 @@ def generate(out_dir: Path, seed: int = DEFAULT_SEED) -> dict[str, int]:
 
 
 def main(argv: list[str] | None = None):
-    generator_main(argv, description=__doc__, write=generate, default_out=SAMPLES_DIR / "vqa", default_seed=DEFAULT_SEED)
+    generator_main(
+        argv, description=__doc__, write=generate, default_out=SAMPLES_DIR / "vqa", default_seed=DEFAULT_SEED
+    )
 
 
 if __name__ == "__main__":

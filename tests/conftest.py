@@ -12,6 +12,7 @@ import pytest
 
 from mmkeras.cli.app import main
 from tests.helpers.cli import SAMPLES, write_subset
+from tests.helpers.dataset_rows import ten_row_manifest, ten_row_preprocessor
 
 # Code for the tests to import, not tests (nor doctests: `--doctest-modules` would import it a second time).
 collect_ignore = ["helpers"]
@@ -72,3 +73,15 @@ def tiny_bundle(tmp_path_factory) -> dict:
     root = tmp_path_factory.mktemp("tiny_bundle")
     export_bundle(save_tiny_run(root / "run"), root / "bundle")
     return {"run": root / "run", "bundle": root / "bundle"}
+
+
+@pytest.fixture(scope="module")
+def manifest(tmp_path_factory):
+    """The dataset tests' ten-row manifest (`tests.helpers.dataset_rows.ten_row_manifest`)."""
+    return ten_row_manifest(tmp_path_factory.mktemp("data"))
+
+
+@pytest.fixture(scope="module")
+def preprocessor(manifest):
+    """A preprocessor fitted to `manifest` (`tests.helpers.dataset_rows.ten_row_preprocessor`)."""
+    return ten_row_preprocessor(manifest)

@@ -276,7 +276,7 @@ def test_conversion_report_counts_compute_ops_by_precision_and_is_stored(bundles
     # The attention matmuls stay float (`FLOAT_OPS_IN_INT8`); every other compute op is int8.
     matmuls = bundles["int8"][1]["ops"]["by_type"]["BATCH_MATMUL"]
     assert compute["int8"]["float"] == matmuls > 0 and compute["int8"]["int8"] == compute["int8"]["total"] - matmuls
-    for mode, (bundle_dir, report) in bundles.items():
+    for mode, (bundle_dir, _) in bundles.items():
         conversion = read_bundle(bundle_dir)["conversion"]
         assert conversion["quantize"] == mode and conversion["qat"] is False
         assert conversion["ops"]["compute_ops"] == compute[mode]

@@ -12,7 +12,6 @@ import pytest
 import tensorflow as tf
 import yaml
 from PIL import Image
-from test_dataset import IMAGE_SIZE, labels_of, manifest, preprocessor  # noqa: F401  (fixtures)
 
 from mmkeras import compat
 from mmkeras.cli.app import main
@@ -20,6 +19,7 @@ from mmkeras.data.data_service import DataServiceEpochs, decode_image_row, image
 from mmkeras.data.dataset import EpochDatasets
 from mmkeras.data.service_address import parse_address
 from mmkeras.errors import UserError
+from tests.helpers.dataset_rows import IMAGE_SIZE, labels_of
 from tests.helpers.training_runs import ENTRY, free_ports, max_difference, run, run_weights, train_args, write_data
 
 START_TIMEOUT_S = 120  # a server prints its line once TensorFlow has loaded (seconds on a busy 2-core machine)

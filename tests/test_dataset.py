@@ -5,42 +5,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import tensorflow as tf
-from PIL import Image
 
 import mmkeras.data.dataset as dataset_module
 from mmkeras.data.dataset import EpochDatasets, make_dataset
-from mmkeras.data.manifest import read_manifest
-from mmkeras.preprocessing import MultimodalPreprocessor, TextTokenizer
-
-IMAGE_SIZE = (12, 20)
-SEQUENCE_LENGTH = 8
-
-
-@pytest.fixture(scope="module")
-def manifest(tmp_path_factory):
-    """Ten rows, each its own label (`r0`..`r9`), with varied images and missing modalities."""
-    folder = tmp_path_factory.mktemp("data")
-    rng = np.random.default_rng(0)
-    lines = ["text,image,label"]
-    for index in range(10):
-        image = ""
-        if index % 3 != 1:  # rows 1, 4, 7 have no image
-            image = f"images/{index}.{['png', 'jpg', 'webp'][index % 3]}"
-            (folder / "images").mkdir(exist_ok=True)
-            pixels = rng.integers(0, 256, (30 + index, 25, 3), dtype=np.uint8)
-            Image.fromarray(pixels).convert("RGBA" if index == 5 else "RGB").save(folder / image)
-        text = "" if index % 4 == 2 else f"row {index} a red circle café"  # rows 2, 6 have no text
-        lines.append(f"{text},{image},r{index}")
-    (folder / "m.csv").write_text("\n".join(lines) + "\n")
-    return read_manifest(folder / "m.csv")
-
-
-@pytest.fixture(scope="module")
-def preprocessor(manifest):
-    tokenizer = TextTokenizer.train_from_texts(
-        [row.text for row in manifest.rows], vocabulary_size=60, sequence_length=SEQUENCE_LENGTH
-    )
-    return MultimodalPreprocessor(tokenizer, IMAGE_SIZE)
+from tests.helpers.dataset_rows import IMAGE_SIZE, SEQUENCE_LENGTH, labels_of
 
 
 @pytest.fixture(params=["cached", "streamed"])
@@ -49,10 +17,6 @@ def caching(request, monkeypatch):
     if request.param == "streamed":
         monkeypatch.setattr(dataset_module, "CACHE_LIMIT_BYTES", 0)
     return request.param
-
-
-def labels_of(manifest):
-    return [row.label for row in manifest.rows]
 
 
 def epoch_order(dataset) -> list[int]:

@@ -111,7 +111,11 @@ def test_unlabelled_manifest_is_allowed_when_labels_are_not_required(tmp_path):
         ("m.jsonl", '{"text": "a", "label": "x"}\n', "line 1: missing key(s) image"),
         ("m.jsonl", '{"text": 5, "image": null, "label": "x"}\n', "line 1: 'text' must be a string or null"),
         ("m.jsonl", '{"text": "a", "image": null, "label": true}\n', "found a boolean"),
-        ("m.jsonl", '{"text": "\\ud800", "image": null, "label": "x"}\n', "line 1: the text cell is not valid UTF-8 (a lone surrogate U+D800"),
+        (
+            "m.jsonl",
+            '{"text": "\\ud800", "image": null, "label": "x"}\n',
+            "line 1: the text cell is not valid UTF-8 (a lone surrogate U+D800",
+        ),
         ("m.txt", "text,image,label\n", "unknown manifest format"),
     ],
 )

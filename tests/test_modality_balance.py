@@ -58,9 +58,11 @@ def cross_entropy(labels, logits):
 def test_aux_losses_reach_the_backbones_and_adaptive_probes_do_not(mode, tmp_path):
     _, preprocessor, balance = balanced_model(mode)
     inputs, labels = batch(preprocessor, tmp_path)
-    heads_only = lambda labels, outputs: balance.per_example_loss(labels, outputs, cross_entropy) - cross_entropy(
-        labels, outputs[0]
-    )
+
+    def heads_only(labels, outputs):
+        """The text and image heads' share of the loss: the balanced loss less the fused head's."""
+        return balance.per_example_loss(labels, outputs, cross_entropy) - cross_entropy(labels, outputs[0])
+
     for gradients in backbone_gradients(balance, inputs, labels, heads_only):
         norm = float(tf.linalg.global_norm(gradients))
         assert (norm > 0) if mode == "aux" else (norm == 0)

@@ -10,7 +10,8 @@ import mmkeras
 
 def test_import_mmkeras_does_not_import_tensorflow():
     code = "import sys, mmkeras; print('tensorflow' in sys.modules or 'keras' in sys.modules)"
-    assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip() == "False"
+    completed = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert completed.stdout.strip() == "False"
 
 
 @pytest.mark.parametrize("name", mmkeras.__all__)
@@ -20,4 +21,4 @@ def test_every_public_name_resolves(name):
 
 def test_an_unknown_name_is_an_attribute_error():
     with pytest.raises(AttributeError, match="no attribute 'nope'"):
-        mmkeras.nope
+        _ = mmkeras.nope

@@ -4,7 +4,6 @@ import numpy as np
 import pytest
 import tensorflow as tf
 import yaml
-from test_dataset import IMAGE_SIZE, labels_of, manifest, preprocessor  # noqa: F401 (fixtures)
 
 from mmkeras.config import RunConfig
 from mmkeras.data.augmentation import augment_photo
@@ -12,6 +11,7 @@ from mmkeras.data.dataset import EpochDatasets
 from mmkeras.errors import UserError
 from mmkeras.training.trainer import train
 from tests.helpers.cli import SAMPLES, write_subset
+from tests.helpers.dataset_rows import IMAGE_SIZE, labels_of
 
 # Rows 1, 4 and 7 of test_dataset's manifest have no image.
 ROWS_WITHOUT_IMAGE = (1, 4, 7)

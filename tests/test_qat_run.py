@@ -114,7 +114,7 @@ def test_a_qat_run_reloads_exactly(float_run, data, tmp_path, settings, saved_se
     assert reloaded.quantization["settings"]["num_bits"] == 8
     expected = keras.ops.convert_to_numpy(qat_model(inputs, training=False))
     np.testing.assert_array_equal(keras.ops.convert_to_numpy(reloaded.model(inputs, training=False)), expected)
-    ranges = [(quantizer.range_min.numpy(), quantizer.range_max.numpy()) for quantizer in activation_quantizers(qat_model)]
+    ranges = [(q.range_min.numpy(), q.range_max.numpy()) for q in activation_quantizers(qat_model)]
     assert ranges == [(q.range_min.numpy(), q.range_max.numpy()) for q in activation_quantizers(reloaded.model)]
 
 

@@ -157,7 +157,9 @@ def test_texts_carry_the_mood_and_never_the_colour_or_shape(rows):
                 continue
             words = set(synthetic_data.words_of(row.text))
             assert words & set(synonyms[row.text_value]), row.text
-            other_moods = {word for mood, mood_words in synonyms.items() if mood != row.text_value for word in mood_words}
+            other_moods = {
+                word for mood, mood_words in synonyms.items() if mood != row.text_value for word in mood_words
+            }
             assert not words & other_moods, row.text
             assert not words & image_words, row.text
 

@@ -44,7 +44,8 @@ def browser_pixels(
         ["node", "--input-type=module", "-e", NODE_SCRIPT], input=json.dumps(cases),
         capture_output=True, text=True, check=True,
     )
-    return [np.asarray(pixels, np.float32).reshape(*size, 3) for pixels, size in zip(json.loads(completed.stdout), sizes)]
+    decoded = json.loads(completed.stdout)
+    return [np.asarray(pixels, np.float32).reshape(*size, 3) for pixels, size in zip(decoded, sizes)]
 
 
 def pillow_pixels(

@@ -172,7 +172,8 @@ def test_browser_gives_the_label_sets_of_a_multilabel_bundle(sites, browser_resu
 def test_address_runs_one_example_and_writes_label_scores_and_token_ids(sites, server, browser):
     bundle_dir, _ = sites["none"]
     text, image = example_rows()[0]
-    result = json.loads(browser.page_text(f"{server}/none/index.html?text={text}&image=../images/{image[7:]}", "result"))
+    page = f"{server}/none/index.html?text={text}&image=../images/{image[7:]}"
+    result = json.loads(browser.page_text(page, "result"))
     prediction = Predictor(bundle_dir).predict(text, SAMPLES / image)
     assert result["label"] == prediction.label
     assert result["scores"].keys() == prediction.scores.keys()

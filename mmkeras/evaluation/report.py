@@ -8,10 +8,11 @@ scores, each card with the photo itself, its file name and manifest line, and fo
 cross-attention run the text's attention over the image beside it), every bundle
 exported or evaluated from the run wherever it was written (the run's
 `bundles.json`, `runs.record_bundle`; one moved or deleted since is shown as
-missing), with size, int8 op coverage, parity and latency, the versions and the config. Every image is a PNG data URI and the page loads
-nothing from the network, so the single file can be mailed or attached to a
-ticket. A small script marks what the browser loaded (`data-images-loaded`
-on `<body>`), which the browser test reads back.
+missing), with size, int8 op coverage, parity and latency, the versions and the
+config. Every image is a PNG data URI and the page loads nothing from the
+network, so the single file can be mailed or attached to a ticket. A small script
+marks what the browser loaded (`data-images-loaded` on `<body>`), which the
+browser test reads back.
 
 Reads only the run folder's files, its results folders and bundle.json
 files (no TensorFlow); needs matplotlib (the training extra).
@@ -79,7 +80,8 @@ th:first-child,td:first-child{text-align:left}
 .cards{display:grid;grid-template-columns:repeat(auto-fill,minmax(380px,1fr));gap:.8em}
 .card{border:2px solid #ccc;border-radius:6px;padding:.5em;font-size:.9em}
 .card.right{border-color:#54a24b}.card.wrong{border-color:#e45756}
-.pictures{display:flex;gap:.4em;align-items:flex-start}.pictures figure{flex:1;margin:0}.pictures img{width:100%;border-radius:3px}
+.pictures{display:flex;gap:.4em;align-items:flex-start}.pictures figure{flex:1;margin:0}
+.pictures img{width:100%;border-radius:3px}
 .pictures figcaption{font-size:.8em;color:#777}.source{font-size:.8em;color:#555;overflow-wrap:anywhere}
 .missing{color:#b3261e}
 .muted{color:#777}pre{background:#f6f6f6;padding:1em;overflow:auto}

@@ -132,7 +132,9 @@ def build_model(
         # float32 logits even under mixed precision: the loss needs them.
         logits = keras.layers.Dense(num_classes, dtype="float32", name="logits")(fused)
         if task == "match":
-            similarity = _similarity_logits(text_tokens, inputs["padding_mask"], image_tokens, embedding_dim, match_index)
+            similarity = _similarity_logits(
+                text_tokens, inputs["padding_mask"], image_tokens, embedding_dim, match_index
+            )
             logits = keras.layers.Add(dtype="float32", name="match_logits")([logits, similarity])
         model = keras.Model(inputs, logits, name="mmkeras_classifier")
     return model, MultimodalPreprocessor(text.tokenizer, vision.image_size, vision.resample, crop_pct=vision.crop_pct)

@@ -175,7 +175,11 @@ def quantize_model(
         raise UnknownLayerError(unknown)
     pairs = _conv_norm_pairs([model, *layers])
     folded = {id(norm) for _, norm in pairs}
-    leftover = [layer.name for layer in layers if type(layer) is keras.layers.BatchNormalization and id(layer) not in folded]
+    leftover = [
+        layer.name
+        for layer in layers
+        if type(layer) is keras.layers.BatchNormalization and id(layer) not in folded
+    ]
     if leftover:
         raise UserError(f"cannot quantize: BatchNormalization layer(s) not right after a convolution: {leftover}")
     for name, names in unknown.items():

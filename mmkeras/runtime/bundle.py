@@ -190,7 +190,8 @@ def _check_thresholds(values: dict, path: Path):
     thresholds = values.get("thresholds")
     if thresholds is not None and len(thresholds) != len(values["labels"]):
         raise UserError(
-            f"malformed bundle.json at thresholds: {len(thresholds)} thresholds for {len(values['labels'])} labels", path=path
+            f"malformed bundle.json at thresholds: {len(thresholds)} thresholds for {len(values['labels'])} labels",
+            path=path,
         )
 
 
