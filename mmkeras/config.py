@@ -33,7 +33,9 @@ CACHE_DTYPES = ("float16", "float32")
 # NumPy's and TensorFlow's seeds are 32-bit.
 _MAX_SEED = 2**32 - 1
 # The numeric field types of RunConfig, and the Python types their values may have.
-_NUMBER_KINDS = {int: (int,), float: (int, float), int | None: (int,), float | None: (int, float)}
+_NUMBER_KINDS: dict[object, tuple[type[int] | type[float], ...]] = {
+    int: (int,), float: (int, float), int | None: (int,), float | None: (int, float)
+}
 
 
 @dataclasses.dataclass

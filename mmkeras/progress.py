@@ -26,6 +26,8 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 logger = logging.getLogger("mmkeras")
 
 PLAIN_INTERVAL_SECONDS = 5.0
+# The name of the handler `install_log_handler` adds, by which a second call finds and replaces it.
+LOG_HANDLER_NAME = "mmkeras"
 _console = None
 
 
@@ -59,13 +61,13 @@ def install_log_handler(level: int = logging.INFO):
     Args:
         level: the lowest level shown.
     """
-    for handler in [handler for handler in logger.handlers if getattr(handler, "installed_by_mmkeras", False)]:
+    for handler in [handler for handler in logger.handlers if handler.get_name() == LOG_HANDLER_NAME]:
         logger.removeHandler(handler)
     if stderr_console().is_terminal:
         handler = RichHandler(console=stderr_console(), show_time=False, show_level=False, show_path=False)
     else:
         handler = CurrentStderrHandler()
-    handler.installed_by_mmkeras = True
+    handler.set_name(LOG_HANDLER_NAME)
     logger.addHandler(handler)
     logger.setLevel(level)
     logger.propagate = False  # TensorFlow configures the root logger: no second copy of each line

@@ -41,6 +41,7 @@ import logging
 import re
 import shutil
 import zipfile
+from collections.abc import Mapping
 from pathlib import Path
 
 from mmkeras.atomic_files import write_atomically, write_json_atomically
@@ -225,7 +226,7 @@ def load_run_config(run_dir) -> RunConfig:
     return RunConfig.from_yaml(run_dir / CONFIG_FILE, ignored=RETIRED_SETTINGS)
 
 
-def manifest_columns(target, overrides: dict[str, str | None] | None = None) -> dict[str, str]:
+def manifest_columns(target, overrides: Mapping[str, str | None] | None = None) -> dict[str, str]:
     """The manifest column names to read for `target`, with the `overrides` that are not `None`.
 
     A run folder's own (`RunConfig.columns`); for a bundle, those of the run

@@ -36,6 +36,18 @@ def test_shards_read_back_any_rows_in_any_order(tmp_path, monkeypatch, max_open)
     reader.close()
 
 
+
+def test_an_array_of_empty_rows_reads_back_beside_the_others(tmp_path):
+    """An array whose rows hold nothing (a zero-length axis) has no bytes to read, only its shape to keep."""
+    writer = ShardWriter(tmp_path / "a", target_shard_bytes=8)
+    writer.append({"none": np.zeros((5, 0, 3), np.float32), "label": np.arange(5, dtype=np.int32)})
+    writer.close({})
+    reader = ShardReader(tmp_path / "a")
+    rows = reader.read([4, 0, 2])
+    assert rows["none"].shape == (3, 0, 3)
+    np.testing.assert_array_equal(rows["label"], [4, 0, 2])
+    reader.close()
+
 def test_clear_keeps_recent_and_locked_caches(tmp_path):
     for name in ("old", "new", "busy"):
         write_cache(tmp_path / name)

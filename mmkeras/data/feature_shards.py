@@ -146,7 +146,9 @@ class _ArrayShards:
 
     def read(self, indices: np.ndarray, rows_per_shard: int) -> np.ndarray:
         out = np.empty((len(indices), *self.row_shape), self.dtype)
-        buffer = out.reshape(len(indices), -1).view(np.uint8) if self.row_bytes else None
+        if not self.row_bytes:  # an empty array per row: nothing was written, nothing to read
+            return out
+        buffer = out.reshape(len(indices), -1).view(np.uint8)
         position = 0
         # Consecutive rows of one shard are one read (an unshuffled pass reads whole runs).
         for start, count in _runs(indices, rows_per_shard):

@@ -212,11 +212,10 @@ class Manifest:
         problems = _checked_images(images, image_size, max_pixels, remember=remember)
         good_rows, bad_rows = [], []
         for row in self.rows:
-            problem = problems.get(row.image)
-            if problem is None:
+            if row.image is None or problems.get(row.image) is None:
                 good_rows.append(row)
             else:
-                reason = f"cannot read image {self.shown_path(row.image)!r}: {problem}"
+                reason = f"cannot read image {self.shown_path(row.image)!r}: {problems[row.image]}"
                 bad_rows.append(BadRow(self.path, row.line, reason))
         checked = _settle(self.path, good_rows, bad_rows, on_bad_row, previously_skipped=self.skipped)
         checked.column_names = self.column_names

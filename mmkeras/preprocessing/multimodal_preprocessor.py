@@ -16,6 +16,7 @@ mobile developer rebuilding the preprocessing) next to `tokenizer.json`.
 
 import json
 from pathlib import Path
+from typing import TypeGuard, TypeVar
 
 import numpy as np
 
@@ -97,7 +98,7 @@ class MultimodalPreprocessor:
         return self.tokenizer.sequence_length
 
     def __call__(
-        self, texts: list[str | None], images: list[str | Path | bytes | None]
+        self, texts: list[str | bytes | None], images: list[str | Path | bytes | None]
     ) -> dict[str, np.ndarray]:
         """The four model inputs for a batch of (text, image) pairs.
 
@@ -120,14 +121,11 @@ class MultimodalPreprocessor:
             "modality_mask": np.stack([text_present, image_present], axis=1),
         }
 
-    def encode_texts(self, texts: list[str | None]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    def encode_texts(self, texts: list[str | bytes | None]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Token ids, padding masks (int32 `[N, L]`) and text presence (float32 `[N]`)."""
-        texts = [None if text is None else clean_text(text) for text in texts]
-        present = [is_present(text) for text in texts]
-        token_ids, padding_mask = self.tokenizer.encode_batch(
-            [text if text_present else "" for text, text_present in zip(texts, present)]
-        )
-        return token_ids, padding_mask, np.asarray(present, np.float32)
+        cleaned = [None if text is None else clean_text(text) for text in texts]
+        token_ids, padding_mask = self.tokenizer.encode_batch([text if is_present(text) else "" for text in cleaned])
+        return token_ids, padding_mask, np.asarray([is_present(text) for text in cleaned], np.float32)
 
     def load_images(self, images: list[str | Path | bytes | None]) -> tuple[np.ndarray, np.ndarray]:
         """Pixels (float32 `[N, H, W, 3]`, zeros where missing) and image presence (float32 `[N]`)."""
@@ -254,6 +252,10 @@ def _check_settings(tokenizer_file, sequence_length, image_size, max_image_pixel
         raise UserError(f"max_image_pixels must be a positive integer, got {max_image_pixels!r}", path=path)
 
 
+# A text or image cell's value: `is_present` narrows `str | None` to `str`, `str | Path | None` to `str | Path`.
+_Cell = TypeVar("_Cell", bound=str | Path | bytes)
+
+
 def _is_count(value) -> bool:
     return isinstance(value, int) and not isinstance(value, bool) and value >= 1
 
@@ -262,7 +264,7 @@ def _is_number(value) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
-def is_present(value: str | Path | bytes | None) -> bool:
+def is_present(value: _Cell | None) -> TypeGuard[_Cell]:
     """Whether a text or image cell holds something (`None` and blank strings are missing)."""
     if value is None:
         return False

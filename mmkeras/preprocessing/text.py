@@ -251,7 +251,13 @@ class TextTokenizer:
 
     @property
     def sequence_length(self) -> int:
-        return self._tokenizer.padding["length"]
+        return self._padding["length"]
+
+    @property
+    def _padding(self) -> dict:
+        padding = self._tokenizer.padding
+        assert padding is not None, "every constructor pads to the sequence length (enable_padding)"
+        return padding
 
     @property
     def vocabulary_size(self) -> int:
@@ -270,7 +276,7 @@ class TextTokenizer:
 
     @property
     def pad_id(self) -> int:
-        return self._tokenizer.padding["pad_id"]
+        return self._padding["pad_id"]
 
     @property
     def lowercase(self) -> bool | None:
@@ -313,7 +319,7 @@ def _pad_token(tokenizer: Tokenizer, settings: dict) -> str:
         named = named.get("content")
     padding = tokenizer.padding
     for candidate in (named, padding and padding["pad_token"], *KNOWN_PAD_TOKENS):
-        if candidate and tokenizer.token_to_id(candidate) is not None:
+        if isinstance(candidate, str) and candidate and tokenizer.token_to_id(candidate) is not None:
             return candidate
     raise UserError(f"the tokenizer has no padding token (none of {', '.join(KNOWN_PAD_TOKENS)})")
 

@@ -123,10 +123,10 @@ def _predict_rows(predictor: Predictor, manifest: Manifest, top_k: int) -> tuple
         for start in range(0, len(manifest.rows), BATCH_ROWS):
             batch = manifest.rows[start : start + BATCH_ROWS]
             readable, inputs = _preprocessed(predictor, batch, manifest, bad_rows)
-            if readable:
+            if inputs is not None:  # some row of the batch was readable
                 scores = predictor.scores(predictor.predict_inputs(inputs))
                 for row, row_scores in zip(readable, scores):
-                    results[row.line] = {**row.cells, **_prediction_cells(predictor, row_scores, top_k)}
+                    results[row.line] = {**(row.cells or {}), **_prediction_cells(predictor, row_scores, top_k)}
             progress.update(start + len(batch))
     return results, bad_rows
 
@@ -142,6 +142,7 @@ def _preprocessed(predictor: Predictor, batch: list[ManifestRow], manifest: Mani
         try:
             predictor.preprocessor([row.text], [row.image])
         except UnreadableImageError as error:
+            assert row.image is not None  # only an image is unreadable
             reason = f"cannot read image {manifest.shown_path(row.image)!r}: {error.reason}"
             bad_rows.append(BadRow(manifest.path, row.line, reason))
             continue

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import jsonschema
+import jsonschema.exceptions
 
 from mmkeras.errors import UserError
 from mmkeras.runs import BUNDLE_FILE, RESULTS_FOLDER  # `evaluate BUNDLE` writes into results too

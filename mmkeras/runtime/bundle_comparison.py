@@ -122,19 +122,19 @@ def compare_bundles(
     >>> compare_bundles(["bundles/float", "bundles/int8"], max_threads=1, runs=20)["threads"]  # doctest: +SKIP
     [1]
     """
-    bundle_dirs = [Path(directory) for directory in bundle_dirs]
-    bundles = [read_bundle(directory) for directory in bundle_dirs]
+    folders = [Path(directory) for directory in bundle_dirs]
+    bundles = [read_bundle(directory) for directory in folders]
     images = [noise_image_bytes(*bundle["preprocessing"]["image_size"]) for bundle in bundles]
     settings = [(threads, xnnpack) for threads in thread_counts(max_threads) for xnnpack in (True, False)]
     with tempfile.TemporaryDirectory(prefix="mmkeras-benchmark-") as folder:
         starts = []
-        for number, (directory, image) in enumerate(zip(bundle_dirs, images)):
+        for number, (directory, image) in enumerate(zip(folders, images)):
             image_path = Path(folder) / f"{number}.png"
             image_path.write_bytes(image)
             starts.append(cold_start(directory, image_path))
-    measurements = [[] for _ in bundle_dirs]
+    measurements = [[] for _ in folders]
     for threads, xnnpack in settings:
-        subjects = [_Subject(directory, image, threads, xnnpack) for directory, image in zip(bundle_dirs, images)]
+        subjects = [_Subject(directory, image, threads, xnnpack) for directory, image in zip(folders, images)]
         measure_interleaved(subjects, runs, warmup)
         for rows, subject in zip(measurements, subjects):
             rows.append(
@@ -158,7 +158,7 @@ def compare_bundles(
                 "peak_memory_bytes": start["peak_memory_bytes"],
                 "measurements": rows,
             }
-            for directory, bundle, start, rows in zip(bundle_dirs, bundles, starts, measurements)
+            for directory, bundle, start, rows in zip(folders, bundles, starts, measurements)
         ],
     }
 
@@ -170,7 +170,7 @@ def comparison_table(figures: dict) -> str:
     """
     header = ("bundle", "quant", "size KB", "cold ms", "peak MB", "thr", "xnnpack", "pre p50",
               "inf p50", "inf p90", "inf p99", "vs first")
-    lines = [header]
+    lines: list[tuple[str, ...]] = [header]
     first = figures["bundles"][0]["measurements"]
     for bundle in figures["bundles"]:
         for reference, row in zip(first, bundle["measurements"]):

@@ -97,7 +97,8 @@ class Predictor:
         """The labels one example's scores predict: the best one, or those at or above their thresholds."""
         if not self.multilabel:
             return [self.labels[int(np.argmax(scores))]]
-        return [label for label, score, cut in zip(self.labels, scores, self.thresholds) if score >= cut]
+        thresholds = self.bundle["thresholds"]  # the schema asks every sigmoid bundle for them
+        return [label for label, score, cut in zip(self.labels, scores, thresholds) if score >= cut]
 
     def predict(self, text: str | bytes | None, image: str | Path | bytes | None) -> Prediction:
         """Classify one example; `None` (or "") marks a missing text or image.
