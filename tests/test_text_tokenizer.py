@@ -13,6 +13,7 @@ from tokenizers.implementations import BertWordPieceTokenizer
 
 from mmkeras.errors import UserError
 from mmkeras.preprocessing.text import TextTokenizer
+from tests.helpers.hugging_face_folders import WORDPIECE_VOCABULARY, write_text_folder
 
 VOCABULARY = [
     *["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"],
@@ -225,3 +226,11 @@ def test_loading_a_missing_or_foreign_file_is_a_user_error(tmp_path):
     unpadded.save(str(tmp_path / "unpadded.json"))
     with pytest.raises(UserError, match="truncation and padding"):
         TextTokenizer.load(tmp_path / "unpadded.json")
+
+
+def test_a_pad_token_setting_that_is_not_text_is_passed_over(tmp_path):
+    """tokenizer_config.json's pad_token as something other than a token (here a number): the next candidate."""
+    write_text_folder("bert", tmp_path)
+    (tmp_path / "tokenizer_config.json").write_text(json.dumps({"pad_token": 1}))
+    tokenizer = TextTokenizer.from_hugging_face_folder(tmp_path, sequence_length=8)
+    assert tokenizer.pad_id == WORDPIECE_VOCABULARY.index("[PAD]")
