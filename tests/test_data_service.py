@@ -109,7 +109,7 @@ def test_train_refuses_a_bad_data_service_address(capsys):
     assert "--data-service must be grpc://HOST:PORT" in capsys.readouterr().err
 
 
-def test_a_dispatcher_that_does_not_answer_is_a_user_error(manifest, preprocessor):  # noqa: F811
+def test_a_dispatcher_that_does_not_answer_is_a_user_error(manifest, preprocessor):
     (port,) = free_ports(1)
     with pytest.raises(UserError, match=f"no tf.data service dispatcher answers at grpc://127.0.0.1:{port}"):
         DataServiceEpochs(
@@ -127,7 +127,7 @@ def test_a_function_under_a_fixed_token_runs_in_a_traced_graph():
     assert double()[0].numpy() == 42
 
 
-def test_the_workers_decoder_loads_what_the_preprocessor_loads(tmp_path, preprocessor):  # noqa: F811
+def test_the_workers_decoder_loads_what_the_preprocessor_loads(tmp_path, preprocessor):
     """A photo (large enough for any reduced-size decoding to apply) and a missing image, as the trainer has them."""
     photo = tmp_path / "photo.jpg"
     rng = np.random.default_rng(1)
@@ -141,7 +141,7 @@ def test_the_workers_decoder_loads_what_the_preprocessor_loads(tmp_path, preproc
 
 
 @pytest.mark.distributed
-def test_two_workers_build_the_local_batches_in_the_local_order(service, manifest, preprocessor):  # noqa: F811
+def test_two_workers_build_the_local_batches_in_the_local_order(service, manifest, preprocessor):
     """Exact: every batch equals `EpochDatasets`' (photo augmentation on), so every row comes once per epoch."""
     labels = labels_of(manifest)
     settings = {"batch_size": 3, "seed": 5, "augment": "photo"}
