@@ -73,28 +73,21 @@ def native_stderr_kept_off():
     `sys.stderr` is rebound to a copy of fd 2 only when it writes to fd 2 itself; a swapped stream (pytest's
     capsys, a notebook) is left alone. No-op when verbose.
     """
-    if is_verbose():
-        yield
-        return
-    sys.stderr.flush()
-    saved = os.dup(2)
     python_stderr = sys.stderr
-    if _writes_to_fd(python_stderr, 2):
+    if is_verbose() or not _writes_to_fd(python_stderr, 2):
+        with native_stderr_silenced():
+            yield
+        return
+    python_stderr.flush()
+    terminal = os.dup(2)  # taken before fd 2 is pointed at /dev/null
+    with native_stderr_silenced():
         # Line-buffered like the stream it stands in for, so log lines appear as they are written.
-        sys.stderr = open(
-            saved, "w", buffering=1, encoding=python_stderr.encoding, errors="backslashreplace", closefd=False
-        )
-    try:
-        with open(os.devnull, "wb") as devnull:
-            os.dup2(devnull.fileno(), 2)
-        yield
-    finally:
-        sys.stderr.flush()
-        if sys.stderr is not python_stderr:
-            sys.stderr.close()
+        sys.stderr = open(terminal, "w", buffering=1, encoding=python_stderr.encoding, errors="backslashreplace")
+        try:
+            yield
+        finally:
+            sys.stderr.close()  # flushes, and closes the copy of fd 2
             sys.stderr = python_stderr
-        os.dup2(saved, 2)
-        os.close(saved)
 
 
 def _writes_to_fd(stream, fd: int) -> bool:
