@@ -224,6 +224,14 @@ def test_the_page_shows_the_photo_score_bars_the_model_in_words_and_timings(site
 
 
 @needs_browser
+def test_without_a_photo_the_preview_takes_no_room(sites, server, browser):
+    # `.drop img` is a block: without `[hidden] { display: none }` the empty preview showed its alt text.
+    hidden = "getComputedStyle(document.getElementById('preview')).display"
+    _, display = browser.page_state(f"{server}/int8/index.html?text=a calm card", "result", evaluate=hidden)
+    assert display == "none"
+
+
+@needs_browser
 def test_the_site_runs_its_bundle_test_vectors(sites, server, browser):
     bundle_dir, _ = sites["int8"]
     vectors = read_test_vectors(bundle_dir)["vectors"]
