@@ -134,8 +134,10 @@ def evaluate_classifier(target, data, *, save_results: bool = True, columns: dic
         write_results(folder, figures, rows)
         if run is not None:
             write_attention_overlays(run, folder, sample_rows(rows))
-        from mmkeras.evaluation.report import refresh_report
+        from mmkeras.evaluation.report import record_bundle, refresh_report
 
+        if run is None:  # a bundle
+            record_bundle(target)  # the run's report and `compare` list a bundle evaluated wherever it is
         refresh_report(target)
     return figures
 

@@ -146,11 +146,9 @@ def refresh_report(target) -> Path | None:
     `source_run`) is not on this machine. Returns the page written, or `None`.
     """
     target = Path(target)
-    run_dir = target
-    if (target / BUNDLE_FILE).is_file():
-        run_dir = record_bundle(target)
-        if run_dir is None:
-            return None
+    run_dir = _source_run(target.resolve()) if (target / BUNDLE_FILE).is_file() else target
+    if run_dir is None:
+        return None
     if not plots.can_plot() or not is_run_folder(run_dir) or not (run_dir / HISTORY_FILE).is_file():
         return None
     out = write_report(run_dir)
@@ -176,10 +174,10 @@ def record_bundle(bundle_dir) -> Path | None:
     PosixPath('/home/me/runs/demo')
     """
     bundle_dir = Path(bundle_dir).resolve()
-    bundle = bundle_json(bundle_dir / BUNDLE_FILE)
-    source = None if bundle is None else bundle_source(bundle)
-    if source is None or not is_run_folder(source):
+    source = _source_run(bundle_dir)
+    if source is None:
         return None
+    bundle = bundle_json(bundle_dir / BUNDLE_FILE) or {}
     entry = {
         "path": str(bundle_dir),
         "quantization": bundle.get("quantization"),
@@ -192,6 +190,13 @@ def record_bundle(bundle_dir) -> Path | None:
         logger.warning("could not list the bundle in %s: %s", source, error.strerror or error)
         return None
     return source
+
+
+def _source_run(bundle_dir: Path) -> Path | None:
+    """The run folder a bundle was exported from, when it is on this machine (read only)."""
+    bundle = bundle_json(bundle_dir / BUNDLE_FILE)
+    source = None if bundle is None else bundle_source(bundle)
+    return Path(source) if source is not None and is_run_folder(source) else None
 
 
 def read_json(path: Path) -> dict:
