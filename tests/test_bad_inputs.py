@@ -13,6 +13,8 @@ import os
 import shutil
 from pathlib import Path
 
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
@@ -31,7 +33,9 @@ def fixtures(tmp_path_factory):
     assert main(["train", "--data", str(train), "--out", str(root / "run"), "--epochs", "1", "--batch-size", "16"]) == 0
     assert main(["export", str(root / "run"), "--out", str(root / "bundle")]) == 0
     image = next(line.split(",")[1] for line in train.read_text(encoding="utf-8").splitlines()[1:] if ".jpg" in line)
-    return {"root": root, "train": train, "run": root / "run", "bundle": root / "bundle", "image": image}
+    label = train.read_text(encoding="utf-8").splitlines()[1].rsplit(",", 1)[1]
+    return {"root": root, "train": train, "run": root / "run", "bundle": root / "bundle", "image": image,
+            "label": label}
 
 
 def snapshot(*folders: Path) -> dict:
@@ -76,6 +80,12 @@ def train(data, ws: Path, *extra) -> list:
 
 def evaluate_bundle(fx, ws: Path, rows: str) -> list:
     return ["evaluate", fx["bundle"], "--data", manifest(ws, rows)]
+
+
+def parquet(ws: Path, columns: dict) -> Path:
+    path = ws / "m.parquet"
+    pq.write_table(pa.table(columns), path)
+    return path
 
 
 def image_file(ws: Path, content: bytes, name: str = "bad.png") -> Path:
@@ -125,6 +135,11 @@ CASES = [
      "not valid UTF-8"),
     ("jsonl-number-text", lambda fx, ws: train(write(ws / "m.jsonl", '{"text": 1, "image": null, "label": "a"}\n'), ws),
      "must be a string"),
+    ("parquet-not-parquet", lambda fx, ws: train(write(ws / "m.parquet", HEADER), ws), "not a readable Parquet file"),
+    ("parquet-missing-column", lambda fx, ws: train(parquet(ws, {"text": ["a"], "label": ["x"]}), ws),
+     "missing column(s) image"),
+    ("parquet-image-column-of-numbers", lambda fx, ws: train(parquet(ws, {"text": ["a"], "image": [3], "label": ["x"]}),
+                                                             ws), "the column 'image' holds int64"),
     # images (through the TensorFlow-free evaluation of a bundle)
     ("image-missing", lambda fx, ws: evaluate_bundle(fx, ws, "a,nope.png,x\n"), "file not found"),
     ("image-empty", lambda fx, ws: evaluate_bundle(fx, ws, f"a,{image_file(ws, b'')},x\n"), "cannot read image"),
@@ -132,6 +147,9 @@ CASES = [
      "cannot read image"),
     ("image-truncated", lambda fx, ws: evaluate_bundle(
         fx, ws, f"a,{image_file(ws, truncated(Path(fx['image']), 400), 'cut.jpg')},x\n"), "cannot read image"),
+    ("parquet-corrupt-image-bytes", lambda fx, ws: ["evaluate", fx["bundle"], "--data", parquet(ws, {
+        "text": ["a", "b"], "image": pa.array([None, b"\xff\xd8 not a JPEG"], pa.binary()), "label": [fx["label"]] * 2,
+    })], "m.parquet: line 2: cannot read image '<image bytes"),
     ("image-is-a-folder", lambda fx, ws: evaluate_bundle(fx, ws, f"a,{ws},x\n"), "it is a directory"),
     ("image-is-a-pipe", lambda fx, ws: evaluate_bundle(fx, ws, f"a,{pipe(ws)},x\n"), "not a regular file"),
     ("image-too-many-pixels", lambda fx, ws: evaluate_bundle(fx, ws, f"a,{big_png(ws)},x\n"), "7000x6000 pixels"),

@@ -1,10 +1,12 @@
-"""Reading a manifest: the CSV or JSONL file that lists (text, image, label) rows.
+"""Reading a manifest: the CSV, JSONL or Parquet file that lists (text, image, label) rows.
 
 A manifest is UTF-8 (a BOM is allowed) and has the columns `text`, `image`
 and `label`, or the columns `columns` names for them
 (`{"text": "caption", "image": "file", "label": "class"}`); other columns
 are ignored (and kept, in `ManifestRow.cells`). CSV files have a header row; JSONL
-files hold one JSON object per line (blank lines are skipped). An empty text
+files hold one JSON object per line (blank lines are skipped); Parquet files
+are streamed by record batch, their images paths or bytes
+(`mmkeras.data.parquet_manifest`, pyarrow needed). An empty text
 or image cell is a missing modality, not an error; image paths are relative
 to the manifest's folder unless absolute. Every mistake is reported as a
 `UserError` naming the file and the line, as an editor numbers it.
@@ -41,6 +43,7 @@ import numpy as np
 import PIL
 
 from mmkeras.data.image_checks import ImageCheckCache
+from mmkeras.data.parquet_manifest import ParquetRows, embedded_image_name
 from mmkeras.errors import UserError
 from mmkeras.preprocessing.image import MAX_IMAGE_PIXELS, UnreadableImageError, load_image
 from mmkeras.preprocessing.multimodal_preprocessor import is_present
@@ -222,7 +225,10 @@ class Manifest:
         return checked, len(bad_rows)
 
     def shown_path(self, image: Path) -> str:
-        """An image path as the manifest names it (relative to its folder when possible)."""
+        """An image path as the manifest names it (relative to its folder when possible; Parquet bytes by hash)."""
+        embedded = embedded_image_name(image)
+        if embedded is not None:
+            return embedded
         try:
             return str(image.relative_to(self.path.parent))
         except ValueError:
@@ -232,7 +238,7 @@ class Manifest:
 def read_manifest(
     path: str | Path, *, require_labels: bool = True, on_bad_row: str = "fail", columns: dict[str, str] | None = None
 ) -> Manifest:
-    """Read a CSV (`.csv`) or JSONL (`.jsonl`, `.ndjson`) manifest.
+    """Read a CSV (`.csv`), JSONL (`.jsonl`, `.ndjson`) or Parquet (`.parquet`) manifest.
 
     Args:
         path: the manifest file.
@@ -252,15 +258,15 @@ def read_manifest(
     """
     path = Path(path)
     if path.is_dir():
-        raise UserError("this is a folder; give a manifest file (.csv or .jsonl)", path=path)
+        raise UserError("this is a folder; give a manifest file (.csv, .jsonl or .parquet)", path=path)
     read_records = _RECORD_READERS.get(path.suffix.lower())
     if read_records is None:
-        raise UserError("unknown manifest format: use a .csv or .jsonl file", path=path)
+        raise UserError("unknown manifest format: use a .csv, .jsonl or .parquet file", path=path)
     columns = {**DEFAULT_COLUMNS, **(columns or {})}
     names = tuple(columns[role] for role in COLUMNS)
     required = names if require_labels else names[:2]
     rows, bad_rows, column_names = [], [], {}
-    for line, record in read_records(_read_text(path), path, names, required):
+    for line, record in read_records(path, names, required):
         try:
             if isinstance(record, UserError):
                 raise record
@@ -487,4 +493,23 @@ def _summarize(labels: list[str]) -> str:
     return shown if len(labels) <= _LABELS_SHOWN else f"{shown}, ... ({len(labels)} in all)"
 
 
-_RECORD_READERS = {".csv": _csv_records, ".jsonl": _jsonl_records, ".ndjson": _jsonl_records}
+def _parquet_records(
+    path: Path, names: tuple[str, ...], required: tuple[str, ...]
+) -> Iterator[tuple[int, dict[str, str] | UserError]]:
+    """(row number from 1, {column: cell}) per row of a Parquet file, image bytes written to files."""
+    rows = ParquetRows(path)
+    _check_columns(rows.column_names, names, required, path)
+    yield from rows.records(*names)
+
+
+def _text_file(read_text_records):
+    """A reader of the file at a path, from a reader of its text."""
+    return lambda path, names, required: read_text_records(_read_text(path), path, names, required)
+
+
+_RECORD_READERS = {
+    ".csv": _text_file(_csv_records),
+    ".jsonl": _text_file(_jsonl_records),
+    ".ndjson": _text_file(_jsonl_records),
+    ".parquet": _parquet_records,
+}
