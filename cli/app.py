@@ -231,7 +231,9 @@ def root(
 
 @app.command()
 def train(
-    data: Optional[Path] = typer.Option(None, "--data", help="Training manifest (CSV or JSONL: text, image, label)."),
+    data: Optional[Path] = typer.Option(
+        None, "--data", help="Training manifest (CSV, JSONL or Parquet: text, image, label)."
+    ),
     out: Optional[Path] = OUT_OPTION,
     val: Optional[Path] = typer.Option(None, "--val", help="Validation manifest (early stopping, best weights)."),
     config: Optional[Path] = CONFIG_OPTION,
@@ -572,7 +574,7 @@ def predict(
     text: Optional[str] = TEXT_OPTION,
     image: Optional[Path] = IMAGE_OPTION,
     data: Optional[Path] = typer.Option(
-        None, "--data", help="A manifest (CSV or JSONL, labels optional) to predict row by row; needs --out."
+        None, "--data", help="A manifest (CSV, JSONL or Parquet, labels optional) to predict row by row; needs --out."
     ),
     out: Optional[Path] = typer.Option(None, "--out", help="With --data: the predictions CSV to write."),
     top_k: int = typer.Option(3, "--top-k", min=1, help="With --data: the best labels (and scores) of each row."),
