@@ -123,12 +123,12 @@ class ParquetRows:
             if batch is None:
                 return
             for values in batch.to_pylist():
-                cells = {str(key): _cell(value) for key, value in values.items()}
-                if image in values:
-                    cells[image] = self._image_cell(values[image], folder, line)
+                cells = {
+                    str(key): self._image_cell(value, folder, line) if key == image else _cell(value)
+                    for key, value in values.items()
+                }
                 yield line, cells
                 line += 1
-
 
     def _image_cell(self, value, folder: str, line: int) -> str:
         """The image path of a row: the path written, or the file its bytes were written to."""
