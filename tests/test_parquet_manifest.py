@@ -140,7 +140,7 @@ def test_feature_caches_of_image_bytes_are_keyed_by_the_bytes_not_the_parquet_fi
 @pytest.mark.parametrize(
     ("columns", "expected"),
     [
-        ({"text": ["a"], "label": ["x"]}, r"line 1: missing column\(s\) image \(the header has: text, label\)"),
+        ({"text": ["a"], "label": ["x"]}, r"missing column\(s\) image \(the file's columns are: text, label\)"),
         ({"text": ["a"], "image": [3], "label": ["x"]}, "the column 'image' holds int64; it must hold image paths"),
         ({"text": [1], "image": ["a.png"], "label": ["x"]}, "the column 'text' holds int64; it must hold strings"),
         ({"text": ["a"], "image": ["a.png"], "label": [1.5]}, "the column 'label' holds double; it must hold strings"),

@@ -363,16 +363,20 @@ def _csv_records(
         raise UserError(f"invalid CSV: {error} (an unclosed or stray quote?)", path=path, row=next_line) from None
 
 
-def _check_columns(header: list[str], names: tuple[str, ...], required: tuple[str, ...], path: Path):
+def _check_columns(
+    header: list[str], names: tuple[str, ...], required: tuple[str, ...], path: Path, *, has_header_line=True
+):
+    """The required columns are there, once; a CSV's header is its line 1, a Parquet file's columns are its schema."""
+    where, row = ("the header has", 1) if has_header_line else ("the file's columns are", None)
     duplicated = sorted({name for name in header if name in names and header.count(name) > 1})
     if duplicated:
-        raise UserError(f"the header repeats the column(s) {', '.join(duplicated)}", path=path, row=1)
+        raise UserError(f"the header repeats the column(s) {', '.join(duplicated)}", path=path, row=row)
     missing = [name for name in required if name not in header]
     if missing:
         raise UserError(
-            f"missing column(s) {', '.join(missing)} (the header has: {', '.join(header)}){_mapping_hint(missing)}",
+            f"missing column(s) {', '.join(missing)} ({where}: {', '.join(header)}){_mapping_hint(missing)}",
             path=path,
-            row=1,
+            row=row,
         )
 
 
@@ -498,7 +502,7 @@ def _parquet_records(
 ) -> Iterator[tuple[int, dict[str, str] | UserError]]:
     """(row number from 1, {column: cell}) per row of a Parquet file, image bytes written to files."""
     rows = ParquetRows(path)
-    _check_columns(rows.column_names, names, required, path)
+    _check_columns(rows.column_names, names, required, path, has_header_line=False)
     yield from rows.records(*names)
 
 
