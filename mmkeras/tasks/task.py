@@ -1,12 +1,13 @@
 """`Task`: what a task (`RunConfig.task`, or `align`) does differently, in one object per task.
 
-A task is a plain strategy object, not a Keras model: the jobs, the builder,
-the exporter and `evaluate` ask it instead of branching on the task's name.
-It owns
+A task is a plain strategy object, not a Keras model: the jobs, the
+optimizers, the exporter and `evaluate` ask it instead of branching on the
+task's name, and `build_model` takes its head. It owns
 
-- its **labels**: how the manifest's label cells become the classes the data
-  pipeline encodes and the labels the model outputs (`training_labels`,
-  `label_sets`, `run_labels`, `class_indices`, `check_labels_kept`);
+- its **labels**: how its manifests are read (`read_manifest`) and how their
+  label cells become the classes the data pipeline encodes and the labels
+  the model outputs (`training_labels`, `label_sets`, `run_labels`,
+  `class_indices`, `check_labels_kept`);
 - its **model**: the head on the fused features (`head`, built by
   `mmkeras.models.builder.build_model`) and the layers it starts from an
   align run (`aligned_layers`);
