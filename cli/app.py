@@ -44,6 +44,7 @@ from mmkeras.config import (
     STRATEGIES,
     TASKS,
     RunConfig,
+    setting_help,
 )
 from mmkeras.data.service_address import check_port, parse_address
 from mmkeras.errors import UserError
@@ -88,9 +89,11 @@ LABEL_COLUMN_OPTION = typer.Option(
 VERSION_PACKAGES = ("tensorflow", "keras", "keras-hub", "ai-edge-litert", "tokenizers")
 
 
-def setting(name: str, help: str, *flags: str, **kwargs):
-    """An option that overrides `RunConfig.<name>`; `--help` shows RunConfig's default unless told otherwise."""
+def setting(name: str, *flags: str, help: str | None = None, **kwargs):
+    """An option that overrides `RunConfig.<name>`; `--help` shows RunConfig's help text and default unless told
+    otherwise (a command where the setting means more, e.g. `cv`'s epochs of each fold)."""
     default = RunConfig.__dataclass_fields__[name].default
+    help = setting_help(name) if help is None else help
     if isinstance(default, bool):  # a --flag/--no-flag pair: no value to show
         on, off = flags[0].split("/")
         shown = on if default else off
@@ -104,57 +107,29 @@ def qat_setting(name: str, help: str, **kwargs):
     return typer.Option(None, help=help, show_default="the run's" if default is None else str(default), **kwargs)
 
 
-# Help texts that `qat` shares with the run commands (its defaults come from QATSettings, so its options differ).
-STRATEGY_HELP = "tf.distribute strategy: auto picks mirrored with several GPUs, else one device."
-CHECKPOINT_STEPS_HELP = "Also checkpoint every N optimizer updates (0: each epoch only)."
-
 # The options train, cv and align share, declared once so that each reads the same in every command's --help.
 OUT_OPTION = typer.Option(None, "--out", help="Run folder to write.")
 CONFIG_OPTION = typer.Option(None, "--config", help="YAML run config; flags override it.")
-TEXT_BACKBONE_OPTION = setting(
-    "text_backbone", "keras-hub preset, preset folder, Hugging Face folder, or 'tiny' (random, offline)."
-)
-VISION_BACKBONE_OPTION = setting(
-    "vision_backbone",
-    "keras-hub preset, preset folder, HF folder, 'tiny' (small CNN), 'tiny-vit', 'tiny-mobilenet'.",
-)
-FUSION_OPTION = setting("fusion", "How text and image tokens are joined.")
-EPOCHS_OPTION = setting("epochs", "Training epochs.", min=1)
-BATCH_SIZE_OPTION = setting("batch_size", "Global batch size (across replicas and workers).", min=1)
-LEARNING_RATE_OPTION = setting(
-    "learning_rate",
-    "Peak learning rate (warmup, then cosine decay).",
-    show_default="5e-5 when pretrained backbone weights train, else 1e-3",
-)
-SEED_OPTION = setting("seed", "Seed for weights, shuffling and dropout.")
-DETERMINISTIC_OPTION = setting(
-    "deterministic", "Deterministic TensorFlow ops (slower).", "--deterministic/--no-deterministic"
-)
-STRATEGY_OPTION = setting("strategy", STRATEGY_HELP)
+TEXT_BACKBONE_OPTION = setting("text_backbone")
+VISION_BACKBONE_OPTION = setting("vision_backbone")
+FUSION_OPTION = setting("fusion")
+EPOCHS_OPTION = setting("epochs", min=1)
+BATCH_SIZE_OPTION = setting("batch_size", min=1)
+LEARNING_RATE_OPTION = setting("learning_rate", show_default="5e-5 when pretrained backbone weights train, else 1e-3")
+SEED_OPTION = setting("seed")
+DETERMINISTIC_OPTION = setting("deterministic", "--deterministic/--no-deterministic")
+STRATEGY_OPTION = setting("strategy")
 RESUME_OPTION = typer.Option(
     False, "--resume", metavar=FLAG, help="Continue the run in --out from its last checkpoint (same flags)."
 )
-FREEZE_OPTION = setting("freeze", "Backbones whose weights stay as loaded.")
-LORA_RANK_OPTION = setting("lora_rank", "LoRA adapters of this rank on the backbones (0: off).", min=0)
-MIXED_PRECISION_OPTION = setting(
-    "mixed_precision", "auto: mixed float16 on a GPU, bfloat16 on a TPU, float32 on a CPU."
-)
-GRADIENT_ACCUMULATION_OPTION = setting(
-    "gradient_accumulation", "Batches per optimizer update (the update of a batch this many times bigger).", min=1
-)
-CHECKPOINT_STEPS_OPTION = setting("checkpoint_steps", CHECKPOINT_STEPS_HELP, min=0)
-MODALITY_BALANCE_OPTION = setting(
-    "modality_balance", "Keep one modality from dominating: auxiliary unimodal losses, or OGM/OPM modulation."
-)
-IMAGE_SIZE_OPTION = setting(
-    "image_size",
-    "Side of the square images the vision backbone sees.",
-    show_default="a checkpoint folder's own size; tiny: 32",
-    min=16,
-)
-EARLY_STOPPING_PATIENCE_OPTION = setting(
-    "early_stopping_patience", "Stop after N epochs without a lower val_loss (0: never; needs --val).", min=0
-)
+FREEZE_OPTION = setting("freeze")
+LORA_RANK_OPTION = setting("lora_rank", min=0)
+MIXED_PRECISION_OPTION = setting("mixed_precision")
+GRADIENT_ACCUMULATION_OPTION = setting("gradient_accumulation", min=1)
+CHECKPOINT_STEPS_OPTION = setting("checkpoint_steps", min=0)
+MODALITY_BALANCE_OPTION = setting("modality_balance")
+IMAGE_SIZE_OPTION = setting("image_size", show_default="a checkpoint folder's own size; tiny: 32", min=16)
+EARLY_STOPPING_PATIENCE_OPTION = setting("early_stopping_patience", min=0)
 
 
 def emit(result: dict, as_json: bool, human: str):
@@ -241,68 +216,37 @@ def train(
     vision_backbone: Optional[str] = VISION_BACKBONE_OPTION,
     fusion: Optional[Literal[FUSIONS]] = FUSION_OPTION,
     sequence_length: Optional[int] = setting(
-        "sequence_length",
-        "Token ids per text, special tokens included (longer texts are cut and counted).",
-        show_default="the text backbone's limit, at most 128 (tiny: 32)",
-        min=2,
+        "sequence_length", show_default="the text backbone's limit, at most 128 (tiny: 32)", min=2
     ),
-    augment: Optional[Literal[AUGMENTATIONS]] = setting(
-        "augment", "photo: random resized crop, flip and colour jitter of training images (seeded)."
-    ),
+    augment: Optional[Literal[AUGMENTATIONS]] = setting("augment"),
     epochs: Optional[int] = EPOCHS_OPTION,
     batch_size: Optional[int] = BATCH_SIZE_OPTION,
     learning_rate: Optional[float] = LEARNING_RATE_OPTION,
-    new_layers_lr_scale: Optional[float] = setting(
-        "new_layers_lr_scale", "Fine-tuning a pretrained backbone: fusion and head learn this many times faster."
-    ),
+    new_layers_lr_scale: Optional[float] = setting("new_layers_lr_scale"),
     seed: Optional[int] = SEED_OPTION,
     deterministic: Optional[bool] = DETERMINISTIC_OPTION,
-    on_bad_row: Optional[Literal[ON_BAD_ROW]] = setting(
-        "on_bad_row",
-        "A bad row (unreadable image, empty label, malformed line, ...): fail lists every one and stops; "
-        "skip drops them and lists them in RUN_DIR/skipped_rows.csv.",
-    ),
+    on_bad_row: Optional[Literal[ON_BAD_ROW]] = setting("on_bad_row"),
     strategy: Optional[Literal[STRATEGIES]] = STRATEGY_OPTION,
     resume: bool = RESUME_OPTION,
     freeze: Optional[Literal[FREEZE_CHOICES]] = FREEZE_OPTION,
     lora_rank: Optional[int] = LORA_RANK_OPTION,
-    cache_features: Optional[bool] = setting(
-        "cache_features",
-        "Run frozen backbones once and train on their stored outputs.",
-        "--cache-features/--no-cache-features",
-    ),
-    cache_dir: Optional[Path] = setting(
-        "cache_dir", "Feature cache folder (--cache-features).", show_default="~/.cache/mmkeras/features"
-    ),
-    cache_dtype: Optional[Literal[CACHE_DTYPES]] = setting(
-        "cache_dtype", "Stored feature precision: float16 (half the size) or float32 (exact)."
-    ),
-    modality_dropout: Optional[float] = setting(
-        "modality_dropout", "Probability of hiding the text or the image of a training example.", min=0.0, max=1.0
-    ),
+    cache_features: Optional[bool] = setting("cache_features", "--cache-features/--no-cache-features"),
+    cache_dir: Optional[Path] = setting("cache_dir", show_default="~/.cache/mmkeras/features"),
+    cache_dtype: Optional[Literal[CACHE_DTYPES]] = setting("cache_dtype"),
+    modality_dropout: Optional[float] = setting("modality_dropout", min=0.0, max=1.0),
     mixed_precision: Optional[Literal[MIXED_PRECISION]] = MIXED_PRECISION_OPTION,
     gradient_accumulation: Optional[int] = GRADIENT_ACCUMULATION_OPTION,
-    class_weight: Optional[Literal[CLASS_WEIGHTS]] = setting(
-        "class_weight", "balanced: weigh each class's loss by rows / (classes * rows of the class)."
-    ),
+    class_weight: Optional[Literal[CLASS_WEIGHTS]] = setting("class_weight"),
     checkpoint_steps: Optional[int] = CHECKPOINT_STEPS_OPTION,
     modality_balance: Optional[Literal[MODALITY_BALANCE]] = MODALITY_BALANCE_OPTION,
-    task: Optional[Literal[TASKS]] = setting(
-        "task", "classify; match: does the text fit the image (2 labels); multilabel: label cells like a|b."
-    ),
-    init_from: Optional[Path] = setting(
-        "init_from", "Start from an align run's backbones, tokenizer and projections (mmkeras align)."
-    ),
+    task: Optional[Literal[TASKS]] = setting("task"),
+    init_from: Optional[Path] = setting("init_from"),
     image_size: Optional[int] = IMAGE_SIZE_OPTION,
     early_stopping_patience: Optional[int] = EARLY_STOPPING_PATIENCE_OPTION,
     text_column: Optional[str] = TEXT_COLUMN_OPTION,
     image_column: Optional[str] = IMAGE_COLUMN_OPTION,
     label_column: Optional[str] = LABEL_COLUMN_OPTION,
-    data_service: Optional[str] = setting(
-        "data_service",
-        "grpc://HOST:PORT of a tf.data service dispatcher whose workers decode the training images "
-        "(mmkeras data-service); the same batches as without it.",
-    ),
+    data_service: Optional[str] = setting("data_service"),
     as_json: bool = JSON_OPTION,
 ):
     """Train a model on a manifest and write a run folder.
@@ -453,8 +397,8 @@ def qat(
     unknown_layers: Optional[Literal[UNKNOWN_LAYERS]] = qat_setting(
         "unknown_layers", "A layer type QAT does not know: refuse it, or warn and leave it float."
     ),
-    strategy: Optional[Literal[STRATEGIES]] = qat_setting("strategy", STRATEGY_HELP),
-    checkpoint_steps: Optional[int] = qat_setting("checkpoint_steps", CHECKPOINT_STEPS_HELP, min=0),
+    strategy: Optional[Literal[STRATEGIES]] = qat_setting("strategy", setting_help("strategy")),
+    checkpoint_steps: Optional[int] = qat_setting("checkpoint_steps", setting_help("checkpoint_steps"), min=0),
     resume: bool = typer.Option(
         False, "--resume", metavar=FLAG, help="Continue the QAT run in --out from its last checkpoint."
     ),
@@ -803,10 +747,10 @@ def cv(
     text_backbone: Optional[str] = TEXT_BACKBONE_OPTION,
     vision_backbone: Optional[str] = VISION_BACKBONE_OPTION,
     fusion: Optional[Literal[FUSIONS]] = FUSION_OPTION,
-    epochs: Optional[int] = setting("epochs", "Training epochs of each fold.", min=1),
+    epochs: Optional[int] = setting("epochs", help="Training epochs of each fold.", min=1),
     batch_size: Optional[int] = BATCH_SIZE_OPTION,
     learning_rate: Optional[float] = LEARNING_RATE_OPTION,
-    seed: Optional[int] = setting("seed", "Seed of the split and of every fold's run."),
+    seed: Optional[int] = setting("seed", help="Seed of the split and of every fold's run."),
     modality_balance: Optional[Literal[MODALITY_BALANCE]] = MODALITY_BALANCE_OPTION,
     image_size: Optional[int] = IMAGE_SIZE_OPTION,
     early_stopping_patience: Optional[int] = EARLY_STOPPING_PATIENCE_OPTION,
@@ -912,16 +856,16 @@ def align(
     config: Optional[Path] = CONFIG_OPTION,
     text_backbone: Optional[str] = TEXT_BACKBONE_OPTION,
     vision_backbone: Optional[str] = VISION_BACKBONE_OPTION,
-    embedding_dim: Optional[int] = setting("embedding_dim", "Width of the shared embedding space.", min=1),
+    embedding_dim: Optional[int] = setting("embedding_dim", min=1),
     epochs: Optional[int] = EPOCHS_OPTION,
-    batch_size: Optional[int] = setting("batch_size", "Global batch: the in-batch negatives of every row.", min=1),
+    batch_size: Optional[int] = setting("batch_size", help="Global batch: the in-batch negatives of every row.", min=1),
     learning_rate: Optional[float] = LEARNING_RATE_OPTION,
     seed: Optional[int] = SEED_OPTION,
     deterministic: Optional[bool] = DETERMINISTIC_OPTION,
     on_bad_row: Optional[Literal[ON_BAD_ROW]] = setting(
         "on_bad_row",
-        "A bad row (no text, no image, a missing or unreadable image, a malformed line, ...): fail lists every "
-        "one and stops; skip drops them and lists them in RUN_DIR/skipped_rows.csv.",
+        help="A bad row (no text, no image, a missing or unreadable image, a malformed line, ...): fail lists "
+        "every one and stops; skip drops them and lists them in RUN_DIR/skipped_rows.csv.",
     ),
     strategy: Optional[Literal[STRATEGIES]] = STRATEGY_OPTION,
     resume: bool = RESUME_OPTION,

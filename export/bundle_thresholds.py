@@ -16,9 +16,9 @@ Example:
 from pathlib import Path
 
 from mmkeras.data.manifest import read_manifest
-from mmkeras.evaluation.multilabel_metrics import multi_hot, tune_thresholds
 from mmkeras.evaluation.target_predictions import predict_probabilities
-from mmkeras.runtime.predictor import sigmoid
+from mmkeras.runtime.outputs import sigmoid
+from mmkeras.tasks.multilabel_metrics import multi_hot, tune_thresholds
 
 
 def retuned_thresholds(run, predict_logits) -> tuple[list[float], int] | None:

@@ -19,11 +19,11 @@ from mmkeras.runtime.bundle import (
     BUNDLE_FILES,
     BUNDLE_FORMAT_VERSION,
     MODEL_FILE,
-    OUTPUT_ACTIVATIONS,
     PREPROCESSOR_FILE,
     QUANTIZATION_MODES,
     TOKENIZER_FILE,
 )
+from mmkeras.tasks.registry import get_task
 
 
 def bundle_header() -> dict[str, Any]:
@@ -84,7 +84,7 @@ def write_bundle_json(
         preprocessing: the preprocessor's settings (the content of
             `preprocessor.json`), repeated so that one file describes the bundle.
         source_run: the run folder the bundle was exported from.
-        task: the run's task; it sets `output_activation` (`OUTPUT_ACTIVATIONS`).
+        task: the run's task; its output sets `output_activation` (`Task.output`).
         thresholds: for `multilabel`, per label (in `labels` order) the
             sigmoid score at and above which the label is predicted.
         conversion: the export's conversion report (op types, compute-op
@@ -100,7 +100,7 @@ def write_bundle_json(
     """
     if quantization not in QUANTIZATION_MODES:
         raise ValueError(f"quantization must be one of {QUANTIZATION_MODES}, got {quantization!r}")
-    activation = OUTPUT_ACTIVATIONS[task]
+    activation = get_task(task).output.activation
     if (thresholds is None) != (activation == "softmax"):
         raise ValueError(f"thresholds go with a sigmoid output ({task!r} gives {activation})")
     bundle = {

@@ -16,7 +16,6 @@ from pathlib import Path
 import numpy as np
 
 from mmkeras.errors import UserError
-from mmkeras.evaluation.multilabel_evaluate import run_thresholds
 from mmkeras.evaluation.report import record_bundle
 from mmkeras.export.bundle_thresholds import retuned_thresholds
 from mmkeras.export.bundle_writer import check_replaceable, tensor_entry, write_bundle_json
@@ -39,6 +38,7 @@ from mmkeras.runtime.bundle import INPUT_NAMES, MODEL_FILE, QUANTIZATION_MODES, 
 from mmkeras.runtime.interpreter import LiteRTModel
 from mmkeras.runtime.test_vectors import examples_from_manifest, write_test_vectors
 from mmkeras.staged_folder import remove_stale_staging, staged_folder
+from mmkeras.tasks.registry import get_task
 
 logger = logging.getLogger("mmkeras")
 
@@ -152,12 +152,12 @@ def _export_locked(
             logger.info("checking the bundle against the Keras model on %d %s rows", rows, parity_source)
             litert_model = LiteRTModel(staging / MODEL_FILE)
             parity = {"source": parity_source, **parity_report(run.model, litert_model, parity_inputs, parity_labels)}
-        multilabel = {}
-        if run.config.task == "multilabel":
-            multilabel = {"thresholds_tuned_rows": None}
+        retuning = {}
+        if bundle_fields["thresholds"] is not None:  # a quantized model's own scores set its thresholds
+            retuning = {"thresholds_tuned_rows": None}
             retuned = retuned_thresholds(run, LiteRTModel(staging / MODEL_FILE)) if quantize != "none" else None
             if retuned is not None:
-                bundle_fields["thresholds"], multilabel["thresholds_tuned_rows"] = retuned
+                bundle_fields["thresholds"], retuning["thresholds_tuned_rows"] = retuned
         report = {
             "quantize": quantize,
             "qat": run.quantization is not None,
@@ -166,7 +166,7 @@ def _export_locked(
             "calibration_rows": len(sample["image"]) if quantize == "int8" else None,
             "kept_float": kept_float,
             "parity": parity,
-            **multilabel,
+            **retuning,
         }
         report["warning"] = quality_warning(report)
         write_bundle_json(staging, **bundle_fields, conversion=report)
@@ -201,7 +201,7 @@ def parity_sample(run, calibration_data: str | Path | None):
     """`(inputs, labels, source)` for the parity check: the run's validation rows, else the calibration rows.
 
     At most `PARITY_ROWS` rows (a seeded sample); `labels` are their class
-    indices when every row has a label of the run (not for multilabel runs),
+    indices when every row has one label of the run (`Task.class_indices`),
     else `None`; all three are `None` when there is no manifest to read.
     """
     if run.config.val and Path(run.config.val).is_file():
@@ -216,11 +216,8 @@ def parity_sample(run, calibration_data: str | Path | None):
 
 
 def known_labels(run, rows) -> np.ndarray | None:
-    """The rows' class indices in the run's labels; `None` for a multilabel run or when a row has no known label."""
-    index_of = {label: index for index, label in enumerate(run.labels)}
-    if run.config.task == "multilabel" or not rows or any(row.label not in index_of for row in rows):
-        return None
-    return np.array([index_of[row.label] for row in rows], np.int32)
+    """The rows' class indices in the run's labels; `None` when a row has no known label, or a set of them."""
+    return get_task(run.config.task).class_indices([row.label for row in rows], run.labels)
 
 
 def test_vector_manifest(run, calibration_data: str | Path | None) -> str | Path | None:
@@ -249,7 +246,7 @@ def write_bundle_files(directory: Path, tflite_model: bytes, run, quantize: str)
         preprocessing=run.preprocessor.get_config(),
         source_run=str(Path(run.path).resolve()),
         task=run.config.task,
-        thresholds=run_thresholds(run.path, run.labels) if run.config.task == "multilabel" else None,
+        thresholds=get_task(run.config.task).bundle_thresholds(run.path, run.labels),
     )
     write_bundle_json(directory, **fields)
     return fields

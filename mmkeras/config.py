@@ -3,6 +3,8 @@
 The CLI flags, a YAML `--config` file and the Python API all fill this one
 dataclass; the resolved config is saved in the run folder as `config.yaml`.
 Precedence: dataclass defaults < YAML file < explicit flags / keyword args.
+Each setting the CLI offers carries its one-line `--help` text in its field
+(`setting`, read with `setting_help`), so that text is written once, here.
 """
 
 import dataclasses
@@ -28,6 +30,21 @@ MODALITY_BALANCE = ("none", "aux", "adaptive")
 # multilabel: a label cell lists several labels separated by `|`.
 TASKS = ("classify", "match", "multilabel")
 CACHE_DTYPES = ("float16", "float32")
+
+
+def setting(default, help: str):
+    """A `RunConfig` field whose CLI option (`mmkeras train --NAME`) shows `help`: written once, beside its default."""
+    return dataclasses.field(default=default, metadata={"help": help})
+
+
+def setting_help(name: str) -> str:
+    """The one-line `--help` text of `RunConfig` field `name` (`setting`).
+
+    Example:
+    >>> setting_help("epochs")
+    'Training epochs.'
+    """
+    return RunConfig.__dataclass_fields__[name].metadata["help"]
 
 
 # NumPy's and TensorFlow's seeds are 32-bit.
@@ -149,47 +166,79 @@ class RunConfig:
     data: str | None = None
     val: str | None = None
     out: str | None = None
-    text_backbone: str = "tiny"
-    vision_backbone: str = "tiny"
-    fusion: str = "cross-attention"
-    sequence_length: int | None = None
+    text_backbone: str = setting(
+        "tiny",
+        "keras-hub preset, preset folder, Hugging Face folder, or 'tiny' (random, offline).",
+    )
+    vision_backbone: str = setting(
+        "tiny",
+        "keras-hub preset, preset folder, HF folder, 'tiny' (small CNN), 'tiny-vit', 'tiny-mobilenet'.",
+    )
+    fusion: str = setting("cross-attention", "How text and image tokens are joined.")
+    sequence_length: int | None = setting(
+        None,
+        "Token ids per text, special tokens included (longer texts are cut and counted).",
+    )
     fusion_dim: int = 64
     num_heads: int = 4
     dropout: float = 0.1
-    modality_dropout: float = 0.0
-    epochs: int = 10
-    batch_size: int = 32
-    learning_rate: float | None = None
-    new_layers_lr_scale: float = 20.0
+    modality_dropout: float = setting(0.0, "Probability of hiding the text or the image of a training example.")
+    epochs: int = setting(10, "Training epochs.")
+    batch_size: int = setting(32, "Global batch size (across replicas and workers).")
+    learning_rate: float | None = setting(None, "Peak learning rate (warmup, then cosine decay).")
+    new_layers_lr_scale: float = setting(
+        20.0,
+        "Fine-tuning a pretrained backbone: fusion and head learn this many times faster.",
+    )
     optimizer: str = "adamw"
     weight_decay: float = 0.01
     warmup_fraction: float = 0.1
-    early_stopping_patience: int = 5
-    seed: int = 0
-    deterministic: bool = False
-    on_bad_row: str = "fail"
-    strategy: str = "auto"
-    freeze: str = "none"
-    lora_rank: int = 0
-    cache_features: bool = False
-    cache_dir: str | None = None
-    cache_dtype: str = "float16"
+    early_stopping_patience: int = setting(5, "Stop after N epochs without a lower val_loss (0: never; needs --val).")
+    seed: int = setting(0, "Seed for weights, shuffling and dropout.")
+    deterministic: bool = setting(False, "Deterministic TensorFlow ops (slower).")
+    on_bad_row: str = setting(
+        "fail",
+        "A bad row (unreadable image, empty label, malformed line, ...): fail lists every one and stops; skip drops "
+        "them and lists them in RUN_DIR/skipped_rows.csv.",
+    )
+    strategy: str = setting("auto", "tf.distribute strategy: auto picks mirrored with several GPUs, else one device.")
+    freeze: str = setting("none", "Backbones whose weights stay as loaded.")
+    lora_rank: int = setting(0, "LoRA adapters of this rank on the backbones (0: off).")
+    cache_features: bool = setting(False, "Run frozen backbones once and train on their stored outputs.")
+    cache_dir: str | None = setting(None, "Feature cache folder (--cache-features).")
+    cache_dtype: str = setting("float16", "Stored feature precision: float16 (half the size) or float32 (exact).")
     jit_compile: bool | None = None
-    mixed_precision: str = "auto"
-    gradient_accumulation: int = 1
-    class_weight: str = "none"
-    checkpoint_steps: int = 0
+    mixed_precision: str = setting("auto", "auto: mixed float16 on a GPU, bfloat16 on a TPU, float32 on a CPU.")
+    gradient_accumulation: int = setting(
+        1,
+        "Batches per optimizer update (the update of a batch this many times bigger).",
+    )
+    class_weight: str = setting("none", "balanced: weigh each class's loss by rows / (classes * rows of the class).")
+    checkpoint_steps: int = setting(0, "Also checkpoint every N optimizer updates (0: each epoch only).")
     max_image_pixels: int = MAX_IMAGE_PIXELS
-    augment: str = "none"
-    modality_balance: str = "none"
-    task: str = "classify"
-    init_from: str | None = None
-    embedding_dim: int = 64
-    image_size: int | None = None
+    augment: str = setting("none", "photo: random resized crop, flip and colour jitter of training images (seeded).")
+    modality_balance: str = setting(
+        "none",
+        "Keep one modality from dominating: auxiliary unimodal losses, or OGM/OPM modulation.",
+    )
+    task: str = setting(
+        "classify",
+        "classify; match: does the text fit the image (2 labels); multilabel: label cells like a|b.",
+    )
+    init_from: str | None = setting(
+        None,
+        "Start from an align run's backbones, tokenizer and projections (mmkeras align).",
+    )
+    embedding_dim: int = setting(64, "Width of the shared embedding space.")
+    image_size: int | None = setting(None, "Side of the square images the vision backbone sees.")
     text_column: str = "text"
     image_column: str = "image"
     label_column: str = "label"
-    data_service: str | None = None
+    data_service: str | None = setting(
+        None,
+        "grpc://HOST:PORT of a tf.data service dispatcher whose workers decode the training images (mmkeras "
+        "data-service); the same batches as without it.",
+    )
 
     def __post_init__(self):
         self.validate()

@@ -38,6 +38,7 @@ LAYERS = (
     ("quantization", "the QAT transform and quantized layers; loading a run (a QAT run is rebuilt)", (
         "mmkeras.quantization",
     )),
+    ("tasks", "one object per task: its labels, head, loss, metrics, thresholds and evaluation", ("mmkeras.tasks",)),
     ("evaluation", "figures of runs and bundles, the results folder and the report", ("mmkeras.evaluation",)),
     ("training", "train, align and cross-validation jobs", ("mmkeras.training",)),
     ("qat", "the QAT fine-tune, a training job on a quantized model", ("mmkeras.quantization.qat_training",)),

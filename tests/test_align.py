@@ -9,7 +9,7 @@ import tensorflow as tf
 
 from mmkeras.cli.app import main
 from mmkeras.quantization.run_loading import load_run
-from mmkeras.training.contrastive_loss import ContrastiveLoss
+from mmkeras.tasks.contrastive_loss import ContrastiveLoss
 from tests.helpers.cli import SAMPLES, run_cli, write_subset
 from tests.helpers.training_runs import (
     TWO_LOGICAL_CPUS,
@@ -140,7 +140,7 @@ def test_align_skips_bad_pairs_and_ends_with_its_recall_against_chance(pairs, tm
 
 # The counterfactual: each replica's negatives are its own rows only (no all_gather).
 PER_REPLICA_NEGATIVES = TWO_LOGICAL_CPUS + """
-import mmkeras.training.contrastive_loss as contrastive_loss
+import mmkeras.tasks.contrastive_loss as contrastive_loss
 contrastive_loss._gather = lambda value: value
 contrastive_loss._replica_offset = lambda rows: tf.constant(0, tf.int32)
 """

@@ -13,13 +13,13 @@ import tensorflow as tf
 import mmkeras
 from mmkeras.cli.app import main
 from mmkeras.data.manifest import read_manifest
-from mmkeras.evaluation.multilabel_metrics import multi_hot, multilabel_figures, tune_thresholds
 from mmkeras.export.converter import export_bundle
 from mmkeras.quantization.qat_settings import QATSettings
 from mmkeras.quantization.qat_training import qat_finetune
 from mmkeras.runtime.predictor import Predictor
 from mmkeras.runtime.test_vectors import read_test_vectors, verify_bundle
-from mmkeras.training.multilabel_loss import MultiLabelLoss
+from mmkeras.tasks.multilabel_loss import MultiLabelLoss
+from mmkeras.tasks.multilabel_metrics import multi_hot, multilabel_figures, tune_thresholds
 from tests.helpers.cli import SAMPLES, WITHOUT_TENSORFLOW, run_cli, write_subset
 
 

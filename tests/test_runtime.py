@@ -15,7 +15,8 @@ from mmkeras.errors import UserError
 from mmkeras.preprocessing.text_cleaning import InvalidTextError
 from mmkeras.runtime.bundle import INPUT_NAMES
 from mmkeras.runtime.interpreter import LiteRTModel, interpreter_module, usable_threads
-from mmkeras.runtime.predictor import Predictor, softmax
+from mmkeras.runtime.outputs import softmax
+from mmkeras.runtime.predictor import Predictor
 from tests.helpers.cli import SAMPLES
 
 VAL_ROWS = read_manifest(SAMPLES / "val.csv").rows[:6]

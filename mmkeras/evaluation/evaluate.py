@@ -1,9 +1,10 @@
 """`evaluate`: figures of a run folder (Keras model) or a bundle (LiteRT, no TensorFlow) on a manifest.
 
 `evaluate` is what `mmkeras evaluate` runs: it picks the evaluation the
-target needs (a `--task multilabel` run or bundle: `evaluate_multilabel`; an
-align run, zero-shot: `zero_shot_evaluate`; any other classifier:
-`evaluate_classifier`), so the Python API and the CLI give the same figures.
+target's task names (`Task.evaluation`: a `--task
+multilabel` run or bundle: `evaluate_multilabel`; any other classifier:
+`evaluate_classifier`; an align run, zero-shot: `zero_shot_evaluate`), so the
+Python API and the CLI give the same figures.
 
 For a classifier: Both paths feed the model through the same `MultimodalPreprocessor`, so a
 run's and its float bundle's figures are directly comparable. The modality
@@ -16,6 +17,8 @@ Everything is saved in the target's results folder (`results_folder`), and
 the run's report is refreshed.
 """
 
+import functools
+
 import numpy as np
 
 from mmkeras.data.manifest import read_manifest
@@ -24,13 +27,14 @@ from mmkeras.evaluation.calibration import calibration_figures
 from mmkeras.evaluation.consistency import consistency_figures
 from mmkeras.evaluation.metrics import classification_figures, top_k_accuracy
 from mmkeras.evaluation.modality_ablation import ModalityLogits
-from mmkeras.evaluation.multilabel_evaluate import evaluate_multilabel, is_multilabel
+from mmkeras.evaluation.multilabel_evaluate import evaluate_multilabel
 from mmkeras.evaluation.results_folder import results_dir, sample_rows, write_attention_overlays, write_results
 from mmkeras.evaluation.target_predictions import CHUNK_ROWS, load_target
 from mmkeras.evaluation.zero_shot import DEFAULT_PROMPT, zero_shot_evaluate
 from mmkeras.progress import step_progress
-from mmkeras.runs import is_align_run, is_run_folder, manifest_columns
-from mmkeras.runtime.predictor import softmax
+from mmkeras.runs import manifest_columns
+from mmkeras.runtime.outputs import softmax
+from mmkeras.tasks.registry import target_task
 
 # Top-k accuracies reported (those with k below the number of classes).
 TOP_K = (2, 3, 5)
@@ -75,11 +79,14 @@ def evaluate(
     """
     if zero_shot:
         return zero_shot_evaluate(target, data, prompt, columns=columns)
-    if is_run_folder(target) and is_align_run(target):
-        raise UserError("an align run has no classifier: evaluate it with --zero-shot", path=target)
-    if is_multilabel(target):
-        return evaluate_multilabel(target, data, columns=columns)
-    return evaluate_classifier(target, data, save_results=save_results, columns=columns)
+    task = target_task(target)
+    if task.evaluation is None:
+        raise UserError(f"an {task.name} run has no classifier: evaluate it with --zero-shot", path=target)
+    routines = {
+        "classifier": functools.partial(evaluate_classifier, save_results=save_results),
+        "multilabel": evaluate_multilabel,
+    }
+    return routines[task.evaluation](target, data, columns=columns)
 
 
 def evaluate_classifier(target, data, *, save_results: bool = True, columns: dict[str, str] | None = None) -> dict:

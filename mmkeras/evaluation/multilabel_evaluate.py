@@ -10,41 +10,14 @@ Example:
 (0.97, 0.93, 0.91)
 """
 
-import json
-from pathlib import Path
-
 from mmkeras.data.manifest import read_manifest
 from mmkeras.errors import UserError
-from mmkeras.evaluation.multilabel_metrics import multi_hot, multilabel_figures, split_labels
 from mmkeras.evaluation.target_predictions import load_target, predict_probabilities
 from mmkeras.runs import manifest_columns
-from mmkeras.runtime.bundle import BUNDLE_FILE, output_activation, read_bundle
-from mmkeras.runtime.predictor import sigmoid
-
-# The threshold of a run trained without validation rows to tune it on.
-DEFAULT_THRESHOLD = 0.5
-
-
-def is_multilabel(target) -> bool:
-    """Whether `target` is a `--task multilabel` run folder or a bundle exported from one."""
-    from mmkeras.runs import is_run_folder, load_run_config
-
-    target = Path(target)
-    if (target / BUNDLE_FILE).is_file():
-        return output_activation(read_bundle(target)) == "sigmoid"
-    return is_run_folder(target) and load_run_config(target).task == "multilabel"
-
-
-def run_thresholds(run_dir, labels: list[str]) -> list[float]:
-    """Per label, the threshold `train` tuned on the validation rows (`metrics.json`), in `labels` order.
-
-    `DEFAULT_THRESHOLD` for a run trained without validation rows.
-    """
-    from mmkeras.runs import METRICS_FILE
-
-    metrics_file = Path(run_dir) / METRICS_FILE
-    tuned = json.loads(metrics_file.read_text(encoding="utf-8")).get("thresholds") if metrics_file.is_file() else None
-    return [DEFAULT_THRESHOLD if tuned is None else float(tuned[label]) for label in labels]
+from mmkeras.runtime.bundle import read_bundle
+from mmkeras.runtime.outputs import sigmoid
+from mmkeras.tasks.multilabel import run_thresholds
+from mmkeras.tasks.multilabel_metrics import multi_hot, multilabel_figures, split_labels
 
 
 def evaluate_multilabel(target, data, *, columns: dict[str, str] | None = None) -> dict:

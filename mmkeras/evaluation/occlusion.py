@@ -17,7 +17,7 @@ Example:
 
 import numpy as np
 
-from mmkeras.runtime.predictor import softmax
+from mmkeras.runtime.outputs import softmax
 
 # Patches per image side.
 OCCLUSION_GRID = 8

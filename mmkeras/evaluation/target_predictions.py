@@ -19,7 +19,7 @@ import numpy as np
 from mmkeras.errors import UserError
 from mmkeras.progress import step_progress
 from mmkeras.runtime.bundle import BUNDLE_FILE
-from mmkeras.runtime.predictor import softmax
+from mmkeras.runtime.outputs import softmax
 
 CHUNK_ROWS = 64
 

@@ -5,9 +5,12 @@ component shares (`token_ids`, `padding_mask`, `image`, `modality_mask`):
 
 ```
 token_ids, padding_mask -> text_backbone -> text tokens ----------\
-image (0..255) -> image_normalization -> vision_backbone -> tokens -> fusion -> head_dropout -> logits
+image (0..255) -> image_normalization -> vision_backbone -> tokens -> fusion -> head_dropout -> head -> logits
 modality_mask -> [modality_dropout] -------------------------------/
 ```
+
+The head is the task's (`mmkeras.tasks`, its `head`): `classifier_logits`
+(a dense layer, the default), or `match_logits` for `--task match`.
 
 Image normalisation (the preset ImageConverter's `scale` and `offset`) is a
 layer inside the model, so the device feeds plain 0..255 RGB pixels.
@@ -20,6 +23,7 @@ Example:
 """
 
 import contextlib
+import dataclasses
 import random
 
 import keras
@@ -28,7 +32,7 @@ from mmkeras.config import FUSIONS
 from mmkeras.errors import UserError
 from mmkeras.models.concat_fusion import ConcatFusion
 from mmkeras.models.cross_attention_fusion import CrossAttentionFusion
-from mmkeras.models.embedding_heads import ALIGNED_LAYERS, embed_image_tokens, embed_text_tokens
+from mmkeras.models.embedding_heads import embed_image_tokens, embed_text_tokens
 from mmkeras.models.gated_fusion import GatedFusion
 from mmkeras.models.logit_scale import LogitScale
 from mmkeras.models.modality_dropout import ModalityDropout
@@ -60,9 +64,7 @@ def build_model(
     modality_dropout=0.0,
     texts=None,
     seed=None,
-    task="classify",
-    embedding_dim=64,
-    match_index=1,
+    head=None,
     backbones=None,
     image_size=None,
 ):
@@ -88,12 +90,8 @@ def build_model(
         seed: makes the random weights (and dropout seeds) reproducible
             without touching the caller's global random state; `None` draws
             from that global state.
-        task: `classify`, or `match`: the logits also see the scaled cosine
-            similarity of the text's and the image's embeddings in a shared
-            space (the heads of `build_dual_encoder`, named alike so an
-            aligned run's projections and temperature carry over).
-        embedding_dim: width of that shared space (`match` only).
-        match_index: which of the 2 logits is the `match` class (`match` only).
+        head: `HeadInputs` -> float32 logits [B, num_classes]: the task's
+            head (`Task.head`); `None` is `classifier_logits`.
         backbones: `(TextBackbone, VisionBackbone)` to build on instead of
             loading the SPECs (an align run's, for `train --init-from`).
         image_size: side of the square images; `None` keeps the vision
@@ -129,15 +127,55 @@ def build_model(
         fusion_layer = _fusion_layer(fusion, fusion_dim, num_heads, dropout)
         fused = fusion_layer(text_tokens, inputs["padding_mask"], image_tokens, modality_mask)
         fused = keras.layers.Dropout(dropout, name="head_dropout")(fused)
-        # float32 logits even under mixed precision: the loss needs them.
-        logits = keras.layers.Dense(num_classes, dtype="float32", name="logits")(fused)
-        if task == "match":
-            similarity = _similarity_logits(
-                text_tokens, inputs["padding_mask"], image_tokens, embedding_dim, match_index
-            )
-            logits = keras.layers.Add(dtype="float32", name="match_logits")([logits, similarity])
+        head_inputs = HeadInputs(fused, text_tokens, inputs["padding_mask"], image_tokens)
+        if head is None:
+            logits = classifier_logits(head_inputs, num_classes=num_classes)
+        else:
+            logits = head(head_inputs)
         model = keras.Model(inputs, logits, name="mmkeras_classifier")
     return model, MultimodalPreprocessor(text.tokenizer, vision.image_size, vision.resample, crop_pct=vision.crop_pct)
+
+
+@dataclasses.dataclass
+class HeadInputs:
+    """What a head builds on (symbolic tensors of `build_model`'s graph).
+
+    Args:
+        fused: the fused features after `head_dropout`.
+        text_tokens: the text backbone's tokens.
+        padding_mask: which of them are real.
+        image_tokens: the vision backbone's tokens.
+    """
+
+    fused: object
+    text_tokens: object
+    padding_mask: object
+    image_tokens: object
+
+
+def classifier_logits(inputs: HeadInputs, *, num_classes: int):
+    """The classifier head: a dense layer on the fused features, float32 logits [B, num_classes]."""
+    # float32 logits even under mixed precision: the loss needs them.
+    return keras.layers.Dense(num_classes, dtype="float32", name="logits")(inputs.fused)
+
+
+def match_logits(inputs: HeadInputs, *, embedding_dim: int, match_index: int):
+    """The `--task match` head: the classifier's 2 logits plus the modalities' scaled similarity's.
+
+    The logits also see the scaled cosine similarity of the text's and the
+    image's embeddings in a shared space (the heads of `build_dual_encoder`,
+    named alike so an aligned run's projections and temperature carry over).
+
+    Args:
+        inputs: what the head builds on.
+        embedding_dim: width of the shared space.
+        match_index: which of the 2 logits is the `match` class.
+    """
+    logits = classifier_logits(inputs, num_classes=2)
+    similarity = _similarity_logits(
+        inputs.text_tokens, inputs.padding_mask, inputs.image_tokens, embedding_dim, match_index
+    )
+    return keras.layers.Add(dtype="float32", name="match_logits")([logits, similarity])
 
 
 def pretrained_backbones(config) -> tuple[str, ...]:
@@ -180,16 +218,19 @@ def _similarity_logits(text_tokens, padding_mask, image_tokens, embedding_dim, m
     )(scaled)
 
 
-def fine_tuned_pretrained_backbones(config) -> tuple[str, ...]:
+def fine_tuned_pretrained_backbones(config, aligned_layers: tuple[str, ...] = ()) -> tuple[str, ...]:
     """Layer names of a run's pretrained backbones whose own weights train.
 
     Their weights do not train when `--freeze` names them or under
     `--lora-rank` (then only the adapters, which start from zero, train).
-    A match classifier from an align run also fine-tunes the aligned heads.
+    A classifier from an align run also fine-tunes the heads its task
+    started from that run (`aligned_layers`).
 
     Args:
         config: a `RunConfig` (`text_backbone`, `vision_backbone`, `freeze`,
             `lora_rank`).
+        aligned_layers: the head layers the run's task starts from an align
+            run (`Task.aligned_layers`), fine-tuned at the backbones' rate.
 
     Example:
     >>> fine_tuned_pretrained_backbones(RunConfig(text_backbone="bert_tiny_en_uncased"))  # doctest: +SKIP
@@ -199,9 +240,7 @@ def fine_tuned_pretrained_backbones(config) -> tuple[str, ...]:
         return ()
     frozen = FROZEN_BACKBONES[config.freeze]
     backbones = tuple(name for name in pretrained_backbones(config) if name not in frozen)
-    # A match classifier from an align run fine-tunes the aligned heads too (at the backbones' rate).
-    aligned = ALIGNED_LAYERS if config.init_from and config.task == "match" else ()
-    return backbones + aligned
+    return backbones + tuple(aligned_layers)
 
 
 def _check_settings(num_classes, fusion, fusion_dim, num_heads, dropout, modality_dropout):

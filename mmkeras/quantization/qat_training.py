@@ -54,9 +54,7 @@ from pathlib import Path
 import tensorflow as tf
 
 from mmkeras.config import RunConfig
-from mmkeras.data.manifest import read_manifest
 from mmkeras.errors import UserError
-from mmkeras.evaluation.multilabel_metrics import multi_hot
 from mmkeras.models.builder import pretrained_backbones
 from mmkeras.models.text_backbones import freeze_pooler
 from mmkeras.quantization.qat_settings import LEARNING_RATE_FACTOR, QATSettings
@@ -66,7 +64,7 @@ from mmkeras.runs import load_run_config
 from mmkeras.training.job import JobResult, PreparedRun, TrainingJob
 from mmkeras.training.optimizers import resolve_learning_rate
 from mmkeras.training.run_setup import checked_manifests, epoch_datasets
-from mmkeras.training.trainer import enable_lora, multilabel_cells
+from mmkeras.training.trainer import enable_lora
 from mmkeras.training.training_loop import TrainingLoop
 
 logger = logging.getLogger("mmkeras")
@@ -192,11 +190,13 @@ class QATJob(TrainingJob):
             logger.info("QAT trains the plain model: the %s balance heads were the float run's training aid only",
                         config.modality_balance)
         self.float_run = run
-        labels, preprocessor = run.labels, run.preprocessor
-        raw_train = read_manifest(config.data, on_bad_row=config.on_bad_row, columns=config.columns)
-        if config.task == "multilabel":  # the pipeline encodes label cells; the model keeps the run's labels
-            labels = self.multilabel_cells(raw_train, run.labels)
-        train_manifest, val_manifest, skipped = checked_manifests(config, raw_train, labels, preprocessor.image_size)
+        preprocessor = run.preprocessor
+        raw_train = self.task.read_manifest(config.data, config)
+        # the pipeline encodes the task's label cells; the model keeps the run's labels
+        labels, self.label_sets = self.task.run_labels(config, raw_train, run.labels)
+        train_manifest, val_manifest, skipped = checked_manifests(
+            config, raw_train, labels, preprocessor.image_size, task=self.task
+        )
         train_epochs, val_data = epoch_datasets(config, preprocessor, labels, train_manifest, val_manifest)
         logger.info("calibrating activation ranges on %d batches", settings.calibration_batches)
         # Eager and identical in every process (same rows, same weights), so every replica gets the same ranges;
@@ -208,23 +208,13 @@ class QATJob(TrainingJob):
             trained_model=model,
             preprocessor=preprocessor,
             labels=labels,
-            saved_labels=run.labels if self.label_sets is not None else None,
+            saved_labels=run.labels,
             train_manifest=train_manifest,
             train_epochs=train_epochs,
             val_data=val_data,
             skipped_rows=skipped,
             policy=model.dtype_policy.name,
         )
-
-    def multilabel_cells(self, raw_train, run_labels: list[str]) -> list[str]:
-        """The label cells of a multilabel run's QAT data (setting `label_sets`); every label must be the run's."""
-        cells, labels = multilabel_cells(self.config, raw_train)
-        unknown = sorted(set(labels) - set(run_labels))
-        if unknown:
-            raise UserError(f"label(s) {', '.join(unknown)} are not the run's ({', '.join(run_labels)})",
-                            path=self.config.data)
-        self.label_sets = multi_hot(cells, run_labels)
-        return cells
 
     def initial_metrics(self, prepared: PreparedRun, loop: TrainingLoop) -> dict:
         logger.info("measuring the QAT model's loss before fine-tuning")

@@ -24,6 +24,7 @@ import jsonschema.exceptions
 
 from mmkeras.errors import UserError
 from mmkeras.runs import BUNDLE_FILE, RESULTS_FOLDER  # `evaluate BUNDLE` writes into results too
+from mmkeras.runtime.outputs import BUNDLE_OUTPUTS, DEFAULT_OUTPUT_ACTIVATION
 from mmkeras.staged_folder import UNFINISHED_MARKER
 
 BUNDLE_FORMAT_VERSION = 1
@@ -54,11 +55,6 @@ SCHEMA_FILE = "bundle.schema.json"
 INPUT_NAMES = ("token_ids", "padding_mask", "image", "modality_mask")
 OUTPUT_NAME = "logits"
 QUANTIZATION_MODES = ("none", "float16", "dynamic", "int8")
-# How scores come from the logits (`output_activation`): one softmax over the labels (one label per
-# example: classify, match) or one sigmoid per label (multilabel: every label at or above its threshold).
-# A bundle written before these keys existed is single-label softmax.
-OUTPUT_ACTIVATIONS = {"classify": "softmax", "match": "softmax", "multilabel": "sigmoid"}
-DEFAULT_OUTPUT_ACTIVATION = "softmax"
 # What a bundle holds (`bundle_kind`), in the words of the line that refuses a bundle a command cannot use.
 BUNDLE_KINDS = {
     "classifier": "one label per example: a softmax over its labels",
@@ -150,14 +146,16 @@ def bundle_kind(values: dict[str, Any], path: Path | None = None) -> str:
     """
     kind = values.get("kind")
     if kind is None:
-        return "multilabel" if output_activation(values) == "sigmoid" else "classifier"
+        output = BUNDLE_OUTPUTS.get(output_activation(values))  # an unknown one: the schema check names it
+        return output.bundle_kind if output is not None else "classifier"
     if kind != DUAL_ENCODER_KIND:
         raise UserError(f"unknown bundle kind {kind!r} (this mmkeras reads {', '.join(BUNDLE_KINDS)})", path=path)
     return kind
 
 
 def output_activation(bundle: dict[str, Any]) -> str:
-    """`softmax` or `sigmoid`: how a bundle's logits become scores (`softmax` for a bundle without the key).
+    """`softmax` or `sigmoid`: how a bundle's logits become scores (`softmax` for a bundle without the key;
+    `mmkeras.runtime.outputs.output_of` gives its decoding).
 
     Example:
     >>> output_activation({"labels": ["cat", "dog"]})

@@ -19,8 +19,9 @@ import numpy as np
 from mmkeras.errors import UserError
 from mmkeras.preprocessing import MultimodalPreprocessor
 from mmkeras.preprocessing.image import UnreadableImageError
-from mmkeras.runtime.bundle import PREPROCESSOR_FILE, output_activation, read_bundle
+from mmkeras.runtime.bundle import PREPROCESSOR_FILE, read_bundle
 from mmkeras.runtime.interpreter import LiteRTModel
+from mmkeras.runtime.outputs import output_of
 
 
 @dataclasses.dataclass
@@ -55,6 +56,8 @@ class Predictor:
     Attributes:
         bundle: the parsed bundle.json (a dict; see docs/bundle.md).
         labels: class names in logit order.
+        output: how its logits become scores and labels (`BundleOutput`, from
+            bundle.json's `output_activation`).
         multilabel: whether scores are per-label sigmoids (a `multilabel` bundle).
         thresholds: per label, the score at and above which it is predicted
             (multilabel bundles; `None` otherwise).
@@ -72,6 +75,7 @@ class Predictor:
     def __init__(self, bundle_dir: str | Path, *, num_threads: int | None = None, unfinished_ok: bool = False):
         self.path = Path(bundle_dir)
         self.bundle = read_bundle(self.path, unfinished_ok=unfinished_ok)
+        self.output = output_of(self.bundle)
         self.preprocessor = MultimodalPreprocessor.load(self.path)
         self.model = _load_model(self.path / self.bundle["model_file"], num_threads)
         self._check_model_matches_bundle()
@@ -83,7 +87,7 @@ class Predictor:
 
     @property
     def multilabel(self) -> bool:
-        return output_activation(self.bundle) == "sigmoid"
+        return self.output.thresholded
 
     @property
     def thresholds(self) -> list[float] | None:
@@ -91,14 +95,12 @@ class Predictor:
 
     def scores(self, logits: np.ndarray) -> np.ndarray:
         """Scores float64 [..., num_classes] of logits: softmax, or a sigmoid per label for a multilabel bundle."""
-        return sigmoid(logits) if self.multilabel else softmax(logits)
+        return self.output.scores(logits)
 
     def predicted_labels(self, scores: np.ndarray) -> list[str]:
         """The labels one example's scores predict: the best one, or those at or above their thresholds."""
-        if not self.multilabel:
-            return [self.labels[int(np.argmax(scores))]]
-        thresholds = self.bundle["thresholds"]  # the schema asks every sigmoid bundle for them
-        return [label for label, score, cut in zip(self.labels, scores, thresholds) if score >= cut]
+        # the schema asks every sigmoid bundle for thresholds
+        return self.output.predicted_labels(scores, self.labels, self.thresholds)
 
     def predict(self, text: str | bytes | None, image: str | Path | bytes | None) -> Prediction:
         """Classify one example; `None` (or "") marks a missing text or image.
@@ -161,16 +163,3 @@ def _load_model(path: Path, num_threads: int | None) -> LiteRTModel:
         # when tensors cannot be allocated; the first line says which.
         reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         raise UserError(f"the LiteRT interpreter cannot load this model: {reason}", path=path) from None
-
-
-def sigmoid(logits: np.ndarray) -> np.ndarray:
-    """Each logit's own probability, computed stably in float64 (no overflow for large negative logits)."""
-    values = np.asarray(logits, dtype=np.float64)
-    return np.exp(-np.logaddexp(0.0, -values))
-
-
-def softmax(logits: np.ndarray) -> np.ndarray:
-    """Probabilities along the last axis, computed stably in float64."""
-    shifted = np.asarray(logits, dtype=np.float64) - np.max(logits, axis=-1, keepdims=True)
-    exponentials = np.exp(shifted)
-    return exponentials / exponentials.sum(axis=-1, keepdims=True)

@@ -29,13 +29,12 @@ import tensorflow as tf
 from mmkeras.config import RunConfig
 from mmkeras.data.dataset import EpochDatasets, make_dataset
 from mmkeras.data.manifest import Manifest
-from mmkeras.data.pairs import read_pairs
 from mmkeras.errors import UserError
 from mmkeras.evaluation.retrieval_metrics import retrieval_recall
 from mmkeras.models.dual_encoder import ENCODER_INPUTS, IMAGE_EMBEDDING, TEXT_EMBEDDING, build_dual_encoder
-from mmkeras.training.contrastive_loss import ContrastiveLoss
 from mmkeras.training.job import JobResult, PreparedRun, TrainingJob
 from mmkeras.training.precision import dtype_policy, float32_copy, resolve_policy
+from mmkeras.training.run_setup import checked_manifests
 from mmkeras.training.trainer import prepare_backbones
 
 logger = logging.getLogger("mmkeras")
@@ -70,10 +69,11 @@ class AlignJob(TrainingJob):
     """
 
     name = "alignment"
+    task_name = "align"  # its manifests are true pairs, its loss `ContrastiveLoss` (`AlignTask`)
 
     def prepare(self, strategy: tf.distribute.Strategy) -> PreparedRun:
         config = self.config
-        pairs = read_pairs(config.data, on_bad_row=config.on_bad_row, columns=config.columns)
+        pairs = self.task.read_manifest(config.data, config)
         policy = resolve_policy(config.mixed_precision)
         logger.info("building the dual encoder (%s text, %s vision)", config.text_backbone, config.vision_backbone)
         with strategy.scope(), dtype_policy(policy):
@@ -86,9 +86,8 @@ class AlignJob(TrainingJob):
                 seed=config.seed,
                 image_size=config.image_size,
             )
-        check = {"on_bad_row": config.on_bad_row, "max_pixels": config.max_image_pixels}
-        pairs, _ = pairs.validate_images(preprocessor.image_size, **check)
-        skipped = list(pairs.skipped)
+        # No label check: a pair's label only groups it (`_grouped`).
+        pairs, val_pairs, skipped = checked_manifests(config, pairs, None, preprocessor.image_size, task=self.task)
         groups, train_pairs = _grouped(pairs)
         with strategy.scope():
             prepare_backbones(model, config)
@@ -96,10 +95,7 @@ class AlignJob(TrainingJob):
             EpochDatasets(train_pairs, groups, preprocessor, batch_size=config.batch_size, seed=config.seed)
         )
         val_data = None
-        if config.val:
-            val_pairs = read_pairs(config.val, on_bad_row=config.on_bad_row, columns=config.columns)
-            val_pairs, _ = val_pairs.validate_images(preprocessor.image_size, **check)
-            skipped += val_pairs.skipped
+        if val_pairs is not None:
             val_groups, val_pairs = _grouped(val_pairs)
             val_data = make_dataset(
                 val_pairs, val_groups, preprocessor, batch_size=config.batch_size, shuffle=False, seed=config.seed
@@ -116,9 +112,6 @@ class AlignJob(TrainingJob):
             policy=policy,
             saved_labels=pairs.labels(),
         )
-
-    def training_loss(self):
-        return ContrastiveLoss()
 
     def final_metrics(self, prepared: PreparedRun, model: keras.Model) -> dict:
         if prepared.val_data is None:

@@ -11,7 +11,8 @@ Example:
 >>> config = aligned_config(RunConfig(data="train.csv", out="runs/match", task="match",
 ...                                   init_from="runs/align"))                        # doctest: +SKIP
 >>> start = load_aligned_start(config.init_from)                                     # doctest: +SKIP
->>> model, _ = build_model(num_classes=2, task="match", backbones=start.backbones)   # doctest: +SKIP
+>>> model, _ = build_model(num_classes=2, head=get_task("match").head(["mismatch", "match"], config),
+...                        backbones=start.backbones)                                 # doctest: +SKIP
 >>> copy_aligned_layers(model, start.model)                                          # doctest: +SKIP
 """
 

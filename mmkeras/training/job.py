@@ -20,20 +20,19 @@ import math
 from pathlib import Path
 
 import keras
-import numpy as np
 import tensorflow as tf
 
 from mmkeras.config import RunConfig
 from mmkeras.data.manifest import BadRow, Manifest
-from mmkeras.evaluation.multilabel_metrics import multilabel_figures, tune_thresholds
 from mmkeras.evaluation.report import refresh_report
 from mmkeras.folder_lock import folder_lock
 from mmkeras.preprocessing import MultimodalPreprocessor
 from mmkeras.runs import check_run_output, save_run
+from mmkeras.tasks.registry import get_task
+from mmkeras.tasks.task import Task
 from mmkeras.training.checkpoints import Checkpoints, TrainingState, checkpoint_to_resume, restore
 from mmkeras.training.epoch_log import EpochLog
 from mmkeras.training.fit import fit
-from mmkeras.training.multilabel_loss import MultiLabelLoss
 from mmkeras.training.run_setup import make_loop, seed_everything
 from mmkeras.training.strategy import make_strategy, worker_session
 from mmkeras.training.training_loop import TrainingLoop
@@ -109,20 +108,28 @@ class TrainingJob:
 
     Subclasses implement `prepare`, and may override `loop_config`,
     `resume_settings`, `training_loss`, `initial_metrics`, `final_metrics`,
-    `final_model` and `run_folder_extras`.
+    `final_model` and `run_folder_extras`. What differs by task (`config.task`,
+    or the job's own `task_name`) the job asks its `task` (`mmkeras.tasks`).
     """
 
     # Whether validation picks the weights kept (early stopping, best epoch) or only reports.
     keeps_best_weights = True
     name = "training"
-    # `--task multilabel`: [label cells, labels] 0/1, which labels each distinct label cell (the class the
-    # data pipeline encodes) holds; `prepare` sets it. `None`: one label per row.
+    # The task of a job that is not `config.task`'s (align); `None`: `config.task`.
+    task_name = None
+    # A task whose label cells are label sets (`Task.label_sets`): [label cells, labels] 0/1, which labels each
+    # distinct label cell (the class the data pipeline encodes) holds; `prepare` sets it. `None`: one label per row.
     label_sets = None
 
     def __init__(self, config: RunConfig, *, resume: bool = False):
         paths = {key: getattr(config, key) for key in ("data", "val", "out", "init_from")}
         self.config = config.replace(**{key: str(Path(path).resolve()) for key, path in paths.items() if path})
         self.resume = resume
+
+    @property
+    def task(self) -> Task:
+        """The job's `Task`: its labels, head, loss and validation figures."""
+        return get_task(self.task_name or self.config.task)
 
     # -- what subclasses define ---------------------------------------------------------------
 
@@ -143,32 +150,18 @@ class TrainingJob:
         return loop_config.to_dict()
 
     def training_loss(self):
-        """The loss the loop minimises (see `TrainingLoop`'s `loss`); `None`: classification cross-entropy.
-
-        A multilabel job (`label_sets` set by `prepare`) minimises `MultiLabelLoss`.
-        """
-        return None if self.label_sets is None else MultiLabelLoss(self.label_sets)
+        """The loss the loop minimises (see `TrainingLoop`'s `loss`): the task's (`Task.loss`); `None`:
+        classification cross-entropy."""
+        return self.task.loss(self.label_sets)
 
     def final_metrics(self, prepared: PreparedRun, model: keras.Model) -> dict:
         """Figures of the final model added to the run's metrics (an align run's retrieval recall).
 
-        A multilabel job: per-label thresholds tuned on the validation rows, and their figures there,
+        The task's validation figures (`Task.validation_figures`; a multilabel job's tuned thresholds),
         scored with the trained model, which the validation batches feed (the head, on cached features).
         """
-        if self.label_sets is None or prepared.val_data is None:
-            return {}
-        scores, cells = [], []
-        for inputs, cell_ids in prepared.val_data:
-            logits = prepared.trained_model(inputs, training=False)
-            scores.append(keras.ops.convert_to_numpy(keras.ops.sigmoid(logits)))
-            cells.append(cell_ids.numpy())
-        truth, scores = self.label_sets[np.concatenate(cells)], np.concatenate(scores)
-        thresholds = tune_thresholds(truth, scores)
-        figures = multilabel_figures(truth, scores, thresholds, prepared.saved_labels)
-        return {
-            "thresholds": dict(zip(prepared.saved_labels, thresholds)),
-            **{f"val_{key}": figures[key] for key in ("mAP", "micro_f1", "macro_f1", "exact_match")},
-        }
+        labels = prepared.labels if prepared.saved_labels is None else prepared.saved_labels
+        return self.task.validation_figures(prepared.trained_model, prepared.val_data, self.label_sets, labels)
 
     def initial_metrics(self, prepared: PreparedRun, loop: TrainingLoop) -> dict:
         """Figures measured before the first update (reported with the final ones)."""

@@ -23,6 +23,7 @@ import tensorflow as tf
 from mmkeras import compat
 from mmkeras.config import RunConfig
 from mmkeras.models.builder import fine_tuned_pretrained_backbones
+from mmkeras.tasks.registry import get_task
 
 RANDOM_INIT_LEARNING_RATE = 1e-3
 FINE_TUNE_LEARNING_RATE = 5e-5
@@ -92,6 +93,12 @@ class DenseSGD(_ScaledLearningRates, _DenseGradients, keras.optimizers.SGD):
     """
 
 
+def fine_tuned_layers(config: RunConfig) -> tuple[str, ...]:
+    """The pretrained layers whose own weights train: the backbones (`fine_tuned_pretrained_backbones`)
+    and the head layers the run's task starts from an align run (`Task.aligned_layers`)."""
+    return fine_tuned_pretrained_backbones(config, get_task(config.task).aligned_layers(config))
+
+
 def resolve_learning_rate(config: RunConfig) -> float:
     """The configured peak learning rate, or the default: 5e-5 when a pretrained backbone's weights train, else 1e-3.
 
@@ -101,13 +108,13 @@ def resolve_learning_rate(config: RunConfig) -> float:
     """
     if config.learning_rate is not None:
         return config.learning_rate
-    return FINE_TUNE_LEARNING_RATE if fine_tuned_pretrained_backbones(config) else RANDOM_INIT_LEARNING_RATE
+    return FINE_TUNE_LEARNING_RATE if fine_tuned_layers(config) else RANDOM_INIT_LEARNING_RATE
 
 
 def new_layers_learning_rate(config: RunConfig) -> float:
     """The peak learning rate of the layers that start from scratch: `new_layers_lr_scale` times
     `resolve_learning_rate` when pretrained weights train beside them, else that rate itself."""
-    scale = config.new_layers_lr_scale if fine_tuned_pretrained_backbones(config) else 1.0
+    scale = config.new_layers_lr_scale if fine_tuned_layers(config) else 1.0
     return scale * resolve_learning_rate(config)
 
 
@@ -117,9 +124,9 @@ def new_layer_variables(model: keras.Model, config: RunConfig) -> list:
     Args:
         model: the model the run trains (a `build_model` model, or its head
             on cached features).
-        config: the run config (`fine_tuned_pretrained_backbones`).
+        config: the run config (`fine_tuned_layers`).
     """
-    pretrained = fine_tuned_pretrained_backbones(config)
+    pretrained = fine_tuned_layers(config)
     if not pretrained:
         return []
     kept = {id(variable) for name in pretrained for variable in model.get_layer(name).trainable_variables}

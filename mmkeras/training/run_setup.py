@@ -1,6 +1,6 @@
 """The pieces of a run that training (`train`) and QAT fine-tuning (`qat_finetune`) share.
 
-Both check their manifests the same way, read an epoch's batches from
+Both check their manifests the same way (and `align` too, with its task), read an epoch's batches from
 `EpochDatasets` (an order fixed by the seed and the epoch alone, the same in
 every worker and after a restart) and train with a `TrainingLoop` built from
 the run config: the run's optimizer and schedule, class weights, gradient
@@ -10,7 +10,7 @@ training paths from drifting apart.
 Example:
 >>> train_manifest, val_manifest, skipped = checked_manifests(
 ...     config, read_manifest(config.data, on_bad_row=config.on_bad_row), labels,
-...     preprocessor.image_size)                                                       # doctest: +SKIP
+...     preprocessor.image_size, task=get_task(config.task))                          # doctest: +SKIP
 >>> train_epochs, val_data = epoch_datasets(
 ...     config, preprocessor, labels, train_manifest, val_manifest)                   # doctest: +SKIP
 >>> loop = make_loop(config, model, strategy, "float32",
@@ -23,8 +23,9 @@ import tensorflow as tf
 from mmkeras.config import RunConfig
 from mmkeras.data.data_service import DataServiceEpochs
 from mmkeras.data.dataset import EpochDatasets, make_dataset
-from mmkeras.data.manifest import BadRow, Manifest, read_manifest
+from mmkeras.data.manifest import BadRow, Manifest
 from mmkeras.preprocessing import MultimodalPreprocessor
+from mmkeras.tasks.task import Task
 from mmkeras.training.class_weights import balanced_class_weights
 from mmkeras.training.optimizers import make_optimizer
 from mmkeras.training.precision import with_loss_scaling
@@ -39,9 +40,11 @@ def seed_everything(config: RunConfig):
 
 
 def checked_manifests(
-    config: RunConfig, train_manifest: Manifest, labels: list[str], image_size
+    config: RunConfig, train_manifest: Manifest, labels: list[str] | None, image_size, *, task: Task
 ) -> tuple[Manifest, Manifest | None, list[BadRow]]:
     """The training manifest and `config.val`'s, images checked (`config.on_bad_row`), and the rows skipped.
+
+    Train, QAT and align check their manifests here, each with its task.
 
     Args:
         config: the run config (`val`, `on_bad_row`, `max_image_pixels`).
@@ -49,20 +52,26 @@ def checked_manifests(
         labels: the class names in logit order; a training row with another
             label is a user error naming its file and line, before any
             training; a validation row with one fails or is skipped as
-            `config.on_bad_row` says.
+            `config.on_bad_row` says. `None`: the rows' labels are not
+            classes (align's groups of pairs), not checked.
         image_size: the preprocessor's `(height, width)`.
+        task: the job's task; it reads `config.val` as it reads its
+            manifests (`Task.read_manifest`: align's are true pairs).
     """
     check = {"on_bad_row": config.on_bad_row, "max_pixels": config.max_image_pixels}
     train_manifest, _ = train_manifest.validate_images(image_size, **check)
-    train_manifest.encode_labels(labels)
+    if labels is not None:
+        train_manifest.encode_labels(labels)
     skipped = list(train_manifest.skipped)
     val_manifest = None
     if config.val:
-        val_manifest = read_manifest(config.val, on_bad_row=config.on_bad_row, columns=config.columns)
-        val_manifest = val_manifest.with_known_labels(labels, config.on_bad_row)
+        val_manifest = task.read_manifest(config.val, config)
+        if labels is not None:
+            val_manifest = val_manifest.with_known_labels(labels, config.on_bad_row)
         val_manifest, _ = val_manifest.validate_images(image_size, **check)
         skipped += val_manifest.skipped
-        val_manifest.encode_labels(labels)
+        if labels is not None:
+            val_manifest.encode_labels(labels)
     return train_manifest, val_manifest, skipped
 
 

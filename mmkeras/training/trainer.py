@@ -13,9 +13,7 @@ import keras
 import tensorflow as tf
 
 from mmkeras.config import RunConfig
-from mmkeras.data.manifest import read_manifest
 from mmkeras.errors import UserError
-from mmkeras.evaluation.multilabel_metrics import multi_hot, split_labels
 from mmkeras.models.backbone_split import split_at_frozen_backbones
 from mmkeras.models.builder import FROZEN_BACKBONES, build_model, pretrained_backbones
 from mmkeras.training.aligned_start import aligned_config, copy_aligned_layers, load_aligned_start
@@ -24,10 +22,6 @@ from mmkeras.training.job import JobResult, PreparedRun, TrainingJob
 from mmkeras.training.modality_balance import ModalityBalance
 from mmkeras.training.precision import dtype_policy, float32_copy, resolve_policy
 from mmkeras.training.run_setup import checked_manifests, epoch_datasets
-
-# The label pairs `--task match` accepts (lowercased), and the one of each that means a match.
-MATCH_LABELS = ({"mismatch", "match"}, {"0", "1"}, {"false", "true"})
-MATCHING = ("match", "1", "true")
 
 logger = logging.getLogger("mmkeras")
 
@@ -71,15 +65,14 @@ class TrainJob(TrainingJob):
     """
 
     def prepare(self, strategy: tf.distribute.Strategy) -> PreparedRun:
-        config = self.config
-        raw_train = read_manifest(config.data, on_bad_row=config.on_bad_row, columns=config.columns)
-        labels = classes = raw_train.labels()
-        if config.task == "multilabel":
-            labels, classes = multilabel_cells(config, raw_train)
-            self.label_sets = multi_hot(labels, classes)
+        config, task = self.config, self.task
+        raw_train = task.read_manifest(config.data, config)
+        # labels: the label cells the pipeline encodes; classes: the model's labels (the same but for label sets)
+        labels, classes = task.training_labels(config, raw_train)
+        self.label_sets = task.label_sets(labels, classes)
         if len(classes) < 2:
             raise UserError(f"a classifier needs at least 2 labels, found {classes}", path=config.data)
-        match_index = match_label_index(labels, config.data) if config.task == "match" else 1
+        head = task.head(classes, config)
         policy = resolve_policy(config.mixed_precision)
         logger.info("building the model (%s text, %s vision, %s fusion)",
                     config.text_backbone, config.vision_backbone, config.fusion)
@@ -97,18 +90,17 @@ class TrainJob(TrainingJob):
                 modality_dropout=config.modality_dropout,
                 texts=[row.text for row in raw_train.rows if row.text],
                 seed=config.seed,
-                task=config.task,
-                embedding_dim=config.embedding_dim,
-                match_index=match_index,
+                head=head,
                 backbones=aligned and aligned.backbones,
                 image_size=config.image_size,
             )
             if aligned:
                 copy_aligned_layers(model, aligned.model)
         preprocessor.max_image_pixels = config.max_image_pixels  # the bundle's runtime keeps the limit
-        train_manifest, val_manifest, skipped = checked_manifests(config, raw_train, labels, preprocessor.image_size)
-        if config.task != "multilabel":  # multilabel cells also come from --val
-            check_every_label_kept(train_manifest, labels)
+        train_manifest, val_manifest, skipped = checked_manifests(
+            config, raw_train, labels, preprocessor.image_size, task=task
+        )
+        task.check_labels_kept(train_manifest, labels)
         with strategy.scope():
             prepare_backbones(model, config)
         trained_model, train_epochs, val_data = _training_data(
@@ -124,7 +116,7 @@ class TrainJob(TrainingJob):
             trained_model=trained_model,
             preprocessor=preprocessor,
             labels=labels,
-            saved_labels=classes if config.task == "multilabel" else None,
+            saved_labels=classes,
             train_manifest=train_manifest,
             train_epochs=train_epochs,
             val_data=val_data,
@@ -146,37 +138,6 @@ class TrainJob(TrainingJob):
     def final_model(self, prepared: PreparedRun) -> keras.Model:
         # A run folder holds the float32 model: mixed precision is how a run trains, not what it exports.
         return prepared.model if prepared.policy == "float32" else float32_copy(prepared.model)
-
-
-def multilabel_cells(config: RunConfig, raw_train) -> tuple[list[str], list[str]]:
-    """`(cells, labels)` of `--task multilabel`: the distinct label cells of the training and validation rows
-    (what the data pipeline encodes) and the labels they list (`red|ring`: `red` and `ring`)."""
-    cells = set(raw_train.labels())
-    if config.val:
-        cells |= set(read_manifest(config.val, on_bad_row=config.on_bad_row, columns=config.columns).labels())
-    labels = sorted({label for cell in cells for label in split_labels(cell)})
-    return sorted(cells), labels
-
-
-def check_every_label_kept(train_manifest, labels: list[str]):
-    """A label whose every training row was skipped as bad would be a class the model never learns: refuse it."""
-    lost = sorted(set(labels) - set(train_manifest.labels()))
-    if lost:
-        raise UserError(
-            f"label(s) {', '.join(map(repr, lost))} have no usable training row left after skipping bad rows; "
-            "fix those rows or remove the label",
-            path=train_manifest.path,
-        )
-
-
-def match_label_index(labels: list[str], path) -> int:
-    """The index of the `match` label among the two of `--task match` (match/mismatch, 1/0 or true/false)."""
-    lowered = [label.lower() for label in labels]
-    if set(lowered) not in MATCH_LABELS:
-        raise UserError(
-            f"--task match needs the labels match/mismatch, 1/0 or true/false, found {', '.join(labels)}", path=path
-        )
-    return next(index for index, label in enumerate(lowered) if label in MATCHING)
 
 
 def prepare_backbones(model: keras.Model, config: RunConfig):
