@@ -532,7 +532,7 @@ def export(
     ),
     integer_only: bool = typer.Option(
         False, "--integer-only", metavar=FLAG,
-        help="int8: every op int8, int8 image and logits (scale and zero point in bundle.json); "
+        help="int8: every op int8, uint8 image and logits (scale and zero point in bundle.json); "
         "a model that keeps a float op is refused, naming it.",
     ),
     as_json: bool = JSON_OPTION,

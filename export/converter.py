@@ -76,7 +76,7 @@ def export_bundle(
         calibration_rows: calibrate on all the calibration manifest's rows
             up to this many (a seeded sample of that many when it has more).
         integer_only: for int8: a model for integer-only accelerators
-            (`convert_model(integer_only=True)`): every op int8, int8 image,
+            (`convert_model(integer_only=True)`): every op int8, uint8 image,
             modality mask and logits whose scale and zero point bundle.json's
             tensor entries hold; a model that still has float ops is refused
             (`FloatOpsError`, nothing written).

@@ -4,7 +4,7 @@ Integer-only accelerators (Edge TPU, Arm Ethos-U, many phone NPUs) run a
 model only when every op is integer. `export --integer-only` traces the
 model with integer-friendly layer norms and masked softmaxes
 (`mmkeras.export.integer_only_graph`), converts with only
-`TFLITE_BUILTINS_INT8` and int8 input and output tensors
+`TFLITE_BUILTINS_INT8` and uint8 input and output tensors
 (`convert_model(integer_only=True)`), and then refuses, before writing
 anything, a model in which some op still has a float32 output: the
 converter does not enforce the op set, it leaves an op it cannot quantize

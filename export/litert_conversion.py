@@ -93,11 +93,12 @@ PARITY_ROWS = 256
 # before them, so every score rounds to one value (samples run, post-training int8: 0.647 test accuracy, 1.000
 # with these float; float-attention QAT-int8: 0.633 and 1.000; no latency cost measured on the edge model).
 FLOAT_OPS_IN_INT8 = ("BATCH_MATMUL", "HARD_SWISH", "SELECT_V2", "SOFTMAX", "SQUARED_DIFFERENCE", "TRANSPOSE")
-# The dtype of an integer-only model's float inputs (image, modality mask) and of its logits. int8 rather
-# than uint8: the image's calibrated range is 0..255, so int8 with scale 1 and zero point -128 holds every
-# pixel exactly, as uint8 would (scale 1, zero point 0), without the QUANTIZE op that uint8 adds at each
-# input and output (samples run: 219 ops int8, 222 uint8; docs/design.md#integer-only-export-end-to-end).
-INTEGER_IO_TYPE = tf.int8
+# The dtype of an integer-only model's float inputs (image, modality mask) and of its logits. uint8, not int8:
+# the browser runtime (LiteRT.js 2.5) has float32, int32 and uint8 tensors only ("Element type INT8 is not
+# supported"), and the image's calibrated range is 0..255, so uint8 with scale 1 and zero point 0 is the raw
+# pixel itself. The price: the converter adds a QUANTIZE (uint8 <-> int8, integer) at each of the three
+# tensors (samples run: 222 ops, 219 with int8 I/O; docs/design.md#integer-only-export-end-to-end).
+INTEGER_IO_TYPE = tf.uint8
 
 
 class UnsupportedOpsError(UserError):
@@ -156,7 +157,7 @@ def convert_model(
         integer_only: for `int8` without `keep_float`: trace the model with
             integer-friendly layer norms and masked softmaxes
             (`integer_only_tracing`), allow only `TFLITE_BUILTINS_INT8`, and
-            make the float inputs (image, modality mask) and the logits int8
+            make the float inputs (image, modality mask) and the logits uint8
             tensors with a scale and zero point (`INTEGER_IO_TYPE`). The
             converter does not enforce the op set: `check_integer_only`
             checks the result.

@@ -1,4 +1,4 @@
-"""`export --integer-only`: every op integer, int8 image and logits described in bundle.json, the runtime
+"""`export --integer-only`: every op integer, uint8 image and logits described in bundle.json, the runtime
 quantizing and dequantizing them; a model that keeps a float op is refused in one line naming it and its layer."""
 
 import csv
@@ -44,7 +44,7 @@ def integer_only_tiny_bundle(tmp_path_factory):
 
 
 @pytest.mark.slow
-def test_an_integer_only_bundle_has_no_float_op_and_int8_image_and_logits(integer_only_tiny_bundle):
+def test_an_integer_only_bundle_has_no_float_op_and_uint8_image_and_logits(integer_only_tiny_bundle):
     _, bundle, report = integer_only_tiny_bundle
     model = (bundle / "model.tflite").read_bytes()
     assert float_ops(model) == {}
@@ -53,9 +53,9 @@ def test_an_integer_only_bundle_has_no_float_op_and_int8_image_and_logits(intege
     values = json.loads((bundle / "bundle.json").read_text())
     tensors = {tensor["name"]: tensor for tensor in [*values["inputs"], values["output"]]}
     for name in ("image", "modality_mask", "logits"):
-        assert tensors[name]["dtype"] == "int8" and tensors[name]["quantization"]["scale"] > 0, tensors[name]
-    # The image's range is 0..255: every pixel is held exactly (scale 1).
-    assert tensors["image"]["quantization"] == {"scale": 1.0, "zero_point": -128}
+        assert tensors[name]["dtype"] == "uint8" and tensors[name]["quantization"]["scale"] > 0, tensors[name]
+    # The image's range is 0..255: the uint8 input is the pixel itself.
+    assert tensors["image"]["quantization"] == {"scale": 1.0, "zero_point": 0}
     assert tensors["token_ids"]["dtype"] == "int32" and tensors["token_ids"]["quantization"] is None
     # No -1e9 of a masked softmax in a calibrated range (it gave the scores a scale of ~3.9e6).
     assert max(int8_tensor_scales(model).values()) < 100
@@ -103,3 +103,21 @@ def test_the_integer_only_bundle_predicts_the_keras_models_labels(samples_run, t
     assert code == 0, err
     keras_accuracy = np.mean([label == row["label"] for label, row in zip(keras_labels, rows)])
     assert abs(json.loads(out)["accuracy"] - keras_accuracy) <= 1 - INTEGER_ONLY_AGREEMENT
+
+
+@pytest.mark.slow
+def test_qat_integer_only_then_an_integer_only_export(samples_run, tmp_path, capsys):
+    """`qat --integer-only` fake-quantizes the attention too; its integer-only export has no float op."""
+    qat_dir, bundle = tmp_path / "qat", tmp_path / "bundle"
+    code, _, err = run_cli(capsys, "qat", samples_run["run"], "--data", samples_run["train"], "--out", qat_dir,
+                           "--epochs", "1", "--integer-only")
+    assert code == 0, err
+    settings = json.loads((qat_dir / "quantization.json").read_text())["settings"]
+    assert settings["integer_only"] is True
+    code, _, err = run_cli(capsys, "export", qat_dir, "--out", bundle, "--quantize", "int8", "--integer-only",
+                           "--json")
+    assert code == 0, err
+    conversion = json.loads((bundle / "bundle.json").read_text())["conversion"]
+    assert conversion["qat"] and conversion["integer_only"]
+    assert "float32" not in conversion["ops"]["by_output_dtype"]
+    assert max(int8_tensor_scales((bundle / "model.tflite").read_bytes()).values()) < 100

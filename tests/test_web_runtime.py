@@ -84,7 +84,7 @@ def sites(tmp_path_factory):
         export_bundle(source, root / mode, quantize=quantize)
         build_site(root / mode, root / "sites" / mode)
         built[mode] = (root / mode, root / "sites" / mode)
-    # An --integer-only bundle: int8 image, modality mask and logits, which the page quantizes and dequantizes.
+    # An --integer-only bundle: uint8 image, modality mask and logits, which the page quantizes and dequantizes.
     export_bundle(run_dir, root / "integer_only", quantize="int8", integer_only=True, calibration_rows=16)
     build_site(root / "integer_only", root / "sites" / "integer_only")
     built["integer_only"] = (root / "integer_only", root / "sites" / "integer_only")
