@@ -81,9 +81,10 @@ def test_the_integer_only_bundle_predicts_the_keras_models_labels(samples_run, t
     from mmkeras.quantization.run_loading import load_run
 
     bundle = tmp_path / "bundle"
-    code, _, err = run_cli(capsys, "export", samples_run["run"], "--out", bundle, "--quantize", "int8",
-                           "--integer-only")
+    code, out, err = run_cli(capsys, "export", samples_run["run"], "--out", bundle, "--quantize", "int8",
+                             "--integer-only")
     assert code == 0, err
+    assert "integer-only: image uint8 (scale 1, zero point 0), modality_mask uint8" in out  # what the device feeds
     code, _, err = run_cli(capsys, "predict", bundle, "--data", samples_run["val"], "--out", tmp_path / "p.csv")
     assert code == 0, err
     with (tmp_path / "p.csv").open(newline="", encoding="utf-8") as handle:
