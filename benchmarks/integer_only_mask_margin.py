@@ -5,7 +5,7 @@ while the model is traced (`mmkeras.export.integer_only_graph.MASK_MARGIN`):
 the float model's logits under that tracing against Keras' own (how far the
 float results move), and the integer-only conversion against Keras (max
 logit error, label agreement), on the run's validation rows (else its
-training rows). Prints one JSON object per margin on stdout.
+training rows). Prints one JSON object on stdout (progress on stderr).
 
     python benchmarks/integer_only_mask_margin.py --run runs/samples --margins 8,16,32,104
 """
@@ -36,7 +36,7 @@ def keras_logits(model, inputs: dict[str, np.ndarray]) -> np.ndarray:
     ])
 
 
-def main(argv=None) -> list[dict]:
+def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--run", required=True, help="a run folder")
     parser.add_argument("--margins", default="8,16,32,104", help="comma-separated margins")
@@ -47,7 +47,7 @@ def main(argv=None) -> list[dict]:
     compared = manifest_inputs(run, run.config.val or run.config.data, args.rows)
     calibration = manifest_inputs(run, run.config.data, CALIBRATION_ROWS)
     reference = keras_logits(run.model, compared)
-    results = []
+    result = {"run": str(args.run), "rows": len(reference), "margins": []}
     for margin in (float(value) for value in args.margins.split(",")):
         integer_only_graph.MASK_MARGIN = margin  # read by the traced masked softmax at each call
         with integer_only_graph.integer_only_tracing():
@@ -55,16 +55,15 @@ def main(argv=None) -> list[dict]:
         tflite_model = convert_model(run.model, quantize="int8", representative_inputs=[calibration],
                                      keep_float=(), integer_only=True)
         converted = LiteRTModel(tflite_model)(compared)
-        result = {
+        result["margins"].append({
             "margin": margin,
-            "rows": len(reference),
             "float_max_logit_diff": float(np.abs(traced - reference).max()),
             "integer_only_max_logit_diff": float(np.abs(converted - reference).max()),
             "integer_only_label_agreement": float(np.mean(converted.argmax(1) == reference.argmax(1))),
-        }
-        print(json.dumps(result), flush=True)
-        results.append(result)
-    return results
+        })
+        logging.info("margin %g done", margin)
+    print(json.dumps(result, indent=2))
+    return result
 
 
 if __name__ == "__main__":
