@@ -52,6 +52,11 @@ Quantization modes:
   (residual adds, pooling, masking inside blocks). The other modes on a QAT
   run keep the fake quantization as QUANTIZE/DEQUANTIZE pairs around float
   ops: a QAT run is meant for `int8`.
+- `int8` with `integer_only` (`export --integer-only`): no op type kept
+  float, the model traced with integer-friendly layer norms and masked
+  softmaxes (`mmkeras.export.integer_only_graph`), `TFLITE_BUILTINS_INT8`
+  only, and uint8 image, modality mask and logits (`INTEGER_IO_TYPE`), for
+  integer-only accelerators (docs/design.md#integer-only-export-end-to-end).
 """
 
 import contextlib
