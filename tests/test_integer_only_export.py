@@ -4,17 +4,20 @@ quantizing and dequantizing them; a model that keeps a float op is refused in on
 import csv
 import json
 
+import keras
 import numpy as np
 import pytest
 
+from mmkeras.data.manifest import read_manifest
 from mmkeras.errors import UserError
 from mmkeras.export.converter import export_bundle
 from mmkeras.export.integer_only import FloatOpsError, check_integer_only, float_ops
+from mmkeras.models import build_model
 from mmkeras.runtime.interpreter import list_ops
 from mmkeras.runtime.predictor import Predictor
 from mmkeras.runtime.test_vectors import verify_bundle
-from tests.helpers.cli import run_cli
-from tests.helpers.tiny_runs import int8_tensor_scales, save_tiny_run
+from tests.helpers.cli import SAMPLES, run_cli
+from tests.helpers.tiny_runs import SEQUENCE_LENGTH, int8_tensor_scales, save_tiny_run
 
 # The integer-only bundle against the Keras model on the session's 2-epoch samples run (`samples_run`), 32
 # validation rows. That run is near chance (float accuracy 0.16), its logits close to ties, so labels flip
@@ -73,6 +76,22 @@ def test_a_model_that_keeps_a_float_op_is_refused_naming_the_op_and_its_layer(in
     message = str(raised.value)
     assert message.startswith("--integer-only: ops still produce float32: ") and "\n" not in message
     assert "SOFTMAX x4 (in fusion/" in message and "nothing written" in message
+
+
+@pytest.mark.slow
+def test_export_refuses_a_run_whose_model_keeps_a_float_op_in_one_line_and_writes_nothing(tmp_path, capsys):
+    """A sine after the logits: LiteRT has no int8 SIN, so the converter leaves it float between DEQUANTIZE and
+    QUANTIZE; the one error line names both and where they are (after the `logits` layer)."""
+    model, preprocessor = build_model(num_classes=len(read_manifest(SAMPLES / "train.csv").labels()),
+                                      texts=["a red circle"], sequence_length=SEQUENCE_LENGTH, seed=0)
+    run_dir = save_tiny_run(tmp_path / "run", keras.Model(model.input, keras.ops.sin(model.output)), preprocessor)
+    code, _, err = run_cli(capsys, "export", run_dir, "--out", tmp_path / "bundle", "--quantize", "int8",
+                           "--integer-only", "--calibration-rows", "8")
+    error_lines = [line for line in err.splitlines() if line.startswith("error:")]
+    assert code == 2 and len(error_lines) == 1, err
+    assert error_lines[0].startswith("error: --integer-only: ops still produce float32: ")
+    assert "SIN x1 (after logits)" in error_lines[0] and "nothing written" in error_lines[0]
+    assert "Traceback" not in err and not (tmp_path / "bundle").exists()
 
 
 @pytest.mark.slow
