@@ -144,6 +144,9 @@ def remedies(report: dict) -> list[str]:
         return ["--quantize none"]
     if mode == "dynamic":
         return ["--quantize float16"]
+    if report.get("integer_only"):  # --keep-float does not go with --integer-only
+        qat = [] if report["qat"] else ["mmkeras qat --integer-only, then export --integer-only"]
+        return [*qat, "export without --integer-only (then --keep-float)"]
     found = []
     if mode == "int8" and not report["qat"]:
         found.append("mmkeras qat, then export int8")

@@ -10,6 +10,7 @@ import pytest
 
 from mmkeras.data.manifest import read_manifest
 from mmkeras.errors import UserError
+from mmkeras.export.conversion_report import quality_warning
 from mmkeras.export.converter import export_bundle
 from mmkeras.export.integer_only import FloatOpsError, check_integer_only, float_ops
 from mmkeras.models import build_model
@@ -34,6 +35,16 @@ def test_integer_only_is_refused_without_int8_or_with_keep_float(tmp_path):
         export_bundle(tmp_path / "no-run", tmp_path / "bundle", quantize="int8", keep_float=["GELU"],
                       integer_only=True)
     assert not (tmp_path / "bundle").exists()
+
+
+def test_the_loss_warning_of_an_integer_only_bundle_names_the_integer_only_remedies():
+    report = {"quantize": "int8", "qat": False, "integer_only": True, "ops": {"by_type": {"CONV_2D": 4}},
+              "parity": {"rows": 100, "source": "validation", "label_agreement": 0.9, "float_accuracy": 0.8,
+                         "accuracy": 0.75, "accuracy_drop": 0.05}}
+    assert quality_warning(report).endswith(
+        "try: mmkeras qat --integer-only, then export --integer-only; export without --integer-only (then --keep-float)"
+    )
+    assert quality_warning({**report, "qat": True}).endswith("try: export without --integer-only (then --keep-float)")
 
 
 @pytest.fixture(scope="module")
