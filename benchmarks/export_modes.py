@@ -17,15 +17,20 @@ from mmkeras.evaluation.evaluate import evaluate
 from mmkeras.export.converter import export_bundle
 from mmkeras.runtime.benchmark import benchmark_bundle
 
-MODES = ("none", "float16", "dynamic", "int8")
+MODES = ("none", "float16", "dynamic", "int8", "int8_integer_only")
+# `export --quantize int8 --integer-only`: every op int8, int8 image and logits.
+INTEGER_ONLY_MODE = "int8_integer_only"
 
 
 def measure_mode(run: Path, test: Path, bundle: Path, mode: str, runs: int) -> dict:
-    report = export_bundle(run, bundle, quantize=mode)
+    integer_only = mode == INTEGER_ONLY_MODE
+    report = export_bundle(run, bundle, quantize="int8" if integer_only else mode, integer_only=integer_only)
     figures = evaluate(bundle, test)
     return {
         "size_bytes": report["size_bytes"],
         "compute_ops": report["ops"]["compute_ops"],
+        "float_ops": report["ops"]["float_ops"],
+        "op_output_dtypes": report["ops"]["by_output_dtype"],
         "parity_vs_keras": report.get("parity"),
         "test_accuracy": figures["accuracy"],
         "test_macro_f1": figures["macro_f1"],

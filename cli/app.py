@@ -399,6 +399,10 @@ def qat(
     ),
     strategy: Optional[Literal[STRATEGIES]] = qat_setting("strategy", setting_help("strategy")),
     checkpoint_steps: Optional[int] = qat_setting("checkpoint_steps", setting_help("checkpoint_steps"), min=0),
+    integer_only: bool = typer.Option(
+        False, "--integer-only", metavar=FLAG,
+        help="Fake-quantize every op, hard-swish and the attention too, for export --integer-only.",
+    ),
     resume: bool = typer.Option(
         False, "--resume", metavar=FLAG, help="Continue the QAT run in --out from its last checkpoint."
     ),
@@ -423,6 +427,7 @@ def qat(
             unknown_layers=unknown_layers,
             strategy=strategy,
             checkpoint_steps=checkpoint_steps,
+            integer_only=integer_only or None,
         )
     )
     on_bad_row = preflight.check_run_folder(run_dir).on_bad_row  # QAT handles bad rows as the run did
@@ -471,7 +476,8 @@ def export(
     ),
     integer_only: bool = typer.Option(
         False, "--integer-only", metavar=FLAG,
-        help="int8: quantize every op, and refuse (naming them) a model that keeps float ops.",
+        help="int8: every op int8, uint8 image and logits (scale and zero point in bundle.json); "
+        "a model that keeps a float op is refused, naming it.",
     ),
     as_json: bool = JSON_OPTION,
 ):

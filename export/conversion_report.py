@@ -12,6 +12,7 @@ import collections
 
 import numpy as np
 
+from mmkeras.runtime.bundle import read_bundle
 from mmkeras.runtime.interpreter import list_ops
 
 # The ops that do a model's arithmetic: the int8 share of these is reported.
@@ -143,6 +144,9 @@ def remedies(report: dict) -> list[str]:
         return ["--quantize none"]
     if mode == "dynamic":
         return ["--quantize float16"]
+    if report.get("integer_only"):  # --keep-float does not go with --integer-only
+        qat = [] if report["qat"] else ["mmkeras qat --integer-only, then export --integer-only"]
+        return [*qat, "export without --integer-only (then --keep-float)"]
     found = []
     if mode == "int8" and not report["qat"]:
         found.append("mmkeras qat, then export int8")
@@ -165,6 +169,8 @@ def describe_report(report: dict) -> str:
         lines.append("float ops: " + ", ".join(f"{name} {count}" for name, count in report["ops"]["float_ops"].items()))
     if report.get("kept_float"):
         lines.append("kept float by choice (selective quantization): " + ", ".join(report["kept_float"]))
+    if report.get("integer_only"):
+        lines.append(integer_io_line(report["path"]))
     if parity is None:
         lines.append("parity: not checked (no manifest to read)")
     else:
@@ -178,3 +184,20 @@ def describe_report(report: dict) -> str:
             f"max logit error {parity['max_abs_logit_diff']:.4f}{accuracy}"
         )
     return "\n".join(lines)
+
+
+def integer_io_line(bundle_dir) -> str:
+    """An integer-only bundle's quantized tensors with their dtype, scale and zero point, from its bundle.json.
+
+    Example:
+    >>> integer_io_line("bundles/edge")  # doctest: +SKIP
+    'integer-only: image uint8 (scale 1, zero point 0), modality_mask uint8 (...), logits uint8 (...)'
+    """
+    bundle = read_bundle(bundle_dir)
+    tensors = [tensor for tensor in [*bundle["inputs"], bundle["output"]] if tensor["quantization"]]
+    return "integer-only: " + ", ".join(
+        f"{tensor['name']} {tensor['dtype']} (scale {tensor['quantization']['scale']:.6g}, "
+        f"zero point {tensor['quantization']['zero_point']})"
+        for tensor in tensors
+    )
+

@@ -75,14 +75,16 @@ def export_bundle(
             stayed float (a QAT run's fake-quantized ops stay int8).
         calibration_rows: calibrate on all the calibration manifest's rows
             up to this many (a seeded sample of that many when it has more).
-        integer_only: for int8: convert every op the converter can quantize
-            (no `FLOAT_OPS_IN_INT8`) and refuse (`FloatOpsError`, nothing
-            written) a model that still has float ops.
+        integer_only: for int8: a model for integer-only accelerators
+            (`convert_model(integer_only=True)`): every op int8, uint8 image,
+            modality mask and logits whose scale and zero point bundle.json's
+            tensor entries hold; a model that still has float ops is refused
+            (`FloatOpsError`, nothing written).
 
     Returns:
         The conversion report, also stored as bundle.json's `conversion`
         (plus `path` here): `quantize`, `qat` (a QAT run), `size_bytes`,
-        `ops` (`op_summary`), `calibration_rows` (int8) and `parity`
+        `ops` (`op_summary`), `calibration_rows` (int8), `integer_only` and `parity`
         (`source`: `validation` rows of the run's validation manifest, else
         `calibration` rows; `rows`, `max_abs_logit_diff`, `label_agreement`
         against the Keras model, and on labelled rows `float_accuracy`,
@@ -138,7 +140,7 @@ def _export_locked(
     requested_float = set() if integer_only else {*FLOAT_OPS_IN_INT8, *keep_float}
     tflite_model = convert_model(
         run.model, quantize=quantize, representative_inputs=[sample] if quantize == "int8" else None,
-        keep_float=requested_float,
+        keep_float=requested_float, integer_only=integer_only,
     )
     if integer_only:
         check_integer_only(tflite_model)
@@ -164,6 +166,7 @@ def _export_locked(
             "size_bytes": len(tflite_model),
             "ops": op_summary(tflite_model),
             "calibration_rows": len(sample["image"]) if quantize == "int8" else None,
+            "integer_only": integer_only,
             "kept_float": kept_float,
             "parity": parity,
             **retuning,

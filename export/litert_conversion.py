@@ -52,8 +52,14 @@ Quantization modes:
   (residual adds, pooling, masking inside blocks). The other modes on a QAT
   run keep the fake quantization as QUANTIZE/DEQUANTIZE pairs around float
   ops: a QAT run is meant for `int8`.
+- `int8` with `integer_only` (`export --integer-only`): no op type kept
+  float, the model traced with integer-friendly layer norms and masked
+  softmaxes (`mmkeras.export.integer_only_graph`), `TFLITE_BUILTINS_INT8`
+  only, and uint8 image, modality mask and logits (`INTEGER_IO_TYPE`), for
+  integer-only accelerators (docs/design.md#integer-only-export-end-to-end).
 """
 
+import contextlib
 import logging
 import tempfile
 from collections.abc import Iterable, Iterator
@@ -67,6 +73,7 @@ from ai_edge_litert.schema_py_generated import BuiltinOperator
 from mmkeras.data.manifest import Manifest, read_manifest
 from mmkeras.errors import UserError
 from mmkeras.export.hybrid_weights import float_grouped_convolutions
+from mmkeras.export.integer_only_graph import integer_only_tracing
 from mmkeras.framework_logs import native_stderr_silenced
 from mmkeras.quantization.qat_settings import CALIBRATION_ROWS  # noqa: F401  (the default, for its importers)
 from mmkeras.quantization.qat_transform import check_calibrated, is_quantized
@@ -91,6 +98,12 @@ PARITY_ROWS = 256
 # before them, so every score rounds to one value (samples run, post-training int8: 0.647 test accuracy, 1.000
 # with these float; float-attention QAT-int8: 0.633 and 1.000; no latency cost measured on the edge model).
 FLOAT_OPS_IN_INT8 = ("BATCH_MATMUL", "HARD_SWISH", "SELECT_V2", "SOFTMAX", "SQUARED_DIFFERENCE", "TRANSPOSE")
+# The dtype of an integer-only model's float inputs (image, modality mask) and of its logits. uint8, not int8:
+# the browser runtime (LiteRT.js 2.5) has float32, int32 and uint8 tensors only ("Element type INT8 is not
+# supported"), and the image's calibrated range is 0..255, so uint8 with scale 1 and zero point 0 is the raw
+# pixel itself. The price: the converter adds a QUANTIZE (uint8 <-> int8, integer) at each of the three
+# tensors (samples run: 222 ops, 219 with int8 I/O; docs/design.md#integer-only-export-end-to-end).
+INTEGER_IO_TYPE = tf.uint8
 
 
 class UnsupportedOpsError(UserError):
@@ -132,6 +145,7 @@ def convert_model(
     quantize: str = "none",
     representative_inputs: Iterable[dict[str, np.ndarray]] | None = None,
     keep_float: Iterable[str] = FLOAT_OPS_IN_INT8,
+    integer_only: bool = False,
 ) -> bytes:
     """Convert a Keras model with named inputs to LiteRT flatbuffer bytes.
 
@@ -145,6 +159,13 @@ def convert_model(
             float (selective quantization), chosen where int8 is slower on
             the target (`benchmarks/int8_op_profile.py`); in a QAT graph only
             ops without fake quantization stay float.
+        integer_only: for `int8` without `keep_float`: trace the model with
+            integer-friendly layer norms and masked softmaxes
+            (`integer_only_tracing`), allow only `TFLITE_BUILTINS_INT8`, and
+            make the float inputs (image, modality mask) and the logits uint8
+            tensors with a scale and zero point (`INTEGER_IO_TYPE`). The
+            converter does not enforce the op set: `check_integer_only`
+            checks the result.
 
     Raises:
         UnsupportedOpsError: the model needs Flex or custom ops.
@@ -156,21 +177,27 @@ def convert_model(
         raise UserError(f"quantize must be one of {', '.join(QUANTIZATION_MODES)}, got {quantize!r}")
     if (quantize == "int8") != (representative_inputs is not None):
         raise ValueError("representative_inputs are needed for int8, and only for int8")
+    if integer_only and (quantize != "int8" or tuple(keep_float)):
+        raise ValueError("integer_only needs int8 and no keep_float")
     signature = device_signature(model)
     if is_quantized(model):
         check_calibrated(model)
     logger.info("converting to LiteRT (%s)", quantize)
     with tempfile.TemporaryDirectory(prefix="mmkeras-export-") as saved_model_dir:
-        archive = keras.export.ExportArchive()
-        archive.track(model)
-        archive.add_endpoint(
-            SIGNATURE_KEY,
-            lambda inputs: {OUTPUT_NAME: model(inputs, training=False)},
-            input_signature=[signature],
-        )
-        archive.write_out(saved_model_dir, verbose=False)
+        with integer_only_tracing() if integer_only else contextlib.nullcontext():
+            archive = keras.export.ExportArchive()
+            archive.track(model)
+            archive.add_endpoint(
+                SIGNATURE_KEY,
+                lambda inputs: {OUTPUT_NAME: model(inputs, training=False)},
+                input_signature=[signature],
+            )
+            archive.write_out(saved_model_dir, verbose=False)
         converter = tf.lite.TFLiteConverter.from_saved_model(saved_model_dir, signature_keys=[SIGNATURE_KEY])
         converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]
+        if integer_only:
+            converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+            converter.inference_input_type = converter.inference_output_type = INTEGER_IO_TYPE
         if quantize != "none":
             converter.optimizations = [tf.lite.Optimize.DEFAULT]
         if quantize == "float16":

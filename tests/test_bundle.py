@@ -138,6 +138,9 @@ def test_a_json_list_is_not_a_bundle(bundle_dir):
         ({"output_activation": "sigmoid", "thresholds": [0.5, 1.5]}, "at thresholds/1: 1.5 is greater than"),
         ({"output_activation": "sigmoid", "thresholds": [0.5]}, "at thresholds: 1 thresholds for 2 labels"),
         ({"task": "detect"}, "at task: 'detect' is not one of"),
+        ({"output": {"name": "logits", "shape": [1, 2], "dtype": "float32", "quantization": {"scale": 0.1,
+                                                                                         "zero_point": 3}}},
+         "at output/dtype: 'float32' is not allowed (a tensor with a scale and zero point holds int8 or uint8"),
     ],
 )
 def test_bundle_json_is_checked_against_its_schema(bundle_dir, changes, message):

@@ -19,8 +19,18 @@ TENSOR_NAME_PATTERNS = {
 
 
 def snippet(language: str) -> str:
-    [code] = re.findall(rf"```{language}\n(.*?)```", MOBILE_DOC.read_text(encoding="utf-8"), re.DOTALL)
-    return code
+    """The language's first block: the whole check (the integer-only section's blocks are the helpers it adds)."""
+    return re.findall(rf"```{language}\n(.*?)```", MOBILE_DOC.read_text(encoding="utf-8"), re.DOTALL)[0]
+
+
+@pytest.mark.parametrize("language", sorted(TENSOR_NAME_PATTERNS))
+def test_the_integer_only_helpers_read_the_scale_and_zero_point_bundle_json_has(language):
+    blocks = re.findall(rf"```{language}\n(.*?)```", MOBILE_DOC.read_text(encoding="utf-8"), re.DOTALL)
+    quantization = bundle_schema()["$defs"]["tensor"]["properties"]["quantization"]["oneOf"][1]["properties"]
+    assert len(blocks) == 2 and re.search(r"\bfunc? quantize\(", blocks[1])  # Kotlin fun, Swift func
+    assert re.search(r"\bfunc? dequantize\(", blocks[1])
+    names = {"scale", "zero_point"} if language == "kotlin" else {"scale", "zeroPoint"}
+    assert all(name in blocks[1] for name in names) and set(quantization) == {"scale", "zero_point"}
 
 
 @pytest.mark.parametrize("language", sorted(TENSOR_NAME_PATTERNS))

@@ -66,9 +66,9 @@ def as_multilabel(bundle_dir):
 
 @pytest.fixture(scope="module")
 def sites(tmp_path_factory):
-    """mode -> (bundle folder, site folder) for a float and an int8 export of one run, (`crop`) a float export of
-    that run preprocessing as a timm checkpoint does (bicubic, centre crop), and the float bundle read as
-    multilabel."""
+    """mode -> (bundle folder, site folder) for a float, an int8 and an int8 `--integer-only` export of one run,
+    (`crop`) a float export of that run preprocessing as a timm checkpoint does (bicubic, centre crop), and the
+    float bundle read as multilabel."""
     if find_chromium() is None or shutil.which("npm") is None:
         pytest.skip("needs chromium and npm: apt-get install -y chromium npm")
     root = tmp_path_factory.mktemp("web")
@@ -84,6 +84,10 @@ def sites(tmp_path_factory):
         export_bundle(source, root / mode, quantize=quantize)
         build_site(root / mode, root / "sites" / mode)
         built[mode] = (root / mode, root / "sites" / mode)
+    # An --integer-only bundle: uint8 image, modality mask and logits, which the page quantizes and dequantizes.
+    export_bundle(run_dir, root / "integer_only", quantize="int8", integer_only=True, calibration_rows=16)
+    build_site(root / "integer_only", root / "sites" / "integer_only")
+    built["integer_only"] = (root / "integer_only", root / "sites" / "integer_only")
     shutil.copytree(root / "none", root / "multilabel")
     as_multilabel(root / "multilabel")
     build_site(root / "multilabel", root / "sites" / "multilabel")
@@ -138,7 +142,7 @@ def python_results(bundle_dir):
 
 
 @needs_browser
-@pytest.mark.parametrize("mode", ["none", "int8", "crop"])
+@pytest.mark.parametrize("mode", ["none", "int8", "crop", "integer_only"])
 def test_browser_gives_the_python_runtime_answers_on_every_test_row(sites, browser_results, mode):
     bundle_dir, _ = sites[mode]
     inputs, logits, labels = python_results(bundle_dir)

@@ -86,7 +86,8 @@ class CrossAttentionFusion(keras.layers.Layer):
     def _attend(self, attention, norm, queries, keys, key_weights, training):
         """`norm(queries + attention(queries -> keys))`, attending only to weighted keys."""
         attention_mask = ops.broadcast_to(
-            ops.cast(key_weights[:, None, :], "bool"),
+            # A comparison, not a cast to bool: in an int8 model the cast needs the weights dequantized (a float op).
+            ops.greater(key_weights[:, None, :], 0.5),
             (ops.shape(queries)[0], ops.shape(queries)[1], ops.shape(keys)[1]),
         )
         attended = attention(queries, keys, attention_mask=attention_mask, training=training)

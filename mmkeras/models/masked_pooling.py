@@ -35,7 +35,10 @@ def token_weights(text_mask, image_tokens, modality_mask, dtype):
         `(text_weights [B, Lt], image_weights [B, Li])`, 0/1 in `dtype`.
     """
     modality_mask = ops.cast(modality_mask, dtype)
-    text_weights = ops.cast(text_mask, dtype) * modality_mask[:, 0:1]
+    # A comparison and a select rather than a cast of the int32 mask to float: both convert to integer
+    # ops, so an integer-only export has no float op here (docs/design.md#integer-only-export-end-to-end).
+    real_token = ops.where(ops.greater(text_mask, 0), 1.0, 0.0)
+    text_weights = ops.cast(real_token, dtype) * modality_mask[:, 0:1]
     image_weights = ops.ones_like(image_tokens[:, :, 0], dtype=dtype) * modality_mask[:, 1:2]
     return text_weights, image_weights
 

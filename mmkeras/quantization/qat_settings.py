@@ -67,8 +67,9 @@ class QATSettings:
             before the first step.
         num_bits: quantizer bit width (8 for int8 export).
         ema_decay: moving-average decay of the activation ranges.
-        integer_only: fake-quantize hard-swish too
-            (`QuantizerSettings.integer_only`).
+        integer_only: fake-quantize hard-swish and the attention too
+            (`QuantizerSettings.integer_only`), for `export --integer-only`
+            (`mmkeras qat --integer-only`).
         unknown_layers: `error` refuses a layer type the QAT transform does
             not know; `warn` names it in a warning and leaves it float.
         strategy: the tf.distribute strategy, as `mmkeras train --strategy`;

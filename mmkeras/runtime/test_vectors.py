@@ -59,7 +59,7 @@ def pixel_checksum(pixels: np.ndarray) -> dict:
 
 
 def logit_quantization_step(model_path: str | Path) -> float | None:
-    """The step of the int8 logits an int8 model dequantizes into its float output, else `None`.
+    """The step of an int8 model's quantized logits (its output, or dequantized into it), else `None`.
 
     Two correct int8 runtimes may round one accumulator differently: their
     logits then differ by one step of the output's quantization.
@@ -67,6 +67,9 @@ def logit_quantization_step(model_path: str | Path) -> float | None:
     model = interpreter.load_interpreter(str(model_path), default_delegates=False)
     tensors = {details["index"]: details for details in model.get_tensor_details()}
     output_index = model.get_output_details()[0]["index"]
+    scale = tensors[output_index]["quantization"][0]
+    if scale:  # an integer-only model outputs the quantized (uint8) logits themselves
+        return float(scale)
     for op in compat.litert_ops_details(model):
         if op["op_name"] == "DEQUANTIZE" and output_index in op["outputs"]:
             scale = tensors[op["inputs"][0]]["quantization"][0]

@@ -10,10 +10,11 @@
 // logits, token_ids, pixel_sum and latency_ms {preprocess, inference} (a list of them for examples=).
 import {Tensor, loadAndCompile, loadLiteRt} from '@litertjs/core';
 import {Tokenizer} from '@huggingface/tokenizers';
-import {decodeImage, encodeText, imageTensor} from './preprocessing.js';
+import {decodeImage, encodeText, imageTensor, roundHalfEven} from './preprocessing.js';
 
 const BUNDLE = './bundle/';
-const TYPED_ARRAYS = {int32: Int32Array, float32: Float32Array};
+const TYPED_ARRAYS = {int32: Int32Array, float32: Float32Array, int8: Int8Array, uint8: Uint8Array};
+const INTEGER_RANGES = {int8: [-128, 127], uint8: [0, 255]};
 const BARS_SHOWN = 5;
 // bundle.json's quantization, as a person says it.
 const QUANTIZATION_WORDS = {none: 'float32', float16: 'float16', dynamic: 'int8 weights', int8: 'int8'};
@@ -55,15 +56,34 @@ async function preprocess(state, text, imageBlob) {
   return {token_ids: tokenIds, padding_mask: paddingMask, image: pixels, modality_mask: modalityMask};
 }
 
+/**
+ * A tensor entry's values in its dtype: a quantized integer tensor (an --integer-only bundle's image, modality
+ * mask) gets q = clamp(round(x / scale) + zero_point), as the Python runtime's `quantize` (float32 division, halves
+ * to even).
+ */
+export function quantize(values, entry) {
+  const {quantization, dtype} = entry;
+  if (!quantization || !INTEGER_RANGES[dtype]) return TYPED_ARRAYS[dtype].from(values);
+  const [low, high] = INTEGER_RANGES[dtype];
+  return TYPED_ARRAYS[dtype].from(values, (value) => Math.min(high, Math.max(low,
+    roundHalfEven(Math.fround(value / quantization.scale)) + quantization.zero_point)));
+}
+
+/** An output tensor's values as float numbers: quantized integers become (q - zero_point) * scale. */
+export function dequantize(values, entry) {
+  const {quantization} = entry;
+  if (!quantization || !INTEGER_RANGES[entry.dtype]) return Array.from(values);
+  return Array.from(values, (value) => Math.fround((value - quantization.zero_point) * quantization.scale));
+}
+
 /** Logits of one example: every tensor bound by its name (the model's order is not bundle.json's). */
 async function runModel(state, values) {
   const inputs = {};
   for (const entry of state.bundle.inputs) {
-    const data = TYPED_ARRAYS[entry.dtype].from(values[entry.name]);
-    inputs[entry.name] = new Tensor(data, entry.shape);
+    inputs[entry.name] = new Tensor(quantize(values[entry.name], entry), entry.shape);
   }
   const outputs = await state.model.run(inputs);
-  const logits = Array.from(outputs[state.bundle.output.name].toTypedArray());
+  const logits = dequantize(outputs[state.bundle.output.name].toTypedArray(), state.bundle.output);
   Object.values(inputs).forEach((tensor) => tensor.delete());
   Object.values(outputs).forEach((tensor) => tensor.delete());
   return logits;

@@ -165,8 +165,8 @@ export function resizeNearest(rgb, width, height, outWidth, outHeight, box = nul
   return out;
 }
 
-/** Python's round() of a multiple of 0.5: halves go to the even neighbour. */
-function roundHalfEven(value) {
+/** Python's round() (numpy's too): halves go to the even neighbour. */
+export function roundHalfEven(value) {
   const floor = Math.floor(value);
   return value - floor === 0.5 ? (floor % 2 === 0 ? floor : floor + 1) : Math.round(value);
 }
