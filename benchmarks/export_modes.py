@@ -16,10 +16,11 @@ from pathlib import Path
 from mmkeras.evaluation.evaluate import evaluate
 from mmkeras.export.converter import export_bundle
 from mmkeras.runtime.benchmark import benchmark_bundle
+from mmkeras.runtime.bundle import QUANTIZATION_MODES
 
-MODES = ("none", "float16", "dynamic", "int8", "int8_integer_only")
-# `export --quantize int8 --integer-only`: every op int8, int8 image and logits.
+# `export --quantize int8 --integer-only`: every op int8, uint8 image and logits.
 INTEGER_ONLY_MODE = "int8_integer_only"
+MODES = (*QUANTIZATION_MODES, INTEGER_ONLY_MODE)
 
 
 def measure_mode(run: Path, test: Path, bundle: Path, mode: str, runs: int) -> dict:

@@ -458,10 +458,11 @@ def export(
     run_dir: Path = typer.Argument(..., help="A run folder."),
     out: Path = typer.Option(..., "--out", help="Bundle folder to write (or an existing bundle to replace)."),
     quantize: Literal[QUANTIZATION_MODES] = typer.Option(
-        QUANTIZATION_MODES[0], help="Weights and activations: none (float32), float16, dynamic (int8 weights), int8."
+        QUANTIZATION_MODES[0], help="Weights and activations: none (float32), float16, dynamic (int8 weights), int8, "
+        "int16x8 (int16 activations, int8 weights; no XNNPACK kernels).",
     ),
     calibration_data: Optional[Path] = typer.Option(
-        None, help="Manifest for int8 calibration.", show_default="the run's training manifest"
+        None, help="Manifest for int8 and int16x8 calibration.", show_default="the run's training manifest"
     ),
     calibration_rows: int = typer.Option(
         CALIBRATION_ROWS, min=1, help="Calibrate on the manifest's rows up to this many (a seeded sample beyond)."

@@ -12,7 +12,7 @@ import collections
 
 import numpy as np
 
-from mmkeras.runtime.bundle import read_bundle
+from mmkeras.runtime.bundle import CALIBRATED_MODES, read_bundle
 from mmkeras.runtime.interpreter import list_ops
 
 # The ops that do a model's arithmetic: the int8 share of these is reported.
@@ -47,7 +47,7 @@ def op_summary(tflite_model: bytes) -> dict:
         "by_output_dtype": dict(collections.Counter(op.output_dtypes[0] for op in ops if op.output_dtypes)),
         "compute_ops": {
             "total": total,
-            **{precision: compute[precision] for precision in ("int8", "hybrid", "float")},
+            **{precision: compute[precision] for precision in ("int8", "int16x8", "hybrid", "float")},
             "int8_fraction": compute["int8"] / total if total else None,
         },
         "float_ops": dict(
@@ -61,9 +61,11 @@ def op_summary(tflite_model: bytes) -> dict:
 
 
 def compute_precision(op) -> str:
-    """`int8`, `hybrid` or `float`: how a compute op (`COMPUTE_OPS`) runs."""
+    """`int8`, `int16x8` (int16 activations), `hybrid` or `float`: how a compute op (`COMPUTE_OPS`) runs."""
     if op.output_dtypes[:1] == ("int8",):
         return "int8"
+    if op.output_dtypes[:1] == ("int16",):
+        return "int16x8"
     return "hybrid" if "int8" in op.input_dtypes else "float"
 
 
@@ -150,6 +152,8 @@ def remedies(report: dict) -> list[str]:
     found = []
     if mode == "int8" and not report["qat"]:
         found.append("mmkeras qat, then export int8")
+    if mode == "int8":
+        found.append("--quantize int16x8")
     compute = [name for name in ("CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED") if name in report["ops"]["by_type"]]
     if compute:
         found.append(f"--keep-float {','.join(compute)}")
@@ -162,10 +166,11 @@ def describe_report(report: dict) -> str:
     lines = [
         f"wrote {report['path']} ({report['quantize']}{', from a QAT run' if report['qat'] else ''}, "
         f"{report['size_bytes']} bytes, {report['ops']['total']} ops)",
-        f"compute ops: {compute['int8']} int8, {compute['hybrid']} hybrid, {compute['float']} float "
+        f"compute ops: {compute['int8']} int8, {compute['int16x8']} int16x8, {compute['hybrid']} hybrid, "
+        f"{compute['float']} float "
         f"of {compute['total']}",
     ]
-    if report["quantize"] == "int8" and report["ops"]["float_ops"]:
+    if report["quantize"] in CALIBRATED_MODES and report["ops"]["float_ops"]:
         lines.append("float ops: " + ", ".join(f"{name} {count}" for name, count in report["ops"]["float_ops"].items()))
     if report.get("kept_float"):
         lines.append("kept float by choice (selective quantization): " + ", ".join(report["kept_float"]))

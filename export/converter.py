@@ -34,7 +34,7 @@ from mmkeras.export.litert_conversion import (
 from mmkeras.folder_lock import folder_lock
 from mmkeras.models.dual_encoder import is_dual_encoder
 from mmkeras.quantization.run_loading import load_run
-from mmkeras.runtime.bundle import INPUT_NAMES, MODEL_FILE, QUANTIZATION_MODES, read_bundle
+from mmkeras.runtime.bundle import CALIBRATED_MODES, INPUT_NAMES, MODEL_FILE, QUANTIZATION_MODES, read_bundle
 from mmkeras.runtime.interpreter import LiteRTModel
 from mmkeras.runtime.test_vectors import examples_from_manifest, write_test_vectors
 from mmkeras.staged_folder import remove_stale_staging, staged_folder
@@ -66,8 +66,8 @@ def export_bundle(
     Args:
         run_dir: a run folder written by training (or a QAT run from `mmkeras qat`).
         out_dir: the bundle folder to write (or replace).
-        quantize: `none`, `float16`, `dynamic` or `int8`.
-        calibration_data: for int8, a manifest whose rows calibrate the
+        quantize: `none`, `float16`, `dynamic`, `int8` or `int16x8`.
+        calibration_data: for int8 and int16x8, a manifest whose rows calibrate the
             activation ranges; by default the run's training manifest.
         keep_float: for int8: op types left float besides
             `FLOAT_OPS_IN_INT8` (selective quantization). The report's
@@ -84,7 +84,7 @@ def export_bundle(
     Returns:
         The conversion report, also stored as bundle.json's `conversion`
         (plus `path` here): `quantize`, `qat` (a QAT run), `size_bytes`,
-        `ops` (`op_summary`), `calibration_rows` (int8), `integer_only` and `parity`
+        `ops` (`op_summary`), `calibration_rows` (int8, int16x8), `integer_only` and `parity`
         (`source`: `validation` rows of the run's validation manifest, else
         `calibration` rows; `rows`, `max_abs_logit_diff`, `label_agreement`
         against the Keras model, and on labelled rows `float_accuracy`,
@@ -106,6 +106,8 @@ def export_bundle(
         raise UserError(f"calibration_rows must be at least 1, got {calibration_rows}")
     if integer_only and (quantize != "int8" or keep_float):
         raise UserError("--integer-only needs --quantize int8 and no --keep-float")
+    if keep_float and quantize != "int8":
+        raise UserError(f"--keep-float is for --quantize int8 (a {quantize} export quantizes every op or none)")
     unknown = sorted(set(keep_float) - BUILTIN_OP_NAMES)
     if unknown:
         raise UserError(f"not LiteRT builtin op types: {', '.join(unknown)} (e.g. BATCH_MATMUL, SOFTMAX, MUL)")
@@ -132,14 +134,16 @@ def _export_locked(
     if is_dual_encoder(run.model):
         if integer_only:
             raise UserError("--integer-only: not for the dual-encoder bundle of an align run yet")
+        if quantize == "int16x8":
+            raise UserError("--quantize int16x8: not for the dual-encoder bundle of an align run yet")
         return export_dual_encoder(run, out_dir, quantize=quantize, calibration_data=calibration_data)
     sample = None
-    if quantize == "int8":
+    if quantize in CALIBRATED_MODES:
         sample = manifest_sample(run, calibration_data, required=True, max_rows=calibration_rows)
     parity_inputs, parity_labels, parity_source = parity_sample(run, calibration_data)
-    requested_float = set() if integer_only else {*FLOAT_OPS_IN_INT8, *keep_float}
+    requested_float = {*FLOAT_OPS_IN_INT8, *keep_float} if quantize == "int8" and not integer_only else set()
     tflite_model = convert_model(
-        run.model, quantize=quantize, representative_inputs=[sample] if quantize == "int8" else None,
+        run.model, quantize=quantize, representative_inputs=[sample] if quantize in CALIBRATED_MODES else None,
         keep_float=requested_float, integer_only=integer_only,
     )
     if integer_only:
@@ -165,7 +169,7 @@ def _export_locked(
             "qat": run.quantization is not None,
             "size_bytes": len(tflite_model),
             "ops": op_summary(tflite_model),
-            "calibration_rows": len(sample["image"]) if quantize == "int8" else None,
+            "calibration_rows": len(sample["image"]) if quantize in CALIBRATED_MODES else None,
             "integer_only": integer_only,
             "kept_float": kept_float,
             "parity": parity,

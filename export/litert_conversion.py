@@ -57,6 +57,14 @@ Quantization modes:
   softmaxes (`mmkeras.export.integer_only_graph`), `TFLITE_BUILTINS_INT8`
   only, and uint8 image, modality mask and logits (`INTEGER_IO_TYPE`), for
   integer-only accelerators (docs/design.md#integer-only-export-end-to-end).
+- `int16x8`: TFLite's 16x8 mode: int16 activations and int8 weights, every
+  op quantized, calibrated like `int8`; inputs and outputs float32. The model
+  is traced with `int16x8_tracing` (the plain embedding GATHER, the layer
+  norm and masked softmax of `integer_only_tracing`), the only way the
+  converter takes an mmkeras model in this mode (docs/design.md#int16x8-export).
+  XNNPACK has no int16 kernels: LiteRT's reference kernels run it, so it is
+  for accuracy, and for accelerators with 16-bit activations, not for speed
+  on a phone CPU.
 """
 
 import contextlib
@@ -73,11 +81,12 @@ from ai_edge_litert.schema_py_generated import BuiltinOperator
 from mmkeras.data.manifest import Manifest, read_manifest
 from mmkeras.errors import UserError
 from mmkeras.export.hybrid_weights import float_grouped_convolutions
+from mmkeras.export.int16x8_graph import int16x8_tracing
 from mmkeras.export.integer_only_graph import integer_only_tracing
 from mmkeras.framework_logs import native_stderr_silenced
 from mmkeras.quantization.qat_settings import CALIBRATION_ROWS  # noqa: F401  (the default, for its importers)
 from mmkeras.quantization.qat_transform import check_calibrated, is_quantized
-from mmkeras.runtime.bundle import OUTPUT_NAME, QUANTIZATION_MODES
+from mmkeras.runtime.bundle import CALIBRATED_MODES, OUTPUT_NAME, QUANTIZATION_MODES
 from mmkeras.runtime.interpreter import list_ops
 
 logger = logging.getLogger("mmkeras")
@@ -152,9 +161,11 @@ def convert_model(
     Args:
         model: a Keras model taking a dict of named inputs with static shapes
             (apart from the batch) and returning one tensor (the logits).
-        quantize: `none`, `float16`, `dynamic` or `int8` (see the module docstring).
-        representative_inputs: for `int8` only: an iterable of input dicts
-            (batches, each array [N, ...]) to calibrate activation ranges on.
+        quantize: `none`, `float16`, `dynamic`, `int8` or `int16x8` (see the
+            module docstring).
+        representative_inputs: for `int8` and `int16x8` only: an iterable of
+            input dicts (batches, each array [N, ...]) to calibrate activation
+            ranges on.
         keep_float: for `int8` only: op types (`BATCH_MATMUL`, ...) left
             float (selective quantization), chosen where int8 is slower on
             the target (`benchmarks/int8_op_profile.py`); in a QAT graph only
@@ -175,8 +186,8 @@ def convert_model(
     """
     if quantize not in QUANTIZATION_MODES:
         raise UserError(f"quantize must be one of {', '.join(QUANTIZATION_MODES)}, got {quantize!r}")
-    if (quantize == "int8") != (representative_inputs is not None):
-        raise ValueError("representative_inputs are needed for int8, and only for int8")
+    if (quantize in CALIBRATED_MODES) != (representative_inputs is not None):
+        raise ValueError("representative_inputs are needed for int8 and int16x8, and only for them")
     if integer_only and (quantize != "int8" or tuple(keep_float)):
         raise ValueError("integer_only needs int8 and no keep_float")
     signature = device_signature(model)
@@ -184,7 +195,7 @@ def convert_model(
         check_calibrated(model)
     logger.info("converting to LiteRT (%s)", quantize)
     with tempfile.TemporaryDirectory(prefix="mmkeras-export-") as saved_model_dir:
-        with integer_only_tracing() if integer_only else contextlib.nullcontext():
+        with tracing_for(quantize, integer_only):
             archive = keras.export.ExportArchive()
             archive.track(model)
             archive.add_endpoint(
@@ -202,10 +213,16 @@ def convert_model(
             converter.optimizations = [tf.lite.Optimize.DEFAULT]
         if quantize == "float16":
             converter.target_spec.supported_types = [tf.float16]
-        if quantize == "int8":
+        if quantize == "int16x8":
+            # The float builtins too: GREATER, CAST, SELECT_V2 and DIV have no 16x8 kernel and stay float.
+            converter.target_spec.supported_ops = [
+                tf.lite.OpsSet.EXPERIMENTAL_TFLITE_BUILTINS_ACTIVATIONS_INT16_WEIGHTS_INT8,
+                tf.lite.OpsSet.TFLITE_BUILTINS,
+            ]
+        if quantize in CALIBRATED_MODES:
             representative_inputs = list(representative_inputs)  # iterated again by a selective conversion
             rows = sum(len(next(iter(batch.values()))) for batch in representative_inputs)
-            logger.info("int8: calibrating activation ranges on %d rows", rows)
+            logger.info("%s: calibrating activation ranges on %d rows", quantize, rows)
             # Batch-1 examples made on each pass, not all kept: a real backbone's calibration rows are large.
             converter.representative_dataset = lambda: split_examples(representative_inputs, signature)
         try:
@@ -224,6 +241,13 @@ def convert_model(
     if quantize == "dynamic":
         tflite_model = float_grouped_convolutions(tflite_model)
     return tflite_model
+
+
+def tracing_for(quantize: str, integer_only: bool):
+    """The context the model is traced in for a conversion: Keras' own layers, or their integer-friendly forms."""
+    if quantize == "int16x8":
+        return int16x8_tracing()
+    return integer_only_tracing() if integer_only else contextlib.nullcontext()
 
 
 def convert_keeping_float(converter, op_names) -> bytes:

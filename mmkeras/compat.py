@@ -334,6 +334,38 @@ def attention_internals(layer) -> AttentionInternals:
     )
 
 
+@contextlib.contextmanager
+def take_without_index_wrap():
+    """While inside, `keras.ops.take` on dense indices (embedding lookups included) is one `tf.gather`.
+
+    Keras' TensorFlow `take` wraps negative indices first (`where(i < 0, i +
+    size, i)`): integer arithmetic on the model's int32 inputs, which TFLite's
+    int16x8 calibrator cannot take (`export/int16x8_graph.py`). mmkeras' ids
+    and masks are never negative, so the gather alone is the same lookup.
+    The backend function is private; it is swapped back on exit.
+
+    Example:
+    >>> with take_without_index_wrap():  # doctest: +SKIP
+    ...     archive.write_out(saved_model_dir)
+    """
+    check_versions("keras")
+    import tensorflow as tf
+
+    numpy_backend = importlib.import_module("keras.src.backend.tensorflow.numpy")
+    keras_take = numpy_backend.take
+
+    def gather(x, indices, axis=None):
+        if axis is None or isinstance(indices, (tf.SparseTensor, tf.RaggedTensor)):
+            return keras_take(x, indices, axis=axis)
+        return tf.gather(numpy_backend.convert_to_tensor(x), numpy_backend.convert_to_tensor(indices), axis=axis)
+
+    numpy_backend.take = gather
+    try:
+        yield
+    finally:
+        numpy_backend.take = keras_take
+
+
 def mobilenet_module():
     """keras-hub's MobileNet module, whose blocks keras-hub does not export.
 

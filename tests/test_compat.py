@@ -247,6 +247,25 @@ def test_quantized_attention_replaces_the_attention_step():
     assert all(float(getattr(attention, name).calibrated.numpy()) == 1.0 for name in names)  # the override ran
 
 
+def graph_op_types(function, *args) -> set[str]:
+    return {op.type for op in tf.function(function).get_concrete_function(*args).graph.get_operations()}
+
+
+def test_take_without_index_wrap_is_one_gather_inside_and_keras_take_after():
+    table = tf.constant(np.arange(12, dtype="float32").reshape(6, 2))
+    ids = tf.TensorSpec((1, 4), tf.int32)
+    lookup = keras.layers.Embedding(6, 2)
+    lookup.build((1, 4))
+    with compat.take_without_index_wrap():
+        inside = graph_op_types(lambda i: keras.ops.take(table, i, axis=0), ids)
+        embedding = graph_op_types(lambda i: lookup(i), ids)
+        np.testing.assert_array_equal(keras.ops.take(table, tf.constant([[5, 0]]), axis=0), [[[10, 11], [0, 1]]])
+    after = graph_op_types(lambda i: keras.ops.take(table, i, axis=0), ids)
+    assert "GatherV2" in inside and not {"Less", "SelectV2", "AddV2"} & inside
+    assert "GatherV2" in embedding and not {"Less", "SelectV2"} & embedding
+    assert {"Less", "SelectV2"} <= after  # Keras' own take again: its negative-index wrap, which the context drops
+
+
 @pytest.mark.parametrize("spec", ["tiny-vit", "tiny-mobilenet"])
 def test_keras_hub_block_classes_hold_the_convolutions_they_pair(spec):
     modules = {compat.mobilenet_module().__name__, compat.vit_layers_module().__name__}

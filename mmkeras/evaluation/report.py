@@ -412,6 +412,7 @@ def bundles_section(bundles: list[dict]) -> str:
             continue
         conversion = bundle.get("conversion") or {}
         compute = (conversion.get("ops") or {}).get("compute_ops") or {}
+        quantized = compute.get("int8", 0) + compute.get("int16x8", 0)
         parity = conversion.get("parity") or {}
         evaluations = [read_json(path) for path in sorted(folder.glob(f"{RESULTS_FOLDER}/*/{RESULTS_METRICS_FILE}"))]
         rows.append(
@@ -420,7 +421,7 @@ def bundles_section(bundles: list[dict]) -> str:
                 "present",
                 bundle.get("quantization"),
                 None if "size_bytes" not in conversion else f"{conversion['size_bytes'] / 1024:.0f} KB",
-                None if not compute else f"{compute.get('int8', 0)} of {compute.get('total', 0)}",
+                None if not compute else f"{quantized} of {compute.get('total', 0)}",
                 parity.get("label_agreement"),
                 parity.get("max_abs_logit_diff"),
                 [figures["accuracy"] for figures in evaluations if "accuracy" in figures] or None,
@@ -428,7 +429,7 @@ def bundles_section(bundles: list[dict]) -> str:
                 str(folder),
             ]
         )
-    header = ["bundle", "status", "quantization", "size", "int8 compute ops", "parity: label agreement",
+    header = ["bundle", "status", "quantization", "size", "quantized compute ops", "parity: label agreement",
               "parity: max logit diff", "accuracy (evaluate)", "ms per row (evaluate)", "folder"]
     return "<h2>Bundles</h2>" + table(header, rows)
 

@@ -35,9 +35,10 @@ def token_weights(text_mask, image_tokens, modality_mask, dtype):
         `(text_weights [B, Lt], image_weights [B, Li])`, 0/1 in `dtype`.
     """
     modality_mask = ops.cast(modality_mask, dtype)
-    # A comparison and a select rather than a cast of the int32 mask to float: both convert to integer
-    # ops, so an integer-only export has no float op here (docs/design.md#integer-only-export-end-to-end).
-    real_token = ops.where(ops.greater(text_mask, 0), 1.0, 0.0)
+    # A lookup in a [0, 1] table rather than a cast of the int32 mask to float (a float op in an integer-only
+    # export, docs/design.md#integer-only-export-end-to-end) or a comparison (integer arithmetic on an input
+    # that the int16x8 calibrator cannot take, docs/design.md#int16x8-export): a GATHER converts in every mode.
+    real_token = ops.take(ops.convert_to_tensor([0.0, 1.0]), ops.cast(text_mask, "int32"), axis=0)
     text_weights = ops.cast(real_token, dtype) * modality_mask[:, 0:1]
     image_weights = ops.ones_like(image_tokens[:, :, 0], dtype=dtype) * modality_mask[:, 1:2]
     return text_weights, image_weights
@@ -58,6 +59,8 @@ def masked_mean(tokens, weights):
     """
     # Multiply rather than select so the weights stay differentiable and a
     # zero weight removes the token's value from the sum exactly.
-    total = ops.sum(tokens * weights[:, :, None], axis=1)
-    count = ops.sum(weights, axis=1, keepdims=True)
-    return total / ops.maximum(count, 1.0)
+    # Means rather than sums (the same ratio): LiteRT's int16 SUM kernel returned wrong totals in an int16x8
+    # export (a count of 8 came out 1), its int16 MEAN is right (docs/design.md#int16x8-export).
+    total = ops.mean(tokens * weights[:, :, None], axis=1)
+    count = ops.mean(weights, axis=1, keepdims=True)
+    return total / ops.maximum(count, 1.0 / weights.shape[1])

@@ -54,7 +54,10 @@ SCHEMA_FILE = "bundle.schema.json"
 # The model inputs of the shared contract, in the order bundle.json lists them.
 INPUT_NAMES = ("token_ids", "padding_mask", "image", "modality_mask")
 OUTPUT_NAME = "logits"
-QUANTIZATION_MODES = ("none", "float16", "dynamic", "int8")
+QUANTIZATION_MODES = ("none", "float16", "dynamic", "int8", "int16x8")
+# The modes that calibrate activation ranges on representative rows (int8: int8 activations; int16x8: int16
+# activations with int8 weights, TFLite's 16x8 mode).
+CALIBRATED_MODES = ("int8", "int16x8")
 # What a bundle holds (`bundle_kind`), in the words of the line that refuses a bundle a command cannot use.
 BUNDLE_KINDS = {
     "classifier": "one label per example: a softmax over its labels",

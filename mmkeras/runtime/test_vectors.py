@@ -37,7 +37,7 @@ from mmkeras.errors import UserError
 from mmkeras.preprocessing.multimodal_preprocessor import is_present
 from mmkeras.runtime import interpreter
 from mmkeras.runtime.benchmark import SAMPLE_TEXT, noise_image_bytes
-from mmkeras.runtime.bundle import TEST_VECTORS_FILE, TEST_VECTORS_FOLDER
+from mmkeras.runtime.bundle import CALIBRATED_MODES, TEST_VECTORS_FILE, TEST_VECTORS_FOLDER
 from mmkeras.runtime.predictor import Predictor
 
 TEST_VECTORS_FORMAT = 1
@@ -59,7 +59,9 @@ def pixel_checksum(pixels: np.ndarray) -> dict:
 
 
 def logit_quantization_step(model_path: str | Path) -> float | None:
-    """The step of an int8 model's quantized logits (its output, or dequantized into it), else `None`.
+    """The step of a calibrated (int8, int16x8) model's quantized logits, else `None`.
+
+    The logits are the output itself (integer-only), or dequantized into the float output.
 
     Two correct int8 runtimes may round one accumulator differently: their
     logits then differ by one step of the output's quantization.
@@ -79,7 +81,7 @@ def logit_quantization_step(model_path: str | Path) -> float | None:
 
 def logit_tolerance(bundle_dir: str | Path, quantization: str) -> float:
     """How far a correct port's logits may be from the recorded ones."""
-    step = logit_quantization_step(Path(bundle_dir) / "model.tflite") if quantization == "int8" else None
+    step = logit_quantization_step(Path(bundle_dir) / "model.tflite") if quantization in CALIBRATED_MODES else None
     return max(FLOAT_LOGIT_TOLERANCE, step or 0.0)
 
 
