@@ -144,16 +144,13 @@ def remedies(report: dict) -> list[str]:
     mode = report["quantize"]
     if mode == "float16":
         return ["--quantize none"]
-    if mode == "dynamic":
+    if mode in ("dynamic", "int16x8"):
         return ["--quantize float16"]
     if report.get("integer_only"):  # --keep-float does not go with --integer-only
         qat = [] if report["qat"] else ["mmkeras qat --integer-only, then export --integer-only"]
         return [*qat, "export without --integer-only (then --keep-float)"]
-    found = []
-    if mode == "int8" and not report["qat"]:
-        found.append("mmkeras qat, then export int8")
-    if mode == "int8":
-        found.append("--quantize int16x8")
+    found = [] if report["qat"] else ["mmkeras qat, then export int8"]
+    found.append("--quantize int16x8")
     compute = [name for name in ("CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED") if name in report["ops"]["by_type"]]
     if compute:
         found.append(f"--keep-float {','.join(compute)}")

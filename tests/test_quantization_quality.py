@@ -26,7 +26,8 @@ def test_quality_warning_names_the_loss_and_only_the_remedies_that_apply():
     lost = quality_warning(report(float_accuracy=0.868, accuracy=0.786, accuracy_drop=0.082, label_agreement=0.72))
     assert lost == (
         "the int8 bundle loses 8.2 points of accuracy on 100 validation rows (0.868 -> 0.786, label agreement "
-        "0.720 with the float model); try: mmkeras qat, then export int8; --keep-float CONV_2D,FULLY_CONNECTED"
+        "0.720 with the float model); try: mmkeras qat, then export int8; --quantize int16x8; "
+        "--keep-float CONV_2D,FULLY_CONNECTED"
     )
     assert quality_warning(report(float_accuracy=0.868, accuracy=0.860, accuracy_drop=0.008)) is None
     # labelled rows: the accuracy decides, not the agreement
@@ -34,10 +35,12 @@ def test_quality_warning_names_the_loss_and_only_the_remedies_that_apply():
     unlabelled = quality_warning(report(qat=True, label_agreement=0.96))
     assert unlabelled == (
         "the int8 bundle gives the float model's label on only 0.960 of 100 validation rows; "
-        "try: --keep-float CONV_2D,FULLY_CONNECTED"
+        "try: --quantize int16x8; --keep-float CONV_2D,FULLY_CONNECTED"
     )
     assert quality_warning(report(label_agreement=0.97)) is None
     assert quality_warning(report("dynamic", label_agreement=0.5)).endswith("try: --quantize float16")
+    # --keep-float is int8's: a 16x8 model that loses points is offered float16
+    assert quality_warning(report("int16x8", label_agreement=0.5)).endswith("try: --quantize float16")
     assert quality_warning({**report("none", label_agreement=0.5)}) is None
     assert quality_warning({**report(), "parity": None}) is None
 
