@@ -110,7 +110,7 @@ def fold_batch_normalization(conv, norm):
 
     `kernel' = kernel * g` and `bias' = (bias - mean) * g + beta` per output
     channel, with `g = gamma / sqrt(variance + epsilon)`. `conv` gains a bias if
-    it had none; `norm` becomes a `FoldedBatchNormalization`.
+    it had none (trainable when the kernel is); `norm` becomes a `FoldedBatchNormalization`.
 
     Args:
         conv: a built channels-last Conv2D (grouped too) or DepthwiseConv2D
@@ -144,6 +144,9 @@ def fold_batch_normalization(conv, norm):
                 shape=(conv.kernel.shape[-1] * (conv.kernel.shape[-2] if _is_depthwise(conv) else 1),),
                 initializer=keras.initializers.Zeros(),
                 name="bias",
+                # A frozen backbone's kernel is frozen in a loaded run while its layer's flag may not be
+                # (`run_loading._refreeze`): the bias trains exactly when the kernel does.
+                trainable=conv.kernel.trainable,
             )
         conv.bias.assign(folded_bias)
         conv.use_bias = True
