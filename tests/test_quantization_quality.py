@@ -5,11 +5,12 @@ import json
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pytest
 import yaml
 
 from mmkeras.data.manifest import read_manifest
-from mmkeras.export.conversion_report import quality_warning
+from mmkeras.export.conversion_report import parity_report, quality_warning
 from mmkeras.export.converter import export_bundle
 from tests.helpers.cli import run_cli
 from tests.helpers.tiny_runs import save_tiny_run
@@ -43,6 +44,23 @@ def test_quality_warning_names_the_loss_and_only_the_remedies_that_apply():
     assert quality_warning(report("int16x8", label_agreement=0.5)).endswith("try: --quantize float16")
     assert quality_warning({**report("none", label_agreement=0.5)}) is None
     assert quality_warning({**report(), "parity": None}) is None
+
+
+def logits_right_on(rows: int) -> np.ndarray:
+    """Two-class logits of 100 rows whose label is 0: the first `rows` predict it."""
+    logits = np.tile(np.float32([[1.0, 0.0]]), (100, 1))
+    logits[rows:] = [0.0, 1.0]
+    return logits
+
+
+@pytest.mark.parametrize(("exported_right", "warned"), [(87, False), (86, True)])
+def test_a_loss_of_exactly_one_point_is_within_the_limit(exported_right, warned):
+    """0.88 - 0.87 is 0.010000000000000009 in floats: the EfficientNet-Lite0 PTQ export warned of losing
+    "1.0 points" (one row in 100) although the limit is more than a point."""
+    expected, actual = logits_right_on(88), logits_right_on(exported_right)
+    parity = parity_report(lambda inputs, training: expected[inputs["row"]], lambda sample: actual,
+                           {"row": np.arange(100)}, labels=np.zeros(100, int))
+    assert (quality_warning(report(**parity)) is not None) == warned
 
 
 @pytest.fixture(scope="module")
