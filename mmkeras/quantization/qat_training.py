@@ -199,7 +199,7 @@ class QATJob(TrainingJob):
         )
         train_epochs, val_data = epoch_datasets(config, preprocessor, labels, train_manifest, val_manifest)
         logger.info("calibrating activation ranges on %d batches", settings.calibration_batches)
-        # Eager and identical in every process (same rows, same weights), so every replica gets the same ranges;
+        # Identical in every process (same rows, same weights), so every replica gets the same ranges;
         # not augmented: the ranges are for the images the model will see.
         calibration = train_epochs.for_epoch(0, augmented=False).take(settings.calibration_batches)
         calibrate_ranges(model, (inputs for inputs, _ in calibration))

@@ -47,6 +47,7 @@ from pathlib import Path
 
 import keras
 import keras_hub
+import tensorflow as tf
 
 from mmkeras import compat
 from mmkeras.errors import UserError
@@ -221,14 +222,19 @@ def calibrate_ranges(model: keras.Model, batches):
     """Set every activation quantizer's range from `batches` of model inputs (inference mode).
 
     The first batch sets each range, later batches move it by the quantizers'
-    moving average. Runs eagerly, batch by batch.
+    moving average. Runs batch by batch in a function compiled here, while the
+    quantizers observe (a fresh one, so no trace made without `observing`
+    is reused): eager calls of EfficientNet-Lite0 at 224 on 32 images peaked
+    at 3.29 GB RSS, the compiled call at 1.56 GB
+    (docs/design.md#efficientnet-lite0-measured-as-a-user-would).
     """
     quantizers = activation_quantizers(model)
     for quantizer in quantizers:
         quantizer.observing = True
     try:
+        observe = tf.function(lambda batch: model(batch, training=False))
         for batch in batches:
-            model(batch, training=False)
+            observe(batch)
     finally:
         for quantizer in quantizers:
             quantizer.observing = False
