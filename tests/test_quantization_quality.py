@@ -5,8 +5,10 @@ import json
 import shutil
 from pathlib import Path
 
+import keras
 import numpy as np
 import pytest
+import tensorflow as tf
 import yaml
 
 from mmkeras.data.manifest import read_manifest
@@ -57,10 +59,36 @@ def logits_right_on(rows: int) -> np.ndarray:
 def test_a_loss_of_exactly_one_point_is_within_the_limit(exported_right, warned):
     """0.88 - 0.87 is 0.010000000000000009 in floats: the EfficientNet-Lite0 PTQ export warned of losing
     "1.0 points" (one row in 100) although the limit is more than a point."""
-    expected, actual = logits_right_on(88), logits_right_on(exported_right)
-    parity = parity_report(lambda inputs, training: expected[inputs["row"]], lambda sample: actual,
-                           {"row": np.arange(100)}, labels=np.zeros(100, int))
+    rows = keras.Input((2,), name="logits")
+    float_model = keras.Model({"logits": rows}, keras.layers.Identity()(rows))
+    parity = parity_report(float_model, lambda sample: logits_right_on(exported_right),
+                           {"logits": logits_right_on(88)}, labels=np.zeros(100, int))
     assert (quality_warning(report(**parity)) is not None) == warned
+
+
+@keras.saving.register_keras_serializable(package="mmkeras_tests")
+class EagerCalls(keras.layers.Layer):
+    """The identity, counting the calls that ran eagerly."""
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self.eager_calls = []
+
+    def call(self, inputs):
+        self.eager_calls.append(tf.executing_eagerly())
+        return inputs
+
+
+def test_the_parity_check_calls_the_keras_model_compiled():
+    """Eager calls of EfficientNet-Lite0 at 224 made `export` peak at 4.53 GB RSS, compiled calls at 1.72 GB."""
+    inputs = keras.Input((2,), name="logits")
+    recorder = EagerCalls()
+    model = keras.Model({"logits": inputs}, recorder(inputs))
+    recorder.eager_calls.clear()  # the call that built the graph
+    logits = logits_right_on(88)
+    parity = parity_report(model, lambda sample: logits, {"logits": logits})
+    assert parity["max_abs_logit_diff"] == 0.0
+    assert recorder.eager_calls and not any(recorder.eager_calls)
 
 
 @pytest.fixture(scope="module")
