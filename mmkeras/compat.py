@@ -202,6 +202,17 @@ def graph_consumer_count(layer) -> int:
     return len(layer._outbound_nodes)
 
 
+def graph_consumers(layer) -> list:
+    """The layers whose graph calls take an output of `layer` (its `_outbound_nodes`' operations).
+
+    Example:
+    >>> [consumer.name for consumer in graph_consumers(model.get_layer("norm"))]  # doctest: +SKIP
+    ['relu']
+    """
+    check_versions("keras")
+    return [node.operation for node in layer._outbound_nodes]
+
+
 def graph_producers(layer) -> list:
     """The layers whose outputs are the inputs of `layer`'s first graph call.
 

@@ -170,6 +170,33 @@ def test_folding_the_batch_norms_of_a_loaded_frozen_backbone_trains_nothing_new(
     assert sum(type(layer) is FoldedBatchNormalization for layer in all_layers(qat_model)) == 16
 
 
+def conv_norm_then(activation):
+    """Conv2D -> BatchNormalization -> `activation`, with a kernel of -1, 0 and 1 (each channel reaching 1):
+    exact in int8 per channel, before and after folding, so only activation rounding remains."""
+    inputs = keras.Input((8, 8, 3))
+    conv = keras.layers.Conv2D(4, 3, use_bias=False)
+    model = keras.Model(inputs, activation(keras.layers.BatchNormalization()(conv(inputs))))
+    kernel = np.random.default_rng(4).integers(-1, 2, size=conv.kernel.shape).astype("float32")
+    kernel[0, 0, 0, :] = 1.0
+    conv.kernel.assign(kernel)
+    return model
+
+
+def test_a_conv_followed_by_relu6_is_quantized_after_the_relu6_only():
+    """The converter fuses ReLU/ReLU6 into the convolution and quantizes only the activation's output. QAT
+    quantized the pre-activation too: with values in about [-100, 100], a step of 0.8 against 6 / 255 after."""
+    model = conv_norm_then(keras.layers.Activation("relu6"))
+    images = np.random.default_rng(3).normal(0, 15, size=(4, 8, 8, 3)).astype("float32")
+    expected = logits(model, images)
+    qat_model = quantize_model(model)
+    calibrate_ranges(qat_model, [images])
+    check_calibrated(qat_model)
+    assert not qat_model.layers[1].quantizes_output
+    assert np.abs(logits(qat_model, images) - expected).max() <= 0.5 * 6.0 / 255 + 1e-5
+    for activation in (keras.layers.Activation("hard_swish"), keras.layers.ReLU(negative_slope=0.1)):
+        assert quantize_model(conv_norm_then(activation)).layers[1].quantizes_output
+
+
 def test_fold_refuses_a_convolution_with_an_activation():
     conv, norm = keras.layers.Conv2D(2, 1, activation="relu"), keras.layers.BatchNormalization()
     conv.build((None, 4, 4, 3))

@@ -30,13 +30,14 @@ from mmkeras.quantization.fake_quant import fake_quant_weights
 
 
 def quantized_convolution(layer, inputs, kernel, channel_axis):
-    """Convolve with the kernel fake-quantized along `channel_axis`, add bias, activate, quantize."""
+    """Convolve with the kernel fake-quantized along `channel_axis`, add bias, activate, quantize (unless an
+    activation the converter fuses into the convolution follows: `quantizes_output`)."""
     outputs = layer.convolution_op(inputs, fake_quant_weights(kernel, axis=channel_axis, num_bits=layer.weight_bits))
     if layer.use_bias:
         outputs = ops.add(outputs, layer.bias)
     if layer.activation is not None:
         outputs = layer.activation(outputs)
-    return layer.output_quantizer(outputs)
+    return layer.output_quantizer(outputs) if layer.quantizes_output else outputs
 
 
 @keras.saving.register_keras_serializable(package="mmkeras")
@@ -53,6 +54,9 @@ class QuantizedConv2D(keras.layers.Conv2D):
     2
     """
 
+    # False when a ReLU/ReLU6 that the converter fuses into the convolution follows (`qat_transform`).
+    quantizes_output = True
+
     def call(self, inputs):
         return quantized_convolution(self, inputs, self.kernel, channel_axis=-1)
 
@@ -68,6 +72,9 @@ class QuantizedDepthwiseConv2D(keras.layers.DepthwiseConv2D):
     >>> convert_layer(conv, QuantizedDepthwiseConv2D, QuantizerSettings()).kernel_size
     (3, 3)
     """
+
+    # False when a ReLU/ReLU6 that the converter fuses into the convolution follows (`qat_transform`).
+    quantizes_output = True
 
     def convolution_op(self, inputs, kernel):
         return ops.depthwise_conv(
