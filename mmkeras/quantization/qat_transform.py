@@ -215,7 +215,7 @@ def stays_float(layer, settings: QuantizerSettings) -> bool:
 def activation_quantizers(model: keras.Model) -> list[ActivationQuantizer]:
     """Every `ActivationQuantizer` a QAT model applies (not those of convolutions a fused activation follows)."""
     layers = _all_layers(model)
-    unused = {id(layer.output_quantizer) for layer in layers if getattr(layer, "quantizes_output", True) is False}
+    unused = {id(layer.output_quantizer) for layer in layers if not getattr(layer, "quantizes_output", True)}
     return [layer for layer in layers if isinstance(layer, ActivationQuantizer) and id(layer) not in unused]
 
 

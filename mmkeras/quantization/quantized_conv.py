@@ -3,8 +3,10 @@
 Convolution kernels are fake-quantized per output channel (symmetric, narrow
 range), which the converter supports for convolutions and which keeps
 depthwise kernels accurate; the output is fake-quantized after the bias and
-activation. A BatchNormalization right after a convolution stays float in the
-converted model unless it is folded into the convolution first
+activation, unless a ReLU/ReLU6 layer follows that the converter fuses into
+the convolution (then only that activation's output is, as in the int8 model).
+A BatchNormalization right after a convolution stays float in the converted
+model unless it is folded into the convolution first
 (docs/design.md#converter-traps),
 so `fold_batch_normalization` folds it with its moving statistics (exact at
 inference) and turns it into a `FoldedBatchNormalization`, which passes its
