@@ -122,7 +122,8 @@ def quality_warning(report: dict) -> str | None:
     ...     "rows": 100, "source": "validation", "label_agreement": 0.72,
     ...     "float_accuracy": 0.868, "accuracy": 0.786, "accuracy_drop": 0.082}})  # doctest: +NORMALIZE_WHITESPACE
     'the int8 bundle loses 8.2 points of accuracy on 100 validation rows (0.868 -> 0.786,
-    label agreement 0.720 with the float model); try: mmkeras qat, then export int8; --keep-float CONV_2D'
+    label agreement 0.720 with the float model); try: mmkeras qat, then export int8; --quantize int16x8;
+    --keep-float CONV_2D'
     """
     parity, mode = report["parity"], report["quantize"]
     if mode == "none" or parity is None:
