@@ -21,6 +21,7 @@ import os
 import signal
 import socket
 import sys
+import threading
 import time
 import traceback
 from importlib import metadata
@@ -667,6 +668,8 @@ def web(
     emit(report, as_json, describe_site(report))
 
 
+# How long Ctrl-C waits for a data-service server to stop cleanly before the process ends anyway.
+SERVER_STOP_SECONDS = 10.0
 data_service_app = typer.Typer(
     help="Servers of TensorFlow's tf.data service: move training's image decoding to other machines "
     "(train --data-service). Workers need mmkeras installed and the manifest's image paths readable.\n\n"
@@ -721,15 +724,27 @@ def data_service_worker(
     serve_until_interrupted(server)
 
 
-def serve_until_interrupted(server):
-    """Block until Ctrl-C (or SIGTERM), then stop `server`: stopping is how a server's run ends, so exit 0."""
+def serve_until_interrupted(server, stop_seconds: float = SERVER_STOP_SECONDS):
+    """Block until Ctrl-C (or SIGTERM), then stop `server`: stopping is how a server's run ends, so exit 0.
+
+    The process ends within `stop_seconds` of the signal, stopped cleanly or not: a tf.data worker
+    stopped after a training job once hung past 30 s (its exit code -9 in CI), and a server that
+    outlives Ctrl-C keeps its port. Its tasks hold nothing to save (a dispatcher journals to
+    `--work-dir` as it goes), so the process exits without waiting for TensorFlow's threads.
+    """
     signal.signal(signal.SIGTERM, signal.default_int_handler)
     try:
         while True:
             time.sleep(1.0)
     except KeyboardInterrupt:
-        server.stop()
-        typer.echo("stopped", err=True)
+        stopping = threading.Thread(target=server.stop, daemon=True)
+        stopping.start()
+        stopping.join(stop_seconds)
+        ended = "stopped" if not stopping.is_alive() else f"stopped (not cleanly within {stop_seconds:g} s)"
+        typer.echo(ended, err=True)
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(0)
 
 
 def describe_site(report: dict) -> str:

@@ -75,6 +75,32 @@ def service():
     assert codes == [0, 0, 0], "Ctrl-C is how a server's run ends: exit 0"
 
 
+HUNG_SERVER = """
+import time
+from mmkeras.cli.app import serve_until_interrupted
+
+class HungServer:  # a server whose stop() never returns, as a tf.data worker's once did
+    def stop(self):
+        time.sleep(3600)
+
+print("serving", flush=True)
+serve_until_interrupted(HungServer(), stop_seconds=2)
+"""
+
+
+def test_ctrl_c_ends_a_server_whose_stop_hangs_with_exit_0():
+    process = subprocess.Popen([sys.executable, "-c", HUNG_SERVER], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                               text=True)
+    try:
+        assert process.stdout.readline().strip() == "serving"
+        process.terminate()
+        code = process.wait(timeout=60)  # the stop bound is 2 s; without it the process outlives the signal
+    finally:
+        process.kill()
+    assert code == 0
+    assert "stopped (not cleanly within 2 s)" in process.stderr.read()
+
+
 def test_an_address_is_host_and_port():
     assert parse_address("grpc://10.0.0.5:5050", "--data-service") == ("10.0.0.5", 5050)
     assert parse_address("trainer-1.local:80", "--dispatcher") == ("trainer-1.local", 80)
