@@ -58,7 +58,7 @@ def masked_mean(tokens, weights):
         [B, D] pooled features.
     """
     # Multiply rather than select so the weights stay differentiable and a
-    # zero weight removes the token's value from the sum exactly.
+    # zero weight removes the token's value from the mean's numerator exactly.
     # Means rather than sums (the same ratio): LiteRT's int16 SUM kernel returned wrong totals in an int16x8
     # export (a count of 8 came out 1), its int16 MEAN is right (docs/design.md#int16x8-export).
     total = ops.mean(tokens * weights[:, :, None], axis=1)
