@@ -144,6 +144,51 @@ def test_train_json_shows_progress_and_no_framework_logs(tmp_path, monkeypatch):
         assert any(re.search(status, line) for line in lines), status
 
 
+# `mmkeras ARGV` in a fresh process that also writes, to the file argv[1], every line the `mmkeras` logger said:
+# the lines that are mmkeras' own, to tell them from anything else on stderr.
+RECORDING_OWN_LINES = """
+import json, logging, sys
+from mmkeras.cli.app import main
+
+own_lines = []
+
+class Recorder(logging.Handler):
+    def emit(self, record):
+        own_lines.extend(self.format(record).splitlines())
+
+recorder = Recorder()
+recorder.setFormatter(logging.Formatter("%(message)s"))
+logging.getLogger("mmkeras").addHandler(recorder)
+code = main(sys.argv[2:])
+with open(sys.argv[1], "w") as handle:
+    json.dump(own_lines, handle)
+sys.exit(code)
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("tf_cpp_min_log_level", ["unset", "unset", "0"])
+def test_train_json_prints_no_line_that_is_not_mmkeras_own(tmp_path, tf_cpp_min_log_level):
+    # The CUDA platform's cuInit line came in one run of two (the first device query's timing), so: several
+    # fresh processes, and every stderr line must be one the `mmkeras` logger said, not only free of known noise.
+    # A user's TF_CPP_MIN_LOG_LEVEL=0 lets TensorFlow's C++ log at INFO all through the command.
+    train = write_subset(SAMPLES / "train.csv", tmp_path / "train.csv", 32)
+    own_lines_file = tmp_path / "own_lines.json"
+    argv = ["train", "--data", train, "--out", tmp_path / "run", "--epochs", "1", "--batch-size", "16", "--json"]
+    env = {key: value for key, value in os.environ.items() if key not in (VERBOSE_ENV, "TF_CPP_MIN_LOG_LEVEL")}
+    if tf_cpp_min_log_level != "unset":
+        env["TF_CPP_MIN_LOG_LEVEL"] = tf_cpp_min_log_level
+    result = subprocess.run(
+        [sys.executable, "-c", RECORDING_OWN_LINES, own_lines_file, *map(str, argv)],
+        capture_output=True, text=True, env=env, timeout=300,
+    )
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout)["epochs_completed"] == 1
+    own_lines = json.loads(own_lines_file.read_text())
+    assert "loading TensorFlow" in own_lines
+    assert result.stderr.splitlines() == own_lines
+
+
 @pytest.mark.parametrize("verbose", [False, True])
 def test_a_command_keeps_late_native_lines_off_stderr_unless_verbose(verbose):
     # A C++ line written to fd 2 at any time while a command runs (the CUDA platform's cuInit error comes from
