@@ -1042,7 +1042,7 @@ def cache_list(cache_dir: Optional[Path] = CACHE_DIR_OPTION, as_json: bool = JSO
     lines.append(f"{len(entries)} caches, {human_bytes(total)} in {folder}")
     images = embedded_images_usage() if covers_parquet_images(folder) else None
     if images is not None:
-        lines.append(f"Parquet image bytes: {images.files} files, {human_bytes(images.bytes)} in {images.folder}  "
+        lines.append(f"Parquet images: {images.files} files, {human_bytes(images.bytes)} in {images.folder}  "
                      f"last used {images.as_dict()['last_used']}")
     emit({"cache_dir": str(folder), "bytes": total, "caches": [entry.as_dict() for entry in entries],
           "parquet_images": None if images is None else images.as_dict()}, as_json, "\n".join(lines))

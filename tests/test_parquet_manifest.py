@@ -232,7 +232,7 @@ def test_predict_data_reads_parquet_without_tensorflow_and_equals_the_csv_twin(p
         images.append([row["image"] for row in rows])
     assert len(scores[0]) == 24 and scores[0] == scores[1]
     # The image as each file has it: bytes without a path by row, the CSV's paths as written.
-    assert images[0] == [f"<image bytes, row {line}>" if path else "" for line, path in enumerate(images[1], 1)]
+    assert images[0] == [f"<image bytes of row {line}>" if path else "" for line, path in enumerate(images[1], 1)]
 
 
 def test_rows_echo_image_bytes_as_the_file_has_them_not_as_the_file_written(tmp_path, own_cache):
@@ -240,8 +240,8 @@ def test_rows_echo_image_bytes_as_the_file_has_them_not_as_the_file_written(tmp_
     kind = pa.struct([("bytes", pa.binary()), ("path", pa.string())])
     structs = pa.array([{"bytes": jpeg, "path": "cats/001.jpg"}, {"bytes": png, "path": None}], kind)
     binary = pa.array([jpeg, png], pa.binary())
-    for images, shown in ((structs, ["cats/001.jpg", "<image bytes, row 2>"]),
-                          (binary, ["<image bytes, row 1>", "<image bytes, row 2>"])):
+    for images, shown in ((structs, ["cats/001.jpg", "<image bytes of row 2>"]),
+                          (binary, ["<image bytes of row 1>", "<image bytes of row 2>"])):
         parquet = write_parquet(tmp_path / "m.parquet", {"text": ["a", "b"], "image": images, "label": ["x", "y"]})
         rows = read_manifest(parquet).rows
         assert [row.cells["image"] for row in rows] == shown  # what predict --data copies to its output
@@ -273,7 +273,7 @@ def test_cache_list_and_clear_cover_the_parquet_images_and_nothing_else(tmp_path
     assert code == 0 and (listed["files"], listed["bytes"]) == (2, len(jpeg) + len(png))
     assert listed["folder"] == str(embedded_images_folder())
     code, out, _ = run_cli(capsys, "cache", "list")
-    assert f"Parquet image bytes: 2 files, {(len(jpeg) + len(png)) / 1e3:.1f} KB in {embedded_images_folder()}" in out
+    assert f"Parquet images: 2 files, {(len(jpeg) + len(png)) / 1e3:.1f} KB in {embedded_images_folder()}" in out
     for argv in (["--older-than", "1"], ["--cache-dir", str(tmp_path / "other")]):  # used today; another folder
         code, out, _ = run_cli(capsys, "cache", "clear", *argv, "--json")
         assert code == 0 and json.loads(out)["parquet_images_removed"] is None and embedded_images_folder().is_dir()

@@ -30,7 +30,7 @@ training, nor between a writer's staging and its rename.
 
 The rows' cells (`ManifestRow.cells`, what `predict --data` copies to its
 output) keep the image as the file has it, not the file written: a path as
-written (a Hugging Face struct's `path` too), else `<image bytes, row 12>`.
+written (a Hugging Face struct's `path` too), else `<image bytes of row 12>`.
 
 Rows are numbered from 1 in file order (pandas' index + 1): an error on
 "line 7" is about the seventh row.
@@ -205,9 +205,9 @@ def embedded_image_cell(line: int) -> str:
 
     Example:
     >>> embedded_image_cell(12)
-    '<image bytes, row 12>'
+    '<image bytes of row 12>'
     """
-    return f"<image bytes, row {line}>"
+    return f"<image bytes of row {line}>"  # no comma: the CSV cell needs no quotes (`cut -d,` still works)
 
 
 @dataclasses.dataclass(frozen=True)
