@@ -1073,7 +1073,7 @@ def cache_clear(
     removed_images = f" and {images.files} Parquet images from {images.folder}" if images is not None else ""
     emit({"cache_dir": str(folder), "removed": [entry.key for entry in removed], "bytes_freed": freed,
           "parquet_images_removed": None if images is None else images.as_dict()}, as_json,
-         f"removed {len(removed)} caches ({human_bytes(freed)}) from {folder}{removed_images}")
+         f"removed {len(removed)} caches from {folder}{removed_images} ({human_bytes(freed)})")
 
 
 def covers_parquet_images(cache_dir: Path) -> bool:
