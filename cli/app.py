@@ -1009,7 +1009,10 @@ def search(
          "\n".join(f"{hit['score']:.4f}  {hit['image']}" for hit in results))
 
 
-cache_app = typer.Typer(help="The feature cache of --cache-features: list or clear it.", no_args_is_help=True)
+cache_app = typer.Typer(
+    help="The feature cache of --cache-features and the images written from Parquet manifests: list or clear them.",
+    no_args_is_help=True,
+)
 app.add_typer(cache_app, name="cache")
 CACHE_DIR_OPTION = typer.Option(
     None, "--cache-dir", help="Feature cache folder.", show_default="$MMKERAS_CACHE_DIR or ~/.cache/mmkeras/features"
@@ -1020,9 +1023,13 @@ CACHE_DIR_OPTION = typer.Option(
 def cache_list(cache_dir: Optional[Path] = CACHE_DIR_OPTION, as_json: bool = JSON_OPTION):
     """List the cached features, most recently used first, with their sizes.
 
+    With the default cache folder, also the folder of images written from Parquet manifests' bytes
+    (parquet-images, beside it): its file count and size.
+
     Example: mmkeras cache list
     """
     from mmkeras.data.feature_cache_folders import default_cache_dir, human_bytes, list_caches
+    from mmkeras.data.parquet_manifest import embedded_images_usage
 
     folder = cache_dir or default_cache_dir()
     entries = list_caches(folder)
@@ -1032,9 +1039,13 @@ def cache_list(cache_dir: Optional[Path] = CACHE_DIR_OPTION, as_json: bool = JSO
         for entry in entries
     ]
     total = sum(entry.bytes for entry in entries)
-    summary = f"{len(entries)} caches, {human_bytes(total)} in {folder}"
-    emit({"cache_dir": str(folder), "bytes": total, "caches": [entry.as_dict() for entry in entries]}, as_json,
-         "\n".join([*lines, summary]))
+    lines.append(f"{len(entries)} caches, {human_bytes(total)} in {folder}")
+    images = embedded_images_usage() if covers_parquet_images(folder) else None
+    if images is not None:
+        lines.append(f"Parquet images: {images.files} files, {human_bytes(images.bytes)} in {images.folder}  "
+                     f"last used {images.as_dict()['last_used']}")
+    emit({"cache_dir": str(folder), "bytes": total, "caches": [entry.as_dict() for entry in entries],
+          "parquet_images": None if images is None else images.as_dict()}, as_json, "\n".join(lines))
 
 
 @cache_app.command("clear")
@@ -1047,15 +1058,30 @@ def cache_clear(
 ):
     """Delete cached features (all, or those unused for --older-than days); a cache being written is kept.
 
+    With the default cache folder, the images written from Parquet manifests' bytes (parquet-images) go too, under
+    the same --older-than; they are kept while a running process reads them. The next read writes them again.
+
     Example: mmkeras cache clear --older-than 30
     """
     from mmkeras.data.feature_cache_folders import clear_caches, default_cache_dir, human_bytes
+    from mmkeras.data.parquet_manifest import clear_embedded_images
 
     folder = cache_dir or default_cache_dir()
     removed = clear_caches(folder, older_than_days=older_than)
-    freed = sum(entry.bytes for entry in removed)
-    emit({"cache_dir": str(folder), "removed": [entry.key for entry in removed], "bytes_freed": freed}, as_json,
-         f"removed {len(removed)} caches ({human_bytes(freed)}) from {folder}")
+    images = clear_embedded_images(older_than_days=older_than) if covers_parquet_images(folder) else None
+    freed = sum(entry.bytes for entry in removed) + (images.bytes if images is not None else 0)
+    removed_images = f" and {images.files} Parquet images from {images.folder}" if images is not None else ""
+    emit({"cache_dir": str(folder), "removed": [entry.key for entry in removed], "bytes_freed": freed,
+          "parquet_images_removed": None if images is None else images.as_dict()}, as_json,
+         f"removed {len(removed)} caches from {folder}{removed_images} ({human_bytes(freed)})")
+
+
+def covers_parquet_images(cache_dir: Path) -> bool:
+    """Whether `cache list/clear` of `cache_dir` covers the Parquet images folder: only the default cache folder's
+    (every run writes the images beside that one, whatever its --cache-dir; another folder's command leaves them)."""
+    from mmkeras.data.feature_cache_folders import default_cache_dir
+
+    return Path(cache_dir).absolute() == default_cache_dir().absolute()
 
 
 def format_figure(value) -> str:

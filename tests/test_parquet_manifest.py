@@ -16,7 +16,7 @@ from PIL import Image
 from mmkeras.cli.app import main
 from mmkeras.data import parquet_manifest
 from mmkeras.data.manifest import read_manifest
-from mmkeras.data.parquet_manifest import embedded_images_folder
+from mmkeras.data.parquet_manifest import embedded_images_folder, embedded_images_usage
 from mmkeras.errors import UserError
 from mmkeras.preprocessing.image import JPEG_DRAFT_FACTOR, load_image
 from tests.helpers.cli import SAMPLES, WITHOUT_TENSORFLOW, run_cli
@@ -219,7 +219,7 @@ def test_evaluate_of_a_parquet_manifest_equals_its_csv_twin(parquet_run, capsys)
 
 @pytest.mark.slow
 def test_predict_data_reads_parquet_without_tensorflow_and_equals_the_csv_twin(parquet_run):
-    scores = []
+    scores, images = [], []
     for data in (parquet_run["val"], parquet_run["val_csv"]):
         out = parquet_run["folder"] / f"predictions-{data.suffix[1:]}.csv"
         argv = ["predict", parquet_run["bundle"], "--data", data, "--out", out]
@@ -227,5 +227,82 @@ def test_predict_data_reads_parquet_without_tensorflow_and_equals_the_csv_twin(p
                               text=True, timeout=300)
         assert done.returncode == 0, done.stderr
         with out.open(newline="", encoding="utf-8") as handle:
-            scores.append([(row["prediction"], row["score_1"]) for row in csv.DictReader(handle)])
+            rows = list(csv.DictReader(handle))
+        scores.append([(row["prediction"], row["score_1"]) for row in rows])
+        images.append([row["image"] for row in rows])
     assert len(scores[0]) == 24 and scores[0] == scores[1]
+    # The image as each file has it: bytes without a path by row, the CSV's paths as written.
+    assert images[0] == [f"<image bytes of row {line}>" if path else "" for line, path in enumerate(images[1], 1)]
+
+
+def test_rows_echo_image_bytes_as_the_file_has_them_not_as_the_file_written(tmp_path, own_cache):
+    jpeg, png = encoded(photo(6), "JPEG"), encoded(photo(7), "PNG")
+    kind = pa.struct([("bytes", pa.binary()), ("path", pa.string())])
+    structs = pa.array([{"bytes": jpeg, "path": "cats/001.jpg"}, {"bytes": png, "path": None}], kind)
+    binary = pa.array([jpeg, png], pa.binary())
+    for images, shown in ((structs, ["cats/001.jpg", "<image bytes of row 2>"]),
+                          (binary, ["<image bytes of row 1>", "<image bytes of row 2>"])):
+        parquet = write_parquet(tmp_path / "m.parquet", {"text": ["a", "b"], "image": images, "label": ["x", "y"]})
+        rows = read_manifest(parquet).rows
+        assert [row.cells["image"] for row in rows] == shown  # what predict --data copies to its output
+        assert [row.image.read_bytes() for row in rows] == [jpeg, png]  # what is read: the files written
+    (tmp_path / "a.png").write_bytes(png)
+    paths = write_parquet(tmp_path / "p.parquet", {"text": ["a"], "image": ["a.png"], "label": ["x"]})
+    assert read_manifest(paths).rows[0].cells["image"] == "a.png"  # paths as written, unchanged
+
+
+def read_in_another_process(manifest: Path):
+    """Read `manifest` in a process that ends: this one then holds no lock on the images folder."""
+    code = "import sys; from mmkeras.data.manifest import read_manifest; read_manifest(sys.argv[1])"
+    subprocess.run([sys.executable, "-c", code, str(manifest)], check=True, timeout=120)
+
+
+def test_cache_list_and_clear_cover_the_parquet_images_and_nothing_else(tmp_path, own_cache, capsys):
+    jpeg, png = encoded(photo(8), "JPEG"), encoded(photo(9), "PNG")
+    kind = pa.struct([("bytes", pa.binary()), ("path", pa.string())])
+    images = pa.array([{"bytes": jpeg, "path": "a.jpg"}, {"bytes": png, "path": None}, {"bytes": jpeg, "path": None}],
+                      kind)
+    parquet = write_parquet(tmp_path / "m.parquet", {"text": ["a", "b", "c"], "image": images, "label": ["x"] * 3})
+    code, out, _ = run_cli(capsys, "cache", "list", "--json")
+    assert code == 0 and json.loads(out)["parquet_images"] is None
+    read_in_another_process(parquet)
+    (own_cache / "features" / "a-feature-cache").mkdir(parents=True)
+    (own_cache / "notes.txt").write_text("the user's own")
+    code, out, _ = run_cli(capsys, "cache", "list", "--json")
+    listed = json.loads(out)["parquet_images"]
+    assert code == 0 and (listed["files"], listed["bytes"]) == (2, len(jpeg) + len(png))
+    assert listed["folder"] == str(embedded_images_folder())
+    code, out, _ = run_cli(capsys, "cache", "list")
+    assert f"Parquet images: 2 files, {(len(jpeg) + len(png)) / 1e3:.1f} KB in {embedded_images_folder()}" in out
+    for argv in (["--older-than", "1"], ["--cache-dir", str(tmp_path / "other")]):  # used today; another folder
+        code, out, _ = run_cli(capsys, "cache", "clear", *argv, "--json")
+        assert code == 0 and json.loads(out)["parquet_images_removed"] is None and embedded_images_folder().is_dir()
+    code, out, _ = run_cli(capsys, "cache", "clear", "--json")
+    cleared = json.loads(out)
+    assert code == 0 and cleared["parquet_images_removed"]["files"] == 2 and not embedded_images_folder().exists()
+    assert cleared["bytes_freed"] == len(jpeg) + len(png) and cleared["removed"] == ["a-feature-cache"]
+    assert (own_cache / "notes.txt").read_text() == "the user's own"
+    first = read_manifest(parquet).rows[0]  # the next read writes the images again
+    assert first.image.read_bytes() == jpeg
+
+
+def test_clear_keeps_the_images_while_a_running_process_reads_them(tmp_path, own_cache):
+    parquet = write_parquet(tmp_path / "m.parquet", {
+        "text": ["a"], "image": pa.array([encoded(photo(10), "PNG")], pa.binary()), "label": ["x"]})
+    rows = read_manifest(parquet).rows  # this process now names the files: it holds the folder's shared lock
+    assert parquet_manifest.clear_embedded_images() is None
+    assert rows[0].image.is_file()
+    with pytest.raises(UserError, match="--older-than must be at least 0 days"):
+        parquet_manifest.clear_embedded_images(older_than_days=-1)
+
+
+@pytest.mark.slow
+def test_training_after_cache_clear_writes_the_images_again(tmp_path, own_cache, capsys):
+    train, _ = samples_as_parquet(SAMPLES / "train.csv", tmp_path / "train.parquet", 16, hugging_face=True)
+    read_in_another_process(train)
+    written = embedded_images_usage().files
+    code, out, _ = run_cli(capsys, "cache", "clear", "--json")
+    assert code == 0 and json.loads(out)["parquet_images_removed"]["files"] == written
+    settings = ["--epochs", "1", "--batch-size", "8", "--seed", "1"]
+    assert main(["train", "--data", str(train), "--out", str(tmp_path / "run"), *settings]) == 0
+    assert embedded_images_usage().files == written

@@ -43,7 +43,7 @@ import numpy as np
 import PIL
 
 from mmkeras.data.image_checks import ImageCheckCache
-from mmkeras.data.parquet_manifest import ParquetRows, embedded_image_name
+from mmkeras.data.parquet_manifest import ParquetRecord, ParquetRows, embedded_image_name
 from mmkeras.errors import UserError
 from mmkeras.preprocessing.image import MAX_IMAGE_PIXELS, UnreadableImageError, load_image
 from mmkeras.preprocessing.multimodal_preprocessor import is_present
@@ -451,7 +451,7 @@ def _make_row(
         label=label.strip() or None,
         line=line,
         raw_label=label or None,
-        cells=record,
+        cells=record.as_written if isinstance(record, ParquetRecord) else record,  # bytes: not the file written
     )
 
 
