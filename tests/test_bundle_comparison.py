@@ -9,9 +9,11 @@ from pathlib import Path
 import pytest
 
 from mmkeras.cli.app import main
+from mmkeras.data.manifest import read_manifest
 from mmkeras.errors import UserError
 from mmkeras.evaluation.evaluate import evaluate_classifier
 from mmkeras.export.converter import export_bundle
+from mmkeras.models import build_model
 from mmkeras.runtime.batch_predict import predict_file
 from mmkeras.runtime.bundle_accuracy import bundle_accuracies
 from mmkeras.runtime.bundle_comparison import (
@@ -22,8 +24,9 @@ from mmkeras.runtime.bundle_comparison import (
     verdict_lines,
 )
 from mmkeras.runtime.cpu import cpu_name
+from mmkeras.runtime.predictor import Predictor
 from tests.helpers.cli import SAMPLES
-from tests.helpers.tiny_runs import save_tiny_run
+from tests.helpers.tiny_runs import SEQUENCE_LENGTH, save_tiny_run
 
 RUNS = 3
 TEST_DATA = SAMPLES / "test.csv"
@@ -210,3 +213,43 @@ def test_a_multilabel_bundle_is_refused_with_data(bundle_dirs, tmp_path):
     (tags / "bundle.json").write_text(json.dumps(values), encoding="utf-8")
     with pytest.raises(UserError, match="a multilabel bundle has no single accuracy to compare"):
         bundle_accuracies([tags], TEST_DATA)
+
+
+@pytest.fixture(scope="module")
+def other_run_bundle(tmp_path_factory):
+    """A bundle of the same labels as `bundle_dirs` from another random run (its model built with another seed)."""
+    root = tmp_path_factory.mktemp("other_run")
+    labels = read_manifest(SAMPLES / "train.csv").labels()
+    texts = [row.text for row in read_manifest(SAMPLES / "train.csv").rows if row.text]
+    model, preprocessor = build_model(num_classes=len(labels), texts=texts, sequence_length=SEQUENCE_LENGTH, seed=1)
+    export_bundle(save_tiny_run(root / "run", model, preprocessor), root / "bundle")
+    return root / "bundle"
+
+
+def labelled_by(bundle_dir, out):
+    """`samples/test.csv` with the labels `bundle_dir` predicts: that bundle is right on every row."""
+    predictor = Predictor(bundle_dir)
+    with TEST_DATA.open(encoding="utf-8") as source, out.open("w", encoding="utf-8", newline="") as target:
+        writer = csv.DictWriter(target, ["text", "image", "label"])
+        writer.writeheader()
+        for row in csv.DictReader(source):
+            image = str(SAMPLES / row["image"]) if row["image"] else ""
+            writer.writerow({**row, "image": image, "label": predictor.predict(row["text"], image or None).label})
+    return out
+
+
+@pytest.mark.slow
+def test_a_less_accurate_bundle_of_the_same_labels_is_left_out_of_the_verdict(
+    bundle_dirs, other_run_bundle, tmp_path, capsys
+):
+    data = labelled_by(bundle_dirs[0], tmp_path / "test.csv")
+    # The other run's bundle first, so that the verdict cannot fall to the first bundle by default.
+    bundles = [str(other_run_bundle), *map(str, bundle_dirs)]
+    assert main(["benchmark", *bundles, "--data", str(data), "--threads", "1", "--runs", "2", "--json"]) == 0
+    figures = json.loads(capsys.readouterr().out)
+    other, labeller = (figures["bundles"][index]["accuracy"] for index in (0, 1))
+    assert labeller["correct"] == labeller["rows"] and other["correct"] < 0.9 * other["rows"]
+    verdict = figures["verdict"]
+    assert bundles[0] not in verdict["candidates"] and bundles[1] in verdict["candidates"]
+    assert all(row["bundle"] in verdict["candidates"] for row in verdict["fastest"])
+    assert verdict["best_accuracy"] == 1.0
