@@ -56,6 +56,7 @@ from mmkeras.quantization.qat_settings import CALIBRATION_ROWS, LEARNING_RATE_FA
 from mmkeras.runs import is_run_folder, manifest_columns
 from mmkeras.runtime.benchmark import DEFAULT_RUNS, WARMUP_RUNS
 from mmkeras.runtime.bundle import QUANTIZATION_MODES, WEB_SITE_FOLDER
+from mmkeras.runtime.bundle_comparison import DEFAULT_ACCURACY_TOLERANCE
 
 logger = logging.getLogger("mmkeras")
 
@@ -600,6 +601,14 @@ def benchmark(
         False, "--compare", metavar=FLAG, help="Side by side (implied by several bundles): cold start, peak memory, "
         "threads 1..N, XNNPACK on and off, interleaved.",
     ),
+    data: Optional[Path] = typer.Option(
+        None, "--data", help="Labelled manifest: each bundle's accuracy on it, and the fastest at equal accuracy "
+        "(implies --compare; bundles of one run).",
+    ),
+    accuracy_tolerance: float = typer.Option(
+        DEFAULT_ACCURACY_TOLERANCE, "--accuracy-tolerance", min=0.0, max=1.0,
+        help="With --data: how far below the best accuracy (a fraction of the rows) counts as equal.",
+    ),
     image: Optional[Path] = typer.Option(
         None, "--image", help="Time preprocessing on this photo (one bundle).",
         show_default="random noise at the model's image size",
@@ -607,19 +616,30 @@ def benchmark(
     text: Optional[str] = typer.Option(
         None, "--text", help="Time preprocessing on this text (one bundle).", show_default="a sample sentence"
     ),
+    text_column: Optional[str] = TEXT_COLUMN_OPTION,
+    image_column: Optional[str] = IMAGE_COLUMN_OPTION,
+    label_column: Optional[str] = LABEL_COLUMN_OPTION,
     as_json: bool = JSON_OPTION,
 ):
-    """Latency percentiles (ms) and size of bundles on this machine's CPU.
+    """Latency (ms) and size of bundles on this CPU; with --data, their accuracy and the fastest at equal accuracy.
 
     Example: mmkeras benchmark bundles/float bundles/int8 --threads 2 --json
+    Example: mmkeras benchmark bundles/float bundles/int8 bundles/dynamic --data samples/test.csv
     Example: mmkeras benchmark bundles/float --image photo.jpg --text "a red bike"
     """
-    if (image is not None or text is not None) and (compare or len(bundle_dirs) > 1):
-        raise UserError("--image and --text time one bundle; --compare and several bundles use a noise image")
-    if compare or len(bundle_dirs) > 1:
+    side_by_side = compare or len(bundle_dirs) > 1 or data is not None
+    if (image is not None or text is not None) and side_by_side:
+        raise UserError("--image and --text time one bundle; --compare, --data and several bundles use a noise image")
+    if side_by_side:
         from mmkeras.runtime.bundle_comparison import compare_bundles, comparison_table
 
-        figures = compare_bundles(bundle_dirs, max_threads=threads, runs=runs)
+        columns = manifest_columns(bundle_dirs[0], {"text": text_column, "image": image_column, "label": label_column})
+        if data is not None:
+            preflight.check_manifest(data, flag="--data", columns=columns)
+        figures = compare_bundles(
+            bundle_dirs, max_threads=threads, runs=runs, data=data, columns=columns,
+            accuracy_tolerance=accuracy_tolerance,
+        )
         emit(figures, as_json, comparison_table(figures))
         return
     from mmkeras.runtime.benchmark import benchmark_bundle
@@ -630,7 +650,8 @@ def benchmark(
         figures,
         as_json,
         f"p50 {latency['p50']:.3f} ms  p90 {latency['p90']:.3f} ms  p99 {latency['p99']:.3f} ms  "
-        f"size {figures['model_size_bytes']} bytes  preprocessing p50 {figures['preprocess_ms']['p50']:.3f} ms",
+        f"size {figures['model_size_bytes']} bytes  preprocessing p50 {figures['preprocess_ms']['p50']:.3f} ms  "
+        f"on {figures['cpu']} ({figures['cpu_count']} CPUs)",
     )
 
 

@@ -213,6 +213,22 @@ CASES = [
      "0 bytes"),
     ("model-random", lambda fx, ws: ["benchmark", broken_model(copy_of(fx["bundle"], ws), os.urandom(4096))],
      "not a LiteRT model"),
+    ("benchmark-data-missing", lambda fx, ws: ["benchmark", fx["bundle"], "--data", ws / "nope.csv"],
+     "manifest not found"),
+    ("benchmark-data-unknown-label", lambda fx, ws: ["benchmark", fx["bundle"], "--data", manifest(
+        ws, "a,,no_such_label\n")], "m.csv: line 2: unknown label 'no_such_label'"),
+    ("benchmark-not-a-bundle", lambda fx, ws: ["benchmark", fx["bundle"], ws, "--data", fx["train"]],
+     "not a bundle folder"),
+    ("benchmark-data-labels-differ", lambda fx, ws: ["benchmark", fx["bundle"], edited_json(
+        copy_of(fx["bundle"], ws), "bundle.json", labels=bundle_labels(fx)[::-1]), "--data", fx["train"]],
+     "its labels differ from those of"),
+    ("benchmark-data-multilabel-bundle", lambda fx, ws: ["benchmark", edited_json(
+        copy_of(fx["bundle"], ws), "bundle.json", output_activation="sigmoid",
+        thresholds=[0.5] * len(bundle_labels(fx))), "--data", fx["train"]],
+     "a multilabel bundle has no single accuracy"),
+    ("benchmark-data-align-bundle", lambda fx, ws: ["benchmark", edited_json(
+        copy_of(fx["bundle"], ws), "bundle.json", kind="dual_encoder"), "--data", fx["train"]],
+     "a dual_encoder bundle"),
     ("preprocessor-edited", lambda fx, ws: ["predict", edited_json(
         copy_of(fx["bundle"], ws), "preprocessor.json", image_size=[64, 64]), "--text", "hi"], "model takes"),
     ("preprocessor-invalid-json", lambda fx, ws: ["predict", broken_bundle(fx, ws, "preprocessor.json", b"{,"),
@@ -225,6 +241,10 @@ CASES = [
     ("predict-image-too-big", lambda fx, ws: ["predict", fx["bundle"], "--image", big_png(ws)], "max_image_pixels"),
     ("predict-nothing", lambda fx, ws: ["predict", fx["bundle"]], "give --text, --image or both"),
 ]
+
+
+def bundle_labels(fx) -> list[str]:
+    return json.loads((fx["bundle"] / "bundle.json").read_text(encoding="utf-8"))["labels"]
 
 
 def broken_run(fx, ws: Path, name: str, content: bytes) -> Path:

@@ -133,6 +133,7 @@ def test_float_bundle_matches_the_keras_model(trained, bundle, data, capsys):
         ["evaluate", "{bundle}", "--data", "{val}", "--json"],
         ["predict", "{bundle}", "--text", "a calm card", "--json"],
         ["benchmark", "{bundle}", "--runs", "3", "--json"],
+        ["benchmark", "{bundle}", "{bundle}", "--data", "{val}", "--threads", "1", "--runs", "2", "--json"],
     ],
 )
 def test_device_commands_run_without_tensorflow(bundle, data, command):

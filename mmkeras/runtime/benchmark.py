@@ -9,6 +9,7 @@ preprocessing is timed separately because a device pays it too: decoding a
 """
 
 import io
+import os
 import time
 from pathlib import Path
 
@@ -18,6 +19,7 @@ from PIL import Image
 from mmkeras.errors import UserError
 from mmkeras.preprocessing.image import UnreadableImageError
 from mmkeras.runtime.bundle import MODEL_FILE
+from mmkeras.runtime.cpu import cpu_name
 from mmkeras.runtime.predictor import Predictor
 
 SAMPLE_TEXT = "a quick benchmark sentence about the picture"
@@ -61,7 +63,7 @@ def benchmark_bundle(
     image: str | Path | None = None,
     text: str | None = None,
 ) -> dict:
-    """Latency percentiles (ms) of a bundle's model and preprocessing, and its size.
+    """Latency percentiles (ms) of a bundle's model and preprocessing, its size, and the CPU that ran them.
 
     Args:
         bundle_dir: a bundle folder written by `export_bundle`.
@@ -102,6 +104,8 @@ def benchmark_bundle(
         "latency_ms": percentiles_ms(timed(lambda: predictor.predict_inputs(inputs), runs)),
         "preprocess_ms": percentiles_ms(timed(preprocess, max(1, runs // 4))),
         "model_size_bytes": model_path.stat().st_size,
+        "cpu": cpu_name(),
+        "cpu_count": os.cpu_count(),
     }
 
 

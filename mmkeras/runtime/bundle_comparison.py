@@ -8,10 +8,21 @@ are interleaved (run i of every bundle before run i + 1 of any), so a noisy
 neighbour on the machine slows all bundles alike and the ratios hold.
 TensorFlow-free, like the rest of `mmkeras.runtime`.
 
+Given a labelled manifest, each bundle's accuracy on it too
+(`bundle_accuracies`), and a verdict: the fastest bundle, with XNNPACK, at 1
+thread and at the most threads measured, among those whose accuracy is
+within a tolerance of the best one's. Which bundle that is depends on the
+CPU (int8 was 0.76x float on an AMD EPYC and 1.2x on an Intel Xeon for the
+same graph, docs/design.md#int8-latency-on-xnnpack), so the figures name it
+(`cpu_name`) and a user picks by measuring on the target.
+
 Example:
 >>> figures = compare_bundles(["bundles/float", "bundles/int8"], max_threads=2, runs=50)  # doctest: +SKIP
 >>> [row["inference_ms"]["p50"] for row in figures["bundles"][1]["measurements"]]  # doctest: +SKIP
 [0.28, 0.25, 0.61, 0.44]
+>>> verdict = compare_bundles(["bundles/float", "bundles/int8"], data="test.csv")["verdict"]  # doctest: +SKIP
+>>> verdict["fastest"][0]["bundle"]  # doctest: +SKIP
+'bundles/int8'
 """
 
 import json
@@ -31,7 +42,13 @@ from mmkeras.runtime.benchmark import (
     percentiles_ms,
 )
 from mmkeras.runtime.bundle import MODEL_FILE, read_bundle
+from mmkeras.runtime.bundle_accuracy import bundle_accuracies
+from mmkeras.runtime.cpu import cpu_name
 from mmkeras.runtime.interpreter import LiteRTModel
+
+# Bundles whose accuracy is at most this far below the best one's count as equally accurate (1 point): the
+# export warns about a quantized bundle losing more (export/conversion_report.py's ACCURACY_DROP_LIMIT).
+DEFAULT_ACCURACY_TOLERANCE = 0.01
 
 # The child process of a cold start: the device's first request, from nothing to a label.
 COLD_START_SCRIPT = """
@@ -100,8 +117,11 @@ def compare_bundles(
     max_threads: int | None = None,
     runs: int = DEFAULT_RUNS,
     warmup: int = WARMUP_RUNS,
+    data: str | Path | None = None,
+    columns: dict[str, str] | None = None,
+    accuracy_tolerance: float = DEFAULT_ACCURACY_TOLERANCE,
 ) -> dict:
-    """Size, cold start, peak memory and interleaved latency of bundles, side by side.
+    """Size, cold start, peak memory, interleaved latency and (given `data`) accuracy of bundles, side by side.
 
     Args:
         bundle_dirs: bundle folders, all taking the same image size or not
@@ -110,13 +130,25 @@ def compare_bundles(
             capped to `os.cpu_count()`, which is also the default).
         runs: timed runs per bundle and setting.
         warmup: untimed runs first.
+        data: a labelled manifest to measure each bundle's accuracy on
+            (single-label bundles of one run); `None`: latency alone.
+        columns: `{role: column name}` of `data` where it differs from the
+            run's (`mmkeras.runs.manifest_columns`).
+        accuracy_tolerance: how far below the best accuracy (a fraction of
+            the rows) a bundle may be and still count as equally accurate.
 
     Returns:
-        `threads` (the counts measured), `runs`, `cpu_count` and `bundles`:
-        per bundle `bundle`, `quantization`, `model_size_bytes`,
-        `cold_start_ms`, `peak_memory_bytes` and `measurements`, one per
-        (threads, xnnpack) with `preprocess_ms` and `inference_ms`
-        percentiles (`p50`, `p90`, `p99`, `mean`).
+        `threads` (the counts measured), `runs`, `cpu` (`cpu_name`),
+        `cpu_count`, `data` (or `None`), `bundles` and `verdict`
+        (`fastest_at_equal_accuracy`). Per bundle: `bundle`, `quantization`,
+        `model_size_bytes`, `cold_start_ms`, `peak_memory_bytes`, `accuracy`
+        (`bundle_accuracies`' figures, or `None` without `data`) and
+        `measurements`, one per (threads, xnnpack) with `preprocess_ms` and
+        `inference_ms` percentiles (`p50`, `p90`, `p99`, `mean`).
+
+    Raises:
+        UserError: a folder that is not a bundle, and with `data` every
+            mistake `bundle_accuracies` finds (before anything is timed).
 
     Example:
     >>> compare_bundles(["bundles/float", "bundles/int8"], max_threads=1, runs=20)["threads"]  # doctest: +SKIP
@@ -124,6 +156,7 @@ def compare_bundles(
     """
     folders = [Path(directory) for directory in bundle_dirs]
     bundles = [read_bundle(directory) for directory in folders]
+    accuracies = [None] * len(folders) if data is None else bundle_accuracies(folders, data, columns=columns)
     images = [noise_image_bytes(*bundle["preprocessing"]["image_size"]) for bundle in bundles]
     settings = [(threads, xnnpack) for threads in thread_counts(max_threads) for xnnpack in (True, False)]
     with tempfile.TemporaryDirectory(prefix="mmkeras-benchmark-") as folder:
@@ -145,10 +178,12 @@ def compare_bundles(
                     "inference_ms": percentiles_ms(subject.inference_seconds),
                 }
             )
-    return {
+    figures = {
         "threads": thread_counts(max_threads),
         "runs": runs,
+        "cpu": cpu_name(),
         "cpu_count": os.cpu_count(),
+        "data": None if data is None else str(data),
         "bundles": [
             {
                 "bundle": str(directory),
@@ -156,17 +191,92 @@ def compare_bundles(
                 "model_size_bytes": (directory / MODEL_FILE).stat().st_size,
                 "cold_start_ms": start["cold_start_ms"],
                 "peak_memory_bytes": start["peak_memory_bytes"],
+                "accuracy": accuracy,
                 "measurements": rows,
             }
-            for directory, bundle, start, rows in zip(folders, bundles, starts, measurements)
+            for directory, bundle, start, accuracy, rows in zip(folders, bundles, starts, accuracies, measurements)
         ],
+    }
+    return {**figures, "verdict": fastest_at_equal_accuracy(figures, accuracy_tolerance)}
+
+
+def fastest_at_equal_accuracy(figures: dict, tolerance: float = DEFAULT_ACCURACY_TOLERANCE) -> dict:
+    """The fastest bundle with XNNPACK at 1 thread (and at the most threads measured) among the most accurate.
+
+    A bundle is as accurate as the best when it gets at most `tolerance` of
+    the rows fewer right, compared by counts of correct rows. Without
+    accuracies every bundle takes part.
+
+    Args:
+        figures: `compare_bundles`' figures (without `verdict`).
+        tolerance: the accuracy (a fraction of the rows) a bundle may lose
+            against the best and still take part.
+
+    Returns:
+        `cpu`, `cpu_count`, `accuracy_measured`, `accuracy_tolerance`,
+        `best_accuracy` (or `None`), `first` (the bundle the others are
+        compared with), `candidates` (the bundles taking part)
+        and `fastest`, per thread count: `threads`, `bundle`, `quantization`,
+        `inference_p50_ms`, `vs_first` (its inference p50 over the first
+        bundle's) and `accuracy` (or `None`).
+
+    Example:
+    >>> def bundle(name, p50, correct):
+    ...     return {"bundle": name, "quantization": name, "accuracy": {"rows": 100, "correct": correct,
+    ...             "accuracy": correct / 100}, "measurements": [{"threads": 1, "xnnpack": True,
+    ...             "inference_ms": {"p50": p50}}]}
+    >>> figures = {"threads": [1], "cpu": "AMD EPYC", "cpu_count": 2,
+    ...            "bundles": [bundle("float", 4.0, 64), bundle("int8", 3.0, 63), bundle("int16x8", 2.0, 60)]}
+    >>> [(row["bundle"], row["vs_first"]) for row in fastest_at_equal_accuracy(figures)["fastest"]]
+    [('int8', 0.75)]
+    """
+    bundles = figures["bundles"]
+    measured = all(bundle["accuracy"] is not None for bundle in bundles)
+    best = max(bundle["accuracy"]["correct"] for bundle in bundles) if measured else None
+    candidates = bundles
+    if best is not None:
+        # From the counts, as the export's parity check: differences of float accuracies round.
+        candidates = [
+            bundle for bundle in bundles
+            if (best - bundle["accuracy"]["correct"]) / bundle["accuracy"]["rows"] <= tolerance
+        ]
+    fastest = []
+    for threads in sorted({1, max(figures["threads"])}):
+        def p50(bundle, threads=threads):
+            return _with_xnnpack(bundle, threads)["inference_ms"]["p50"]
+
+        winner = min(candidates, key=p50)
+        fastest.append({
+            "threads": threads,
+            "bundle": winner["bundle"],
+            "quantization": winner["quantization"],
+            "inference_p50_ms": p50(winner),
+            "vs_first": p50(winner) / p50(bundles[0]),
+            "accuracy": winner["accuracy"]["accuracy"] if measured else None,
+        })
+    return {
+        "cpu": figures["cpu"],
+        "cpu_count": figures["cpu_count"],
+        "accuracy_measured": measured,
+        "accuracy_tolerance": tolerance if measured else None,
+        "best_accuracy": None if best is None else best / bundles[0]["accuracy"]["rows"],
+        "first": bundles[0]["bundle"],
+        "candidates": [bundle["bundle"] for bundle in candidates],
+        "fastest": fastest,
     }
 
 
-def comparison_table(figures: dict) -> str:
-    """The figures of `compare_bundles` as one plain-text table, a row per bundle and setting.
+def _with_xnnpack(bundle: dict, threads: int) -> dict:
+    """A bundle's measurement at `threads` with XNNPACK on."""
+    return next(row for row in bundle["measurements"] if row["threads"] == threads and row["xnnpack"])
 
-    `vs first` is the inference p50 over the first bundle's at the same setting.
+
+def comparison_table(figures: dict) -> str:
+    """The figures of `compare_bundles` as one plain-text table, a row per bundle and setting, then the verdict.
+
+    `vs first` is the inference p50 over the first bundle's at the same
+    setting. Below the table: each bundle's accuracy (when measured) and a
+    line per thread count of the verdict (`verdict_lines`).
     """
     header = ("bundle", "quant", "size KB", "cold ms", "peak MB", "thr", "xnnpack", "pre p50",
               "inf p50", "inf p90", "inf p99", "vs first")
@@ -183,4 +293,44 @@ def comparison_table(figures: dict) -> str:
                 f"{inference['p50'] / reference['inference_ms']['p50']:.2f}x",
             ))
     widths = [max(len(line[column]) for line in lines) for column in range(len(header))]
-    return "\n".join("  ".join(cell.ljust(width) for cell, width in zip(line, widths)).rstrip() for line in lines)
+    table = ["  ".join(cell.ljust(width) for cell, width in zip(line, widths)).rstrip() for line in lines]
+    return "\n".join([*table, "", *accuracy_lines(figures), *verdict_lines(figures["verdict"])])
+
+
+def accuracy_lines(figures: dict) -> list[str]:
+    """A line per bundle: its accuracy on `data` and its label agreement with the first bundle (none unmeasured)."""
+    if figures["data"] is None:
+        return []
+    names = [Path(bundle["bundle"]).name for bundle in figures["bundles"]]
+    width = max(map(len, names))
+    lines = [f"accuracy on {figures['data']}:"]
+    for name, bundle in zip(names, figures["bundles"]):
+        accuracy = bundle["accuracy"]
+        lines.append(
+            f"  {name.ljust(width)}  {accuracy['accuracy']:.3f} ({accuracy['correct']}/{accuracy['rows']})"
+            f"  agreement with {names[0]} {accuracy['agreement']:.3f}"
+        )
+    return lines
+
+
+def verdict_lines(verdict: dict) -> list[str]:
+    """The verdict in words, a line per thread count.
+
+    Example:
+    >>> verdict_lines({"cpu": "AMD EPYC", "cpu_count": 2, "accuracy_measured": True, "best_accuracy": 0.645,
+    ...     "fastest": [{"threads": 1, "bundle": "b/int8", "vs_first": 0.42, "accuracy": 0.645}],
+    ...     "first": "b/float"})
+    ['fastest at equal accuracy on AMD EPYC (2 CPUs), 1 thread, XNNPACK: int8 0.42x float (accuracy 0.645, best 0.645)']
+    """
+    first = Path(verdict["first"]).name
+    lines = []
+    for row in verdict["fastest"]:
+        threads = f"{row['threads']} thread{'s' * (row['threads'] > 1)}, XNNPACK"
+        where = f"on {verdict['cpu']} ({verdict['cpu_count']} CPUs), {threads}"
+        speed = f"{Path(row['bundle']).name} {row['vs_first']:.2f}x {first}"
+        if verdict["accuracy_measured"]:
+            lines.append(f"fastest at equal accuracy {where}: {speed} "
+                         f"(accuracy {row['accuracy']:.3f}, best {verdict['best_accuracy']:.3f})")
+        else:
+            lines.append(f"fastest {where}: {speed} (accuracy not measured: pass --data)")
+    return lines
