@@ -1,10 +1,11 @@
-"""Benchmark: dual-encoder bundles of an align run, float vs int8, and exact search over 100k images.
+"""Benchmark: dual-encoder bundles of an align run in every export mode, and exact search over 100k images.
 
 The checks (issue #13): the int8 encoders' embeddings have a cosine of at
 least 0.99 on average to the float ones, and recall@1 within 1 point of the
 float bundle's; searching 100k images takes at most 50 ms on one core.
 
-It exports the run as a float and an int8 dual-encoder bundle, embeds the
+It exports the run as a float, an int8, an integer-only int8 and an int16x8
+dual-encoder bundle (`MODES`), embeds the
 validation pairs (`--pairs`) with each through the TF-free runtime, compares
 them, then times `ImageIndex.search` over 100k random unit embeddings of the
 run's width (stored float16, as `mmkeras index` writes them) with NumPy on one
@@ -35,6 +36,9 @@ from mmkeras.runtime.image_index import ImageIndex  # noqa: E402
 
 INDEX_SIZE = 100_000
 QUERIES = 200
+# Bundle name -> (export --quantize, --integer-only).
+MODES = {"none": ("none", False), "int8": ("int8", False), "int8_integer_only": ("int8", True),
+         "int16x8": ("int16x8", False)}
 
 
 def embed_pairs(bundle_dir: Path, pairs) -> tuple[np.ndarray, np.ndarray]:
@@ -73,18 +77,19 @@ def main(argv: list[str] | None = None):
     figures = {}
     with tempfile.TemporaryDirectory() as folder:
         embedded = {}
-        for quantize in ("none", "int8"):
-            bundle = Path(folder) / quantize
-            report = export_bundle(args.run, bundle, quantize=quantize)
-            embedded[quantize] = embed_pairs(bundle, pairs)
-            figures[quantize] = {
+        for mode, (quantize, integer_only) in MODES.items():
+            bundle = Path(folder) / mode
+            report = export_bundle(args.run, bundle, quantize=quantize, integer_only=integer_only)
+            embedded[mode] = embed_pairs(bundle, pairs)
+            figures[mode] = {
                 "encoder_bytes": {name: facts["size_bytes"] for name, facts in report["encoders"].items()},
-                "recall": retrieval_recall(*embedded[quantize], groups),
+                "recall": retrieval_recall(*embedded[mode], groups),
             }
-    for position, name in enumerate(("text", "image")):
-        cosine = np.sum(embedded["int8"][position] * embedded["none"][position], axis=1)
-        figures["int8"][f"{name}_cosine_to_float"] = {"mean": round(float(cosine.mean()), 4),
-                                                      "min": round(float(cosine.min()), 4)}
+    for mode in list(MODES)[1:]:
+        for position, name in enumerate(("text", "image")):
+            cosine = np.sum(embedded[mode][position] * embedded["none"][position], axis=1)
+            figures[mode][f"{name}_cosine_to_float"] = {"mean": round(float(cosine.mean()), 4),
+                                                        "min": round(float(cosine.min()), 4)}
     dim = embedded["none"][0].shape[1]
     figures["search_100k_ms_one_thread"] = search_latency_ms(dim)
     print(json.dumps({"rows": len(pairs.rows), "embedding_dim": int(dim), **figures}, indent=2))

@@ -132,11 +132,9 @@ def _export_locked(
     logger.info("loading %s", run_dir)
     run = load_run(run_dir)
     if is_dual_encoder(run.model):
-        if integer_only:
-            raise UserError("--integer-only: not for the dual-encoder bundle of an align run yet")
-        if quantize == "int16x8":
-            raise UserError("--quantize int16x8: not for the dual-encoder bundle of an align run yet")
-        return export_dual_encoder(run, out_dir, quantize=quantize, calibration_data=calibration_data)
+        return export_dual_encoder(
+            run, out_dir, quantize=quantize, calibration_data=calibration_data, integer_only=integer_only
+        )
     sample = None
     if quantize in CALIBRATED_MODES:
         sample = manifest_sample(run, calibration_data, required=True, max_rows=calibration_rows)

@@ -1,6 +1,6 @@
 """`integer_only_tracing`: Keras' layer norm and masked softmax traced so that every op converts to int8.
 
-An `--integer-only` export traces the model inside this context. Three Keras
+An `--integer-only` export traces the model inside this context. Four Keras
 computations that leave float ops (or a useless int8 range) in a
 full-integer model are written otherwise, with the same float results:
 
@@ -15,6 +15,9 @@ full-integer model are written otherwise, with the same float results:
   `min(scores) - MASK_MARGIN` along the softmax axis: a masked key's weight
   is at most `exp(-MASK_MARGIN)` of the largest real one's, and the int8
   range only widens by `MASK_MARGIN`.
+- **GlobalAveragePooling1D with a mask** (the align towers' text pooling)
+  casts the padding mask to float, a float CAST; here the mask's 0/1 weights
+  are looked up in a table, as the fusion's pooling does (`masked_mean`).
 - **MultiHeadAttention with dropout 0** goes through the fused
   `ops.dot_product_attention`, whose mask fill is a large negative number
   too; here it computes attention explicitly (as with dropout), through the
@@ -35,6 +38,7 @@ import keras
 from keras import ops
 
 from mmkeras import compat
+from mmkeras.models.masked_pooling import masked_mean
 
 # How far below a row's smallest score the masked scores are set. exp(-16) = 1.1e-7, float32's resolution
 # near 1: on a samples run the float logits moved by at most 2.4e-6 (1.9e-6 with 32, the layer norm's
@@ -98,11 +102,24 @@ def explicit_attention(
     return ops.einsum(internals.combine_equation, probabilities, value), probabilities
 
 
+def masked_average_pooling_by_lookup(layer: keras.layers.GlobalAveragePooling1D, inputs, mask=None):
+    """`layer(inputs, mask)` with the padding mask's 0/1 weights looked up, not cast to float (a float CAST).
+
+    The mean over real tokens as the fusion's pooling computes it (`masked_mean`); without a mask, with
+    channels first or with `keepdims`, as Keras computes it.
+    """
+    if mask is None or layer.data_format != "channels_last" or layer.keepdims:
+        return _KERAS_METHODS[keras.layers.GlobalAveragePooling1D, "call"](layer, inputs, mask)
+    real_token = ops.take(ops.convert_to_tensor([0.0, 1.0], inputs.dtype), ops.cast(mask, "int32"), axis=0)
+    return masked_mean(inputs, real_token)
+
+
 # (class, method name) -> the replacement while tracing; subclasses that call `super()` get it too.
 _REPLACEMENTS = {
     (keras.layers.LayerNormalization, "call"): layer_norm_without_neg,
     (keras.layers.Softmax, "call"): softmax_with_bounded_fill,
     (keras.layers.MultiHeadAttention, "_compute_attention"): explicit_attention,
+    (keras.layers.GlobalAveragePooling1D, "call"): masked_average_pooling_by_lookup,
 }
 # Keras' own methods, which the replacements fall back on.
 _KERAS_METHODS = {key: getattr(*key) for key in _REPLACEMENTS}

@@ -11,8 +11,11 @@ import pytest
 
 from mmkeras import __version__
 from mmkeras.cli.app import main
+from mmkeras.export.integer_only import float_ops
 from mmkeras.runtime.bundle import DUAL_ENCODER_KIND, read_bundle
+from mmkeras.runtime.embedder import Embedder
 from mmkeras.runtime.image_index import ImageIndex, search_warnings
+from mmkeras.runtime.interpreter import load_interpreter
 from mmkeras.staged_folder import FOLDER_MODE
 from tests.helpers.cli import SAMPLES, WITHOUT_TENSORFLOW, run_cli, write_subset
 
@@ -29,13 +32,18 @@ def align_run(tmp_path_factory):
     return out
 
 
+# Bundle folder name -> the export options that write it.
+EXPORTS = {"none": ["--quantize", "none"], "int8": ["--quantize", "int8"],
+           "integer-only": ["--quantize", "int8", "--integer-only"], "int16x8": ["--quantize", "int16x8"]}
+
+
 @pytest.fixture(scope="module")
 def bundles(align_run, tmp_path_factory):
     folder = tmp_path_factory.mktemp("bundles")
     reports = {}
-    for quantize in ("none", "int8"):
-        assert main(["export", str(align_run), "--out", str(folder / quantize), "--quantize", quantize]) == 0
-        reports[quantize] = json.loads((folder / quantize / "bundle.json").read_text())
+    for name, options in EXPORTS.items():
+        assert main(["export", str(align_run), "--out", str(folder / name), *options]) == 0
+        reports[name] = json.loads((folder / name / "bundle.json").read_text())
     return folder, reports
 
 
@@ -64,7 +72,45 @@ def test_int8_bundle_has_an_int8_image_encoder_and_int8_text_weights(bundles):
 
 
 @pytest.mark.slow
-def test_index_and_search_run_without_tensorflow(bundles, tmp_path):
+def test_integer_only_bundle_has_no_float_op_in_either_encoder(bundles):
+    folder, reports = bundles
+    bundle = reports["integer-only"]
+    assert bundle["encoder_quantization"] == {"text_encoder": "int8", "image_encoder": "int8"}
+    assert bundle["conversion"]["integer_only"] is True
+    for name, file_name in bundle["encoders"].items():
+        assert float_ops((folder / "integer-only" / file_name).read_bytes()) == {}, name
+        interpreter = load_interpreter(folder / "integer-only" / file_name)
+        assert {np.dtype(details["dtype"]).kind for details in interpreter.get_output_details()} == {"u"}
+    image_input = load_interpreter(folder / "integer-only" / "image_encoder.tflite").get_input_details()[0]
+    assert np.dtype(image_input["dtype"]) == np.uint8 and image_input["quantization"] == (1.0, 0)
+    assert bundle["conversion"]["parity"]["text_encoder"]["min_cosine"] > 0.98
+    assert bundle["conversion"]["parity"]["image_encoder"]["min_cosine"] > 0.999
+
+
+@pytest.mark.slow
+def test_int16x8_bundle_embeds_as_the_keras_towers(bundles):
+    _, reports = bundles
+    for name, facts in reports["int16x8"]["conversion"]["encoders"].items():
+        compute = facts["ops"]["compute_ops"]
+        assert compute["int16x8"] == compute["total"] > 0, name
+    # Before the towers ended at their projection, the in-graph L2 norm in int16 gave cosines down to -0.9.
+    for name, parity in reports["int16x8"]["conversion"]["parity"].items():
+        assert parity["min_cosine"] > 0.999, name
+
+
+@pytest.mark.slow
+def test_encoders_with_quantized_activations_leave_the_l2_norm_to_the_embedder(bundles):
+    folder, _ = bundles
+    embedder = Embedder(folder / "integer-only")
+    token_ids, padding_mask, _ = embedder.preprocessor.encode_texts(["a red ring", "a blue square"])
+    raw = embedder.text_encoder({"token_ids": token_ids, "padding_mask": padding_mask})
+    assert np.abs(np.linalg.norm(raw, axis=1) - 1.0).max() > 0.01  # the projection, not a unit vector
+    assert np.allclose(np.linalg.norm(embedder.embed_text(["a red ring"]), axis=1), 1.0, atol=1e-5)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("bundle", ["int8", "integer-only"])
+def test_index_and_search_run_without_tensorflow(bundles, tmp_path, bundle):
     folder, _ = bundles
     images = tmp_path / "images"
     images.mkdir()
@@ -79,14 +125,14 @@ def test_index_and_search_run_without_tensorflow(bundles, tmp_path):
         assert done.returncode == 0, done.stderr
         return json.loads(done.stdout)
 
-    assert device_cli("index", folder / "int8", "--images", images, "--out", index_file, "--json")["images"] == 10
+    assert device_cli("index", folder / bundle, "--images", images, "--out", index_file, "--json")["images"] == 10
     stored = ImageIndex.load(index_file)
     assert stored.embeddings.dtype == np.float16 and stored.embeddings.shape == (10, 16)
-    results = device_cli("search", folder / "int8", index_file, "--text", "a red ring", "--top-k", "3", "--json")
+    results = device_cli("search", folder / bundle, index_file, "--text", "a red ring", "--top-k", "3", "--json")
     scores = [hit["score"] for hit in results["results"]]
     assert len(scores) == 3 and scores == sorted(scores, reverse=True)
     # The run was aligned without --val: nothing says whether it learned, and search says so.
-    assert json.loads((folder / "int8" / "bundle.json").read_text())["alignment"] is None
+    assert json.loads((folder / bundle / "bundle.json").read_text())["alignment"] is None
     assert ["no validation figures" in warning for warning in results["warnings"]] == [True]
 
 
