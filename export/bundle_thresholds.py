@@ -15,10 +15,11 @@ Example:
 
 from pathlib import Path
 
+from mmkeras.data.label_sets import multi_hot
 from mmkeras.data.manifest import read_manifest
 from mmkeras.evaluation.target_predictions import predict_probabilities
 from mmkeras.runtime.outputs import sigmoid
-from mmkeras.tasks.multilabel_metrics import multi_hot, tune_thresholds
+from mmkeras.tasks.multilabel_metrics import tune_thresholds
 
 
 def retuned_thresholds(run, predict_logits) -> tuple[list[float], int] | None:

@@ -12,14 +12,16 @@ import tensorflow as tf
 
 import mmkeras
 from mmkeras.cli.app import main
+from mmkeras.data.label_sets import multi_hot
 from mmkeras.data.manifest import read_manifest
 from mmkeras.export.converter import export_bundle
 from mmkeras.quantization.qat_settings import QATSettings
 from mmkeras.quantization.qat_training import qat_finetune
+from mmkeras.runtime.bundle_accuracy import bundle_accuracies
 from mmkeras.runtime.predictor import Predictor
 from mmkeras.runtime.test_vectors import read_test_vectors, verify_bundle
 from mmkeras.tasks.multilabel_loss import MultiLabelLoss
-from mmkeras.tasks.multilabel_metrics import multi_hot, multilabel_figures, tune_thresholds
+from mmkeras.tasks.multilabel_metrics import multilabel_figures, tune_thresholds
 from tests.helpers.cli import SAMPLES, WITHOUT_TENSORFLOW, run_cli, write_subset
 
 
@@ -169,6 +171,17 @@ def test_evaluate_of_a_multilabel_bundle_gives_the_run_figures_without_tensorflo
     else:  # int8 moves scores a little: the same figures, on the same rows, near the run's
         assert bundle_figures.keys() == run_figures.keys() and bundle_figures["n"] == run_figures["n"]
         assert abs(bundle_figures["mAP"] - run_figures["mAP"]) <= 0.1
+
+
+@pytest.mark.slow
+def test_benchmark_data_scores_multilabel_bundles_by_evaluate_exact_match(multilabel_run, multilabel_bundles):
+    bundles = [multilabel_bundles["none"], multilabel_bundles["int8"]]
+    scored = bundle_accuracies(bundles, multilabel_run["val"])
+    for bundle, figures in zip(bundles, scored):
+        assert figures["metric"] == "exact match"
+        exact_match = device_cli("evaluate", bundle, "--data", multilabel_run["val"])["exact_match"]
+        assert round(figures["correct"] / figures["rows"], 4) == exact_match
+    assert scored[0]["agreeing"] == scored[0]["rows"]
 
 
 @pytest.mark.slow

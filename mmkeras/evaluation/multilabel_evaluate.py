@@ -10,14 +10,14 @@ Example:
 (0.97, 0.93, 0.91)
 """
 
+from mmkeras.data.label_sets import check_known_label_sets, multi_hot
 from mmkeras.data.manifest import read_manifest
-from mmkeras.errors import UserError
 from mmkeras.evaluation.target_predictions import load_target, predict_probabilities
 from mmkeras.runs import manifest_columns
 from mmkeras.runtime.bundle import read_bundle
 from mmkeras.runtime.outputs import sigmoid
 from mmkeras.tasks.multilabel import run_thresholds
-from mmkeras.tasks.multilabel_metrics import multi_hot, multilabel_figures, split_labels
+from mmkeras.tasks.multilabel_metrics import multilabel_figures
 
 
 def evaluate_multilabel(target, data, *, columns: dict[str, str] | None = None) -> dict:
@@ -34,11 +34,7 @@ def evaluate_multilabel(target, data, *, columns: dict[str, str] | None = None) 
     thresholds = run_thresholds(target, labels) if run is not None else read_bundle(target)["thresholds"]
     manifest = read_manifest(data, columns=manifest_columns(target, columns))
     manifest, _ = manifest.validate_images(preprocessor.image_size, "fail")
-    known = set(labels)
-    for row in manifest.rows:
-        unknown = [label for label in split_labels(row.label) if label not in known]
-        if unknown:
-            raise UserError(f"unknown label(s) {', '.join(unknown)}", path=manifest.path, row=row.line)
+    check_known_label_sets(manifest, labels)
     texts, images = [row.text for row in manifest.rows], [row.image for row in manifest.rows]
     scores = predict_probabilities(predict_logits, preprocessor, texts, images, "evaluating", activation=sigmoid)
     truth = multi_hot([row.label for row in manifest.rows], labels)

@@ -3,7 +3,10 @@
 The bundles of one run (float, int8, dynamic ...) share its labels, so each
 is scored on the same rows as `mmkeras evaluate BUNDLE` scores it (the same
 `Predictor`, preprocessing and label check), and each bundle's labels are
-compared with the first bundle's. The figures are counts first: a choice
+compared with the first bundle's. A row is right when its predicted label is
+the true one; for multilabel bundles, when the labels at or above the
+bundle's thresholds are exactly the row's label set (`evaluate`'s exact
+match). The figures are counts first: a choice
 between bundles "at equal accuracy" compares counts of correct rows, since
 0.88 - 0.87 is 0.010000000000000009 in floats.
 
@@ -18,6 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
+from mmkeras.data.label_sets import check_known_label_sets, multi_hot
 from mmkeras.data.manifest import read_manifest
 from mmkeras.errors import UserError
 from mmkeras.progress import step_progress
@@ -26,74 +30,88 @@ from mmkeras.runtime.batch_predict import BATCH_ROWS
 from mmkeras.runtime.bundle import BUNDLE_FILE, bundle_kind, read_bundle
 from mmkeras.runtime.predictor import Predictor
 
+# What a right row means, by bundle kind: its best label, or its exact label set.
+METRICS = {"classifier": "accuracy", "multilabel": "exact match"}
+
 
 def bundle_accuracies(
     bundle_dirs: Sequence[str | Path], data: str | Path, *, columns: dict[str, str] | None = None
 ) -> list[dict]:
-    """Accuracy of each single-label bundle on the labelled manifest `data`, and its label agreement with the first.
+    """Accuracy (multilabel: exact match) of each bundle on the labelled manifest `data`, and agreement with the first.
 
     Args:
-        bundle_dirs: classifier bundle folders exported from one run (the
-            same labels, in the same order).
+        bundle_dirs: classifier or multilabel bundle folders exported from
+            one run (the same kind and labels, in the same order).
         data: a labelled CSV, JSONL or Parquet manifest.
         columns: `{role: column name}` where the manifest's columns are named
             otherwise than in the run (`mmkeras.runs.manifest_columns`).
 
     Returns:
-        Per bundle: `rows`, `correct` (rows whose best label is the true one),
-        `accuracy` (`correct / rows`), `agreeing` (rows given the first
-        bundle's label) and `agreement` (`agreeing / rows`).
+        Per bundle: `rows`, `correct` (rows whose best label is the true one;
+        multilabel: whose label set is), `accuracy` (`correct / rows`),
+        `agreeing` (rows given the first bundle's label or label set),
+        `agreement` (`agreeing / rows`) and `metric` (`accuracy` or
+        `exact match`).
 
     Raises:
-        UserError: a bundle that is not a single-label classifier, bundles
-            with different labels, a bad manifest, a row with an unknown
-            label or an image that cannot be read.
+        UserError: bundles of different labels or kinds, a bad manifest, a
+            row with an unknown label or an image that cannot be read.
     """
-    labels = _shared_labels(bundle_dirs)
+    labels, kind = _shared_labels(bundle_dirs)
     manifest = read_manifest(data, columns=manifest_columns(bundle_dirs[0], columns))
-    truth = manifest.encode_labels(labels)
+    if kind == "multilabel":
+        check_known_label_sets(manifest, labels)
+        truth = multi_hot([row.label for row in manifest.rows], labels).astype(bool)
+    else:
+        truth = np.asarray(manifest.encode_labels(labels))
     predicted = []
     for directory in bundle_dirs:
         predictor = Predictor(directory)
         checked, _ = manifest.validate_images(predictor.preprocessor.image_size, "fail")
-        predicted.append(_best_labels(predictor, checked, Path(directory).name))
+        predicted.append(_predicted_labels(predictor, checked, Path(directory).name))
     rows = len(truth)
     figures = []
     for labels_given in predicted:
-        correct, agreeing = int(np.sum(labels_given == truth)), int(np.sum(labels_given == predicted[0]))
+        correct, agreeing = _matching_rows(labels_given, truth), _matching_rows(labels_given, predicted[0])
         figures.append({"rows": rows, "correct": correct, "accuracy": correct / rows, "agreeing": agreeing,
-                        "agreement": agreeing / rows})
+                        "agreement": agreeing / rows, "metric": METRICS[kind]})
     return figures
 
 
-def _shared_labels(bundle_dirs: Sequence[str | Path]) -> list[str]:
-    """The labels every bundle has; a multilabel bundle or bundles of different runs are refused."""
+def _matching_rows(given: np.ndarray, expected: np.ndarray) -> int:
+    """Rows whose label (or whole label set, a row of a 2-D array) is the expected one."""
+    same = given == expected
+    return int(np.sum(same if same.ndim == 1 else np.all(same, axis=1)))
+
+
+def _shared_labels(bundle_dirs: Sequence[str | Path]) -> tuple[list[str], str]:
+    """The labels and the kind every bundle has; bundles of different runs or kinds are refused."""
     bundles = [read_bundle(directory) for directory in bundle_dirs]
-    for directory, bundle in zip(bundle_dirs, bundles):
-        if bundle_kind(bundle) != "classifier":
-            raise UserError(
-                "a multilabel bundle has no single accuracy to compare: measure it with "
-                "`mmkeras evaluate BUNDLE --data ...` (mAP, exact match) and benchmark it without --data",
-                path=Path(directory) / BUNDLE_FILE,
-            )
-    first = bundles[0]["labels"]
+    first, first_kind = bundles[0]["labels"], bundle_kind(bundles[0])
     for directory, bundle in zip(bundle_dirs[1:], bundles[1:]):
-        if bundle["labels"] != first:
+        if bundle["labels"] != first or bundle_kind(bundle) != first_kind:
             raise UserError(
                 f"its labels differ from those of {bundle_dirs[0]} ({len(bundle['labels'])} against {len(first)}, "
-                "or another order): compare bundles exported from one run",
+                "another order or another task): compare bundles exported from one run",
                 path=Path(directory) / BUNDLE_FILE,
             )
-    return first
+    return first, first_kind
 
 
-def _best_labels(predictor: Predictor, manifest, name: str) -> np.ndarray:
-    """The index of each row's best label, preprocessing and predicting `BATCH_ROWS` rows at a time."""
+def _predicted_labels(predictor: Predictor, manifest, name: str) -> np.ndarray:
+    """Each row's best label index, or (multilabel) its labels at or above their thresholds as a 0/1 row.
+
+    Preprocesses and predicts `BATCH_ROWS` rows at a time.
+    """
     texts, images = [row.text for row in manifest.rows], [row.image for row in manifest.rows]
-    best = []
+    predicted = []
     with step_progress(f"scoring {name}", len(texts)) as progress:
         for start in range(0, len(texts), BATCH_ROWS):
             inputs = predictor.preprocessor(texts[start : start + BATCH_ROWS], images[start : start + BATCH_ROWS])
-            best.append(np.argmax(predictor.predict_inputs(inputs), axis=1))
+            logits = predictor.predict_inputs(inputs)
+            if predictor.multilabel:
+                predicted.append(predictor.scores(logits) >= np.asarray(predictor.thresholds))
+            else:
+                predicted.append(np.argmax(logits, axis=1))
             progress.update(min(start + BATCH_ROWS, len(texts)))
-    return np.concatenate(best)
+    return np.concatenate(predicted)

@@ -213,8 +213,9 @@ def fastest_at_equal_accuracy(figures: dict, tolerance: float = DEFAULT_ACCURACY
             against the best and still take part.
 
     Returns:
-        `cpu`, `cpu_count`, `accuracy_measured`, `accuracy_tolerance`,
-        `best_accuracy` (or `None`), `first` (the bundle the others are
+        `cpu`, `cpu_count`, `accuracy_measured`, `metric` (`accuracy`, or
+        `exact match` for multilabel bundles; `None` unmeasured),
+        `accuracy_tolerance`, `best_accuracy` (or `None`), `first` (the bundle the others are
         compared with), `candidates` (the bundles taking part)
         and `fastest`, per thread count: `threads`, `bundle`, `quantization`,
         `inference_p50_ms`, `vs_first` (its inference p50 over the first
@@ -223,7 +224,7 @@ def fastest_at_equal_accuracy(figures: dict, tolerance: float = DEFAULT_ACCURACY
     Example:
     >>> def bundle(name, p50, correct):
     ...     return {"bundle": name, "quantization": name, "accuracy": {"rows": 100, "correct": correct,
-    ...             "accuracy": correct / 100}, "measurements": [{"threads": 1, "xnnpack": True,
+    ...             "accuracy": correct / 100, "metric": "accuracy"}, "measurements": [{"threads": 1, "xnnpack": True,
     ...             "inference_ms": {"p50": p50}}]}
     >>> figures = {"threads": [1], "cpu": "AMD EPYC", "cpu_count": 2,
     ...            "bundles": [bundle("float", 4.0, 64), bundle("int8", 3.0, 63), bundle("int16x8", 2.0, 60)]}
@@ -258,6 +259,7 @@ def fastest_at_equal_accuracy(figures: dict, tolerance: float = DEFAULT_ACCURACY
         "cpu": figures["cpu"],
         "cpu_count": figures["cpu_count"],
         "accuracy_measured": measured,
+        "metric": bundles[0]["accuracy"]["metric"] if measured else None,
         "accuracy_tolerance": tolerance if measured else None,
         "best_accuracy": None if best is None else best / bundles[0]["accuracy"]["rows"],
         "first": bundles[0]["bundle"],
@@ -303,7 +305,7 @@ def accuracy_lines(figures: dict) -> list[str]:
         return []
     names = [Path(bundle["bundle"]).name for bundle in figures["bundles"]]
     width = max(map(len, names))
-    lines = [f"accuracy on {figures['data']}:"]
+    lines = [f"{figures['bundles'][0]['accuracy']['metric']} on {figures['data']}:"]
     for name, bundle in zip(names, figures["bundles"]):
         accuracy = bundle["accuracy"]
         lines.append(
@@ -317,7 +319,8 @@ def verdict_lines(verdict: dict) -> list[str]:
     """The verdict in words, a line per thread count.
 
     Example:
-    >>> verdict_lines({"cpu": "AMD EPYC", "cpu_count": 2, "accuracy_measured": True, "best_accuracy": 0.645,
+    >>> verdict_lines({"cpu": "AMD EPYC", "cpu_count": 2, "accuracy_measured": True, "metric": "accuracy",
+    ...     "best_accuracy": 0.645,
     ...     "fastest": [{"threads": 1, "bundle": "b/int8", "vs_first": 0.42, "accuracy": 0.645}],
     ...     "first": "b/float"})
     ['fastest at equal accuracy on AMD EPYC (2 CPUs), 1 thread, XNNPACK: int8 0.42x float (accuracy 0.645, best 0.645)']
@@ -329,8 +332,8 @@ def verdict_lines(verdict: dict) -> list[str]:
         where = f"on {verdict['cpu']} ({verdict['cpu_count']} CPUs), {threads}"
         speed = f"{Path(row['bundle']).name} {row['vs_first']:.2f}x {first}"
         if verdict["accuracy_measured"]:
-            lines.append(f"fastest at equal accuracy {where}: {speed} "
-                         f"(accuracy {row['accuracy']:.3f}, best {verdict['best_accuracy']:.3f})")
+            lines.append(f"fastest at equal {verdict['metric']} {where}: {speed} "
+                         f"({verdict['metric']} {row['accuracy']:.3f}, best {verdict['best_accuracy']:.3f})")
         else:
             lines.append(f"fastest {where}: {speed} (accuracy not measured: pass --data)")
     return lines

@@ -20,11 +20,12 @@ from pathlib import Path
 import numpy as np
 
 from mmkeras.config import RunConfig
+from mmkeras.data.label_sets import multi_hot, split_labels
 from mmkeras.data.manifest import Manifest
 from mmkeras.errors import UserError
 from mmkeras.runs import METRICS_FILE
 from mmkeras.runtime.outputs import SIGMOID
-from mmkeras.tasks.multilabel_metrics import multi_hot, multilabel_figures, split_labels, tune_thresholds
+from mmkeras.tasks.multilabel_metrics import multilabel_figures, tune_thresholds
 from mmkeras.tasks.task import Task
 
 # The threshold of a run trained without validation rows to tune it on.

@@ -11,23 +11,6 @@ Example:
 
 import numpy as np
 
-LABEL_SEPARATOR = "|"
-
-
-def split_labels(cell: str) -> list[str]:
-    """The labels of one multi-label cell (`red|ring`), blanks dropped."""
-    return [label.strip() for label in cell.split(LABEL_SEPARATOR) if label.strip()]
-
-
-def multi_hot(cells: list[str], labels: list[str]) -> np.ndarray:
-    """[len(cells), len(labels)] 0/1: which of `labels` each cell lists."""
-    index = {label: position for position, label in enumerate(labels)}
-    table = np.zeros((len(cells), len(labels)), np.float32)
-    for row, cell in enumerate(cells):
-        for label in split_labels(cell):
-            table[row, index[label]] = 1.0
-    return table
-
 
 def tune_thresholds(truth: np.ndarray, scores: np.ndarray) -> list[float]:
     """Per label, the score threshold that maximises its F1 on these rows (0.5 for a label never present).
