@@ -35,11 +35,9 @@ import json
 import logging
 import statistics
 import sys
-import time
 from pathlib import Path
 
 import keras
-import numpy as np
 from keras import ops
 
 from mmkeras import compat
@@ -53,6 +51,9 @@ from mmkeras.export.litert_conversion import (
 )
 from mmkeras.quantization.run_loading import load_run
 from mmkeras.runtime.interpreter import LiteRTModel, list_ops, load_interpreter
+
+sys.path.insert(0, str(Path(__file__).parent))
+from int8_op_profile import timed_p50  # noqa: E402
 
 THREADS = (1, 2)
 DELEGATE = "DELEGATE"
@@ -135,20 +136,13 @@ def graph_counts(model: bytes) -> dict:
 
 
 def interleaved_p50(models: dict[str, bytes], example: dict, runs: int, rounds: int) -> dict:
-    """Median over rounds of each model's p50 (ms) at each thread count; the rounds alternate the models."""
+    """Median over rounds of each model's p50 (ms) at each thread count; each round alternates the models."""
     per_round = collections.defaultdict(list)
     for threads in THREADS:
         interpreters = {name: LiteRTModel(content, num_threads=threads) for name, content in models.items()}
         for _ in range(rounds):
-            samples = collections.defaultdict(list)
-            for run_number in range(runs + 10):
-                for name, interpreter in interpreters.items():
-                    started = time.perf_counter()
-                    interpreter(example)
-                    if run_number >= 10:
-                        samples[name].append((time.perf_counter() - started) * 1000.0)
-            for name, values in samples.items():
-                per_round[name, threads].append(float(np.median(values)))
+            for name, p50 in timed_p50(interpreters, example, runs).items():
+                per_round[name, threads].append(p50)
     return {key: statistics.median(values) for key, values in per_round.items()}
 
 
