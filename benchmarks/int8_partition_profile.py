@@ -6,7 +6,10 @@ float); `-traced`, the model traced with `integer_only_graph`'s layer norm
 and bounded-fill masked softmax (`INT8_TRACED_FLOAT_OPS` kept float: the mask
 path's SELECT_V2 / TRANSPOSE no longer need to be); `-traced-arith-mask`, the
 same with the mask applied by MUL / ADD (XNNPACK has no SELECT_V2 kernel,
-float or int8; an experiment here, in no export). Plus any
+float or int8); `-norm-tail-float`, the default export with each layer
+norm's `variance + epsilon` ADD and RSQRT float as well (XNNPACK takes
+neither in int8; denylisted by output tensor name). The last two are
+experiments here, in no export. Plus any
 `--model NAME=PATH` (.tflite or bundle folder); `--convert-none` times only
 those (the run gives the input).
 For each model it prints: XNNPACK partition count, delegated ops out of all
@@ -36,12 +39,14 @@ import logging
 import statistics
 import sys
 from pathlib import Path
+from unittest import mock
 
 import keras
+import tensorflow as tf
 from keras import ops
 
 from mmkeras import compat
-from mmkeras.export import integer_only_graph
+from mmkeras.export import integer_only_graph, litert_conversion
 from mmkeras.export.integer_only_graph import integer_only_tracing
 from mmkeras.export.litert_conversion import (
     CALIBRATION_ROWS,
@@ -85,11 +90,50 @@ def arithmetic_mask_tracing():
         integer_only_graph._REPLACEMENTS[key] = bounded_fill
 
 
+def layer_norm_tail_names(tflite_model: bytes) -> list[str]:
+    """Output tensor names of each RSQRT and of the ADD feeding it (a layer norm's `variance + epsilon`)."""
+    interpreter = load_interpreter(tflite_model, default_delegates=False)
+    names = {details["index"]: details["name"] for details in interpreter.get_tensor_details()}
+    ops = compat.litert_ops_details(interpreter)
+    producers = {index: op for op in ops for index in op["outputs"]}
+    tail = []
+    for op in ops:
+        if op["op_name"] == "RSQRT":
+            tail.append(names[op["outputs"][0]])
+            variance = producers.get(op["inputs"][0])
+            if variance is not None and variance["op_name"] == "ADD":
+                tail.append(names[variance["outputs"][0]])
+    return tail
+
+
+def convert_keeping_layer_norm_tail_float(converter, op_names) -> bytes:
+    """`litert_conversion.convert_keeping_float`, with each layer norm's `variance + epsilon` and RSQRT float too."""
+    nodes = layer_norm_tail_names(converter.convert())
+    debugger = tf.lite.experimental.QuantizationDebugger(
+        converter=converter,
+        debug_dataset=converter.representative_dataset,
+        debug_options=tf.lite.experimental.QuantizationDebugOptions(
+            denylisted_ops=list(op_names), denylisted_nodes=nodes
+        ),
+    )
+    return debugger.get_nondebug_quantized_model()
+
+
+@contextlib.contextmanager
+def layer_norm_tail_float():
+    """The default export with the layer norms' tail float (XNNPACK takes neither op in int8; an experiment only)."""
+    with mock.patch.object(litert_conversion, "convert_keeping_float", convert_keeping_layer_norm_tail_float):
+        yield
+
+
+# The variants whose float32 graph differs from the default's (float32 itself: suffix "").
+FLOAT_GRAPH_VARIANTS = ("", "-traced-arith-mask")
 # Model name suffix -> (the tracing context, the op types kept float in int8).
 VARIANTS = {
     "": (contextlib.nullcontext, FLOAT_OPS_IN_INT8),  # the default export
     "-traced": (integer_only_tracing, INT8_TRACED_FLOAT_OPS),
     "-traced-arith-mask": (arithmetic_mask_tracing, INT8_TRACED_FLOAT_OPS),
+    "-norm-tail-float": (layer_norm_tail_float, FLOAT_OPS_IN_INT8),
 }
 
 
@@ -155,7 +199,7 @@ def run_models(run_dir: Path, prefix: str, convert: bool = True) -> tuple[dict[s
     if not convert:
         return models, example
     for suffix, (tracing, keep_float) in VARIANTS.items():
-        if prefix == "ptq" and suffix != "-traced":  # the float graph of -traced is float32's
+        if prefix == "ptq" and suffix in FLOAT_GRAPH_VARIANTS:
             logging.info("converting %s: float32%s", run_dir, suffix)
             with tracing():
                 models[f"float32{suffix}"] = convert_model(run.model)
