@@ -94,10 +94,10 @@ def layer_norm_tail_names(tflite_model: bytes) -> list[str]:
     """Output tensor names of each RSQRT and of the ADD feeding it (a layer norm's `variance + epsilon`)."""
     interpreter = load_interpreter(tflite_model, default_delegates=False)
     names = {details["index"]: details["name"] for details in interpreter.get_tensor_details()}
-    ops = compat.litert_ops_details(interpreter)
-    producers = {index: op for op in ops for index in op["outputs"]}
+    model_ops = compat.litert_ops_details(interpreter)
+    producers = {index: op for op in model_ops for index in op["outputs"]}
     tail = []
-    for op in ops:
+    for op in model_ops:
         if op["op_name"] == "RSQRT":
             tail.append(names[op["outputs"][0]])
             variance = producers.get(op["inputs"][0])
