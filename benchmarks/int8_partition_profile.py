@@ -141,9 +141,9 @@ def xnnpack_partitions(model: bytes) -> dict:
     """Partitions, delegated ops and the op types left to builtin kernels, from the delegated op graph."""
     interpreter = load_interpreter(model, num_threads=1)
     interpreter.allocate_tensors()
-    ops = compat.litert_ops_details(interpreter)
-    delegates = [op for op in ops if op["op_name"] == DELEGATE]
-    own_ops = [op for op in ops if op["op_name"] != DELEGATE]
+    graph = compat.litert_ops_details(interpreter)
+    delegates = [op for op in graph if op["op_name"] == DELEGATE]
+    own_ops = [op for op in graph if op["op_name"] != DELEGATE]
     producers = {index: op["index"] for op in own_ops for index in op["outputs"] if index >= 0}
     by_index = {op["index"]: op for op in own_ops}
     delegated = set()
@@ -167,10 +167,10 @@ def xnnpack_partitions(model: bytes) -> dict:
 
 def graph_counts(model: bytes) -> dict:
     """QUANTIZE / DEQUANTIZE counts and the op types with a float32 output (the float islands)."""
-    ops = list_ops(model)
-    names = collections.Counter(op.name for op in ops)
+    model_ops = list_ops(model)
+    names = collections.Counter(op.name for op in model_ops)
     float_ops = collections.Counter(
-        op.name for op in ops if "float32" in op.output_dtypes and op.name not in ("DEQUANTIZE",)
+        op.name for op in model_ops if "float32" in op.output_dtypes and op.name != "DEQUANTIZE"
     )
     return {
         "quantize": names["QUANTIZE"],
