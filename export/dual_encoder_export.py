@@ -149,7 +149,8 @@ def encoder_quantization(quantize: str, integer_only: bool = False) -> dict[str,
 
 def describe_dual_encoder_report(report: dict) -> str:
     """The dual-encoder conversion report in a few lines."""
-    lines = [f"wrote {report['path']} (dual encoder, {report['quantize']})"]
+    mode = f"{report['quantize']}, integer-only" if report["integer_only"] else report["quantize"]
+    lines = [f"wrote {report['path']} (dual encoder, {mode})"]
     for name, facts in report["encoders"].items():
         compute = facts["ops"]["compute_ops"]
         parity = report["parity"][name]

@@ -11,6 +11,7 @@ import pytest
 
 from mmkeras import __version__
 from mmkeras.cli.app import main
+from mmkeras.export.dual_encoder_export import describe_dual_encoder_report
 from mmkeras.export.integer_only import float_ops
 from mmkeras.runtime.bundle import DUAL_ENCODER_KIND, read_bundle
 from mmkeras.runtime.embedder import Embedder
@@ -77,6 +78,9 @@ def test_integer_only_bundle_has_no_float_op_in_either_encoder(bundles):
     bundle = reports["integer-only"]
     assert bundle["encoder_quantization"] == {"text_encoder": "int8", "image_encoder": "int8"}
     assert bundle["conversion"]["integer_only"] is True
+    assert describe_dual_encoder_report({**bundle["conversion"], "path": "b"}).splitlines()[0] == (
+        "wrote b (dual encoder, int8, integer-only)"
+    )
     for name, file_name in bundle["encoders"].items():
         assert float_ops((folder / "integer-only" / file_name).read_bytes()) == {}, name
         interpreter = load_interpreter(folder / "integer-only" / file_name)
