@@ -33,15 +33,22 @@ def multi_hot(cells: list[str], labels: list[str]) -> np.ndarray:
     return table
 
 
-def check_known_label_sets(manifest, labels: list[str]):
-    """Refuse, naming the file and row, the first row whose label cell lists a label not in `labels`.
+def checked_label_cells(manifest, labels: list[str]) -> list[str]:
+    """The rows' label cells; the first row without a label, or listing one not in `labels`, is refused.
 
     Args:
         manifest: a read manifest (`read_manifest`) whose rows have `label` and `line`.
         labels: the labels of the run or bundle.
+
+    Raises:
+        UserError: naming the file and the row.
     """
-    known = set(labels)
+    known, cells = set(labels), []
     for row in manifest.rows:
+        if row.label is None:
+            raise UserError("the row has no label", path=manifest.path, row=row.line)
         unknown = [label for label in split_labels(row.label) if label not in known]
         if unknown:
             raise UserError(f"unknown label(s) {', '.join(unknown)}", path=manifest.path, row=row.line)
+        cells.append(row.label)
+    return cells

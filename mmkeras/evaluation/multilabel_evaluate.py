@@ -10,7 +10,7 @@ Example:
 (0.97, 0.93, 0.91)
 """
 
-from mmkeras.data.label_sets import check_known_label_sets, multi_hot
+from mmkeras.data.label_sets import checked_label_cells, multi_hot
 from mmkeras.data.manifest import read_manifest
 from mmkeras.evaluation.target_predictions import load_target, predict_probabilities
 from mmkeras.runs import manifest_columns
@@ -34,8 +34,8 @@ def evaluate_multilabel(target, data, *, columns: dict[str, str] | None = None) 
     thresholds = run_thresholds(target, labels) if run is not None else read_bundle(target)["thresholds"]
     manifest = read_manifest(data, columns=manifest_columns(target, columns))
     manifest, _ = manifest.validate_images(preprocessor.image_size, "fail")
-    check_known_label_sets(manifest, labels)
+    cells = checked_label_cells(manifest, labels)
     texts, images = [row.text for row in manifest.rows], [row.image for row in manifest.rows]
     scores = predict_probabilities(predict_logits, preprocessor, texts, images, "evaluating", activation=sigmoid)
-    truth = multi_hot([row.label for row in manifest.rows], labels)
+    truth = multi_hot(cells, labels)
     return multilabel_figures(truth, scores, thresholds, labels)

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from mmkeras.data.label_sets import check_known_label_sets, multi_hot
+from mmkeras.data.label_sets import checked_label_cells, multi_hot
 from mmkeras.data.manifest import read_manifest
 from mmkeras.errors import UserError
 from mmkeras.progress import step_progress
@@ -60,8 +60,7 @@ def bundle_accuracies(
     labels, kind = _shared_labels(bundle_dirs)
     manifest = read_manifest(data, columns=manifest_columns(bundle_dirs[0], columns))
     if kind == "multilabel":
-        check_known_label_sets(manifest, labels)
-        truth = multi_hot([row.label for row in manifest.rows], labels).astype(bool)
+        truth = multi_hot(checked_label_cells(manifest, labels), labels).astype(bool)
     else:
         truth = np.asarray(manifest.encode_labels(labels))
     predicted = []
