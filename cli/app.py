@@ -54,9 +54,8 @@ from mmkeras.framework_logs import VERBOSE_ENV, import_tensorflow_quietly, nativ
 from mmkeras.progress import install_log_handler
 from mmkeras.quantization.qat_settings import CALIBRATION_ROWS, LEARNING_RATE_FACTOR, UNKNOWN_LAYERS, QATSettings
 from mmkeras.runs import is_run_folder, manifest_columns
-from mmkeras.runtime.benchmark import DEFAULT_RUNS, WARMUP_RUNS
+from mmkeras.runtime.benchmark import DEFAULT_ACCURACY_TOLERANCE, DEFAULT_RUNS, WARMUP_RUNS
 from mmkeras.runtime.bundle import QUANTIZATION_MODES, WEB_SITE_FOLDER
-from mmkeras.runtime.bundle_comparison import DEFAULT_ACCURACY_TOLERANCE
 
 logger = logging.getLogger("mmkeras")
 

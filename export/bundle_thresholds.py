@@ -17,7 +17,7 @@ from pathlib import Path
 
 from mmkeras.data.label_sets import multi_hot
 from mmkeras.data.manifest import read_manifest
-from mmkeras.evaluation.target_predictions import predict_probabilities
+from mmkeras.runtime.chunked_predictions import predict_probabilities
 from mmkeras.runtime.outputs import sigmoid
 from mmkeras.tasks.multilabel_metrics import tune_thresholds
 

@@ -68,9 +68,13 @@ def export_dual_encoder(
     Args:
         run: a loaded align run (`load_run`).
         out_dir: the bundle folder to write.
-        quantize: `none`, `float16`, `dynamic` or `int8`.
-        calibration_data: for int8, a manifest of pairs whose rows calibrate
-            the activation ranges (default: the run's training pairs).
+        quantize: `none`, `float16`, `dynamic`, `int8` or `int16x8`.
+        calibration_data: for int8 and int16x8, a manifest of pairs whose
+            rows calibrate the activation ranges (default: the run's training
+            pairs).
+        integer_only: with int8, both encoders fully int8 with uint8 image
+            and embedding tensors (`convert_model(integer_only=True)`);
+            refused, before anything is written, if an op stays float.
 
     Returns:
         The conversion report (also bundle.json's `conversion`) plus `path`.

@@ -27,6 +27,7 @@ BASE_INSTALL_MODULES = (
     "mmkeras.runtime.bundle_comparison",
     "mmkeras.runtime.bundle_accuracy",
     "mmkeras.runtime.cpu",
+    "mmkeras.runtime.chunked_predictions",
     "mmkeras.evaluation.evaluate",
     "mmkeras.evaluation.report",
     "mmkeras.evaluation.explain",

@@ -131,7 +131,7 @@ class ParquetRows:
                 that cannot be read past some row.
         """
         schema = self._file.schema_arrow
-        checks = ((text, _is_text, "strings"), (label, _is_label, "strings or integers"),
+        checks = ((text, _is_string, "strings"), (label, _is_label, "strings or integers"),
                   (image, _is_image, "image paths (strings), image bytes (binary) or {bytes, path} structs"))
         for name, fits, expected in checks:
             if name in self.column_names and not fits(self._pa, schema.field(name).type):
@@ -323,10 +323,6 @@ def _is_string(pa, kind) -> bool:
     if pa.types.is_dictionary(kind):  # pandas categoricals
         kind = kind.value_type
     return pa.types.is_string(kind) or pa.types.is_large_string(kind) or pa.types.is_null(kind)
-
-
-def _is_text(pa, kind) -> bool:
-    return _is_string(pa, kind)
 
 
 def _is_label(pa, kind) -> bool:

@@ -29,10 +29,11 @@ from mmkeras.evaluation.metrics import classification_figures, top_k_accuracy
 from mmkeras.evaluation.modality_ablation import ModalityLogits
 from mmkeras.evaluation.multilabel_evaluate import evaluate_multilabel
 from mmkeras.evaluation.results_folder import results_dir, sample_rows, write_attention_overlays, write_results
-from mmkeras.evaluation.target_predictions import CHUNK_ROWS, load_target
+from mmkeras.evaluation.target_predictions import load_target
 from mmkeras.evaluation.zero_shot import DEFAULT_PROMPT, zero_shot_evaluate
 from mmkeras.progress import step_progress
 from mmkeras.runs import manifest_columns
+from mmkeras.runtime.chunked_predictions import CHUNK_ROWS
 from mmkeras.runtime.outputs import softmax
 from mmkeras.tasks.registry import target_task
 

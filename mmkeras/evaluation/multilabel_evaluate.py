@@ -12,9 +12,10 @@ Example:
 
 from mmkeras.data.label_sets import checked_label_cells, multi_hot
 from mmkeras.data.manifest import read_manifest
-from mmkeras.evaluation.target_predictions import load_target, predict_probabilities
+from mmkeras.evaluation.target_predictions import load_target
 from mmkeras.runs import manifest_columns
 from mmkeras.runtime.bundle import read_bundle
+from mmkeras.runtime.chunked_predictions import predict_probabilities
 from mmkeras.runtime.outputs import sigmoid
 from mmkeras.tasks.multilabel import run_thresholds
 from mmkeras.tasks.multilabel_metrics import multilabel_figures

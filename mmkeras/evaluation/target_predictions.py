@@ -1,9 +1,10 @@
-"""`load_target` and `predict_probabilities`: a run folder or a bundle, fed manifest rows in chunks.
+"""`load_target`: a run folder or a bundle, read so that `predict_probabilities` feeds either manifest rows.
 
 A run (Keras) and its bundle (LiteRT, no TensorFlow) are read into the same
 `(predict_logits, preprocessor, labels, run)`, so every evaluation (single
 label, multi-label, the explanation, an export's threshold tuning) scores
-both through the same `MultimodalPreprocessor` and gets comparable figures.
+both through the same `MultimodalPreprocessor` and gets comparable figures
+(`mmkeras.runtime.chunked_predictions.predict_probabilities`).
 
 Example:
 >>> predict_logits, preprocessor, labels, run = load_target("bundles/demo")  # doctest: +SKIP
@@ -17,14 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from mmkeras.errors import UserError
-from mmkeras.progress import step_progress
 from mmkeras.runtime.bundle import BUNDLE_FILE
-from mmkeras.runtime.outputs import softmax
-
-# Rows preprocessed and predicted at a time. 32, not 64: evaluating an EfficientNet-Lite0 run at 224
-# peaked at 1.46 GB against 2.02 GB, at the same accuracy and speed
-# (docs/design.md#efficientnet-lite0-measured-as-a-user-would).
-CHUNK_ROWS = 32
 
 
 def load_target(target) -> tuple[Callable[[dict], np.ndarray], object, list[str], object]:
@@ -47,19 +41,3 @@ def load_target(target) -> tuple[Callable[[dict], np.ndarray], object, list[str]
 def run_predict_logits(run) -> Callable[[dict], np.ndarray]:
     """`predict_logits` of a loaded run's Keras model (numpy logits)."""
     return lambda inputs: np.asarray(run.model.predict_on_batch(inputs))
-
-
-def predict_probabilities(
-    predict_logits, preprocessor, texts, images, description="predicting", *, activation=softmax
-) -> np.ndarray:
-    """Class probabilities float64 [N, classes], preprocessing and predicting `CHUNK_ROWS` rows at a time.
-
-    `activation` turns logits into probabilities: `softmax`, or `sigmoid` for multilabel models.
-    """
-    probabilities = []
-    with step_progress(description, len(texts)) as progress:
-        for start in range(0, len(texts), CHUNK_ROWS):
-            inputs = preprocessor(texts[start : start + CHUNK_ROWS], images[start : start + CHUNK_ROWS])
-            probabilities.append(activation(predict_logits(inputs)))
-            progress.update(min(start + CHUNK_ROWS, len(texts)))
-    return np.concatenate(probabilities) if probabilities else np.zeros((0, 0))

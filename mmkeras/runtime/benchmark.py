@@ -25,6 +25,10 @@ from mmkeras.runtime.predictor import Predictor
 SAMPLE_TEXT = "a quick benchmark sentence about the picture"
 DEFAULT_RUNS = 100
 WARMUP_RUNS = 10
+# Bundles whose accuracy is at most this far below the best one's count as equally accurate (1 point) in a
+# comparison (`bundle_comparison`): the export warns about a quantized bundle losing more
+# (export/conversion_report.py's ACCURACY_DROP_LIMIT).
+DEFAULT_ACCURACY_TOLERANCE = 0.01
 
 
 def noise_image_bytes(height: int, width: int, seed: int = 0) -> bytes:

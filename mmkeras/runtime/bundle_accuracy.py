@@ -24,10 +24,9 @@ import numpy as np
 from mmkeras.data.label_sets import checked_label_cells, multi_hot
 from mmkeras.data.manifest import read_manifest
 from mmkeras.errors import UserError
-from mmkeras.progress import step_progress
 from mmkeras.runs import manifest_columns
-from mmkeras.runtime.batch_predict import BATCH_ROWS
 from mmkeras.runtime.bundle import BUNDLE_FILE, bundle_kind, read_bundle
+from mmkeras.runtime.chunked_predictions import predict_probabilities
 from mmkeras.runtime.predictor import Predictor
 
 # What a right row means, by bundle kind: its best label, or its exact label set.
@@ -63,11 +62,13 @@ def bundle_accuracies(
         truth = multi_hot(checked_label_cells(manifest, labels), labels).astype(bool)
     else:
         truth = np.asarray(manifest.encode_labels(labels))
-    predicted = []
+    predicted, checked_by_size = [], {}
     for directory in bundle_dirs:
         predictor = Predictor(directory)
-        checked, _ = manifest.validate_images(predictor.preprocessor.image_size, "fail")
-        predicted.append(_predicted_labels(predictor, checked, Path(directory).name))
+        size = predictor.preprocessor.image_size
+        if size not in checked_by_size:  # bundles of one run share it: the images are checked once
+            checked_by_size[size], _ = manifest.validate_images(size, "fail")
+        predicted.append(_predicted_labels(predictor, checked_by_size[size], Path(directory).name))
     rows = len(truth)
     figures = []
     for labels_given in predicted:
@@ -98,19 +99,10 @@ def _shared_labels(bundle_dirs: Sequence[str | Path]) -> tuple[list[str], str]:
 
 
 def _predicted_labels(predictor: Predictor, manifest, name: str) -> np.ndarray:
-    """Each row's best label index, or (multilabel) its labels at or above their thresholds as a 0/1 row.
-
-    Preprocesses and predicts `BATCH_ROWS` rows at a time.
-    """
+    """Each row's best label index, or (multilabel) its labels at or above their thresholds as a 0/1 row."""
     texts, images = [row.text for row in manifest.rows], [row.image for row in manifest.rows]
-    predicted = []
-    with step_progress(f"scoring {name}", len(texts)) as progress:
-        for start in range(0, len(texts), BATCH_ROWS):
-            inputs = predictor.preprocessor(texts[start : start + BATCH_ROWS], images[start : start + BATCH_ROWS])
-            logits = predictor.predict_inputs(inputs)
-            if predictor.multilabel:
-                predicted.append(predictor.scores(logits) >= np.asarray(predictor.thresholds))
-            else:
-                predicted.append(np.argmax(logits, axis=1))
-            progress.update(min(start + BATCH_ROWS, len(texts)))
-    return np.concatenate(predicted)
+    scores = predict_probabilities(predictor.predict_inputs, predictor.preprocessor, texts, images,
+                                   f"scoring {name}", activation=predictor.scores)
+    if predictor.multilabel:
+        return scores >= np.asarray(predictor.thresholds)
+    return np.argmax(scores, axis=1)

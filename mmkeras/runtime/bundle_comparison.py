@@ -35,6 +35,7 @@ from pathlib import Path
 
 from mmkeras.preprocessing import MultimodalPreprocessor
 from mmkeras.runtime.benchmark import (
+    DEFAULT_ACCURACY_TOLERANCE,
     DEFAULT_RUNS,
     SAMPLE_TEXT,
     WARMUP_RUNS,
@@ -45,10 +46,6 @@ from mmkeras.runtime.bundle import MODEL_FILE, read_bundle
 from mmkeras.runtime.bundle_accuracy import bundle_accuracies
 from mmkeras.runtime.cpu import cpu_name
 from mmkeras.runtime.interpreter import LiteRTModel
-
-# Bundles whose accuracy is at most this far below the best one's count as equally accurate (1 point): the
-# export warns about a quantized bundle losing more (export/conversion_report.py's ACCURACY_DROP_LIMIT).
-DEFAULT_ACCURACY_TOLERANCE = 0.01
 
 # The child process of a cold start: the device's first request, from nothing to a label.
 COLD_START_SCRIPT = """
@@ -131,7 +128,8 @@ def compare_bundles(
         runs: timed runs per bundle and setting.
         warmup: untimed runs first.
         data: a labelled manifest to measure each bundle's accuracy on
-            (single-label bundles of one run); `None`: latency alone.
+            (bundles of one run; exact match for multilabel ones); `None`:
+            latency alone.
         columns: `{role: column name}` of `data` where it differs from the
             run's (`mmkeras.runs.manifest_columns`).
         accuracy_tolerance: how far below the best accuracy (a fraction of
