@@ -235,6 +235,36 @@ def test_predict_data_reads_parquet_without_tensorflow_and_equals_the_csv_twin(p
     assert images[0] == [f"<image bytes of row {line}>" if path else "" for line, path in enumerate(images[1], 1)]
 
 
+@pytest.mark.slow
+def test_evaluate_shows_image_bytes_as_the_file_has_them_and_keeps_the_file_read_for_the_report(
+    parquet_run, own_cache, capsys
+):
+    with parquet_run["val_csv"].open(newline="", encoding="utf-8") as handle:
+        records = [record for record in csv.DictReader(handle) if record["image"]][:8]
+    names = [f"cats/{line:03}.jpg" if line % 2 else None for line in range(1, len(records) + 1)]
+    kind = pa.struct([("bytes", pa.binary()), ("path", pa.string())])
+    structs = pa.array([{"bytes": Path(record["image"]).read_bytes(), "path": name}
+                        for record, name in zip(records, names)], kind)
+    data = write_parquet(own_cache.parent / "named.parquet", {
+        "text": [record["text"] for record in records], "image": structs,
+        "label": [record["label"] for record in records]})
+    code, out, _ = run_cli(capsys, "evaluate", parquet_run["run"], "--data", data, "--json")
+    assert code == 0
+    with (Path(json.loads(out)["results_dir"]) / "predictions.csv").open(newline="", encoding="utf-8") as handle:
+        rows = list(csv.DictReader(handle))
+    # What the user gave: the struct's path, else the row; the file read stays beside it for the report.
+    assert [row["image"] for row in rows] == [name or f"<image bytes of row {line}>"
+                                              for line, name in enumerate(names, 1)]
+    assert [Path(row["image_file"]).read_bytes() for row in rows] == [Path(record["image"]).read_bytes()
+                                                                      for record in records]
+    assert all(Path(row["image_file"]).parent.parent == embedded_images_folder() for row in rows)
+    # A CSV manifest's rows name their files in both columns, as before.
+    code, out, _ = run_cli(capsys, "evaluate", parquet_run["run"], "--data", parquet_run["val_csv"], "--json")
+    with (Path(json.loads(out)["results_dir"]) / "predictions.csv").open(newline="", encoding="utf-8") as handle:
+        first = next(csv.DictReader(handle))
+    assert first["image"] == first["image_file"] == records[0]["image"]
+
+
 def test_rows_echo_image_bytes_as_the_file_has_them_not_as_the_file_written(tmp_path, own_cache):
     jpeg, png = encoded(photo(6), "JPEG"), encoded(photo(7), "PNG")
     kind = pa.struct([("bytes", pa.binary()), ("path", pa.string())])
