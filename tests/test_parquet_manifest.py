@@ -9,7 +9,6 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
@@ -20,6 +19,7 @@ from mmkeras.data.parquet_manifest import embedded_images_folder, embedded_image
 from mmkeras.errors import UserError
 from mmkeras.preprocessing.image import JPEG_DRAFT_FACTOR, load_image
 from tests.helpers.cli import SAMPLES, WITHOUT_TENSORFLOW, run_cli
+from tests.helpers.parquet_files import samples_as_parquet, write_parquet
 
 
 def encoded(pixels: np.ndarray, format: str, **options) -> bytes:
@@ -33,11 +33,6 @@ def photo(seed: int, size=(300, 400)) -> np.ndarray:
     rng = np.random.default_rng(seed)
     small = rng.integers(0, 256, (6, 8, 3), dtype=np.uint8)
     return np.asarray(Image.fromarray(small).resize(size[::-1], Image.Resampling.BICUBIC))
-
-
-def write_parquet(path: Path, columns: dict, **options) -> Path:
-    pq.write_table(pa.table(columns), path, **options)
-    return path
 
 
 @pytest.fixture
@@ -173,23 +168,6 @@ def test_the_runtime_imports_pyarrow_only_to_read_a_parquet_file():
     code = "import sys, mmkeras.runtime.batch_predict; print('pyarrow' in sys.modules)"
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=120)
     assert done.stdout.strip() == "False"
-
-
-def samples_as_parquet(source: Path, out: Path, rows: int, *, hugging_face: bool) -> tuple[Path, Path]:
-    """The first `rows` rows of a samples manifest as Parquet with the images' bytes inside, and as a CSV of
-    the same rows with absolute paths (what the Parquet file must behave like)."""
-    with source.open(newline="", encoding="utf-8") as handle:
-        records = list(csv.DictReader(handle))[:rows]
-    paths = [str(source.parent / record["image"]) if record["image"] else "" for record in records]
-    images = [Path(path).read_bytes() if path else None for path in paths]
-    column = (pa.array([None if data is None else {"bytes": data, "path": None} for data in images],
-                       pa.struct([("bytes", pa.binary()), ("path", pa.string())]))
-              if hugging_face else pa.array(images, pa.binary()))
-    texts, labels = [record["text"] for record in records], [record["label"] for record in records]
-    write_parquet(out, {"text": texts, "image": column, "label": labels})
-    with out.with_suffix(".csv").open("w", newline="", encoding="utf-8") as handle:
-        csv.writer(handle).writerows([["text", "image", "label"], *zip(texts, paths, labels)])
-    return out, out.with_suffix(".csv")
 
 
 @pytest.fixture(scope="module")
