@@ -11,7 +11,14 @@ from hypothesis import strategies as st
 from PIL import Image
 
 from mmkeras.data.manifest import read_manifest
-from mmkeras.training.cross_validation import FOLDS_FILE, ROWS_KEY, TRAIN_MANIFEST, checked_split, stratified_folds
+from mmkeras.training.cross_validation import (
+    FOLDS_FILE,
+    ROWS_KEY,
+    TRAIN_MANIFEST,
+    checked_split,
+    rows_fingerprint,
+    stratified_folds,
+)
 from tests.helpers.cli import SAMPLES, run_cli, write_subset
 from tests.helpers.parquet_files import samples_as_parquet, write_parquet
 
@@ -105,6 +112,16 @@ def test_a_folds_json_written_before_the_rows_fingerprint_still_resumes(tmp_path
     del older[ROWS_KEY]
     folds_json.write_text(json.dumps(older))
     assert checked_split(out, manifest, 3, seed=0).tolist() == split.tolist()
+
+
+def test_the_rows_fingerprint_does_not_depend_on_how_the_manifest_path_is_spelled(tmp_path, monkeypatch):
+    (tmp_path / "a.png").write_bytes(photo_bytes((1, 2, 3)))
+    (tmp_path / "data.csv").write_text("text,image,label\na red card,a.png,x\n")
+    absolute = rows_fingerprint(read_manifest(tmp_path / "data.csv"))
+    monkeypatch.chdir(tmp_path)
+    assert rows_fingerprint(read_manifest("data.csv")) == rows_fingerprint(read_manifest("./data.csv")) == absolute
+    (tmp_path / "data.csv").write_text("text,image,label\na red card,b.png,x\n")
+    assert rows_fingerprint(read_manifest("data.csv")) != absolute
 
 
 @pytest.mark.slow
