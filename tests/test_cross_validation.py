@@ -1,12 +1,28 @@
+import io
 import json
+import subprocess
+import sys
 
 import numpy as np
+import pyarrow as pa
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
+from PIL import Image
 
-from mmkeras.training.cross_validation import stratified_folds
+from mmkeras.data.manifest import read_manifest
+from mmkeras.training.cross_validation import (
+    FOLDS_FILE,
+    ROWS_KEY,
+    TRAIN_MANIFEST,
+    checked_split,
+    rows_fingerprint,
+    stratified_folds,
+)
 from tests.helpers.cli import SAMPLES, run_cli, write_subset
+from tests.helpers.parquet_files import samples_as_parquet, write_parquet
+
+RUN_CLI = "import sys; from mmkeras.cli.app import main; sys.exit(main(sys.argv[1:]))"
 
 
 @given(st.lists(st.sampled_from("abcd"), min_size=4, max_size=80), st.integers(2, 4), st.integers(0, 5))
@@ -54,3 +70,74 @@ def test_cv_refuses_a_folder_of_another_split(tmp_path, capsys):
     code, _, err = run_cli(capsys, "cv", "--data", data, "--folds", "3", "--out", tmp_path / "cv")
     assert code == 2
     assert "another --out" in err
+
+
+def photo_bytes(color) -> bytes:
+    buffer = io.BytesIO()
+    Image.new("RGB", (40, 30), color).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def test_cv_resumes_a_rewritten_parquet_file_and_refuses_a_changed_or_missing_one(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("MMKERAS_CACHE_DIR", str(tmp_path / "cache" / "features"))
+    rows = {"text": ["a", "b", "c", "d"], "label": ["x", "y", "x", "y"]}
+    colors = [(200, 0, 0), (0, 200, 0), (0, 0, 200), (200, 200, 0)]
+    data, out = tmp_path / "data.parquet", tmp_path / "cv"
+    write_parquet(data, {**rows, "image": pa.array(map(photo_bytes, colors), pa.binary())})
+    split = checked_split(out, read_manifest(data), 2, seed=0)
+    # Rewritten with the same rows (Hugging Face structs, another compression): the same split resumes.
+    structs = pa.array([{"bytes": photo_bytes(color), "path": None} for color in colors],
+                       pa.struct([("bytes", pa.binary()), ("path", pa.string())]))
+    write_parquet(data, {**rows, "image": structs}, compression="gzip")
+    assert checked_split(out, read_manifest(data), 2, seed=0).tolist() == split.tolist()
+
+    write_parquet(data, {**rows, "image": pa.array(map(photo_bytes, [*colors[:3], (9, 9, 9)]), pa.binary())})
+    code, _, err = run_cli(capsys, "cv", "--data", data, "--folds", "2", "--out", out)
+    assert code == 2
+    assert err.splitlines()[-1] == (
+        f"error: {data}: the rows changed since the cross-validation in {out} began (a text, image or label "
+        "differs); restore the file, or give another --out to start again"
+    )
+    data.unlink()
+    code, _, err = run_cli(capsys, "cv", "--data", data, "--folds", "2", "--out", out)
+    assert code == 2 and err.splitlines()[-1] == f"error: {data}: manifest not found"
+
+
+def test_a_folds_json_written_before_the_rows_fingerprint_still_resumes(tmp_path):
+    data = write_subset(SAMPLES / "train.csv", tmp_path / "data.csv", 12)
+    manifest, out = read_manifest(data), tmp_path / "cv"
+    split = checked_split(out, manifest, 3, seed=0)
+    folds_json = out / FOLDS_FILE
+    older = json.loads(folds_json.read_text())
+    del older[ROWS_KEY]
+    folds_json.write_text(json.dumps(older))
+    assert checked_split(out, manifest, 3, seed=0).tolist() == split.tolist()
+
+
+def test_the_rows_fingerprint_does_not_depend_on_how_the_manifest_path_is_spelled(tmp_path, monkeypatch):
+    (tmp_path / "a.png").write_bytes(photo_bytes((1, 2, 3)))
+    (tmp_path / "data.csv").write_text("text,image,label\na red card,a.png,x\n")
+    absolute = rows_fingerprint(read_manifest(tmp_path / "data.csv"))
+    monkeypatch.chdir(tmp_path)
+    assert rows_fingerprint(read_manifest("data.csv")) == rows_fingerprint(read_manifest("./data.csv")) == absolute
+    (tmp_path / "data.csv").write_text("text,image,label\na red card,b.png,x\n")
+    assert rows_fingerprint(read_manifest("data.csv")) != absolute
+
+
+@pytest.mark.slow
+def test_cv_of_parquet_image_bytes_resumes_after_cache_clear(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("MMKERAS_CACHE_DIR", str(tmp_path / "cache" / "features"))
+    data, _ = samples_as_parquet(SAMPLES / "train.csv", tmp_path / "data.parquet", 24, hugging_face=False)
+    out = tmp_path / "cv"
+    args = ["cv", "--data", data, "--folds", "2", "--out", out, "--epochs", "1", "--batch-size", "8", "--json"]
+    # The first run in a process of its own, which ends: nothing then holds the images folder.
+    subprocess.run([sys.executable, "-c", RUN_CLI, *map(str, args)], check=True, capture_output=True, timeout=600)
+    written = (out / "fold-2" / TRAIN_MANIFEST).read_text()
+    (out / "fold-2" / "run" / "results" / "test" / "metrics.json").unlink()  # interrupted before its evaluation
+    code, stdout, _ = run_cli(capsys, "cache", "clear", "--json")
+    assert code == 0 and json.loads(stdout)["parquet_images_removed"]["files"] > 0
+    code, stdout, err = run_cli(capsys, *args)
+    assert code == 0, err
+    assert err.count("finished before") == 1 and len(json.loads(stdout)["per_fold"]) == 2
+    # The images were written again from the Parquet file, to the same content-named files.
+    assert (out / "fold-2" / TRAIN_MANIFEST).read_text() == written

@@ -9,7 +9,6 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
@@ -20,6 +19,7 @@ from mmkeras.data.parquet_manifest import embedded_images_folder, embedded_image
 from mmkeras.errors import UserError
 from mmkeras.preprocessing.image import JPEG_DRAFT_FACTOR, load_image
 from tests.helpers.cli import SAMPLES, WITHOUT_TENSORFLOW, run_cli
+from tests.helpers.parquet_files import samples_as_parquet, write_parquet
 
 
 def encoded(pixels: np.ndarray, format: str, **options) -> bytes:
@@ -33,11 +33,6 @@ def photo(seed: int, size=(300, 400)) -> np.ndarray:
     rng = np.random.default_rng(seed)
     small = rng.integers(0, 256, (6, 8, 3), dtype=np.uint8)
     return np.asarray(Image.fromarray(small).resize(size[::-1], Image.Resampling.BICUBIC))
-
-
-def write_parquet(path: Path, columns: dict, **options) -> Path:
-    pq.write_table(pa.table(columns), path, **options)
-    return path
 
 
 @pytest.fixture
@@ -175,23 +170,6 @@ def test_the_runtime_imports_pyarrow_only_to_read_a_parquet_file():
     assert done.stdout.strip() == "False"
 
 
-def samples_as_parquet(source: Path, out: Path, rows: int, *, hugging_face: bool) -> tuple[Path, Path]:
-    """The first `rows` rows of a samples manifest as Parquet with the images' bytes inside, and as a CSV of
-    the same rows with absolute paths (what the Parquet file must behave like)."""
-    with source.open(newline="", encoding="utf-8") as handle:
-        records = list(csv.DictReader(handle))[:rows]
-    paths = [str(source.parent / record["image"]) if record["image"] else "" for record in records]
-    images = [Path(path).read_bytes() if path else None for path in paths]
-    column = (pa.array([None if data is None else {"bytes": data, "path": None} for data in images],
-                       pa.struct([("bytes", pa.binary()), ("path", pa.string())]))
-              if hugging_face else pa.array(images, pa.binary()))
-    texts, labels = [record["text"] for record in records], [record["label"] for record in records]
-    write_parquet(out, {"text": texts, "image": column, "label": labels})
-    with out.with_suffix(".csv").open("w", newline="", encoding="utf-8") as handle:
-        csv.writer(handle).writerows([["text", "image", "label"], *zip(texts, paths, labels)])
-    return out, out.with_suffix(".csv")
-
-
 @pytest.fixture(scope="module")
 def parquet_run(tmp_path_factory):
     """A run trained on Parquet manifests holding the samples' image bytes (binary, and Hugging Face structs
@@ -233,6 +211,36 @@ def test_predict_data_reads_parquet_without_tensorflow_and_equals_the_csv_twin(p
     assert len(scores[0]) == 24 and scores[0] == scores[1]
     # The image as each file has it: bytes without a path by row, the CSV's paths as written.
     assert images[0] == [f"<image bytes of row {line}>" if path else "" for line, path in enumerate(images[1], 1)]
+
+
+@pytest.mark.slow
+def test_evaluate_shows_image_bytes_as_the_file_has_them_and_keeps_the_file_read_for_the_report(
+    parquet_run, own_cache, capsys
+):
+    with parquet_run["val_csv"].open(newline="", encoding="utf-8") as handle:
+        records = [record for record in csv.DictReader(handle) if record["image"]][:8]
+    names = [f"cats/{line:03}.jpg" if line % 2 else None for line in range(1, len(records) + 1)]
+    kind = pa.struct([("bytes", pa.binary()), ("path", pa.string())])
+    structs = pa.array([{"bytes": Path(record["image"]).read_bytes(), "path": name}
+                        for record, name in zip(records, names)], kind)
+    data = write_parquet(own_cache.parent / "named.parquet", {
+        "text": [record["text"] for record in records], "image": structs,
+        "label": [record["label"] for record in records]})
+    code, out, _ = run_cli(capsys, "evaluate", parquet_run["run"], "--data", data, "--json")
+    assert code == 0
+    with (Path(json.loads(out)["results_dir"]) / "predictions.csv").open(newline="", encoding="utf-8") as handle:
+        rows = list(csv.DictReader(handle))
+    # What the user gave: the struct's path, else the row; the file read stays beside it for the report.
+    assert [row["image"] for row in rows] == [name or f"<image bytes of row {line}>"
+                                              for line, name in enumerate(names, 1)]
+    assert [Path(row["image_file"]).read_bytes() for row in rows] == [Path(record["image"]).read_bytes()
+                                                                      for record in records]
+    assert all(Path(row["image_file"]).parent.parent == embedded_images_folder() for row in rows)
+    # A CSV manifest's rows name their files in both columns, as before.
+    code, out, _ = run_cli(capsys, "evaluate", parquet_run["run"], "--data", parquet_run["val_csv"], "--json")
+    with (Path(json.loads(out)["results_dir"]) / "predictions.csv").open(newline="", encoding="utf-8") as handle:
+        first = next(csv.DictReader(handle))
+    assert first["image"] == first["image_file"] == records[0]["image"]
 
 
 def test_rows_echo_image_bytes_as_the_file_has_them_not_as_the_file_written(tmp_path, own_cache):

@@ -17,6 +17,7 @@ import pytest
 from matplotlib import font_manager
 from PIL import Image
 
+from mmkeras.data.parquet_manifest import embedded_images_folder
 from mmkeras.evaluation import plots
 from mmkeras.evaluation.compare import compare_runs, comparison_table
 from mmkeras.evaluation.evaluate import evaluate
@@ -96,6 +97,26 @@ def test_sample_cards_show_the_photo_its_file_name_and_line(tmp_path):
     assert "東京の猫.jpg" in card and "line 7 of test" in card and "一只猫 🐱" in card
     png = base64.b64decode(re.search(r'src="data:image/png;base64,([^"]+)"', card).group(1))
     assert Image.open(io.BytesIO(png)).size == (320, 240)  # readable, not the model's 32x32 input
+
+
+def test_sample_cards_name_parquet_bytes_as_given_and_say_when_their_cached_copy_is_gone(tmp_path, monkeypatch):
+    monkeypatch.setenv("MMKERAS_CACHE_DIR", str(tmp_path / "cache" / "features"))
+    kept = embedded_images_folder() / "ab" / ("ab" + "1" * 62)
+    kept.parent.mkdir(parents=True, exist_ok=True)
+    Image.new("RGB", (64, 48), (10, 200, 40)).save(kept, format="PNG")
+    cleared = embedded_images_folder() / "cd" / ("cd" + "2" * 62)
+    folder = tmp_path / "results" / "test"
+    folder.mkdir(parents=True)
+    (folder / "predictions.csv").write_text(
+        "line,text,image,image_file,label,predicted,score,correct,text_only_predicted,image_only_predicted\n"
+        f"3,a cat,cats/003.jpg,{kept},cat,cat,0.9,1,cat,cat\n"
+        f"4,a dog,<image bytes of row 4>,{cleared},dog,cat,0.8,0,cat,dog\n", encoding="utf-8")
+    cards = samples_grid(folder)
+    photo = base64.b64decode(re.search(r'src="data:image/png;base64,([^"]+)"', cards).group(1))
+    assert Image.open(io.BytesIO(photo)).size == (64, 48)  # read from image_file
+    assert "003.jpg, line 3 of test" in cards and "ab111" not in cards  # named as the manifest names it
+    assert "&lt;image bytes of row 4&gt;, line 4 of test" in cards
+    assert "photo not shown: its copy in the Parquet image cache was cleared (mmkeras cache clear)" in cards
 
 
 def test_figures_draw_cjk_class_names_with_a_cjk_font(tmp_path):

@@ -22,13 +22,20 @@ import functools
 import numpy as np
 
 from mmkeras.data.manifest import read_manifest
+from mmkeras.data.parquet_manifest import embedded_image_name
 from mmkeras.errors import UserError
 from mmkeras.evaluation.calibration import calibration_figures
 from mmkeras.evaluation.consistency import consistency_figures
 from mmkeras.evaluation.metrics import classification_figures, top_k_accuracy
 from mmkeras.evaluation.modality_ablation import ModalityLogits
 from mmkeras.evaluation.multilabel_evaluate import evaluate_multilabel
-from mmkeras.evaluation.results_folder import results_dir, sample_rows, write_attention_overlays, write_results
+from mmkeras.evaluation.results_folder import (
+    IMAGE_FILE_COLUMN,
+    results_dir,
+    sample_rows,
+    write_attention_overlays,
+    write_results,
+)
 from mmkeras.evaluation.target_predictions import load_target
 from mmkeras.evaluation.zero_shot import DEFAULT_PROMPT, zero_shot_evaluate
 from mmkeras.progress import step_progress
@@ -117,7 +124,8 @@ def evaluate_classifier(target, data, *, save_results: bool = True, columns: dic
     (0.97, 0.04)
     """
     predict_logits, preprocessor, labels, run = load_target(target)
-    manifest = read_manifest(data, columns=manifest_columns(target, columns))
+    columns = manifest_columns(target, columns)
+    manifest = read_manifest(data, columns=columns)
     manifest, _ = manifest.validate_images(preprocessor.image_size, "fail")
     y_true = manifest.encode_labels(labels)
     texts = [row.text for row in manifest.rows]
@@ -138,7 +146,7 @@ def evaluate_classifier(target, data, *, save_results: bool = True, columns: dic
     if save_results:
         folder = results_dir(target, data)
         figures["results_dir"] = str(folder)
-        rows = prediction_rows(manifest, labels, y_true, fused, text_only, image_only)
+        rows = prediction_rows(manifest, columns["image"], labels, y_true, fused, text_only, image_only)
         write_results(folder, figures, rows)
         if run is not None:
             write_attention_overlays(run, folder, sample_rows(rows))
@@ -175,8 +183,13 @@ def ablation_figures(y_true, probabilities, labels: list[str]) -> dict:
     }
 
 
-def prediction_rows(manifest, labels, y_true, fused, text_only, image_only) -> list[dict]:
-    """The rows of predictions.csv: the example, the true and predicted labels, and every class's score."""
+def prediction_rows(manifest, image_column: str, labels, y_true, fused, text_only, image_only) -> list[dict]:
+    """The rows of predictions.csv: the example, the true and predicted labels, and every class's score.
+
+    `image` names the picture as the manifest does (`shown_image`);
+    `image_file` is the file that was read, which the report's
+    thumbnails and attention overlays open.
+    """
     rows = []
     for index, row in enumerate(manifest.rows):
         predicted = int(fused[index].argmax())
@@ -184,7 +197,8 @@ def prediction_rows(manifest, labels, y_true, fused, text_only, image_only) -> l
             {
                 "line": row.line,
                 "text": row.text or "",
-                "image": "" if row.image is None else str(row.image),
+                "image": shown_image(row, image_column),
+                IMAGE_FILE_COLUMN: "" if row.image is None else str(row.image),
                 "label": labels[y_true[index]],
                 "predicted": labels[predicted],
                 "score": round(float(fused[index, predicted]), 4),
@@ -195,3 +209,19 @@ def prediction_rows(manifest, labels, y_true, fused, text_only, image_only) -> l
             }
         )
     return rows
+
+
+def shown_image(row, image_column: str) -> str:
+    """A row's image as predictions.csv shows it: the path read, or for image bytes the Parquet file's own cell.
+
+    A picture written from a Parquet manifest's bytes is shown as
+    `predict --data` shows it (`ParquetRecord.as_written`: the Hugging Face
+    struct's `path`, else `<image bytes of row N>`), not as the hashed file
+    it was written to: that name says nothing to a person and goes with
+    `mmkeras cache clear`.
+    """
+    if row.image is None:
+        return ""
+    if embedded_image_name(row.image) is None:
+        return str(row.image)
+    return row.cells[image_column]

@@ -4,8 +4,9 @@ Sections: the final figures, the training curves (loss, accuracy, learning
 rate, the best epoch marked), one evaluation per results folder of the run
 (`evaluate`'s figures: confusion heatmap, per-class table, modality ablation,
 reliability diagram, consistency, a grid of sample predictions with their
-scores, each card with the photo itself, its file name and manifest line, and for a
-cross-attention run the text's attention over the image beside it), every bundle
+scores, each card with the photo itself (read from predictions.csv's `image_file`), its
+name as the manifest gives it and manifest line, and for a cross-attention run the text's
+attention over the image beside it; a photo gone since says so in its place), every bundle
 exported or evaluated from the run wherever it was written (the run's
 `bundles.json`, `runs.record_bundle`; one moved or deleted since is shown as
 missing), with size, int8 op coverage, parity and latency, the versions and the
@@ -28,6 +29,7 @@ from importlib import metadata
 from pathlib import Path
 
 from mmkeras import __version__
+from mmkeras.data.parquet_manifest import embedded_image_name
 from mmkeras.errors import UserError
 from mmkeras.evaluation import plots
 from mmkeras.evaluation.results_folder import METRICS_FILE as RESULTS_METRICS_FILE
@@ -36,6 +38,7 @@ from mmkeras.evaluation.results_folder import (
     RESULTS_FOLDER,
     ablation_png,
     attention_overlay_path,
+    image_file,
     round_figure,
     sample_rows,
 )
@@ -83,7 +86,7 @@ th:first-child,td:first-child{text-align:left}
 .pictures{display:flex;gap:.4em;align-items:flex-start}.pictures figure{flex:1;margin:0}
 .pictures img{width:100%;border-radius:3px}
 .pictures figcaption{font-size:.8em;color:#777}.source{font-size:.8em;color:#555;overflow-wrap:anywhere}
-.missing{color:#b3261e}
+.missing{color:#b3261e}.pictures .missing{flex:1;margin:0}
 .muted{color:#777}pre{background:#f6f6f6;padding:1em;overflow:auto}
 """.replace("FONT_FAMILY", FONT_FAMILY)
 # Counts the images the browser decoded, for a headless browser to read back (--dump-dom).
@@ -319,17 +322,17 @@ def samples_grid(folder: Path) -> str:
 
 def sample_card(row: dict, folder: Path) -> str:
     """The photo (and the attention over it), the text, the labels, the file name and the manifest line."""
-    image = Path(row["image"]) if row["image"] else None
+    shown, read = row["image"], image_file(row)
     pictures = []
-    if image is not None and image.is_file():
-        pictures.append(figure(thumbnail(image), "photo"))
-    elif image is not None:
-        pictures.append(f'<p class="missing">image not found: {html.escape(str(image))}</p>')
+    if read and Path(read).is_file():
+        pictures.append(figure(thumbnail(Path(read)), "photo"))
+    elif read:
+        pictures.append(f'<p class="missing">{html.escape(missing_image(Path(read)))}</p>')
     attention = attention_overlay_path(folder, row["line"])
     if attention.is_file():
         pictures.append(figure(attention.read_bytes(), "attention over the image"))
     picture = f'<div class="pictures">{"".join(pictures)}</div>' if pictures else '<p class="muted">no image</p>'
-    source = f"{image.name}, " if image is not None else ""
+    source = f"{Path(shown).name}, " if shown else ""
     kind = "right" if row["correct"] == "1" else "wrong"
     return (
         f'<div class="card {kind}">{picture}'
@@ -340,6 +343,18 @@ def sample_card(row: dict, folder: Path) -> str:
         f'<div class="muted">text only: {html.escape(row["text_only_predicted"])}, '
         f"image only: {html.escape(row['image_only_predicted'])}</div></div>"
     )
+
+
+def missing_image(read: Path) -> str:
+    """What a sample card says in place of a photo whose file is gone.
+
+    Example:
+    >>> missing_image(Path("/photos/cats/001.jpg"))
+    'image not found: /photos/cats/001.jpg'
+    """
+    if embedded_image_name(read) is None:
+        return f"image not found: {read}"
+    return "photo not shown: its copy in the Parquet image cache was cleared (mmkeras cache clear); evaluate again"
 
 
 def figure(png: bytes, caption: str) -> str:

@@ -4,7 +4,8 @@
 TARGET/results/<manifest stem>/
   metrics.json                     every figure `evaluate --json` prints
   per_class.csv                    precision, recall, F1, support, text-only and image-only recall per class
-  predictions.csv                  per row: text, image, true and predicted label, scores, ablated predictions
+  predictions.csv                  per row: text, image (as the manifest names it), image_file (the file
+                                   read), true and predicted label, scores, ablated predictions
   confusion_matrix.png             counts (rows true, columns predicted)
   confusion_matrix_normalized.png  each row divided by its support
   reliability.png                  the reliability diagram
@@ -37,6 +38,9 @@ SAMPLES_PER_KIND = 6
 METRICS_FILE = "metrics.json"
 PER_CLASS_FILE = "per_class.csv"
 PREDICTIONS_FILE = "predictions.csv"
+# The column of predictions.csv naming the image file read (`image` names it as the manifest does: for a Parquet
+# manifest's image bytes, the struct's path or `<image bytes of row N>`, not the file they were written to).
+IMAGE_FILE_COLUMN = "image_file"
 
 
 def results_dir(target, data) -> Path:
@@ -126,6 +130,15 @@ def sample_rows(rows: list[dict]) -> list[dict]:
     return right + wrong
 
 
+def image_file(row: dict) -> str:
+    """The image file a predictions.csv row's picture was read from (`""`: no image).
+
+    Results folders written before the `image_file` column named the file
+    in `image`.
+    """
+    return row.get(IMAGE_FILE_COLUMN, row["image"])
+
+
 def attention_overlay_path(folder, line) -> Path:
     return Path(folder) / ATTENTION_FOLDER / f"line-{line}.png"
 
@@ -134,10 +147,10 @@ def write_attention_overlays(run, folder, rows: list[dict]):
     """The text-to-image attention of a cross-attention run over the image of each row that has both modalities."""
     from mmkeras.evaluation.attention_maps import cross_attention_maps, has_cross_attention
 
-    rows = [row for row in rows if row["text"] and row["image"]]
+    rows = [row for row in rows if row["text"] and image_file(row)]
     if not plots.can_plot() or not rows or not has_cross_attention(run.model):
         return
-    texts, images = [row["text"] for row in rows], [row["image"] for row in rows]
+    texts, images = [row["text"] for row in rows], [image_file(row) for row in rows]
     maps = cross_attention_maps(run, texts, images)["image"]
     pixels = run.preprocessor(texts, images)["image"]
     (Path(folder) / ATTENTION_FOLDER).mkdir(exist_ok=True)

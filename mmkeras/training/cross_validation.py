@@ -2,7 +2,8 @@
 
 ```
 CV_DIR/
-  folds.json          the split: manifest, K, seed, each row's fold (a rerun must match it)
+  folds.json          the split: manifest, K, seed, each row's fold, a fingerprint of the rows (a rerun
+                      must match it)
   fold-1/
     train.csv         the rows of the other folds
     test.csv          this fold's rows
@@ -17,14 +18,22 @@ fold's training from its checkpoint (`train(..., resume=True)`) and starts
 the others. The held-out fold never picks weights: early stopping uses the
 config's `val` manifest when one is given, else every epoch trains.
 
+A rerun reads the manifest again: images a Parquet manifest holds as bytes
+are written again after `mmkeras cache clear`, to the same content-named
+files the folds' manifests list; a manifest whose rows changed since the
+split was made (`rows_fingerprint`) is refused
+(docs/design.md#parquet-images-in-cache-list-and-cache-clear).
+
 Example:
 >>> summary = cross_validate(RunConfig(data="data.csv", out="cv/demo", epochs=5), folds=5)  # doctest: +SKIP
 >>> summary["summary"]["accuracy"]  # doctest: +SKIP
 {'mean': 0.93, 'std': 0.012}
 """
 
+import hashlib
 import json
 import logging
+import os
 from pathlib import Path
 
 import numpy as np
@@ -32,6 +41,7 @@ import numpy as np
 from mmkeras.atomic_files import write_json_atomically
 from mmkeras.config import RunConfig
 from mmkeras.data.manifest import Manifest, read_manifest
+from mmkeras.data.parquet_manifest import embedded_images_folder
 from mmkeras.errors import UserError
 from mmkeras.evaluation.results_folder import METRICS_FILE, write_csv
 from mmkeras.evaluation.results_folder import results_dir as results_folder_of
@@ -41,6 +51,8 @@ logger = logging.getLogger("mmkeras")
 
 FOLDS_FILE = "folds.json"
 SUMMARY_FILE = "cv.json"
+# folds.json's fingerprint of the rows split (`rows_fingerprint`): a resumed cross-validation must split the same.
+ROWS_KEY = "rows_sha256"
 TEST_MANIFEST = "test.csv"
 TRAIN_MANIFEST = "train.csv"
 
@@ -101,20 +113,60 @@ def cross_validate(config: RunConfig, folds: int) -> dict:
 
 
 def checked_split(out: Path, manifest: Manifest, folds: int, seed: int) -> np.ndarray:
-    """The folds of a new cross-validation (saved), or of the interrupted one in `out` (checked against it)."""
+    """The folds of a new cross-validation (saved), or of the interrupted one in `out` (checked against it).
+
+    Raises:
+        UserError: `out` holds a split of other data, folds or seed, or the
+            manifest's rows changed since it was made (`rows_fingerprint`).
+    """
     assignment = stratified_folds([row.label for row in manifest.rows], folds, seed)
     record = {"data": str(Path(manifest.path).resolve()), "folds": folds, "seed": seed,
-              "assignment": assignment.tolist()}
+              "assignment": assignment.tolist(), ROWS_KEY: rows_fingerprint(manifest)}
     path = out / FOLDS_FILE
     if path.is_file():
-        if json.loads(path.read_text(encoding="utf-8")) != record:
+        saved = json.loads(path.read_text(encoding="utf-8"))
+        other_split = UserError("holds a cross-validation of other data, folds or seed; give another --out", path=out)
+        if any(saved.get(key) != record[key] for key in ("data", "folds", "seed")):
+            raise other_split
+        # folds.json written before the fingerprint has none: its split alone is checked.
+        if saved.get(ROWS_KEY, record[ROWS_KEY]) != record[ROWS_KEY]:
             raise UserError(
-                "holds a cross-validation of other data, folds or seed; give another --out", path=out
+                f"the rows changed since the cross-validation in {out} began (a text, image or label differs); "
+                "restore the file, or give another --out to start again",
+                path=manifest.path,
             )
+        if saved.get("assignment") != record["assignment"]:
+            raise other_split
     else:
         out.mkdir(parents=True, exist_ok=True)
         write_json_atomically(path, record)
     return assignment
+
+
+def rows_fingerprint(manifest: Manifest) -> str:
+    """SHA-256 of the rows a split is made of: each row's line, text, image and label.
+
+    An image counts by its path relative to the manifest's folder (however
+    `--data` was spelled), and image bytes held in a Parquet manifest by the
+    name of the file they were written to: their SHA-256. So a Parquet file
+    rewritten with the same rows (or whose images were written again after
+    `mmkeras cache clear`) resumes, and one whose photos changed does not.
+
+    Example:
+    >>> rows_fingerprint(read_manifest("data.parquet"))[:12]  # doctest: +SKIP
+    'f0cbe0edee53'
+    """
+    # Strings, not Paths: pathlib's relative_to took 4 s for 100,000 rows.
+    manifest_folder, images_folder = str(manifest.path.parent) + os.sep, str(embedded_images_folder()) + os.sep
+    digest = hashlib.sha256()
+    for row in manifest.rows:
+        image = None if row.image is None else str(row.image)
+        if image is not None and image.startswith(images_folder):
+            image = os.path.basename(image)
+        elif image is not None and image.startswith(manifest_folder):
+            image = image[len(manifest_folder):]
+        digest.update(json.dumps([row.line, row.text, image, row.label], ensure_ascii=False).encode())
+    return digest.hexdigest()
 
 
 def run_fold(config: RunConfig, folder: Path, manifest: Manifest, is_test, fold: int, folds: int) -> dict:
