@@ -3,7 +3,7 @@
 For a float run and its QAT run (`mmkeras qat`), every variant of
 `int8_partition_profile.VARIANTS` (the default int8 export, the model traced
 with `integer_only_graph`'s layer norm and masked softmax, the same with an
-arithmetic mask, the default with the layer norms' tail float) is exported with `export_bundle` as a user's
+arithmetic mask, the default before its layer norms' tail went float) is exported with `export_bundle` as a user's
 `export --quantize int8` would be, the variant's tracing in place and its
 float set in place of `FLOAT_OPS_IN_INT8`, and evaluated on the test
 manifest. Prints one JSON object: the Keras accuracies, and per bundle the

@@ -42,10 +42,13 @@ Quantization modes:
   HARD_SWISH (MobileNetV3), the attention matmuls and softmax (BATCH_MATMUL,
   SOFTMAX), the layer-norm variance (SQUARED_DIFFERENCE), and the attention
   mask's path (SELECT_V2, TRANSPOSE), whose -1e9 fill would otherwise
-  set the int8 scale of the scores. A QAT graph is quantized by its
-  fake-quant ops, which the denylist does not reach: there only the ops
-  without fake quantization stay float (SQUARED_DIFFERENCE, and HARD_SWISH
-  and the attention, which the QAT transform leaves alone unless
+  set the int8 scale of the scores. With them, each layer norm's
+  `variance + epsilon` ADD and its RSQRT stay float, found by graph pattern
+  (`layer_norm_tail_names`; by type, every ADD would be float). A QAT graph
+  is quantized by its fake-quant ops, which the denylist does not reach:
+  there only the ops without fake quantization stay float
+  (SQUARED_DIFFERENCE and the layer norms' tail, and HARD_SWISH and the
+  attention, which the QAT transform leaves alone unless
   `QuantizerSettings.integer_only`).
   For a QAT run (`mmkeras qat`) the converter keeps the ranges the
   fake-quant ops learned and calibrates only the tensors without one
@@ -78,6 +81,7 @@ import numpy as np
 import tensorflow as tf
 from ai_edge_litert.schema_py_generated import BuiltinOperator
 
+from mmkeras import compat
 from mmkeras.data.manifest import Manifest, read_manifest
 from mmkeras.errors import UserError
 from mmkeras.export.hybrid_weights import float_grouped_convolutions
@@ -87,7 +91,7 @@ from mmkeras.framework_logs import native_stderr_silenced
 from mmkeras.quantization.qat_settings import CALIBRATION_ROWS  # noqa: F401  (the default, for its importers)
 from mmkeras.quantization.qat_transform import check_calibrated, is_quantized
 from mmkeras.runtime.bundle import CALIBRATED_MODES, OUTPUT_NAME, QUANTIZATION_MODES
-from mmkeras.runtime.interpreter import list_ops
+from mmkeras.runtime.interpreter import list_ops, load_interpreter
 
 logger = logging.getLogger("mmkeras")
 
@@ -169,7 +173,8 @@ def convert_model(
         keep_float: for `int8` only: op types (`BATCH_MATMUL`, ...) left
             float (selective quantization), chosen where int8 is slower on
             the target (`benchmarks/int8_op_profile.py`); in a QAT graph only
-            ops without fake quantization stay float.
+            ops without fake quantization stay float. When not empty, each
+            layer norm's tail stays float too (`layer_norm_tail_names`).
         integer_only: for `int8` without `keep_float`: trace the model with
             integer-friendly layer norms and masked softmaxes
             (`integer_only_tracing`), allow only `TFLITE_BUILTINS_INT8`, and
@@ -227,11 +232,9 @@ def convert_model(
             converter.representative_dataset = lambda: split_examples(representative_inputs, signature)
         try:
             with native_stderr_silenced():  # the converter prints its settings from C++
-                tflite_model = converter.convert()
                 # In a QAT graph the denylist reaches only ops without fake quantization (the others stay int8).
                 keep_float = tuple(keep_float) if quantize == "int8" else ()
-                if keep_float and any(op.name in keep_float for op in list_ops(tflite_model)):
-                    tflite_model = convert_keeping_float(converter, keep_float)
+                tflite_model = convert_keeping_float(converter, keep_float) if keep_float else converter.convert()
         except Exception as error:
             unsupported = ops_needing_flex_or_custom(error)
             if unsupported:
@@ -250,14 +253,55 @@ def tracing_for(quantize: str, integer_only: bool):
     return integer_only_tracing() if integer_only else contextlib.nullcontext()
 
 
-def convert_keeping_float(converter, op_names) -> bytes:
-    """The int8 conversion again, with the ops named `op_names` left float (selective quantization)."""
+def convert_keeping_float(converter, op_types) -> bytes:
+    """The int8 conversion with the ops of `op_types`, and each layer norm's tail, left float (selective quantization).
+
+    One calibration: the converter's QuantizationDebugger calibrates the
+    float graph once, the layer norms' tails are found in that calibrated
+    graph (`layer_norm_tail_names`), and the quantizer runs on it again with
+    them denylisted by output tensor name besides `op_types` by type
+    (docs/design.md#int8-latency-on-xnnpack).
+    """
+    options = tf.lite.experimental.QuantizationDebugOptions
     debugger = tf.lite.experimental.QuantizationDebugger(
         converter=converter,
         debug_dataset=converter.representative_dataset,
-        debug_options=tf.lite.experimental.QuantizationDebugOptions(denylisted_ops=list(op_names)),
+        debug_options=options(denylisted_ops=list(op_types)),
     )
+    tail = layer_norm_tail_names(debugger.calibrated_model)
+    if tail:
+        debugger.options = options(denylisted_ops=list(op_types), denylisted_nodes=tail)
     return debugger.get_nondebug_quantized_model()
+
+
+def layer_norm_tail_names(tflite_model: bytes) -> list[str]:
+    """Output tensor names of each RSQRT and of the ADD feeding it: a layer norm's `rsqrt(variance + epsilon)`.
+
+    XNNPACK takes neither op in int8 (the ADD's operands have scales orders of
+    magnitude apart: epsilon's ~4e-9 against the variance's ~4e-3), so each
+    int8 one falls back to a builtin kernel and splits XNNPACK's graph; float
+    they join the float SQUARED_DIFFERENCE before them (edge model: 20 -> 14
+    partitions, PTQ and QAT int8 0.97x the latency of the int8 graph with
+    them int8, accuracy equal). By name, not by type: the other ADDs
+    (residuals) stay int8. An RSQRT fed by no ADD is listed alone.
+
+    Example:
+    >>> layer_norm_tail_names(tflite_bytes)[:2]  # doctest: +SKIP
+    ['mmkeras_classifier_1/text_backbone_1/embeddings_layer_norm_1/add',
+     'mmkeras_classifier_1/text_backbone_1/embeddings_layer_norm_1/Rsqrt']
+    """
+    interpreter = load_interpreter(tflite_model, default_delegates=False)
+    names = {details["index"]: details["name"] for details in interpreter.get_tensor_details()}
+    model_ops = compat.litert_ops_details(interpreter)
+    producers = {index: op for op in model_ops for index in op["outputs"]}
+    tail = []
+    for op in model_ops:
+        if op["op_name"] == "RSQRT":
+            variance = producers.get(op["inputs"][0])
+            if variance is not None and variance["op_name"] == "ADD":
+                tail.append(names[variance["outputs"][0]])
+            tail.append(names[op["outputs"][0]])
+    return tail
 
 
 def split_examples(

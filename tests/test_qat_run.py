@@ -25,7 +25,7 @@ from mmkeras.runtime.bundle import read_bundle
 from mmkeras.runtime.interpreter import list_ops
 from mmkeras.runtime.predictor import Predictor
 from tests.helpers.cli import write_subset
-from tests.helpers.tiny_runs import int8_tensor_scales
+from tests.helpers.tiny_runs import int8_tensor_scales, layer_norm_tail_dtypes
 
 pytestmark = pytest.mark.slow  # QAT fine-tuning and an int8 export, shared by most tests
 
@@ -138,6 +138,12 @@ def test_int8_export_of_a_qat_run_keeps_attention_hard_swish_and_layer_norm_vari
         outputs.setdefault(op.name, set()).update(op.output_dtypes)
     assert outputs["BATCH_MATMUL"] == outputs["HARD_SWISH"] == outputs["SOFTMAX"] == {"float32"}
     assert report["kept_float"] == ["BATCH_MATMUL", "HARD_SWISH", "SOFTMAX", "SQUARED_DIFFERENCE"]
+
+
+def test_int8_export_of_a_qat_run_keeps_each_layer_norm_tail_float(int8_bundle):
+    # Neither `variance + epsilon` nor its RSQRT has fake quantization; XNNPACK takes neither in int8.
+    tails = layer_norm_tail_dtypes(int8_bundle[0] / "model.tflite")
+    assert tails and set(tails) == {("float32", "float32")}
 
 
 def test_int8_export_of_a_qat_run_with_padding_keeps_the_attention_mask_path_float(int8_bundle):

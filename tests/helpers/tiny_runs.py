@@ -4,6 +4,7 @@ from pathlib import Path
 
 import numpy as np
 
+from mmkeras import compat
 from mmkeras.config import RunConfig
 from mmkeras.data.manifest import read_manifest
 from mmkeras.models import build_model
@@ -36,3 +37,20 @@ def int8_tensor_scales(model) -> dict[str, float]:
         for details in interpreter.get_tensor_details()
         if details["dtype"] == np.int8 and details["quantization_parameters"]["scales"].size
     }
+
+
+def layer_norm_tail_dtypes(model) -> list[tuple[str, str]]:
+    """(output dtype of the ADD feeding each RSQRT, output dtype of the RSQRT): a layer norm's `variance + epsilon`.
+
+    Walked here from the op graph, independently of the export's own `layer_norm_tail_names`.
+    """
+    interpreter = load_interpreter(model, default_delegates=False)
+    model_ops = compat.litert_ops_details(interpreter)
+    producers = {index: op for op in model_ops for index in op["outputs"]}
+    tails = []
+    for op in model_ops:
+        if op["op_name"] == "RSQRT":
+            variance = producers[op["inputs"][0]]
+            assert variance["op_name"] == "ADD", variance["op_name"]
+            tails.append((np.dtype(variance["result_types"][0]).name, np.dtype(op["result_types"][0]).name))
+    return tails
