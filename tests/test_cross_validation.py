@@ -11,12 +11,12 @@ from hypothesis import strategies as st
 from PIL import Image
 
 from mmkeras.data.manifest import read_manifest
+from mmkeras.data.rows_fingerprint import rows_fingerprint
 from mmkeras.training.cross_validation import (
     FOLDS_FILE,
     ROWS_KEY,
     TRAIN_MANIFEST,
     checked_split,
-    rows_fingerprint,
     stratified_folds,
 )
 from tests.helpers.cli import SAMPLES, run_cli, write_subset

@@ -30,10 +30,8 @@ Example:
 {'mean': 0.93, 'std': 0.012}
 """
 
-import hashlib
 import json
 import logging
-import os
 from pathlib import Path
 
 import numpy as np
@@ -41,7 +39,7 @@ import numpy as np
 from mmkeras.atomic_files import write_json_atomically
 from mmkeras.config import RunConfig
 from mmkeras.data.manifest import Manifest, read_manifest
-from mmkeras.data.parquet_manifest import embedded_images_folder
+from mmkeras.data.rows_fingerprint import rows_fingerprint
 from mmkeras.errors import UserError
 from mmkeras.evaluation.results_folder import METRICS_FILE, write_csv
 from mmkeras.evaluation.results_folder import results_dir as results_folder_of
@@ -141,32 +139,6 @@ def checked_split(out: Path, manifest: Manifest, folds: int, seed: int) -> np.nd
         out.mkdir(parents=True, exist_ok=True)
         write_json_atomically(path, record)
     return assignment
-
-
-def rows_fingerprint(manifest: Manifest) -> str:
-    """SHA-256 of the rows a split is made of: each row's line, text, image and label.
-
-    An image counts by its path relative to the manifest's folder (however
-    `--data` was spelled), and image bytes held in a Parquet manifest by the
-    name of the file they were written to: their SHA-256. So a Parquet file
-    rewritten with the same rows (or whose images were written again after
-    `mmkeras cache clear`) resumes, and one whose photos changed does not.
-
-    Example:
-    >>> rows_fingerprint(read_manifest("data.parquet"))[:12]  # doctest: +SKIP
-    'f0cbe0edee53'
-    """
-    # Strings, not Paths: pathlib's relative_to took 4 s for 100,000 rows.
-    manifest_folder, images_folder = str(manifest.path.parent) + os.sep, str(embedded_images_folder()) + os.sep
-    digest = hashlib.sha256()
-    for row in manifest.rows:
-        image = None if row.image is None else str(row.image)
-        if image is not None and image.startswith(images_folder):
-            image = os.path.basename(image)
-        elif image is not None and image.startswith(manifest_folder):
-            image = image[len(manifest_folder):]
-        digest.update(json.dumps([row.line, row.text, image, row.label], ensure_ascii=False).encode())
-    return digest.hexdigest()
 
 
 def run_fold(config: RunConfig, folder: Path, manifest: Manifest, is_test, fold: int, folds: int) -> dict:
