@@ -1,23 +1,29 @@
+import csv
+import hashlib
 import io
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 from PIL import Image
 
+from mmkeras.config import RunConfig
 from mmkeras.data.manifest import read_manifest
+from mmkeras.data.rows_fingerprint import rows_fingerprint
 from mmkeras.training.cross_validation import (
     FOLDS_FILE,
     ROWS_KEY,
     TRAIN_MANIFEST,
     checked_split,
-    rows_fingerprint,
     stratified_folds,
+    write_manifest,
 )
 from tests.helpers.cli import SAMPLES, run_cli, write_subset
 from tests.helpers.parquet_files import samples_as_parquet, write_parquet
@@ -141,3 +147,19 @@ def test_cv_of_parquet_image_bytes_resumes_after_cache_clear(tmp_path, monkeypat
     assert err.count("finished before") == 1 and len(json.loads(stdout)["per_fold"]) == 2
     # The images were written again from the Parquet file, to the same content-named files.
     assert (out / "fold-2" / TRAIN_MANIFEST).read_text() == written
+    # Each fold's predictions name a photo as the user's file does (its row there), not by the file read.
+    user_rows = pq.read_table(data).to_pylist()
+    for fold in ("fold-1", "fold-2"):
+        with (out / fold / "run" / "results" / "test" / "predictions.csv").open(encoding="utf-8") as handle:
+            predictions = [prediction for prediction in csv.DictReader(handle) if prediction["image_file"]]
+        assert predictions
+        for prediction in predictions:
+            row = int(prediction["image"].removeprefix("<image bytes of row ").removesuffix(">"))
+            assert prediction["text"] == user_rows[row - 1]["text"]
+            assert Path(prediction["image_file"]).name == hashlib.sha256(user_rows[row - 1]["image"]).hexdigest()
+
+
+def test_fold_manifests_of_image_paths_are_written_as_before_without_a_source_image_column(tmp_path):
+    data = write_subset(SAMPLES / "train.csv", tmp_path / "data.csv", 4)
+    write_manifest(tmp_path / "fold.csv", read_manifest(data).rows, RunConfig(data=str(data)))
+    assert (tmp_path / "fold.csv").read_text(encoding="utf-8").splitlines()[0] == "text,image,label"

@@ -7,6 +7,8 @@ import pytest
 
 from mmkeras.cli.app import main
 from mmkeras.config import RunConfig
+from mmkeras.data.manifest import read_manifest
+from mmkeras.data.rows_fingerprint import rows_record
 from mmkeras.training.checkpoints import Checkpoints, TrainingState
 from tests.helpers.training_runs import (
     finish,
@@ -93,3 +95,52 @@ def test_resume_with_other_settings_is_a_user_error(data, tmp_path, capsys):
     code = main([*flags, "--resume"])
     assert code == 2
     assert "changed: epochs 5 -> 3" in capsys.readouterr().err
+
+
+def edit_first_text(manifest):
+    lines = manifest.read_text(encoding="utf-8").splitlines(keepends=True)
+    manifest.write_text(lines[0] + "edited," + lines[1].split(",", 1)[1] + "".join(lines[2:]), encoding="utf-8")
+
+
+@pytest.mark.distributed
+def test_a_resume_on_changed_training_rows_is_refused_and_goes_on_once_they_are_restored(tmp_path, capsys):
+    data, out = write_data(tmp_path, **RESUME_SETTINGS), tmp_path / "run"
+    kill_at_first_checkpoint(train_args(data, out), out)
+    original = data["train"].read_text(encoding="utf-8")
+    edit_first_text(data["train"])
+    assert main(train_args(data, out, "--resume")) == 2
+    err = capsys.readouterr().err
+    assert f"{data['train']}: --resume: the rows changed since the run began (a text, image or label differs)" in err
+    data["train"].write_text(original, encoding="utf-8")
+    # in a child process, as the killed run was (its backbone dropout off: the same variables)
+    assert run(train_args(data, out, "--resume"), timeout=240)["epochs_completed"] == 3
+
+
+def checkpoint_of_these_rows(data, out, rows: bool):
+    """A fake checkpoint of `train_args(data, out)`'s settings, with or without the rows' fingerprints."""
+    config = RunConfig.from_yaml(data["config"]).replace(data=str(data["train"]), val=str(data["val"]), out=str(out))
+    records = {"data": rows_record(read_manifest(data["train"])), "val": rows_record(read_manifest(data["val"]))}
+    state = TrainingState(config=config.to_dict(), rows=records if rows else {})
+    Checkpoints(out, writer=True).save(state, {"model": [np.zeros(3)], "optimizer": []})
+
+
+@pytest.mark.slow
+def test_a_resume_with_one_more_validation_row_names_the_validation_manifest(tmp_path, capsys):
+    data, out = write_data(tmp_path, **RESUME_SETTINGS), tmp_path / "run"
+    checkpoint_of_these_rows(data, out, rows=True)
+    lines = data["val"].read_text(encoding="utf-8").splitlines(keepends=True)
+    data["val"].write_text("".join(lines) + lines[1], encoding="utf-8")
+    assert main(train_args(data, out, "--resume")) == 2
+    assert f"{data['val']}: --resume: the rows changed since the run began (8 rows then, 9 now)" in (
+        capsys.readouterr().err
+    )
+
+
+@pytest.mark.slow
+def test_a_checkpoint_written_before_the_rows_were_kept_is_not_checked_against_them(tmp_path, capsys):
+    data, out = write_data(tmp_path, **RESUME_SETTINGS), tmp_path / "run"
+    checkpoint_of_these_rows(data, out, rows=False)
+    edit_first_text(data["train"])
+    assert main(train_args(data, out, "--resume")) == 2
+    # past the rows: the fake checkpoint's variables are what stops it
+    assert "the checkpoint's model variables do not fit this model" in capsys.readouterr().err

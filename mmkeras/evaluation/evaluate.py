@@ -31,6 +31,7 @@ from mmkeras.evaluation.modality_ablation import ModalityLogits
 from mmkeras.evaluation.multilabel_evaluate import evaluate_multilabel
 from mmkeras.evaluation.results_folder import (
     IMAGE_FILE_COLUMN,
+    SOURCE_IMAGE_COLUMN,
     results_dir,
     sample_rows,
     write_attention_overlays,
@@ -218,10 +219,11 @@ def shown_image(row, image_column: str) -> str:
     `predict --data` shows it (`ParquetRecord.as_written`: the Hugging Face
     struct's `path`, else `<image bytes of row N>`), not as the hashed file
     it was written to: that name says nothing to a person and goes with
-    `mmkeras cache clear`.
+    `mmkeras cache clear`. A manifest listing such files (a `cv` fold's)
+    names the user's picture in its `source_image` column.
     """
     if row.image is None:
         return ""
     if embedded_image_name(row.image) is None:
         return str(row.image)
-    return row.cells[image_column]
+    return row.cells.get(SOURCE_IMAGE_COLUMN) or row.cells[image_column]

@@ -41,6 +41,9 @@ PREDICTIONS_FILE = "predictions.csv"
 # The column of predictions.csv naming the image file read (`image` names it as the manifest does: for a Parquet
 # manifest's image bytes, the struct's path or `<image bytes of row N>`, not the file they were written to).
 IMAGE_FILE_COLUMN = "image_file"
+# A manifest column naming each image as the user's file did where the image column lists files written from a
+# Parquet manifest's bytes: `cv`'s fold manifests carry it, and `image` in a fold's predictions.csv shows it.
+SOURCE_IMAGE_COLUMN = "source_image"
 
 
 def results_dir(target, data) -> Path:

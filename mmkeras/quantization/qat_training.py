@@ -210,6 +210,7 @@ class QATJob(TrainingJob):
             labels=labels,
             saved_labels=run.labels,
             train_manifest=train_manifest,
+            val_manifest=val_manifest,
             train_epochs=train_epochs,
             val_data=val_data,
             skipped_rows=skipped,

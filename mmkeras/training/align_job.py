@@ -106,6 +106,7 @@ class AlignJob(TrainingJob):
             preprocessor=preprocessor,
             labels=groups,
             train_manifest=train_pairs,
+            val_manifest=val_pairs,
             train_epochs=train_epochs,
             val_data=val_data,
             skipped_rows=skipped,

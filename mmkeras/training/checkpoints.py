@@ -9,8 +9,8 @@ seeded epoch or the early-stopping state. A checkpoint here is a folder
 RUN_DIR/checkpoints/ckpt-EEEE-BBBBBB/   (epoch EEEE, BBBBBB batches of it done)
   variables.npz   model variables (dropout seed-generator states included),
                   optimizer variables (step counter, moments), best weights
-  state.json      position, history, early stopping, the run config, and the
-                  SHA-256 of variables.npz
+  state.json      position, history, early stopping, the run config, the
+                  fingerprints of its rows, and the SHA-256 of variables.npz
 ```
 
 written in a `.partial` folder and renamed into place, so a crash never
@@ -30,6 +30,7 @@ from pathlib import Path
 import numpy as np
 
 from mmkeras.atomic_files import write_json_atomically
+from mmkeras.data.rows_fingerprint import rows_change
 from mmkeras.errors import UserError
 
 # The folder's name is part of the run folder's format (`mmkeras.runs.is_checkpoints_folder`).
@@ -61,6 +62,9 @@ class TrainingState:
         best_epoch: the epoch (1-based) of `best_val_loss`, whose weights are kept.
         stopped_early: early stopping ended the run.
         config: the run config (as a dict) the run was started with.
+        rows: `{"data": rows_record, "val": rows_record}` of the manifests
+            the run was started on (`mmkeras.data.rows_fingerprint`); `{}` in
+            a checkpoint written before it was kept.
     """
 
     epoch: int = 0
@@ -73,6 +77,7 @@ class TrainingState:
     best_epoch: int | None = None
     stopped_early: bool = False
     config: dict = dataclasses.field(default_factory=dict)
+    rows: dict = dataclasses.field(default_factory=dict)
 
 
 @dataclasses.dataclass
@@ -159,6 +164,27 @@ def check_same_config(checkpoint: Checkpoint, config: dict):
         raise UserError(
             f"--resume needs the same settings as the interrupted run; changed: {details}", path=checkpoint.path
         )
+
+
+def check_same_rows(checkpoint: Checkpoint, rows: dict, files: dict):
+    """`UserError` naming the manifest whose rows changed since the checkpointed run began.
+
+    Args:
+        checkpoint: the checkpoint `--resume` continues from.
+        rows: `{"data": rows_record, "val": rows_record}` of this process's
+            manifests (a key is missing where there is no such manifest).
+        files: `{"data": path, "val": path}`, the manifests named in the error.
+
+    A checkpoint written before the rows were kept has none, and resumes.
+    """
+    for key, saved in checkpoint.state.rows.items():
+        change = rows_change(saved, rows[key]) if key in rows else "the run had one, this one has none"
+        if change:
+            raise UserError(
+                f"--resume: the rows changed since the run began ({change}); restore the file, "
+                "or train again without --resume",
+                path=files.get(key) or checkpoint.path,
+            )
 
 
 def checkpoint_to_resume(checkpoints: Checkpoints, config: dict) -> Checkpoint:

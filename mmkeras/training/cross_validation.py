@@ -20,8 +20,9 @@ config's `val` manifest when one is given, else every epoch trains.
 
 A rerun reads the manifest again: images a Parquet manifest holds as bytes
 are written again after `mmkeras cache clear`, to the same content-named
-files the folds' manifests list; a manifest whose rows changed since the
-split was made (`rows_fingerprint`) is refused
+files the folds' manifests list, beside the user's name for each
+(`source_image`, which a fold's predictions.csv shows); a manifest whose
+rows changed since the split was made (`rows_fingerprint`) is refused
 (docs/design.md#parquet-images-in-cache-list-and-cache-clear).
 
 Example:
@@ -30,10 +31,8 @@ Example:
 {'mean': 0.93, 'std': 0.012}
 """
 
-import hashlib
 import json
 import logging
-import os
 from pathlib import Path
 
 import numpy as np
@@ -41,9 +40,10 @@ import numpy as np
 from mmkeras.atomic_files import write_json_atomically
 from mmkeras.config import RunConfig
 from mmkeras.data.manifest import Manifest, read_manifest
-from mmkeras.data.parquet_manifest import embedded_images_folder
+from mmkeras.data.parquet_manifest import embedded_image_name
+from mmkeras.data.rows_fingerprint import rows_fingerprint
 from mmkeras.errors import UserError
-from mmkeras.evaluation.results_folder import METRICS_FILE, write_csv
+from mmkeras.evaluation.results_folder import METRICS_FILE, SOURCE_IMAGE_COLUMN, write_csv
 from mmkeras.evaluation.results_folder import results_dir as results_folder_of
 from mmkeras.evaluation.scalar_figures import scalar_figures
 
@@ -143,32 +143,6 @@ def checked_split(out: Path, manifest: Manifest, folds: int, seed: int) -> np.nd
     return assignment
 
 
-def rows_fingerprint(manifest: Manifest) -> str:
-    """SHA-256 of the rows a split is made of: each row's line, text, image and label.
-
-    An image counts by its path relative to the manifest's folder (however
-    `--data` was spelled), and image bytes held in a Parquet manifest by the
-    name of the file they were written to: their SHA-256. So a Parquet file
-    rewritten with the same rows (or whose images were written again after
-    `mmkeras cache clear`) resumes, and one whose photos changed does not.
-
-    Example:
-    >>> rows_fingerprint(read_manifest("data.parquet"))[:12]  # doctest: +SKIP
-    'f0cbe0edee53'
-    """
-    # Strings, not Paths: pathlib's relative_to took 4 s for 100,000 rows.
-    manifest_folder, images_folder = str(manifest.path.parent) + os.sep, str(embedded_images_folder()) + os.sep
-    digest = hashlib.sha256()
-    for row in manifest.rows:
-        image = None if row.image is None else str(row.image)
-        if image is not None and image.startswith(images_folder):
-            image = os.path.basename(image)
-        elif image is not None and image.startswith(manifest_folder):
-            image = image[len(manifest_folder):]
-        digest.update(json.dumps([row.line, row.text, image, row.label], ensure_ascii=False).encode())
-    return digest.hexdigest()
-
-
 def run_fold(config: RunConfig, folder: Path, manifest: Manifest, is_test, fold: int, folds: int) -> dict:
     """Train and evaluate one fold (or read its figures when it has finished before)."""
     from mmkeras.evaluation.evaluate import evaluate
@@ -191,13 +165,28 @@ def run_fold(config: RunConfig, folder: Path, manifest: Manifest, is_test, fold:
 
 
 def write_manifest(path: Path, rows, config: RunConfig):
-    """Rows as a CSV manifest with absolute image paths, under the run config's column names."""
+    """Rows as a CSV manifest with absolute image paths, under the run config's column names.
+
+    Images a Parquet manifest holds as bytes are listed as the files they
+    were written to, and named as the user's file names them (the Hugging
+    Face struct's `path`, else `<image bytes of row N>`) in a
+    `source_image` column, which a fold's predictions.csv shows. A
+    manifest of image paths gets no such column: its fold manifests are
+    written as before.
+    """
+    embedded = any(row.image is not None and embedded_image_name(row.image) for row in rows)
     write_csv(path, [
         {config.text_column: row.text or "",
          config.image_column: "" if row.image is None else str(Path(row.image).resolve()),
-         config.label_column: row.label}
+         config.label_column: row.label,
+         **({SOURCE_IMAGE_COLUMN: shown_cell(row, config.image_column)} if embedded else {})}
         for row in rows
     ])
+
+
+def shown_cell(row, image_column: str) -> str:
+    """A row's image as the user's manifest names it (`""` for a row without one)."""
+    return "" if row.image is None else row.cells[image_column]
 
 
 def summarize(per_fold: list[dict]) -> dict:

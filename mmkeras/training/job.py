@@ -1,7 +1,8 @@
 """`TrainingJob`: the one skeleton that `mmkeras train` and `mmkeras qat` run.
 
 A job sets up the tf.distribute strategy, checks `--resume` against the
-interrupted run's checkpoint, seeds, lets its subclass build the model and
+interrupted run's checkpoint (its settings, and once the data is read, its
+rows: `mmkeras.data.rows_fingerprint`), seeds, lets its subclass build the model and
 the data (`prepare`: the only step train and QAT do differently), trains with
 `TrainingLoop` + `fit` (exact resume checkpoints, early stopping where the
 job keeps the best weights), and writes the run folder on the chief. Both
@@ -24,13 +25,20 @@ import tensorflow as tf
 
 from mmkeras.config import RunConfig
 from mmkeras.data.manifest import BadRow, Manifest
+from mmkeras.data.rows_fingerprint import rows_record
 from mmkeras.evaluation.report import refresh_report
 from mmkeras.folder_lock import folder_lock
 from mmkeras.preprocessing import MultimodalPreprocessor
 from mmkeras.runs import check_run_output, save_run
 from mmkeras.tasks.registry import get_task
 from mmkeras.tasks.task import Task
-from mmkeras.training.checkpoints import Checkpoints, TrainingState, checkpoint_to_resume, restore
+from mmkeras.training.checkpoints import (
+    Checkpoints,
+    TrainingState,
+    check_same_rows,
+    checkpoint_to_resume,
+    restore,
+)
 from mmkeras.training.epoch_log import EpochLog
 from mmkeras.training.fit import fit
 from mmkeras.training.run_setup import make_loop, seed_everything
@@ -74,6 +82,7 @@ class PreparedRun:
         preprocessor: the preprocessor of `model`.
         labels: class names in logit order.
         train_manifest: the checked training rows.
+        val_manifest: the checked validation rows, or `None`.
         train_epochs: `for_epoch(epoch)` batches (`EpochDatasets` or cached features).
         val_data: validation batches, or `None`.
         skipped_rows: rows dropped by `--on-bad-row skip` (training and validation).
@@ -95,6 +104,7 @@ class PreparedRun:
     policy: str = "float32"
     balance: object = None
     saved_labels: list[str] | None = None
+    val_manifest: Manifest | None = None
 
 
 class TrainingJob:
@@ -192,6 +202,9 @@ class TrainingJob:
         resumed = checkpoint_to_resume(checkpoints, settings) if self.resume else None
         seed_everything(config)
         prepared = self.prepare(strategy)
+        rows = rows_records(prepared)
+        if resumed is not None:
+            check_same_rows(resumed, rows, {"data": config.data, "val": config.val})
         labels = prepared.labels
         label_ids = prepared.train_manifest.encode_labels(labels)
         loop = make_loop(
@@ -230,7 +243,7 @@ class TrainingJob:
             patience=config.early_stopping_patience if self.keeps_best_weights else 0,
             checkpoints=checkpoints,
             checkpoint_steps=config.checkpoint_steps,
-            state=TrainingState(config=settings) if resumed is None else resumed.state,
+            state=TrainingState(config=settings, rows=rows) if resumed is None else resumed.state,
             best_weights=best_weights,
             keep_best=self.keeps_best_weights,
             on_epoch_end=EpochLog(config.out) if chief else None,
@@ -269,6 +282,16 @@ class TrainingJob:
             logger.info("run saved to %s", config.out)
             refresh_report(config.out)
         return JobResult(run_dir=Path(config.out), metrics=metrics, history=state.history, model=model, is_chief=chief)
+
+
+def rows_records(prepared: PreparedRun) -> dict:
+    """`{"data": rows_record, "val": rows_record}` of the rows a run starts on, which its checkpoints keep.
+
+    Computed once a start (0.6-1.0 s for 100,000 rows), of the checked
+    rows: a row skipped under `--on-bad-row skip` counts as changed.
+    """
+    manifests = {"data": prepared.train_manifest, "val": prepared.val_manifest}
+    return {key: rows_record(manifest) for key, manifest in manifests.items() if manifest is not None}
 
 
 def count_params(weights) -> int:

@@ -118,6 +118,7 @@ class TrainJob(TrainingJob):
             labels=labels,
             saved_labels=classes,
             train_manifest=train_manifest,
+            val_manifest=val_manifest,
             train_epochs=train_epochs,
             val_data=val_data,
             skipped_rows=skipped,
