@@ -1056,6 +1056,7 @@ def cache_list(cache_dir: Optional[Path] = CACHE_DIR_OPTION, as_json: bool = JSO
     lines = [
         f"{entry.key}  {human_bytes(entry.bytes):>9}  {entry.rows if entry.complete else 'incomplete'} rows  "
         f"last used {entry.as_dict()['last_used']}  {entry.details.get('manifest', '')}"
+        f"{'  (fake-quantized, QAT)' if 'quantization' in entry.details else ''}"
         for entry in entries
     ]
     total = sum(entry.bytes for entry in entries)

@@ -10,15 +10,16 @@ from mmkeras.data import feature_shards
 from mmkeras.data.feature_cache_folders import clear_caches, default_cache_dir, list_caches
 from mmkeras.data.feature_shards import ShardReader, ShardWriter
 from mmkeras.folder_lock import folder_lock
+from tests.helpers.cli import run_cli
 
 
-def write_cache(folder, rows=10, shard_bytes=50):
+def write_cache(folder, rows=10, shard_bytes=50, **details):
     writer = ShardWriter(folder, target_shard_bytes=shard_bytes)
     tokens = np.arange(rows * 6, dtype=np.float16).reshape(rows, 2, 3)
     labels = np.arange(rows, dtype=np.int32)
     for start in range(0, rows, 4):  # batches that straddle shard boundaries
         writer.append({"tokens": tokens[start : start + 4], "label": labels[start : start + 4]})
-    writer.close({"manifest": "train.csv"})
+    writer.close({"manifest": "train.csv", **details})
     return tokens, labels
 
 
@@ -60,6 +61,18 @@ def test_clear_keeps_recent_and_locked_caches(tmp_path):
     assert [entry.key for entry in removed] == ["old"]
     assert sorted(entry.key for entry in list_caches(tmp_path)) == ["busy", "new"]
     assert [entry.key for entry in clear_caches(tmp_path)] and list_caches(tmp_path) == []
+
+
+def test_a_qat_runs_fake_quantized_features_are_listed_as_such(tmp_path, capsys):
+    write_cache(tmp_path / "float")
+    write_cache(tmp_path / "qat", quantization={"kind": "fake-quantized", "num_bits": 8})
+    entries = {entry.key: entry for entry in list_caches(tmp_path)}
+    assert entries["qat"].details["quantization"]["kind"] == "fake-quantized"
+    assert "quantization" not in entries["float"].details
+    code, out, _ = run_cli(capsys, "cache", "list", "--cache-dir", tmp_path)
+    lines = {line.split()[0]: line for line in out.splitlines()}
+    assert code == 0 and lines["qat"].endswith("train.csv  (fake-quantized, QAT)")
+    assert lines["float"].endswith("train.csv")
 
 
 def test_an_incomplete_cache_is_listed_as_such(tmp_path):

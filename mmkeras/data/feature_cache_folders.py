@@ -40,7 +40,8 @@ class CacheEntry:
         last_used: seconds since the epoch of its last read or write.
         complete: `meta.json` was written (an incomplete one is being
             written, or its writer was killed).
-        details: what `meta.json` says it holds (`manifest`, `features`, ...).
+        details: what `meta.json` says it holds (`manifest`, `features`,
+            `dtype`, `quantization` for a QAT run's fake-quantized features, ...).
     """
 
     folder: Path
@@ -121,5 +122,5 @@ def _entry(folder: Path) -> CacheEntry:
         meta = json.loads(meta_path.read_text())
     except (OSError, ValueError):
         return CacheEntry(folder, None, folder_bytes(folder), folder.stat().st_mtime, False, {})
-    details = {key: meta[key] for key in ("manifest", "features", "dtype", "created") if key in meta}
+    details = {key: meta[key] for key in ("manifest", "features", "dtype", "quantization", "created") if key in meta}
     return CacheEntry(folder, meta["rows"], folder_bytes(folder), meta_path.stat().st_mtime, True, details)

@@ -17,11 +17,11 @@ the validation manifest when `val` is not given, the strategy when
 `QATSettings.strategy` is `None` and `checkpoint_steps` when
 `QATSettings.checkpoint_steps` is `None`; frozen backbones stay frozen
 (`load_run`); LoRA runs train new adapters only (`adapt_as_the_float_run`);
-modality dropout hides modalities as it did. What it does not: the
-`--modality-balance` heads (QAT trains the plain model), the feature cache
-(QAT runs the frozen backbones on the images: their fake-quantized outputs
-are what the head sees in the int8 bundle;
-docs/design.md#qat-of-every-kind-of-run), early stopping and best-weight
+modality dropout hides modalities as it did; a run trained on cached
+features (`--cache-features`) trains its head on cached features again: the
+fake-quantized outputs of the calibrated frozen backbones, computed once
+(`quantized_head_data`). What it does not: the
+`--modality-balance` heads (QAT trains the plain model), early stopping and best-weight
 keeping (the validation figures are reported only, the last weights are
 kept), `epochs` and `batch_size` (`QATSettings`). Only `prepare` differs from training: it loads
 the float run, quantizes it and calibrates the ranges.
@@ -36,7 +36,9 @@ checkpoint.
 Steps: load the float run under the strategy's scope, `quantize_model` it,
 set every activation range on a few training batches (`calibrate_ranges`),
 fine-tune for `epochs` while the ranges follow a moving average (of the
-global batch's min/max under every strategy: `fake_quant.ActivationQuantizer`),
+global batch's min/max under every strategy: `fake_quant.ActivationQuantizer`;
+on cached features only the head's: the frozen backbones no longer run, so
+theirs stay as calibrated, and the int8 export uses those),
 and write a QAT run folder (see `mmkeras.runs`, on the chief
 only under multi-worker training) that `export` and `evaluate` accept.
 
@@ -55,12 +57,14 @@ import tensorflow as tf
 
 from mmkeras.config import RunConfig
 from mmkeras.errors import UserError
-from mmkeras.models.builder import pretrained_backbones
+from mmkeras.models.backbone_split import split_at_frozen_backbones
+from mmkeras.models.builder import FROZEN_BACKBONES, pretrained_backbones
 from mmkeras.models.text_backbones import freeze_pooler
 from mmkeras.quantization.qat_settings import LEARNING_RATE_FACTOR, QATSettings
 from mmkeras.quantization.qat_transform import calibrate_ranges, is_quantized, quantize_model
 from mmkeras.quantization.run_loading import load_run
 from mmkeras.runs import load_run_config
+from mmkeras.training.feature_cache import cached_epochs
 from mmkeras.training.job import JobResult, PreparedRun, TrainingJob
 from mmkeras.training.optimizers import resolve_learning_rate
 from mmkeras.training.run_setup import checked_manifests, epoch_datasets
@@ -134,6 +138,36 @@ def adapt_as_the_float_run(model, config: RunConfig):
         enable_lora(model.get_layer(name), config.lora_rank)
 
 
+def quantized_head_data(config: RunConfig, settings: QATSettings, model, preprocessor, labels, train_manifest,
+                        val_manifest):
+    """`(head, train epochs, val batches)` of a calibrated QAT model whose frozen backbones' outputs are cached.
+
+    As the float run trained with `--cache-features`: the head (the layers
+    after the frozen backbones' tokens, `split_at_frozen_backbones`) trains
+    on the tokens stored once by `cache_features`, here the fake-quantized
+    ones, i.e. what the int8 bundle's head receives from its int8 backbones.
+    The backbones then never run in training, so their activation ranges
+    stay the calibrated ones (no moving average), which makes the cached
+    tokens exactly the saved QAT model's and the export's; the head's ranges
+    follow their moving average as before. Cached features hold no
+    augmentation or backbone dropout, as in the float run. The cache's key
+    adds the quantizer settings, and its weights hash holds the ranges, so
+    float and quantized features never share a cache
+    (docs/design.md#qat-of-every-kind-of-run).
+    """
+    split = split_at_frozen_backbones(model, FROZEN_BACKBONES[config.freeze])
+    quantization = {
+        "kind": "fake-quantized",
+        **dataclasses.asdict(settings.quantizer_settings()),
+        "calibration_batches": settings.calibration_batches,
+    }
+    logger.info("QAT trains the head on the frozen backbones' fake-quantized features, cached once")
+    train_epochs, val_data = cached_epochs(
+        split, config, labels, preprocessor, train_manifest, val_manifest, quantization=quantization
+    )
+    return split.head_model, train_epochs, val_data
+
+
 class QATJob(TrainingJob):
     """`mmkeras qat`: the float run loaded, quantized and calibrated, then trained as `train` trains.
 
@@ -203,9 +237,14 @@ class QATJob(TrainingJob):
         # not augmented: the ranges are for the images the model will see.
         calibration = train_epochs.for_epoch(0, augmented=False).take(settings.calibration_batches)
         calibrate_ranges(model, (inputs for inputs, _ in calibration))
+        trained_model = model
+        if config.cache_features:
+            trained_model, train_epochs, val_data = quantized_head_data(
+                config, settings, model, preprocessor, labels, train_manifest, val_manifest
+            )
         return PreparedRun(
             model=model,
-            trained_model=model,
+            trained_model=trained_model,
             preprocessor=preprocessor,
             labels=labels,
             saved_labels=run.labels,

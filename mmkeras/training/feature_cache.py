@@ -32,6 +32,12 @@ resumes, so resume stays exact in either dtype.
 
 Cached features are the backbones' inference-mode outputs (no dropout inside
 the frozen backbones), the usual choice for frozen feature extraction.
+
+`mmkeras qat` of a run trained on cached features caches its own: the
+fake-quantized outputs of the calibrated QAT backbones, under a key that adds
+the quantizer settings (`quantization`) and whose weights include the
+activation ranges, so they never mix with the float run's
+(docs/design.md#qat-of-every-kind-of-run).
 """
 
 import contextlib
@@ -47,6 +53,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from mmkeras.config import RunConfig
 from mmkeras.data.dataset import epoch_seed, make_dataset
 from mmkeras.data.feature_cache_folders import default_cache_dir, human_bytes, mark_used
 from mmkeras.data.feature_shards import META_FILE, ShardReader, ShardWriter
@@ -134,8 +141,38 @@ class CachedEpochs:
     def num_examples(self) -> int:
         return self.features.num_examples
 
-    def for_epoch(self, epoch: int) -> tf.data.Dataset:
+    def for_epoch(self, epoch: int, *, augmented: bool = True) -> tf.data.Dataset:
+        """Epoch `epoch`'s batches; `augmented` is accepted as `EpochDatasets` takes it and changes nothing:
+        cached features are never augmented (`--cache-features` needs `--augment none`)."""
         return self.features.dataset(batch_size=self.batch_size, order_seed=epoch_seed(self.seed, epoch))
+
+
+def cached_epochs(
+    split: HeadSplit,
+    config: RunConfig,
+    labels: list[str],
+    preprocessor: MultimodalPreprocessor,
+    train_manifest: Manifest,
+    val_manifest: Manifest | None,
+    *,
+    quantization: dict | None = None,
+) -> tuple[CachedEpochs, tf.data.Dataset | None]:
+    """`(training epochs, validation batches or None)` of the head's cached inputs, as `cache_features` stores
+    them in `config.cache_dir` (`config.batch_size` rows a batch, `config.cache_dtype`, `quantization`).
+
+    Example:
+    >>> train_epochs, val_data = cached_epochs(split, config, labels, preprocessor, train, val)  # doctest: +SKIP
+    """
+
+    def cached(manifest):
+        return cache_features(
+            split, manifest, labels, preprocessor, cache_dir=config.cache_dir, batch_size=config.batch_size,
+            dtype=config.cache_dtype, quantization=quantization,
+        )
+
+    train_epochs = CachedEpochs(cached(train_manifest), batch_size=config.batch_size, seed=config.seed)
+    val_data = None if val_manifest is None else cached(val_manifest).dataset(batch_size=config.batch_size)
+    return train_epochs, val_data
 
 
 def _as_float32(column):
@@ -152,6 +189,7 @@ def cache_features(
     cache_dir: str | Path | None = None,
     batch_size: int,
     dtype: str = "float16",
+    quantization: dict | None = None,
 ) -> CachedFeatures:
     """Compute the head's inputs for `manifest` once, or reuse them from `cache_dir`.
 
@@ -165,6 +203,11 @@ def cache_features(
         batch_size: rows per feature-model call.
         dtype: `float16` (half the size; see the module docstring) or
             `float32` (the backbones' outputs exactly).
+        quantization: for the fake-quantized backbones of a QAT model, what
+            the features are quantized with (`mmkeras qat` passes its
+            quantizer settings); part of the cache's key and of its
+            `meta.json`, so float and quantized features never share a
+            cache. `None`: float features.
 
     Returns:
         The `CachedFeatures` of every row, in manifest order.
@@ -180,7 +223,7 @@ def cache_features(
     if dtype not in FEATURE_DTYPES:
         raise ValueError(f"dtype must be one of {FEATURE_DTYPES}, got {dtype!r}")
     cache_dir = Path(cache_dir) if cache_dir is not None else default_cache_dir()
-    folder = cache_dir / _fingerprint(split, manifest, labels, preprocessor, dtype)
+    folder = cache_dir / _fingerprint(split, manifest, labels, preprocessor, dtype, quantization)
     if _is_complete(folder):
         mark_used(folder)
         features = CachedFeatures(folder)
@@ -191,7 +234,7 @@ def cache_features(
         if not _is_complete(folder):  # another process may have written it while this one waited
             shutil.rmtree(folder, ignore_errors=True)  # the shards of a killed writer, if any
             started = time.monotonic()
-            meta = _compute(split, manifest, labels, preprocessor, batch_size, dtype, folder)
+            meta = _compute(split, manifest, labels, preprocessor, batch_size, dtype, folder, quantization)
             logger.info("features of %d rows cached in %s (%s, %s, %.0fs)", meta["rows"], folder,
                         human_bytes(meta["bytes"]), dtype, time.monotonic() - started)
     return CachedFeatures(folder)
@@ -220,7 +263,7 @@ def _writing(folder: Path):
         yield
 
 
-def _compute(split, manifest, labels, preprocessor, batch_size, dtype, folder) -> dict:
+def _compute(split, manifest, labels, preprocessor, batch_size, dtype, folder, quantization) -> dict:
     """Run the feature model over `manifest` and write its shards and meta into `folder`."""
     writer = ShardWriter(folder)
     # Decoded images are used once here: no in-memory image cache.
@@ -246,6 +289,8 @@ def _compute(split, manifest, labels, preprocessor, batch_size, dtype, folder) -
             progress.update(done)
     details = {"manifest": str(manifest.path), "features": split.feature_names,
                "head_inputs": split.head_input_names, "dtype": dtype}
+    if quantization is not None:
+        details["quantization"] = quantization
     return writer.close(details)
 
 
@@ -258,7 +303,7 @@ def _stored(tokens: np.ndarray, dtype: str) -> np.ndarray:
     return tokens.astype(dtype)
 
 
-def _fingerprint(split, manifest, labels, preprocessor, dtype) -> str:
+def _fingerprint(split, manifest, labels, preprocessor, dtype, quantization) -> str:
     digest = hashlib.sha256()
     rows = [[row.text, row.image, row.label, _file_stamp(row.image)] for row in manifest.rows]
     settings = {
@@ -270,7 +315,10 @@ def _fingerprint(split, manifest, labels, preprocessor, dtype) -> str:
         "head_inputs": split.head_input_names,
         "dtype": dtype,
     }
+    if quantization is not None:  # absent for float features, whose keys stay as they were
+        settings["quantization"] = quantization
     digest.update(json.dumps(settings, ensure_ascii=False, default=str).encode())
+    # The weights include a QAT model's activation ranges (its quantizers' variables).
     for weight in split.feature_model.weights:
         digest.update(np.ascontiguousarray(keras.ops.convert_to_numpy(weight)).tobytes())
     return digest.hexdigest()[:16]

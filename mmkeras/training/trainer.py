@@ -17,7 +17,7 @@ from mmkeras.errors import UserError
 from mmkeras.models.backbone_split import split_at_frozen_backbones
 from mmkeras.models.builder import FROZEN_BACKBONES, build_model, pretrained_backbones
 from mmkeras.training.aligned_start import aligned_config, copy_aligned_layers, load_aligned_start
-from mmkeras.training.feature_cache import CachedEpochs, cache_features
+from mmkeras.training.feature_cache import cached_epochs
 from mmkeras.training.job import JobResult, PreparedRun, TrainingJob
 from mmkeras.training.modality_balance import ModalityBalance
 from mmkeras.training.precision import dtype_policy, float32_copy, resolve_policy
@@ -165,16 +165,7 @@ def _training_data(config: RunConfig, model, preprocessor, labels, train_manifes
     if not config.cache_features:
         return model, *epoch_datasets(config, preprocessor, labels, train_manifest, val_manifest)
     split = split_at_frozen_backbones(model, FROZEN_BACKBONES[config.freeze])
-
-    def cached(manifest):
-        return cache_features(
-            split, manifest, labels, preprocessor,
-            cache_dir=config.cache_dir, batch_size=config.batch_size, dtype=config.cache_dtype,
-        )
-
-    train_epochs = CachedEpochs(cached(train_manifest), batch_size=config.batch_size, seed=config.seed)
-    val_data = None if val_manifest is None else cached(val_manifest).dataset(batch_size=config.batch_size)
-    return split.head_model, train_epochs, val_data
+    return split.head_model, *cached_epochs(split, config, labels, preprocessor, train_manifest, val_manifest)
 
 
 def enable_lora(backbone: keras.Model, rank: int):
