@@ -116,9 +116,11 @@ def test_a_resume_on_changed_training_rows_is_refused_and_goes_on_once_they_are_
     assert run(train_args(data, out, "--resume"), timeout=240)["epochs_completed"] == 3
 
 
-def checkpoint_of_these_rows(data, out, rows: bool):
-    """A fake checkpoint of `train_args(data, out)`'s settings, with or without the rows' fingerprints."""
-    config = RunConfig.from_yaml(data["config"]).replace(data=str(data["train"]), val=str(data["val"]), out=str(out))
+def checkpoint_of_these_rows(data, out, rows: bool, **settings):
+    """A fake checkpoint of `train_args(data, out)`'s settings and `settings`, with or without the rows' fingerprint."""
+    config = RunConfig.from_yaml(data["config"]).replace(
+        data=str(data["train"]), val=str(data["val"]), out=str(out), **settings
+    )
     records = {"data": rows_record(read_manifest(data["train"])), "val": rows_record(read_manifest(data["val"]))}
     state = TrainingState(config=config.to_dict(), rows=records if rows else {})
     Checkpoints(out, writer=True).save(state, {"model": [np.zeros(3)], "optimizer": []})
@@ -144,3 +146,17 @@ def test_a_checkpoint_written_before_the_rows_were_kept_is_not_checked_against_t
     assert main(train_args(data, out, "--resume")) == 2
     # past the rows: the fake checkpoint's variables are what stops it
     assert "the checkpoint's model variables do not fit this model" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_a_resume_on_changed_rows_is_refused_before_the_features_are_cached(tmp_path, capsys, monkeypatch):
+    data, out = write_data(tmp_path, **RESUME_SETTINGS), tmp_path / "run"
+    checkpoint_of_these_rows(data, out, rows=True, freeze="both", cache_features=True)
+    edit_first_text(data["train"])
+
+    def cached_epochs(*args, **kwargs):
+        raise AssertionError("the features were cached before the rows were checked")
+
+    monkeypatch.setattr("mmkeras.training.trainer.cached_epochs", cached_epochs)
+    assert main(train_args(data, out, "--freeze", "both", "--cache-features", "--resume")) == 2
+    assert f"{data['train']}: --resume: the rows changed since the run began" in capsys.readouterr().err

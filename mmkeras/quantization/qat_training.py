@@ -231,6 +231,7 @@ class QATJob(TrainingJob):
         train_manifest, val_manifest, skipped = checked_manifests(
             config, raw_train, labels, preprocessor.image_size, task=self.task
         )
+        self.check_rows(train_manifest, val_manifest)
         train_epochs, val_data = epoch_datasets(config, preprocessor, labels, train_manifest, val_manifest)
         logger.info("calibrating activation ranges on %d batches", settings.calibration_batches)
         # Identical in every process (same rows, same weights), so every replica gets the same ranges;
@@ -249,7 +250,6 @@ class QATJob(TrainingJob):
             labels=labels,
             saved_labels=run.labels,
             train_manifest=train_manifest,
-            val_manifest=val_manifest,
             train_epochs=train_epochs,
             val_data=val_data,
             skipped_rows=skipped,

@@ -88,6 +88,7 @@ class AlignJob(TrainingJob):
             )
         # No label check: a pair's label only groups it (`_grouped`).
         pairs, val_pairs, skipped = checked_manifests(config, pairs, None, preprocessor.image_size, task=self.task)
+        self.check_rows(pairs, val_pairs)
         groups, train_pairs = _grouped(pairs)
         with strategy.scope():
             prepare_backbones(model, config)
@@ -106,7 +107,6 @@ class AlignJob(TrainingJob):
             preprocessor=preprocessor,
             labels=groups,
             train_manifest=train_pairs,
-            val_manifest=val_pairs,
             train_epochs=train_epochs,
             val_data=val_data,
             skipped_rows=skipped,

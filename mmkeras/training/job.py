@@ -33,6 +33,7 @@ from mmkeras.runs import check_run_output, save_run
 from mmkeras.tasks.registry import get_task
 from mmkeras.tasks.task import Task
 from mmkeras.training.checkpoints import (
+    Checkpoint,
     Checkpoints,
     TrainingState,
     check_same_rows,
@@ -82,7 +83,6 @@ class PreparedRun:
         preprocessor: the preprocessor of `model`.
         labels: class names in logit order.
         train_manifest: the checked training rows.
-        val_manifest: the checked validation rows, or `None`.
         train_epochs: `for_epoch(epoch)` batches (`EpochDatasets` or cached features).
         val_data: validation batches, or `None`.
         skipped_rows: rows dropped by `--on-bad-row skip` (training and validation).
@@ -104,7 +104,6 @@ class PreparedRun:
     policy: str = "float32"
     balance: object = None
     saved_labels: list[str] | None = None
-    val_manifest: Manifest | None = None
 
 
 class TrainingJob:
@@ -135,6 +134,28 @@ class TrainingJob:
         paths = {key: getattr(config, key) for key in ("data", "val", "out", "init_from")}
         self.config = config.replace(**{key: str(Path(path).resolve()) for key, path in paths.items() if path})
         self.resume = resume
+        # The checkpoint `--resume` continues from (`_run` sets it before `prepare`), and the fingerprints of the
+        # rows this start trains on (`check_rows` sets them), which a new run's checkpoints keep.
+        self.resumed: Checkpoint | None = None
+        self.rows: dict = {}
+
+    def check_rows(self, train_manifest: Manifest, val_manifest: Manifest | None):
+        """Keep the checked rows' fingerprints, and refuse a `--resume` whose rows changed since the run began.
+
+        `prepare` calls it as soon as its manifests are checked: before the
+        costly part (the feature cache, QAT's calibration), so a refused
+        resume costs only the reading. Computed once a start (0.6-1.0 s for
+        100,000 rows), of the checked rows: a row skipped under
+        `--on-bad-row skip` counts as changed.
+
+        Args:
+            train_manifest: the checked training rows.
+            val_manifest: the checked validation rows, or `None`.
+        """
+        manifests = {"data": train_manifest, "val": val_manifest}
+        self.rows = {key: rows_record(manifest) for key, manifest in manifests.items() if manifest is not None}
+        if self.resumed is not None:
+            check_same_rows(self.resumed, self.rows, {"data": self.config.data, "val": self.config.val})
 
     @property
     def task(self) -> Task:
@@ -144,7 +165,11 @@ class TrainingJob:
     # -- what subclasses define ---------------------------------------------------------------
 
     def prepare(self, strategy: tf.distribute.Strategy) -> PreparedRun:
-        """Build (or load) the model under `strategy`, and read and check the data."""
+        """Build (or load) the model under `strategy`, and read and check the data.
+
+        Calls `check_rows` as soon as the manifests are checked, before
+        anything costly is done with them.
+        """
         raise NotImplementedError
 
     def run_folder_extras(self) -> dict:
@@ -199,12 +224,9 @@ class TrainingJob:
         loop_config = self.loop_config(strategy)
         settings = self.resume_settings(loop_config)
         checkpoints = Checkpoints(config.out, writer=chief)
-        resumed = checkpoint_to_resume(checkpoints, settings) if self.resume else None
+        resumed = self.resumed = checkpoint_to_resume(checkpoints, settings) if self.resume else None
         seed_everything(config)
-        prepared = self.prepare(strategy)
-        rows = rows_records(prepared)
-        if resumed is not None:
-            check_same_rows(resumed, rows, {"data": config.data, "val": config.val})
+        prepared = self.prepare(strategy)  # calls `check_rows`
         labels = prepared.labels
         label_ids = prepared.train_manifest.encode_labels(labels)
         loop = make_loop(
@@ -243,7 +265,7 @@ class TrainingJob:
             patience=config.early_stopping_patience if self.keeps_best_weights else 0,
             checkpoints=checkpoints,
             checkpoint_steps=config.checkpoint_steps,
-            state=TrainingState(config=settings, rows=rows) if resumed is None else resumed.state,
+            state=TrainingState(config=settings, rows=self.rows) if resumed is None else resumed.state,
             best_weights=best_weights,
             keep_best=self.keeps_best_weights,
             on_epoch_end=EpochLog(config.out) if chief else None,
@@ -282,16 +304,6 @@ class TrainingJob:
             logger.info("run saved to %s", config.out)
             refresh_report(config.out)
         return JobResult(run_dir=Path(config.out), metrics=metrics, history=state.history, model=model, is_chief=chief)
-
-
-def rows_records(prepared: PreparedRun) -> dict:
-    """`{"data": rows_record, "val": rows_record}` of the rows a run starts on, which its checkpoints keep.
-
-    Computed once a start (0.6-1.0 s for 100,000 rows), of the checked
-    rows: a row skipped under `--on-bad-row skip` counts as changed.
-    """
-    manifests = {"data": prepared.train_manifest, "val": prepared.val_manifest}
-    return {key: rows_record(manifest) for key, manifest in manifests.items() if manifest is not None}
 
 
 def count_params(weights) -> int:

@@ -101,6 +101,7 @@ class TrainJob(TrainingJob):
             config, raw_train, labels, preprocessor.image_size, task=task
         )
         task.check_labels_kept(train_manifest, labels)
+        self.check_rows(train_manifest, val_manifest)
         with strategy.scope():
             prepare_backbones(model, config)
         trained_model, train_epochs, val_data = _training_data(
@@ -118,7 +119,6 @@ class TrainJob(TrainingJob):
             labels=labels,
             saved_labels=classes,
             train_manifest=train_manifest,
-            val_manifest=val_manifest,
             train_epochs=train_epochs,
             val_data=val_data,
             skipped_rows=skipped,
