@@ -177,3 +177,13 @@ def test_export_and_report_lists_a_bundle_written_away_from_the_run(evaluated, t
     report = mmkeras.export_and_report(evaluated["run"], tmp_path / "api-bundle")
     assert report["path"] == str(tmp_path / "api-bundle")
     assert ">api-bundle<" in (evaluated["run"] / "report.html").read_text()
+
+
+def test_a_short_runs_curves_mark_whole_epochs_only(monkeypatch):
+    from mmkeras.evaluation import plots
+
+    figures = []
+    monkeypatch.setattr(plots, "_png", lambda figure: figures.append(figure) or b"")
+    plots.curve_png({"loss": [0.9, 0.5, 0.4]}, ("loss",), ylabel="loss", best_epoch=3)
+    ticks = figures[0].axes[0].get_xticks()
+    assert len(ticks) >= 3 and all(float(tick).is_integer() for tick in ticks)

@@ -61,6 +61,12 @@ def _use_fallback_font(matplotlib):
     matplotlib.rcParams["font.family"] = ["DejaVu Sans", FALLBACK_FONT_FAMILY]
 
 
+def _integer_ticks():
+    from matplotlib.ticker import MaxNLocator
+
+    return MaxNLocator(integer=True)
+
+
 def _png(figure) -> bytes:
     buffer = io.BytesIO()
     figure.tight_layout()
@@ -143,6 +149,7 @@ def curve_png(history: dict, keys: tuple[str, ...], *, ylabel: str, best_epoch: 
     if best_epoch is not None:
         axes.axvline(best_epoch, color="grey", linestyle=":", label=f"best epoch {best_epoch}")
     axes.set_xlabel("epoch")
+    axes.xaxis.set_major_locator(_integer_ticks())  # epochs are whole: no 1.25, 1.5 on a short run's axis
     axes.set_ylabel(ylabel)
     axes.grid(alpha=0.3)
     axes.legend(fontsize=8)
