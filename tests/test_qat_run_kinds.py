@@ -29,6 +29,7 @@ from mmkeras.training.feature_cache import CachedFeatures
 from mmkeras.training.trainer import train
 from tests.helpers.cli import write_subset
 from tests.helpers.hugging_face_folders import write_text_folder
+from tests.helpers.training_runs import SimulatedCrash, crashing_at_checkpoint
 
 SAMPLES = Path(__file__).resolve().parents[1] / "samples"
 SEQUENCE_LENGTH = 16
@@ -190,39 +191,23 @@ def test_qat_of_a_cached_features_run_trains_the_head_on_fake_quantized_features
     assert report["qat"] and report["parity"]["label_agreement"] == agreement >= 0.75
 
 
-class SimulatedCrash(Exception):
-    pass
-
-
 @pytest.mark.slow
 def test_a_crashed_qat_of_a_cached_features_run_resumes_to_the_uninterrupted_weights(tmp_path, monkeypatch):
     """The resumed process calibrates as the first did, so it finds the same quantized cache, then takes the
     head's weights, ranges and optimizer state from the checkpoint."""
     from tensorflow.python.framework import config as tf_config
 
-    from mmkeras.training.checkpoints import Checkpoints
-
     data = (write_subset(SAMPLES / "train.csv", tmp_path / "train.csv", 32),
             write_subset(SAMPLES / "val.csv", tmp_path / "val.csv", 8))
-    save = Checkpoints.save
-    saves = []
-
-    def crash_after_the_third_checkpoint(self, *args, **kwargs):  # the third is mid-way through epoch 2
-        save(self, *args, **kwargs)
-        saves.append(1)
-        if len(saves) == 3:
-            raise SimulatedCrash
-
     settings = QATSettings(epochs=2, batch_size=8, calibration_batches=2, checkpoint_steps=3)
     try:
         train(RunConfig(data=str(data[0]), val=str(data[1]), out=str(tmp_path / "float"), epochs=1, batch_size=8,
                         sequence_length=SEQUENCE_LENGTH, seed=3, deterministic=True, freeze="both",
                         cache_features=True, cache_dir=str(tmp_path / "cache")))
         whole = qat_finetune(tmp_path / "float", data[0], tmp_path / "whole", settings=settings)
-        monkeypatch.setattr(Checkpoints, "save", crash_after_the_third_checkpoint)
-        with pytest.raises(SimulatedCrash):
+        # the third checkpoint is mid-way through epoch 2
+        with crashing_at_checkpoint(monkeypatch, 3), pytest.raises(SimulatedCrash):
             qat_finetune(tmp_path / "float", data[0], tmp_path / "crashed", settings=settings)
-        monkeypatch.setattr(Checkpoints, "save", save)
         resumed = qat_finetune(tmp_path / "float", data[0], tmp_path / "crashed", settings=settings, resume=True)
     finally:
         # --deterministic turns op determinism on for the whole process; only TF's internal API turns it off.

@@ -6,6 +6,7 @@ from pathlib import Path
 import pytest
 
 from tests.helpers.cli import SAMPLES, run_cli, write_subset
+from tests.helpers.training_runs import SimulatedCrash, crashing_at_checkpoint
 
 
 @pytest.fixture
@@ -62,17 +63,12 @@ def test_a_run_with_another_backbone_keeps_the_first_runs_cache_and_cache_clear_
     assert code == 0 and len(json.loads(out)["removed"]) == 4 and not list(cache_dir.iterdir())
 
 
-class SimulatedCrash(Exception):
-    pass
-
-
 @pytest.mark.slow
 def test_a_crashed_cached_run_resumes_mid_epoch_to_the_uninterrupted_weights(data, tmp_path, monkeypatch):
     import numpy as np
     from tensorflow.python.framework import config as tf_config
 
     from mmkeras.config import RunConfig
-    from mmkeras.training.checkpoints import Checkpoints
     from mmkeras.training.trainer import train
 
     monkeypatch.setenv("MMKERAS_CACHE_DIR", str(tmp_path / "cache"))
@@ -80,21 +76,11 @@ def test_a_crashed_cached_run_resumes_mid_epoch_to_the_uninterrupted_weights(dat
         data=str(data["train"]), val=str(data["val"]), epochs=2, batch_size=16, seed=0, deterministic=True,
         freeze="both", cache_features=True, checkpoint_steps=3,
     )
-    save = Checkpoints.save
-    saves = []
-
-    def crash_after_the_third_checkpoint(self, *args, **kwargs):  # the third is mid-way through epoch 2
-        save(self, *args, **kwargs)
-        saves.append(1)
-        if len(saves) == 3:
-            raise SimulatedCrash
-
     try:
         whole = train(config.replace(out=str(tmp_path / "whole")))
-        monkeypatch.setattr(Checkpoints, "save", crash_after_the_third_checkpoint)
-        with pytest.raises(SimulatedCrash):
+        # the third checkpoint is mid-way through epoch 2
+        with crashing_at_checkpoint(monkeypatch, 3), pytest.raises(SimulatedCrash):
             train(config.replace(out=str(tmp_path / "crashed")))
-        monkeypatch.setattr(Checkpoints, "save", save)
         resumed = train(config.replace(out=str(tmp_path / "crashed")), resume=True)
     finally:
         # --deterministic turns op determinism on for the whole process; only TF's internal API turns it off.

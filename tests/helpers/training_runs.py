@@ -1,5 +1,6 @@
 """Helpers for tests that run `mmkeras train` in child processes (distributed, resume)."""
 
+import contextlib
 import json
 import os
 import socket
@@ -165,3 +166,28 @@ def finish_workers(workers) -> list[tuple[int, str, str]]:
     for code, _, err in results:
         assert code == 0, err[-3000:]
     return results
+
+
+class SimulatedCrash(Exception):
+    """A process dying mid-run: `crashing_at_checkpoint` raises it."""
+
+
+@contextlib.contextmanager
+def crashing_at_checkpoint(monkeypatch, number: int):
+    """Within the block, the `number`-th checkpoint is written, then `SimulatedCrash` raised: a crash right after it."""
+    from mmkeras.training.checkpoints import Checkpoints
+
+    save = Checkpoints.save
+    saves = []
+
+    def save_then_crash(self, *args, **kwargs):
+        save(self, *args, **kwargs)
+        saves.append(1)
+        if len(saves) == number:
+            raise SimulatedCrash
+
+    monkeypatch.setattr(Checkpoints, "save", save_then_crash)
+    try:
+        yield
+    finally:
+        monkeypatch.setattr(Checkpoints, "save", save)
