@@ -15,11 +15,16 @@ from hypothesis import strategies as st
 from PIL import Image
 
 from mmkeras.config import RunConfig
-from mmkeras.data.manifest import read_manifest
+from mmkeras.data.manifest import Manifest, read_manifest
 from mmkeras.data.rows_fingerprint import rows_fingerprint
+from mmkeras.errors import UserError
+from mmkeras.evaluation.evaluate import prediction_rows
+from mmkeras.evaluation.report import sample_card
+from mmkeras.evaluation.results_folder import sample_rows, write_csv
 from mmkeras.training.cross_validation import (
     FOLDS_FILE,
     ROWS_KEY,
+    TEST_MANIFEST,
     TRAIN_MANIFEST,
     checked_split,
     stratified_folds,
@@ -67,6 +72,22 @@ def test_cv_averages_the_folds_and_resumes_without_redoing_finished_ones(tmp_pat
     assert err.count("finished before") == 2
     assert (out / "fold-1" / "run" / "model.keras").stat().st_mtime_ns == kept_model
     assert json.loads(stdout)["per_fold"][:2] == result["per_fold"][:2]
+
+    # Each fold's predictions and report name a row by its line in the user's file, not in fold-K/test.csv.
+    for fold in ("fold-1", "fold-2", "fold-3"):
+        results = out / fold / "run" / "results" / "test"
+        with (results / "predictions.csv").open(encoding="utf-8") as handle:
+            predictions = list(csv.DictReader(handle))
+        assert {prediction["manifest"] for prediction in predictions} == {str(data.resolve())}
+        for prediction in predictions:
+            assert row_at(data, int(prediction["line"])) == (prediction["text"], prediction["label"])
+        # A cross-attention run: one overlay per sample row with both modalities, named by its line there.
+        sampled = [row for row in sample_rows(predictions) if row["text"] and row["image_file"]]
+        overlays = {path.name for path in (results / "attention").glob("line-*.png")}
+        assert sampled and overlays == {f"line-{row['line']}.png" for row in sampled}
+        page = (out / fold / "run" / "report.html").read_text(encoding="utf-8")
+        assert f"line {sampled[0]['line']} of data.csv</div>" in page
+        assert page.count('alt="attention over the image"') == len(overlays)
 
 
 def test_cv_refuses_a_folder_of_another_split(tmp_path, capsys):
@@ -156,10 +177,115 @@ def test_cv_of_parquet_image_bytes_resumes_after_cache_clear(tmp_path, monkeypat
         for prediction in predictions:
             row = int(prediction["image"].removeprefix("<image bytes of row ").removesuffix(">"))
             assert prediction["text"] == user_rows[row - 1]["text"]
+            assert (prediction["manifest"], prediction["line"]) == (str(data.resolve()), str(row))
             assert Path(prediction["image_file"]).name == hashlib.sha256(user_rows[row - 1]["image"]).hexdigest()
 
 
-def test_fold_manifests_of_image_paths_are_written_as_before_without_a_source_image_column(tmp_path):
+def test_fold_manifests_of_image_paths_are_written_without_a_source_image_column(tmp_path):
     data = write_subset(SAMPLES / "train.csv", tmp_path / "data.csv", 4)
-    write_manifest(tmp_path / "fold.csv", read_manifest(data).rows, RunConfig(data=str(data)))
-    assert (tmp_path / "fold.csv").read_text(encoding="utf-8").splitlines()[0] == "text,image,label"
+    manifest = read_manifest(data)
+    write_manifest(tmp_path / "fold.csv", manifest, manifest.rows, RunConfig(data=str(data)))
+    header = (tmp_path / "fold.csv").read_text(encoding="utf-8").splitlines()[0]
+    assert header == "text,image,label,source_manifest,source_line"
+
+
+# A user's manifest whose rows do not sit on consecutive lines: a blank line, a text over two lines.
+USER_CSV = 'text,image,label\na red card,a.png,x\n\n"a text over\ntwo lines",,y\na blue card,b.png,x\nonly a text,,y\n'
+USER_JSONL = ('{"text": "a red card", "image": "a.png", "label": "x"}\n\n'
+              '{"text": "a text", "image": null, "label": "y"}\n'
+              '{"text": "a blue card", "image": "b.png", "label": "x"}\n'
+              '{"text": "only a text", "image": "", "label": "y"}\n')
+
+
+def write_users_manifest(folder: Path, kind: str) -> Path:
+    """A small manifest of the user's, as CSV, JSONL or Parquet (images as paths; a.png, b.png written)."""
+    (folder / "a.png").write_bytes(photo_bytes((200, 0, 0)))
+    (folder / "b.png").write_bytes(photo_bytes((0, 0, 200)))
+    if kind == "parquet":
+        return write_parquet(folder / "data.parquet", {
+            "text": ["a red card", "a text", "a blue card", "only a text"],
+            "image": ["a.png", None, "b.png", None], "label": ["x", "y", "x", "y"]})
+    path = folder / f"data.{kind}"
+    path.write_text(USER_CSV if kind == "csv" else USER_JSONL, encoding="utf-8")
+    return path
+
+
+def row_at(data: Path, line: int) -> tuple[str, str]:
+    """The (text, label) of the row the user's file has at `line`, read without mmkeras' reader."""
+    if data.suffix == ".parquet":
+        row = pq.read_table(data).to_pylist()[line - 1]  # Parquet rows are numbered from 1
+        return row["text"], row["label"]
+    lines = data.read_text(encoding="utf-8").split("\n")
+    if data.suffix == ".jsonl":
+        row = json.loads(lines[line - 1])
+        return row["text"], row["label"]
+    text, _, label = next(csv.reader(io.StringIO("\n".join(lines[line - 1:]))))  # the record starting there
+    return text, label
+
+
+@pytest.mark.parametrize("kind", ["csv", "jsonl", "parquet"])
+def test_fold_manifests_name_each_rows_file_and_line_in_the_users_manifest(tmp_path, kind):
+    data = write_users_manifest(tmp_path, kind)
+    manifest = read_manifest(data)
+    held_out = [manifest.rows[0], *manifest.rows[2:]]  # a fold's rows: their lines there differ from the user's
+    write_manifest(tmp_path / "fold.csv", manifest, held_out, RunConfig(data=str(data)))
+    fold = read_manifest(tmp_path / "fold.csv")
+    places = [fold.where(row) for row in fold.rows]
+    assert places == [(data.resolve(), row.line) for row in held_out]
+    assert [row.line for row in fold.rows] != [line for _, line in places]
+    for row, (_, line) in zip(fold.rows, places):
+        assert row_at(data, line) == (row.text, row.label)
+    # The lines an error about each row in the user's file names.
+    with pytest.raises(UserError) as error:
+        read_manifest(data).encode_labels(["nothing"])
+    assert str(error.value).startswith(f"{data}: line {manifest.rows[0].line}: unknown label")
+
+
+def fold_with_bad_images(tmp_path) -> tuple[Path, Manifest]:
+    """A user's CSV whose rows on lines 2 and 7 have unreadable images, and a fold of all its rows."""
+    data = write_users_manifest(tmp_path, "csv")
+    data.write_text(USER_CSV.replace("only a text,,y", "only a text,broken.png,y"), encoding="utf-8")
+    (tmp_path / "a.png").write_bytes(b"not a picture")
+    (tmp_path / "broken.png").write_bytes(b"not a picture either")
+    manifest = read_manifest(data)
+    (tmp_path / "fold-1").mkdir()
+    write_manifest(tmp_path / "fold-1" / TEST_MANIFEST, manifest, manifest.rows, RunConfig(data=str(data)))
+    return data.resolve(), read_manifest(tmp_path / "fold-1" / TEST_MANIFEST)
+
+
+def test_errors_about_a_folds_rows_name_the_users_file_and_line(tmp_path):
+    data, fold = fold_with_bad_images(tmp_path)
+    with pytest.raises(UserError) as error:
+        fold.validate_images((32, 32), "fail", remember=False)
+    message = str(error.value)
+    assert message.startswith(f"{data}: 2 bad rows (--on-bad-row skip drops them): line 2: cannot read image")
+    assert "; line 7: cannot read image" in message and "fold-1" not in message.split(": cannot")[0]
+    checked, dropped = fold.validate_images((32, 32), "skip", remember=False)
+    assert dropped == 2 and [(row.path, row.line) for row in checked.skipped] == [(data, 2), (data, 7)]
+    assert [checked.where(row) for row in checked.rows] == [(data, 4), (data, 6)]
+    with pytest.raises(UserError) as error:
+        checked.encode_labels(["x"])  # a class the other folds lack
+    assert str(error.value) == f"{data}: line 4: unknown label 'y' (known labels: x)"
+    known = fold.with_known_labels(["x"], "skip")
+    assert [known.where(row) for row in known.rows] == [(data, 2), (data, 6)]
+    assert [(row.path, row.line) for row in known.skipped] == [(data, 4), (data, 7)]
+
+
+def test_a_fold_written_before_the_source_columns_still_names_its_own_lines(tmp_path):
+    data = write_users_manifest(tmp_path, "csv")
+    manifest = read_manifest(data)
+    old_fold = tmp_path / "fold-1" / TEST_MANIFEST
+    old_fold.parent.mkdir()
+    write_csv(old_fold, [{"text": row.text or "", "image": "" if row.image is None else str(row.image),
+                          "label": row.label} for row in manifest.rows[1:]])
+    fold = read_manifest(old_fold)
+    assert [fold.where(row) for row in fold.rows] == [(old_fold, 2), (old_fold, 4), (old_fold, 5)]  # a text of 2 lines
+    scores = np.tile([[0.9, 0.1]], (3, 1))
+    rows = prediction_rows(fold, "image", ["x", "y"], fold.encode_labels(["x", "y"]), scores, scores, scores)
+    assert [(row["manifest"], row["line"]) for row in rows] == [(str(old_fold), line) for line in (2, 4, 5)]
+    # Its results folder, written before predictions.csv's `manifest` column, is named after the fold's file.
+    results = tmp_path / "fold-1" / "run" / "results" / "test"
+    written_before = {key: str(value) for key, value in rows[0].items() if key != "manifest"}
+    assert "line 2 of test</div>" in sample_card(written_before, results)
+    written_now = {**written_before, "manifest": str(data.resolve()), "line": "4"}
+    assert "line 4 of data.csv</div>" in sample_card(written_now, results)

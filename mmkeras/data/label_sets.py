@@ -37,7 +37,7 @@ def checked_label_cells(manifest, labels: list[str]) -> list[str]:
     """The rows' label cells; the first row without a label, or listing one not in `labels`, is refused.
 
     Args:
-        manifest: a read manifest (`read_manifest`) whose rows have `label` and `line`.
+        manifest: a read manifest (`read_manifest`); errors name a row where `Manifest.where` says.
         labels: the labels of the run or bundle.
 
     Raises:
@@ -46,9 +46,9 @@ def checked_label_cells(manifest, labels: list[str]) -> list[str]:
     known, cells = set(labels), []
     for row in manifest.rows:
         if row.label is None:
-            raise UserError("the row has no label", path=manifest.path, row=row.line)
+            raise UserError("the row has no label", *manifest.where(row))
         unknown = [label for label in split_labels(row.label) if label not in known]
         if unknown:
-            raise UserError(f"unknown label(s) {', '.join(unknown)}", path=manifest.path, row=row.line)
+            raise UserError(f"unknown label(s) {', '.join(unknown)}", *manifest.where(row))
         cells.append(row.label)
     return cells

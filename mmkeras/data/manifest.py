@@ -58,6 +58,9 @@ ON_BAD_ROW = ("fail", "skip")
 _LABELS_SHOWN = 8
 # How many bad rows an `on_bad_row="fail"` error lists before the count of the others.
 BAD_ROWS_SHOWN = 20
+# The columns of a `cv` fold's manifest (a copy of the user's rows) naming the file and line each row came from.
+SOURCE_MANIFEST_COLUMN = "source_manifest"
+SOURCE_LINE_COLUMN = "source_line"
 
 logger = logging.getLogger(__name__)
 
@@ -141,9 +144,9 @@ class Manifest:
         indices = np.empty(len(self.rows), np.int32)
         for position, row in enumerate(self.rows):
             if row.label is None:
-                raise UserError("the row has no label", path=self.path, row=row.line)
+                raise UserError("the row has no label", *self.where(row))
             if row.label not in index_of:
-                raise UserError(_unknown_label(row.label, labels), path=self.path, row=row.line)
+                raise UserError(_unknown_label(row.label, labels), *self.where(row))
             indices[position] = index_of[row.label]
         return indices
 
@@ -160,26 +163,26 @@ class Manifest:
         """
         known = set(labels)
         bad_rows = [
-            BadRow(self.path, row.line, _unknown_label(row.label, labels))
+            self.bad_row(row, _unknown_label(row.label, labels))
             for row in self.rows
             if row.label is not None and row.label not in known
         ]
-        if not bad_rows:
-            return self
-        bad_lines = {bad_row.line for bad_row in bad_rows}
-        good_rows = [row for row in self.rows if row.line not in bad_lines]
-        return _settle(self.path, good_rows, bad_rows, on_bad_row, previously_skipped=self.skipped)
+        return self.without(bad_rows, on_bad_row)
 
     def without(self, bad_rows: list[BadRow], on_bad_row: str) -> "Manifest":
         """The manifest without `bad_rows` (found by a caller's own check, e.g. align's true pairs).
+
+        Args:
+            bad_rows: rows of this manifest, each as `bad_row` makes it.
+            on_bad_row: `fail` or `skip`, as in `validate_images`.
 
         Raises:
             UserError: bad rows under `fail` (every one listed), or no row left under `skip`.
         """
         if not bad_rows:
             return self
-        bad_lines = {bad_row.line for bad_row in bad_rows}
-        good_rows = [row for row in self.rows if row.line not in bad_lines]
+        bad_places = {(bad_row.path, bad_row.line) for bad_row in bad_rows}
+        good_rows = [row for row in self.rows if self.where(row) not in bad_places]
         return _settle(self.path, good_rows, bad_rows, on_bad_row, previously_skipped=self.skipped)
 
     def validate_images(
@@ -219,10 +222,38 @@ class Manifest:
                 good_rows.append(row)
             else:
                 reason = f"cannot read image {self.shown_path(row.image)!r}: {problems[row.image]}"
-                bad_rows.append(BadRow(self.path, row.line, reason))
+                bad_rows.append(self.bad_row(row, reason))
         checked = _settle(self.path, good_rows, bad_rows, on_bad_row, previously_skipped=self.skipped)
         checked.column_names = self.column_names
         return checked, len(bad_rows)
+
+    def where(self, row: ManifestRow) -> tuple[Path, int]:
+        """The file and line a person finds `row` at: its own, or for a `cv` fold's manifest the user's.
+
+        A fold's manifest (`mmkeras.training.cross_validation.write_manifest`)
+        copies the user's rows; its `source_manifest` and `source_line` cells
+        name the user's file and the line that file's own errors name (a
+        Parquet file's row number from 1). Errors about the row, skipped
+        rows and a fold's predictions.csv name that place; a manifest without
+        the two columns (a fold's from before them, any other) names its own.
+
+        Example:
+        >>> manifest = Manifest(Path("fold-1/test.csv"), [])
+        >>> cells = {"source_manifest": "/data/train.csv", "source_line": "7"}
+        >>> manifest.where(ManifestRow("a red circle", None, "red", 2, cells=cells))
+        (PosixPath('/data/train.csv'), 7)
+        >>> manifest.where(ManifestRow("a red circle", None, "red", 2, cells={}))
+        (PosixPath('fold-1/test.csv'), 2)
+        """
+        cells = row.cells or {}
+        source, line = cells.get(SOURCE_MANIFEST_COLUMN), cells.get(SOURCE_LINE_COLUMN, "")
+        if source and line.isdigit():
+            return Path(source), int(line)
+        return self.path, row.line
+
+    def bad_row(self, row: ManifestRow, reason: str) -> BadRow:
+        """`row` as a bad row, named where a person finds it (`where`)."""
+        return BadRow(*self.where(row), reason)
 
     def shown_path(self, image: Path) -> str:
         """An image path as the manifest names it (relative to its folder when possible; Parquet bytes by hash)."""
@@ -296,10 +327,18 @@ def _settle(
 
 
 def bad_rows_error(path: Path, bad_rows: list[BadRow]) -> UserError:
-    """One error listing the first `BAD_ROWS_SHOWN` bad rows and the count of the others."""
+    """One error listing the first `BAD_ROWS_SHOWN` bad rows and the count of the others.
+
+    It names the file the bad rows are in (a `cv` fold's: the user's, `Manifest.where`), else `path`.
+    """
+    files = {row.path for row in bad_rows}
+    path = files.pop() if len(files) == 1 else path
     if len(bad_rows) == 1:
         return UserError(bad_rows[0].reason, path=path, row=bad_rows[0].line)
-    shown = "; ".join(f"line {row.line}: {row.reason}" for row in bad_rows[:BAD_ROWS_SHOWN])
+    shown = "; ".join(
+        f"{'' if row.path == path else f'{row.path}: '}line {row.line}: {row.reason}"
+        for row in bad_rows[:BAD_ROWS_SHOWN]
+    )
     more = f"; and {len(bad_rows) - BAD_ROWS_SHOWN} more" if len(bad_rows) > BAD_ROWS_SHOWN else ""
     return UserError(f"{len(bad_rows)} bad rows (--on-bad-row skip drops them): {shown}{more}", path=path)
 

@@ -16,7 +16,7 @@ Example:
 
 from pathlib import Path
 
-from mmkeras.data.manifest import BadRow, Manifest, ManifestRow, read_manifest
+from mmkeras.data.manifest import Manifest, ManifestRow, read_manifest
 
 
 def read_pairs(path: str | Path, *, on_bad_row: str = "fail", columns: dict[str, str] | None = None) -> Manifest:
@@ -33,7 +33,7 @@ def read_pairs(path: str | Path, *, on_bad_row: str = "fail", columns: dict[str,
             pairs under `fail` (or when no pair is left under `skip`).
     """
     manifest = read_manifest(path, require_labels=False, on_bad_row=on_bad_row, columns=columns)
-    bad_rows = [BadRow(manifest.path, row.line, problem) for row in manifest.rows
+    bad_rows = [manifest.bad_row(row, problem) for row in manifest.rows
                 if (problem := pair_problem(row, manifest.path)) is not None]
     return manifest.without(bad_rows, on_bad_row)
 

@@ -31,6 +31,7 @@ from mmkeras.evaluation.modality_ablation import ModalityLogits
 from mmkeras.evaluation.multilabel_evaluate import evaluate_multilabel
 from mmkeras.evaluation.results_folder import (
     IMAGE_FILE_COLUMN,
+    MANIFEST_COLUMN,
     SOURCE_IMAGE_COLUMN,
     results_dir,
     sample_rows,
@@ -187,16 +188,20 @@ def ablation_figures(y_true, probabilities, labels: list[str]) -> dict:
 def prediction_rows(manifest, image_column: str, labels, y_true, fused, text_only, image_only) -> list[dict]:
     """The rows of predictions.csv: the example, the true and predicted labels, and every class's score.
 
-    `image` names the picture as the manifest does (`shown_image`);
-    `image_file` is the file that was read, which the report's
-    thumbnails and attention overlays open.
+    `line` and `manifest` say where a person finds the row
+    (`Manifest.where`: for a `cv` fold, the line of the user's file, not of
+    the fold's `test.csv`); `image` names the picture as the manifest does
+    (`shown_image`); `image_file` is the file that was read, which the
+    report's thumbnails and attention overlays open.
     """
     rows = []
     for index, row in enumerate(manifest.rows):
         predicted = int(fused[index].argmax())
+        source, line = manifest.where(row)
         rows.append(
             {
-                "line": row.line,
+                "line": line,
+                MANIFEST_COLUMN: str(source),
                 "text": row.text or "",
                 "image": shown_image(row, image_column),
                 IMAGE_FILE_COLUMN: "" if row.image is None else str(row.image),

@@ -5,9 +5,9 @@ rate, the best epoch marked), one evaluation per results folder of the run
 (`evaluate`'s figures: confusion heatmap, per-class table, modality ablation,
 reliability diagram, consistency, a grid of sample predictions with their
 scores, each card with the photo itself (read from predictions.csv's `image_file`), its
-name as the manifest gives it and manifest line, and for a cross-attention run the text's
-attention over the image beside it; a photo gone since says so in its place), every bundle
-exported or evaluated from the run wherever it was written (the run's
+name as the manifest gives it and manifest line (a `cv` fold's: the line of the user's file), and
+for a cross-attention run the text's attention over the image beside it; a photo gone since says so in
+its place), every bundle exported or evaluated from the run wherever it was written (the run's
 `bundles.json`, `runs.record_bundle`; one moved or deleted since is shown as
 missing), with size, int8 op coverage, parity and latency, the versions and the
 config. Every image is a PNG data URI and the page loads nothing from the
@@ -32,8 +32,8 @@ from mmkeras import __version__
 from mmkeras.data.parquet_manifest import embedded_image_name
 from mmkeras.errors import UserError
 from mmkeras.evaluation import plots
-from mmkeras.evaluation.results_folder import METRICS_FILE as RESULTS_METRICS_FILE
 from mmkeras.evaluation.results_folder import (
+    MANIFEST_COLUMN,
     PREDICTIONS_FILE,
     RESULTS_FOLDER,
     ablation_png,
@@ -42,6 +42,7 @@ from mmkeras.evaluation.results_folder import (
     round_figure,
     sample_rows,
 )
+from mmkeras.evaluation.results_folder import METRICS_FILE as RESULTS_METRICS_FILE
 from mmkeras.runs import (
     CONFIG_FILE,
     HISTORY_FILE,
@@ -333,16 +334,32 @@ def sample_card(row: dict, folder: Path) -> str:
         pictures.append(figure(attention.read_bytes(), "attention over the image"))
     picture = f'<div class="pictures">{"".join(pictures)}</div>' if pictures else '<p class="muted">no image</p>'
     source = f"{Path(shown).name}, " if shown else ""
+    place = f"line {row['line']} of {row_file(row, folder)}"
     kind = "right" if row["correct"] == "1" else "wrong"
     return (
         f'<div class="card {kind}">{picture}'
-        f'<div class="source">{html.escape(source)}line {html.escape(row["line"])} of {html.escape(folder.name)}</div>'
+        f'<div class="source">{html.escape(source + place)}</div>'
         f"<div>“{html.escape(row['text'] or '(no text)')}”</div>"
         f"<div>true <b>{html.escape(row['label'])}</b>, predicted <b>{html.escape(row['predicted'])}</b> "
         f"({float(row['score']):.3f})</div>"
         f'<div class="muted">text only: {html.escape(row["text_only_predicted"])}, '
         f"image only: {html.escape(row['image_only_predicted'])}</div></div>"
     )
+
+
+def row_file(row: dict, folder: Path) -> str:
+    """The name of the file a predictions.csv row's `line` is in (for a `cv` fold: the user's manifest).
+
+    A results folder written before predictions.csv's `manifest` column is
+    named after its manifest (`results_dir`): its name stands in.
+
+    Example:
+    >>> row_file({"line": "7", "manifest": "/data/train.csv"}, Path("cv/fold-1/run/results/test"))
+    'train.csv'
+    >>> row_file({"line": "3"}, Path("cv/fold-1/run/results/test"))
+    'test'
+    """
+    return Path(row[MANIFEST_COLUMN]).name if row.get(MANIFEST_COLUMN) else folder.name
 
 
 def missing_image(read: Path) -> str:

@@ -4,14 +4,16 @@
 TARGET/results/<manifest stem>/
   metrics.json                     every figure `evaluate --json` prints
   per_class.csv                    precision, recall, F1, support, text-only and image-only recall per class
-  predictions.csv                  per row: text, image (as the manifest names it), image_file (the file
-                                   read), true and predicted label, scores, ablated predictions
+  predictions.csv                  per row: line and manifest (where the row is written: for a `cv` fold,
+                                   in the user's file), text, image (as the manifest names it), image_file
+                                   (the file read), true and predicted label, scores, ablated predictions
   confusion_matrix.png             counts (rows true, columns predicted)
   confusion_matrix_normalized.png  each row divided by its support
   reliability.png                  the reliability diagram
   modality_ablation.png            per-class accuracy: fused, text only, image only
   attention/line-<N>.png           a cross-attention run: the text's attention over the image of the
-                                   sample rows the report shows (N: the manifest line)
+                                   sample rows the report shows (N: the row's `line`, one per row: the
+                                   rows of a results folder are all written in one file)
 ```
 
 The PNG files need matplotlib (the training extra); where only the device
@@ -38,6 +40,9 @@ SAMPLES_PER_KIND = 6
 METRICS_FILE = "metrics.json"
 PER_CLASS_FILE = "per_class.csv"
 PREDICTIONS_FILE = "predictions.csv"
+# The column of predictions.csv naming the file its `line` is a line of: the manifest evaluated, or for a `cv` fold
+# the user's own (`Manifest.where`). Results folders written before it have none: their `line` is the folder's.
+MANIFEST_COLUMN = "manifest"
 # The column of predictions.csv naming the image file read (`image` names it as the manifest does: for a Parquet
 # manifest's image bytes, the struct's path or `<image bytes of row N>`, not the file they were written to).
 IMAGE_FILE_COLUMN = "image_file"

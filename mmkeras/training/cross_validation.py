@@ -5,8 +5,8 @@ CV_DIR/
   folds.json          the split: manifest, K, seed, each row's fold, a fingerprint of the rows (a rerun
                       must match it)
   fold-1/
-    train.csv         the rows of the other folds
-    test.csv          this fold's rows
+    train.csv         the rows of the other folds, each with its file and line in the manifest
+    test.csv          this fold's rows, the same way
     run/              the fold's run folder, evaluated on test.csv (run/results/test/)
   ...
   cv.json             every fold's figures, and their mean and standard deviation
@@ -25,6 +25,12 @@ files the folds' manifests list, beside the user's name for each
 rows changed since the split was made (`rows_fingerprint`) is refused
 (docs/design.md#parquet-images-in-cache-list-and-cache-clear).
 
+Each fold manifest row names the user's file and the row's line in it
+(`source_manifest`, `source_line`), so a fold's predictions.csv, its
+report and an error about the row (an unreadable image, a label the
+other folds lack) name the line of the user's file, not of `test.csv`
+(`Manifest.where`; docs/design.md#cv-names-the-users-lines).
+
 Example:
 >>> summary = cross_validate(RunConfig(data="data.csv", out="cv/demo", epochs=5), folds=5)  # doctest: +SKIP
 >>> summary["summary"]["accuracy"]  # doctest: +SKIP
@@ -39,7 +45,7 @@ import numpy as np
 
 from mmkeras.atomic_files import write_json_atomically
 from mmkeras.config import RunConfig
-from mmkeras.data.manifest import Manifest, read_manifest
+from mmkeras.data.manifest import SOURCE_LINE_COLUMN, SOURCE_MANIFEST_COLUMN, Manifest, read_manifest
 from mmkeras.data.parquet_manifest import embedded_image_name
 from mmkeras.data.rows_fingerprint import rows_fingerprint
 from mmkeras.errors import UserError
@@ -155,8 +161,9 @@ def run_fold(config: RunConfig, folder: Path, manifest: Manifest, is_test, fold:
     from mmkeras.training.trainer import train
 
     folder.mkdir(parents=True, exist_ok=True)
-    write_manifest(folder / TRAIN_MANIFEST, [row for row, test in zip(manifest.rows, is_test) if not test], config)
-    write_manifest(test_manifest, [row for row, test in zip(manifest.rows, is_test) if test], config)
+    write_manifest(folder / TRAIN_MANIFEST, manifest, [row for row, test in zip(manifest.rows, is_test) if not test],
+                   config)
+    write_manifest(test_manifest, manifest, [row for row, test in zip(manifest.rows, is_test) if test], config)
     interrupted = any((run_dir / "checkpoints").glob("*"))
     logger.info("fold %d/%d: training on %d rows%s", fold + 1, folds, int((~is_test).sum()),
                 ", continuing from its checkpoint" if interrupted else "")
@@ -164,9 +171,12 @@ def run_fold(config: RunConfig, folder: Path, manifest: Manifest, is_test, fold:
     return scalar_figures(evaluate(run_dir, test_manifest, columns=config.columns))
 
 
-def write_manifest(path: Path, rows, config: RunConfig):
-    """Rows as a CSV manifest with absolute image paths, under the run config's column names.
+def write_manifest(path: Path, manifest: Manifest, rows, config: RunConfig):
+    """Rows of `manifest` as a CSV manifest with absolute image paths, under the run config's column names.
 
+    Each row names where the user finds it (`Manifest.where`: the
+    manifest's absolute path and the row's line there, as the manifest's
+    own errors number it) in `source_manifest` and `source_line`.
     Images a Parquet manifest holds as bytes are listed as the files they
     were written to, and named as the user's file names them (the Hugging
     Face struct's `path`, else `<image bytes of row N>`) in a
@@ -179,9 +189,16 @@ def write_manifest(path: Path, rows, config: RunConfig):
         {config.text_column: row.text or "",
          config.image_column: "" if row.image is None else str(Path(row.image).resolve()),
          config.label_column: row.label,
+         **source_cells(manifest, row),
          **({SOURCE_IMAGE_COLUMN: shown_cell(row, config.image_column)} if embedded else {})}
         for row in rows
     ])
+
+
+def source_cells(manifest: Manifest, row) -> dict[str, str]:
+    """The `source_manifest` and `source_line` cells of a row of `manifest` (`Manifest.where`)."""
+    source, line = manifest.where(row)
+    return {SOURCE_MANIFEST_COLUMN: str(Path(source).resolve()), SOURCE_LINE_COLUMN: str(line)}
 
 
 def shown_cell(row, image_column: str) -> str:
