@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 from PIL import Image
 
 from mmkeras.config import RunConfig
-from mmkeras.data.manifest import Manifest, read_manifest
+from mmkeras.data.manifest import Manifest, ManifestRow, read_manifest
 from mmkeras.data.rows_fingerprint import rows_fingerprint
 from mmkeras.errors import UserError
 from mmkeras.evaluation.evaluate import prediction_rows
@@ -26,6 +26,7 @@ from mmkeras.training.cross_validation import (
     ROWS_KEY,
     TEST_MANIFEST,
     TRAIN_MANIFEST,
+    check_folds_train_every_tested_label,
     checked_split,
     stratified_folds,
     write_manifest,
@@ -91,12 +92,32 @@ def test_cv_averages_the_folds_and_resumes_without_redoing_finished_ones(tmp_pat
 
 
 def test_cv_refuses_a_folder_of_another_split(tmp_path, capsys):
-    data = write_subset(SAMPLES / "train.csv", tmp_path / "data.csv", 12)
+    data = write_subset(SAMPLES / "train.csv", tmp_path / "data.csv", 13)
     (tmp_path / "cv").mkdir()
     (tmp_path / "cv" / "folds.json").write_text(json.dumps({"data": "other.csv"}))
     code, _, err = run_cli(capsys, "cv", "--data", data, "--folds", "3", "--out", tmp_path / "cv")
     assert code == 2
     assert "another --out" in err
+
+
+def test_cv_refuses_a_class_on_one_row_before_training_any_fold(tmp_path, capsys):
+    data = write_subset(SAMPLES / "train.csv", tmp_path / "data.csv", 13)  # every class on two rows or more
+    with data.open("a", newline="", encoding="utf-8") as handle:
+        csv.writer(handle).writerow(["a lone violet card", "", "violet_calm"])  # line 15: its only row
+    out = tmp_path / "cv"
+    code, _, err = run_cli(capsys, "cv", "--data", data, "--folds", "3", "--out", out, "--epochs", "1")
+    assert code == 2
+    assert err.strip().splitlines()[-1].startswith(f"error: {data}: line 15: label 'violet_calm' is on no row")
+    assert not (out / FOLDS_FILE).exists() and not list(out.glob("fold-*"))  # refused before any split or training
+
+
+def test_a_multilabel_label_whose_rows_share_one_fold_is_refused(tmp_path):
+    cells = ["a|b", "a|c", "b|c", "a|b", "c"]
+    rows = [ManifestRow("t", None, cell, line) for line, cell in enumerate(cells, start=2)]
+    manifest = Manifest(tmp_path / "data.csv", rows)
+    check_folds_train_every_tested_label(manifest, np.array([0, 1, 0, 1, 1]), "multilabel")  # each fold trains a, b, c
+    with pytest.raises(UserError, match="line 3: label 'c'"):
+        check_folds_train_every_tested_label(manifest, np.array([0, 1, 1, 0, 1]), "multilabel")  # c: fold 2 only
 
 
 def photo_bytes(color) -> bytes:
@@ -131,7 +152,7 @@ def test_cv_resumes_a_rewritten_parquet_file_and_refuses_a_changed_or_missing_on
 
 
 def test_a_folds_json_written_before_the_rows_fingerprint_still_resumes(tmp_path):
-    data = write_subset(SAMPLES / "train.csv", tmp_path / "data.csv", 12)
+    data = write_subset(SAMPLES / "train.csv", tmp_path / "data.csv", 13)
     manifest, out = read_manifest(data), tmp_path / "cv"
     split = checked_split(out, manifest, 3, seed=0)
     folds_json = out / FOLDS_FILE

@@ -45,6 +45,7 @@ import numpy as np
 
 from mmkeras.atomic_files import write_json_atomically
 from mmkeras.config import RunConfig
+from mmkeras.data.label_sets import split_labels
 from mmkeras.data.manifest import SOURCE_LINE_COLUMN, SOURCE_MANIFEST_COLUMN, Manifest, read_manifest
 from mmkeras.data.parquet_manifest import embedded_image_name
 from mmkeras.data.rows_fingerprint import rows_fingerprint
@@ -104,7 +105,7 @@ def cross_validate(config: RunConfig, folds: int) -> dict:
     if not 2 <= folds <= len(manifest.rows):
         raise UserError(f"--folds must be between 2 and the number of rows ({len(manifest.rows)}), got {folds}")
     out = Path(config.out)
-    assignment = checked_split(out, manifest, folds, config.seed)
+    assignment = checked_split(out, manifest, folds, config.seed, task=config.task)
     per_fold = []
     for fold in range(folds):
         per_fold.append(run_fold(config, out / f"fold-{fold + 1}", manifest, assignment == fold, fold, folds))
@@ -118,12 +119,14 @@ def cross_validate(config: RunConfig, folds: int) -> dict:
     return summary
 
 
-def checked_split(out: Path, manifest: Manifest, folds: int, seed: int) -> np.ndarray:
+def checked_split(out: Path, manifest: Manifest, folds: int, seed: int, task: str = "classify") -> np.ndarray:
     """The folds of a new cross-validation (saved), or of the interrupted one in `out` (checked against it).
 
     Raises:
         UserError: `out` holds a split of other data, folds or seed, or the
-            manifest's rows changed since it was made (`rows_fingerprint`).
+            manifest's rows changed since it was made (`rows_fingerprint`),
+            or a fold would test a label its training rows lack
+            (`check_folds_train_every_tested_label`).
     """
     assignment = stratified_folds([row.label for row in manifest.rows], folds, seed)
     record = {"data": str(Path(manifest.path).resolve()), "folds": folds, "seed": seed,
@@ -143,10 +146,43 @@ def checked_split(out: Path, manifest: Manifest, folds: int, seed: int) -> np.nd
             )
         if saved.get("assignment") != record["assignment"]:
             raise other_split
-    else:
+    # Before folds.json is written: a split refused later would make the user's fixed file a "changed" one.
+    check_folds_train_every_tested_label(manifest, assignment, task)
+    if not path.is_file():
         out.mkdir(parents=True, exist_ok=True)
         write_json_atomically(path, record)
     return assignment
+
+
+def check_folds_train_every_tested_label(manifest: Manifest, assignment: np.ndarray, task: str):
+    """Refuse a split in which some fold tests a label that none of its training rows has.
+
+    A class on a single row (or, for `multilabel`, a label whose rows all
+    fell into one fold) can only be tested by a run that never learnt it:
+    its evaluation would fail after the fold had trained. Checked up front,
+    the error names that row's line.
+
+    Raises:
+        UserError: the first such row, with the label and how to fix it.
+
+    Example:
+    >>> from mmkeras.data.manifest import ManifestRow
+    >>> rows = [ManifestRow("t", None, label, line) for line, label in enumerate("aab", start=2)]
+    >>> check_folds_train_every_tested_label(Manifest(Path("d.csv"), rows), np.array([0, 1, 0]), "classify")
+    Traceback (most recent call last):
+    mmkeras.errors.UserError: d.csv: line 4: label 'b' is on no row of the other folds: ...
+    """
+    row_labels = [split_labels(row.label) if task == "multilabel" else [row.label] for row in manifest.rows]
+    for fold in np.unique(assignment):
+        trained = {label for labels, where in zip(row_labels, assignment) if where != fold for label in labels}
+        for row, labels, where in zip(manifest.rows, row_labels, assignment):
+            untrained = [label for label in labels if label not in trained] if where == fold else []
+            if untrained:
+                raise UserError(
+                    f"label {untrained[0]!r} is on no row of the other folds: the fold testing this row would "
+                    "train without it; add rows with it, or drop it",
+                    *manifest.where(row),
+                )
 
 
 def run_fold(config: RunConfig, folder: Path, manifest: Manifest, is_test, fold: int, folds: int) -> dict:
