@@ -45,7 +45,7 @@ def caption_folder(tmp_path) -> tuple[Path, dict[Path, str | None]]:
     return folder, texts
 
 
-def rows_of(manifest_path: Path) -> list[tuple[Path, str | None, str]]:
+def rows_of(manifest_path: Path) -> list[tuple]:
     """(resolved image, text, label) per row of a manifest, as training reads it."""
     return [(row.image.resolve(), row.text, row.label) for row in read_manifest(manifest_path).rows]
 
@@ -209,6 +209,13 @@ def test_shares_that_leave_nothing_to_train_on_are_refused(caption_folder, tmp_p
     assert code == 2 and "--val" in err
     with pytest.raises(UserError, match="leave no photos to train on"):
         folder_manifests(folder, tmp_path / "manifests", val=0.5, test=0.5)
+
+
+def test_a_folder_given_as_a_manifest_names_the_command(caption_folder, tmp_path, capsys):
+    folder, _ = caption_folder
+    code, _, err = run_cli(capsys, "train", "--data", folder, "--out", tmp_path / "run")
+    assert code == 2 and f"--data must be a manifest file (.csv, .jsonl or .parquet), not a folder; " \
+        f"mmkeras manifest {folder} --out DIR writes them" in err
 
 
 def test_the_command_runs_without_tensorflow(caption_folder, tmp_path):

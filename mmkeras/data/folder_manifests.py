@@ -267,9 +267,12 @@ def _photos_from_metadata(
                 first, line = listed[image]
                 raise UserError(f"{image} is listed twice (first: {first}: line {line})", path=metadata, row=row.line)
             listed[image] = (metadata, row.line)
-            if has_labels and row.label is None:
+            if row.label is not None:
+                label = row.label
+            elif has_labels:
                 raise UserError(f"empty {label_column}", path=metadata, row=row.line)
-            label = row.label if has_labels else _photo_label(image, metadata.parent)
+            else:
+                label = _photo_label(image, metadata.parent)
             photos.append(Photo(image, row.text, label))
     unlisted = [image for image in images if Path(os.path.normpath(image)) not in listed]
     if unlisted:
