@@ -1034,13 +1034,14 @@ def search(
 def manifest(
     folder: Path = typer.Argument(
         ..., help="Folder of photos: one folder per label (captions in .txt files beside the photos), "
-        "or a Hugging Face imagefolder with a metadata.csv or metadata.jsonl."
+        "or a Hugging Face imagefolder with a metadata.csv or metadata.jsonl; optionally in split folders "
+        "(train/, validation/, test/), kept as they are."
     ),
     out: Path = typer.Option(..., "--out", help="Folder to write train.csv, val.csv and test.csv into."),
     val: float = typer.Option(VAL_SHARE, "--val", min=0.0, help="Share of each label's photos for "
-                              "val.csv (0: no val.csv)."),
+                              "val.csv (0: no val.csv; not used with a validation/ folder)."),
     test: float = typer.Option(TEST_SHARE, "--test", min=0.0, help="Share of each label's photos for "
-                               "test.csv (0: no test.csv)."),
+                               "test.csv (0: no test.csv; not used with a test/ folder)."),
     seed: int = typer.Option(0, "--seed", help="Seed of the split: the same folder and seed give the same split."),
     text_column: str = typer.Option("text", "--text-column", help="The metadata column holding the texts."),
     label_column: str = typer.Option(
@@ -1072,6 +1073,9 @@ def describe_manifests(written: FolderManifests) -> str:
           for label in labels),
         f"{written.without_text} photos without a text (the model sees their image alone)",
     ]
+    if written.split_folders:
+        kept = ", ".join(f"{split} from {path}" for split, path in written.split_folders.items())
+        lines.append(f"split folders kept as they are: {kept}")
     if written.only_in_train:
         too_few = ", ".join(f"{label} ({count})" for label, count in written.only_in_train.items())
         lines.append(f"too few photos to split, all in train: {too_few}")

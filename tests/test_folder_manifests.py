@@ -136,6 +136,55 @@ def test_imagefolder_metadata_csv_in_a_folder_with_a_label_column(tmp_path):
     ]
 
 
+def test_split_folders_are_kept_and_a_missing_split_is_made_from_train(caption_folder, tmp_path, capsys):
+    folder, texts = caption_folder
+    split_photos = tmp_path / "split-photos"
+    shutil.copytree(folder, split_photos / "train")
+    for label in ("cat", "dog"):
+        write_photo(split_photos / "Test" / label / "held-out.png")  # imagefolder's split names, in any case
+    (split_photos / "Test" / "dog" / "held-out.txt").write_text("a dog held out", encoding="utf-8")
+
+    written = folder_manifests(split_photos, tmp_path / "manifests", val=0.2, test=0.5)
+    code, out, _ = run_cli(capsys, "manifest", split_photos, "--out", tmp_path / "cli", "--val", "0.2")
+    assert code == 0 and f"split folders kept as they are: train from {split_photos / 'train'}, test from " \
+        f"{split_photos / 'Test'}" in out
+
+    assert written.split_folders == {"train": split_photos / "train", "test": split_photos / "Test"}
+    assert rows_of(written.manifests["test"]) == [
+        ((split_photos / "Test" / "cat" / "held-out.png").resolve(), None, "cat"),
+        ((split_photos / "Test" / "dog" / "held-out.png").resolve(), "a dog held out", "dog"),
+    ]
+    # --test 0.5 is not used: the Test/ folder is the test split. Val is made from train/ (bird: 1 of its 2 photos).
+    assert written.counts["val"] == {"bird": 1, "cat": 2, "dog": 2}
+    assert written.counts["train"] == {"bird": 1, "cat": 8, "dog": 8} and written.only_in_train == {}
+    trained = rows_of(written.manifests["train"]) + rows_of(written.manifests["val"])
+    assert sorted(trained) == sorted(
+        ((split_photos / "train" / photo.relative_to(folder)).resolve(), text, photo.parent.name)
+        for photo, text in texts.items()
+    )
+
+
+def test_imagefolder_metadata_in_each_split_folder(tmp_path):
+    folder = tmp_path / "photos"
+    for split, count in (("train", 4), ("validation", 1)):
+        lines = []
+        for number in range(count * 2):
+            write_photo(folder / split / f"{number}.png", number)
+            lines.append(json.dumps({"file_name": f"{number}.png", "text": f"{split} {number}",
+                                     "label": ["day", "night"][number % 2]}))
+        (folder / split / "metadata.jsonl").write_text("\n".join(lines), encoding="utf-8")
+
+    written = folder_manifests(folder, tmp_path / "manifests")
+
+    assert written.counts == {"train": {"day": 3, "night": 3}, "val": {"day": 1, "night": 1},
+                              "test": {"day": 1, "night": 1}}
+    assert rows_of(written.manifests["val"]) == [
+        ((folder / "validation" / "0.png").resolve(), "validation 0", "day"),
+        ((folder / "validation" / "1.png").resolve(), "validation 1", "night"),
+    ]
+    assert written.texts_from == f"{folder / 'train' / 'metadata.jsonl'}, {folder / 'validation' / 'metadata.jsonl'}"
+
+
 def broken_folders(tmp_path: Path) -> dict[str, tuple[Path, str]]:
     """Folders a user may give by mistake: each one's folder and the words its error must hold."""
     cases = {}
@@ -156,7 +205,14 @@ def broken_folders(tmp_path: Path) -> dict[str, tuple[Path, str]]:
     assert (loose / "loose.png").is_file()
     latin = case("latin-1-caption", "cat/1.txt: not UTF-8 text (byte 0xe9", "cat/1.png", "dog/1.png")
     (latin / "cat" / "1.txt").write_bytes("caf\xe9".encode("latin-1"))
-    case("split-folders", "split-folders/test: 'test' looks like a split folder", "train/cat/1.png", "test/cat/1.png")
+    case("no-train-split", "split folders (test/, validation/) but none of train", "validation/cat/1.png",
+         "test/cat/1.png")
+    case("two-val-splits", "two folders of the val split: dev/ and val/", "train/cat/1.png", "dev/cat/1.png",
+         "val/cat/1.png")
+    case("outside-the-splits", "outside-the-splits/extra/1.png: outside the split folders (train/, test/)",
+         "train/cat/1.png", "train/dog/1.png", "test/cat/1.png", "extra/1.png")
+    case("untrained-test-label", "test/bird/1.png: the label 'bird' of this test photo has no train photos",
+         "train/cat/1.png", "train/dog/1.png", "test/bird/1.png")
     gone = case("missing-photo", "metadata.csv: line 3: photo not found", "cat/1.png", "dog/1.png")
     (gone / "metadata.csv").write_text("file_name,text\ncat/1.png,a cat\ndog/2.png,a dog\n", encoding="utf-8")
     unlisted = case("unlisted-photo", "dog/1.png: no row in", "cat/1.png", "dog/1.png")

@@ -16,7 +16,11 @@ A label is the name of the first folder under the given folder (or under the
 metadata file's folder) that holds the photo; deeper folders inside a class
 are allowed. Hidden files and folders (`.name`) are skipped.
 
-The photos are split per label (stratified), deterministically for a seed: of
+Split folders directly under the folder (imagefolder's `train/`,
+`validation/`, `test/` and their other names, `SPLIT_FOLDERS`), each laid out
+as above, are kept as the user split them; a split without a folder is made
+from the train photos by its share. Without split folders the photos are
+split per label (stratified), deterministically for a seed: of
 a label's `n` photos, `max(1, round(n * share))` go to val and likewise to
 test, the rest to train; a label whose train part would be empty keeps all
 its photos in train and is reported (`FolderManifests.only_in_train`). The
@@ -56,8 +60,12 @@ TEST_SHARE = 0.1
 METADATA_NAMES = ("metadata.csv", "metadata.jsonl")
 FILE_NAME_COLUMN = "file_name"
 CAPTION_SUFFIX = ".txt"
-# Folder names imagefolder reads as splits: as class folders they would make every photo's label a split's name.
-SPLIT_FOLDER_NAMES = frozenset({"train", "training", "val", "valid", "validation", "dev", "test", "testing", "eval"})
+# Folder names imagefolder reads as splits (Hugging Face `datasets`' split patterns), and the manifest each one is.
+SPLIT_FOLDERS = {
+    "train": "train", "training": "train",
+    "val": "val", "valid": "val", "validation": "val", "dev": "val",
+    "test": "test", "testing": "test", "eval": "test",
+}
 
 logger = logging.getLogger(__name__)
 
@@ -81,6 +89,7 @@ class FolderManifests:
         without_text: how many photos have no text.
         only_in_train: the labels with too few photos for val and test, and their photos (all in train).
         texts_from: where the texts came from: `caption files`, or the metadata files' paths.
+        split_folders: the splits read from the folder's split folders as they are, by split name.
     """
 
     manifests: dict[str, Path]
@@ -88,10 +97,15 @@ class FolderManifests:
     without_text: int
     only_in_train: dict[str, int]
     texts_from: str
+    split_folders: dict[str, Path] = dataclasses.field(default_factory=dict)
 
     def as_dict(self) -> dict:
         """The result as JSON values (the CLI's `--json`)."""
-        return {**dataclasses.asdict(self), "manifests": {split: str(path) for split, path in self.manifests.items()}}
+        return {
+            **dataclasses.asdict(self),
+            "manifests": {split: str(path) for split, path in self.manifests.items()},
+            "split_folders": {split: str(path) for split, path in self.split_folders.items()},
+        }
 
 
 def folder_manifests(
@@ -108,9 +122,11 @@ def folder_manifests(
     """Write `out/train.csv`, `out/val.csv` and `out/test.csv` listing the photos of `folder`.
 
     Args:
-        folder: class folders with caption `.txt` files, or an imagefolder with `metadata.csv`/`.jsonl`.
+        folder: class folders with caption `.txt` files, or an imagefolder with `metadata.csv`/`.jsonl`;
+            either one in each of split folders (`train/`, `validation/`, `test/`).
         out: the folder to write the manifests into (made if missing).
-        val: the share of each label's photos for `val.csv`; 0 writes no `val.csv`.
+        val: the share of each label's photos for `val.csv`; 0 writes no `val.csv` (unless a
+            `validation/` folder gives the val photos).
         test: the same for `test.csv`.
         seed: the split's seed: the same folder and seed give the same split.
         text_column: the metadata column holding the texts.
@@ -121,7 +137,8 @@ def folder_manifests(
         The manifests written and the photos per label in each.
 
     Raises:
-        UserError: no photos, a single label, a photo beside the class folders,
+        UserError: no photos, a single label, a photo beside the class folders
+            (or outside the split folders), a label in val or test that train lacks,
             a caption file that is not UTF-8, a metadata row whose photo is
             missing, a photo without a metadata row, shares that leave no
             train photos, or a manifest in `out` that exists (without `overwrite`).
@@ -133,12 +150,19 @@ def folder_manifests(
     folder, out = Path(folder), Path(out)
     shares = {"val": val, "test": test}
     _check_shares(shares)
-    targets = {split: out / f"{split}.csv" for split in SPLITS if split == "train" or shares[split] > 0}
+    split_folders = _split_folders(folder)
+    # A split folder is read as it is; a split without one is made from the train photos by its share.
+    shares = {split: 0 if split in split_folders else share for split, share in shares.items()}
+    targets = {
+        split: out / f"{split}.csv" for split in SPLITS
+        if split == "train" or split in split_folders or shares[split] > 0
+    }
     existing = [path for path in targets.values() if path.exists()]
     if existing and not overwrite:
         raise UserError("the manifest exists; pass --overwrite to replace it", path=existing[0])
-    photos, texts_from = _find_photos(folder, text_column, label_column)
-    splits, only_in_train = _split(photos, shares, seed)
+    given, texts_from = _read_photos(folder, split_folders, text_column, label_column)
+    splits, only_in_train = _split(given["train"], shares, seed)
+    splits.update({split: photos for split, photos in given.items() if split != "train"})
     out.mkdir(parents=True, exist_ok=True)
     for split, path in targets.items():
         _write_manifest(path, splits[split])
@@ -149,9 +173,10 @@ def folder_manifests(
     return FolderManifests(
         manifests=targets,
         counts={split: dict(sorted(Counter(photo.label for photo in splits[split]).items())) for split in targets},
-        without_text=sum(photo.text is None for photo in photos),
+        without_text=sum(photo.text is None for photos in given.values() for photo in photos),
         only_in_train=only_in_train,
         texts_from=texts_from,
+        split_folders=split_folders,
     )
 
 
@@ -163,14 +188,66 @@ def _check_shares(shares: dict[str, float]):
         raise UserError(f"--val and --test leave no photos to train on ({shares['val']} + {shares['test']} >= 1)")
 
 
-def _find_photos(folder: Path, text_column: str, label_column: str) -> tuple[list[Photo], str]:
-    """The photos of `folder` with their texts and labels, and where the texts came from."""
+def _split_folders(folder: Path) -> dict[str, Path]:
+    """The split folders directly under `folder` (`train/`, `validation/`, ...), by the split each one is."""
     if not folder.is_dir():
         raise UserError("not a folder of photos" if folder.exists() else "folder not found", path=folder)
+    found: dict[str, Path] = {}
+    for child in sorted(folder.iterdir()):
+        split = SPLIT_FOLDERS.get(child.name.lower())
+        if split is None or not child.is_dir():
+            continue
+        if split in found:
+            raise UserError(f"two folders of the {split} split: {found[split].name}/ and {child.name}/", path=folder)
+        found[split] = child
+    if found and "train" not in found:
+        names = ", ".join(f"{path.name}/" for path in found.values())
+        raise UserError(f"split folders ({names}) but none of train: add a train/ folder", path=folder)
+    return {split: found[split] for split in SPLITS if split in found}
+
+
+def _read_photos(
+    folder: Path, split_folders: dict[str, Path], text_column: str, label_column: str
+) -> tuple[dict[str, list[Photo]], str]:
+    """The photos of each split folder (or of the whole folder, as `train`), and where the texts came from."""
+    if not split_folders:
+        photos, texts_from = _find_photos(folder, text_column, label_column)
+        _check_labels({"train": photos}, folder)
+        return {"train": photos}, texts_from
+    split_names = {path.name for path in split_folders.values()}
+    outside = [path for path in _image_files(folder) + _metadata_files(folder)
+               if path.relative_to(folder).parts[0] not in split_names]
+    if outside:
+        names = ", ".join(f"{path.name}/" for path in split_folders.values())
+        raise UserError(f"outside the split folders ({names}): move it into one of them", path=outside[0])
+    found = {split: _find_photos(path, text_column, label_column) for split, path in split_folders.items()}
+    photos = {split: photos for split, (photos, _) in found.items()}
+    _check_labels(photos, folder)
+    return photos, ", ".join(dict.fromkeys(texts_from for _, texts_from in found.values()))
+
+
+def _check_labels(photos: dict[str, list[Photo]], folder: Path):
+    """Two labels or more, and no label in a given val or test split that train lacks."""
+    trained = sorted({photo.label for photo in photos["train"]})
+    if len(trained) < 2:
+        raise UserError(
+            f"every photo has the label {trained[0]!r}; a classifier needs two labels or more "
+            "(one folder per label, or a label column)",
+            path=folder,
+        )
+    for split, members in photos.items():
+        untrained = next((photo for photo in members if photo.label not in trained), None)
+        if untrained is not None:
+            raise UserError(f"the label {untrained.label!r} of this {split} photo has no train photos",
+                            path=untrained.image)
+
+
+def _find_photos(folder: Path, text_column: str, label_column: str) -> tuple[list[Photo], str]:
+    """The photos of `folder` with their texts and labels, and where the texts came from."""
     images = _image_files(folder)
     if not images:
         raise UserError(f"no photos ({', '.join(IMAGE_SUFFIXES)}) in the folder or below it", path=folder)
-    metadata_files = sorted(path for name in METADATA_NAMES for path in folder.rglob(name) if not _hidden(path, folder))
+    metadata_files = _metadata_files(folder)
     if metadata_files:
         photos = _photos_from_metadata(metadata_files, images, text_column, label_column)
         texts_from = ", ".join(str(path) for path in metadata_files)
@@ -183,13 +260,6 @@ def _find_photos(folder: Path, text_column: str, label_column: str) -> tuple[lis
             )
         photos = [Photo(image, _caption(image), _photo_label(image, folder)) for image in images]
         texts_from = "caption files"
-    labels = sorted({photo.label for photo in photos})
-    if len(labels) < 2:
-        raise UserError(
-            f"every photo has the label {labels[0]!r}; a classifier needs two labels or more "
-            "(one folder per label, or a label column)",
-            path=folder,
-        )
     return photos, texts_from
 
 
@@ -201,6 +271,10 @@ def _image_files(folder: Path) -> list[Path]:
     )
 
 
+def _metadata_files(folder: Path) -> list[Path]:
+    return sorted(path for name in METADATA_NAMES for path in folder.rglob(name) if not _hidden(path, folder))
+
+
 def _hidden(path: Path, folder: Path) -> bool:
     return any(part.startswith(".") for part in path.relative_to(folder).parts)
 
@@ -210,10 +284,9 @@ def _class_folder(image: Path, root: Path) -> str | None:
     parts = image.relative_to(root).parts
     if len(parts) == 1:
         return None
-    if parts[0].lower() in SPLIT_FOLDER_NAMES:
+    if parts[0].lower() in SPLIT_FOLDERS:
         raise UserError(
-            f"{parts[0]!r} looks like a split folder, not a label; mmkeras manifest makes its own split: "
-            "give the folder holding the label folders (or merge the split folders)",
+            f"{parts[0]!r} is the name of a split, not of a label: split folders go directly in the folder given",
             path=root / parts[0],
         )
     return parts[0]
