@@ -47,6 +47,7 @@ from mmkeras.config import (
     RunConfig,
     setting_help,
 )
+from mmkeras.data.folder_manifests import TEST_SHARE, VAL_SHARE, FolderManifests, folder_manifests
 from mmkeras.data.service_address import check_port, parse_address
 from mmkeras.errors import UserError
 from mmkeras.evaluation.zero_shot import DEFAULT_PROMPT
@@ -1027,6 +1028,58 @@ def search(
         logger.warning("warning: %s", warning)
     emit({"results": results, "warnings": warnings}, as_json,
          "\n".join(f"{hit['score']:.4f}  {hit['image']}" for hit in results))
+
+
+@app.command()
+def manifest(
+    folder: Path = typer.Argument(
+        ..., help="Folder of photos: one folder per label (captions in .txt files beside the photos), "
+        "or a Hugging Face imagefolder with a metadata.csv or metadata.jsonl; optionally in split folders "
+        "(train/, validation/, test/), kept as they are."
+    ),
+    out: Path = typer.Option(..., "--out", help="Folder to write train.csv, val.csv and test.csv into."),
+    val: float = typer.Option(VAL_SHARE, "--val", min=0.0, help="Share of each label's photos for "
+                              "val.csv (0: no val.csv; not used with a validation/ folder)."),
+    test: float = typer.Option(TEST_SHARE, "--test", min=0.0, help="Share of each label's photos for "
+                               "test.csv (0: no test.csv; not used with a test/ folder)."),
+    seed: int = typer.Option(0, "--seed", help="Seed of the split: the same folder and seed give the same split."),
+    text_column: str = typer.Option("text", "--text-column", help="The metadata column holding the texts."),
+    label_column: str = typer.Option(
+        "label", "--label-column", help="The metadata column holding the labels (without it: the label folders)."
+    ),
+    overwrite: bool = typer.Option(False, "--overwrite", metavar=FLAG, help="Replace manifests that exist in --out."),
+    as_json: bool = JSON_OPTION,
+):
+    """Write train/val/test manifests (CSV) for a folder of photos, split per label (no TensorFlow needed).
+
+    Example: mmkeras manifest photos/ --out photos-manifests --val 0.1 --test 0.1
+    """
+    written = folder_manifests(folder, out, val=val, test=test, seed=seed, text_column=text_column,
+                               label_column=label_column, overwrite=overwrite)
+    emit(written.as_dict(), as_json, describe_manifests(written))
+
+
+def describe_manifests(written: FolderManifests) -> str:
+    """The manifests written and a table of the photos per label in each."""
+    splits = list(written.manifests)
+    labels = sorted({label for counts in written.counts.values() for label in counts})
+    width = max(len("label"), *map(len, labels))
+    photos = sum(sum(counts.values()) for counts in written.counts.values())
+    lines = [
+        f"wrote {', '.join(str(path) for path in written.manifests.values())}: {photos} photos, "
+        f"{len(labels)} labels, texts from {written.texts_from}",
+        f"  {'label':<{width}}" + "".join(f"{split:>7}" for split in splits),
+        *(f"  {label:<{width}}" + "".join(f"{written.counts[split].get(label, 0):>7}" for split in splits)
+          for label in labels),
+        f"{written.without_text} photos without a text (the model sees their image alone)",
+    ]
+    if written.split_folders:
+        kept = ", ".join(f"{split} from {path}" for split, path in written.split_folders.items())
+        lines.append(f"split folders kept as they are: {kept}")
+    if written.only_in_train:
+        too_few = ", ".join(f"{label} ({count})" for label, count in written.only_in_train.items())
+        lines.append(f"too few photos to split, all in train: {too_few}")
+    return "\n".join(lines)
 
 
 cache_app = typer.Typer(

@@ -39,7 +39,11 @@ def check_manifest(
     """Read a manifest given with `flag` (every row checked, images not yet opened), `columns` as `read_manifest`."""
     path = Path(path)
     if path.is_dir():
-        raise UserError(f"{flag} must be a manifest file (.csv, .jsonl or .parquet), not a folder", path=path)
+        raise UserError(
+            f"{flag} must be a manifest file (.csv, .jsonl or .parquet), not a folder; "
+            f"mmkeras manifest {path} --out DIR writes them from a folder of photos",
+            path=path,
+        )
     return read_manifest(path, require_labels=require_labels, on_bad_row=on_bad_row, columns=columns)
 
 

@@ -284,7 +284,7 @@ def test_labels_differing_only_in_case_or_spaces_are_an_error_naming_both(tmp_pa
 def test_a_folder_and_an_unterminated_quote_are_named(tmp_path):
     folder = tmp_path / "data.csv"
     folder.mkdir()
-    with pytest.raises(UserError, match="this is a folder; give a manifest file"):
+    with pytest.raises(UserError, match="this is a folder; give a manifest file .* with mmkeras manifest FOLDER"):
         read_manifest(folder)
     path = write(tmp_path / "m.csv", 'text,image,label\nok,,a\n"unclosed,,a\nmore,,b\n')
     with pytest.raises(UserError, match=r"line 3: invalid CSV: unexpected end of data \(an unclosed or stray quote"):

@@ -289,7 +289,11 @@ def read_manifest(
     """
     path = Path(path)
     if path.is_dir():
-        raise UserError("this is a folder; give a manifest file (.csv, .jsonl or .parquet)", path=path)
+        raise UserError(
+            "this is a folder; give a manifest file (.csv, .jsonl or .parquet), or write them from a folder of "
+            "photos with mmkeras manifest FOLDER --out DIR",
+            path=path,
+        )
     read_records = _RECORD_READERS.get(path.suffix.lower())
     if read_records is None:
         raise UserError("unknown manifest format: use a .csv, .jsonl or .parquet file", path=path)

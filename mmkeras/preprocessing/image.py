@@ -39,6 +39,8 @@ import numpy as np
 from PIL import ExifTags, Image, ImageOps, JpegImagePlugin, UnidentifiedImageError
 
 BACKGROUND = (255, 255, 255)
+# The file suffixes a folder of images is searched for (`mmkeras index`, `mmkeras manifest`).
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp")
 # The resampling filters a checkpoint's preprocessing may name (Pillow's).
 RESAMPLE_FILTERS = {
     "bilinear": Image.Resampling.BILINEAR,

@@ -24,9 +24,9 @@ from pathlib import Path
 import numpy as np
 
 from mmkeras.errors import UserError
+from mmkeras.preprocessing.image import IMAGE_SUFFIXES
 from mmkeras.progress import step_progress
 
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp")
 EMBED_CHUNK = 64
 # "Near chance": a validation recall@1 less than this share of the way from chance to perfect.
 LEARNED_SHARE = 0.1
