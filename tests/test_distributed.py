@@ -6,6 +6,7 @@ import pytest
 
 from mmkeras.cli.app import main
 from tests.helpers.training_runs import (
+    TOLERANCE,
     TWO_LOGICAL_CPUS,
     finish,
     finish_workers,
@@ -19,8 +20,6 @@ from tests.helpers.training_runs import (
     wait_for_checkpoint,
     write_data,
 )
-
-TOLERANCE = 1e-5
 
 
 @pytest.fixture(scope="module")

@@ -13,15 +13,17 @@ import pytest
 from mmkeras.config import RunConfig
 from mmkeras.data.manifest import read_manifest
 from mmkeras.models import build_model
-from mmkeras.quantization.qat_transform import activation_quantizers
-from mmkeras.quantization.run_loading import load_run
 from mmkeras.runs import save_run
 from tests.helpers.training_runs import (
+    QAT_RELATIVE_TOLERANCE,
+    QAT_WEIGHT_TOLERANCE,
     TWO_LOGICAL_CPUS,
     finish,
     finish_workers,
     kill_at_first_checkpoint,
     max_difference,
+    qat_state,
+    run_logged,
     start,
     stop,
     tf_configs,
@@ -30,18 +32,6 @@ from tests.helpers.training_runs import (
 
 pytestmark = pytest.mark.distributed  # every test runs several processes or replicas, or kills one
 
-# Ranges and losses may differ by this fraction of their scale (the largest range; the loss itself). The order
-# of a float32 sum depends on the strategy and on the CPU model (TensorFlow's oneDNN kernels are chosen for
-# it), and the rounding it leaves grows with the size of what is summed, so the tolerance is relative: an
-# absolute 1e-5 held on AMD EPYC (mirrored: within 8e-8 of the scale) and failed on an Intel Xeon (2.1e-5).
-# Uncombined per-replica ranges put ranges 7.6e-3 and losses 9.5e-3 to 4.4e-2 of their scale away
-# (docs/design.md#cpu-dependent-test-tolerances).
-RELATIVE_TOLERANCE = 1e-4
-# With the attention's queries float (`QuantizerSettings.float_attention`), the largest attention score of a
-# batch sits exactly on the score quantizer's range edge, where the straight-through gradient is kept or cut by
-# its last bit; a replica's other summation order moved one query kernel 1.2e-5 from the single process's (all
-# other weights within 3.4e-6). Uncombined per-replica ranges move ranges, losses and weights far more.
-WEIGHT_TOLERANCE = 3e-5
 SEQUENCE_LENGTH = 16
 # 16 training rows in global batches of 6: 6 + 6 + 4 (3 + 3 and 2 + 2 rows per replica).
 QAT_FLAGS = ("--epochs", "2", "--batch-size", "6", "--calibration-batches", "1", "--learning-rate", "3e-3")
@@ -87,20 +77,7 @@ def qat_args(float_run, data, out, strategy: str) -> list[str]:
 
 def run_qat(args, **kwargs) -> tuple[dict, str]:
     """`mmkeras qat ARGS` in a child process (backbone dropout off): its JSON result and its log."""
-    process = start(args, **kwargs)
-    try:
-        code, out, err = finish(process, timeout=180)
-    finally:
-        stop([process])
-    assert code == 0, err[-3000:]
-    return json.loads(out), err
-
-
-def qat_state(run_dir) -> tuple[list[np.ndarray], np.ndarray]:
-    """Every weight of a QAT run's model, and its activation ranges as rows of (min, max)."""
-    model = load_run(run_dir).model
-    ranges = [(q.range_min.numpy(), q.range_max.numpy()) for q in activation_quantizers(model)]
-    return model.get_weights(), np.asarray(ranges, np.float64)
+    return run_logged(args, timeout=180, **kwargs)
 
 
 @pytest.fixture(scope="module")
@@ -116,10 +93,10 @@ def assert_same_qat(out, metrics, single):
     weights, ranges = qat_state(out)
     # The ranges moved away from the calibration batch during training, far more than the tolerance.
     assert np.all(ranges[:, 1] >= ranges[:, 0]) and np.max(np.abs(ranges)) > 0.1
-    assert np.max(np.abs(ranges - single["ranges"])) < RELATIVE_TOLERANCE * np.max(np.abs(single["ranges"]))
-    assert max_difference(weights, single["weights"]) < WEIGHT_TOLERANCE
+    assert np.max(np.abs(ranges - single["ranges"])) < QAT_RELATIVE_TOLERANCE * np.max(np.abs(single["ranges"]))
+    assert max_difference(weights, single["weights"]) < QAT_WEIGHT_TOLERANCE
     for key in ("initial_loss", "loss", "val_loss"):
-        assert abs(metrics[key] - single["metrics"][key]) < RELATIVE_TOLERANCE * abs(single["metrics"][key])
+        assert abs(metrics[key] - single["metrics"][key]) < QAT_RELATIVE_TOLERANCE * abs(single["metrics"][key])
 
 
 def test_mirrored_qat_over_two_logical_cpus_matches_a_single_process(float_run, data, single, tmp_path):

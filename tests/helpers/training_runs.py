@@ -29,6 +29,22 @@ def _bert_without_dropout(self, *args, **kwargs):
 keras_hub.models.BertBackbone.__init__ = _bert_without_dropout
 """
 
+# Distributed float training equals one process within this (docs/design.md#distributed-training-loop).
+TOLERANCE = 1e-5
+# Distributed QAT against one process (tests/test_distributed_qat.py):
+# Ranges and losses may differ by this fraction of their scale (the largest range; the loss itself). The order
+# of a float32 sum depends on the strategy and on the CPU model (TensorFlow's oneDNN kernels are chosen for
+# it), and the rounding it leaves grows with the size of what is summed, so the tolerance is relative: an
+# absolute 1e-5 held on AMD EPYC (mirrored: within 8e-8 of the scale) and failed on an Intel Xeon (2.1e-5).
+# Uncombined per-replica ranges put ranges 7.6e-3 and losses 9.5e-3 to 4.4e-2 of their scale away
+# (docs/design.md#cpu-dependent-test-tolerances).
+QAT_RELATIVE_TOLERANCE = 1e-4
+# With the attention's queries float (`QuantizerSettings.float_attention`), the largest attention score of a
+# batch sits exactly on the score quantizer's range edge, where the straight-through gradient is kept or cut by
+# its last bit; a replica's other summation order moved one query kernel 1.2e-5 from the single process's (all
+# other weights within 3.4e-6). Uncombined per-replica ranges move ranges, losses and weights far more.
+QAT_WEIGHT_TOLERANCE = 3e-5
+
 # MirroredStrategy over 2 replicas on a CPU: a child process's prelude (before TensorFlow starts).
 TWO_LOGICAL_CPUS = """
 import tensorflow as tf
@@ -98,13 +114,18 @@ def stop(processes: list[subprocess.Popen]):
 
 def run(args: list[str], timeout: float = 120, **kwargs) -> dict:
     """Run `mmkeras ARGS --json` to the end and return its JSON result."""
+    return run_logged(args, timeout, **kwargs)[0]
+
+
+def run_logged(args: list[str], timeout: float = 120, **kwargs) -> tuple[dict, str]:
+    """Run `mmkeras ARGS --json` to the end: its JSON result and its log (stderr)."""
     process = start(args, **kwargs)
     try:
         code, out, err = finish(process, timeout)
     finally:
         stop([process])
     assert code == 0, err[-3000:]
-    return json.loads(out)
+    return json.loads(out), err
 
 
 def free_ports(count: int) -> list[int]:
@@ -128,6 +149,16 @@ def run_weights(run_dir: Path) -> list[np.ndarray]:
     import mmkeras.models  # noqa: F401  (registers the custom layers)
 
     return keras.models.load_model(run_dir / "model.keras", compile=False).get_weights()
+
+
+def qat_state(run_dir: Path) -> tuple[list[np.ndarray], np.ndarray]:
+    """Every weight of a QAT run's model, and its activation ranges as rows of (min, max)."""
+    from mmkeras.quantization.qat_transform import activation_quantizers
+    from mmkeras.quantization.run_loading import load_run
+
+    model = load_run(run_dir).model
+    ranges = [(q.range_min.numpy(), q.range_max.numpy()) for q in activation_quantizers(model)]
+    return model.get_weights(), np.asarray(ranges, np.float64)
 
 
 def max_difference(first: list[np.ndarray], second: list[np.ndarray]) -> float:
