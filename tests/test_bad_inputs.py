@@ -112,6 +112,9 @@ def truncated(path: Path, keep: int) -> bytes:
     return path.read_bytes()[:keep]
 
 
+# A JSON "\u0000" in an image path: os.stat raises ValueError on it (found by tests/test_fuzz.py).
+NUL_IN_IMAGE = '{"text": "a", "image": "a\\u0000.png", "label": "x"}\n{"text": "b", "image": null, "label": "y"}\n'
+
 # (case id, builder(fixtures, workspace) -> argv, words the error line must hold)
 CASES = [
     # manifests
@@ -133,6 +136,7 @@ CASES = [
     ("jsonl-array", lambda fx, ws: train(write(ws / "m.jsonl", "[1, 2]\n"), ws), "expected a JSON object"),
     ("jsonl-surrogate", lambda fx, ws: train(write(ws / "m.jsonl", '{"text": "\\udcff", "image": "", "label": 1}'), ws),
      "not valid UTF-8"),
+    ("jsonl-nul-in-image", lambda fx, ws: train(write(ws / "m.jsonl", NUL_IN_IMAGE), ws), "holds a NUL character"),
     ("jsonl-number-text", lambda fx, ws: train(write(ws / "m.jsonl", '{"text": 1, "image": null, "label": "a"}\n'), ws),
      "must be a string"),
     ("parquet-not-parquet", lambda fx, ws: train(write(ws / "m.parquet", HEADER), ws), "not a readable Parquet file"),

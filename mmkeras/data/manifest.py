@@ -488,6 +488,8 @@ def _make_row(
         raise UserError("the row has neither a text nor an image")
     if require_labels and not label.strip():
         raise UserError("empty label")
+    if "\0" in image:  # (a JSON "\u0000"): no file can be named so, and os.stat raises ValueError, not OSError
+        raise UserError(f"the {columns['image']} cell holds a NUL character, which no file name can")
     return ManifestRow(
         text=clean_text(text) if is_present(text) else None,
         image=path.parent / image.strip() if is_present(image) else None,
