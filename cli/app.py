@@ -617,7 +617,8 @@ def predict_photo_folder(bundle_dir, images, out, text, top_k, on_bad_row, overw
 def emit_predictions_summary(summary, as_json, unit):
     """The one line (or --json) of a predictions CSV written: how many `unit`s (rows, photos), how many bad."""
     bad = summary["bad_rows"]
-    skipped = f" ({bad} bad {unit} written with their reason in the error column)" if bad else ""
+    noun = unit if bad > 1 else unit.removesuffix("s")
+    skipped = f" ({bad} bad {noun} written with their reason in the error column)" if bad else ""
     predicted = f"predicted {summary['predicted']} of {summary['rows']} {unit} into {summary['out']}"
     emit(summary, as_json, predicted + skipped)
 

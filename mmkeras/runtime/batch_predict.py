@@ -19,7 +19,8 @@ when asked.
 its photos are found as `mmkeras manifest` finds them (`image_files`), each
 with the text of its caption file (`read_caption`) or one text given for
 all, and go through the same steps as the rows of an in-memory manifest; the
-output's `image` column holds each photo's path relative to the folder.
+output's `image` column holds each photo's path relative to the folder
+(docs/design.md#predicting-a-folder-of-photos).
 
 Example:
 >>> summary = predict_file("bundles/demo", "photos.csv", "predictions.csv")  # doctest: +SKIP
