@@ -526,7 +526,7 @@ def predict(
     bundle_dir: Path = typer.Argument(..., help="A bundle folder."),
     text: Optional[str] = typer.Option(
         None, "--text", help="The text (omit for a missing text); with --images, the text of every photo "
-        "(their caption files are then not read).",
+        "(their caption files are then not read; \"\" predicts the photos without a text).",
     ),
     image: Optional[Path] = IMAGE_OPTION,
     data: Optional[Path] = typer.Option(
@@ -551,7 +551,7 @@ def predict(
     image_column: Optional[str] = IMAGE_COLUMN_OPTION,
     as_json: bool = JSON_OPTION,
 ):
-    """Predict one example, or every row of a manifest, with the on-device runtime (no TensorFlow).
+    """Predict one example, every row of a manifest or every photo of a folder, with the on-device runtime.
 
     A multilabel bundle prints the labels at or above their thresholds (`a|b`; --json: `labels`, `scores`).
     With --data, the CSV at --out has one row per input row: its columns, then prediction, label_1, score_1, ...

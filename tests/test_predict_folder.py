@@ -53,7 +53,7 @@ def predict_data(bundle: Path, photos: Path, texts: dict[str, str | None], tmp_p
         writer.writerow(["image", "text"])
         writer.writerows([str(photos / name), text or ""] for name, text in texts.items())
     out = tmp_path / "from-data.csv"
-    assert mmkeras.predict_file(bundle, manifest, out)["predicted"] == len(texts)
+    assert mmkeras.predict_file(bundle, manifest, out, overwrite=True)["predicted"] == len(texts)
     return read_rows(out)
 
 
@@ -81,6 +81,12 @@ def test_text_is_the_text_of_every_photo_and_caption_files_are_not_read(tiny_bun
     assert {row["text"] for row in rows} == {"a photo of a tile"}
     same_text = dict.fromkeys(PHOTOS, "a photo of a tile")
     assert predictions(rows) == predictions(predict_data(tiny_bundle["bundle"], photos, same_text, tmp_path))
+    without_text = tmp_path / "without-text.csv"
+    mmkeras.predict_folder(tiny_bundle["bundle"], photos, without_text, text="")  # the photos alone
+    rows = read_rows(without_text)
+    assert {row["text"] for row in rows} == {""}
+    no_texts = dict.fromkeys(PHOTOS)
+    assert predictions(rows) == predictions(predict_data(tiny_bundle["bundle"], photos, no_texts, tmp_path))
     with_captions = tmp_path / "with-captions.csv"
     mmkeras.predict_folder(tiny_bundle["bundle"], photos / "beach", with_captions)
     assert [row["image"] for row in read_rows(with_captions)] == ["00002.png", "day2/00003.bmp", "day2/00004.png"]

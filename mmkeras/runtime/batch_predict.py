@@ -195,14 +195,13 @@ def _predict_manifest(
 
 
 def _given_text(text: str | None) -> str | None:
-    """The text given for every photo, checked as a manifest's cell is; blank: a missing text."""
+    """The text given for every photo, checked as a manifest's cell is (`None`: none given)."""
     if text is None:
         return None
     try:
-        text = clean_text(text)
+        return clean_text(text)
     except InvalidTextError as error:
         raise UserError(f"--text is {error.problem}") from None
-    return text if text.strip() else None
 
 
 def _folder_manifest(
@@ -210,9 +209,10 @@ def _folder_manifest(
 ) -> tuple[Manifest, dict[int, dict[str, str]]]:
     """The photos of `images_dir` as a manifest (line N: the Nth photo), and the cells of those set aside.
 
-    A photo whose caption file cannot be read is set aside with its reason
-    (into `Manifest.skipped`); under `fail` they are all listed at once,
-    before any photo is predicted.
+    Each photo's text is `text` when given (blank: a missing text; caption
+    files are not read), else its caption file's. A photo whose caption file
+    cannot be read is set aside with its reason (into `Manifest.skipped`);
+    under `fail` they are all listed at once, before any photo is predicted.
     """
     if not images_dir.is_dir():
         raise UserError("not a folder of photos" if images_dir.exists() else "folder not found", path=images_dir)
@@ -222,9 +222,9 @@ def _folder_manifest(
     listing = images_dir / FOLDER_LISTING
     rows, bad_rows, skipped_cells = [], [], {}
     for line, photo in enumerate(photos, start=1):
-        cells = {"image": photo.relative_to(images_dir).as_posix(), "text": text or ""}
+        cells = {"image": photo.relative_to(images_dir).as_posix(), "text": ""}
         try:
-            photo_text = text if text is not None else read_caption(photo)
+            photo_text = read_caption(photo) if text is None else (text if text.strip() else None)
         except UserError as error:
             caption = Path(error.path or photo).relative_to(images_dir).as_posix()
             bad_rows.append(BadRow(listing, line, f"cannot read caption {caption!r}: {error.reason}"))
