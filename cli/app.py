@@ -524,31 +524,42 @@ def export(
 @app.command()
 def predict(
     bundle_dir: Path = typer.Argument(..., help="A bundle folder."),
-    text: Optional[str] = TEXT_OPTION,
+    text: Optional[str] = typer.Option(
+        None, "--text", help="The text (omit for a missing text); with --images, the text of every photo "
+        "(their caption files are then not read; \"\" predicts the photos without a text).",
+    ),
     image: Optional[Path] = IMAGE_OPTION,
     data: Optional[Path] = typer.Option(
         None, "--data", help="A manifest (CSV, JSONL or Parquet, labels optional) to predict row by row; needs --out."
     ),
-    out: Optional[Path] = typer.Option(None, "--out", help="With --data: the predictions CSV to write."),
-    top_k: int = typer.Option(3, "--top-k", min=1, help="With --data: the best labels (and scores) of each row."),
+    images: Optional[Path] = typer.Option(
+        None, "--images", help="A folder of photos (and folders below) to predict one by one, each with the text "
+        "of its caption .txt file (as `mmkeras manifest` reads them) or --text; needs --out.",
+    ),
+    out: Optional[Path] = typer.Option(None, "--out", help="With --data or --images: the predictions CSV to write."),
+    top_k: int = typer.Option(
+        3, "--top-k", min=1, help="With --data or --images: the best labels (and scores) of each row."
+    ),
     on_bad_row: Literal[ON_BAD_ROW] = typer.Option(
-        "fail", "--on-bad-row", help="With --data: fail lists every bad row and writes nothing; "
+        "fail", "--on-bad-row", help="With --data or --images: fail lists every bad row (photo) and writes nothing; "
         "skip writes them with the reason in an error column.",
     ),
     overwrite: bool = typer.Option(
-        False, "--overwrite", metavar=FLAG, help="With --data: replace an existing --out file."
+        False, "--overwrite", metavar=FLAG, help="With --data or --images: replace an existing --out file."
     ),
     text_column: Optional[str] = TEXT_COLUMN_OPTION,
     image_column: Optional[str] = IMAGE_COLUMN_OPTION,
     as_json: bool = JSON_OPTION,
 ):
-    """Predict one example, or every row of a manifest, with the on-device runtime (no TensorFlow).
+    """Predict one example, every row of a manifest or every photo of a folder, with the on-device runtime.
 
     A multilabel bundle prints the labels at or above their thresholds (`a|b`; --json: `labels`, `scores`).
     With --data, the CSV at --out has one row per input row: its columns, then prediction, label_1, score_1, ...
+    With --images, one row per photo (sorted by path): image (relative to the folder), text, then the same.
 
     Example: mmkeras predict bundles/demo --text "such a serene little card" --image photo.png
     Example: mmkeras predict bundles/demo --data photos.csv --out predictions.csv
+    Example: mmkeras predict bundles/demo --images phone-photos/ --out predictions.csv
     """
     from mmkeras.runtime.predictor import Predictor
 
@@ -558,12 +569,17 @@ def predict(
             "first, then `mmkeras predict BUNDLE_DIR ...`",
             path=bundle_dir,
         )
+    if images is not None:
+        if data is not None or image is not None:
+            raise UserError(f"--images predicts a folder; leave out {'--data' if data is not None else '--image'}")
+        predict_photo_folder(bundle_dir, images, out, text, top_k, on_bad_row, overwrite, as_json)
+        return
     if data is not None:
         columns = {"text": text_column, "image": image_column}
         predict_manifest(bundle_dir, data, out, top_k, on_bad_row, overwrite, columns, as_json)
         return
     if text is None and image is None:
-        raise UserError("give --text, --image or both (or --data ROWS.csv --out PREDICTIONS.csv)")
+        raise UserError("give --text, --image or both (or --data ROWS.csv or --images DIR, with --out PREDICTIONS.csv)")
     predictor = Predictor(bundle_dir)
     prediction = predictor.predict(text, image)
     best = sorted(prediction.scores.items(), key=lambda item: -item[1])[:3]
@@ -584,9 +600,27 @@ def predict_manifest(bundle_dir, data, out, top_k, on_bad_row, overwrite, column
     summary = predict_file(
         bundle_dir, data, out, columns=given(**columns), on_bad_row=on_bad_row, top_k=top_k, overwrite=overwrite
     )
-    bad_rows = summary["bad_rows"]
-    skipped = f" ({bad_rows} bad rows written with their reason in the error column)" if bad_rows else ""
-    emit(summary, as_json, f"predicted {summary['predicted']} of {summary['rows']} rows into {summary['out']}{skipped}")
+    emit_predictions_summary(summary, as_json, "rows")
+
+
+def predict_photo_folder(bundle_dir, images, out, text, top_k, on_bad_row, overwrite, as_json):
+    """`predict --images`: every photo of a folder, written to the --out CSV."""
+    if out is None:
+        raise UserError("--images needs --out PREDICTIONS.csv (the file to write)")
+    from mmkeras.runtime.batch_predict import predict_folder
+
+    summary = predict_folder(bundle_dir, images, out, text=text, on_bad_row=on_bad_row, top_k=top_k,
+                             overwrite=overwrite)
+    emit_predictions_summary(summary, as_json, "photos")
+
+
+def emit_predictions_summary(summary, as_json, unit):
+    """The one line (or --json) of a predictions CSV written: how many `unit`s (rows, photos), how many bad."""
+    bad = summary["bad_rows"]
+    noun = unit if bad > 1 else unit.removesuffix("s")
+    skipped = f" ({bad} bad {noun} written with their reason in the error column)" if bad else ""
+    predicted = f"predicted {summary['predicted']} of {summary['rows']} {unit} into {summary['out']}"
+    emit(summary, as_json, predicted + skipped)
 
 
 @app.command()

@@ -31,6 +31,8 @@ _PUBLIC = {
     "export_bundle": "mmkeras.export.converter",
     "export_and_report": "mmkeras.export.exported_run_report",
     "Predictor": "mmkeras.runtime",
+    "predict_file": "mmkeras.runtime.batch_predict",
+    "predict_folder": "mmkeras.runtime.batch_predict",
     # Alignment, matching and retrieval.
     "align": "mmkeras.training.align_job",
     "build_dual_encoder": "mmkeras.models.dual_encoder",

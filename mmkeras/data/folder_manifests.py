@@ -215,7 +215,7 @@ def _read_photos(
         _check_labels({"train": photos}, folder)
         return {"train": photos}, texts_from
     split_names = {path.name for path in split_folders.values()}
-    outside = [path for path in _image_files(folder) + _metadata_files(folder)
+    outside = [path for path in image_files(folder) + _metadata_files(folder)
                if path.relative_to(folder).parts[0] not in split_names]
     if outside:
         names = ", ".join(f"{path.name}/" for path in split_folders.values())
@@ -244,7 +244,7 @@ def _check_labels(photos: dict[str, list[Photo]], folder: Path):
 
 def _find_photos(folder: Path, text_column: str, label_column: str) -> tuple[list[Photo], str]:
     """The photos of `folder` with their texts and labels, and where the texts came from."""
-    images = _image_files(folder)
+    images = image_files(folder)
     if not images:
         raise UserError(f"no photos ({', '.join(IMAGE_SUFFIXES)}) in the folder or below it", path=folder)
     metadata_files = _metadata_files(folder)
@@ -258,13 +258,16 @@ def _find_photos(folder: Path, text_column: str, label_column: str) -> tuple[lis
                 "(or add a metadata.csv with a label column)",
                 path=folder,
             )
-        photos = [Photo(image, _caption(image), _photo_label(image, folder)) for image in images]
+        photos = [Photo(image, read_caption(image), _photo_label(image, folder)) for image in images]
         texts_from = "caption files"
     return photos, texts_from
 
 
-def _image_files(folder: Path) -> list[Path]:
-    """The photos under `folder`, by path, hidden files and folders left out."""
+def image_files(folder: Path) -> list[Path]:
+    """The photos under `folder` (`IMAGE_SUFFIXES`), sorted by path, hidden files and folders left out.
+
+    `mmkeras predict --images` reads a folder's photos with it too, so both find the same photos.
+    """
     return sorted(
         path for path in folder.rglob("*")
         if path.suffix.lower() in IMAGE_SUFFIXES and path.is_file() and not _hidden(path, folder)
@@ -299,8 +302,12 @@ def _photo_label(image: Path, root: Path) -> str:
     return label
 
 
-def _caption(image: Path) -> str | None:
-    """The text of `image`'s caption file (same name, `.txt`), stripped; `None` when missing or empty."""
+def read_caption(image: Path) -> str | None:
+    """The text of `image`'s caption file (same name, `.txt`), stripped; `None` when missing or empty.
+
+    Raises:
+        UserError: the caption file is not UTF-8 or not a text (names the caption file).
+    """
     caption = image.with_suffix(CAPTION_SUFFIX)
     if not caption.is_file():
         return None

@@ -10,14 +10,24 @@ A bad row (no text and no image, an unreadable image, a text that is not
 UTF-8, a malformed line) is handled as `train` handles it: `fail` lists
 every bad row and writes nothing; `skip` writes the row with an empty
 prediction and the reason in an `error` column, so the output still has one
-row per input row. The output is written beside `out` and renamed into
-place at the end: an interrupted run leaves no half file, and an existing
-`out` is replaced only when asked.
+row per input row (its input columns kept where the row could be read).
+The output is written beside `out` and renamed into place at the end: an
+interrupted run leaves no half file, and an existing `out` is replaced only
+when asked.
+
+`predict_folder` does the same for a folder of photos, without a manifest:
+its photos are found as `mmkeras manifest` finds them (`image_files`), each
+with the text of its caption file (`read_caption`) or one text given for
+all, and go through the same steps as the rows of an in-memory manifest; the
+output's `image` column holds each photo's path relative to the folder
+(docs/design.md#predicting-a-folder-of-photos).
 
 Example:
 >>> summary = predict_file("bundles/demo", "photos.csv", "predictions.csv")  # doctest: +SKIP
 >>> summary["rows"], summary["bad_rows"]  # doctest: +SKIP
 (60, 0)
+>>> predict_folder("bundles/demo", "phone-photos", "predictions.csv")["predicted"]  # doctest: +SKIP
+20
 """
 
 import csv
@@ -28,7 +38,9 @@ import numpy as np
 
 from mmkeras.atomic_files import write_atomically
 from mmkeras.config import RunConfig
+from mmkeras.data.folder_manifests import image_files, read_caption
 from mmkeras.data.manifest import (
+    BAD_ROWS_SHOWN,
     BadRow,
     Manifest,
     ManifestRow,
@@ -36,8 +48,8 @@ from mmkeras.data.manifest import (
     read_manifest,
 )
 from mmkeras.errors import UserError
-from mmkeras.preprocessing.image import UnreadableImageError
-from mmkeras.preprocessing.text_cleaning import InvalidTextError
+from mmkeras.preprocessing.image import IMAGE_SUFFIXES, UnreadableImageError
+from mmkeras.preprocessing.text_cleaning import InvalidTextError, clean_text
 from mmkeras.progress import step_progress
 from mmkeras.runs import manifest_columns
 from mmkeras.runtime.predictor import Predictor
@@ -47,6 +59,11 @@ BATCH_ROWS = 32
 DEFAULT_TOP_K = 3
 PREDICTION_COLUMN = "prediction"
 ERROR_COLUMN = "error"
+# The input columns of `predict_folder`'s output: the photo's path relative to the folder, and the text used.
+FOLDER_COLUMNS = ("image", "text")
+# The name a folder's in-memory manifest stands under inside the folder (no such file is read or written), so
+# that its photos are named relative to the folder (`Manifest.shown_path`).
+FOLDER_LISTING = "<photos>"
 logger = logging.getLogger("mmkeras")
 
 
@@ -91,19 +108,146 @@ def predict_file(
     if columns != RunConfig().columns:
         logger.info("reading the columns %s", ", ".join(f"{role} {name!r}" for role, name in columns.items()))
     manifest = read_manifest(data, require_labels=False, on_bad_row=on_bad_row, columns=columns)
+    return _predict_manifest(
+        predictor, manifest, out, on_bad_row=on_bad_row, top_k=top_k,
+        failure=lambda bad_rows: bad_rows_error(data, bad_rows),
+    )
+
+
+def predict_folder(
+    bundle_dir: str | Path,
+    images_dir: str | Path,
+    out: str | Path,
+    *,
+    text: str | None = None,
+    on_bad_row: str = "fail",
+    top_k: int = DEFAULT_TOP_K,
+    overwrite: bool = False,
+    num_threads: int | None = None,
+) -> dict:
+    """Predict every photo under `images_dir` with the bundle in `bundle_dir` and write the CSV `out`.
+
+    The photos are those `mmkeras manifest` finds (`IMAGE_SUFFIXES`, in
+    folders below too, hidden files and folders left out), sorted by path.
+    Each photo's text is its caption file's (`photo.txt` beside
+    `photo.jpg`; none: a missing text), or `text` for every photo when given
+    (caption files are then not read). The CSV has one row per photo:
+    `image` (its path relative to `images_dir`), `text` (as used), then the
+    columns `predict_file` adds.
+
+    Args:
+        bundle_dir: a classifier bundle folder (`mmkeras export`).
+        images_dir: the folder of photos.
+        out: the predictions CSV to write.
+        text: one text for every photo (e.g. a prompt), instead of their caption files.
+        on_bad_row: `fail` (list every bad photo, write nothing) or `skip`
+            (write the photo with its reason in the `error` column).
+        top_k, overwrite, num_threads: as `predict_file` takes them.
+
+    Returns:
+        `{"rows", "predicted", "bad_rows", "out"}`, as `predict_file` returns.
+
+    Raises:
+        UserError: `images_dir` is missing, not a folder or holds no photos,
+            `text` is not UTF-8, `out` exists (without `overwrite`), bad
+            photos (unreadable, a caption that is not UTF-8) under `fail`, or
+            a bundle that is not a classifier.
+
+    Example:
+    >>> predict_folder("bundles/demo", "phone-photos", "p.csv", text="a photo")["rows"]  # doctest: +SKIP
+    20
+    """
+    images_dir, out = Path(images_dir), Path(out)
+    _check_out(out, images_dir, overwrite)
+    manifest, skipped_cells = _folder_manifest(images_dir, _given_text(text), on_bad_row)
+    predictor = Predictor(bundle_dir, num_threads=num_threads)
+    return _predict_manifest(
+        predictor, manifest, out, on_bad_row=on_bad_row, top_k=top_k,
+        failure=lambda bad_rows: _bad_photos_error(images_dir, bad_rows), skipped_cells=skipped_cells,
+    )
+
+
+def _predict_manifest(
+    predictor: Predictor,
+    manifest: Manifest,
+    out: Path,
+    *,
+    on_bad_row: str,
+    top_k: int,
+    failure,
+    skipped_cells: dict[int, dict[str, str]] | None = None,
+) -> dict:
+    """Predict `manifest`'s rows and write `out`, or raise `failure(bad rows)` for bad rows under `fail`.
+
+    A bad row is written with its input cells (a row's own; for one dropped
+    before, `skipped_cells` by line where known) and its reason.
+    """
     top_k = min(top_k, len(predictor.labels))
     results, bad_rows = _predict_rows(predictor, manifest, top_k)
-    bad_rows = [*manifest.skipped, *bad_rows]
+    bad_rows = sorted([*manifest.skipped, *bad_rows], key=lambda row: row.line)
     if bad_rows and on_bad_row == "fail":
-        raise bad_rows_error(data, sorted(bad_rows, key=lambda row: row.line))
+        raise failure(bad_rows)
     header = _output_header(manifest, top_k, with_errors=bool(bad_rows))
-    lines = {**{row.line: {ERROR_COLUMN: row.reason} for row in bad_rows}, **results}
+    inputs = {**(skipped_cells or {}), **{row.line: row.cells or {} for row in manifest.rows}}
+    lines = {**{row.line: {**inputs.get(row.line, {}), ERROR_COLUMN: row.reason} for row in bad_rows}, **results}
     write_atomically(out, lambda partial: _write_csv(partial, header, [lines[line] for line in sorted(lines)]))
     return {"rows": len(lines), "predicted": len(results), "bad_rows": len(bad_rows), "out": str(out)}
 
 
+def _given_text(text: str | None) -> str | None:
+    """The text given for every photo, checked as a manifest's cell is (`None`: none given)."""
+    if text is None:
+        return None
+    try:
+        return clean_text(text)
+    except InvalidTextError as error:
+        raise UserError(f"--text is {error.problem}") from None
+
+
+def _folder_manifest(
+    images_dir: Path, text: str | None, on_bad_row: str
+) -> tuple[Manifest, dict[int, dict[str, str]]]:
+    """The photos of `images_dir` as a manifest (line N: the Nth photo), and the cells of those set aside.
+
+    Each photo's text is `text` when given (blank: a missing text; caption
+    files are not read), else its caption file's. A photo whose caption file
+    cannot be read is set aside with its reason (into `Manifest.skipped`);
+    under `fail` they are all listed at once, before any photo is predicted.
+    """
+    if not images_dir.is_dir():
+        raise UserError("not a folder of photos" if images_dir.exists() else "folder not found", path=images_dir)
+    photos = image_files(images_dir)
+    if not photos:
+        raise UserError(f"no photos ({', '.join(IMAGE_SUFFIXES)}) in the folder or below it", path=images_dir)
+    listing = images_dir / FOLDER_LISTING
+    rows, bad_rows, skipped_cells = [], [], {}
+    for line, photo in enumerate(photos, start=1):
+        cells = {"image": photo.relative_to(images_dir).as_posix(), "text": ""}
+        try:
+            photo_text = read_caption(photo) if text is None else (text if text.strip() else None)
+        except UserError as error:
+            caption = Path(error.path or photo).relative_to(images_dir).as_posix()
+            bad_rows.append(BadRow(listing, line, f"cannot read caption {caption!r}: {error.reason}"))
+            skipped_cells[line] = cells
+            continue
+        rows.append(ManifestRow(photo_text, photo, None, line, cells={**cells, "text": photo_text or ""}))
+    if bad_rows and on_bad_row == "fail":
+        raise _bad_photos_error(images_dir, bad_rows)
+    return Manifest(listing, rows, bad_rows, column_names=list(FOLDER_COLUMNS)), skipped_cells
+
+
+def _bad_photos_error(images_dir: Path, bad_rows: list[BadRow]) -> UserError:
+    """One error listing the first `BAD_ROWS_SHOWN` bad photos (each reason names its file) and the others' count."""
+    if len(bad_rows) == 1:
+        return UserError(bad_rows[0].reason, path=images_dir)
+    shown = "; ".join(row.reason for row in bad_rows[:BAD_ROWS_SHOWN])
+    more = f"; and {len(bad_rows) - BAD_ROWS_SHOWN} more" if len(bad_rows) > BAD_ROWS_SHOWN else ""
+    return UserError(f"{len(bad_rows)} bad photos (--on-bad-row skip writes them with the reason): {shown}{more}",
+                     path=images_dir)
+
+
 def _check_out(out: Path, data: Path, overwrite: bool):
-    """`out` is a new file in an existing folder (or one to replace, when asked), never the input."""
+    """`out` is a new file in an existing folder (or one to replace, when asked), never the input `data`."""
     if out.is_dir():
         raise UserError("--out must be a file name (predictions.csv); this is a folder", path=out)
     if not out.absolute().parent.is_dir():
