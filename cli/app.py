@@ -570,8 +570,10 @@ def predict(
             path=bundle_dir,
         )
     if images is not None:
-        if data is not None or image is not None:
-            raise UserError(f"--images predicts a folder; leave out {'--data' if data is not None else '--image'}")
+        given = [flag for flag, value in (("--data", data), ("--image", image), ("--text-column", text_column),
+                                          ("--image-column", image_column)) if value is not None]
+        if given:  # the column options name a manifest's columns: a folder has none
+            raise UserError(f"--images predicts a folder; leave out {given[0]}")
         predict_photo_folder(bundle_dir, images, out, text, top_k, on_bad_row, overwrite, as_json)
         return
     if data is not None:

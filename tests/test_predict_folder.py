@@ -130,6 +130,8 @@ def test_one_bad_caption_under_fail_is_one_line_naming_the_caption_file(tiny_bun
     ("with data", lambda p, t: ["--images", p, "--data", t / "x.csv", "--out", t / "p.csv"], "leave out --data"),
     ("with image", lambda p, t: ["--images", p, "--image", p / "00001.jpg", "--out", t / "p.csv"],
      "leave out --image"),
+    ("with a column", lambda p, t: ["--images", p, "--text-column", "caption", "--out", t / "p.csv"],
+     "leave out --text-column"),
     ("out exists", lambda p, t: ["--images", p, "--out", p / "00001.txt"], "--out exists; pass --overwrite"),
     ("text not UTF-8", lambda p, t: ["--images", p, "--text", "caf\udce9", "--out", t / "p.csv"],
      "--text is not valid UTF-8"),
