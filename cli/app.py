@@ -620,7 +620,8 @@ def emit_predictions_summary(summary, as_json, unit):
     """The one line (or --json) of a predictions CSV written: how many `unit`s (rows, photos), how many bad."""
     bad = summary["bad_rows"]
     noun = unit if bad > 1 else unit.removesuffix("s")
-    skipped = f" ({bad} bad {noun} written with their reason in the error column)" if bad else ""
+    their = "their reasons" if bad > 1 else "its reason"
+    skipped = f" ({bad} bad {noun} written with {their} in the error column)" if bad else ""
     predicted = f"predicted {summary['predicted']} of {summary['rows']} {unit} into {summary['out']}"
     emit(summary, as_json, predicted + skipped)
 

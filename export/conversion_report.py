@@ -83,6 +83,16 @@ def float_op_types(tflite_model: bytes, op_types) -> list[str]:
     return sorted(name for name, dtypes in outputs.items() if dtypes == {"float32"})
 
 
+def float_layer_norm_tails(tflite_model: bytes) -> int:
+    """How many layer norms kept their tail (`variance + epsilon`, RSQRT) float: the model's float RSQRT ops.
+
+    The default int8 export keeps them float by tensor name, not by op type
+    (`litert_conversion.layer_norm_tail_names`), so `float_op_types` does not
+    list them; in any other mode the count means nothing.
+    """
+    return sum(op.name == "RSQRT" and op.output_dtypes == ("float32",) for op in list_ops(tflite_model))
+
+
 def parity_report(model, litert_model, sample: dict[str, np.ndarray], labels: np.ndarray | None = None) -> dict:
     """How far the exported model's logits (`litert_model`, a `LiteRTModel`) are from the Keras model's on `sample`.
 
@@ -174,7 +184,9 @@ def describe_report(report: dict) -> str:
     if report["quantize"] in CALIBRATED_MODES and report["ops"]["float_ops"]:
         lines.append("float ops: " + ", ".join(f"{name} {count}" for name, count in report["ops"]["float_ops"].items()))
     if report.get("kept_float"):
-        lines.append("kept float by choice (selective quantization): " + ", ".join(report["kept_float"]))
+        tails = report.get("kept_float_layer_norm_tails")
+        tails = f"; the tail (variance + epsilon, RSQRT) of {tails} layer norms" if tails else ""
+        lines.append("kept float by choice (selective quantization): " + ", ".join(report["kept_float"]) + tails)
     if report.get("integer_only"):
         lines.append(integer_io_line(report["path"]))
     if parity is None:

@@ -19,7 +19,13 @@ from mmkeras.errors import UserError
 from mmkeras.evaluation.report import record_bundle
 from mmkeras.export.bundle_thresholds import retuned_thresholds
 from mmkeras.export.bundle_writer import check_replaceable, tensor_entry, write_bundle_json
-from mmkeras.export.conversion_report import float_op_types, op_summary, parity_report, quality_warning
+from mmkeras.export.conversion_report import (
+    float_layer_norm_tails,
+    float_op_types,
+    op_summary,
+    parity_report,
+    quality_warning,
+)
 from mmkeras.export.dual_encoder_export import export_dual_encoder
 from mmkeras.export.integer_only import check_integer_only
 from mmkeras.export.litert_conversion import (
@@ -72,7 +78,9 @@ def export_bundle(
         keep_float: for int8: op types left float besides
             `FLOAT_OPS_IN_INT8` (selective quantization). The report's
             `kept_float` lists those of both that the model has and that
-            stayed float (a QAT run's fake-quantized ops stay int8).
+            stayed float (a QAT run's fake-quantized ops stay int8), and
+            `kept_float_layer_norm_tails` how many layer norms kept their
+            tail float (picked by name: `layer_norm_tail_names`).
         calibration_rows: calibrate on all the calibration manifest's rows
             up to this many (a seeded sample of that many when it has more).
         integer_only: for int8: a model for integer-only accelerators
@@ -147,6 +155,7 @@ def _export_locked(
     if integer_only:
         check_integer_only(tflite_model)
     kept_float = float_op_types(tflite_model, requested_float) if quantize == "int8" else []
+    layer_norm_tails = float_layer_norm_tails(tflite_model) if requested_float else 0
     with staged_folder(out_dir) as staging:  # until renamed into place, no reader takes it for a bundle
         bundle_fields = write_bundle_files(staging, tflite_model, run, quantize)
         read_bundle(staging, unfinished_ok=True)  # the exporter's own check that what it wrote reads back
@@ -170,6 +179,7 @@ def _export_locked(
             "calibration_rows": len(sample["image"]) if quantize in CALIBRATED_MODES else None,
             "integer_only": integer_only,
             "kept_float": kept_float,
+            "kept_float_layer_norm_tails": layer_norm_tails,
             "parity": parity,
             **retuning,
         }

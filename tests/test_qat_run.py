@@ -12,7 +12,7 @@ from mmkeras.config import RunConfig
 from mmkeras.data.manifest import read_manifest
 from mmkeras.errors import UserError
 from mmkeras.evaluation.evaluate import evaluate
-from mmkeras.export.conversion_report import COMPUTE_OPS
+from mmkeras.export.conversion_report import COMPUTE_OPS, describe_report
 from mmkeras.export.converter import BUILTIN_OP_NAMES, export_bundle
 from mmkeras.models import build_model
 from mmkeras.models.text_backbones import freeze_pooler
@@ -144,6 +144,9 @@ def test_int8_export_of_a_qat_run_keeps_each_layer_norm_tail_float(int8_bundle):
     # Neither `variance + epsilon` nor its RSQRT has fake quantization; XNNPACK takes neither in int8.
     tails = layer_norm_tail_dtypes(int8_bundle[0] / "model.tflite")
     assert tails and set(tails) == {("float32", "float32")}
+    report = int8_bundle[1]
+    assert report["kept_float_layer_norm_tails"] == len(tails)  # each tail: its ADD and RSQRT
+    assert f"; the tail (variance + epsilon, RSQRT) of {len(tails)} layer norms" in describe_report(report)
 
 
 def test_int8_export_of_a_qat_run_with_padding_keeps_the_attention_mask_path_float(int8_bundle):
