@@ -329,7 +329,8 @@ def train(
     emit(
         metrics,
         as_json,
-        f"trained {metrics['epochs_completed']} epochs: loss {metrics['loss']:.4f}, {figures}, run in {result.run_dir}"
+        f"trained {counted_epochs(metrics['epochs_completed'])}: loss {metrics['loss']:.4f}, {figures}, "
+        f"run in {result.run_dir}"
         f"\n{kept}",
     )
 
@@ -449,7 +450,7 @@ def qat(
     emit(
         metrics,
         as_json,
-        f"QAT {metrics['epochs_completed']} epochs: loss on the training rows (no dropout or augmentation) "
+        f"QAT {counted_epochs(metrics['epochs_completed'])}: loss on the training rows (no dropout or augmentation) "
         f"{metrics['initial_loss']:.4f} -> {metrics['final_loss']:.4f}, "
         f"val_accuracy {format_figure(metrics['val_accuracy'])}, QAT run in {result.run_dir}",
     )
@@ -804,6 +805,11 @@ def serve_until_interrupted(server, stop_seconds: float = SERVER_STOP_SECONDS):
         os._exit(0)
 
 
+def counted_epochs(count: int) -> str:
+    """`count` epochs in words ("1 epoch", "3 epochs"), for the lines that end a run."""
+    return "1 epoch" if count == 1 else f"{count} epochs"
+
+
 def describe_site(report: dict) -> str:
     return (
         f"wrote the web site {report['path']} ({report['files']} files, {report['size_bytes'] / 2**20:.1f} MB); "
@@ -1007,7 +1013,7 @@ def align(
     if not result.is_chief:
         return
     metrics = result.metrics
-    emit(metrics, as_json, f"aligned {metrics['epochs_completed']} epochs: loss {metrics['loss']:.4f}, "
+    emit(metrics, as_json, f"aligned {counted_epochs(metrics['epochs_completed'])}: loss {metrics['loss']:.4f}, "
          f"{describe_alignment(metrics)}, run in {result.run_dir}")
 
 
