@@ -1008,13 +1008,17 @@ def align(
     preflight.check_out_folder(run_config.out)
     load_tensorflow()
     from mmkeras.training.align_job import align as align_run
+    from mmkeras.training.fit import kept_weights_summary
 
     result = align_run(run_config, resume=resume)
     if not result.is_chief:
         return
     metrics = result.metrics
+    # Which epoch's weights early stopping kept, as train says it (its in-batch val_accuracy would mislead).
+    kept = kept_weights_summary(result.history, metrics["kept_epoch"], metrics["stopped_early"],
+                                run_config.early_stopping_patience, with_accuracy=False)
     emit(metrics, as_json, f"aligned {counted_epochs(metrics['epochs_completed'])}: loss {metrics['loss']:.4f}, "
-         f"{describe_alignment(metrics)}, run in {result.run_dir}")
+         f"{describe_alignment(metrics)}, run in {result.run_dir}\n{kept}")
 
 
 def describe_alignment(metrics: dict) -> str:
