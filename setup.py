@@ -13,6 +13,11 @@ from setuptools import find_packages, setup
 PACKAGE_ROOTS = {"mmkeras": "mmkeras", "mmkeras.cli": "cli", "mmkeras.export": "export"}
 
 
+# Folders of data files only (no __init__.py), installed as packages of their own: setuptools warns that it
+# would ignore a folder Python can import (as a namespace package) when it is only package data.
+DATA_PACKAGES = {"mmkeras.web.site": ["*"]}
+
+
 def discover(package: str, folder: str) -> list[str]:
     """`package` and every package below `folder`, named under `package`."""
     return [package, *(f"{package}.{name}" for name in find_packages(folder))]
@@ -20,10 +25,12 @@ def discover(package: str, folder: str) -> list[str]:
 
 setup(
     package_dir=PACKAGE_ROOTS,
-    packages=[name for package, folder in PACKAGE_ROOTS.items() for name in discover(package, folder)],
+    packages=[name for package, folder in PACKAGE_ROOTS.items() for name in discover(package, folder)]
+    + list(DATA_PACKAGES),
     package_data={
         "mmkeras": ["py.typed"],
         "mmkeras.runtime": ["*.json"],
-        "mmkeras.web": ["site/*", "package.json", "package-lock.json"],
+        "mmkeras.web": ["package.json", "package-lock.json"],
+        **DATA_PACKAGES,
     },
 )

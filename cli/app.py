@@ -329,7 +329,8 @@ def train(
     emit(
         metrics,
         as_json,
-        f"trained {metrics['epochs_completed']} epochs: loss {metrics['loss']:.4f}, {figures}, run in {result.run_dir}"
+        f"trained {counted_epochs(metrics['epochs_completed'])}: loss {metrics['loss']:.4f}, {figures}, "
+        f"run in {result.run_dir}"
         f"\n{kept}",
     )
 
@@ -449,7 +450,7 @@ def qat(
     emit(
         metrics,
         as_json,
-        f"QAT {metrics['epochs_completed']} epochs: loss on the training rows (no dropout or augmentation) "
+        f"QAT {counted_epochs(metrics['epochs_completed'])}: loss on the training rows (no dropout or augmentation) "
         f"{metrics['initial_loss']:.4f} -> {metrics['final_loss']:.4f}, "
         f"val_accuracy {format_figure(metrics['val_accuracy'])}, QAT run in {result.run_dir}",
     )
@@ -805,6 +806,11 @@ def serve_until_interrupted(server, stop_seconds: float = SERVER_STOP_SECONDS):
         os._exit(0)
 
 
+def counted_epochs(count: int) -> str:
+    """`count` epochs in words ("1 epoch", "3 epochs"), for the lines that end a run."""
+    return "1 epoch" if count == 1 else f"{count} epochs"
+
+
 def describe_site(report: dict) -> str:
     return (
         f"wrote the web site {report['path']} ({report['files']} files, {report['size_bytes'] / 2**20:.1f} MB); "
@@ -1003,13 +1009,17 @@ def align(
     preflight.check_out_folder(run_config.out)
     load_tensorflow()
     from mmkeras.training.align_job import align as align_run
+    from mmkeras.training.fit import kept_weights_summary
 
     result = align_run(run_config, resume=resume)
     if not result.is_chief:
         return
     metrics = result.metrics
-    emit(metrics, as_json, f"aligned {metrics['epochs_completed']} epochs: loss {metrics['loss']:.4f}, "
-         f"{describe_alignment(metrics)}, run in {result.run_dir}")
+    # Which epoch's weights early stopping kept, as train says it (its in-batch val_accuracy would mislead).
+    kept = kept_weights_summary(result.history, metrics["kept_epoch"], metrics["stopped_early"],
+                                run_config.early_stopping_patience, with_accuracy=False)
+    emit(metrics, as_json, f"aligned {counted_epochs(metrics['epochs_completed'])}: loss {metrics['loss']:.4f}, "
+         f"{describe_alignment(metrics)}, run in {result.run_dir}\n{kept}")
 
 
 def describe_alignment(metrics: dict) -> str:

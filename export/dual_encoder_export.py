@@ -160,7 +160,8 @@ def describe_dual_encoder_report(report: dict) -> str:
         parity = report["parity"][name]
         lines.append(
             f"{name} ({facts['quantize']}): {facts['size_bytes']} bytes, "
-            f"compute ops {compute['int8']} int8 / {compute['int16x8']} int16x8 / {compute['float']} float; "
+            f"compute ops {compute['int8']} int8 / {compute['int16x8']} int16x8 / {compute['hybrid']} hybrid / "
+            f"{compute['float']} float of {compute['total']}; "
             f"cosine to Keras on {parity['rows']} rows: "
             f"mean {parity['mean_cosine']:.4f}, min {parity['min_cosine']:.4f}"
         )

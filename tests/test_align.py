@@ -127,7 +127,7 @@ def test_align_lists_every_bad_pair_before_loading_tensorflow(pairs, tmp_path, c
     assert "loading TensorFlow" not in err and not (tmp_path / "run").exists()
 
 
-def test_align_skips_bad_pairs_and_ends_with_its_recall_against_chance(pairs, tmp_path, capsys):
+def test_align_skips_bad_pairs_and_ends_with_its_recall_and_the_kept_epoch(pairs, tmp_path, capsys):
     manifest, first = with_bad_pairs(pairs["train"], tmp_path)
     args = [arg for arg in align_args({**pairs, "train": manifest}, tmp_path / "run", "--on-bad-row", "skip")
             if arg != "--json"]
@@ -135,7 +135,11 @@ def test_align_skips_bad_pairs_and_ends_with_its_recall_against_chance(pairs, tm
     assert code == 0
     skipped = (tmp_path / "run" / "skipped_rows.csv").read_text().splitlines()[1:]
     assert [int(line.split(",")[1]) for line in skipped] == [first, first + 1, first + 2]
-    assert "val recall@1 text->image" in out.splitlines()[-1] and "(chance " in out.splitlines()[-1]
+    summary, kept = out.splitlines()[-2:]
+    assert "val recall@1 text->image" in summary and "(chance " in summary
+    # As train ends: which epoch's weights early stopping kept (the align run once left that unsaid).
+    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert kept.startswith(f"kept epoch {metrics['kept_epoch']}'s weights (lowest val_loss ")
 
 
 # The counterfactual: each replica's negatives are its own rows only (no all_gather).

@@ -277,3 +277,14 @@ def test_a_bad_value_is_named_by_its_flag(flag, value, capsys):
     code, _, err = run_cli(capsys, "train", "--data", "x.csv", "--out", "run", flag, value)
     assert code == 2
     assert err.startswith((f"error: {flag} must be", f"error: Invalid value for '{flag}'"))
+
+
+def test_a_one_epoch_run_ends_in_words_that_count_one(tmp_path, capsys):
+    # Seen walking the guide with --epochs 1: "trained 1 epochs ... trained all 1 epochs".
+    train = write_subset(SAMPLES / "train.csv", tmp_path / "train.csv", 16)
+    val = write_subset(SAMPLES / "val.csv", tmp_path / "val.csv", 8)
+    code, out, _ = run_cli(capsys, "train", "--data", train, "--val", val, "--out", tmp_path / "run",
+                           "--epochs", "1", "--batch-size", "8")
+    assert code == 0
+    assert out.startswith("trained 1 epoch: loss ")
+    assert out.rstrip().endswith("; trained the one epoch")

@@ -72,6 +72,19 @@ def test_int8_bundle_has_an_int8_image_encoder_and_int8_text_weights(bundles):
     assert reports["int8"]["conversion"]["parity"]["text_encoder"]["min_cosine"] > 0.999
 
 
+def test_the_printed_report_counts_the_text_encoders_hybrid_ops():
+    # An int8 bundle's text encoder has int8 weights and float activations (hybrid ops): the line once left
+    # them out and read "0 int8 / 0 int16x8 / 4 float" for a tower of 17 compute ops, as if nothing was quantized.
+    compute = {"total": 17, "int8": 0, "int16x8": 0, "hybrid": 13, "float": 4}
+    report = {
+        "path": "b", "quantize": "int8", "integer_only": False,
+        "encoders": {"text_encoder": {"quantize": "dynamic", "size_bytes": 1, "ops": {"compute_ops": compute}}},
+        "parity": {"text_encoder": {"rows": 100, "mean_cosine": 1.0, "min_cosine": 0.9999}},
+    }
+    line = describe_dual_encoder_report(report).splitlines()[1]
+    assert "compute ops 0 int8 / 0 int16x8 / 13 hybrid / 4 float of 17;" in line
+
+
 @pytest.mark.slow
 def test_integer_only_bundle_has_no_float_op_in_either_encoder(bundles):
     folder, reports = bundles

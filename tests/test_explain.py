@@ -84,3 +84,18 @@ def test_explain_of_a_trained_run_and_its_bundle_points_at_the_quadrant(tmp_path
     assert np.array(attention["image"]).shape == (2, 2)  # the tiny CNN's 2x2 patch grid
     assert np.array(attention["image"]).sum() == pytest.approx(1.0, abs=1e-4)
     assert explanation["attention"] is None  # a bundle has no attention to show
+
+
+def test_explain_without_matplotlib_writes_the_json_and_says_why_there_is_no_figure(
+    tiny_bundle, tmp_path, monkeypatch, caplog
+):
+    # The device-only install has no matplotlib: explanation.png was silently missing from --out.
+    from mmkeras.evaluation import plots
+    from mmkeras.evaluation.explain import explain
+
+    monkeypatch.setattr(plots, "can_plot", lambda: False)
+    image = quadrant_image(tmp_path / "x.png", "red", np.random.default_rng(0))
+    with caplog.at_level("INFO", logger="mmkeras"):
+        explain(tiny_bundle["bundle"], "plain words", image, out=tmp_path / "why")
+    assert sorted(path.name for path in (tmp_path / "why").iterdir()) == ["explanation.json"]
+    assert "matplotlib is not installed: no explanation.png" in caplog.text

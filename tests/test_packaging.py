@@ -40,14 +40,30 @@ BASE_INSTALL_MODULES = (
 @pytest.fixture(scope="module")
 def wheel(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("dist")
-    subprocess.run(
+    completed = subprocess.run(
         [sys.executable, "-m", "build", "--wheel", "--outdir", str(out), str(ROOT)],
         check=True,
         capture_output=True,
+        text=True,
         timeout=600,
     )
+    (out / BUILD_LOG).write_text(completed.stdout + completed.stderr)
     [built] = out.glob("mmkeras-*.whl")
     return built
+
+
+# What `python -m build` printed, beside the wheel it built.
+BUILD_LOG = "build.log"
+
+
+@pytest.mark.slow
+def test_building_the_wheel_warns_of_no_package_it_would_ignore(wheel):
+    # README says to build a wheel with `python -m build`: it printed a block of "Package would be ignored"
+    # for mmkeras/web/site (the page's files), which it packed all the same.
+    assert "Package would be ignored" not in (wheel.parent / BUILD_LOG).read_text()
+    with zipfile.ZipFile(wheel) as archive:
+        packed = set(archive.namelist())
+    assert {f"mmkeras/web/site/{name}" for name in ("index.html", "app.js", "preprocessing.js", "style.css")} <= packed
 
 
 @pytest.mark.slow

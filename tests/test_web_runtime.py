@@ -265,6 +265,17 @@ def test_cli_web_prints_the_site_and_its_size(sites, tmp_path, capsys):
     assert (tmp_path / "site" / "bundle" / "model.tflite").read_bytes() == (bundle_dir / "model.tflite").read_bytes()
 
 
+@pytest.mark.skipif(shutil.which("npm") is None, reason="needs npm: apt-get install -y npm")
+def test_cli_web_says_once_what_it_wrote(tiny_bundle, tmp_path, capsys):
+    # The builder's own log line and the command's summary both said it: "wrote site (20 files, 20.2 MB)"
+    # then "wrote the web site site (20 files, 20.2 MB); serve it with: ...".
+    assert main(["web", str(tiny_bundle["bundle"]), "--out", str(tmp_path / "site")]) == 0
+    captured = capsys.readouterr()
+    summaries = [line for line in (captured.out + captured.err).splitlines() if " files, " in line]
+    assert len(summaries) == 1 and summaries[0].startswith("wrote the web site "), summaries
+    assert "serve it with: python3 -m http.server -d " in summaries[0]
+
+
 def test_without_npm_the_error_says_what_to_install(tmp_path, monkeypatch):
     bundle_dir = tmp_path / "bundle"
     export_bundle(save_tiny_run(tmp_path / "run"), bundle_dir)

@@ -12,6 +12,7 @@ Example:
 ('red_calm', {'fused': 0.98, 'text_only': 0.31, 'image_only': 0.45})
 """
 
+import logging
 from pathlib import Path
 
 from mmkeras.atomic_files import write_atomically, write_json_atomically
@@ -23,6 +24,8 @@ from mmkeras.preprocessing.image import UnreadableImageError
 
 EXPLANATION_JSON = "explanation.json"
 EXPLANATION_PNG = "explanation.png"
+
+logger = logging.getLogger("mmkeras")
 
 
 def explain(target, text: str | None, image, *, out=None) -> dict:
@@ -63,4 +66,6 @@ def explain(target, text: str | None, image, *, out=None) -> dict:
         if plots.can_plot():
             png = plots.explanation_png(pixels, explanation, labels)
             write_atomically(out / EXPLANATION_PNG, lambda partial: partial.write_bytes(png))
+        else:  # the device-only install: say why the figure is missing rather than leave the user looking
+            logger.info('matplotlib is not installed: no %s in %s (pip install "mmkeras[train]")', EXPLANATION_PNG, out)
     return explanation

@@ -148,12 +148,14 @@ def kept_weights_summary(
     >>> kept_weights_summary({"loss": [0.9, 0.7, 0.6], "val_loss": [0.8, 0.6, 0.7],
     ...                       "val_accuracy": [0.5, 0.7, 0.6]}, 2, False, 3)
     "kept epoch 2's weights (lowest val_loss 0.6000, val_accuracy 0.7000); trained all 3 epochs"
+    >>> kept_weights_summary({"loss": [0.9], "val_loss": [0.8], "val_accuracy": [0.5]}, 1, False, 3)
+    "kept epoch 1's weights (lowest val_loss 0.8000, val_accuracy 0.5000); trained the one epoch"
     """
     last = len(history["loss"])
     ended = (
         f"stopped after epoch {last}: val_loss did not improve for {patience} epochs"
         if stopped_early
-        else f"trained all {last} epochs"
+        else f"trained all {last} epochs" if last > 1 else "trained the one epoch"
     )
     if kept_epoch is None:
         return f"kept the last epoch's weights (no validation manifest); {ended}"

@@ -145,5 +145,4 @@ def build_site(bundle_dir: str | Path, out_dir: str | Path) -> dict:
         "files": sum(1 for path in out_dir.rglob("*") if path.is_file()),
         "packages": dict(NPM_PACKAGES),
     }
-    logger.info("wrote %s (%d files, %.1f MB)", out_dir, report["files"], report["size_bytes"] / 2**20)
     return report
