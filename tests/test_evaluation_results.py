@@ -187,3 +187,14 @@ def test_a_short_runs_curves_mark_whole_epochs_only(monkeypatch):
     plots.curve_png({"loss": [0.9, 0.5, 0.4]}, ("loss",), ylabel="loss", best_epoch=3)
     ticks = figures[0].axes[0].get_xticks()
     assert len(ticks) >= 3 and all(float(tick).is_integer() for tick in ticks)
+
+
+def test_a_small_confusion_matrix_counts_in_whole_numbers_on_its_colour_scale(monkeypatch):
+    from mmkeras.evaluation import plots
+
+    figures = []
+    monkeypatch.setattr(plots, "_png", lambda figure: figures.append(figure) or b"")
+    plots.confusion_png([[2, 0], [0, 2]], ["cat", "dog"])
+    colour_scale = figures[0].axes[1]  # the colorbar's axes, beside the heatmap
+    ticks = colour_scale.get_yticks()
+    assert len(ticks) >= 2 and all(float(tick).is_integer() for tick in ticks)

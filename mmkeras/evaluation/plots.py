@@ -83,7 +83,10 @@ def confusion_png(matrix, labels: list[str], *, normalized: bool = False) -> byt
     size = max(3.5, 0.45 * len(labels) + 2)
     figure, axes = plt.subplots(figsize=(size + 1, size))
     image = axes.imshow(values, cmap="Blues", vmin=0, vmax=1 if normalized else max(1, values.max()))
-    figure.colorbar(image, ax=axes, fraction=0.046)
+    colorbar = figure.colorbar(image, ax=axes, fraction=0.046)
+    if not normalized:
+        colorbar.locator = _integer_ticks()  # counts are whole: no 1.25, 1.75 on a small test set's scale
+        colorbar.update_ticks()
     ticks = range(len(labels))
     axes.set_xticks(ticks, labels, rotation=45, ha="right", fontsize=8)
     axes.set_yticks(ticks, labels, fontsize=8)
