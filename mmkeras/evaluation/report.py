@@ -196,6 +196,15 @@ def record_bundle(bundle_dir) -> Path | None:
     return source
 
 
+def keep_evaluation(target, *, bundle: bool):
+    """After `evaluate` wrote a results folder of `target`: a bundle is listed in its run's `bundles.json`
+    (`record_bundle`: the run's report and `compare` list a bundle evaluated wherever it is), and the run's
+    report is refreshed (`refresh_report`)."""
+    if bundle:
+        record_bundle(target)
+    refresh_report(target)
+
+
 def _source_run(bundle_dir: Path) -> Path | None:
     """The run folder a bundle was exported from, when it is on this machine (read only)."""
     bundle = bundle_json(bundle_dir / BUNDLE_FILE)
