@@ -374,7 +374,8 @@ def describe_evaluation(figures: dict) -> str:
                 f"n {figures['n']}  ({len(figures['labels'])} classes, prompt {figures['prompt']!r})")
     if "mAP" in figures:
         return (f"mAP {figures['mAP']:.4f}  micro_f1 {figures['micro_f1']:.4f}  "
-                f"macro_f1 {figures['macro_f1']:.4f}  exact_match {figures['exact_match']:.4f}  n {figures['n']}")
+                f"macro_f1 {figures['macro_f1']:.4f}  exact_match {figures['exact_match']:.4f}  n {figures['n']}\n"
+                f"results in {figures['results_dir']}")
     ablation = figures["modality_ablation"]
     return (
         f"accuracy {figures['accuracy']:.4f}  macro_f1 {figures['macro_f1']:.4f}  n {figures['n']}  "

@@ -1,6 +1,7 @@
 """`train --task multilabel`: label cells with several labels, sigmoid outputs, tuned thresholds, mAP and F1."""
 
 import contextlib
+import csv
 import io
 import json
 import subprocess
@@ -12,8 +13,9 @@ import tensorflow as tf
 
 import mmkeras
 from mmkeras.cli.app import main
-from mmkeras.data.label_sets import multi_hot
+from mmkeras.data.label_sets import multi_hot, split_labels
 from mmkeras.data.manifest import read_manifest
+from mmkeras.evaluation.multilabel_results import PER_LABEL_COLUMNS
 from mmkeras.export.converter import export_bundle
 from mmkeras.quantization.qat_settings import QATSettings
 from mmkeras.quantization.qat_training import qat_finetune
@@ -107,6 +109,50 @@ def test_the_python_api_evaluates_a_multilabel_run_as_the_cli_does(multilabel_ru
     assert mmkeras.evaluate(multilabel_run["out"], multilabel_run["val"])["mAP"] == metrics["val_mAP"]
 
 
+def read_rows(path) -> list[dict]:
+    with open(path, encoding="utf-8", newline="") as file:
+        return list(csv.DictReader(file))
+
+
+def check_results_folder(folder, figures: dict, data):
+    """The files of a multilabel results folder hold `figures` and one row per manifest row, sets that give them."""
+    assert figures["results_dir"] == str(folder)
+    assert json.loads((folder / "metrics.json").read_text()) == json.loads(json.dumps(figures))
+    labels = list(figures["per_label"])
+    per_label = read_rows(folder / "per_label.csv")
+    assert [row["label"] for row in per_label] == labels
+    assert all(float(row[column]) == figures["per_label"][row["label"]][column]
+               for row in per_label for column in PER_LABEL_COLUMNS)
+    manifest, rows = read_manifest(data), read_rows(folder / "predictions.csv")
+    assert [(row["manifest"], int(row["line"]), row["text"], row["image_file"]) for row in rows] == [
+        (str(manifest.where(row)[0]), manifest.where(row)[1], row.text, str(row.image or "")) for row in manifest.rows]
+    assert [set(split_labels(row["label"])) for row in rows] == [set(split_labels(row.label)) for row in manifest.rows]
+    # The predicted sets are those `evaluate_multilabel` scored: they give its F1 per label and its exact match.
+    truth, predicted = (multi_hot([row[column] for row in rows], labels) for column in ("label", "predicted"))
+    assert [int(row["exact"]) for row in rows] == np.all(truth == predicted, axis=1).astype(int).tolist()
+    assert round(float(np.mean([int(row["exact"]) for row in rows])), 4) == figures["exact_match"]
+    for column, label in enumerate(labels):
+        hits = np.sum(truth[:, column] * predicted[:, column])
+        marked = np.sum(truth[:, column]) + np.sum(predicted[:, column])
+        assert (round(float(2 * hits / marked), 4) if marked else 1.0) == figures["per_label"][label]["f1"]
+    assert all(0 <= float(row[f"score_{label}"]) <= 1 for row in rows for label in labels)
+    assert (folder / "per_label.png").read_bytes().startswith(b"\x89PNG")
+    return rows
+
+
+@pytest.mark.slow
+def test_evaluate_of_a_multilabel_run_keeps_a_results_folder_and_the_report_shows_it(multilabel_run):
+    # Before, a multilabel evaluation printed its figures and kept nothing: no rows to look at, no report section.
+    figures = mmkeras.evaluate(multilabel_run["out"], multilabel_run["val"])
+    rows = check_results_folder(multilabel_run["out"] / "results" / "val", figures, multilabel_run["val"])
+    page = (multilabel_run["out"] / "report.html").read_text(encoding="utf-8")
+    evaluation = page[page.index("<h3>On val</h3>"):page.index('<section id="bundles">')]  # after one_tag's
+    assert f"<td>mAP</td><td>{figures['mAP']}</td>" in evaluation
+    assert "<th>average precision</th>" in evaluation and "Sample predictions (" in evaluation
+    exact = sum(row["exact"] == "1" for row in rows)
+    assert evaluation.count("true <b>{") == min(6, exact) + min(6, len(rows) - exact)
+
+
 @pytest.fixture(scope="module")
 def multilabel_bundles(multilabel_run):
     """mode -> a bundle exported from the multilabel run: float, and post-training int8."""
@@ -166,11 +212,24 @@ def test_evaluate_of_a_multilabel_bundle_gives_the_run_figures_without_tensorflo
     assert code == 0, err
     run_figures = json.loads(out)
     bundle_figures = device_cli("evaluate", multilabel_bundles[mode], "--data", multilabel_run["val"])
+    assert bundle_figures.pop("results_dir") == str(multilabel_bundles[mode] / "results" / "val")
+    run_figures.pop("results_dir")
     if mode == "none":  # the same model: the same figures, per label too
         assert bundle_figures == run_figures
     else:  # int8 moves scores a little: the same figures, on the same rows, near the run's
         assert bundle_figures.keys() == run_figures.keys() and bundle_figures["n"] == run_figures["n"]
         assert abs(bundle_figures["mAP"] - run_figures["mAP"]) <= 0.1
+
+
+@pytest.mark.slow
+def test_evaluate_of_a_multilabel_bundle_keeps_a_results_folder_without_tensorflow(multilabel_run, multilabel_bundles):
+    bundle = multilabel_bundles["int8"]
+    figures = device_cli("evaluate", bundle, "--data", multilabel_run["val"])  # TensorFlow cannot be imported
+    rows = check_results_folder(bundle / "results" / "val", figures, multilabel_run["val"])
+    predictor = Predictor(bundle)
+    for row in rows:  # each row's set is the bundle's prediction of it
+        prediction = predictor.predict(row["text"], row["image_file"] or None)
+        assert split_labels(row["predicted"]) == prediction.labels
 
 
 @pytest.mark.slow

@@ -2,10 +2,14 @@ import base64
 import json
 import re
 
+import numpy as np
 import pytest
+from PIL import Image
 
 from mmkeras.errors import UserError
+from mmkeras.evaluation.multilabel_results import prediction_cells, write_multilabel_results
 from mmkeras.evaluation.report import write_report
+from mmkeras.tasks.multilabel_metrics import multilabel_figures
 
 
 def test_report_embeds_curves_figures_and_config(tmp_path):
@@ -34,3 +38,50 @@ def test_a_neighbours_damaged_bundle_does_not_stop_the_report(tmp_path):
     (tmp_path / "broken").mkdir()
     (tmp_path / "broken" / "bundle.json").write_text('{\n  "format_version": 1,\n  oops\n}')
     assert write_report(run_dir, tmp_path / "r.html").is_file()
+
+
+def tagged_results_folder(run_dir, image):
+    """A multilabel results folder of 3 rows (written as `evaluate_multilabel` writes one), the first with `image`."""
+    labels, thresholds = ["red", "ring", "square"], [0.5, 0.4, 0.6]
+    truth = np.array([[1, 1, 0], [0, 0, 1], [1, 0, 1]], np.float32)
+    scores = np.array([[0.9, 0.7, 0.1], [0.2, 0.1, 0.8], [0.8, 0.45, 0.3]])  # the last row: ring extra, square missed
+    figures = multilabel_figures(truth, scores, thresholds, labels)
+    rows = [
+        {"line": index + 2, "manifest": "/data/tags.csv", "text": f"row {index}", "image": "",
+         "image_file": str(image) if index == 0 else "", **prediction_cells(labels, truth[index], scores[index],
+                                                                               thresholds)}
+        for index in range(3)
+    ]
+    write_multilabel_results(run_dir / "results" / "tags", figures, rows)
+    return figures
+
+
+def test_the_report_shows_a_multilabel_evaluation_with_its_label_sets(tmp_path):
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    (run_dir / "history.json").write_text(json.dumps({"loss": [1.0, 0.5]}))
+    Image.new("RGB", (8, 8), "red").save(tmp_path / "red.png")
+    figures = tagged_results_folder(run_dir, tmp_path / "red.png")
+    page = write_report(run_dir, tmp_path / "r.html").read_text()
+    evaluation = page[page.index('<section id="evaluation">'):page.index('<section id="bundles">')]
+    assert "On tags" in evaluation and "exact match (every label right)" in evaluation
+    assert f"<td>mAP</td><td>{figures['mAP']}</td>" in evaluation
+    assert "<th>average precision</th>" in evaluation and "<td>ring</td><td>0.4</td>" in evaluation
+    assert "Sample predictions (2 exact, 1 with a label wrong)" in evaluation
+    assert "true <b>{red, square}</b>, predicted <b>{red, ring}</b>" in evaluation
+    assert "missed square; extra ring" in evaluation and "square 0.300 &lt; 0.600, ring 0.450 ≥ 0.400" in evaluation
+    assert "line 2 of tags.csv" in evaluation and evaluation.count('<div class="card ') == 3
+    assert evaluation.count("data:image/png") == 2  # the per-label chart and the one row's photo
+
+
+def test_a_results_folder_the_report_cannot_read_is_named_not_fatal(tmp_path):
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    (run_dir / "history.json").write_text(json.dumps({"loss": [1.0, 0.5]}))
+    tagged_results_folder(run_dir, tmp_path / "gone.png")
+    (run_dir / "results" / "old").mkdir()
+    (run_dir / "results" / "old" / "metrics.json").write_text(json.dumps({"accuracy": 0.5}))  # no per_class
+    page = write_report(run_dir, tmp_path / "r.html").read_text()
+    assert ('On old</h3><p class="missing">not shown: its files could not be read (KeyError: &#x27;per_class&#x27;)'
+            in page)
+    assert "On tags" in page and "image not found" in page

@@ -17,12 +17,9 @@ Everything is saved in the target's results folder (`results_folder`), and
 the run's report is refreshed.
 """
 
-import functools
-
 import numpy as np
 
 from mmkeras.data.manifest import read_manifest
-from mmkeras.data.parquet_manifest import embedded_image_name
 from mmkeras.errors import UserError
 from mmkeras.evaluation.calibration import calibration_figures
 from mmkeras.evaluation.consistency import consistency_figures
@@ -30,9 +27,7 @@ from mmkeras.evaluation.metrics import classification_figures, top_k_accuracy
 from mmkeras.evaluation.modality_ablation import ModalityLogits
 from mmkeras.evaluation.multilabel_evaluate import evaluate_multilabel
 from mmkeras.evaluation.results_folder import (
-    IMAGE_FILE_COLUMN,
-    MANIFEST_COLUMN,
-    SOURCE_IMAGE_COLUMN,
+    example_columns,
     results_dir,
     sample_rows,
     write_attention_overlays,
@@ -69,8 +64,9 @@ def evaluate(
         zero_shot: classify the manifest's images by its label names alone
             (an align run only; `zero_shot_evaluate`).
         prompt: with `zero_shot`, the text of a class, with `{label}`.
-        save_results: a classifier's results folder and report refresh
-            (`evaluate_classifier`).
+        save_results: a classifier's or a multilabel target's results
+            folder and report refresh (`evaluate_classifier`,
+            `evaluate_multilabel`).
         columns: `{role: column name}` of the manifest where it differs
             from a run's own (`mmkeras.runs.manifest_columns`).
 
@@ -92,11 +88,8 @@ def evaluate(
     task = target_task(target)
     if task.evaluation is None:
         raise UserError(f"an {task.name} run has no classifier: evaluate it with --zero-shot", path=target)
-    routines = {
-        "classifier": functools.partial(evaluate_classifier, save_results=save_results),
-        "multilabel": evaluate_multilabel,
-    }
-    return routines[task.evaluation](target, data, columns=columns)
+    routines = {"classifier": evaluate_classifier, "multilabel": evaluate_multilabel}
+    return routines[task.evaluation](target, data, save_results=save_results, columns=columns)
 
 
 def evaluate_classifier(target, data, *, save_results: bool = True, columns: dict[str, str] | None = None) -> dict:
@@ -152,11 +145,9 @@ def evaluate_classifier(target, data, *, save_results: bool = True, columns: dic
         write_results(folder, figures, rows)
         if run is not None:
             write_attention_overlays(run, folder, sample_rows(rows))
-        from mmkeras.evaluation.report import record_bundle, refresh_report
+        from mmkeras.evaluation.report import keep_evaluation
 
-        if run is None:  # a bundle
-            record_bundle(target)  # the run's report and `compare` list a bundle evaluated wherever it is
-        refresh_report(target)
+        keep_evaluation(target, bundle=run is None)
     return figures
 
 
@@ -186,25 +177,14 @@ def ablation_figures(y_true, probabilities, labels: list[str]) -> dict:
 
 
 def prediction_rows(manifest, image_column: str, labels, y_true, fused, text_only, image_only) -> list[dict]:
-    """The rows of predictions.csv: the example, the true and predicted labels, and every class's score.
-
-    `line` and `manifest` say where a person finds the row
-    (`Manifest.where`: for a `cv` fold, the line of the user's file, not of
-    the fold's `test.csv`); `image` names the picture as the manifest does
-    (`shown_image`); `image_file` is the file that was read, which the
-    report's thumbnails and attention overlays open.
-    """
+    """The rows of predictions.csv: the example (`example_columns`), the true and predicted labels, and every
+    class's score."""
     rows = []
     for index, row in enumerate(manifest.rows):
         predicted = int(fused[index].argmax())
-        source, line = manifest.where(row)
         rows.append(
             {
-                "line": line,
-                MANIFEST_COLUMN: str(source),
-                "text": row.text or "",
-                "image": shown_image(row, image_column),
-                IMAGE_FILE_COLUMN: "" if row.image is None else str(row.image),
+                **example_columns(manifest, row, image_column),
                 "label": labels[y_true[index]],
                 "predicted": labels[predicted],
                 "score": round(float(fused[index, predicted]), 4),
@@ -215,20 +195,3 @@ def prediction_rows(manifest, image_column: str, labels, y_true, fused, text_onl
             }
         )
     return rows
-
-
-def shown_image(row, image_column: str) -> str:
-    """A row's image as predictions.csv shows it: the path read, or for image bytes the Parquet file's own cell.
-
-    A picture written from a Parquet manifest's bytes is shown as
-    `predict --data` shows it (`ParquetRecord.as_written`: the Hugging Face
-    struct's `path`, else `<image bytes of row N>`), not as the hashed file
-    it was written to: that name says nothing to a person and goes with
-    `mmkeras cache clear`. A manifest listing such files (a `cv` fold's)
-    names the user's picture in its `source_image` column.
-    """
-    if row.image is None:
-        return ""
-    if embedded_image_name(row.image) is None:
-        return str(row.image)
-    return row.cells.get(SOURCE_IMAGE_COLUMN) or row.cells[image_column]

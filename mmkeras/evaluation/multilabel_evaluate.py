@@ -2,7 +2,9 @@
 
 A run (Keras) and its bundle (LiteRT, no TensorFlow) go through the same
 code: `evaluate`'s `load_target` and `predict_probabilities`, with a sigmoid
-per label instead of the softmax.
+per label instead of the softmax. Both keep a results folder
+(`multilabel_results`) where a single-label evaluation keeps its
+(`results_dir`), and the run's report shows it.
 
 Example:
 >>> figures = evaluate_multilabel("runs/tags", "test.csv")  # doctest: +SKIP
@@ -12,6 +14,8 @@ Example:
 
 from mmkeras.data.label_sets import checked_label_cells, multi_hot
 from mmkeras.data.manifest import read_manifest
+from mmkeras.evaluation.multilabel_results import prediction_rows, write_multilabel_results
+from mmkeras.evaluation.results_folder import results_dir
 from mmkeras.evaluation.target_predictions import load_target
 from mmkeras.runs import manifest_columns
 from mmkeras.runtime.bundle import read_bundle
@@ -21,22 +25,37 @@ from mmkeras.tasks.multilabel import run_thresholds
 from mmkeras.tasks.multilabel_metrics import multilabel_figures
 
 
-def evaluate_multilabel(target, data, *, columns: dict[str, str] | None = None) -> dict:
+def evaluate_multilabel(target, data, *, save_results: bool = True, columns: dict[str, str] | None = None) -> dict:
     """mAP, micro/macro-F1, exact match and per-label figures of a multilabel run or bundle on a manifest.
 
     Args:
         target: a `--task multilabel` run folder, or a bundle exported from one.
         data: a manifest whose label cells list labels separated by `|`.
+        save_results: write `TARGET/results/<manifest stem>/`
+            (`multilabel_results`) and refresh the run's report.
         columns: `{role: column name}` where the manifest's differ from the run's.
+
+    Returns:
+        `multilabel_figures`' figures, and `results_dir` (when saved).
 
     The thresholds are the run's (`run_thresholds`), or those the bundle carries (the same values).
     """
     predict_logits, preprocessor, labels, run = load_target(target)
     thresholds = run_thresholds(target, labels) if run is not None else read_bundle(target)["thresholds"]
-    manifest = read_manifest(data, columns=manifest_columns(target, columns))
+    columns = manifest_columns(target, columns)
+    manifest = read_manifest(data, columns=columns)
     manifest, _ = manifest.validate_images(preprocessor.image_size, "fail")
     cells = checked_label_cells(manifest, labels)
     texts, images = [row.text for row in manifest.rows], [row.image for row in manifest.rows]
     scores = predict_probabilities(predict_logits, preprocessor, texts, images, "evaluating", activation=sigmoid)
     truth = multi_hot(cells, labels)
-    return multilabel_figures(truth, scores, thresholds, labels)
+    figures = multilabel_figures(truth, scores, thresholds, labels)
+    if save_results:
+        folder = results_dir(target, data)
+        figures["results_dir"] = str(folder)
+        write_multilabel_results(folder, figures, prediction_rows(manifest, columns["image"], labels, truth, scores,
+                                                                  thresholds))
+        from mmkeras.evaluation.report import keep_evaluation
+
+        keep_evaluation(target, bundle=run is None)
+    return figures

@@ -29,9 +29,10 @@ from importlib import metadata
 from pathlib import Path
 
 from mmkeras import __version__
+from mmkeras.data.label_sets import split_labels
 from mmkeras.data.parquet_manifest import embedded_image_name
 from mmkeras.errors import UserError
-from mmkeras.evaluation import plots
+from mmkeras.evaluation import multilabel_results, plots
 from mmkeras.evaluation.results_folder import (
     MANIFEST_COLUMN,
     PREDICTIONS_FILE,
@@ -62,6 +63,9 @@ SECTIONS = ("summary", "curves", "evaluation", "bundles", "versions", "config")
 REPORTED_PACKAGES = ("tensorflow", "keras", "keras-hub", "ai-edge-litert", "tokenizers", "numpy", "matplotlib")
 # The photo on a sample card: large enough to recognise (the model's input may be 32x32).
 THUMBNAIL_PIXELS = 320
+# The figures table of a multilabel evaluation: (row, metrics.json key).
+MULTILABEL_FIGURES = (("mAP", "mAP"), ("micro-F1", "micro_f1"), ("macro-F1", "macro_f1"),
+                      ("exact match (every label right)", "exact_match"), ("rows", "n"))
 # How the bundles table names a recorded bundle that is no longer there.
 BUNDLE_STATUS = {"missing": "missing: moved or deleted", "replaced": "gone: the folder now holds another run's bundle"}
 # Text in any script and emoji: the browser takes each character from the first font that has it
@@ -79,6 +83,7 @@ h1{margin:.2em 0}h2{border-bottom:2px solid #4c78a8;padding-bottom:.2em;margin-t
 .charts{display:grid;grid-template-columns:repeat(auto-fit,minmax(360px,1fr));gap:1em;align-items:start}
 .charts img{width:100%;border:1px solid #ddd}
 .charts.wide{grid-template-columns:repeat(auto-fit,minmax(520px,1fr))}
+.charts.one{grid-template-columns:minmax(360px,720px)}
 table{border-collapse:collapse;font-size:.9em}th,td{padding:.25em .7em;border-bottom:1px solid #eee;text-align:right}
 th:first-child,td:first-child{text-align:left}
 .cards{display:grid;grid-template-columns:repeat(auto-fill,minmax(380px,1fr));gap:.8em}
@@ -196,6 +201,15 @@ def record_bundle(bundle_dir) -> Path | None:
     return source
 
 
+def keep_evaluation(target, *, bundle: bool):
+    """After `evaluate` wrote a results folder of `target`: a bundle is listed in its run's `bundles.json`
+    (`record_bundle`: the run's report and `compare` list a bundle evaluated wherever it is), and the run's
+    report is refreshed (`refresh_report`)."""
+    if bundle:
+        record_bundle(target)
+    refresh_report(target)
+
+
 def _source_run(bundle_dir: Path) -> Path | None:
     """The run folder a bundle was exported from, when it is on this machine (read only)."""
     bundle = bundle_json(bundle_dir / BUNDLE_FILE)
@@ -265,11 +279,23 @@ def evaluation_section(run_dir: Path) -> str:
     folders = sorted(path.parent for path in (run_dir / RESULTS_FOLDER).glob(f"*/{RESULTS_METRICS_FILE}"))
     if not folders:
         return '<h2>Evaluation</h2><p class="muted">Not evaluated yet: mmkeras evaluate RUN_DIR --data TEST.csv</p>'
-    return "<h2>Evaluation</h2>" + "".join(one_evaluation(folder) for folder in folders)
+    return "<h2>Evaluation</h2>" + "".join(shown_evaluation(folder) for folder in folders)
 
 
-def one_evaluation(folder: Path) -> str:
-    figures = read_json(folder / RESULTS_METRICS_FILE)
+def shown_evaluation(folder: Path) -> str:
+    """A results folder's part of the page: a single-label or multilabel evaluation (`per_label` figures), or,
+    where its files cannot be read (damaged, or written by another version), a line saying so."""
+    try:
+        figures = read_json(folder / RESULTS_METRICS_FILE)
+        return multilabel_evaluation(folder, figures) if "per_label" in figures else one_evaluation(folder, figures)
+    except (OSError, ValueError, KeyError, TypeError, AttributeError, csv.Error) as error:
+        logger.warning("the report leaves out %s: %s", folder, error)
+        reason = f"{type(error).__name__}: {error}"
+        return (f"<h3>On {html.escape(folder.name)}</h3>"
+                f'<p class="missing">not shown: its files could not be read ({html.escape(reason)})</p>')
+
+
+def one_evaluation(folder: Path, figures: dict) -> str:
     labels = list(figures["per_class"])
     ablation, consistency = figures["modality_ablation"], figures["consistency"]
     headline = [
@@ -309,20 +335,105 @@ def one_evaluation(folder: Path) -> str:
     )
 
 
+def multilabel_evaluation(folder: Path, figures: dict) -> str:
+    """A multilabel results folder: the figures, the per-label table and chart, and sample rows' label sets."""
+    headline = [[name, figures[key]] for name, key in MULTILABEL_FIGURES]
+    per_label = [
+        [label, *(values.get(column) for column in multilabel_results.PER_LABEL_COLUMNS)]
+        for label, values in figures["per_label"].items()
+    ]
+    header = ["label", "threshold", "precision", "recall", "F1", "average precision", "support"]
+    chart = image_tag(multilabel_results.per_label_png(figures), "precision, recall and F1 per label")
+    return (
+        f"<h3>On {html.escape(folder.name)}</h3>"
+        + f'<div class="figures">{table(["figure", "value"], headline)}{table(header, per_label)}</div>'
+        + f'<div class="charts one">{chart}</div>'
+        + label_sets_grid(folder, {label: values["threshold"] for label, values in figures["per_label"].items()})
+    )
+
+
 def samples_grid(folder: Path) -> str:
     """Cards for the right and wrong predictions `sample_rows` picks."""
-    path = folder / PREDICTIONS_FILE
-    if not path.is_file():
-        return ""
-    with path.open(encoding="utf-8", newline="") as file:
-        rows = sample_rows(list(csv.DictReader(file)))
+    rows = sample_rows(predictions(folder))
     right = sum(row["correct"] == "1" for row in rows)
     cards = "".join(sample_card(row, folder) for row in rows)
-    return f"<h4>Sample predictions ({right} right, {len(rows) - right} wrong)</h4><div class=\"cards\">{cards}</div>"
+    return cards_grid(f"Sample predictions ({right} right, {len(rows) - right} wrong)", cards)
+
+
+def label_sets_grid(folder: Path, thresholds: dict[str, float]) -> str:
+    """Cards for the exact and wrong label sets `multilabel_results.sample_rows` picks."""
+    rows = multilabel_results.sample_rows(predictions(folder))
+    exact = sum(row["exact"] == "1" for row in rows)
+    cards = "".join(label_set_card(row, folder, thresholds) for row in rows)
+    return cards_grid(f"Sample predictions ({exact} exact, {len(rows) - exact} with a label wrong)", cards)
+
+
+def predictions(folder: Path) -> list[dict]:
+    """The rows of a results folder's predictions.csv (none where it has no such file)."""
+    path = folder / PREDICTIONS_FILE
+    if not path.is_file():
+        return []
+    with path.open(encoding="utf-8", newline="") as file:
+        return list(csv.DictReader(file))
+
+
+def cards_grid(title: str, cards: str) -> str:
+    return f'<h4>{html.escape(title)}</h4><div class="cards">{cards}</div>' if cards else ""
 
 
 def sample_card(row: dict, folder: Path) -> str:
     """The photo (and the attention over it), the text, the labels, the file name and the manifest line."""
+    kind = "right" if row["correct"] == "1" else "wrong"
+    return (
+        f'<div class="card {kind}">{card_example(row, folder)}'
+        f"<div>true <b>{html.escape(row['label'])}</b>, predicted <b>{html.escape(row['predicted'])}</b> "
+        f"({float(row['score']):.3f})</div>"
+        f'<div class="muted">text only: {html.escape(row["text_only_predicted"])}, '
+        f"image only: {html.escape(row['image_only_predicted'])}</div></div>"
+    )
+
+
+def label_set_card(row: dict, folder: Path, thresholds: dict[str, float]) -> str:
+    """The example, the true and predicted label sets, and each label of either set: its score against its
+    threshold."""
+    true, predicted = split_labels(row["label"]), split_labels(row["predicted"])
+    shown = list(dict.fromkeys([*true, *predicted]))
+    scores = ", ".join(score_against_threshold(label, float(row[f"score_{label}"]), thresholds[label])
+                       for label in shown)
+    missed = [label for label in true if label not in predicted]
+    extra = [label for label in predicted if label not in true]
+    errors = "; ".join(f"{name} {', '.join(found)}" for name, found in (("missed", missed), ("extra", extra)) if found)
+    kind = "right" if row["exact"] == "1" else "wrong"
+    return (
+        f'<div class="card {kind}">{card_example(row, folder)}'
+        f"<div>true <b>{html.escape(label_set(true))}</b>, predicted <b>{html.escape(label_set(predicted))}</b></div>"
+        + (f'<div class="missing">{html.escape(errors)}</div>' if errors else "")
+        + f'<div class="muted">scores: {html.escape(scores or "–")}</div></div>'
+    )
+
+
+def score_against_threshold(label: str, score: float, threshold: float) -> str:
+    """A label's score beside the threshold it is cut at.
+
+    Example:
+    >>> score_against_threshold("ring", 0.158, 0.1977), score_against_threshold("red", 0.9, 0.5)
+    ('ring 0.158 < 0.198', 'red 0.900 ≥ 0.500')
+    """
+    return f"{label} {score:.3f} {'≥' if score >= threshold else '<'} {threshold:.3f}"
+
+
+def label_set(labels: list[str]) -> str:
+    """A label set as a card shows it.
+
+    Example:
+    >>> label_set(["red", "ring"]), label_set([])
+    ('{red, ring}', '{} (no label)')
+    """
+    return "{" + ", ".join(labels) + "}" + ("" if labels else " (no label)")
+
+
+def card_example(row: dict, folder: Path) -> str:
+    """The top of a sample card: the photo (and the attention over it), the file name and line, the text."""
     shown, read = row["image"], image_file(row)
     pictures = []
     if read and Path(read).is_file():
@@ -335,15 +446,9 @@ def sample_card(row: dict, folder: Path) -> str:
     picture = f'<div class="pictures">{"".join(pictures)}</div>' if pictures else '<p class="muted">no image</p>'
     source = f"{Path(shown).name}, " if shown else ""
     place = f"line {row['line']} of {row_file(row, folder)}"
-    kind = "right" if row["correct"] == "1" else "wrong"
     return (
-        f'<div class="card {kind}">{picture}'
-        f'<div class="source">{html.escape(source + place)}</div>'
+        f'{picture}<div class="source">{html.escape(source + place)}</div>'
         f"<div>“{html.escape(row['text'] or '(no text)')}”</div>"
-        f"<div>true <b>{html.escape(row['label'])}</b>, predicted <b>{html.escape(row['predicted'])}</b> "
-        f"({float(row['score']):.3f})</div>"
-        f'<div class="muted">text only: {html.escape(row["text_only_predicted"])}, '
-        f"image only: {html.escape(row['image_only_predicted'])}</div></div>"
     )
 
 

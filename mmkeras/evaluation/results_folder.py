@@ -24,11 +24,13 @@ TensorFlow-free.
 import csv
 import io
 import logging
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 
 from mmkeras.atomic_files import write_atomically, write_json_atomically
+from mmkeras.data.parquet_manifest import embedded_image_name
 from mmkeras.evaluation import plots
 from mmkeras.runtime.bundle import RESULTS_FOLDER
 
@@ -67,22 +69,41 @@ def write_results(folder, figures: dict, predictions: list[dict]) -> Path:
     Returns:
         The folder.
     """
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    write_json_atomically(folder / METRICS_FILE, figures)
-    write_csv(folder / PER_CLASS_FILE, per_class_rows(figures))
-    write_csv(folder / PREDICTIONS_FILE, predictions)
-    if plots.can_plot():
-        labels = list(figures["per_class"])
-        pngs = {
+    labels = list(figures["per_class"])
+    return write_folder(
+        folder,
+        figures,
+        {PER_CLASS_FILE: per_class_rows(figures), PREDICTIONS_FILE: predictions},
+        lambda: {
             "confusion_matrix.png": plots.confusion_png(figures["confusion_matrix"], labels),
             "confusion_matrix_normalized.png": plots.confusion_png(
                 figures["confusion_matrix"], labels, normalized=True
             ),
             "reliability.png": plots.reliability_png(figures["calibration"]),
             "modality_ablation.png": ablation_png(figures),
-        }
-        for name, png in pngs.items():
+        },
+    )
+
+
+def write_folder(folder, figures: dict, tables: dict[str, list[dict]], charts: Callable[[], dict[str, bytes]]) -> Path:
+    """A results folder: metrics.json, the CSV tables and, with matplotlib, the charts; each file atomically.
+
+    Args:
+        folder: the results folder (created).
+        figures: written as metrics.json.
+        tables: `{file name: rows}` (`write_csv`).
+        charts: returns `{file name: PNG bytes}`; called only where matplotlib is installed.
+
+    Returns:
+        The folder.
+    """
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    write_json_atomically(folder / METRICS_FILE, figures)
+    for name, rows in tables.items():
+        write_csv(folder / name, rows)
+    if plots.can_plot():
+        for name, png in charts().items():
             write_atomically(folder / name, lambda partial, png=png: partial.write_bytes(png))
     else:
         logger.info("matplotlib is not installed: %s holds no figures", folder)
@@ -123,6 +144,42 @@ def write_csv(path: Path, rows: list[dict]):
         writer.writerows(rows)
     text = buffer.getvalue()
     write_atomically(path, lambda partial: partial.write_text(text, encoding="utf-8"))
+
+
+def example_columns(manifest, row, image_column: str) -> dict:
+    """The first columns of a predictions.csv row: where the row is and what it holds.
+
+    `line` and `manifest` say where a person finds the row
+    (`Manifest.where`: for a `cv` fold, the line of the user's file, not of
+    the fold's `test.csv`); `image` names the picture as the manifest does
+    (`shown_image`); `image_file` is the file that was read, which the
+    report's thumbnails and attention overlays open.
+    """
+    source, line = manifest.where(row)
+    return {
+        "line": line,
+        MANIFEST_COLUMN: str(source),
+        "text": row.text or "",
+        "image": shown_image(row, image_column),
+        IMAGE_FILE_COLUMN: "" if row.image is None else str(row.image),
+    }
+
+
+def shown_image(row, image_column: str) -> str:
+    """A row's image as predictions.csv shows it: the path read, or for image bytes the Parquet file's own cell.
+
+    A picture written from a Parquet manifest's bytes is shown as
+    `predict --data` shows it (`ParquetRecord.as_written`: the Hugging Face
+    struct's `path`, else `<image bytes of row N>`), not as the hashed file
+    it was written to: that name says nothing to a person and goes with
+    `mmkeras cache clear`. A manifest listing such files (a `cv` fold's)
+    names the user's picture in its `source_image` column.
+    """
+    if row.image is None:
+        return ""
+    if embedded_image_name(row.image) is None:
+        return str(row.image)
+    return row.cells.get(SOURCE_IMAGE_COLUMN) or row.cells[image_column]
 
 
 def round_figure(value):

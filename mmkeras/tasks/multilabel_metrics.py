@@ -32,12 +32,18 @@ def tune_thresholds(truth: np.ndarray, scores: np.ndarray) -> list[float]:
 
 def multilabel_figures(truth: np.ndarray, scores: np.ndarray, thresholds, labels: list[str]) -> dict:
     """`mAP` (mean average precision over labels present), `micro_f1`, `macro_f1`, `exact_match`, `n`,
-    and per label `average_precision`, `f1`, `threshold` and `support`."""
+    and per label `average_precision`, `precision`, `recall`, `f1`, `threshold` and `support`.
+
+    A label's precision is 0 where no row is predicted to have it, its
+    recall 0 where no row has it (as `classification_figures` does).
+    """
     predicted = scores >= np.asarray(thresholds)[None, :]
     per_label = {}
     for column, label in enumerate(labels):
         per_label[label] = {
             "average_precision": _average_precision(truth[:, column], scores[:, column]),
+            "precision": _share(truth[:, column], predicted[:, column]),
+            "recall": _share(predicted[:, column], truth[:, column]),
             "f1": round(_f1(truth[:, column], predicted[:, column]), 4),
             "threshold": round(float(thresholds[column]), 4),
             "support": int(truth[:, column].sum()),
@@ -58,6 +64,12 @@ def _f1(truth, predicted) -> float:
     true_positives = np.sum(truth & predicted)
     denominator = np.sum(truth) + np.sum(predicted)
     return float(2 * true_positives / denominator) if denominator else 1.0
+
+
+def _share(hits, among) -> float:
+    """The share of the rows `among` marks that `hits` marks too (0 where `among` marks none), 4 decimals."""
+    hits, among = np.asarray(hits, bool), np.asarray(among, bool)
+    return round(float(np.sum(hits & among) / np.sum(among)), 4) if among.any() else 0.0
 
 
 def _average_precision(truth, scores) -> float:
