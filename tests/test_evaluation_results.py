@@ -198,3 +198,16 @@ def test_a_small_confusion_matrix_counts_in_whole_numbers_on_its_colour_scale(mo
     colour_scale = figures[0].axes[1]  # the colorbar's axes, beside the heatmap
     ticks = colour_scale.get_yticks()
     assert len(ticks) >= 2 and all(float(tick).is_integer() for tick in ticks)
+
+
+def test_a_bar_charts_legend_stands_beside_the_bars_not_over_them(monkeypatch):
+    from mmkeras.evaluation import plots
+
+    figures = []
+    monkeypatch.setattr(plots, "_png", lambda figure: figures.append(figure) or b"")
+    plots.bar_chart_png({"recall": {"cat": 1.0, "dog": 1.0}, "F1": {"cat": 1.0, "dog": 0.5}}, title="t", ylabel="y")
+    figure = figures[0]
+    axes = figure.axes[0]
+    renderer = figure.canvas.get_renderer()
+    legend, plotting_area = axes.get_legend().get_window_extent(renderer), axes.get_window_extent(renderer)
+    assert legend.x0 >= plotting_area.x1  # right of the plotting area: no bar can run under it
