@@ -8,7 +8,7 @@ from PIL import Image
 
 from mmkeras.errors import UserError
 from mmkeras.evaluation.multilabel_results import prediction_cells, write_multilabel_results
-from mmkeras.evaluation.report import write_report
+from mmkeras.evaluation.report import bundles_section, write_report
 from mmkeras.tasks.multilabel_metrics import multilabel_figures
 
 
@@ -85,3 +85,11 @@ def test_a_results_folder_the_report_cannot_read_is_named_not_fatal(tmp_path):
     assert ('On old</h3><p class="missing">not shown: its files could not be read (KeyError: &#x27;per_class&#x27;)'
             in page)
     assert "On tags" in page and "image not found" in page
+
+
+def test_the_bundles_table_shows_a_multilabel_bundles_exact_match(tmp_path):
+    folder = tmp_path / "bundles" / "tags"
+    (folder / "results" / "tags_test").mkdir(parents=True)
+    (folder / "results" / "tags_test" / "metrics.json").write_text(json.dumps({"exact_match": 0.675, "mAP": 0.9}))
+    page = bundles_section([{"path": folder, "bundle": {"quantization": "int8"}, "status": "present"}])
+    assert "accuracy or exact match (evaluate)" in page and "0.675" in page

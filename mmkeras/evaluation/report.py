@@ -561,13 +561,15 @@ def bundles_section(bundles: list[dict]) -> str:
                 None if not compute else f"{quantized} of {compute.get('total', 0)}",
                 parity.get("label_agreement"),
                 parity.get("max_abs_logit_diff"),
-                [figures["accuracy"] for figures in evaluations if "accuracy" in figures] or None,
+                # A multilabel bundle's evaluation has no accuracy: its exact match is the figure of the same kind.
+                [figures.get("accuracy", figures.get("exact_match")) for figures in evaluations
+                 if "accuracy" in figures or "exact_match" in figures] or None,
                 [figures.get("model_ms_per_row") for figures in evaluations] or None,
                 str(folder),
             ]
         )
     header = ["bundle", "status", "quantization", "size", "quantized compute ops", "parity: label agreement",
-              "parity: max logit diff", "accuracy (evaluate)", "ms per row (evaluate)", "folder"]
+              "parity: max logit diff", "accuracy or exact match (evaluate)", "ms per row (evaluate)", "folder"]
     return "<h2>Bundles</h2>" + table(header, rows)
 
 
