@@ -24,7 +24,7 @@ from mmkeras.runtime.predictor import Predictor
 from mmkeras.runtime.test_vectors import read_test_vectors, verify_bundle
 from mmkeras.tasks.multilabel_loss import MultiLabelLoss
 from mmkeras.tasks.multilabel_metrics import multilabel_figures, tune_thresholds
-from tests.helpers.cli import SAMPLES, WITHOUT_TENSORFLOW, run_cli, write_subset
+from tests.helpers.cli import SAMPLES, WITHOUT_TENSORFLOW, LogLines, run_cli, write_subset
 
 
 def tagged_manifest(source, out, rows):
@@ -59,7 +59,7 @@ def multilabel_run(tmp_path_factory):
     train = tagged_manifest(SAMPLES / "matching" / "pairs.csv", folder / "train.csv", 24)
     val = tagged_manifest(SAMPLES / "matching" / "val_pairs.csv", folder / "val.csv", 12)
     out = folder / "run"
-    log = MessageList()
+    log = LogLines()
     logging.getLogger("mmkeras").addHandler(log)
     try:
         with contextlib.redirect_stdout(io.StringIO()) as summary:
@@ -67,18 +67,7 @@ def multilabel_run(tmp_path_factory):
                          "--epochs", "2", "--batch-size", "8", "--fusion", "concat"]) == 0
     finally:
         logging.getLogger("mmkeras").removeHandler(log)
-    return {"out": out, "val": val, "summary": summary.getvalue(), "log": log.messages}
-
-
-class MessageList(logging.Handler):
-    """The messages of the loggers it is added to, in order."""
-
-    def __init__(self):
-        super().__init__(logging.INFO)
-        self.messages = []
-
-    def emit(self, record):
-        self.messages.append(record.getMessage())
+    return {"out": out, "val": val, "summary": summary.getvalue(), "log": log.lines}
 
 
 def tagged_labels(multilabel_run) -> list[str]:
