@@ -443,17 +443,20 @@ def qat(
     preflight.require_training_extra("qat")
     load_tensorflow()
     from mmkeras.quantization.qat_training import qat_finetune
+    from mmkeras.tasks.registry import target_task
 
     result = qat_finetune(run_dir, data, out, val=val, settings=settings, resume=resume, columns=columns)
     if not result.is_chief:
         return
     metrics = result.metrics
+    # What its accuracy measures (a multilabel run's: the exact match at 0.5), as the epoch lines name it.
+    accuracy_name = target_task(run_dir).figure_name("val_accuracy")
     emit(
         metrics,
         as_json,
         f"QAT {counted_epochs(metrics['epochs_completed'])}: loss on the training rows (no dropout or augmentation) "
         f"{metrics['initial_loss']:.4f} -> {metrics['final_loss']:.4f}, "
-        f"val_accuracy {format_figure(metrics['val_accuracy'])}, QAT run in {result.run_dir}",
+        f"{accuracy_name} {format_figure(metrics['val_accuracy'])}, QAT run in {result.run_dir}",
     )
 
 

@@ -4,6 +4,7 @@ import contextlib
 import csv
 import io
 import json
+import logging
 import subprocess
 import sys
 
@@ -16,15 +17,14 @@ from mmkeras.cli.app import main
 from mmkeras.data.label_sets import multi_hot, split_labels
 from mmkeras.data.manifest import read_manifest
 from mmkeras.evaluation.multilabel_results import PER_LABEL_COLUMNS
+from mmkeras.evaluation.report import write_report
 from mmkeras.export.converter import export_bundle
-from mmkeras.quantization.qat_settings import QATSettings
-from mmkeras.quantization.qat_training import qat_finetune
 from mmkeras.runtime.bundle_accuracy import bundle_accuracies
 from mmkeras.runtime.predictor import Predictor
 from mmkeras.runtime.test_vectors import read_test_vectors, verify_bundle
 from mmkeras.tasks.multilabel_loss import MultiLabelLoss
 from mmkeras.tasks.multilabel_metrics import multilabel_figures, tune_thresholds
-from tests.helpers.cli import SAMPLES, WITHOUT_TENSORFLOW, run_cli, write_subset
+from tests.helpers.cli import SAMPLES, WITHOUT_TENSORFLOW, LogLines, run_cli, write_subset
 
 
 def tagged_manifest(source, out, rows):
@@ -59,10 +59,15 @@ def multilabel_run(tmp_path_factory):
     train = tagged_manifest(SAMPLES / "matching" / "pairs.csv", folder / "train.csv", 24)
     val = tagged_manifest(SAMPLES / "matching" / "val_pairs.csv", folder / "val.csv", 12)
     out = folder / "run"
-    with contextlib.redirect_stdout(io.StringIO()) as summary:
-        assert main(["train", "--data", str(train), "--val", str(val), "--out", str(out), "--task", "multilabel",
-                     "--epochs", "2", "--batch-size", "8", "--fusion", "concat"]) == 0
-    return {"out": out, "val": val, "summary": summary.getvalue()}
+    log = LogLines()
+    logging.getLogger("mmkeras").addHandler(log)
+    try:
+        with contextlib.redirect_stdout(io.StringIO()) as summary:
+            assert main(["train", "--data", str(train), "--val", str(val), "--out", str(out), "--task", "multilabel",
+                         "--epochs", "2", "--batch-size", "8", "--fusion", "concat"]) == 0
+    finally:
+        logging.getLogger("mmkeras").removeHandler(log)
+    return {"out": out, "val": val, "summary": summary.getvalue(), "log": log.lines}
 
 
 def tagged_labels(multilabel_run) -> list[str]:
@@ -80,6 +85,17 @@ def test_multilabel_run_keeps_the_labels_and_their_tuned_thresholds(multilabel_r
     assert {"val_mAP", "val_micro_f1", "val_macro_f1", "val_exact_match"} <= set(metrics)
     figures = f"val_mAP {metrics['val_mAP']:.4f}, val_micro_f1 {metrics['val_micro_f1']:.4f}, run in"
     assert figures in multilabel_run["summary"] and "val_accuracy" not in multilabel_run["summary"]
+
+
+@pytest.mark.slow
+def test_a_multilabel_runs_epoch_lines_and_report_name_its_accuracy_the_exact_match_at_one_half(multilabel_run):
+    # Its `accuracy` is every label right at 0.5, not at the tuned thresholds: "val_accuracy 0.0000" read as broken.
+    [line] = [message for message in multilabel_run["log"] if message.startswith("epoch 2/2  loss")]
+    assert " exact_match@0.5 " in line and " val_exact_match@0.5 " in line and "accuracy" not in line
+    page = write_report(multilabel_run["out"], multilabel_run["out"].parent / "names.html").read_text()
+    summary = page[page.index('<section id="summary">'):page.index('<section id="curves">')]
+    assert "<td>val_exact_match@0.5</td>" in summary and "<td>val_accuracy</td>" not in summary
+    assert 'alt="exact_match@0.5 per epoch"' in page
 
 
 @pytest.mark.slow
@@ -256,11 +272,15 @@ def test_multilabel_test_vectors_record_the_label_sets_and_verify(multilabel_bun
 def test_qat_of_a_multilabel_run_trains_its_sigmoid_loss_and_exports_an_int8_multilabel_bundle(multilabel_run):
     root = multilabel_run["out"].parent
     float_loss = json.loads((multilabel_run["out"] / "metrics.json").read_text())["loss"]
-    result = qat_finetune(multilabel_run["out"], root / "train.csv", root / "qat", val=multilabel_run["val"],
-                          settings=QATSettings(epochs=1, batch_size=8, calibration_batches=1))
+    with contextlib.redirect_stdout(io.StringIO()) as summary:
+        assert main(["qat", str(multilabel_run["out"]), "--data", str(root / "train.csv"), "--val",
+                     str(multilabel_run["val"]), "--out", str(root / "qat"), "--epochs", "1", "--batch-size", "8",
+                     "--calibration-batches", "1"]) == 0
+    # Its accuracy is the exact match at 0.5, named so (not "val_accuracy 0.0000", which read as broken).
+    assert "val_exact_match@0.5 " in summary.getvalue() and "accuracy" not in summary.getvalue()
     # The fake-quantized model starts from the float weights: near the float run's per-label sigmoid loss
     # (a softmax over the label cells would start above log(cells) > 2).
-    assert abs(result.metrics["initial_loss"] - float_loss) < 0.2
+    assert abs(json.loads((root / "qat" / "metrics.json").read_text())["initial_loss"] - float_loss) < 0.2
     export_bundle(root / "qat", root / "bundle-qat", quantize="int8")
     bundle = json.loads((root / "bundle-qat" / "bundle.json").read_text())
     assert bundle["conversion"]["qat"] and bundle["output_activation"] == "sigmoid"

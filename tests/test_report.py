@@ -26,6 +26,19 @@ def test_report_embeds_curves_figures_and_config(tmp_path):
     assert "fusion: &lt;gated&gt;" in page  # config text is escaped
 
 
+@pytest.mark.parametrize(("task", "accuracy"), [("multilabel", "exact_match@0.5"), ("classify", "accuracy")])
+def test_the_report_names_the_accuracy_as_the_runs_task_measures_it(tmp_path, task, accuracy):
+    # A multilabel run's `accuracy` is every label right at 0.5: shown as "val_accuracy 0.0" it read as broken.
+    history = {"loss": [0.9, 0.5], "accuracy": [0.0, 0.25], "val_loss": [0.8, 0.6], "val_accuracy": [0.0, 0.0]}
+    (tmp_path / "history.json").write_text(json.dumps(history))
+    (tmp_path / "metrics.json").write_text(json.dumps({"val_accuracy": 0.0, "val_exact_match": 0.5}))
+    (tmp_path / "config.yaml").write_text(f"task: {task}\n")
+    page = write_report(tmp_path).read_text()
+    assert f"<td>val_{accuracy}</td><td>0.0</td>" in page and "<td>val_exact_match</td><td>0.5</td>" in page
+    assert f'alt="{accuracy} per epoch"' in page
+    assert (accuracy == "accuracy") == ("<td>val_accuracy</td>" in page)
+
+
 def test_report_needs_a_history(tmp_path):
     with pytest.raises(UserError, match="history.json"):
         write_report(tmp_path)

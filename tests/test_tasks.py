@@ -50,6 +50,14 @@ def test_the_jobs_ask_the_task_of_their_config_and_align_its_own():
     assert AlignJob(RunConfig(data="a.csv", out="runs/a")).task is get_task("align")
 
 
+def test_each_task_names_its_training_accuracy_by_what_it_measures():
+    # The epoch lines and the report show these names; history.json and metrics.json keep `val_accuracy`.
+    names = {name: task.figure_name("val_accuracy") for name, task in TASKS.items()}
+    assert names == {"classify": "val_accuracy", "match": "val_accuracy", "multilabel": "val_exact_match@0.5",
+                     "align": "val_in_batch_recall@1"}
+    assert get_task("multilabel").figure_name("val_exact_match") == "val_exact_match"  # the tuned one: as it is
+
+
 def test_the_classification_decoding_is_the_softmax_and_the_best_label():
     logits = np.array([[1.0, 3.0, -2.0], [800.0, 0.0, 799.0]], np.float32)  # the second would overflow exp()
     scores = get_task("classify").output.scores(logits)

@@ -1,5 +1,7 @@
 """TrainingLoop and fit on small Keras models: accumulation, class weights, precision, early stopping, epoch order."""
 
+import logging
+
 import keras
 import numpy as np
 import pytest
@@ -7,6 +9,7 @@ import tensorflow as tf
 
 from mmkeras.config import RunConfig
 from mmkeras.models.builder import build_model
+from mmkeras.tasks.registry import get_task
 from mmkeras.training.class_weights import balanced_class_weights
 from mmkeras.training.fit import fit
 from mmkeras.training.optimizers import make_optimizer
@@ -105,6 +108,27 @@ def test_fit_stops_early_and_restores_the_best_weights():
     assert state.stopped_early and len(val_losses) == best_epoch + 3 < 20
     for kept, best in zip(model.get_weights(), snapshots[best_epoch]):
         np.testing.assert_array_equal(kept, best)
+
+
+@pytest.mark.parametrize(("task", "accuracy"), [("multilabel", "exact_match@0.5"), ("classify", "accuracy")])
+def test_the_epoch_line_names_the_accuracy_as_the_task_measures_it(caplog, task, accuracy):
+    # A multilabel run's `accuracy` is every label right at 0.5: "val_accuracy 0.0000" read as a broken run.
+    features, labels = toy_data()
+    data = tf.data.Dataset.from_tensor_slices((features, labels)).batch(8)
+    loop = TrainingLoop(toy_model(), keras.optimizers.Adam(0.05), jit_compile=False)
+    logger = logging.getLogger("mmkeras")
+    logger.addHandler(caplog.handler)  # the CLI's handler may have stopped it propagating to caplog's
+    try:
+        with caplog.at_level(logging.INFO, logger="mmkeras"):
+            state = fit(loop, ToyEpochs(features, labels, 8), data, epochs=1, batch_size=8,
+                        figure_name=get_task(task).figure_name)
+    finally:
+        logger.removeHandler(caplog.handler)
+    # The epoch's figures, not its progress lines; a set: caplog sees a record twice when the logger propagates.
+    [line] = {record.getMessage() for record in caplog.records if record.getMessage().startswith("epoch 1/1  loss")}
+    assert f" {accuracy} " in line and f" val_{accuracy} " in line
+    assert ("val_accuracy" in line) == (accuracy == "accuracy")
+    assert {"accuracy", "val_accuracy"} <= set(state.history)  # the files keep their keys
 
 
 def test_mixed_bfloat16_trains_the_multimodal_model_on_cpu():

@@ -14,7 +14,7 @@ from mmkeras.data.manifest import read_manifest
 from mmkeras.errors import UserError
 from mmkeras.runs import manifest_columns
 from mmkeras.training.fit import kept_weights_summary
-from tests.helpers.cli import SAMPLES, run_cli
+from tests.helpers.cli import SAMPLES, LogLines, run_cli
 
 # The user's header: other names than text, image, label, in another order, and a column of their own.
 HEADER = ["notes", "photo", "caption", "category"]
@@ -52,7 +52,7 @@ def photos(tmp_path_factory):
 def trained(photos, tmp_path_factory):
     """A run on the renamed manifests at 48x48 with patience 1, its stdout, stderr (logs) and bundle."""
     run_dir = tmp_path_factory.mktemp("runs") / "run"
-    logs = _LogLines()
+    logs = LogLines()
     logging.getLogger("mmkeras").addHandler(logs)
     try:
         code = main(
@@ -66,15 +66,6 @@ def trained(photos, tmp_path_factory):
     bundle = run_dir.parent / "bundle"
     assert main(["export", str(run_dir), "--out", str(bundle), "--quantize", "none"]) == 0
     return {"run": run_dir, "bundle": bundle, "logs": logs.lines}
-
-
-class _LogLines(logging.Handler):
-    def __init__(self):
-        super().__init__(logging.INFO)
-        self.lines = []
-
-    def emit(self, record):
-        self.lines.append(record.getMessage())
 
 
 def test_a_run_keeps_its_column_names_and_image_size(trained):

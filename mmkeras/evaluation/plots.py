@@ -13,6 +13,7 @@ import functools
 import importlib.util
 import io
 import logging
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -143,13 +144,17 @@ def bar_chart_png(groups: dict[str, dict[str, float]], *, title: str, ylabel: st
     return _png(figure)
 
 
-def curve_png(history: dict, keys: tuple[str, ...], *, ylabel: str, best_epoch: int | None = None) -> bytes:
-    """Per-epoch curves of the `history` entries `keys`, with the best epoch (1-based) marked."""
+def curve_png(
+    history: dict, keys: tuple[str, ...], *, ylabel: str, best_epoch: int | None = None,
+    name: Callable[[str], str] = str,
+) -> bytes:
+    """Per-epoch curves of the `history` entries `keys`, each in the legend as `name(key)`, with the best epoch
+    (1-based) marked."""
     plt = _pyplot()
     figure, axes = plt.subplots(figsize=(4.6, 3.2))
     for key in keys:
         if key in history:
-            axes.plot(range(1, len(history[key]) + 1), history[key], marker="o", markersize=3, label=key)
+            axes.plot(range(1, len(history[key]) + 1), history[key], marker="o", markersize=3, label=name(key))
     if best_epoch is not None:
         axes.axvline(best_epoch, color="grey", linestyle=":", label=f"best epoch {best_epoch}")
     axes.set_xlabel("epoch")

@@ -29,6 +29,7 @@ from importlib import metadata
 from pathlib import Path
 
 from mmkeras import __version__
+from mmkeras.config import RunConfig
 from mmkeras.data.label_sets import split_labels
 from mmkeras.data.parquet_manifest import embedded_image_name
 from mmkeras.errors import UserError
@@ -48,11 +49,15 @@ from mmkeras.runs import (
     CONFIG_FILE,
     HISTORY_FILE,
     METRICS_FILE,
+    RETIRED_SETTINGS,
+    is_align_run,
     is_run_folder,
     recorded_bundles,
     write_recorded_bundles,
 )
 from mmkeras.runtime.bundle import BUNDLE_FILE
+from mmkeras.tasks.registry import DEFAULT_TASK, get_task
+from mmkeras.tasks.task import Task
 
 logger = logging.getLogger("mmkeras")
 
@@ -128,9 +133,10 @@ def write_report(run_dir, out=None, *, bundles=()) -> Path:
     history = json.loads(history_path.read_text(encoding="utf-8"))
     metrics = read_json(run_dir / METRICS_FILE)
     found_bundles = run_bundles(run_dir, bundles)
+    task = run_task(run_dir)
     sections = {
-        "summary": summary_section(metrics, history),
-        "curves": curves_section(history),
+        "summary": summary_section(metrics, history, task),
+        "curves": curves_section(history, task),
         "evaluation": evaluation_section(run_dir),
         "bundles": bundles_section(found_bundles),
         "versions": versions_section(),
@@ -252,23 +258,35 @@ def best_epoch(history: dict) -> int | None:
     return None if not val_loss else int(min(range(len(val_loss)), key=val_loss.__getitem__)) + 1
 
 
-def summary_section(metrics: dict, history: dict) -> str:
-    rows = [[key, value] for key, value in metrics.items() if not isinstance(value, (dict, list))]
+def run_task(run_dir: Path) -> Task:
+    """The run's task, which names its figures: an align run's, else config.yaml's `task` (classify when it
+    cannot be read: the config section shows the file as it is)."""
+    if is_align_run(run_dir):
+        return get_task("align")
+    try:
+        return get_task(RunConfig.from_yaml(run_dir / CONFIG_FILE, ignored=RETIRED_SETTINGS).task)
+    except (UserError, ValueError):
+        return get_task(DEFAULT_TASK)
+
+
+def summary_section(metrics: dict, history: dict, task: Task) -> str:
+    rows = [[task.figure_name(key), value] for key, value in metrics.items() if not isinstance(value, (dict, list))]
     epoch = best_epoch(history)
     if epoch is not None:
         rows.append(["best epoch (lowest val_loss)", epoch])
     return "<h2>Final figures</h2>" + table(["figure", "value"], rows)
 
 
-def curves_section(history: dict) -> str:
+def curves_section(history: dict, task: Task) -> str:
     epoch = best_epoch(history)
     charts = [
         (("loss", "val_loss"), "loss"),
-        (("accuracy", "val_accuracy"), "accuracy"),
+        (("accuracy", "val_accuracy"), task.accuracy_name),
         (("learning_rate",), "learning rate"),
     ]
     images = "".join(
-        image_tag(plots.curve_png(history, keys, ylabel=label, best_epoch=epoch), f"{label} per epoch")
+        image_tag(plots.curve_png(history, keys, ylabel=label, best_epoch=epoch, name=task.figure_name),
+                  f"{label} per epoch")
         for keys, label in charts
         if any(key in history for key in keys)
     )

@@ -24,6 +24,9 @@ class AlignTask(Task):
     name = "align"
     output = None  # two encoders, no logits
     evaluation = None
+    # The training loop's accuracy is `ContrastiveLoss.correct_predictions`: texts whose nearest image in their
+    # batch is their own (or one of their label), which depends on the batch size; `val_recall` is the whole set's.
+    accuracy_name = "in_batch_recall@1"
 
     @property
     def bundle_kind(self) -> str:

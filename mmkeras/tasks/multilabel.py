@@ -12,6 +12,8 @@ Example:
 [[1.0, 0.0], [1.0, 1.0]]
 >>> task.output.activation, task.bundle_kind
 ('sigmoid', 'multilabel')
+>>> task.figure_name("val_accuracy")  # the epoch line's and the report's name of history's `val_accuracy`
+'val_exact_match@0.5'
 """
 
 import json
@@ -40,6 +42,9 @@ class MultiLabelTask(Task):
     name = "multilabel"
     output = SIGMOID
     evaluation = "multilabel"
+    # The training loop's accuracy is `MultiLabelLoss.correct_predictions`: every label right at 0.5, not at the
+    # tuned thresholds (those give `val_exact_match`).
+    accuracy_name = "exact_match@0.5"
 
     def training_labels(self, config: RunConfig, train_manifest: Manifest) -> tuple[list[str], list[str]]:
         """The distinct label cells of the training and validation rows (what the data pipeline encodes) and

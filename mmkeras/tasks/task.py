@@ -59,6 +59,9 @@ class Task:
     # The routine `mmkeras.evaluate` runs: `classifier` or `multilabel` (`mmkeras.evaluation.evaluate`);
     # `None`: none (an align run is evaluated with --zero-shot only).
     evaluation: str | None = "classifier"
+    # What the training loop's per-epoch `accuracy` (its loss's `correct_predictions`, history keys `accuracy`
+    # and `val_accuracy`) measures, as the epoch log line and the report name it (`figure_name`).
+    accuracy_name = "accuracy"
 
     @property
     def bundle_kind(self) -> str:
@@ -66,6 +69,16 @@ class Task:
         if self.output is None:
             raise NotImplementedError(f"{type(self).__name__} exports no classifier: it names its bundle kind itself")
         return self.output.bundle_kind
+
+    def figure_name(self, key: str) -> str:
+        """How the epoch log line and the report name a history or metrics.json key: `accuracy` and
+        `val_accuracy` by what they measure (`accuracy_name`), any other key as it is. The files keep the key.
+
+        Example:
+        >>> Task().figure_name("val_accuracy"), Task().figure_name("val_loss")
+        ('val_accuracy', 'val_loss')
+        """
+        return key.replace("accuracy", self.accuracy_name) if key in ("accuracy", "val_accuracy") else key
 
     # -- labels -----------------------------------------------------------------------------
 

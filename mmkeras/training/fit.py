@@ -35,6 +35,7 @@ def fit(
     best_weights: list | None = None,
     keep_best: bool = True,
     on_epoch_end: Callable[[TrainingState], None] | None = None,
+    figure_name: Callable[[str], str] = str,
 ) -> TrainingState:
     """Train from `state` (a fresh run by default) to the end, then restore the best weights.
 
@@ -56,6 +57,9 @@ def fit(
             stopping); `False` only reports its figures each epoch (QAT).
         on_epoch_end: called with the state after each epoch's history is
             recorded (e.g. `EpochLog`, which writes results.csv).
+        figure_name: how the epoch log line names a figure's key (the task's
+            `Task.figure_name`: a multilabel run's `accuracy` is an exact
+            match at 0.5); default: the key itself.
 
     Returns:
         The final `TrainingState` (history, epoch seconds, early stopping).
@@ -116,10 +120,7 @@ def fit(
         for key, value in figures.items():
             state.history.setdefault(key, []).append(value)
         logger.info(
-            "epoch %d/%d  %s  (%.1fs)",
-            state.epoch + 1,
-            epochs,
-            " ".join(f"{key} {value:.4f}" for key, value in figures.items() if key != "learning_rate"),
+            "epoch %d/%d  %s  (%.1fs)", state.epoch + 1, epochs, epoch_figures(figures, figure_name),
             state.epoch_seconds[-1],
         )
         state.epoch, state.batch, state.totals = state.epoch + 1, 0, [0.0, 0.0, 0.0]
@@ -129,6 +130,16 @@ def fit(
     if best["weights"] is not None:
         model.set_weights(best["weights"])
     return state
+
+
+def epoch_figures(figures: dict, figure_name: Callable[[str], str] = str) -> str:
+    """An epoch's figures as its log line shows them, named by `figure_name`, without the learning rate.
+
+    Example:
+    >>> epoch_figures({"loss": 0.42, "accuracy": 0.25, "learning_rate": 0.001})
+    'loss 0.4200 accuracy 0.2500'
+    """
+    return " ".join(f"{figure_name(key)} {value:.4f}" for key, value in figures.items() if key != "learning_rate")
 
 
 def kept_weights_summary(

@@ -269,6 +269,7 @@ class TrainingJob:
             best_weights=best_weights,
             keep_best=self.keeps_best_weights,
             on_epoch_end=EpochLog(config.out) if chief else None,
+            figure_name=self.task.figure_name,
         )
         metrics.update(
             loss=state.history["loss"][-1],

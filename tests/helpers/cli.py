@@ -1,6 +1,7 @@
 """Running `mmkeras` in tests: subsets of the committed `samples/` manifests and the CLI in or out of process."""
 
 import csv
+import logging
 from pathlib import Path
 
 from mmkeras.cli.app import main
@@ -41,3 +42,14 @@ def run_cli(capsys, *argv) -> tuple[int, str, str]:
     code = main([str(arg) for arg in argv])
     captured = capsys.readouterr()
     return code, captured.out, captured.err
+
+
+class LogLines(logging.Handler):
+    """The messages of the loggers it is added to (`mmkeras`: what a CLI run logged), in order, in `lines`."""
+
+    def __init__(self):
+        super().__init__(logging.INFO)
+        self.lines = []
+
+    def emit(self, record):
+        self.lines.append(record.getMessage())
