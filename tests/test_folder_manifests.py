@@ -186,7 +186,7 @@ def test_labels_that_differ_only_in_case_are_refused_before_anything_is_written(
         write_photo(folders / photo)
     metadata = tmp_path / "metadata"
     for split, label in (("train", "Cat"), ("validation", "cat")):
-        for number, row_label in enumerate((label, "dog")):
+        for number in range(2):
             write_photo(metadata / split / f"{number}.png")
         (metadata / split / "metadata.csv").write_text(f"file_name,text,label\n0.png,a,{label}\n1.png,b,dog\n",
                                                       encoding="utf-8")
@@ -289,7 +289,7 @@ def broken_folders(tmp_path: Path) -> dict[str, tuple[Path, str]]:
     write_parquet(two_formats / "metadata.parquet", {"file_name": ["cat/1.png", "dog/1.png"], "text": ["a", "b"]})
     # A metadata file at the top of split folders: what it cannot list.
     split_photos = ("train/cat/1.png", "train/dog/1.png", "test/cat/1.png")
-    escaping = case("file-name-outside-the-folder", "metadata.csv: line 5: file_name ../elsewhere.png is outside",
+    escaping = case("file-name-outside-the-folder", "metadata.csv: line 5: file_name ../elsewhere.png points outside",
                     *split_photos)
     write_photo(tmp_path / "elsewhere.png")
     (escaping / "metadata.csv").write_text(

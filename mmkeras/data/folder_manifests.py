@@ -462,8 +462,9 @@ def _listed_photo(row, metadata: Path) -> Path:
                         "the metadata file", path=metadata, row=row.line)
     image = Path(os.path.normpath(row.image))
     if not image.is_relative_to(os.path.normpath(metadata.parent)):
-        raise UserError(f"{FILE_NAME_COLUMN} {written} is outside {metadata.parent}: it is a path relative to the "
-                        "metadata file's folder, inside it", path=metadata, row=row.line)
+        raise UserError(f"{FILE_NAME_COLUMN} {written} points outside {metadata.parent}/, the metadata file's "
+                        "folder: give the photo's path inside it (imagefolder refuses it too)", path=metadata,
+                        row=row.line)
     if not image.is_file():
         raise UserError(f"photo not found: {written}", path=metadata, row=row.line)
     return image
