@@ -304,6 +304,10 @@ def broken_folders(tmp_path: Path) -> dict[str, tuple[Path, str]]:
          f"{twice / 'metadata.csv'}: line 2)", *split_photos)
     (twice / "metadata.csv").write_text("file_name,text\n" + "".join(f"{photo},a\n" for photo in split_photos))
     (twice / "train" / "metadata.csv").write_text("file_name,text\ncat/1.png,again\n")
+    as_bytes = case("file-name-as-bytes", "metadata.parquet: line 1: file_name holds image bytes, not a path",
+                    "cat/1.png", "dog/1.png")
+    write_parquet(as_bytes / "metadata.parquet", {"file_name": [(as_bytes / "cat" / "1.png").read_bytes()],
+                                                  "text": ["a"]})
     no_row = case("split-photo-without-a-row", "test/cat/1.png: no row in", *split_photos)
     (no_row / "metadata.csv").write_text("file_name,text\n" + "".join(f"{photo},a\n" for photo in split_photos[:2]))
     return cases

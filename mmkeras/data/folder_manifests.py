@@ -50,6 +50,7 @@ import logging
 import os
 import random
 from collections import Counter, defaultdict
+from collections.abc import Iterable
 from pathlib import Path
 
 from mmkeras.atomic_files import write_atomically
@@ -229,16 +230,18 @@ def _read_photos(
         _check_labels({"train": photos}, folder)
         return {"train": photos}, texts_from
     split_names = {path.name for path in split_folders.values()}
+    images, metadata_files = image_files(folder), _metadata_files(folder)
     # A metadata file at the top may list the photos of the split folders (`file_name: train/cat/1.jpg`).
-    top_metadata = [path for path in _metadata_files(folder) if path.parent == folder]
-    outside = [path for path in image_files(folder) + _metadata_files(folder)
+    top_metadata = [path for path in metadata_files if path.parent == folder]
+    outside = [path for path in images + metadata_files
                if path not in top_metadata and path.relative_to(folder).parts[0] not in split_names]
     if outside:
         raise UserError(f"outside the split folders ({_folder_names(split_folders)}): move it into one of them",
                         path=outside[0])
     if top_metadata:
-        photos = _split_folder_photos_from_metadata(folder, split_folders, text_column, label_column)
-        texts_from = ", ".join(str(path) for path in _metadata_files(folder))
+        photos = _split_folder_photos_from_metadata(folder, split_folders, images, metadata_files, text_column,
+                                                    label_column)
+        texts_from = ", ".join(str(path) for path in metadata_files)
     else:
         found = {split: _find_photos(path, text_column, label_column) for split, path in split_folders.items()}
         photos = {split: photos for split, (photos, _) in found.items()}
@@ -252,22 +255,26 @@ def _folder_names(split_folders: dict[str, Path]) -> str:
 
 
 def _split_folder_photos_from_metadata(
-    folder: Path, split_folders: dict[str, Path], text_column: str, label_column: str
+    folder: Path,
+    split_folders: dict[str, Path],
+    images: list[Path],
+    metadata_files: list[Path],
+    text_column: str,
+    label_column: str,
 ) -> dict[str, list[Photo]]:
     """The photos of each split folder, as the metadata files at the top and in the split folders list them.
 
     Each photo is in the split of its folder, as Hugging Face `datasets` before 3.4 split a metadata file at the
     top of split folders (docs/design.md#folders-of-photos-to-manifests).
     """
-    by_name = {path.name: split for split, path in split_folders.items()}
-    for path in split_folders.values():
-        if not image_files(path):
-            raise UserError(f"no photos ({', '.join(IMAGE_SUFFIXES)}) in the folder or below it", path=path)
-    photos = _photos_from_metadata(_metadata_files(folder), image_files(folder), text_column, label_column,
-                                   split_folders=split_folders)
+    split_of = {path.name: split for split, path in split_folders.items()}
+    photos = _photos_from_metadata(metadata_files, images, text_column, label_column, split_folders=split_folders)
     by_split: dict[str, list[Photo]] = {split: [] for split in split_folders}
     for photo in photos:
-        by_split[by_name[photo.image.relative_to(folder).parts[0]]].append(photo)
+        by_split[split_of[photo.image.relative_to(folder).parts[0]]].append(photo)
+    empty = next((split for split, members in by_split.items() if not members), None)
+    if empty is not None:
+        raise UserError(f"no photos ({', '.join(IMAGE_SUFFIXES)}) in the folder or below it", path=split_folders[empty])
     return by_split
 
 
@@ -288,7 +295,7 @@ def _check_labels(photos: dict[str, list[Photo]], folder: Path):
                             path=untrained.image)
 
 
-def _check_label_spellings(photos):
+def _check_label_spellings(photos: Iterable[Photo]):
     """Labels that differ only in case or surrounding spaces are one class misspelt: `read_manifest` refuses them."""
     first: dict[str, Photo] = {}
     for photo in photos:
