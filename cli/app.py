@@ -1085,8 +1085,8 @@ def search(
 def manifest(
     folder: Path = typer.Argument(
         ..., help="Folder of photos: one folder per label (captions in .txt files beside the photos), "
-        "or a Hugging Face imagefolder with a metadata.csv or metadata.jsonl; optionally in split folders "
-        "(train/, validation/, test/), kept as they are."
+        "or a Hugging Face imagefolder with a metadata.csv, metadata.jsonl or metadata.parquet; optionally in "
+        "split folders (train/, validation/, test/), kept as they are."
     ),
     out: Path = typer.Option(..., "--out", help="Folder to write train.csv, val.csv and test.csv into."),
     val: float = typer.Option(VAL_SHARE, "--val", min=0.0, help="Share of each label's photos for "

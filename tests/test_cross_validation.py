@@ -202,12 +202,15 @@ def test_cv_of_parquet_image_bytes_resumes_after_cache_clear(tmp_path, monkeypat
             assert Path(prediction["image_file"]).name == hashlib.sha256(user_rows[row - 1]["image"]).hexdigest()
 
 
-def test_fold_manifests_of_image_paths_are_written_without_a_source_image_column(tmp_path):
+def test_fold_manifests_name_each_image_as_the_users_file_writes_it(tmp_path):
     data = write_subset(SAMPLES / "train.csv", tmp_path / "data.csv", 4)
     manifest = read_manifest(data)
     write_manifest(tmp_path / "fold.csv", manifest, manifest.rows, RunConfig(data=str(data)))
-    header = (tmp_path / "fold.csv").read_text(encoding="utf-8").splitlines()[0]
-    assert header == "text,image,label,source_manifest,source_line"
+    with (tmp_path / "fold.csv").open(encoding="utf-8", newline="") as handle:
+        fold_rows = list(csv.DictReader(handle))
+    assert list(fold_rows[0]) == ["text", "image", "label", "source_manifest", "source_line", "source_image"]
+    assert [row["source_image"] for row in fold_rows] == [row.cells["image"] for row in manifest.rows]
+    assert all(Path(row["image"]).is_absolute() for row in fold_rows if row["image"])
 
 
 # A user's manifest whose rows do not sit on consecutive lines: a blank line, a text over two lines.
@@ -283,6 +286,9 @@ def test_errors_about_a_folds_rows_name_the_users_file_and_line(tmp_path):
     assert "; line 7: cannot read image" in message and "fold-1" not in message.split(": cannot")[0]
     checked, dropped = fold.validate_images((32, 32), "skip", remember=False)
     assert dropped == 2 and [(row.path, row.line) for row in checked.skipped] == [(data, 2), (data, 7)]
+    # Each image as the user's file writes it, not the fold manifest's absolute path.
+    assert [row.reason.split(":")[0] for row in checked.skipped] == [
+        "cannot read image 'a.png'", "cannot read image 'broken.png'"]
     assert [checked.where(row) for row in checked.rows] == [(data, 4), (data, 6)]
     with pytest.raises(UserError) as error:
         checked.encode_labels(["x"])  # a class the other folds lack

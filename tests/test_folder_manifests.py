@@ -14,6 +14,7 @@ from mmkeras.data.folder_manifests import folder_manifests
 from mmkeras.data.manifest import read_manifest
 from mmkeras.errors import UserError
 from tests.helpers.cli import WITHOUT_TENSORFLOW, run_cli
+from tests.helpers.parquet_files import write_parquet
 
 # Photos per label of the caption folder: "bird" has too few to give val and test one each and keep one to train.
 PHOTOS_PER_LABEL = {"bird": 2, "cat": 10, "dog": 10}
@@ -136,6 +137,69 @@ def test_imagefolder_metadata_csv_in_a_folder_with_a_label_column(tmp_path):
     ]
 
 
+def test_imagefolder_metadata_parquet_is_read_like_the_csv(tmp_path):
+    folder = tmp_path / "photos"
+    for number in range(6):
+        write_photo(folder / "shots" / f"{number}.png", number)
+    write_parquet(folder / "shots" / "metadata.parquet", {
+        "file_name": [f"{number}.png" for number in range(6)],
+        "text": [None if number == 0 else f"shot {number}" for number in range(6)],
+        "label": ["day" if number < 3 else "night" for number in range(6)],
+    })
+
+    written = folder_manifests(folder, tmp_path / "manifests", val=0, test=0)
+
+    assert rows_of(written.manifests["train"]) == [
+        ((folder / "shots" / f"{number}.png").resolve(), None if number == 0 else f"shot {number}",
+         "day" if number < 3 else "night")
+        for number in range(6)
+    ]
+    assert written.texts_from == str(folder / "shots" / "metadata.parquet") and written.without_text == 1
+
+
+def test_a_metadata_file_at_the_top_lists_the_photos_of_the_split_folders(tmp_path, capsys):
+    folder = tmp_path / "photos"
+    lines = []
+    for split, count in (("train", 3), ("Validation", 1), ("test", 1)):
+        for label in ("cat", "dog"):
+            for number in range(count):
+                write_photo(folder / split / label / f"{number}.png", number)
+                lines.append(json.dumps({"file_name": f"{split}/{label}/{number}.png", "text": f"{split} {label}"}))
+    (folder / "metadata.jsonl").write_text("\n".join(lines), encoding="utf-8")
+
+    written = folder_manifests(folder, tmp_path / "manifests")
+
+    assert written.split_folders == {split: folder / name for split, name in
+                                     (("train", "train"), ("val", "Validation"), ("test", "test"))}
+    assert written.counts == {"train": {"cat": 3, "dog": 3}, "val": {"cat": 1, "dog": 1}, "test": {"cat": 1, "dog": 1}}
+    assert rows_of(written.manifests["val"]) == [
+        ((folder / "Validation" / label / "0.png").resolve(), f"Validation {label}", label) for label in ("cat", "dog")
+    ]
+    assert written.texts_from == str(folder / "metadata.jsonl")
+    code, out, _ = run_cli(capsys, "manifest", folder, "--out", tmp_path / "cli")
+    assert code == 0 and f"texts from {folder / 'metadata.jsonl'}" in out
+
+
+def test_labels_that_differ_only_in_case_are_refused_before_anything_is_written(tmp_path, capsys):
+    folders = tmp_path / "photos"
+    for photo in ("Cat/1.png", "cat/2.png", "dog/1.png"):
+        write_photo(folders / photo)
+    metadata = tmp_path / "metadata"
+    for split, label in (("train", "Cat"), ("validation", "cat")):
+        for number in range(2):
+            write_photo(metadata / split / f"{number}.png")
+        (metadata / split / "metadata.csv").write_text(f"file_name,text,label\n0.png,a,{label}\n1.png,b,dog\n",
+                                                      encoding="utf-8")
+    for folder, spellings in (
+        (folders, f"the labels 'Cat' ({folders / 'Cat'}/) and 'cat' ({folders / 'cat'}/) differ only in case"),
+        (metadata, f"the labels 'Cat' ({metadata / 'train' / 'metadata.csv'}: line 2) and 'cat' "
+                   f"({metadata / 'validation' / 'metadata.csv'}: line 2) differ only in case"),
+    ):
+        code, out, err = run_cli(capsys, "manifest", folder, "--out", tmp_path / "manifests")
+        assert code == 2 and err.count("\n") == 1 and spellings in err, err
+        assert not (tmp_path / "manifests").exists()
+
+
 def test_split_folders_are_kept_and_a_missing_split_is_made_from_train(caption_folder, tmp_path, capsys):
     folder, texts = caption_folder
     split_photos = tmp_path / "split-photos"
@@ -219,6 +283,33 @@ def broken_folders(tmp_path: Path) -> dict[str, tuple[Path, str]]:
     (unlisted / "metadata.csv").write_text("file_name,text\ncat/1.png,a cat\n", encoding="utf-8")
     nameless = case("no-text-column", "missing column(s) text", "cat/1.png", "dog/1.png")
     (nameless / "metadata.csv").write_text("file_name,caption\ncat/1.png,a\ndog/1.png,b\n", encoding="utf-8")
+    two_formats = case("two-metadata-formats", "two-metadata-formats/metadata.parquet: a second metadata file "
+                       "beside metadata.csv", "cat/1.png", "dog/1.png")
+    (two_formats / "metadata.csv").write_text("file_name,text\ncat/1.png,a\ndog/1.png,b\n", encoding="utf-8")
+    write_parquet(two_formats / "metadata.parquet", {"file_name": ["cat/1.png", "dog/1.png"], "text": ["a", "b"]})
+    # A metadata file at the top of split folders: what it cannot list.
+    split_photos = ("train/cat/1.png", "train/dog/1.png", "test/cat/1.png")
+    escaping = case("file-name-outside-the-folder", "metadata.csv: line 5: file_name ../elsewhere.png points outside",
+                    *split_photos)
+    write_photo(tmp_path / "elsewhere.png")
+    (escaping / "metadata.csv").write_text(
+        "file_name,text\n" + "".join(f"{photo},a\n" for photo in split_photos) + "../elsewhere.png,b\n")
+    beside = case("file-name-beside-the-splits", "metadata.csv: line 5: file_name notes.txt is outside the split "
+                  "folders (train/, test/)", *split_photos)
+    (beside / "notes.txt").write_text("not a photo")
+    (beside / "metadata.csv").write_text(
+        "file_name,text\n" + "".join(f"{photo},a\n" for photo in split_photos) + "notes.txt,b\n")
+    twice = tmp_path / "listed-twice"
+    case("listed-twice", f"train/metadata.csv: line 2: {twice / 'train' / 'cat' / '1.png'} is listed twice (first: "
+         f"{twice / 'metadata.csv'}: line 2)", *split_photos)
+    (twice / "metadata.csv").write_text("file_name,text\n" + "".join(f"{photo},a\n" for photo in split_photos))
+    (twice / "train" / "metadata.csv").write_text("file_name,text\ncat/1.png,again\n")
+    as_bytes = case("file-name-as-bytes", "metadata.parquet: line 1: file_name holds image bytes, not a path",
+                    "cat/1.png", "dog/1.png")
+    write_parquet(as_bytes / "metadata.parquet", {"file_name": [(as_bytes / "cat" / "1.png").read_bytes()],
+                                                  "text": ["a"]})
+    no_row = case("split-photo-without-a-row", "test/cat/1.png: no row in", *split_photos)
+    (no_row / "metadata.csv").write_text("file_name,text\n" + "".join(f"{photo},a\n" for photo in split_photos[:2]))
     return cases
 
 

@@ -5,12 +5,13 @@ Two layouts are read, the ones photos usually arrive in:
 - class folders with caption files: `photos/<label>/<name>.jpg`, its text in
   `photos/<label>/<name>.txt` beside it (UTF-8, stripped; a missing or empty
   one is a missing text, which the models support);
-- Hugging Face `imagefolder` metadata: a `metadata.csv` or `metadata.jsonl`
-  (at the top, or in any folder below it) whose `file_name` column holds each
-  photo's path relative to the metadata file, a text column (`text` unless
-  told) and, optionally, a label column (`label` unless told); without one,
-  a photo's label is its class folder, as imagefolder infers it. Every photo
-  of the folder must then have a metadata row.
+- Hugging Face `imagefolder` metadata: a `metadata.csv`, `metadata.jsonl`
+  or `metadata.parquet` (at the top, or in any folder below it; one per
+  folder) whose `file_name` column holds each photo's path relative to the
+  metadata file, inside its folder, a text column (`text` unless told) and,
+  optionally, a label column (`label` unless told); without one, a photo's
+  label is its class folder, as imagefolder infers it. Every photo of the
+  folder must then have a metadata row, and only one.
 
 A label is the name of the first folder under the given folder (or under the
 metadata file's folder) that holds the photo; deeper folders inside a class
@@ -18,12 +19,16 @@ are allowed. Hidden files and folders (`.name`) are skipped.
 
 Split folders directly under the folder (imagefolder's `train/`,
 `validation/`, `test/` and their other names, `SPLIT_FOLDERS`), each laid out
-as above, are kept as the user split them; a split without a folder is made
+as above, are kept as the user split them; a metadata file at the top may
+list the photos of every split folder (`file_name: train/cat/1.jpg`), each
+photo then in the split of its folder. A split without a folder is made
 from the train photos by its share. Without split folders the photos are
 split per label (stratified), deterministically for a seed: of
 a label's `n` photos, `max(1, round(n * share))` go to val and likewise to
 test, the rest to train; a label whose train part would be empty keeps all
-its photos in train and is reported (`FolderManifests.only_in_train`). The
+its photos in train and is reported (`FolderManifests.only_in_train`).
+Labels that differ only in case or surrounding spaces (`Cat/` and `cat/`)
+are refused here, as `read_manifest` would refuse the manifests. The
 manifests are CSV files with the columns `image,text,label`, their image
 paths relative to the manifest (as `read_manifest` resolves them), so the
 photos and the manifests can move together. Why a command that writes
@@ -45,10 +50,12 @@ import logging
 import os
 import random
 from collections import Counter, defaultdict
+from collections.abc import Iterable
 from pathlib import Path
 
 from mmkeras.atomic_files import write_atomically
 from mmkeras.data.manifest import read_manifest
+from mmkeras.data.parquet_manifest import embedded_image_name
 from mmkeras.errors import UserError
 from mmkeras.preprocessing.image import IMAGE_SUFFIXES
 from mmkeras.preprocessing.text_cleaning import InvalidTextError, clean_text
@@ -57,7 +64,7 @@ SPLITS = ("train", "val", "test")
 VAL_SHARE = 0.1
 TEST_SHARE = 0.1
 # imagefolder's names (Hugging Face `datasets`): the metadata files and the column of the photo's path.
-METADATA_NAMES = ("metadata.csv", "metadata.jsonl")
+METADATA_NAMES = ("metadata.csv", "metadata.jsonl", "metadata.parquet")
 FILE_NAME_COLUMN = "file_name"
 CAPTION_SUFFIX = ".txt"
 # Folder names imagefolder reads as splits (Hugging Face `datasets`' split patterns), and the manifest each one is.
@@ -72,11 +79,15 @@ logger = logging.getLogger(__name__)
 
 @dataclasses.dataclass(frozen=True)
 class Photo:
-    """One photo of the folder: its file, its text (`None` when missing) and its label."""
+    """One photo of the folder: its file, its text (`None` when missing), its label and where the label was read.
+
+    `label_from` names the class folder, or the metadata file and row, that gave the label.
+    """
 
     image: Path
     text: str | None
     label: str
+    label_from: str
 
 
 @dataclasses.dataclass
@@ -122,8 +133,9 @@ def folder_manifests(
     """Write `out/train.csv`, `out/val.csv` and `out/test.csv` listing the photos of `folder`.
 
     Args:
-        folder: class folders with caption `.txt` files, or an imagefolder with `metadata.csv`/`.jsonl`;
-            either one in each of split folders (`train/`, `validation/`, `test/`).
+        folder: class folders with caption `.txt` files, or an imagefolder with `metadata.csv`/`.jsonl`/
+            `.parquet`; either one in each of split folders (`train/`, `validation/`, `test/`), or split
+            folders listed by one metadata file at the top.
         out: the folder to write the manifests into (made if missing).
         val: the share of each label's photos for `val.csv`; 0 writes no `val.csv` (unless a
             `validation/` folder gives the val photos).
@@ -137,17 +149,20 @@ def folder_manifests(
         The manifests written and the photos per label in each.
 
     Raises:
-        UserError: no photos, a single label, a photo beside the class folders
-            (or outside the split folders), a label in val or test that train lacks,
-            a caption file that is not UTF-8, a metadata row whose photo is
-            missing, a photo without a metadata row, shares that leave no
-            train photos, or a manifest in `out` that exists (without `overwrite`).
+        UserError: no photos, a single label, labels that differ only in case,
+            a photo beside the class folders (or outside the split folders), a
+            label in val or test that train lacks, a caption file that is not
+            UTF-8, two metadata files in one folder, a metadata row whose photo
+            is missing or outside the metadata file's folder, a photo without a
+            metadata row or with two, shares that leave no train photos, or a
+            manifest in `out` that exists (without `overwrite`).
 
     Example:
     >>> folder_manifests("photos", "photos-manifests", val=0.2, test=0).manifests  # doctest: +SKIP
     {'train': PosixPath('photos-manifests/train.csv'), 'val': PosixPath('photos-manifests/val.csv')}
     """
-    folder, out = Path(folder), Path(out)
+    # Normalized (no `..`): the photos' paths, normalized, are compared with the folders holding them.
+    folder, out = Path(os.path.normpath(folder)), Path(out)
     shares = {"val": val, "test": test}
     _check_shares(shares)
     split_folders = _split_folders(folder)
@@ -215,19 +230,57 @@ def _read_photos(
         _check_labels({"train": photos}, folder)
         return {"train": photos}, texts_from
     split_names = {path.name for path in split_folders.values()}
-    outside = [path for path in image_files(folder) + _metadata_files(folder)
-               if path.relative_to(folder).parts[0] not in split_names]
+    images, metadata_files = image_files(folder), _metadata_files(folder)
+    # A metadata file at the top may list the photos of the split folders (`file_name: train/cat/1.jpg`).
+    top_metadata = [path for path in metadata_files if path.parent == folder]
+    outside = [path for path in images + metadata_files
+               if path not in top_metadata and path.relative_to(folder).parts[0] not in split_names]
     if outside:
-        names = ", ".join(f"{path.name}/" for path in split_folders.values())
-        raise UserError(f"outside the split folders ({names}): move it into one of them", path=outside[0])
-    found = {split: _find_photos(path, text_column, label_column) for split, path in split_folders.items()}
-    photos = {split: photos for split, (photos, _) in found.items()}
+        raise UserError(f"outside the split folders ({_folder_names(split_folders)}): move it into one of them",
+                        path=outside[0])
+    if top_metadata:
+        photos = _split_folder_photos_from_metadata(folder, split_folders, images, metadata_files, text_column,
+                                                    label_column)
+        texts_from = ", ".join(str(path) for path in metadata_files)
+    else:
+        found = {split: _find_photos(path, text_column, label_column) for split, path in split_folders.items()}
+        photos = {split: photos for split, (photos, _) in found.items()}
+        texts_from = ", ".join(dict.fromkeys(texts_from for _, texts_from in found.values()))
     _check_labels(photos, folder)
-    return photos, ", ".join(dict.fromkeys(texts_from for _, texts_from in found.values()))
+    return photos, texts_from
+
+
+def _folder_names(split_folders: dict[str, Path]) -> str:
+    return ", ".join(f"{path.name}/" for path in split_folders.values())
+
+
+def _split_folder_photos_from_metadata(
+    folder: Path,
+    split_folders: dict[str, Path],
+    images: list[Path],
+    metadata_files: list[Path],
+    text_column: str,
+    label_column: str,
+) -> dict[str, list[Photo]]:
+    """The photos of each split folder, as the metadata files at the top and in the split folders list them.
+
+    Each photo is in the split of its folder, as Hugging Face `datasets` before 3.4 split a metadata file at the
+    top of split folders (docs/design.md#folders-of-photos-to-manifests).
+    """
+    split_of = {path.name: split for split, path in split_folders.items()}
+    photos = _photos_from_metadata(metadata_files, images, text_column, label_column, split_folders=split_folders)
+    by_split: dict[str, list[Photo]] = {split: [] for split in split_folders}
+    for photo in photos:
+        by_split[split_of[photo.image.relative_to(folder).parts[0]]].append(photo)
+    empty = next((split for split, members in by_split.items() if not members), None)
+    if empty is not None:
+        raise UserError(f"no photos ({', '.join(IMAGE_SUFFIXES)}) in the folder or below it", path=split_folders[empty])
+    return by_split
 
 
 def _check_labels(photos: dict[str, list[Photo]], folder: Path):
-    """Two labels or more, and no label in a given val or test split that train lacks."""
+    """One spelling per label, two labels or more, and no label in a given val or test split that train lacks."""
+    _check_label_spellings(photo for members in photos.values() for photo in members)
     trained = sorted({photo.label for photo in photos["train"]})
     if len(trained) < 2:
         raise UserError(
@@ -240,6 +293,18 @@ def _check_labels(photos: dict[str, list[Photo]], folder: Path):
         if untrained is not None:
             raise UserError(f"the label {untrained.label!r} of this {split} photo has no train photos",
                             path=untrained.image)
+
+
+def _check_label_spellings(photos: Iterable[Photo]):
+    """Labels that differ only in case or surrounding spaces are one class misspelt: `read_manifest` refuses them."""
+    first: dict[str, Photo] = {}
+    for photo in photos:
+        seen = first.setdefault(photo.label.strip().casefold(), photo)
+        if seen.label != photo.label:
+            raise UserError(
+                f"the labels {seen.label!r} ({seen.label_from}) and {photo.label!r} ({photo.label_from}) differ only "
+                "in case or surrounding spaces; write every label of a class the same way"
+            )
 
 
 def _find_photos(folder: Path, text_column: str, label_column: str) -> tuple[list[Photo], str]:
@@ -258,7 +323,7 @@ def _find_photos(folder: Path, text_column: str, label_column: str) -> tuple[lis
                 "(or add a metadata.csv with a label column)",
                 path=folder,
             )
-        photos = [Photo(image, read_caption(image), _photo_label(image, folder)) for image in images]
+        photos = [_caption_photo(image, folder) for image in images]
         texts_from = "caption files"
     return photos, texts_from
 
@@ -275,7 +340,16 @@ def image_files(folder: Path) -> list[Path]:
 
 
 def _metadata_files(folder: Path) -> list[Path]:
-    return sorted(path for name in METADATA_NAMES for path in folder.rglob(name) if not _hidden(path, folder))
+    """The metadata files under `folder`; refuses two in one folder (imagefolder reads one format)."""
+    found = sorted(path for name in METADATA_NAMES for path in folder.rglob(name) if not _hidden(path, folder))
+    by_folder = defaultdict(list)
+    for path in found:
+        by_folder[path.parent].append(path)
+    for first, *others in by_folder.values():
+        if others:
+            raise UserError(f"a second metadata file beside {first.name}: keep one of them (Hugging Face "
+                            "imagefolder refuses metadata files of different formats too)", path=others[0])
+    return found
 
 
 def _hidden(path: Path, folder: Path) -> bool:
@@ -295,11 +369,17 @@ def _class_folder(image: Path, root: Path) -> str | None:
     return parts[0]
 
 
-def _photo_label(image: Path, root: Path) -> str:
+def _photo_label(image: Path, root: Path) -> tuple[str, str]:
+    """The label of `image` (its class folder under `root`) and that folder, as `Photo.label_from` names it."""
     label = _class_folder(image, root)
     if label is None:
         raise UserError("a photo beside the label folders: move it into the folder of its label", path=image)
-    return label
+    return label, f"{root / label}/"
+
+
+def _caption_photo(image: Path, root: Path) -> Photo:
+    label, label_from = _photo_label(image, root)
+    return Photo(image, read_caption(image), label, label_from)
 
 
 def read_caption(image: Path) -> str | None:
@@ -325,9 +405,20 @@ def read_caption(image: Path) -> str | None:
 
 
 def _photos_from_metadata(
-    metadata_files: list[Path], images: list[Path], text_column: str, label_column: str
+    metadata_files: list[Path],
+    images: list[Path],
+    text_column: str,
+    label_column: str,
+    split_folders: dict[str, Path] | None = None,
 ) -> list[Photo]:
-    """The photos the metadata files list; each photo of the folder must be listed once."""
+    """The photos the metadata files list; each photo of the folder must be listed once.
+
+    A photo's `file_name` is relative to its metadata file's folder and inside it. Without a label column, its
+    label is its class folder under that folder, or under its split folder (`split_folders`) for a metadata file
+    above the split folders.
+    """
+    split_folders = split_folders or {}
+    split_roots = list(split_folders.values())
     listed: dict[Path, tuple[Path, int]] = {}
     photos = []
     for metadata in metadata_files:
@@ -337,23 +428,27 @@ def _photos_from_metadata(
         )
         # A label column with no label in it (JSONL: no such key) leaves the labels to the class folders.
         has_labels = any(row.label is not None for row in manifest.rows)
+        above_splits = any(path.parent == metadata.parent for path in split_roots)
         for row in manifest.rows:
-            if row.image is None:
-                raise UserError(f"empty {FILE_NAME_COLUMN}", path=metadata, row=row.line)
-            image = Path(os.path.normpath(row.image))
-            if not image.is_file():
-                raise UserError(f"photo not found: {row.image}", path=metadata, row=row.line)
+            image = _listed_photo(row, metadata)
+            # The folder whose folders are labels: the metadata file's, or the split folder of the photo.
+            root = metadata.parent
+            if above_splits:
+                root = metadata.parent / image.relative_to(metadata.parent).parts[0]
+                if root not in split_roots:
+                    raise UserError(f"{FILE_NAME_COLUMN} {_file_name_cell(row)} is outside the split folders "
+                                    f"({_folder_names(split_folders)})", path=metadata, row=row.line)
             if image in listed:
                 first, line = listed[image]
                 raise UserError(f"{image} is listed twice (first: {first}: line {line})", path=metadata, row=row.line)
             listed[image] = (metadata, row.line)
             if row.label is not None:
-                label = row.label
+                label, label_from = row.label, f"{metadata}: line {row.line}"
             elif has_labels:
                 raise UserError(f"empty {label_column}", path=metadata, row=row.line)
             else:
-                label = _photo_label(image, metadata.parent)
-            photos.append(Photo(image, row.text, label))
+                label, label_from = _photo_label(image, root)
+            photos.append(Photo(image, row.text, label, label_from))
     unlisted = [image for image in images if Path(os.path.normpath(image)) not in listed]
     if unlisted:
         more = f" (and {len(unlisted) - 1} more)" if len(unlisted) > 1 else ""
@@ -362,6 +457,29 @@ def _photos_from_metadata(
             path=unlisted[0],
         )
     return sorted(photos, key=lambda photo: photo.image)
+
+
+def _listed_photo(row, metadata: Path) -> Path:
+    """The photo a metadata row names: a file inside the metadata file's folder, as imagefolder requires."""
+    if row.image is None:
+        raise UserError(f"empty {FILE_NAME_COLUMN}", path=metadata, row=row.line)
+    written = _file_name_cell(row)
+    if embedded_image_name(row.image) is not None:
+        raise UserError(f"{FILE_NAME_COLUMN} holds image bytes, not a path: give the photo's path relative to "
+                        "the metadata file", path=metadata, row=row.line)
+    image = Path(os.path.normpath(row.image))
+    if not image.is_relative_to(os.path.normpath(metadata.parent)):
+        raise UserError(f"{FILE_NAME_COLUMN} {written} points outside {metadata.parent}/, the metadata file's "
+                        "folder: give the photo's path inside it (imagefolder refuses it too)", path=metadata,
+                        row=row.line)
+    if not image.is_file():
+        raise UserError(f"photo not found: {written}", path=metadata, row=row.line)
+    return image
+
+
+def _file_name_cell(row) -> str:
+    """A metadata row's `file_name` as written."""
+    return (row.cells or {}).get(FILE_NAME_COLUMN) or str(row.image)
 
 
 def _split(photos: list[Photo], shares: dict[str, float], seed: int) -> tuple[dict[str, list[Photo]], dict[str, int]]:

@@ -61,6 +61,9 @@ BAD_ROWS_SHOWN = 20
 # The columns of a `cv` fold's manifest (a copy of the user's rows) naming the file and line each row came from.
 SOURCE_MANIFEST_COLUMN = "source_manifest"
 SOURCE_LINE_COLUMN = "source_line"
+# The column of a `cv` fold's manifest holding each row's image cell as the user's manifest wrote it (the image
+# column lists the files read: absolute paths, or the files a Parquet manifest's image bytes were written to).
+SOURCE_IMAGE_COLUMN = "source_image"
 
 logger = logging.getLogger(__name__)
 
@@ -221,7 +224,7 @@ class Manifest:
             if row.image is None or problems.get(row.image) is None:
                 good_rows.append(row)
             else:
-                reason = f"cannot read image {self.shown_path(row.image)!r}: {problems[row.image]}"
+                reason = f"cannot read image {self.shown_image(row)!r}: {problems[row.image]}"
                 bad_rows.append(self.bad_row(row, reason))
         checked = _settle(self.path, good_rows, bad_rows, on_bad_row, previously_skipped=self.skipped)
         checked.column_names = self.column_names
@@ -245,15 +248,27 @@ class Manifest:
         >>> manifest.where(ManifestRow("a red circle", None, "red", 2, cells={}))
         (PosixPath('fold-1/test.csv'), 2)
         """
-        cells = row.cells or {}
-        source, line = cells.get(SOURCE_MANIFEST_COLUMN), cells.get(SOURCE_LINE_COLUMN, "")
-        if source and line.isdigit():
-            return Path(source), int(line)
-        return self.path, row.line
+        return _source_place(row) or (self.path, row.line)
 
     def bad_row(self, row: ManifestRow, reason: str) -> BadRow:
         """`row` as a bad row, named where a person finds it (`where`)."""
         return BadRow(*self.where(row), reason)
+
+    def shown_image(self, row: ManifestRow) -> str:
+        """A row's image as the user's manifest names it: a `cv` fold's row by its `source_image` cell, else
+        `shown_path` (a fold manifest lists absolute paths, which the user never wrote).
+
+        Example:
+        >>> cells = {"source_manifest": "/data/train.csv", "source_line": "7", "source_image": "photos/a.jpg"}
+        >>> Manifest(Path("fold-1/test.csv"), []).shown_image(ManifestRow(None, Path("/data/photos/a.jpg"), "red", 2,
+        ...                                                               cells=cells))
+        'photos/a.jpg'
+        """
+        assert row.image is not None
+        source_image = (row.cells or {}).get(SOURCE_IMAGE_COLUMN)
+        if source_image and _source_place(row) is not None:
+            return source_image
+        return self.shown_path(row.image)
 
     def shown_path(self, image: Path) -> str:
         """An image path as the manifest names it (relative to its folder when possible; Parquet bytes by hash)."""
@@ -264,6 +279,13 @@ class Manifest:
             return str(image.relative_to(self.path.parent))
         except ValueError:
             return str(image)
+
+
+def _source_place(row: ManifestRow) -> tuple[Path, int] | None:
+    """The user's file and line a `cv` fold's row names (`source_manifest`, `source_line`), `None` for another row."""
+    cells = row.cells or {}
+    source, line = cells.get(SOURCE_MANIFEST_COLUMN), cells.get(SOURCE_LINE_COLUMN, "")
+    return (Path(source), int(line)) if source and line.isdigit() else None
 
 
 def read_manifest(

@@ -30,6 +30,7 @@ from pathlib import Path
 import numpy as np
 
 from mmkeras.atomic_files import write_atomically, write_json_atomically
+from mmkeras.data.manifest import SOURCE_IMAGE_COLUMN
 from mmkeras.data.parquet_manifest import embedded_image_name
 from mmkeras.evaluation import plots
 from mmkeras.runtime.bundle import RESULTS_FOLDER
@@ -48,9 +49,6 @@ MANIFEST_COLUMN = "manifest"
 # The column of predictions.csv naming the image file read (`image` names it as the manifest does: for a Parquet
 # manifest's image bytes, the struct's path or `<image bytes of row N>`, not the file they were written to).
 IMAGE_FILE_COLUMN = "image_file"
-# A manifest column naming each image as the user's file did where the image column lists files written from a
-# Parquet manifest's bytes: `cv`'s fold manifests carry it, and `image` in a fold's predictions.csv shows it.
-SOURCE_IMAGE_COLUMN = "source_image"
 
 
 def results_dir(target, data) -> Path:

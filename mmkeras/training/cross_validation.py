@@ -47,7 +47,6 @@ from mmkeras.atomic_files import write_json_atomically
 from mmkeras.config import RunConfig
 from mmkeras.data.label_sets import split_labels
 from mmkeras.data.manifest import SOURCE_LINE_COLUMN, SOURCE_MANIFEST_COLUMN, Manifest, read_manifest
-from mmkeras.data.parquet_manifest import embedded_image_name
 from mmkeras.data.rows_fingerprint import rows_fingerprint
 from mmkeras.errors import UserError
 from mmkeras.evaluation.results_folder import METRICS_FILE, SOURCE_IMAGE_COLUMN, write_csv
@@ -213,20 +212,19 @@ def write_manifest(path: Path, manifest: Manifest, rows, config: RunConfig):
     Each row names where the user finds it (`Manifest.where`: the
     manifest's absolute path and the row's line there, as the manifest's
     own errors number it) in `source_manifest` and `source_line`.
-    Images a Parquet manifest holds as bytes are listed as the files they
-    were written to, and named as the user's file names them (the Hugging
-    Face struct's `path`, else `<image bytes of row N>`) in a
-    `source_image` column, which a fold's predictions.csv shows. A
-    manifest of image paths gets no such column: its fold manifests are
-    written as before.
+    Each image is named as the user's file names it in `source_image`
+    (the cell as written; for a Parquet manifest's bytes, which are listed
+    as the files they were written to, the Hugging Face struct's `path`,
+    else `<image bytes of row N>`): an unreadable image's error shows it
+    (`Manifest.shown_image`), and a fold's predictions.csv shows it for
+    image bytes.
     """
-    embedded = any(row.image is not None and embedded_image_name(row.image) for row in rows)
     write_csv(path, [
         {config.text_column: row.text or "",
          config.image_column: "" if row.image is None else str(Path(row.image).resolve()),
          config.label_column: row.label,
          **source_cells(manifest, row),
-         **({SOURCE_IMAGE_COLUMN: shown_cell(row, config.image_column)} if embedded else {})}
+         SOURCE_IMAGE_COLUMN: shown_cell(row, config.image_column)}
         for row in rows
     ])
 
