@@ -841,6 +841,11 @@ def cv(
     batch_size: Optional[int] = BATCH_SIZE_OPTION,
     learning_rate: Optional[float] = LEARNING_RATE_OPTION,
     seed: Optional[int] = setting("seed", help="Seed of the split and of every fold's run."),
+    on_bad_row: Optional[Literal[ON_BAD_ROW]] = setting(
+        "on_bad_row",
+        help="A bad row (unreadable image, empty label, malformed line, ...): fail lists every one and stops; skip "
+        "drops them before the split (in no fold) and lists them in CV_DIR/skipped_rows.csv.",
+    ),
     modality_balance: Optional[Literal[MODALITY_BALANCE]] = MODALITY_BALANCE_OPTION,
     image_size: Optional[int] = IMAGE_SIZE_OPTION,
     early_stopping_patience: Optional[int] = EARLY_STOPPING_PATIENCE_OPTION,
@@ -865,6 +870,7 @@ def cv(
         batch_size=batch_size,
         learning_rate=learning_rate,
         seed=seed,
+        on_bad_row=on_bad_row,
         modality_balance=modality_balance,
         image_size=image_size,
         early_stopping_patience=early_stopping_patience,
@@ -873,16 +879,21 @@ def cv(
         label_column=label_column,
     )
     preflight.require_training_extra("cv")
-    preflight.check_manifest(data, flag="--data", columns=run_config.columns)
+    preflight.check_manifest(data, flag="--data", on_bad_row=run_config.on_bad_row, columns=run_config.columns)
     if val:
-        preflight.check_manifest(val, flag="--val", columns=run_config.columns)
+        preflight.check_manifest(val, flag="--val", on_bad_row=run_config.on_bad_row, columns=run_config.columns)
     preflight.check_output_folder(out)
     load_tensorflow()
     from mmkeras.evaluation.tables import summary_table
+    from mmkeras.runs import SKIPPED_ROWS_FILE
     from mmkeras.training.cross_validation import cross_validate
 
     result = cross_validate(run_config, folds)
-    emit(result, as_json, summary_table(result["summary"], title=f"{folds}-fold cross-validation, mean ± std"))
+    human = summary_table(result["summary"], title=f"{folds}-fold cross-validation, mean ± std")
+    skipped = result["bad_rows_skipped"]
+    if skipped:
+        human += f"\n{skipped} bad row{'s' if skipped > 1 else ''} skipped, in no fold: {out / SKIPPED_ROWS_FILE}"
+    emit(result, as_json, human)
 
 
 @app.command()

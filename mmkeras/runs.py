@@ -145,14 +145,14 @@ def save_run(
         write_json_atomically(run_dir / HISTORY_FILE, history)
     if metrics is not None:
         write_json_atomically(run_dir / METRICS_FILE, metrics)
-    _write_skipped_rows(run_dir / SKIPPED_ROWS_FILE, skipped_rows)
+    write_skipped_rows(run_dir / SKIPPED_ROWS_FILE, skipped_rows)
     if quantization is None:
         for stale in (QUANTIZATION_FILE, QAT_WEIGHTS_FILE):
             (run_dir / stale).unlink(missing_ok=True)
 
 
-def _write_skipped_rows(path: Path, skipped_rows):
-    """`file,line,reason` per skipped row; no file when no row was skipped."""
+def write_skipped_rows(path: Path, skipped_rows):
+    """`file,line,reason` per skipped row (a run's, or `cv`'s before its split); no file when no row was skipped."""
     if not skipped_rows:
         path.unlink(missing_ok=True)
         return

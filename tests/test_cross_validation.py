@@ -298,6 +298,32 @@ def test_errors_about_a_folds_rows_name_the_users_file_and_line(tmp_path):
     assert [(row.path, row.line) for row in known.skipped] == [(data, 4), (data, 7)]
 
 
+
+@pytest.mark.slow
+def test_cv_skips_an_unreadable_image_before_the_split_and_resumes(tmp_path, capsys):
+    data = write_users_manifest(tmp_path, "csv")  # usable rows on lines 2, 4, 6 and 7: x, y, x, y
+    with data.open("a", encoding="utf-8") as handle:
+        handle.write("a broken photo,broken.jpg,y\n")  # line 8
+    (tmp_path / "broken.jpg").write_bytes(b"not a picture")
+    out = tmp_path / "cv"
+    args = ["cv", "--data", data, "--folds", "2", "--out", out, "--epochs", "1", "--on-bad-row", "skip", "--json"]
+    code, stdout, err = run_cli(capsys, *args)
+    assert code == 0, err  # was: exit 2, the held-out fold's evaluation failing on the row its training skipped
+    assert json.loads(stdout)["bad_rows_skipped"] == 1
+    assert err.count("broken.jpg") == 1  # named once, at the split, not by each fold's run
+    with (out / "skipped_rows.csv").open(encoding="utf-8", newline="") as handle:
+        [skipped] = list(csv.DictReader(handle))
+    assert (skipped["file"], skipped["line"]) == (str(data), "8")
+    assert skipped["reason"].startswith("cannot read image 'broken.jpg'")
+    # The row is in no fold: each usable row is evaluated once, and predictions.csv holds only those.
+    evaluated = []
+    for fold in ("fold-1", "fold-2"):
+        with (out / fold / "run" / "results" / "test" / "predictions.csv").open(encoding="utf-8") as handle:
+            evaluated += [int(prediction["line"]) for prediction in csv.DictReader(handle)]
+    assert sorted(evaluated) == [2, 4, 6, 7]
+    code, _, err = run_cli(capsys, *args)
+    assert code == 0 and err.count("finished before") == 2
+
 def test_a_fold_written_before_the_source_columns_still_names_its_own_lines(tmp_path):
     data = write_users_manifest(tmp_path, "csv")
     manifest = read_manifest(data)

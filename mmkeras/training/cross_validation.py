@@ -9,6 +9,7 @@ CV_DIR/
     test.csv          this fold's rows, the same way
     run/              the fold's run folder, evaluated on test.csv (run/results/test/)
   ...
+  skipped_rows.csv    the bad rows `--on-bad-row skip` dropped before the split (file, line, reason), when any
   cv.json             every fold's figures, and their mean and standard deviation
 ```
 
@@ -24,6 +25,10 @@ files the folds' manifests list, beside the user's name for each
 (`source_image`, which a fold's predictions.csv shows); a manifest whose
 rows changed since the split was made (`rows_fingerprint`) is refused
 (docs/design.md#parquet-images-in-cache-list-and-cache-clear).
+
+Bad rows (a malformed line, an unreadable image, ...) fail or are skipped
+as `config.on_bad_row` says once, before the split (`usable_rows`): a
+skipped row is in no fold.
 
 Each fold manifest row names the user's file and the row's line in it
 (`source_manifest`, `source_line`), so a fold's predictions.csv, its
@@ -52,6 +57,7 @@ from mmkeras.errors import UserError
 from mmkeras.evaluation.results_folder import METRICS_FILE, SOURCE_IMAGE_COLUMN, write_csv
 from mmkeras.evaluation.results_folder import results_dir as results_folder_of
 from mmkeras.evaluation.scalar_figures import scalar_figures
+from mmkeras.runs import SKIPPED_ROWS_FILE, write_skipped_rows
 
 logger = logging.getLogger("mmkeras")
 
@@ -94,28 +100,61 @@ def cross_validate(config: RunConfig, folds: int) -> dict:
         folds: K, at least 2.
 
     Returns:
-        `{"folds", "seed", "per_fold": [figures of each fold], "summary":
-        {figure: {"mean", "std"}}}` (the sample standard deviation over the
-        folds), also written to `CV_DIR/cv.json`.
+        `{"folds", "seed", "bad_rows_skipped", "per_fold": [figures of each
+        fold], "summary": {figure: {"mean", "std"}}}` (the sample standard
+        deviation over the folds), also written to `CV_DIR/cv.json`.
+        `bad_rows_skipped`: the rows `usable_rows` dropped, in none of the
+        folds (listed in `CV_DIR/skipped_rows.csv`).
     """
     if not config.data or not config.out:
         raise UserError("cross-validation needs a manifest (--data) and a folder (--out)")
-    manifest = read_manifest(config.data, columns=config.columns)
+    manifest = usable_rows(config)
     if not 2 <= folds <= len(manifest.rows):
         raise UserError(f"--folds must be between 2 and the number of rows ({len(manifest.rows)}), got {folds}")
     out = Path(config.out)
     assignment = checked_split(out, manifest, folds, config.seed, task=config.task)
+    write_skipped_rows(out / SKIPPED_ROWS_FILE, manifest.skipped)
     per_fold = []
     for fold in range(folds):
         per_fold.append(run_fold(config, out / f"fold-{fold + 1}", manifest, assignment == fold, fold, folds))
     summary = {
         "folds": folds,
         "seed": config.seed,
+        "bad_rows_skipped": len(manifest.skipped),
         "per_fold": per_fold,
         "summary": summarize(per_fold),
     }
     write_json_atomically(out / SUMMARY_FILE, summary)
     return summary
+
+
+def usable_rows(config: RunConfig) -> Manifest:
+    """`config.data`'s rows with their images checked, bad rows failed on or skipped as `config.on_bad_row` says.
+
+    Checked once, before the split, not by each fold's run: a skipped row is
+    then in no fold. Left in a fold, the runs training on it skipped it, but
+    the held-out fold's evaluation met it and stopped the cross-validation
+    (evaluation takes every row it is given); the folds were stratified over
+    rows some of them could not use; a class left with one usable row
+    stopped it only after a fold had trained without it, where now it is
+    refused before the split (`check_folds_train_every_tested_label`); and
+    the row was named by every run that skipped it, not once
+    (`CV_DIR/skipped_rows.csv`; docs/design.md#cv-names-the-users-lines).
+
+    The images are decoded at the size the folds' runs check them at when it
+    is known before a model is built (`image_size`, else the built-in
+    backbones' 32x32), so the runs find them in the image check cache; a
+    preset's own size costs one more decoding of each image, in the first
+    fold. A resumed cross-validation splits the same usable rows (the rows'
+    fingerprint in `folds.json` is theirs): an image made readable or
+    unreadable since changes them, and is refused as changed rows.
+    """
+    from mmkeras.models.vision_backbones import TINY_IMAGE_SIZE
+
+    manifest = read_manifest(config.data, columns=config.columns, on_bad_row=config.on_bad_row)
+    image_size = (config.image_size, config.image_size) if config.image_size else TINY_IMAGE_SIZE
+    manifest, _ = manifest.validate_images(image_size, config.on_bad_row, max_pixels=config.max_image_pixels)
+    return manifest
 
 
 def checked_split(out: Path, manifest: Manifest, folds: int, seed: int, task: str = "classify") -> np.ndarray:
