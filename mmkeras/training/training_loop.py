@@ -226,7 +226,10 @@ class TrainingLoop:
             raise ValueError(f"start_batch {start_batch} is not at an update boundary ({groups} batches)")
         # Summed as a tensor: converting every step to Python would wait for each step to finish.
         totals = tf.constant(np.zeros(3) if start_totals is None else start_totals, tf.float64)
-        batches = iter(self._distribute(dataset.skip(start_batch)))
+        batches = self._distribute(dataset.skip(start_batch))
+        steps = [self._update_step] + ([self._accumulate_step] if groups > 1 else [])
+        trace_for_any_batch_size(steps, batches.element_spec, tf.TensorSpec([], tf.int32))
+        batches = iter(batches)
         for index in range(start_batch, len(sizes)):
             group_start = index - index % groups
             group_end = min(group_start + groups, len(sizes))
@@ -241,9 +244,27 @@ class TrainingLoop:
     def evaluate(self, dataset):
         """`(loss, accuracy)` of the model on a dataset of `(inputs, labels)`."""
         totals = tf.zeros(3, tf.float64)
-        for inputs, labels in self._distribute(dataset):
+        batches = self._distribute(dataset)
+        trace_for_any_batch_size([self._evaluate_step], batches.element_spec)
+        for inputs, labels in batches:
             totals += tf.cast(tf.stack(self._evaluate_step(inputs, labels)), tf.float64)
         return _loss_and_accuracy(totals.numpy())
+
+
+def trace_for_any_batch_size(steps, element_spec, *more_specs):
+    """Trace each of `steps` (`tf.function`s) once for the batches `element_spec` describes.
+
+    A dataset without `drop_remainder` gives batches of unknown size, and a
+    call dispatches to the trace whose signature covers its arguments: the
+    last, smaller batch of an epoch (and a validation set's) runs the same
+    trace. Traced on the first call instead, it would trace again for that
+    batch: fine-tuning EfficientNet-Lite0 at 224 on 36 rows, the second trace
+    cost `train` 0.12-0.19 GB of peak RSS and about 13 CPU seconds, with no
+    difference in step time (docs/design.md#fine-tuning-peak-memory). Calls
+    with a signature already traced only look it up.
+    """
+    for step in steps:
+        step.get_concrete_function(*element_spec, *more_specs)
 
 
 def use_xla(jit_compile: bool | None) -> bool:
