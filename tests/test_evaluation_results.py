@@ -211,3 +211,19 @@ def test_a_bar_charts_legend_stands_beside_the_bars_not_over_them(monkeypatch):
     renderer = figure.canvas.get_renderer()
     legend, plotting_area = axes.get_legend().get_window_extent(renderer), axes.get_window_extent(renderer)
     assert legend.x0 >= plotting_area.x1  # right of the plotting area: no bar can run under it
+
+
+def test_a_bar_charts_upright_labels_stand_centred_under_their_groups(monkeypatch):
+    from mmkeras.evaluation import plots
+
+    figures = []
+    monkeypatch.setattr(plots, "_png", lambda figure: figures.append(figure) or b"")
+    runs = {"concat": 1.0, "gated": 0.56, "cross-attention": 1.0}
+    plots.bar_chart_png({"fused": runs, "text only": runs}, title="runs compared", ylabel="accuracy")
+    figure = figures[0]
+    axes = figure.axes[0]
+    renderer = figure.canvas.get_renderer()
+    for position, label in zip(axes.get_xticks(), axes.get_xticklabels()):
+        box = label.get_window_extent(renderer)
+        centre = axes.transData.transform((position, 0))[0]
+        assert abs((box.x0 + box.x1) / 2 - centre) < 1, label.get_text()
