@@ -227,3 +227,18 @@ def test_a_bar_charts_upright_labels_stand_centred_under_their_groups(monkeypatc
         box = label.get_window_extent(renderer)
         centre = axes.transData.transform((position, 0))[0]
         assert abs((box.x0 + box.x1) / 2 - centre) < 1, label.get_text()
+
+
+def test_explains_heatmaps_have_a_colour_scale(monkeypatch):
+    from mmkeras.evaluation import plots
+
+    figures = []
+    monkeypatch.setattr(plots, "_png", lambda figure: figures.append(figure) or b"")
+    explanation = {
+        "class_index": 0, "probability": 0.93, "image_heatmap": [[0.0, 0.05], [0.01, -0.002]],
+        "attention": {"image": [[0.1, 0.2], [0.3, 0.4]]}, "words": [{"word": "cat", "importance": 0.06}],
+        "modality": {"fused": 0.93, "text_only": 0.5, "image_only": 0.83},
+    }
+    plots.explanation_png([[[0, 0, 0]] * 8] * 8, explanation, ["cat", "dog"])
+    colour_scales = [axes for axes in figures[0].axes if axes.get_label() == "<colorbar>"]
+    assert [scale.get_ylim() for scale in colour_scales] == [(-0.002, 0.05), (0.1, 0.4)]

@@ -198,8 +198,10 @@ def explanation_png(image, explanation: dict, labels: list[str]) -> bytes:
         if image is not None and heatmap is not None:
             height, width = np.asarray(image).shape[:2]
             panel.imshow(np.asarray(image, dtype=np.uint8), extent=(0, width, height, 0))
-            panel.imshow(np.asarray(heatmap), cmap="jet", alpha=0.5, extent=(0, width, height, 0),
-                         interpolation="nearest")
+            overlay = panel.imshow(np.asarray(heatmap), cmap="jet", alpha=0.5, extent=(0, width, height, 0),
+                                   interpolation="nearest")
+            # The colours are scaled to each map's own range: without a scale a drop of 0.05 looked like one of 1.
+            figure.colorbar(overlay, ax=panel, fraction=0.046, pad=0.02).ax.tick_params(labelsize=7)
         panel.set_title(title, fontsize=9)
     for panel in axes[: len(maps) + 1]:
         panel.set_axis_off()
