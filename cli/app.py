@@ -886,13 +886,14 @@ def cv(
     load_tensorflow()
     from mmkeras.evaluation.tables import summary_table
     from mmkeras.runs import SKIPPED_ROWS_FILE
-    from mmkeras.training.cross_validation import cross_validate
+    from mmkeras.training.cross_validation import SUMMARY_FILE, cross_validate
 
     result = cross_validate(run_config, folds)
     human = summary_table(result["summary"], title=f"{folds}-fold cross-validation, mean ± std")
     skipped = result["bad_rows_skipped"]
     if skipped:
         human += f"\n{skipped} bad row{'s' if skipped > 1 else ''} skipped, in no fold: {out / SKIPPED_ROWS_FILE}"
+    human += f"\nevery fold's figures in {out / SUMMARY_FILE}; fold K's run, results and report in {out}/fold-K/run"
     emit(result, as_json, human)
 
 
@@ -915,10 +916,12 @@ def compare(
         load_tensorflow()
     if out:
         preflight.check_output_folder(out)
-    from mmkeras.evaluation.compare import compare_runs, comparison_table
+    from mmkeras.evaluation.compare import CHART_FILE, COMPARISON_FILE, compare_runs, comparison_table
 
     comparison = compare_runs(run_dirs, data, out=out)
-    emit(comparison, as_json, comparison_table(comparison))
+    written = [out / name for name in (COMPARISON_FILE, CHART_FILE) if (out / name).is_file()] if out else []
+    emit(comparison, as_json,
+         comparison_table(comparison) + ("\nwrote " + " and ".join(map(str, written)) if written else ""))
 
 
 @app.command()
