@@ -47,7 +47,32 @@ def test_train_writes_results_csv_and_tensorboard_events(evaluated):
     if importlib.util.find_spec("tensorboard") is None:
         assert not (evaluated["run"] / "tensorboard").exists()
     else:
-        assert list((evaluated["run"] / "tensorboard").glob("events.out.tfevents.*"))
+        assert list((evaluated["run"] / "tensorboard").glob("*/events.out.tfevents.*"))
+
+
+def test_tensorboard_draws_the_training_and_validation_loss_in_one_chart(tmp_path):
+    pytest.importorskip("tensorboard")
+    import tensorflow as tf
+
+    from mmkeras.training.checkpoints import TrainingState
+    from mmkeras.training.epoch_log import EpochLog
+
+    log = EpochLog(tmp_path)
+    history = {"loss": [], "accuracy": [], "val_loss": [], "val_accuracy": [], "learning_rate": []}
+    for epoch in range(2):
+        for key in history:
+            history[key].append(0.5 / (epoch + 1))
+        log(TrainingState(history=history, epoch_seconds=[1.0] * (epoch + 1)))
+    tags = {}
+    for folder in ("train", "validation"):
+        for events in (tmp_path / "tensorboard" / folder).glob("events.out.tfevents.*"):
+            for event in tf.compat.v1.train.summary_iterator(str(events)):
+                for value in event.summary.value:
+                    tags.setdefault(folder, {}).setdefault(value.tag, []).append(
+                        float(tf.make_ndarray(value.tensor)))
+    assert tags["train"] == {"loss": [0.5, 0.25], "accuracy": [0.5, 0.25], "learning_rate": [0.5, 0.25],
+                             "epoch_seconds": [1.0, 1.0]}
+    assert tags["validation"] == {"loss": [0.5, 0.25], "accuracy": [0.5, 0.25]}  # the same tags: one chart each
 
 
 @pytest.mark.parametrize("target", ["run", "bundle"])
