@@ -267,3 +267,13 @@ def test_explains_heatmaps_have_a_colour_scale(monkeypatch):
     plots.explanation_png([[[0, 0, 0]] * 8] * 8, explanation, ["cat", "dog"])
     colour_scales = [axes for axes in figures[0].axes if axes.get_label() == "<colorbar>"]
     assert [scale.get_ylim() for scale in colour_scales] == [(-0.002, 0.05), (0.1, 0.4)]
+
+
+def test_a_sample_card_says_no_text_outside_quotes(tmp_path):
+    from mmkeras.evaluation.report import card_example
+
+    row = {"image": "", "image_file": "", "line": "2", "manifest": str(tmp_path / "test.csv"), "text": ""}
+    card = card_example(row, tmp_path)
+    assert '<div class="muted">no text</div>' in card
+    assert "“" not in card  # quotes would make it a caption that reads "(no text)"
+    assert "<div>“(no text)”</div>" in card_example({**row, "text": "(no text)"}, tmp_path)

@@ -464,10 +464,9 @@ def card_example(row: dict, folder: Path) -> str:
     picture = f'<div class="pictures">{"".join(pictures)}</div>' if pictures else '<p class="muted">no image</p>'
     source = f"{Path(shown).name}, " if shown else ""
     place = f"line {row['line']} of {row_file(row, folder)}"
-    return (
-        f'{picture}<div class="source">{html.escape(source + place)}</div>'
-        f"<div>“{html.escape(row['text'] or '(no text)')}”</div>"
-    )
+    # A missing text is said as a missing image is, outside quotes: “(no text)” read as a caption of that wording.
+    text = f"<div>“{html.escape(row['text'])}”</div>" if row["text"] else '<div class="muted">no text</div>'
+    return f'{picture}<div class="source">{html.escape(source + place)}</div>{text}'
 
 
 def row_file(row: dict, folder: Path) -> str:
