@@ -277,3 +277,15 @@ def test_a_sample_card_says_no_text_outside_quotes(tmp_path):
     assert '<div class="muted">no text</div>' in card
     assert "“" not in card  # quotes would make it a caption that reads "(no text)"
     assert "<div>“(no text)”</div>" in card_example({**row, "text": "(no text)"}, tmp_path)
+
+
+def test_the_reports_attention_overlay_has_a_colour_scale(monkeypatch):
+    import numpy as np
+
+    from mmkeras.evaluation import plots
+
+    figures = []
+    monkeypatch.setattr(plots, "_png", lambda figure: figures.append(figure) or b"")
+    plots.heatmap_overlay_png(np.zeros((8, 8, 3)), np.array([[0.0274, 0.0282], [0.0278, 0.0279]]), title="t")
+    colour_scales = [axes for axes in figures[0].axes if axes.get_label() == "<colorbar>"]
+    assert [scale.get_ylim() for scale in colour_scales] == [pytest.approx((0.0274, 0.0282))]
