@@ -289,3 +289,22 @@ def test_the_reports_attention_overlay_has_a_colour_scale(monkeypatch):
     plots.heatmap_overlay_png(np.zeros((8, 8, 3)), np.array([[0.0274, 0.0282], [0.0278, 0.0279]]), title="t")
     colour_scales = [axes for axes in figures[0].axes if axes.get_label() == "<colorbar>"]
     assert [scale.get_ylim() for scale in colour_scales] == [pytest.approx((0.0274, 0.0282))]
+
+
+@pytest.mark.parametrize("missing", ["text", "image"])
+def test_explains_panels_of_a_missing_modality_say_so(monkeypatch, missing):
+    from mmkeras.evaluation import plots
+
+    figures = []
+    monkeypatch.setattr(plots, "_png", lambda figure: figures.append(figure) or b"")
+    explanation = {
+        "class_index": 0, "probability": 0.79, "attention": None,
+        "image_heatmap": None if missing == "image" else [[0.0, 0.004], [0.001, -0.004]],
+        "words": [{"word": "coffee", "importance": 0.04}] if missing == "image" else [],
+        "modality": {"fused": 0.79, "text_only": 0.33, "image_only": 0.79},
+    }
+    image = None if missing == "image" else [[[0, 0, 0]] * 8] * 8
+    plots.explanation_png(image, explanation, ["cat", "coffee"])
+    said = [[text.get_text() for text in axes.texts] for axes in figures[0].axes if axes.get_label() != "<colorbar>"]
+    expected = {"image": [["no image"], ["no image"], [], []], "text": [[], [], ["no text"], []]}[missing]
+    assert said == expected  # the photo, the occlusion map, the words, the modalities

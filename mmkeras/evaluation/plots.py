@@ -184,6 +184,12 @@ def heatmap_overlay_png(image: np.ndarray, heatmap: np.ndarray, *, title: str) -
     return _png(figure)
 
 
+def _say_missing(axes, what: str):
+    """An empty panel says why, in place of blank axes (a photo without text drew a words chart of -0.04..0.04)."""
+    axes.set_axis_off()
+    axes.text(0.5, 0.5, what, ha="center", va="center", transform=axes.transAxes, color="#777777")
+
+
 def explanation_png(image, explanation: dict, labels: list[str]) -> bytes:
     """One figure of `explain`'s findings: the image, its occlusion map, the attention map (when there is
     one), the words' importances and the modality contribution."""
@@ -194,6 +200,8 @@ def explanation_png(image, explanation: dict, labels: list[str]) -> bytes:
     axes[0].set_title(f"predicted {label} ({explanation['probability']:.2f})", fontsize=9)
     if image is not None:
         axes[0].imshow(np.asarray(image, dtype=np.uint8))
+    else:
+        _say_missing(axes[0], "no image")
     maps = [("occlusion: probability drop", explanation["image_heatmap"])]
     if explanation.get("attention") is not None:
         maps.append(("cross-attention of the text", explanation["attention"]["image"]))
@@ -205,6 +213,8 @@ def explanation_png(image, explanation: dict, labels: list[str]) -> bytes:
                                    interpolation="nearest")
             # The colours are scaled to each map's own range: without a scale a drop of 0.05 looked like one of 1.
             figure.colorbar(overlay, ax=panel, fraction=0.046, pad=0.02).ax.tick_params(labelsize=7)
+        else:
+            _say_missing(panel, "no image")
         panel.set_title(title, fontsize=9)
     for panel in axes[: len(maps) + 1]:
         panel.set_axis_off()
@@ -214,6 +224,8 @@ def explanation_png(image, explanation: dict, labels: list[str]) -> bytes:
                    color="#4c78a8")
     word_axes.set_title("words: probability drop when removed", fontsize=9)
     word_axes.tick_params(labelsize=8)
+    if not words:
+        _say_missing(word_axes, "no text")
     modality = explanation["modality"]
     modality_axes.bar(list(modality), list(modality.values()), color=["#4c78a8", "#f58518", "#54a24b"])
     modality_axes.set_ylim(0, 1)
