@@ -99,3 +99,12 @@ def test_explain_without_matplotlib_writes_the_json_and_says_why_there_is_no_fig
         explain(tiny_bundle["bundle"], "plain words", image, out=tmp_path / "why")
     assert sorted(path.name for path in (tmp_path / "why").iterdir()) == ["explanation.json"]
     assert "matplotlib is not installed: no explanation.png" in caplog.text
+
+
+def test_explain_draws_no_attention_map_for_an_image_without_a_text(samples_run, tmp_path):
+    # A cross-attention run given a photo alone drew "cross-attention of the text" as a flat map of nothing.
+    from mmkeras.evaluation.explain import explain
+
+    image = quadrant_image(tmp_path / "x.png", "red", np.random.default_rng(0))
+    assert explain(samples_run["run"], None, image)["attention"] is None
+    assert explain(samples_run["run"], "a calm card", image)["attention"] is not None  # a cross-attention run
