@@ -944,12 +944,15 @@ def explain(
 
     explanation = explain_prediction(target, text, image, out=out)
     modality = explanation["modality"]
-    emit(
-        explanation,
-        as_json,
-        f"{explanation['label']} ({explanation['probability']:.3f}; text only {modality['text_only']:.3f}, "
-        f"image only {modality['image_only']:.3f})" + (f"\nwrote {out}" if out else ""),
-    )
+    # With one modality given, the other's "only" figure is the answer to an empty input: say what is missing.
+    if text is None:
+        contribution = "no text"
+    elif image is None:
+        contribution = "no image"
+    else:
+        contribution = f"text only {modality['text_only']:.3f}, image only {modality['image_only']:.3f}"
+    line = f"{explanation['label']} ({explanation['probability']:.3f}; {contribution})"
+    emit(explanation, as_json, line + (f"\nwrote {out}" if out else ""))
 
 
 @app.command()
