@@ -306,5 +306,9 @@ def test_explains_panels_of_a_missing_modality_say_so(monkeypatch, missing):
     image = None if missing == "image" else [[[0, 0, 0]] * 8] * 8
     plots.explanation_png(image, explanation, ["cat", "coffee"])
     said = [[text.get_text() for text in axes.texts] for axes in figures[0].axes if axes.get_label() != "<colorbar>"]
-    expected = {"image": [["no image"], ["no image"], [], []], "text": [[], [], ["no text"], []]}[missing]
-    assert said == expected  # the photo, the occlusion map, the words, the modalities
+    expected = {"image": [["no image"], ["no image"], [], ["no image"]], "text": [[], [], ["no text"], ["no text"]]}
+    assert said == expected[missing]  # the photo, the occlusion map, the words, the modalities
+    modalities = [axes for axes in figures[0].axes if axes.get_label() != "<colorbar>"][-1]
+    assert [tick.get_text() for tick in modalities.get_xticklabels()] == ["fused", "text only", "image only"]
+    assert [bar.get_height() for bar in modalities.patches] == (
+        [0.79, 0.33, 0.0] if missing == "image" else [0.79, 0.0, 0.79])  # no bar for an empty input's answer

@@ -227,7 +227,14 @@ def explanation_png(image, explanation: dict, labels: list[str]) -> bytes:
     if not words:
         _say_missing(word_axes, "no text")
     modality = explanation["modality"]
-    modality_axes.bar(list(modality), list(modality.values()), color=["#4c78a8", "#f58518", "#54a24b"])
+    # A missing modality's "only" probability is the answer to an empty input: say it is missing instead of a bar.
+    missing = {"text_only": None if words else "no text", "image_only": "no image" if image is None else None}
+    names = ["fused", "text only", "image only"]
+    values = [0.0 if missing.get(key) else modality[key] for key in ("fused", "text_only", "image_only")]
+    modality_axes.bar(names, values, color=["#4c78a8", "#f58518", "#54a24b"])
+    for position, key in ((1, "text_only"), (2, "image_only")):
+        if missing[key]:
+            modality_axes.text(position, 0.05, missing[key], ha="center", color="#777777", fontsize=8)
     modality_axes.set_ylim(0, 1)
     modality_axes.set_title(f"probability of {label}", fontsize=9)
     modality_axes.tick_params(labelsize=8)
