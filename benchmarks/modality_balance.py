@@ -24,7 +24,7 @@ seed (tiny backbones, cross-attention) and prints one JSON object:
   the text cannot help.
 
 A benchmark, not a test: nothing is asserted. A run trains in about a minute
-(8 epochs) on a busy 2-core machine; the README's table took 8 and 20 epochs,
+(8 epochs) on a busy 2-core machine; the table in docs/guide.md took 8 and 20 epochs,
 with and without `--modality-dropout 0.3`.
 
 Usage:
@@ -90,8 +90,13 @@ def write_dataset(folder: Path, text_signal: float) -> dict:
 
 
 def mmkeras(*args: str) -> dict:
+    """`mmkeras ARGS` in a child process: its `--json` object. A failure stops the benchmark with the command's
+    own error (a bare CalledProcessError hid it: `ModuleNotFoundError: mmkeras.cli` from the repository root with a
+    wheel installed, where the folder's `mmkeras/` shadows the installed package)."""
     command = [sys.executable, "-c", "import sys; from mmkeras.cli.app import main; sys.exit(main())", *args]
-    completed = subprocess.run(command, capture_output=True, text=True, check=True)
+    completed = subprocess.run(command, capture_output=True, text=True, check=False)
+    if completed.returncode != 0:
+        raise SystemExit(f"mmkeras {' '.join(args)} failed (exit {completed.returncode}):\n{completed.stderr[-3000:]}")
     return json.loads(completed.stdout)
 
 

@@ -886,13 +886,14 @@ def cv(
     load_tensorflow()
     from mmkeras.evaluation.tables import summary_table
     from mmkeras.runs import SKIPPED_ROWS_FILE
-    from mmkeras.training.cross_validation import cross_validate
+    from mmkeras.training.cross_validation import SUMMARY_FILE, cross_validate
 
     result = cross_validate(run_config, folds)
     human = summary_table(result["summary"], title=f"{folds}-fold cross-validation, mean ± std")
     skipped = result["bad_rows_skipped"]
     if skipped:
         human += f"\n{skipped} bad row{'s' if skipped > 1 else ''} skipped, in no fold: {out / SKIPPED_ROWS_FILE}"
+    human += f"\nevery fold's figures in {out / SUMMARY_FILE}; fold K's run, results and report in {out}/fold-K/run"
     emit(result, as_json, human)
 
 
@@ -915,10 +916,12 @@ def compare(
         load_tensorflow()
     if out:
         preflight.check_output_folder(out)
-    from mmkeras.evaluation.compare import compare_runs, comparison_table
+    from mmkeras.evaluation.compare import CHART_FILE, COMPARISON_FILE, compare_runs, comparison_table
 
     comparison = compare_runs(run_dirs, data, out=out)
-    emit(comparison, as_json, comparison_table(comparison))
+    written = [out / name for name in (COMPARISON_FILE, CHART_FILE) if (out / name).is_file()] if out else []
+    emit(comparison, as_json,
+         comparison_table(comparison) + ("\nwrote " + " and ".join(map(str, written)) if written else ""))
 
 
 @app.command()
@@ -941,12 +944,15 @@ def explain(
 
     explanation = explain_prediction(target, text, image, out=out)
     modality = explanation["modality"]
-    emit(
-        explanation,
-        as_json,
-        f"{explanation['label']} ({explanation['probability']:.3f}; text only {modality['text_only']:.3f}, "
-        f"image only {modality['image_only']:.3f})" + (f"\nwrote {out}" if out else ""),
-    )
+    # With one modality given, the other's "only" figure is the answer to an empty input: say what is missing.
+    if text is None:
+        contribution = "no text"
+    elif image is None:
+        contribution = "no image"
+    else:
+        contribution = f"text only {modality['text_only']:.3f}, image only {modality['image_only']:.3f}"
+    line = f"{explanation['label']} ({explanation['probability']:.3f}; {contribution})"
+    emit(explanation, as_json, line + (f"\nwrote {out}" if out else ""))
 
 
 @app.command()

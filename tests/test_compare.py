@@ -38,3 +38,12 @@ def test_compare_refuses_a_folder_that_is_not_a_run(tmp_path, capsys):
     code, _, err = run_cli(capsys, "compare", tmp_path)
     assert code == 2
     assert "not a run folder" in err
+
+
+def test_compare_says_where_it_wrote_the_comparison(tmp_path, capsys):
+    concat = fake_run(tmp_path / "concat", "concat", 0.75, [9.0, 1.0])
+    gated = fake_run(tmp_path / "gated", "gated", 0.5, [5.0])
+    code, out, _ = run_cli(capsys, "compare", concat, gated, "--out", tmp_path / "cmp")
+    assert code == 0
+    folder = tmp_path / "cmp"
+    assert out.splitlines()[-1] == f"wrote {folder / 'comparison.json'} and {folder / 'comparison.png'}"

@@ -74,6 +74,12 @@ def test_cv_averages_the_folds_and_resumes_without_redoing_finished_ones(tmp_pat
     assert (out / "fold-1" / "run" / "model.keras").stat().st_mtime_ns == kept_model
     assert json.loads(stdout)["per_fold"][:2] == result["per_fold"][:2]
 
+    # The table ends by saying where the figures and the folds' runs are.
+    code, stdout, _ = run_cli(capsys, *args[:-1])
+    assert code == 0
+    assert stdout.splitlines()[-1] == (
+        f"every fold's figures in {out / 'cv.json'}; fold K's run, results and report in {out}/fold-K/run")
+
     # Each fold's predictions and report name a row by its line in the user's file, not in fold-K/test.csv.
     for fold in ("fold-1", "fold-2", "fold-3"):
         results = out / fold / "run" / "results" / "test"

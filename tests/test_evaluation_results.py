@@ -47,7 +47,32 @@ def test_train_writes_results_csv_and_tensorboard_events(evaluated):
     if importlib.util.find_spec("tensorboard") is None:
         assert not (evaluated["run"] / "tensorboard").exists()
     else:
-        assert list((evaluated["run"] / "tensorboard").glob("events.out.tfevents.*"))
+        assert list((evaluated["run"] / "tensorboard").glob("*/events.out.tfevents.*"))
+
+
+def test_tensorboard_draws_the_training_and_validation_loss_in_one_chart(tmp_path):
+    pytest.importorskip("tensorboard")
+    import tensorflow as tf
+
+    from mmkeras.training.checkpoints import TrainingState
+    from mmkeras.training.epoch_log import EpochLog
+
+    log = EpochLog(tmp_path)
+    history = {"loss": [], "accuracy": [], "val_loss": [], "val_accuracy": [], "learning_rate": []}
+    for epoch in range(2):
+        for key in history:
+            history[key].append(0.5 / (epoch + 1))
+        log(TrainingState(history=history, epoch_seconds=[1.0] * (epoch + 1)))
+    tags = {}
+    for folder in ("train", "validation"):
+        for events in (tmp_path / "tensorboard" / folder).glob("events.out.tfevents.*"):
+            for event in tf.compat.v1.train.summary_iterator(str(events)):
+                for value in event.summary.value:
+                    tags.setdefault(folder, {}).setdefault(value.tag, []).append(
+                        float(tf.make_ndarray(value.tensor)))
+    assert tags["train"] == {"loss": [0.5, 0.25], "accuracy": [0.5, 0.25], "learning_rate": [0.5, 0.25],
+                             "epoch_seconds": [1.0, 1.0]}
+    assert tags["validation"] == {"loss": [0.5, 0.25], "accuracy": [0.5, 0.25]}  # the same tags: one chart each
 
 
 @pytest.mark.parametrize("target", ["run", "bundle"])
@@ -211,3 +236,79 @@ def test_a_bar_charts_legend_stands_beside_the_bars_not_over_them(monkeypatch):
     renderer = figure.canvas.get_renderer()
     legend, plotting_area = axes.get_legend().get_window_extent(renderer), axes.get_window_extent(renderer)
     assert legend.x0 >= plotting_area.x1  # right of the plotting area: no bar can run under it
+
+
+def test_a_bar_charts_upright_labels_stand_centred_under_their_groups(monkeypatch):
+    from mmkeras.evaluation import plots
+
+    figures = []
+    monkeypatch.setattr(plots, "_png", lambda figure: figures.append(figure) or b"")
+    runs = {"concat": 1.0, "gated": 0.56, "cross-attention": 1.0}
+    plots.bar_chart_png({"fused": runs, "text only": runs}, title="runs compared", ylabel="accuracy")
+    figure = figures[0]
+    axes = figure.axes[0]
+    renderer = figure.canvas.get_renderer()
+    for position, label in zip(axes.get_xticks(), axes.get_xticklabels()):
+        box = label.get_window_extent(renderer)
+        centre = axes.transData.transform((position, 0))[0]
+        assert abs((box.x0 + box.x1) / 2 - centre) < 1, label.get_text()
+
+
+def test_explains_heatmaps_have_a_colour_scale(monkeypatch):
+    from mmkeras.evaluation import plots
+
+    figures = []
+    monkeypatch.setattr(plots, "_png", lambda figure: figures.append(figure) or b"")
+    explanation = {
+        "class_index": 0, "probability": 0.93, "image_heatmap": [[0.0, 0.05], [0.01, -0.002]],
+        "attention": {"image": [[0.1, 0.2], [0.3, 0.4]]}, "words": [{"word": "cat", "importance": 0.06}],
+        "modality": {"fused": 0.93, "text_only": 0.5, "image_only": 0.83},
+    }
+    plots.explanation_png([[[0, 0, 0]] * 8] * 8, explanation, ["cat", "dog"])
+    colour_scales = [axes for axes in figures[0].axes if axes.get_label() == "<colorbar>"]
+    assert [scale.get_ylim() for scale in colour_scales] == [(-0.002, 0.05), (0.1, 0.4)]
+
+
+def test_a_sample_card_says_no_text_outside_quotes(tmp_path):
+    from mmkeras.evaluation.report import card_example
+
+    row = {"image": "", "image_file": "", "line": "2", "manifest": str(tmp_path / "test.csv"), "text": ""}
+    card = card_example(row, tmp_path)
+    assert '<div class="muted">no text</div>' in card
+    assert "“" not in card  # quotes would make it a caption that reads "(no text)"
+    assert "<div>“(no text)”</div>" in card_example({**row, "text": "(no text)"}, tmp_path)
+
+
+def test_the_reports_attention_overlay_has_a_colour_scale(monkeypatch):
+    import numpy as np
+
+    from mmkeras.evaluation import plots
+
+    figures = []
+    monkeypatch.setattr(plots, "_png", lambda figure: figures.append(figure) or b"")
+    plots.heatmap_overlay_png(np.zeros((8, 8, 3)), np.array([[0.0274, 0.0282], [0.0278, 0.0279]]), title="t")
+    colour_scales = [axes for axes in figures[0].axes if axes.get_label() == "<colorbar>"]
+    assert [scale.get_ylim() for scale in colour_scales] == [pytest.approx((0.0274, 0.0282))]
+
+
+@pytest.mark.parametrize("missing", ["text", "image"])
+def test_explains_panels_of_a_missing_modality_say_so(monkeypatch, missing):
+    from mmkeras.evaluation import plots
+
+    figures = []
+    monkeypatch.setattr(plots, "_png", lambda figure: figures.append(figure) or b"")
+    explanation = {
+        "class_index": 0, "probability": 0.79, "attention": None,
+        "image_heatmap": None if missing == "image" else [[0.0, 0.004], [0.001, -0.004]],
+        "words": [{"word": "coffee", "importance": 0.04}] if missing == "image" else [],
+        "modality": {"fused": 0.79, "text_only": 0.33, "image_only": 0.79},
+    }
+    image = None if missing == "image" else [[[0, 0, 0]] * 8] * 8
+    plots.explanation_png(image, explanation, ["cat", "coffee"])
+    said = [[text.get_text() for text in axes.texts] for axes in figures[0].axes if axes.get_label() != "<colorbar>"]
+    expected = {"image": [["no image"], ["no image"], [], ["no image"]], "text": [[], [], ["no text"], ["no text"]]}
+    assert said == expected[missing]  # the photo, the occlusion map, the words, the modalities
+    modalities = [axes for axes in figures[0].axes if axes.get_label() != "<colorbar>"][-1]
+    assert [tick.get_text() for tick in modalities.get_xticklabels()] == ["fused", "text only", "image only"]
+    assert [bar.get_height() for bar in modalities.patches] == (
+        [0.79, 0.33, 0.0] if missing == "image" else [0.79, 0.0, 0.79])  # no bar for an empty input's answer

@@ -2,6 +2,7 @@
 
 import csv
 import json
+import re
 
 import numpy as np
 import pytest
@@ -99,3 +100,23 @@ def test_explain_without_matplotlib_writes_the_json_and_says_why_there_is_no_fig
         explain(tiny_bundle["bundle"], "plain words", image, out=tmp_path / "why")
     assert sorted(path.name for path in (tmp_path / "why").iterdir()) == ["explanation.json"]
     assert "matplotlib is not installed: no explanation.png" in caplog.text
+
+
+def test_explain_draws_no_attention_map_for_an_image_without_a_text(samples_run, tmp_path):
+    # A cross-attention run given a photo alone drew "cross-attention of the text" as a flat map of nothing.
+    from mmkeras.evaluation.explain import explain
+
+    image = quadrant_image(tmp_path / "x.png", "red", np.random.default_rng(0))
+    assert explain(samples_run["run"], None, image)["attention"] is None
+    assert explain(samples_run["run"], "a calm card", image)["attention"] is not None  # a cross-attention run
+
+
+def test_explains_line_names_a_missing_modality_instead_of_scoring_an_empty_input(tiny_bundle, tmp_path, capsys):
+    # "text only 0.333" for a photo given alone was the answer to an empty text, read as the text's contribution.
+    image = quadrant_image(tmp_path / "x.png", "red", np.random.default_rng(0))
+    code, out, _ = run_cli(capsys, "explain", tiny_bundle["bundle"], "--image", image)
+    assert code == 0 and out.strip().endswith("; no text)")
+    code, out, _ = run_cli(capsys, "explain", tiny_bundle["bundle"], "--text", "plain words")
+    assert code == 0 and out.strip().endswith("; no image)")
+    code, out, _ = run_cli(capsys, "explain", tiny_bundle["bundle"], "--text", "plain words", "--image", image)
+    assert code == 0 and re.search(r"; text only \d\.\d{3}, image only \d\.\d{3}\)$", out.strip())

@@ -106,3 +106,11 @@ def test_the_bundles_table_shows_a_multilabel_bundles_exact_match(tmp_path):
     (folder / "results" / "tags_test" / "metrics.json").write_text(json.dumps({"exact_match": 0.675, "mAP": 0.9}))
     page = bundles_section([{"path": folder, "bundle": {"quantization": "int8"}, "status": "present"}])
     assert "accuracy or exact match (evaluate)" in page and "0.675" in page
+
+
+def test_a_cv_folds_report_is_titled_with_its_fold(tmp_path):
+    run_dir = tmp_path / "cv" / "fold-2" / "run"
+    run_dir.mkdir(parents=True)
+    (run_dir / "history.json").write_text(json.dumps({"loss": [0.9, 0.5]}))
+    page = write_report(run_dir).read_text()
+    assert "<h1>Run fold-2/run</h1>" in page and "<title>mmkeras run fold-2/run</title>" in page

@@ -41,7 +41,7 @@ def explain(target, text: str | None, image, *, out=None) -> dict:
     Returns:
         `occlusion_attribution`'s figures plus `label`, and `attention`
         (`{"image": [rows][columns], "tokens": [[token, weight], ...]}`) for
-        a cross-attention run (else `None`).
+        a cross-attention run given a text and an image (else `None`).
     """
     if text is None and image is None:
         raise UserError("give a text, an image or both")
@@ -49,7 +49,8 @@ def explain(target, text: str | None, image, *, out=None) -> dict:
     try:
         explanation = occlusion_attribution(predict_logits, preprocessor, text, image)
         explanation["attention"] = None
-        if run is not None and image is not None:
+        # The text's attention over the image needs both: without a text the figure drew a flat map of nothing.
+        if run is not None and text is not None and image is not None:
             from mmkeras.evaluation.attention_maps import cross_attention_maps, has_cross_attention
 
             if has_cross_attention(run.model):

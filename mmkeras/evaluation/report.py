@@ -144,9 +144,9 @@ def write_report(run_dir, out=None, *, bundles=()) -> Path:
     }
     body = "".join(f'<section id="{name}">{content}</section>' for name, content in sections.items())
     page = f"""<!doctype html>
-<html><head><meta charset="utf-8"><title>mmkeras run {html.escape(run_dir.name)}</title>
+<html><head><meta charset="utf-8"><title>mmkeras run {html.escape(run_name(run_dir))}</title>
 <style>{STYLE}</style></head><body>
-<h1>Run {html.escape(run_dir.name)}</h1><p class="muted">{html.escape(str(run_dir.resolve()))}</p>
+<h1>Run {html.escape(run_name(run_dir))}</h1><p class="muted">{html.escape(str(run_dir.resolve()))}</p>
 {body}<script>{LOAD_SCRIPT}</script></body></html>
 """
     out = Path(out) if out else run_dir / REPORT_FILE
@@ -256,6 +256,18 @@ def best_epoch(history: dict) -> int | None:
     """The 1-based epoch with the lowest `val_loss` (the weights kept), or `None` without validation."""
     val_loss = history.get("val_loss")
     return None if not val_loss else int(min(range(len(val_loss)), key=val_loss.__getitem__)) + 1
+
+
+def run_name(run_dir: Path) -> str:
+    """The run's name in the title: its folder's, with the folder above when that is just `run` (a `cv` fold's
+    `fold-K/run`: every fold's report was titled "Run run").
+
+    Example:
+    >>> run_name(Path("cv/fold-2/run")), run_name(Path("runs/demo"))
+    ('fold-2/run', 'demo')
+    """
+    folder = run_dir.resolve()
+    return f"{folder.parent.name}/{folder.name}" if folder.name == "run" else folder.name
 
 
 def run_task(run_dir: Path) -> Task:
@@ -464,10 +476,9 @@ def card_example(row: dict, folder: Path) -> str:
     picture = f'<div class="pictures">{"".join(pictures)}</div>' if pictures else '<p class="muted">no image</p>'
     source = f"{Path(shown).name}, " if shown else ""
     place = f"line {row['line']} of {row_file(row, folder)}"
-    return (
-        f'{picture}<div class="source">{html.escape(source + place)}</div>'
-        f"<div>“{html.escape(row['text'] or '(no text)')}”</div>"
-    )
+    # A missing text is said as a missing image is, outside quotes: “(no text)” read as a caption of that wording.
+    text = f"<div>“{html.escape(row['text'])}”</div>" if row["text"] else '<div class="muted">no text</div>'
+    return f'{picture}<div class="source">{html.escape(source + place)}</div>{text}'
 
 
 def row_file(row: dict, folder: Path) -> str:

@@ -3,9 +3,10 @@
 `results.csv` has one row per finished epoch (losses, accuracies, learning
 rate, seconds) and is rewritten whole from the training state after each
 epoch, so a resumed run's file matches an uninterrupted run's. TensorBoard
-event files (`RUN_DIR/tensorboard/`) are written when the `tensorboard`
-package is installed (`pip install "mmkeras[tensorboard]"`); without it they
-are skipped with one log line.
+event files (`RUN_DIR/tensorboard/train/` and `validation/`, each figure under
+one tag in both, as Keras's TensorBoard callback writes them) are written when
+the `tensorboard` package is installed (`pip install "mmkeras[tensorboard]"`);
+without it they are skipped with one log line.
 
 Example:
 >>> log = EpochLog("runs/demo")                                        # doctest: +SKIP
@@ -25,6 +26,12 @@ logger = logging.getLogger("mmkeras")
 
 # results.csv's columns after `epoch`, in order; a key a run does not have (no validation) is left out.
 COLUMNS = ("loss", "accuracy", "val_loss", "val_accuracy", "learning_rate")
+# TensorBoard's event folders and the history keys each holds, by tag. One tag in two folders is one chart with a
+# training and a validation curve, as in the report; `loss` and `val_loss` as two tags were two charts.
+EVENT_FOLDERS = {
+    "train": {"loss": "loss", "accuracy": "accuracy", "learning_rate": "learning_rate"},
+    "validation": {"loss": "val_loss", "accuracy": "val_accuracy"},
+}
 
 
 class EpochLog:
@@ -39,7 +46,7 @@ class EpochLog:
     def __init__(self, run_dir, *, tensorboard: bool = True):
         self.run_dir = Path(run_dir)
         self.tensorboard = tensorboard and importlib.util.find_spec("tensorboard") is not None
-        self.writer = None
+        self.writers = {}
         if tensorboard and not self.tensorboard:
             logger.info('tensorboard is not installed: no event files (pip install "mmkeras[tensorboard]")')
 
@@ -52,15 +59,19 @@ class EpochLog:
     def _write_scalars(self, state: TrainingState):
         import tensorflow as tf
 
-        if self.writer is None:  # made with the first epoch's figures: a run that fails before leaves no folder
-            self.writer = tf.summary.create_file_writer(str(self.run_dir / TENSORBOARD_FOLDER))
         epoch = len(state.epoch_seconds)
-        with self.writer.as_default(step=epoch):
-            for key in COLUMNS:
-                if key in state.history:
-                    tf.summary.scalar(key, state.history[key][-1])
-            tf.summary.scalar("epoch_seconds", state.epoch_seconds[-1])
-        self.writer.flush()
+        for folder, keys in EVENT_FOLDERS.items():
+            figures = {tag: state.history[key][-1] for tag, key in keys.items() if key in state.history}
+            if folder == "train":
+                figures["epoch_seconds"] = state.epoch_seconds[-1]
+            if not figures:
+                continue  # no validation rows: no validation folder
+            if folder not in self.writers:  # made with the first figures: a run that fails before leaves no folder
+                self.writers[folder] = tf.summary.create_file_writer(str(self.run_dir / TENSORBOARD_FOLDER / folder))
+            with self.writers[folder].as_default(step=epoch):
+                for tag, value in figures.items():
+                    tf.summary.scalar(tag, value)
+            self.writers[folder].flush()
 
 
 def epoch_rows(state: TrainingState) -> list[dict]:
