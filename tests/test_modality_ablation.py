@@ -48,7 +48,7 @@ def test_the_backbones_run_once_per_row(rows, monkeypatch):
     model, preprocessor = build_model(num_classes=3, texts=[text for text in texts if text], seed=0)
     model_logits = ModalityLogits(None, preprocessor, model)
     seen = []
-    predict = model_logits.split.feature_model.predict_on_batch
-    monkeypatch.setattr(model_logits.split.feature_model, "predict_on_batch", lambda x: seen.append(1) or predict(x))
+    feature_step = model_logits._feature_step
+    monkeypatch.setattr(model_logits, "_feature_step", lambda inputs: seen.append(1) or feature_step(inputs))
     model_logits(preprocessor(texts, images))
     assert len(seen) == 1  # three predictions, one backbone pass

@@ -49,6 +49,10 @@ class ModalityLogits:
         self.missing = preprocessor([None], [None])
         self.split = _split(model)
         if self.split is not None:
+            from mmkeras.models.inference_function import inference_function  # a run's model: TensorFlow is loaded
+
+            self._feature_step = inference_function(self.split.feature_model)
+            self._head_step = inference_function(self.split.head_model)
             self.missing_tokens = self._features(self.missing)
         self.seconds, self.rows = 0.0, 0
 
@@ -86,13 +90,13 @@ class ModalityLogits:
         return np.repeat(self.missing[name], rows, axis=0)
 
     def _features(self, inputs: dict) -> list[np.ndarray]:
-        return [np.asarray(tokens) for tokens in self.split.feature_model.predict_on_batch(inputs)]
+        return list(self._feature_step(inputs))
 
     def _head(self, text_tokens, image_tokens, padding_mask, modality_mask) -> np.ndarray:
         # The head's inputs: the cached tokens in `feature_names` order, then `head_input_names`.
         named = {"padding_mask": padding_mask, "modality_mask": modality_mask}
         arguments = [text_tokens, image_tokens, *(named[name] for name in self.split.head_input_names)]
-        return np.asarray(self.split.head_model.predict_on_batch(arguments))
+        return self._head_step(arguments)
 
 
 def _split(model):

@@ -39,5 +39,7 @@ def load_target(target) -> tuple[Callable[[dict], np.ndarray], object, list[str]
 
 
 def run_predict_logits(run) -> Callable[[dict], np.ndarray]:
-    """`predict_logits` of a loaded run's Keras model (numpy logits)."""
-    return lambda inputs: np.asarray(run.model.predict_on_batch(inputs))
+    """`predict_logits` of a loaded run's Keras model (numpy logits), compiled once for every chunk size."""
+    from mmkeras.models.inference_function import inference_function
+
+    return inference_function(run.model)

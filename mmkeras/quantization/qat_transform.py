@@ -47,13 +47,13 @@ from pathlib import Path
 
 import keras
 import keras_hub
-import tensorflow as tf
 
 from mmkeras import compat
 from mmkeras.errors import UserError
 from mmkeras.models.concat_fusion import ConcatFusion
 from mmkeras.models.cross_attention_fusion import CrossAttentionFusion
 from mmkeras.models.gated_fusion import GatedFusion
+from mmkeras.models.inference_function import inference_function
 from mmkeras.models.modality_dropout import ModalityDropout
 from mmkeras.quantization.fake_quant import ActivationQuantizer
 from mmkeras.quantization.quantized_attention import QuantizedMultiHeadAttention
@@ -237,7 +237,7 @@ def calibrate_ranges(model: keras.Model, batches):
     for quantizer in quantizers:
         quantizer.observing = True
     try:
-        observe = tf.function(lambda batch: model(batch, training=False))
+        observe = inference_function(model)
         for batch in batches:
             observe(batch)
     finally:
