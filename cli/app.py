@@ -299,10 +299,11 @@ def train(
     if not run_config.data or not run_config.out:
         raise UserError("training needs a training manifest (--data) and a run folder (--out)")
     preflight.require_training_extra("train")
-    columns = run_config.columns
-    preflight.check_manifest(run_config.data, flag="--data", on_bad_row=run_config.on_bad_row, columns=columns)
+    # Read once: handed to the run, which neither reads them nor logs their skipped rows again.
+    check = {"on_bad_row": run_config.on_bad_row, "columns": run_config.columns}
+    manifests = [preflight.check_manifest(run_config.data, flag="--data", **check)]
     if run_config.val:
-        preflight.check_manifest(run_config.val, flag="--val", on_bad_row=run_config.on_bad_row, columns=columns)
+        manifests.append(preflight.check_manifest(run_config.val, flag="--val", **check))
     if run_config.init_from:
         preflight.check_run_folder(run_config.init_from)
     preflight.check_out_folder(run_config.out)
@@ -312,7 +313,7 @@ def train(
     from mmkeras.training.fit import kept_weights_summary
     from mmkeras.training.trainer import train as train_run
 
-    result = train_run(run_config, resume=resume)
+    result = train_run(run_config, resume=resume, manifests=manifests)
     if not result.is_chief:
         return
     metrics = result.metrics
@@ -436,16 +437,18 @@ def qat(
     )
     on_bad_row = preflight.check_run_folder(run_dir).on_bad_row  # QAT handles bad rows as the run did
     columns = manifest_columns(run_dir, {"text": text_column, "image": image_column, "label": label_column})
-    preflight.check_manifest(data, flag="--data", on_bad_row=on_bad_row, columns=columns)
+    manifests = [preflight.check_manifest(data, flag="--data", on_bad_row=on_bad_row, columns=columns)]
     if val:
-        preflight.check_manifest(val, flag="--val", on_bad_row=on_bad_row, columns=columns)
+        manifests.append(preflight.check_manifest(val, flag="--val", on_bad_row=on_bad_row, columns=columns))
     preflight.check_out_folder(out)
     preflight.require_training_extra("qat")
     load_tensorflow()
     from mmkeras.quantization.qat_training import qat_finetune
     from mmkeras.tasks.registry import target_task
 
-    result = qat_finetune(run_dir, data, out, val=val, settings=settings, resume=resume, columns=columns)
+    result = qat_finetune(
+        run_dir, data, out, val=val, settings=settings, resume=resume, columns=columns, manifests=manifests
+    )
     if not result.is_chief:
         return
     metrics = result.metrics
@@ -879,16 +882,17 @@ def cv(
         label_column=label_column,
     )
     preflight.require_training_extra("cv")
-    preflight.check_manifest(data, flag="--data", on_bad_row=run_config.on_bad_row, columns=run_config.columns)
+    check = {"on_bad_row": run_config.on_bad_row, "columns": run_config.columns}
+    manifests = [preflight.check_manifest(data, flag="--data", **check)]
     if val:
-        preflight.check_manifest(val, flag="--val", on_bad_row=run_config.on_bad_row, columns=run_config.columns)
+        manifests.append(preflight.check_manifest(val, flag="--val", **check))
     preflight.check_output_folder(out)
     load_tensorflow()
     from mmkeras.evaluation.tables import summary_table
     from mmkeras.runs import SKIPPED_ROWS_FILE
     from mmkeras.training.cross_validation import SUMMARY_FILE, cross_validate
 
-    result = cross_validate(run_config, folds)
+    result = cross_validate(run_config, folds, manifests=manifests)
     human = summary_table(result["summary"], title=f"{folds}-fold cross-validation, mean ± std")
     skipped = result["bad_rows_skipped"]
     if skipped:
@@ -1024,15 +1028,16 @@ def align(
     from mmkeras.data.pairs import read_pairs
 
     # Every row and image path, before TensorFlow.
-    read_pairs(run_config.data, on_bad_row=run_config.on_bad_row, columns=run_config.columns)
+    check = {"on_bad_row": run_config.on_bad_row, "columns": run_config.columns}
+    manifests = [read_pairs(run_config.data, **check)]
     if run_config.val:
-        read_pairs(run_config.val, on_bad_row=run_config.on_bad_row, columns=run_config.columns)
+        manifests.append(read_pairs(run_config.val, **check))
     preflight.check_out_folder(run_config.out)
     load_tensorflow()
     from mmkeras.training.align_job import align as align_run
     from mmkeras.training.fit import kept_weights_summary
 
-    result = align_run(run_config, resume=resume)
+    result = align_run(run_config, resume=resume, manifests=manifests)
     if not result.is_chief:
         return
     metrics = result.metrics

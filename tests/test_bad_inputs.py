@@ -313,17 +313,22 @@ def test_train_replaces_only_its_own_run_and_lists_skipped_rows(fixtures, tmp_pa
     run = copy_of(fixtures["run"], tmp_path)
     (run / "quantization.json").write_text("{}")  # an earlier QAT run's record must not survive
     rows = fixtures["train"].read_text(encoding="utf-8") + "broken,nope.png,red_calm\n"
-    data = write(tmp_path / "data.csv", rows)
+    data = write(tmp_path / "data.csv", rows + "an owl,,\n")  # line 35: a bad row to reading, not to its image
     val = write(tmp_path / "val.csv", "\n".join(rows.splitlines()[:5]) + "\nan owl,,no_such_label\n")
     code = main([
         "train", "--data", str(data), "--val", str(val), "--out", str(run), "--epochs", "1",
         "--on-bad-row", "skip", "--json",
     ])
     captured = capsys.readouterr()
-    assert code == 0 and json.loads(captured.out)["bad_rows_skipped"] == 2
+    assert code == 0 and json.loads(captured.out)["bad_rows_skipped"] == 3
     assert f"the run in {run} will be replaced" in captured.err
     assert not (run / "quantization.json").exists()
     skipped_rows = (run / "skipped_rows.csv").read_text(encoding="utf-8").splitlines()
-    assert skipped_rows[:2] == ["file,line,reason", f"{data},34,cannot read image 'nope.png': file not found"]
-    assert len(skipped_rows) == 3 and skipped_rows[2].startswith(f'{val},6,"unknown label \'no_such_label\' (known')
+    assert skipped_rows[:3] == [
+        "file,line,reason", f"{data},35,empty label", f"{data},34,cannot read image 'nope.png': file not found"
+    ]
+    assert len(skipped_rows) == 4 and skipped_rows[3].startswith(f'{val},6,"unknown label \'no_such_label\' (known')
+    # Each named once: the run is handed the manifests the CLI read before TensorFlow (was: line 35 twice).
+    logged = [line for line in captured.err.splitlines() if line.startswith("skipped: ")]
+    assert [line.split(": line ")[1].split(":")[0] for line in logged] == ["35", "34", "6"]
     assert not (tmp_path / ".run.lock").exists()

@@ -310,17 +310,24 @@ def test_cv_skips_an_unreadable_image_before_the_split_and_resumes(tmp_path, cap
     data = write_users_manifest(tmp_path, "csv")  # usable rows on lines 2, 4, 6 and 7: x, y, x, y
     with data.open("a", encoding="utf-8") as handle:
         handle.write("a broken photo,broken.jpg,y\n")  # line 8
+        handle.write("a row without its label,,\n")  # line 9: a bad row to reading, not to its image
     (tmp_path / "broken.jpg").write_bytes(b"not a picture")
+    val = tmp_path / "val.csv"
+    val.write_text("text,image,label\na red card,a.png,x\nonly a text,,y\nno label,,\n", encoding="utf-8")
     out = tmp_path / "cv"
-    args = ["cv", "--data", data, "--folds", "2", "--out", out, "--epochs", "1", "--on-bad-row", "skip", "--json"]
+    args = ["cv", "--data", data, "--val", val, "--folds", "2", "--out", out, "--epochs", "1", "--on-bad-row", "skip",
+            "--json"]
     code, stdout, err = run_cli(capsys, *args)
     assert code == 0, err  # was: exit 2, the held-out fold's evaluation failing on the row its training skipped
-    assert json.loads(stdout)["bad_rows_skipped"] == 1
+    assert json.loads(stdout)["bad_rows_skipped"] == 2
     assert err.count("broken.jpg") == 1  # named once, at the split, not by each fold's run
+    # Named once too: read before TensorFlow, then handed to the split and to every fold (were: 2 and 3 times).
+    assert err.count(f"skipped: {data}: line 9: empty label") == 1
+    assert err.count(f"skipped: {val}: line 4: empty label") == 1
     with (out / "skipped_rows.csv").open(encoding="utf-8", newline="") as handle:
-        [skipped] = list(csv.DictReader(handle))
-    assert (skipped["file"], skipped["line"]) == (str(data), "8")
-    assert skipped["reason"].startswith("cannot read image 'broken.jpg'")
+        skipped_rows = list(csv.DictReader(handle))
+    assert [(row["file"], row["line"]) for row in skipped_rows] == [(str(data), "9"), (str(data), "8")]
+    assert skipped_rows[1]["reason"].startswith("cannot read image 'broken.jpg'")
     # The row is in no fold: each usable row is evaluated once, and predictions.csv holds only those.
     evaluated = []
     for fold in ("fold-1", "fold-2"):

@@ -1,6 +1,7 @@
 """The Task objects: one per task, found by name, each owning its labels, head, loss, output and evaluation."""
 
 import json
+import logging
 import subprocess
 import sys
 
@@ -18,6 +19,7 @@ from mmkeras.tasks.multilabel import DEFAULT_THRESHOLD
 from mmkeras.tasks.registry import TASKS, get_task
 from mmkeras.training.align_job import AlignJob
 from mmkeras.training.trainer import TrainJob
+from tests.helpers.cli import LogLines
 
 
 def write_manifest(path, labels):
@@ -48,6 +50,24 @@ def test_each_task_names_its_output_its_bundle_kind_and_its_evaluation():
 def test_the_jobs_ask_the_task_of_their_config_and_align_its_own():
     assert TrainJob(RunConfig(data="a.csv", out="runs/a", task="multilabel")).task is get_task("multilabel")
     assert AlignJob(RunConfig(data="a.csv", out="runs/a")).task is get_task("align")
+
+
+def test_a_job_reads_again_no_manifest_it_was_handed_and_logs_each_bad_row_once(tmp_path):
+    data, val = tmp_path / "data.csv", tmp_path / "val.csv"
+    data.write_text("text,image,label\na red card,,x\na card,,\na blue card,,y\n", encoding="utf-8")
+    val.write_text("text,image,label\na card,,\na red card,,x\n", encoding="utf-8")
+    config = RunConfig(data=str(data), val=str(val), out=str(tmp_path / "run"), on_bad_row="skip")
+    log = LogLines()
+    logging.getLogger("mmkeras").addHandler(log)
+    try:
+        handed = read_manifest(data, on_bad_row="skip")  # as the CLI reads it before TensorFlow loads
+        job = TrainJob(config, manifests=[handed])
+        # The same file however it is named: was read (and its bad row logged) again by the job.
+        assert job.read_manifest(tmp_path / "." / "data.csv") is handed
+        assert [row.line for row in job.read_manifest(val).skipped] == [2]  # not handed: read by the task
+    finally:
+        logging.getLogger("mmkeras").removeHandler(log)
+    assert log.lines == [f"skipped: {data}: line 3: empty label", f"skipped: {val}: line 2: empty label"]
 
 
 def test_each_task_names_its_training_accuracy_by_what_it_measures():

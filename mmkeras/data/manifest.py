@@ -34,7 +34,7 @@ import dataclasses
 import io
 import json
 import logging
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from functools import partial
 from pathlib import Path
@@ -337,6 +337,22 @@ def read_manifest(
     manifest = _settle(path, rows, bad_rows, on_bad_row)
     manifest.column_names = list(column_names)
     return manifest
+
+
+def find_manifest(manifests: Sequence[Manifest], path) -> Manifest | None:
+    """The manifest of `manifests` read from the file at `path` (however the path is written), else `None`.
+
+    A command that read its manifests to check them before TensorFlow loads
+    hands them to its job (`train(..., manifests=...)`), which then reads,
+    and logs the skipped rows of, each file once.
+
+    Example:
+    >>> manifest = Manifest(Path("train.csv"), [])
+    >>> find_manifest([manifest], "./train.csv") is manifest, find_manifest([manifest], "val.csv")
+    (True, None)
+    """
+    wanted = Path(path).resolve()
+    return next((manifest for manifest in manifests if Path(manifest.path).resolve() == wanted), None)
 
 
 def _settle(

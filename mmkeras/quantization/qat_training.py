@@ -51,11 +51,13 @@ True
 
 import dataclasses
 import logging
+from collections.abc import Sequence
 from pathlib import Path
 
 import tensorflow as tf
 
 from mmkeras.config import RunConfig
+from mmkeras.data.manifest import Manifest
 from mmkeras.errors import UserError
 from mmkeras.models.backbone_split import split_at_frozen_backbones
 from mmkeras.models.builder import FROZEN_BACKBONES, pretrained_backbones
@@ -75,7 +77,8 @@ logger = logging.getLogger("mmkeras")
 
 
 def qat_finetune(
-    run_dir, data, out, *, val=None, settings: QATSettings | None = None, resume=False, columns=None
+    run_dir, data, out, *, val=None, settings: QATSettings | None = None, resume=False, columns=None,
+    manifests: Sequence[Manifest] = (),
 ) -> JobResult:
     """Fine-tune the run in `run_dir` with QAT on `data` and write a QAT run to `out`.
 
@@ -93,6 +96,9 @@ def qat_finetune(
             (the same arguments as the interrupted run).
         columns: `{role: column name}` of the manifests (`text`, `image`,
             `label`); `None` keeps the run's.
+        manifests: `data`'s and `val`'s manifests, when the caller has read
+            them already as the run reads them (the CLI does, before
+            TensorFlow loads): not read, nor their skipped rows logged, again.
 
     Returns:
         A `JobResult` whose metrics (also in `out/metrics.json`) add
@@ -119,7 +125,7 @@ def qat_finetune(
         checkpoint_steps=settings.checkpoint_steps,
         **{f"{role}_column": name for role, name in (columns or {}).items()},
     )
-    return QATJob(run_dir, config, settings, resume=resume).run()
+    return QATJob(run_dir, config, settings, resume=resume, manifests=manifests).run()
 
 
 def adapt_as_the_float_run(model, config: RunConfig):
@@ -177,13 +183,17 @@ class QATJob(TrainingJob):
             strategy and checkpoint interval.
         settings: the QAT settings.
         resume: continue from the QAT run's last checkpoint.
+        manifests: manifests already read (`TrainingJob`).
     """
 
     keeps_best_weights = False  # validation is reported, not used to pick weights
     name = "QAT"
 
-    def __init__(self, run_dir, config: RunConfig, settings: QATSettings, *, resume: bool = False):
-        super().__init__(config, resume=resume)
+    def __init__(
+        self, run_dir, config: RunConfig, settings: QATSettings, *, resume: bool = False,
+        manifests: Sequence[Manifest] = (),
+    ):
+        super().__init__(config, resume=resume, manifests=manifests)
         self.run_dir = Path(run_dir)
         self.settings = settings
         self.float_run = None  # the loaded float run, set by `prepare`
@@ -225,11 +235,11 @@ class QATJob(TrainingJob):
                         config.modality_balance)
         self.float_run = run
         preprocessor = run.preprocessor
-        raw_train = self.task.read_manifest(config.data, config)
+        raw_train = self.read_manifest(config.data)
         # the pipeline encodes the task's label cells; the model keeps the run's labels
         labels, self.label_sets = self.task.run_labels(config, raw_train, run.labels)
         train_manifest, val_manifest, skipped = checked_manifests(
-            config, raw_train, labels, preprocessor.image_size, task=self.task
+            config, raw_train, labels, preprocessor.image_size, read_manifest=self.read_manifest
         )
         self.check_rows(train_manifest, val_manifest)
         train_epochs, val_data = epoch_datasets(config, preprocessor, labels, train_manifest, val_manifest)

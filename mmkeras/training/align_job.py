@@ -21,6 +21,7 @@ Example:
 
 import dataclasses
 import logging
+from collections.abc import Sequence
 
 import keras
 import numpy as np
@@ -40,13 +41,17 @@ from mmkeras.training.trainer import prepare_backbones
 logger = logging.getLogger("mmkeras")
 
 
-def align(config: RunConfig, *, resume: bool = False) -> JobResult:
+def align(config: RunConfig, *, resume: bool = False, manifests: Sequence[Manifest] = ()) -> JobResult:
     """Align a text and an image backbone on the true pairs of `config.data` and write the run folder.
 
     Args:
         config: the run config (`data` and `out` required; `fusion`,
             `task` and the head settings do not apply).
         resume: continue the run in `config.out` from its last checkpoint.
+        manifests: `config.data`'s and `config.val`'s true pairs, when the
+            caller has read them already as the run reads them (the CLI
+            does, before TensorFlow loads): not read, nor their skipped
+            rows logged, again.
 
     Example:
     >>> align(RunConfig(data="pairs.csv", out="runs/align", epochs=20))  # doctest: +SKIP
@@ -57,7 +62,7 @@ def align(config: RunConfig, *, resume: bool = False) -> JobResult:
         raise UserError("align does not cache features: both towers' outputs feed the loss through projections")
     if config.class_weight != "none":
         raise UserError("class weights do not apply to align: a pair has no class")
-    return AlignJob(config, resume=resume).run()
+    return AlignJob(config, resume=resume, manifests=manifests).run()
 
 
 class AlignJob(TrainingJob):
@@ -73,7 +78,7 @@ class AlignJob(TrainingJob):
 
     def prepare(self, strategy: tf.distribute.Strategy) -> PreparedRun:
         config = self.config
-        pairs = self.task.read_manifest(config.data, config)
+        pairs = self.read_manifest(config.data)
         policy = resolve_policy(config.mixed_precision)
         logger.info("building the dual encoder (%s text, %s vision)", config.text_backbone, config.vision_backbone)
         with strategy.scope(), dtype_policy(policy):
@@ -87,7 +92,9 @@ class AlignJob(TrainingJob):
                 image_size=config.image_size,
             )
         # No label check: a pair's label only groups it (`_grouped`).
-        pairs, val_pairs, skipped = checked_manifests(config, pairs, None, preprocessor.image_size, task=self.task)
+        pairs, val_pairs, skipped = checked_manifests(
+            config, pairs, None, preprocessor.image_size, read_manifest=self.read_manifest
+        )
         self.check_rows(pairs, val_pairs)
         groups, train_pairs = _grouped(pairs)
         with strategy.scope():

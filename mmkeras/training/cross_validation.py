@@ -28,7 +28,8 @@ rows changed since the split was made (`rows_fingerprint`) is refused
 
 Bad rows (a malformed line, an unreadable image, ...) fail or are skipped
 as `config.on_bad_row` says once, before the split (`usable_rows`): a
-skipped row is in no fold.
+skipped row is in no fold. The validation manifest is read once too, and
+handed to every fold's run: each of its bad rows is logged once.
 
 Each fold manifest row names the user's file and the row's line in it
 (`source_manifest`, `source_line`), so a fold's predictions.csv, its
@@ -44,6 +45,7 @@ Example:
 
 import json
 import logging
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -51,7 +53,13 @@ import numpy as np
 from mmkeras.atomic_files import write_json_atomically
 from mmkeras.config import RunConfig
 from mmkeras.data.label_sets import split_labels
-from mmkeras.data.manifest import SOURCE_LINE_COLUMN, SOURCE_MANIFEST_COLUMN, Manifest, read_manifest
+from mmkeras.data.manifest import (
+    SOURCE_LINE_COLUMN,
+    SOURCE_MANIFEST_COLUMN,
+    Manifest,
+    find_manifest,
+    read_manifest,
+)
 from mmkeras.data.rows_fingerprint import rows_fingerprint
 from mmkeras.errors import UserError
 from mmkeras.evaluation.results_folder import METRICS_FILE, SOURCE_IMAGE_COLUMN, write_csv
@@ -90,7 +98,7 @@ def stratified_folds(labels: list[str], folds: int, seed: int) -> np.ndarray:
     return assignment
 
 
-def cross_validate(config: RunConfig, folds: int) -> dict:
+def cross_validate(config: RunConfig, folds: int, *, manifests: Sequence[Manifest] = ()) -> dict:
     """Train and evaluate one run per fold of `config.data` under `config.out`; resumes an interrupted one.
 
     Args:
@@ -98,6 +106,10 @@ def cross_validate(config: RunConfig, folds: int) -> dict:
             `out`: the cross-validation folder; `val`: optional, for early
             stopping).
         folds: K, at least 2.
+        manifests: `config.data`'s and `config.val`'s manifests, when the
+            caller has read them already as the runs read them (the CLI
+            does, before TensorFlow loads): not read, nor their skipped
+            rows logged, again.
 
     Returns:
         `{"folds", "seed", "bad_rows_skipped", "per_fold": [figures of each
@@ -108,7 +120,8 @@ def cross_validate(config: RunConfig, folds: int) -> dict:
     """
     if not config.data or not config.out:
         raise UserError("cross-validation needs a manifest (--data) and a folder (--out)")
-    manifest = usable_rows(config)
+    manifest = usable_rows(config, manifests)
+    val_manifests = [validation_manifest(config, manifests)] if config.val else []
     if not 2 <= folds <= len(manifest.rows):
         raise UserError(f"--folds must be between 2 and the number of rows ({len(manifest.rows)}), got {folds}")
     out = Path(config.out)
@@ -116,7 +129,8 @@ def cross_validate(config: RunConfig, folds: int) -> dict:
     write_skipped_rows(out / SKIPPED_ROWS_FILE, manifest.skipped)
     per_fold = []
     for fold in range(folds):
-        per_fold.append(run_fold(config, out / f"fold-{fold + 1}", manifest, assignment == fold, fold, folds))
+        per_fold.append(run_fold(config, out / f"fold-{fold + 1}", manifest, assignment == fold, fold, folds,
+                                 val_manifests))
     summary = {
         "folds": folds,
         "seed": config.seed,
@@ -128,7 +142,7 @@ def cross_validate(config: RunConfig, folds: int) -> dict:
     return summary
 
 
-def usable_rows(config: RunConfig) -> Manifest:
+def usable_rows(config: RunConfig, manifests: Sequence[Manifest] = ()) -> Manifest:
     """`config.data`'s rows with their images checked, bad rows failed on or skipped as `config.on_bad_row` says.
 
     Checked once, before the split, not by each fold's run: a skipped row is
@@ -148,13 +162,25 @@ def usable_rows(config: RunConfig) -> Manifest:
     fold. A resumed cross-validation splits the same usable rows (the rows'
     fingerprint in `folds.json` is theirs): an image made readable or
     unreadable since changes them, and is refused as changed rows.
+
+    `manifests`: as `cross_validate`'s (`config.data`'s, when given, is not read again).
     """
     from mmkeras.models.vision_backbones import TINY_IMAGE_SIZE
 
-    manifest = read_manifest(config.data, columns=config.columns, on_bad_row=config.on_bad_row)
+    manifest = find_manifest(manifests, config.data) or read_manifest(
+        config.data, columns=config.columns, on_bad_row=config.on_bad_row
+    )
     image_size = (config.image_size, config.image_size) if config.image_size else TINY_IMAGE_SIZE
     manifest, _ = manifest.validate_images(image_size, config.on_bad_row, max_pixels=config.max_image_pixels)
     return manifest
+
+
+def validation_manifest(config: RunConfig, manifests: Sequence[Manifest]) -> Manifest:
+    """`config.val`'s manifest as the folds' runs read it: one of `manifests`, else read here, once for every fold."""
+    assert config.val
+    return find_manifest(manifests, config.val) or read_manifest(
+        config.val, columns=config.columns, on_bad_row=config.on_bad_row
+    )
 
 
 def checked_split(out: Path, manifest: Manifest, folds: int, seed: int, task: str = "classify") -> np.ndarray:
@@ -223,8 +249,12 @@ def check_folds_train_every_tested_label(manifest: Manifest, assignment: np.ndar
                 )
 
 
-def run_fold(config: RunConfig, folder: Path, manifest: Manifest, is_test, fold: int, folds: int) -> dict:
-    """Train and evaluate one fold (or read its figures when it has finished before)."""
+def run_fold(
+    config: RunConfig, folder: Path, manifest: Manifest, is_test, fold: int, folds: int,
+    val_manifests: Sequence[Manifest] = (),
+) -> dict:
+    """Train and evaluate one fold (or read its figures when it has finished before); `val_manifests`: `config.val`'s
+    manifest, read once for every fold (`validation_manifest`)."""
     from mmkeras.evaluation.evaluate import evaluate
 
     run_dir, test_manifest = folder / "run", folder / TEST_MANIFEST
@@ -241,7 +271,8 @@ def run_fold(config: RunConfig, folder: Path, manifest: Manifest, is_test, fold:
     interrupted = any((run_dir / "checkpoints").glob("*"))
     logger.info("fold %d/%d: training on %d rows%s", fold + 1, folds, int((~is_test).sum()),
                 ", continuing from its checkpoint" if interrupted else "")
-    train(config.replace(data=str(folder / TRAIN_MANIFEST), out=str(run_dir)), resume=interrupted)
+    train(config.replace(data=str(folder / TRAIN_MANIFEST), out=str(run_dir)), resume=interrupted,
+          manifests=val_manifests)
     return scalar_figures(evaluate(run_dir, test_manifest, columns=config.columns))
 
 

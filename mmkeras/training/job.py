@@ -18,13 +18,14 @@ import contextlib
 import dataclasses
 import logging
 import math
+from collections.abc import Sequence
 from pathlib import Path
 
 import keras
 import tensorflow as tf
 
 from mmkeras.config import RunConfig
-from mmkeras.data.manifest import BadRow, Manifest
+from mmkeras.data.manifest import BadRow, Manifest, find_manifest
 from mmkeras.data.rows_fingerprint import rows_record
 from mmkeras.evaluation.report import refresh_report
 from mmkeras.folder_lock import folder_lock
@@ -114,6 +115,10 @@ class TrainingJob:
             made absolute, because export and qat may run from another folder).
         resume: continue the run in `config.out` from its newest checkpoint,
             made with the same settings.
+        manifests: manifests of the run already read as its task reads them
+            (the CLI's check before TensorFlow loads), used instead of
+            reading their files again (`read_manifest`): each bad row is
+            then logged once.
 
     Subclasses implement `prepare`, and may override `loop_config`,
     `resume_settings`, `training_loss`, `initial_metrics`, `final_metrics`,
@@ -130,14 +135,19 @@ class TrainingJob:
     # distinct label cell (the class the data pipeline encodes) holds; `prepare` sets it. `None`: one label per row.
     label_sets = None
 
-    def __init__(self, config: RunConfig, *, resume: bool = False):
+    def __init__(self, config: RunConfig, *, resume: bool = False, manifests: Sequence[Manifest] = ()):
         paths = {key: getattr(config, key) for key in ("data", "val", "out", "init_from")}
         self.config = config.replace(**{key: str(Path(path).resolve()) for key, path in paths.items() if path})
         self.resume = resume
+        self.manifests = list(manifests)
         # The checkpoint `--resume` continues from (`_run` sets it before `prepare`), and the fingerprints of the
         # rows this start trains on (`check_rows` sets them), which a new run's checkpoints keep.
         self.resumed: Checkpoint | None = None
         self.rows: dict = {}
+
+    def read_manifest(self, path) -> Manifest:
+        """The manifest at `path`: one given to the job already read (`manifests`), else read by the job's task."""
+        return find_manifest(self.manifests, path) or self.task.read_manifest(path, self.config)
 
     def check_rows(self, train_manifest: Manifest, val_manifest: Manifest | None):
         """Keep the checked rows' fingerprints, and refuse a `--resume` whose rows changed since the run began.

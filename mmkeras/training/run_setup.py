@@ -9,13 +9,15 @@ training paths from drifting apart.
 
 Example:
 >>> train_manifest, val_manifest, skipped = checked_manifests(
-...     config, read_manifest(config.data, on_bad_row=config.on_bad_row), labels,
-...     preprocessor.image_size, task=get_task(config.task))                          # doctest: +SKIP
+...     config, job.read_manifest(config.data), labels,
+...     preprocessor.image_size, read_manifest=job.read_manifest)                     # doctest: +SKIP
 >>> train_epochs, val_data = epoch_datasets(
 ...     config, preprocessor, labels, train_manifest, val_manifest)                   # doctest: +SKIP
 >>> loop = make_loop(config, model, strategy, "float32",
 ...                  train_manifest.encode_labels(labels), len(labels))               # doctest: +SKIP
 """
+
+from collections.abc import Callable
 
 import keras
 import tensorflow as tf
@@ -25,7 +27,6 @@ from mmkeras.data.data_service import DataServiceEpochs
 from mmkeras.data.dataset import EpochDatasets, make_dataset
 from mmkeras.data.manifest import BadRow, Manifest
 from mmkeras.preprocessing import MultimodalPreprocessor
-from mmkeras.tasks.task import Task
 from mmkeras.training.class_weights import balanced_class_weights
 from mmkeras.training.optimizers import make_optimizer
 from mmkeras.training.precision import with_loss_scaling
@@ -40,11 +41,12 @@ def seed_everything(config: RunConfig):
 
 
 def checked_manifests(
-    config: RunConfig, train_manifest: Manifest, labels: list[str] | None, image_size, *, task: Task
+    config: RunConfig, train_manifest: Manifest, labels: list[str] | None, image_size, *,
+    read_manifest: Callable[[str], Manifest],
 ) -> tuple[Manifest, Manifest | None, list[BadRow]]:
     """The training manifest and `config.val`'s, images checked (`config.on_bad_row`), and the rows skipped.
 
-    Train, QAT and align check their manifests here, each with its task.
+    Train, QAT and align check their manifests here, each read as its job reads them.
 
     Args:
         config: the run config (`val`, `on_bad_row`, `max_image_pixels`).
@@ -55,8 +57,9 @@ def checked_manifests(
             `config.on_bad_row` says. `None`: the rows' labels are not
             classes (align's groups of pairs), not checked.
         image_size: the preprocessor's `(height, width)`.
-        task: the job's task; it reads `config.val` as it reads its
-            manifests (`Task.read_manifest`: align's are true pairs).
+        read_manifest: reads `config.val` as the job reads its manifests
+            (`TrainingJob.read_manifest`: by its task, align's as true pairs,
+            unless the job was given it already read).
     """
     check = {"on_bad_row": config.on_bad_row, "max_pixels": config.max_image_pixels}
     train_manifest, _ = train_manifest.validate_images(image_size, **check)
@@ -65,7 +68,7 @@ def checked_manifests(
     skipped = list(train_manifest.skipped)
     val_manifest = None
     if config.val:
-        val_manifest = task.read_manifest(config.val, config)
+        val_manifest = read_manifest(config.val)
         if labels is not None:
             val_manifest = val_manifest.with_known_labels(labels, config.on_bad_row)
         val_manifest, _ = val_manifest.validate_images(image_size, **check)

@@ -8,11 +8,13 @@ writes the run folder (on the chief only, under multi-worker training).
 """
 
 import logging
+from collections.abc import Sequence
 
 import keras
 import tensorflow as tf
 
 from mmkeras.config import RunConfig
+from mmkeras.data.manifest import Manifest
 from mmkeras.errors import UserError
 from mmkeras.models.backbone_split import split_at_frozen_backbones
 from mmkeras.models.builder import FROZEN_BACKBONES, build_model, pretrained_backbones
@@ -32,7 +34,7 @@ def apply_freeze(model: keras.Model, freeze: str):
         model.get_layer(name).trainable = False
 
 
-def train(config: RunConfig, *, resume: bool = False) -> JobResult:
+def train(config: RunConfig, *, resume: bool = False, manifests: Sequence[Manifest] = ()) -> JobResult:
     """Train a multimodal classifier as `config` says and write its run folder.
 
     Under `multi-worker`, start it on every worker with the same arguments
@@ -42,6 +44,10 @@ def train(config: RunConfig, *, resume: bool = False) -> JobResult:
         config: the run config; `data` and `out` are required.
         resume: continue the run in `config.out` from its last checkpoint
             (the same settings as the interrupted run).
+        manifests: `config.data`'s and `config.val`'s manifests, when the
+            caller has read them already as the run reads them (the CLI
+            does, before TensorFlow loads): not read, nor their skipped
+            rows logged, again.
 
     Example:
     >>> result = train(RunConfig(data="samples/train.csv", val="samples/val.csv",
@@ -53,7 +59,7 @@ def train(config: RunConfig, *, resume: bool = False) -> JobResult:
         raise UserError("training needs a training manifest (--data) and a run folder (--out)")
     if config.init_from:
         config = aligned_config(config)
-    return TrainJob(config, resume=resume).run()
+    return TrainJob(config, resume=resume, manifests=manifests).run()
 
 
 class TrainJob(TrainingJob):
@@ -66,7 +72,7 @@ class TrainJob(TrainingJob):
 
     def prepare(self, strategy: tf.distribute.Strategy) -> PreparedRun:
         config, task = self.config, self.task
-        raw_train = task.read_manifest(config.data, config)
+        raw_train = self.read_manifest(config.data)
         # labels: the label cells the pipeline encodes; classes: the model's labels (the same but for label sets)
         labels, classes = task.training_labels(config, raw_train)
         self.label_sets = task.label_sets(labels, classes)
@@ -98,7 +104,7 @@ class TrainJob(TrainingJob):
                 copy_aligned_layers(model, aligned.model)
         preprocessor.max_image_pixels = config.max_image_pixels  # the bundle's runtime keeps the limit
         train_manifest, val_manifest, skipped = checked_manifests(
-            config, raw_train, labels, preprocessor.image_size, task=task
+            config, raw_train, labels, preprocessor.image_size, read_manifest=self.read_manifest
         )
         task.check_labels_kept(train_manifest, labels)
         self.check_rows(train_manifest, val_manifest)
