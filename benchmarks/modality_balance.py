@@ -35,13 +35,16 @@ Usage:
 import argparse
 import csv
 import json
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # `benchmarks.*` when run as a script
+
+from benchmarks.mmkeras_command import mmkeras_json  # noqa: E402
 
 CLASSES = ("horizontal", "vertical", "diagonal", "antidiagonal")
 WORDS = {"horizontal": "sunny", "vertical": "watery", "diagonal": "fruity", "antidiagonal": "stony"}
@@ -89,17 +92,6 @@ def write_dataset(folder: Path, text_signal: float) -> dict:
     return {name: folder / f"{name}.csv" for name in SPLITS}
 
 
-def mmkeras(*args: str) -> dict:
-    """`mmkeras ARGS` in a child process: its `--json` object. A failure stops the benchmark with the command's
-    own error (a bare CalledProcessError hid it: `ModuleNotFoundError: mmkeras.cli` from the repository root with a
-    wheel installed, where the folder's `mmkeras/` shadows the installed package)."""
-    command = [sys.executable, "-c", "import sys; from mmkeras.cli.app import main; sys.exit(main())", *args]
-    completed = subprocess.run(command, capture_output=True, text=True, check=False)
-    if completed.returncode != 0:
-        raise SystemExit(f"mmkeras {' '.join(args)} failed (exit {completed.returncode}):\n{completed.stderr[-3000:]}")
-    return json.loads(completed.stdout)
-
-
 def pooled_features(run, manifest: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(text features, image features, label ids): each backbone's mean-pooled tokens, frozen, for every row."""
     import keras
@@ -140,7 +132,7 @@ def probes(run, data: dict) -> dict:
 def measure(run_dir: Path, data: dict) -> dict:
     from mmkeras.quantization.run_loading import load_run
 
-    figures = mmkeras("evaluate", str(run_dir), "--data", str(data["test"]), "--json")
+    figures = mmkeras_json("evaluate", str(run_dir), "--data", str(data["test"]), "--json")
     return {
         "fused": figures["accuracy"],
         "text_only": figures["modality_ablation"]["text_only"]["accuracy"],
@@ -191,7 +183,7 @@ def main(argv=None):
             run = work / "-".join(["run", name, f"seed{seed}", *args.train_flags]).replace("--", "")
             print(f"training {name} seed {seed}", file=sys.stderr)
             if not (run / "model.keras").is_file():
-                mmkeras("train", "--data", str(data["train"]), "--val", str(data["val"]), "--out", str(run),
+                mmkeras_json("train", "--data", str(data["train"]), "--val", str(data["val"]), "--out", str(run),
                         "--epochs", str(args.epochs), "--seed", str(seed), "--modality-balance", mode,
                         *args.train_flags, "--json")
             per_run.setdefault(name, []).append(measure(run, data))

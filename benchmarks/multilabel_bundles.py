@@ -17,10 +17,13 @@ Usage:
 import argparse
 import csv
 import json
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # `benchmarks.*` when run as a script
+
+from benchmarks.mmkeras_command import mmkeras_json  # noqa: E402
 
 MATCHING = Path(__file__).resolve().parents[1] / "samples" / "matching"
 # split -> (samples/matching manifest, its rows taken)
@@ -46,13 +49,6 @@ def tagged_manifest(source: Path, rows: slice, out: Path) -> Path:
     return out
 
 
-def mmkeras(*args) -> dict:
-    command = [sys.executable, "-c", "import sys; from mmkeras.cli.app import main; sys.exit(main())",
-               *map(str, args), "--json"]
-    completed = subprocess.run(command, capture_output=True, text=True, check=True)
-    return json.loads(completed.stdout)
-
-
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--workdir", type=Path, help="keep the data, runs and bundles here (default: a temp folder)")
@@ -64,22 +60,23 @@ def main(argv=None):
     data = {split: tagged_manifest(MATCHING / source, rows, work / f"{split}.csv")
             for split, (source, rows) in SPLITS.items()}
     print("training", file=sys.stderr)
-    trained = mmkeras("train", "--data", data["train"], "--val", data["val"], "--out", work / "run",
-                      "--task", "multilabel", "--epochs", args.epochs)
+    trained = mmkeras_json("train", "--data", data["train"], "--val", data["val"], "--out", work / "run",
+                      "--task", "multilabel", "--epochs", args.epochs, "--json")
     print("QAT", file=sys.stderr)
-    mmkeras("qat", work / "run", "--data", data["train"], "--val", data["val"], "--out", work / "qat",
-            "--epochs", args.qat_epochs)
+    mmkeras_json("qat", work / "run", "--data", data["train"], "--val", data["val"], "--out", work / "qat",
+            "--epochs", args.qat_epochs, "--json")
     bundles = {"float": (work / "run", "none"), "ptq_int8": (work / "run", "int8"), "qat_int8": (work / "qat", "int8")}
     sizes = {}
     for name, (run, quantize) in bundles.items():
         print(f"exporting {name}", file=sys.stderr)
-        sizes[name] = mmkeras("export", run, "--out", work / f"bundle-{name}", "--quantize", quantize)["size_bytes"]
+        exported = mmkeras_json("export", run, "--out", work / f"bundle-{name}", "--quantize", quantize, "--json")
+        sizes[name] = exported["size_bytes"]
     targets = {"run": work / "run", "qat_run": work / "qat", **{f"bundle_{name}": work / f"bundle-{name}"
                                                               for name in bundles}}
     results = {}
     for test in ("test_pairs", "test_images_only"):
         for name, target in targets.items():
-            figures = mmkeras("evaluate", target, "--data", data[test])
+            figures = mmkeras_json("evaluate", target, "--data", data[test], "--json")
             results.setdefault(test, {})[name] = {key: figures[key] for key in FIGURES}
     print(json.dumps({
         "epochs": args.epochs,

@@ -2,13 +2,13 @@
 
 import pytest
 
-from benchmarks import modality_balance
+from benchmarks.mmkeras_command import mmkeras_json
 
 
-def test_modality_balance_stops_with_the_failed_commands_error(tmp_path):
+def test_a_benchmarks_mmkeras_command_stops_with_its_own_error(tmp_path):
     missing = tmp_path / "missing.csv"
     with pytest.raises(SystemExit) as stopped:
-        modality_balance.mmkeras("train", "--data", str(missing), "--out", str(tmp_path / "run"), "--json")
+        mmkeras_json("train", "--data", str(missing), "--out", str(tmp_path / "run"), "--json")
     message = str(stopped.value)
     assert message.startswith(f"mmkeras train --data {missing}") and "(exit 2)" in message
     assert f"error: {missing}" in message  # the CLI's own line, which CalledProcessError left out

@@ -39,6 +39,20 @@ def test_the_report_names_the_accuracy_as_the_runs_task_measures_it(tmp_path, ta
     assert (accuracy == "accuracy") == ("<td>val_accuracy</td>" in page)
 
 
+@pytest.mark.parametrize(("kept_epoch", "rows"), [
+    (2, ["<td>kept epoch (lowest val_loss)</td><td>2</td>"]),  # the best epoch's weights kept: said once
+    (None, ["<td>kept_epoch</td><td>–</td>", "<td>best epoch (lowest val_loss)</td><td>2</td>"]),  # QAT: the last
+])  # fmt: skip
+def test_the_kept_epoch_is_one_row_when_it_is_the_best(tmp_path, kept_epoch, rows):
+    history = {"loss": [0.9, 0.5, 0.4], "val_loss": [0.8, 0.6, 0.7]}
+    (tmp_path / "history.json").write_text(json.dumps(history))
+    (tmp_path / "metrics.json").write_text(json.dumps({"val_loss": 0.6, "kept_epoch": kept_epoch}))
+    page = write_report(tmp_path).read_text()
+    assert [row for row in re.findall(r"<tr><td>[^<]*epoch[^<]*</td><td>[^<]*</td>", page)] == [
+        f"<tr>{row}" for row in rows
+    ]
+
+
 def test_report_needs_a_history(tmp_path):
     with pytest.raises(UserError, match="history.json"):
         write_report(tmp_path)

@@ -282,10 +282,16 @@ def run_task(run_dir: Path) -> Task:
 
 
 def summary_section(metrics: dict, history: dict, task: Task) -> str:
-    rows = [[task.figure_name(key), value] for key, value in metrics.items() if not isinstance(value, (dict, list))]
     epoch = best_epoch(history)
+    # A run that kept its best epoch's weights says so once, not as `kept_epoch` and the best epoch with one value.
+    kept_best = epoch is not None and metrics.get("kept_epoch") == epoch
+    rows = [
+        [task.figure_name(key), value]
+        for key, value in metrics.items()
+        if not isinstance(value, (dict, list)) and not (kept_best and key == "kept_epoch")
+    ]
     if epoch is not None:
-        rows.append(["best epoch (lowest val_loss)", epoch])
+        rows.append([f"{'kept' if kept_best else 'best'} epoch (lowest val_loss)", epoch])
     return "<h2>Final figures</h2>" + table(["figure", "value"], rows)
 
 
