@@ -48,6 +48,7 @@ from mmkeras.config import (
     setting_help,
 )
 from mmkeras.data.folder_manifests import TEST_SHARE, VAL_SHARE, FolderManifests, folder_manifests
+from mmkeras.data.manifest import BadRowsError
 from mmkeras.data.service_address import check_port, parse_address
 from mmkeras.errors import UserError
 from mmkeras.evaluation.zero_shot import DEFAULT_PROMPT
@@ -1251,6 +1252,25 @@ def report_internal_error(error: BaseException, debug: bool) -> int:
     return 1
 
 
+# The commands whose `--on-bad-row skip` leaves bad rows out; evaluate, compare, benchmark and explain score every
+# row (a figure on the rows that happened to read would not be the test set's), and qat follows its run's setting.
+SKIPPING_COMMANDS = ("train", "cv", "align", "predict")
+
+
+def skip_hint(error: Exception, argv: list[str]) -> str:
+    """How to go on without the bad rows an error lists, where the command offers it (else nothing).
+
+    Example:
+    >>> skip_hint(BadRowsError("empty label", "train.csv", 7), ["train", "--data", "train.csv"])
+    ' (--on-bad-row skip leaves bad rows out)'
+    >>> skip_hint(BadRowsError("empty label", "test.csv", 7), ["evaluate", "run", "--data", "test.csv"])
+    ''
+    """
+    if isinstance(error, BadRowsError) and argv and argv[0] in SKIPPING_COMMANDS:
+        return " (--on-bad-row skip leaves bad rows out)"
+    return ""
+
+
 def main(argv: list[str] | None = None) -> int:
     """Console-script entry point: run the app, map errors to exit codes."""
     argv = list(sys.argv[1:] if argv is None else argv)
@@ -1269,7 +1289,8 @@ def main(argv: list[str] | None = None) -> int:
         typer.echo(f"error: {error.format_message()}", err=True)
         code = error.exit_code
     except (UserError, UntestedVersionError) as error:
-        typer.echo("error: " + " ".join(str(error).splitlines()), err=True)  # one line, whatever the reason holds
+        message = " ".join(str(error).splitlines())  # one line, whatever the reason holds
+        typer.echo(f"error: {message}{skip_hint(error, argv)}", err=True)
         code = 2
     except (typer.Abort, KeyboardInterrupt):
         typer.echo("interrupted", err=True)

@@ -93,6 +93,18 @@ def test_user_errors_are_found_before_tensorflow(argv, message, tmp_path, capsys
     assert len(err.splitlines()) == 1 and message in err
 
 
+def test_a_bad_row_error_says_how_to_leave_it_out_where_the_command_can(tmp_path, capsys, monkeypatch, tiny_bundle):
+    data = write_subset(SAMPLES / "train.csv", tmp_path / "data.csv", 4)
+    lines = data.read_text().splitlines()
+    data.write_text("\n".join([*lines, lines[1].rsplit(",", 1)[0] + ","]) + "\n")  # line 6: an empty label
+    monkeypatch.setattr("mmkeras.cli.app.load_tensorflow", lambda: None)
+    code, _, err = run_cli(capsys, "train", "--data", str(data), "--out", str(tmp_path / "run"))
+    assert (code, err) == (2, f"error: {data}: line 6: empty label (--on-bad-row skip leaves bad rows out)\n")
+    # evaluate scores every row: it has no such option, so no such hint.
+    code, _, err = run_cli(capsys, "evaluate", str(tiny_bundle["bundle"]), "--data", str(data))
+    assert (code, err) == (2, f"error: {data}: line 6: empty label\n")
+
+
 @pytest.mark.parametrize("command", ["train", "qat", "export", "report"])
 def test_training_commands_name_the_extra_when_it_is_missing(command, tmp_path, capsys, monkeypatch):
     monkeypatch.setattr(preflight, "TRAINING_MODULES", ("a_module_that_is_not_installed",))

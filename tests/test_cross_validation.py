@@ -288,7 +288,7 @@ def test_errors_about_a_folds_rows_name_the_users_file_and_line(tmp_path):
     with pytest.raises(UserError) as error:
         fold.validate_images((32, 32), "fail", remember=False)
     message = str(error.value)
-    assert message.startswith(f"{data}: 2 bad rows (--on-bad-row skip drops them): line 2: cannot read image")
+    assert message.startswith(f"{data}: 2 bad rows: line 2: cannot read image")
     assert "; line 7: cannot read image" in message and "fold-1" not in message.split(": cannot")[0]
     checked, dropped = fold.validate_images((32, 32), "skip", remember=False)
     assert dropped == 2 and [(row.path, row.line) for row in checked.skipped] == [(data, 2), (data, 7)]

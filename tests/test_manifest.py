@@ -160,7 +160,7 @@ def test_validation_rows_of_an_untrained_class_fail_or_are_skipped_and_kept(tmp_
     path = write(tmp_path / "val.csv", "text,image,label\na,,cat\nb,,zebra\nc,,dog\nd,,lion\n")
     with pytest.raises(UserError) as caught:
         read_manifest(path).with_known_labels(["cat", "dog"], "fail")
-    assert str(caught.value).startswith(f"{path}: 2 bad rows (--on-bad-row skip drops them): line 3: unknown label")
+    assert str(caught.value).startswith(f"{path}: 2 bad rows: line 3: unknown label")
     kept = read_manifest(path).with_known_labels(["cat", "dog"], "skip")
     assert [row.label for row in kept.rows] == ["cat", "dog"]
     assert [(row.line, row.reason) for row in kept.skipped] == [
@@ -190,7 +190,7 @@ def test_validate_images_fail_names_every_bad_row_and_image(manifest_with_bad_im
     with pytest.raises(UserError) as caught:
         read_manifest(manifest_with_bad_images).validate_images((16, 16), "fail")
     message = str(caught.value)
-    assert message.startswith(f"{manifest_with_bad_images}: 2 bad rows (--on-bad-row skip drops them): ")
+    assert message.startswith(f"{manifest_with_bad_images}: 2 bad rows: ")
     assert "line 3: cannot read image 'images/missing.png': file not found; line 5: cannot read image" in message
 
 
@@ -241,7 +241,7 @@ def test_fail_lists_the_first_twenty_bad_rows_and_counts_the_rest(tmp_path):
     with pytest.raises(UserError) as caught:
         read_manifest(path)
     message = str(caught.value)
-    assert message.startswith(f"{path}: 25 bad rows (--on-bad-row skip drops them): line 3: empty label; ")
+    assert message.startswith(f"{path}: 25 bad rows: line 3: empty label; ")
     assert "line 22: empty label; and 5 more" in message and "line 23" not in message
 
 

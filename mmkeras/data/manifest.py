@@ -368,7 +368,11 @@ def _settle(
     return Manifest(path, rows, [*previously_skipped, *bad_rows])
 
 
-def bad_rows_error(path: Path, bad_rows: list[BadRow]) -> UserError:
+class BadRowsError(UserError):
+    """Bad rows refused under `on_bad_row="fail"`: the CLI adds how to leave them out where the command can."""
+
+
+def bad_rows_error(path: Path, bad_rows: list[BadRow]) -> BadRowsError:
     """One error listing the first `BAD_ROWS_SHOWN` bad rows and the count of the others.
 
     It names the file the bad rows are in (a `cv` fold's: the user's, `Manifest.where`), else `path`.
@@ -376,13 +380,13 @@ def bad_rows_error(path: Path, bad_rows: list[BadRow]) -> UserError:
     files = {row.path for row in bad_rows}
     path = files.pop() if len(files) == 1 else path
     if len(bad_rows) == 1:
-        return UserError(bad_rows[0].reason, path=path, row=bad_rows[0].line)
+        return BadRowsError(bad_rows[0].reason, path=path, row=bad_rows[0].line)
     shown = "; ".join(
         f"{'' if row.path == path else f'{row.path}: '}line {row.line}: {row.reason}"
         for row in bad_rows[:BAD_ROWS_SHOWN]
     )
     more = f"; and {len(bad_rows) - BAD_ROWS_SHOWN} more" if len(bad_rows) > BAD_ROWS_SHOWN else ""
-    return UserError(f"{len(bad_rows)} bad rows (--on-bad-row skip drops them): {shown}{more}", path=path)
+    return BadRowsError(f"{len(bad_rows)} bad rows: {shown}{more}", path=path)
 
 
 def _check_label_spellings(rows: list[ManifestRow], path: Path):
