@@ -68,6 +68,31 @@ def test_aux_losses_reach_the_backbones_and_adaptive_probes_do_not(mode, tmp_pat
         assert (norm > 0) if mode == "aux" else (norm == 0)
 
 
+@pytest.mark.parametrize("weight", [0.0, 2.0])
+def test_the_aux_loss_weight_weighs_the_unimodal_losses(weight, tmp_path):
+    model, preprocessor = build_model(num_classes=2, texts=["red square", "blue circle"], seed=0)
+    balance = ModalityBalance("aux", model, num_classes=2, aux_loss_weight=weight)
+    inputs, labels = batch(preprocessor, tmp_path)
+    outputs = balance.training_model(inputs, training=False)
+    fused, text, image = (cross_entropy(labels, logits) for logits in outputs)
+    expected = fused + weight * (text + image)
+    np.testing.assert_allclose(balance.per_example_loss(labels, outputs, cross_entropy), expected, rtol=1e-6)
+
+
+def test_the_aux_loss_weight_is_refused_where_it_weighs_nothing_or_is_negative():
+    assert RunConfig(modality_balance="aux", aux_loss_weight=2.0).aux_loss_weight == 2.0
+    with pytest.raises(UserError, match="aux_loss_weight applies to modality_balance aux only, got .* adaptive"):
+        RunConfig(modality_balance="adaptive", aux_loss_weight=2.0)
+    with pytest.raises(UserError, match="aux_loss_weight must not be negative"):
+        RunConfig(modality_balance="aux", aux_loss_weight=-0.5)
+
+
+def test_train_refuses_a_negative_aux_loss_weight(tmp_path, capsys):
+    code, _, err = run_cli(capsys, "train", "--data", SAMPLES / "train.csv", "--out", tmp_path / "run",
+                           "--modality-balance", "aux", "--aux-loss-weight", "-1")
+    assert code == 2 and "--aux-loss-weight" in err
+
+
 def backbone_steps(text_probe_bias, tmp_path):
     """How far one training step moves each backbone's weights, with the text probe's bias on the true class."""
     model, preprocessor, balance = balanced_model("adaptive")

@@ -2,7 +2,7 @@
 
 - `aux`: a text-only and an image-only head (`UnimodalHeads`) on the
   backbones' pooled tokens, trained with the fused head; each adds
-  `AUXILIARY_LOSS_WEIGHT` times its cross-entropy to the loss, so the weaker
+  `aux_loss_weight` (`--aux-loss-weight`, 0.5) times its cross-entropy to the loss, so the weaker
   modality's backbone keeps a gradient of its own even when the fused head
   can already fit the data with the easier one.
 - `adaptive`: on-the-fly modulation (OGM, Peng et al., "Balanced Multimodal
@@ -42,11 +42,11 @@ import keras
 import tensorflow as tf
 from keras import ops
 
+from mmkeras.config import RunConfig
 from mmkeras.models.text_backbones import BACKBONE_NAME as TEXT_BACKBONE
 from mmkeras.models.unimodal_heads import UnimodalHeads
 from mmkeras.models.vision_backbones import BACKBONE_NAME as VISION_BACKBONE
 
-AUXILIARY_LOSS_WEIGHT = 0.5
 # OGM's alpha in the journal version's continuous form, 1 - alpha * tanh(ratio - 1): 1 slows a modality
 # twice as sure as the other to 0.24 of its rate, and leaves both alone when they balance.
 OGM_ALPHA = 1.0
@@ -66,12 +66,16 @@ class ModalityBalance:
         model: the multimodal model (`build_model`), built under the strategy's scope.
         num_classes: the number of classes.
         seed: seed of the `adaptive` drops.
+        aux_loss_weight: `aux`: the weight of each unimodal head's loss
+            beside the fused head's (the default is `RunConfig`'s).
     """
 
-    def __init__(self, mode: str, model: keras.Model, num_classes: int, seed=None):
+    def __init__(self, mode: str, model: keras.Model, num_classes: int, seed=None, *,
+                 aux_loss_weight: float = RunConfig.aux_loss_weight):
         if mode not in ("aux", "adaptive"):
             raise ValueError(f"mode must be aux or adaptive, got {mode!r}")
         self.mode = mode
+        self.aux_loss_weight = aux_loss_weight
         heads = UnimodalHeads(num_classes, detach=mode == "adaptive", name="unimodal_heads")
         text_logits, image_logits = heads(*model.get_layer(FUSION_LAYER).input)
         self.training_model = keras.Model(model.inputs, [model.output, text_logits, image_logits])
@@ -99,7 +103,7 @@ class ModalityBalance:
         """The fused loss plus the heads' (weighted under `aux`; probes under `adaptive`, which only train
         themselves)."""
         fused, text_logits, image_logits = outputs
-        weight = AUXILIARY_LOSS_WEIGHT if self.mode == "aux" else 1.0
+        weight = self.aux_loss_weight if self.mode == "aux" else 1.0
         return loss_of(labels, fused) + weight * (loss_of(labels, text_logits) + loss_of(labels, image_logits))
 
     def drop_dominant(self, inputs: dict) -> dict:
