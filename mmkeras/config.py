@@ -134,6 +134,10 @@ class RunConfig:
             `adaptive` (on-the-fly modulation, OGM and OPM: the dominant
             backbone learns slower and its modality is hidden in some rows);
             `mmkeras.training.modality_balance`.
+        aux_loss_weight: under `modality_balance` `aux`, each unimodal
+            head's cross-entropy counts this many times in the loss (0: the
+            heads train nothing into the backbones); another value than the
+            default is refused with the other modes, which have no such loss.
         task: `classify` (one label per row) or `match` (whether the text
             fits the image: a probability from the fusion together with the
             aligned embeddings' similarity), or `multilabel` (label cells
@@ -221,6 +225,9 @@ class RunConfig:
         "none",
         "Keep one modality from dominating: auxiliary unimodal losses, or OGM/OPM modulation.",
     )
+    aux_loss_weight: float = setting(
+        0.5, "--modality-balance aux: weight of each unimodal head's loss beside the fused head's."
+    )
     task: str = setting(
         "classify",
         "classify; match: does the text fit the image (2 labels); multilabel: label cells like a|b.",
@@ -294,6 +301,7 @@ class RunConfig:
             )
         if self.data_service and (self.cache_features or self.strategy == "multi-worker"):
             raise UserError("data_service feeds one trainer's image pipeline: not with cache_features or multi-worker")
+        self._check_aux_loss_weight()
         if not 0.0 <= self.modality_dropout <= 1.0:
             raise UserError(f"must be in [0, 1], got {self.modality_dropout}", setting="modality_dropout")
         if not 0.0 <= self.warmup_fraction < 1.0:
@@ -308,6 +316,17 @@ class RunConfig:
         for name in ("lora_rank", "early_stopping_patience", "checkpoint_steps"):
             if getattr(self, name) < 0:
                 raise UserError(f"must not be negative, got {getattr(self, name)}", setting=name)
+
+    def _check_aux_loss_weight(self):
+        """Not negative, and only set with `modality_balance` `aux`: the other modes have no auxiliary loss."""
+        if self.aux_loss_weight < 0:
+            raise UserError(f"must not be negative, got {self.aux_loss_weight}", setting="aux_loss_weight")
+        default = RunConfig.__dataclass_fields__["aux_loss_weight"].default
+        if self.modality_balance != "aux" and self.aux_loss_weight != default:
+            raise UserError(
+                f"applies to modality_balance aux only, got modality_balance {self.modality_balance}",
+                setting="aux_loss_weight",
+            )
 
     def _check_columns(self):
         """The three column names: non-empty text, and three different columns."""

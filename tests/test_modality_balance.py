@@ -10,7 +10,7 @@ from mmkeras.config import RunConfig
 from mmkeras.errors import UserError
 from mmkeras.models.builder import build_model
 from mmkeras.quantization.run_loading import load_run
-from mmkeras.training.modality_balance import ModalityBalance, ogm_coefficients, opm_rates
+from mmkeras.training.modality_balance import SUMMARY_KEYS, ModalityBalance, ogm_coefficients, opm_rates
 from mmkeras.training.run_setup import make_loop
 from tests.helpers.cli import SAMPLES, run_cli, write_subset
 
@@ -68,6 +68,31 @@ def test_aux_losses_reach_the_backbones_and_adaptive_probes_do_not(mode, tmp_pat
         assert (norm > 0) if mode == "aux" else (norm == 0)
 
 
+@pytest.mark.parametrize("weight", [0.0, 2.0])
+def test_the_aux_loss_weight_weighs_the_unimodal_losses(weight, tmp_path):
+    model, preprocessor = build_model(num_classes=2, texts=["red square", "blue circle"], seed=0)
+    balance = ModalityBalance("aux", model, num_classes=2, aux_loss_weight=weight)
+    inputs, labels = batch(preprocessor, tmp_path)
+    outputs = balance.training_model(inputs, training=False)
+    fused, text, image = (cross_entropy(labels, logits) for logits in outputs)
+    expected = fused + weight * (text + image)
+    np.testing.assert_allclose(balance.per_example_loss(labels, outputs, cross_entropy), expected, rtol=1e-6)
+
+
+def test_the_aux_loss_weight_is_refused_where_it_weighs_nothing_or_is_negative():
+    assert RunConfig(modality_balance="aux", aux_loss_weight=2.0).aux_loss_weight == 2.0
+    with pytest.raises(UserError, match="aux_loss_weight applies to modality_balance aux only, got .* adaptive"):
+        RunConfig(modality_balance="adaptive", aux_loss_weight=2.0)
+    with pytest.raises(UserError, match="aux_loss_weight must not be negative"):
+        RunConfig(modality_balance="aux", aux_loss_weight=-0.5)
+
+
+def test_train_refuses_a_negative_aux_loss_weight(tmp_path, capsys):
+    code, _, err = run_cli(capsys, "train", "--data", SAMPLES / "train.csv", "--out", tmp_path / "run",
+                           "--modality-balance", "aux", "--aux-loss-weight", "-1")
+    assert code == 2 and "--aux-loss-weight" in err
+
+
 def backbone_steps(text_probe_bias, tmp_path):
     """How far one training step moves each backbone's weights, with the text probe's bias on the true class."""
     model, preprocessor, balance = balanced_model("adaptive")
@@ -83,19 +108,24 @@ def backbone_steps(text_probe_bias, tmp_path):
         np.sqrt(sum(np.sum((variable.numpy() - old) ** 2) for variable, old in zip(variables, olds)))
         for variables, olds in zip(balance.backbone_variables, before)
     ]
-    return steps, [float(scale.numpy()) for scale in balance.update_scales + balance.drop_rates]
+    return steps, [float(scale.numpy()) for scale in balance.update_scales + balance.drop_rates], balance
 
 
 @pytest.mark.slow
 def test_adaptive_slows_the_dominant_backbones_step_under_adamw(tmp_path):
     # A scaled gradient would not do it: AdamW's first step is lr x sign(gradient) whatever the scale.
-    (text_step, image_step), (text_scale, image_scale, *drop_rates) = backbone_steps(20.0, tmp_path)  # text dominates
-    (other_text_step, other_image_step), (other_text_scale, other_image_scale, *_) = backbone_steps(-20.0, tmp_path)
+    (text_step, image_step), (text_scale, image_scale, *drop_rates), balance = backbone_steps(20.0, tmp_path)  # text
+    (other_text_step, other_image_step), (other_text_scale, other_image_scale, *_), _ = backbone_steps(-20.0, tmp_path)
     assert text_scale < 0.5 and image_scale == 1.0 and other_text_scale == 1.0 and other_image_scale < 0.5
     assert drop_rates[0] > 0.0 and drop_rates[1] == 0.0  # the next batch hides some of the texts
     # The probes' biases change no backbone gradient: the step ratios are the coefficients.
     assert text_step / other_text_step == pytest.approx(text_scale, rel=0.05)
     assert other_image_step / image_step == pytest.approx(other_image_scale, abs=0.02)
+    # The epoch's record of its one batch: its scales and rates, the probes' true-class probability per row.
+    summary = balance.epoch_summary()
+    assert [summary[key] for key in SUMMARY_KEYS[:4]] == pytest.approx([text_scale, image_scale, *drop_rates])
+    assert summary["text_probe_score"] > 0.99 and 0.0 < summary["image_probe_score"] < 0.99
+    assert set(balance.epoch_summary().values()) == {0.0}  # the next epoch starts from no batches
 
 
 def test_adaptive_hides_only_the_dominant_modality_of_rows_that_have_both():
@@ -118,10 +148,19 @@ def test_modality_balance_is_refused_with_cached_features():
 def test_a_balanced_run_trains_and_saves_the_plain_model(mode, tmp_path, capsys):
     train = write_subset(SAMPLES / "train.csv", tmp_path / "train.csv", 48)
     val = write_subset(SAMPLES / "val.csv", tmp_path / "val.csv", 16)
-    code, out, _ = run_cli(capsys, "train", "--data", train, "--val", val, "--out", tmp_path / "run", "--epochs", "1",
-                           "--batch-size", "16", "--modality-balance", mode, "--json")
+    epochs = 2 if mode == "adaptive" else 1
+    code, out, err = run_cli(capsys, "train", "--data", train, "--val", val, "--out", tmp_path / "run", "--epochs",
+                             str(epochs), "--batch-size", "16", "--modality-balance", mode, "--json")
     assert code == 0
     assert np.isfinite(json.loads(out)["loss"])
+    # adaptive's modulation, one figure per epoch in the history and a chart in the report; aux has none.
+    history = json.loads((tmp_path / "run" / "history.json").read_text())
+    page = (tmp_path / "run" / "report.html").read_text()
+    recorded = {key: history[key] for key in SUMMARY_KEYS if key in history}
+    assert list(recorded) == (list(SUMMARY_KEYS) if mode == "adaptive" else [])
+    assert all(len(values) == epochs and all(0.0 <= value <= 1.0 for value in values) for values in recorded.values())
+    assert ('alt="OGM step scale per epoch"' in page) == (mode == "adaptive")
+    assert err.count("(OGM step text ") == (epochs if mode == "adaptive" else 0)  # the epoch lines say it briefly
     run = load_run(tmp_path / "run")
     assert run.config.modality_balance == mode
     assert "unimodal_heads" not in [layer.name for layer in run.model.layers]

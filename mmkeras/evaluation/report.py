@@ -301,6 +301,10 @@ def curves_section(history: dict, task: Task) -> str:
         (("loss", "val_loss"), "loss"),
         (("accuracy", "val_accuracy"), task.accuracy_name),
         (("learning_rate",), "learning rate"),
+        # `--modality-balance adaptive`'s record (`ModalityBalance.epoch_summary`); other runs have none.
+        (("text_update_scale", "image_update_scale"), "OGM step scale"),
+        (("text_drop_rate", "image_drop_rate"), "OPM drop rate"),
+        (("text_probe_score", "image_probe_score"), "probe true-class probability"),
     ]
     images = "".join(
         image_tag(plots.curve_png(history, keys, ylabel=label, best_epoch=epoch, name=task.figure_name),

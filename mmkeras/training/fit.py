@@ -16,6 +16,7 @@ import numpy as np
 from mmkeras.errors import UserError
 from mmkeras.progress import step_progress
 from mmkeras.training.checkpoints import Checkpoints, TrainingState
+from mmkeras.training.modality_balance import summary_line
 from mmkeras.training.training_loop import TrainingLoop, updates_per_epoch
 
 logger = logging.getLogger("mmkeras")
@@ -117,11 +118,13 @@ def fit(
         state.epoch_seconds.append(round(time.perf_counter() - started, 3))
         # The rate after the epoch's last update, read once per epoch (reading a variable waits for every step).
         figures["learning_rate"] = float(loop.optimizer.learning_rate)
-        for key, value in figures.items():
+        # `--modality-balance adaptive`: how its modulation went this epoch; recorded, logged in a few words.
+        balance = loop.balance.epoch_summary() if loop.balance is not None else {}
+        for key, value in {**figures, **balance}.items():
             state.history.setdefault(key, []).append(value)
         logger.info(
-            "epoch %d/%d  %s  (%.1fs)", state.epoch + 1, epochs, epoch_figures(figures, figure_name),
-            state.epoch_seconds[-1],
+            "epoch %d/%d  %s%s  (%.1fs)", state.epoch + 1, epochs, epoch_figures(figures, figure_name),
+            f"  ({summary_line(balance)})" if balance else "", state.epoch_seconds[-1],
         )
         state.epoch, state.batch, state.totals = state.epoch + 1, 0, [0.0, 0.0, 0.0]
         checkpoint()

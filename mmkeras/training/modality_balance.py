@@ -2,7 +2,7 @@
 
 - `aux`: a text-only and an image-only head (`UnimodalHeads`) on the
   backbones' pooled tokens, trained with the fused head; each adds
-  `AUXILIARY_LOSS_WEIGHT` times its cross-entropy to the loss, so the weaker
+  `aux_loss_weight` (`--aux-loss-weight`, 0.5) times its cross-entropy to the loss, so the weaker
   modality's backbone keeps a gradient of its own even when the fused head
   can already fit the data with the easier one.
 - `adaptive`: on-the-fly modulation (OGM, Peng et al., "Balanced Multimodal
@@ -32,6 +32,12 @@
 
 The saved model is the plain one: the heads exist only in the training model.
 
+`adaptive` keeps a record of each epoch (`epoch_summary`, in the run's
+history.json and its report's curves): the mean OGM step scale and OPM drop
+rate of each modality over the epoch's batches, and the mean probability each
+probe gave the true class (rows with both modalities). A run resumed in the
+middle of an epoch records that epoch's batches after the resumption only.
+
 Example:
 >>> balance = ModalityBalance("adaptive", model, num_classes=6)   # doctest: +SKIP
 >>> balance.scale_updates(optimizer)  # doctest: +SKIP
@@ -42,11 +48,11 @@ import keras
 import tensorflow as tf
 from keras import ops
 
+from mmkeras.config import RunConfig
 from mmkeras.models.text_backbones import BACKBONE_NAME as TEXT_BACKBONE
 from mmkeras.models.unimodal_heads import UnimodalHeads
 from mmkeras.models.vision_backbones import BACKBONE_NAME as VISION_BACKBONE
 
-AUXILIARY_LOSS_WEIGHT = 0.5
 # OGM's alpha in the journal version's continuous form, 1 - alpha * tanh(ratio - 1): 1 slows a modality
 # twice as sure as the other to 0.24 of its rate, and leaves both alone when they balance.
 OGM_ALPHA = 1.0
@@ -56,6 +62,12 @@ PROBE_LR_SCALE = 10.0
 # The most rows whose dominant modality OPM hides (at ratio -> infinity).
 OPM_MAX_RATE = 0.5
 FUSION_LAYER = "fusion"
+# `adaptive`'s per-epoch record (history.json keys): OGM's step scales, OPM's drop rates, the probes' mean
+# true-class probabilities; each in [0, 1].
+SUMMARY_KEYS = (
+    "text_update_scale", "image_update_scale", "text_drop_rate", "image_drop_rate",
+    "text_probe_score", "image_probe_score",
+)
 
 
 class ModalityBalance:
@@ -66,12 +78,16 @@ class ModalityBalance:
         model: the multimodal model (`build_model`), built under the strategy's scope.
         num_classes: the number of classes.
         seed: seed of the `adaptive` drops.
+        aux_loss_weight: `aux`: the weight of each unimodal head's loss
+            beside the fused head's (the default is `RunConfig`'s).
     """
 
-    def __init__(self, mode: str, model: keras.Model, num_classes: int, seed=None):
+    def __init__(self, mode: str, model: keras.Model, num_classes: int, seed=None, *,
+                 aux_loss_weight: float = RunConfig.aux_loss_weight):
         if mode not in ("aux", "adaptive"):
             raise ValueError(f"mode must be aux or adaptive, got {mode!r}")
         self.mode = mode
+        self.aux_loss_weight = aux_loss_weight
         heads = UnimodalHeads(num_classes, detach=mode == "adaptive", name="unimodal_heads")
         text_logits, image_logits = heads(*model.get_layer(FUSION_LAYER).input)
         self.training_model = keras.Model(model.inputs, [model.output, text_logits, image_logits])
@@ -86,6 +102,10 @@ class ModalityBalance:
         self.update_scales = tuple(balance_variable(1.0, f"{name}_update_scale") for name in ("text", "image"))
         self.drop_rates = tuple(balance_variable(0.0, f"{name}_drop_rate") for name in ("text", "image"))
         self.seed_generator = keras.random.SeedGenerator(seed)
+        # `adaptive`: the epoch's sums of the `SUMMARY_KEYS` figures, of the rows the probes were scored on and of
+        # the batches, which `epoch_summary` reads and resets. Averaged over the replicas at reading: every replica
+        # runs every step, so the ratios of these means are the ratios of the sums.
+        self.epoch_sums = {name: balance_variable(0.0, f"epoch_{name}") for name in (*SUMMARY_KEYS, "rows", "batches")}
 
     def scale_updates(self, optimizer):
         """`adaptive`: make `optimizer` (an mmkeras optimizer) update each backbone at its OGM coefficient times
@@ -99,7 +119,7 @@ class ModalityBalance:
         """The fused loss plus the heads' (weighted under `aux`; probes under `adaptive`, which only train
         themselves)."""
         fused, text_logits, image_logits = outputs
-        weight = AUXILIARY_LOSS_WEIGHT if self.mode == "aux" else 1.0
+        weight = self.aux_loss_weight if self.mode == "aux" else 1.0
         return loss_of(labels, fused) + weight * (loss_of(labels, text_logits) + loss_of(labels, image_logits))
 
     def drop_dominant(self, inputs: dict) -> dict:
@@ -124,6 +144,35 @@ class ModalityBalance:
         settings = ogm_coefficients(*scores) + opm_rates(*scores)
         for variable, value in zip(self.update_scales + self.drop_rates, settings):
             variable.assign(value)
+        added = (*settings, *scores, tf.reduce_sum(tf.cast(both, tf.float32)), 1.0)
+        for variable, value in zip(self.epoch_sums.values(), added):
+            variable.assign_add(value)
+
+    def epoch_summary(self) -> dict[str, float]:
+        """`adaptive`: the `SUMMARY_KEYS` figures of the batches since the last call (means of the step scales and
+        drop rates per batch; the probes' true-class probability per row with both modalities), and a fresh start
+        for the next epoch; `aux`: `{}`. Reads variables: once an epoch, not every step."""
+        if self.mode != "adaptive":
+            return {}
+        sums = {name: float(variable.read_value()) for name, variable in self.epoch_sums.items()}
+        for variable in self.epoch_sums.values():
+            variable.assign(0.0)
+        batches, rows = max(sums["batches"], 1.0), max(sums["rows"], 1.0)
+        return {name: sums[name] / (rows if name.endswith("_probe_score") else batches) for name in SUMMARY_KEYS}
+
+
+def summary_line(summary: dict[str, float]) -> str:
+    """An `epoch_summary` in a few words, for the epoch's log line.
+
+    Example:
+    >>> summary_line({"text_update_scale": 0.62, "image_update_scale": 1.0, "text_drop_rate": 0.12,
+    ...               "image_drop_rate": 0.0, "text_probe_score": 0.81, "image_probe_score": 0.35})
+    'OGM step text 0.62 image 1.00, OPM drop text 0.12 image 0.00, probes text 0.81 image 0.35'
+    """
+    parts = {"OGM step": "update_scale", "OPM drop": "drop_rate", "probes": "probe_score"}
+    return ", ".join(
+        f"{name} text {summary[f'text_{key}']:.2f} image {summary[f'image_{key}']:.2f}" for name, key in parts.items()
+    )
 
 
 def balance_variable(value: float, name: str) -> tf.Variable:

@@ -116,7 +116,8 @@ class TrainJob(TrainingJob):
         balance = None
         if config.modality_balance != "none":
             with strategy.scope():
-                balance = ModalityBalance(config.modality_balance, model, len(labels), seed=config.seed)
+                balance = ModalityBalance(config.modality_balance, model, len(labels), seed=config.seed,
+                                          aux_loss_weight=config.aux_loss_weight)
             trained_model = balance.training_model
         return PreparedRun(
             model=model,
