@@ -8,7 +8,9 @@ from mmkeras.cli.app import app
 from mmkeras.config import RunConfig, setting_help
 
 # Options whose command says more than the setting's own help (their text is the command's).
-COMMAND_HELP = {("cv", "epochs"), ("cv", "seed"), ("align", "batch_size"), ("align", "on_bad_row")}
+COMMAND_HELP = {
+    ("cv", "epochs"), ("cv", "seed"), ("cv", "on_bad_row"), ("align", "batch_size"), ("align", "on_bad_row"),
+}  # fmt: skip
 # The commands that fill a RunConfig from their options (`qat` sets QATSettings; predict's --on-bad-row is its own).
 RUN_COMMANDS = {"train", "cv", "align"}
 
