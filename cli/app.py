@@ -1254,13 +1254,10 @@ def report_internal_error(error: BaseException, debug: bool) -> int:
     return 1
 
 
-# The commands whose `--on-bad-row skip` leaves bad rows out; evaluate, compare, benchmark and explain score every
-# row (a figure on the rows that happened to read would not be the test set's), and qat follows its run's setting.
-SKIPPING_COMMANDS = ("train", "cv", "align", "predict")
-
-
 def skip_hint(error: Exception, argv: list[str]) -> str:
-    """How to go on without the bad rows an error lists, where the command offers it (else nothing).
+    """How to go on without the bad rows an error lists, where the command has `--on-bad-row` (else nothing):
+    evaluate, compare, benchmark and explain score every row (a figure on the rows that happened to read would not
+    be the test set's), and qat follows its run's setting.
 
     Example:
     >>> skip_hint(BadRowsError("empty label", "train.csv", 7), ["train", "--data", "train.csv"])
@@ -1268,7 +1265,8 @@ def skip_hint(error: Exception, argv: list[str]) -> str:
     >>> skip_hint(BadRowsError("empty label", "test.csv", 7), ["evaluate", "run", "--data", "test.csv"])
     ''
     """
-    if isinstance(error, BadRowsError) and argv and argv[0] in SKIPPING_COMMANDS:
+    command = typer.main.get_command(app).commands.get(argv[0]) if argv else None
+    if isinstance(error, BadRowsError) and command and any(param.name == "on_bad_row" for param in command.params):
         return " (--on-bad-row skip leaves bad rows out)"
     return ""
 
