@@ -897,9 +897,10 @@ def cv(
 
     result = cross_validate(run_config, folds, manifests=manifests)
     human = summary_table(result["summary"], title=f"{folds}-fold cross-validation, mean ± std")
-    skipped = result["bad_rows_skipped"]
-    if skipped:
-        human += f"\n{skipped} bad row{'s' if skipped > 1 else ''} skipped, in no fold: {out / SKIPPED_ROWS_FILE}"
+    skipped, val_skipped = result["bad_rows_skipped"], result["val_rows_skipped"]
+    if skipped or val_skipped:
+        human += (f"\n{skipped} bad row{'s' if skipped != 1 else ''} skipped, in no fold, and {val_skipped} of --val: "
+                  f"{out / SKIPPED_ROWS_FILE}")
     human += f"\nevery fold's figures in {out / SUMMARY_FILE}; fold K's run, results and report in {out}/fold-K/run"
     emit(result, as_json, human)
 
