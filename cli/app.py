@@ -1262,18 +1262,24 @@ def report_internal_error(error: BaseException, debug: bool) -> int:
 def skip_hint(error: Exception, argv: list[str]) -> str:
     """How to go on without the bad rows an error lists, where the command has `--on-bad-row` (else nothing):
     evaluate, compare, benchmark and explain score every row (a figure on the rows that happened to read would not
-    be the test set's), and qat follows its run's setting.
+    be the test set's), and qat follows its run's setting. predict keeps a bad row, with its reason for a prediction.
 
     Example:
     >>> skip_hint(BadRowsError("empty label", "train.csv", 7), ["train", "--data", "train.csv"])
     ' (--on-bad-row skip leaves bad rows out)'
+    >>> skip_hint(BadRowsError("empty label", "new.csv", 7), ["predict", "bundle", "--data", "new.csv"])
+    ' (--on-bad-row skip predicts the others and writes bad rows with the reason)'
     >>> skip_hint(BadRowsError("empty label", "test.csv", 7), ["evaluate", "run", "--data", "test.csv"])
     ''
     """
     command = typer.main.get_command(app).commands.get(argv[0]) if argv else None
     if isinstance(error, BadRowsError) and command and any(param.name == "on_bad_row" for param in command.params):
-        return " (--on-bad-row skip leaves bad rows out)"
+        return SKIP_HINTS.get(argv[0], " (--on-bad-row skip leaves bad rows out)")
     return ""
+
+
+# A command whose `--on-bad-row skip` does something else than leave the rows out.
+SKIP_HINTS = {"predict": " (--on-bad-row skip predicts the others and writes bad rows with the reason)"}
 
 
 def main(argv: list[str] | None = None) -> int:
