@@ -852,7 +852,9 @@ def cv(
         help="A bad row (unreadable image, empty label, malformed line, ...): fail lists every one and stops; skip "
         "drops them before the split (in no fold) and lists them in CV_DIR/skipped_rows.csv.",
     ),
+    modality_dropout: Optional[float] = setting("modality_dropout", min=0.0, max=1.0),
     modality_balance: Optional[Literal[MODALITY_BALANCE]] = MODALITY_BALANCE_OPTION,
+    aux_loss_weight: Optional[float] = setting("aux_loss_weight", min=0.0),
     image_size: Optional[int] = IMAGE_SIZE_OPTION,
     early_stopping_patience: Optional[int] = EARLY_STOPPING_PATIENCE_OPTION,
     text_column: Optional[str] = TEXT_COLUMN_OPTION,
@@ -877,7 +879,9 @@ def cv(
         learning_rate=learning_rate,
         seed=seed,
         on_bad_row=on_bad_row,
+        modality_dropout=modality_dropout,
         modality_balance=modality_balance,
+        aux_loss_weight=aux_loss_weight,
         image_size=image_size,
         early_stopping_patience=early_stopping_patience,
         text_column=text_column,
@@ -897,9 +901,10 @@ def cv(
 
     result = cross_validate(run_config, folds, manifests=manifests)
     human = summary_table(result["summary"], title=f"{folds}-fold cross-validation, mean ± std")
-    skipped = result["bad_rows_skipped"]
-    if skipped:
-        human += f"\n{skipped} bad row{'s' if skipped > 1 else ''} skipped, in no fold: {out / SKIPPED_ROWS_FILE}"
+    skipped, val_skipped = result["bad_rows_skipped"], result["val_rows_skipped"]
+    if skipped or val_skipped:
+        human += (f"\n{skipped} bad row{'s' if skipped != 1 else ''} skipped, in no fold, and {val_skipped} of --val: "
+                  f"{out / SKIPPED_ROWS_FILE}")
     human += f"\nevery fold's figures in {out / SUMMARY_FILE}; fold K's run, results and report in {out}/fold-K/run"
     emit(result, as_json, human)
 
@@ -1257,18 +1262,24 @@ def report_internal_error(error: BaseException, debug: bool) -> int:
 def skip_hint(error: Exception, argv: list[str]) -> str:
     """How to go on without the bad rows an error lists, where the command has `--on-bad-row` (else nothing):
     evaluate, compare, benchmark and explain score every row (a figure on the rows that happened to read would not
-    be the test set's), and qat follows its run's setting.
+    be the test set's), and qat follows its run's setting. predict keeps a bad row, with its reason for a prediction.
 
     Example:
     >>> skip_hint(BadRowsError("empty label", "train.csv", 7), ["train", "--data", "train.csv"])
     ' (--on-bad-row skip leaves bad rows out)'
+    >>> skip_hint(BadRowsError("empty label", "new.csv", 7), ["predict", "bundle", "--data", "new.csv"])
+    ' (--on-bad-row skip predicts the others and writes bad rows with the reason)'
     >>> skip_hint(BadRowsError("empty label", "test.csv", 7), ["evaluate", "run", "--data", "test.csv"])
     ''
     """
     command = typer.main.get_command(app).commands.get(argv[0]) if argv else None
     if isinstance(error, BadRowsError) and command and any(param.name == "on_bad_row" for param in command.params):
-        return " (--on-bad-row skip leaves bad rows out)"
+        return SKIP_HINTS.get(argv[0], " (--on-bad-row skip leaves bad rows out)")
     return ""
+
+
+# A command whose `--on-bad-row skip` does something else than leave the rows out.
+SKIP_HINTS = {"predict": " (--on-bad-row skip predicts the others and writes bad rows with the reason)"}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -100,6 +100,14 @@ def test_a_bad_row_error_says_how_to_leave_it_out_where_the_command_can(tmp_path
     monkeypatch.setattr("mmkeras.cli.app.load_tensorflow", lambda: None)
     code, _, err = run_cli(capsys, "train", "--data", str(data), "--out", str(tmp_path / "run"))
     assert (code, err) == (2, f"error: {data}: line 6: empty label (--on-bad-row skip leaves bad rows out)\n")
+    # predict keeps a bad row in its output, with the reason: its hint says so (it said "leaves bad rows out").
+    new_rows = tmp_path / "new.csv"
+    new_rows.write_text("text,image\na photo that is not there,missing.jpg\n", encoding="utf-8")
+    code, _, err = run_cli(capsys, "predict", str(tiny_bundle["bundle"]), "--data", str(new_rows), "--out",
+                           str(tmp_path / "predictions.csv"))
+    [error] = [line for line in err.splitlines() if not line.startswith("predicting: ")]
+    assert code == 2 and error == (f"error: {new_rows}: line 2: cannot read image 'missing.jpg': file not found "
+                                   "(--on-bad-row skip predicts the others and writes bad rows with the reason)")
     # evaluate scores every row: it has no such option, so no such hint.
     code, _, err = run_cli(capsys, "evaluate", str(tiny_bundle["bundle"]), "--data", str(data))
     assert (code, err) == (2, f"error: {data}: line 6: empty label\n")

@@ -313,20 +313,25 @@ def test_cv_skips_an_unreadable_image_before_the_split_and_resumes(tmp_path, cap
         handle.write("a row without its label,,\n")  # line 9: a bad row to reading, not to its image
     (tmp_path / "broken.jpg").write_bytes(b"not a picture")
     val = tmp_path / "val.csv"
-    val.write_text("text,image,label\na red card,a.png,x\nonly a text,,y\nno label,,\n", encoding="utf-8")
+    val.write_text("text,image,label\na red card,a.png,x\nonly a text,,y\nno label,,\nbroken again,broken_val.jpg,x\n",
+                   encoding="utf-8")
+    (tmp_path / "broken_val.jpg").write_bytes(b"not a picture either")
     out = tmp_path / "cv"
     args = ["cv", "--data", data, "--val", val, "--folds", "2", "--out", out, "--epochs", "1", "--on-bad-row", "skip",
             "--json"]
     code, stdout, err = run_cli(capsys, *args)
     assert code == 0, err  # was: exit 2, the held-out fold's evaluation failing on the row its training skipped
     assert json.loads(stdout)["bad_rows_skipped"] == 2
+    assert json.loads(stdout)["val_rows_skipped"] == 2
     assert err.count("broken.jpg") == 1  # named once, at the split, not by each fold's run
+    assert err.count("broken_val.jpg") == 1  # was: once by each fold's run, and in no CV_DIR file
     # Named once too: read before TensorFlow, then handed to the split and to every fold (were: 2 and 3 times).
     assert err.count(f"skipped: {data}: line 9: empty label") == 1
     assert err.count(f"skipped: {val}: line 4: empty label") == 1
     with (out / "skipped_rows.csv").open(encoding="utf-8", newline="") as handle:
         skipped_rows = list(csv.DictReader(handle))
-    assert [(row["file"], row["line"]) for row in skipped_rows] == [(str(data), "9"), (str(data), "8")]
+    assert [(row["file"], row["line"]) for row in skipped_rows] == [
+        (str(data), "9"), (str(data), "8"), (str(val), "4"), (str(val), "5")]
     assert skipped_rows[1]["reason"].startswith("cannot read image 'broken.jpg'")
     # The row is in no fold: each usable row is evaluated once, and predictions.csv holds only those.
     evaluated = []
@@ -334,8 +339,9 @@ def test_cv_skips_an_unreadable_image_before_the_split_and_resumes(tmp_path, cap
         with (out / fold / "run" / "results" / "test" / "predictions.csv").open(encoding="utf-8") as handle:
             evaluated += [int(prediction["line"]) for prediction in csv.DictReader(handle)]
     assert sorted(evaluated) == [2, 4, 6, 7]
-    code, _, err = run_cli(capsys, *args)
+    code, stdout, err = run_cli(capsys, *args[:-1])  # without --json
     assert code == 0 and err.count("finished before") == 2
+    assert f"2 bad rows skipped, in no fold, and 2 of --val: {out / 'skipped_rows.csv'}" in stdout
 
 def test_a_fold_written_before_the_source_columns_still_names_its_own_lines(tmp_path):
     data = write_users_manifest(tmp_path, "csv")

@@ -75,6 +75,28 @@ def test_tensorboard_draws_the_training_and_validation_loss_in_one_chart(tmp_pat
     assert tags["validation"] == {"loss": [0.5, 0.25], "accuracy": [0.5, 0.25]}  # the same tags: one chart each
 
 
+def test_adaptive_modality_balance_record_goes_to_results_csv_and_tensorboard(tmp_path):
+    from mmkeras.training.checkpoints import TrainingState
+    from mmkeras.training.epoch_log import EpochLog
+    from mmkeras.training.modality_balance import SUMMARY_KEYS
+
+    history = {"loss": [0.9, 0.7], **{key: [0.25, 0.5] for key in SUMMARY_KEYS}}
+    EpochLog(tmp_path)(TrainingState(history=history, epoch_seconds=[1.0, 2.0]))
+    with (tmp_path / "results.csv").open(newline="") as file:
+        rows = list(csv.DictReader(file))
+    assert list(rows[0]) == ["epoch", "loss", *SUMMARY_KEYS, "seconds"]  # was: loss and seconds alone
+    assert [row["image_drop_rate"] for row in rows] == ["0.25", "0.5"]
+    if importlib.util.find_spec("tensorboard") is None:
+        return
+    import tensorflow as tf
+
+    tags = set()
+    for events in (tmp_path / "tensorboard" / "train").glob("events.out.tfevents.*"):
+        summaries = tf.compat.v1.train.summary_iterator(str(events))
+        tags |= {value.tag for event in summaries for value in event.summary.value}
+    assert {f"modality_balance/{key}" for key in SUMMARY_KEYS} <= tags
+
+
 @pytest.mark.parametrize("target", ["run", "bundle"])
 def test_evaluate_json_has_calibration_consistency_and_saves_a_results_folder(evaluated, target, capsys):
     code, out, _ = run_cli(capsys, "evaluate", evaluated[target], "--data", evaluated["val"], "--json")

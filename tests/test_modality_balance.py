@@ -87,10 +87,16 @@ def test_the_aux_loss_weight_is_refused_where_it_weighs_nothing_or_is_negative()
         RunConfig(modality_balance="aux", aux_loss_weight=-0.5)
 
 
-def test_train_refuses_a_negative_aux_loss_weight(tmp_path, capsys):
-    code, _, err = run_cli(capsys, "train", "--data", SAMPLES / "train.csv", "--out", tmp_path / "run",
+@pytest.mark.parametrize("command", ["train", "cv"])
+def test_train_and_cv_refuse_an_aux_loss_weight_that_weighs_nothing(command, tmp_path, capsys):
+    code, _, err = run_cli(capsys, command, "--data", SAMPLES / "train.csv", "--out", tmp_path / "out",
                            "--modality-balance", "aux", "--aux-loss-weight", "-1")
     assert code == 2 and "--aux-loss-weight" in err
+    # cv takes the flag as train does (it had only the config file's `aux_loss_weight`), checked before any fold.
+    code, _, err = run_cli(capsys, command, "--data", SAMPLES / "train.csv", "--out", tmp_path / "out",
+                           "--modality-balance", "adaptive", "--aux-loss-weight", "2")
+    assert code == 2 and "--aux-loss-weight applies to" in err and "adaptive" in err
+    assert not (tmp_path / "out").exists()
 
 
 def backbone_steps(text_probe_bias, tmp_path):

@@ -100,6 +100,13 @@ def test_bad_photos_fail_by_path_or_are_written_with_their_reason(tiny_bundle, p
     [error] = [line for line in err.splitlines() if not line.startswith("predicting: ")]  # one line
     assert code == 2 and not out.exists() and error.startswith(f"error: {photos}: 2 bad photos")
     assert "cannot read image 'beach/broken.jpg'" in err and "cannot read image 'zoo/00005.png'" in err
+    hint = " (--on-bad-row skip predicts the others and writes bad rows with the reason)"
+    assert error.endswith(hint)
+    code, _, err = run_cli(capsys, "predict", tiny_bundle["bundle"], "--images", photos / "beach", "--out", out)
+    [error] = [line for line in err.splitlines() if not line.startswith("predicting: ")]
+    # One bad photo says what skip does too (it said nothing).
+    assert code == 2 and error == f"error: {photos / 'beach'}: cannot read image 'broken.jpg': " + error.split(
+        "cannot read image 'broken.jpg': ")[1] and error.endswith(hint)
     shutil.copy(photos / "00001.jpg", photos / "zoo" / "00005.png")
     (photos / "zoo" / "00005.txt").write_bytes(b"caf\xe9")  # under fail, a bad caption stops before predicting
     code, stdout, _ = run_cli(capsys, "predict", tiny_bundle["bundle"], "--images", photos, "--out", out,

@@ -42,6 +42,7 @@ from mmkeras.data.folder_manifests import image_files, read_caption
 from mmkeras.data.manifest import (
     BAD_ROWS_SHOWN,
     BadRow,
+    BadRowsError,
     Manifest,
     ManifestRow,
     bad_rows_error,
@@ -236,14 +237,14 @@ def _folder_manifest(
     return Manifest(listing, rows, bad_rows, column_names=list(FOLDER_COLUMNS)), skipped_cells
 
 
-def _bad_photos_error(images_dir: Path, bad_rows: list[BadRow]) -> UserError:
-    """One error listing the first `BAD_ROWS_SHOWN` bad photos (each reason names its file) and the others' count."""
+def _bad_photos_error(images_dir: Path, bad_rows: list[BadRow]) -> BadRowsError:
+    """One error listing the first `BAD_ROWS_SHOWN` bad photos (each reason names its file) and the others' count;
+    the CLI adds what `--on-bad-row skip` does, as for a manifest's bad rows."""
     if len(bad_rows) == 1:
-        return UserError(bad_rows[0].reason, path=images_dir)
+        return BadRowsError(bad_rows[0].reason, path=images_dir)
     shown = "; ".join(row.reason for row in bad_rows[:BAD_ROWS_SHOWN])
     more = f"; and {len(bad_rows) - BAD_ROWS_SHOWN} more" if len(bad_rows) > BAD_ROWS_SHOWN else ""
-    return UserError(f"{len(bad_rows)} bad photos (--on-bad-row skip writes them with the reason): {shown}{more}",
-                     path=images_dir)
+    return BadRowsError(f"{len(bad_rows)} bad photos: {shown}{more}", path=images_dir)
 
 
 def _check_out(out: Path, data: Path, overwrite: bool):

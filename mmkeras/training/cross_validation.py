@@ -9,7 +9,8 @@ CV_DIR/
     test.csv          this fold's rows, the same way
     run/              the fold's run folder, evaluated on test.csv (run/results/test/)
   ...
-  skipped_rows.csv    the bad rows `--on-bad-row skip` dropped before the split (file, line, reason), when any
+  skipped_rows.csv    the bad rows `--on-bad-row skip` dropped before the split, the validation manifest's
+                      too (file, line, reason), when any
   cv.json             every fold's figures, and their mean and standard deviation
 ```
 
@@ -28,8 +29,9 @@ rows changed since the split was made (`rows_fingerprint`) is refused
 
 Bad rows (a malformed line, an unreadable image, ...) fail or are skipped
 as `config.on_bad_row` says once, before the split (`usable_rows`): a
-skipped row is in no fold. The validation manifest is read once too, and
-handed to every fold's run: each of its bad rows is logged once.
+skipped row is in no fold. The validation manifest is read and its images
+checked once too, and handed to every fold's run: each of its bad rows is
+logged once, and listed with the data's in `CV_DIR/skipped_rows.csv`.
 
 Each fold manifest row names the user's file and the row's line in it
 (`source_manifest`, `source_line`), so a fold's predictions.csv, its
@@ -112,21 +114,24 @@ def cross_validate(config: RunConfig, folds: int, *, manifests: Sequence[Manifes
             rows logged, again.
 
     Returns:
-        `{"folds", "seed", "bad_rows_skipped", "per_fold": [figures of each
-        fold], "summary": {figure: {"mean", "std"}}}` (the sample standard
-        deviation over the folds), also written to `CV_DIR/cv.json`.
-        `bad_rows_skipped`: the rows `usable_rows` dropped, in none of the
-        folds (listed in `CV_DIR/skipped_rows.csv`).
+        `{"folds", "seed", "bad_rows_skipped", "val_rows_skipped",
+        "per_fold": [figures of each fold], "summary": {figure: {"mean",
+        "std"}}}` (the sample standard deviation over the folds), also
+        written to `CV_DIR/cv.json`. `bad_rows_skipped`: the data rows
+        `usable_rows` dropped, in none of the folds; `val_rows_skipped`:
+        the validation rows dropped, in no fold's early stopping (both
+        listed in `CV_DIR/skipped_rows.csv`).
     """
     if not config.data or not config.out:
         raise UserError("cross-validation needs a manifest (--data) and a folder (--out)")
-    manifest = usable_rows(config, manifests)
-    val_manifests = [validation_manifest(config, manifests)] if config.val else []
+    manifest = usable_rows(config, config.data, manifests)
+    val_manifests = [usable_rows(config, config.val, manifests)] if config.val else []
     if not 2 <= folds <= len(manifest.rows):
         raise UserError(f"--folds must be between 2 and the number of rows ({len(manifest.rows)}), got {folds}")
     out = Path(config.out)
     assignment = checked_split(out, manifest, folds, config.seed, task=config.task)
-    write_skipped_rows(out / SKIPPED_ROWS_FILE, manifest.skipped)
+    val_skipped = [row for val_manifest in val_manifests for row in val_manifest.skipped]
+    write_skipped_rows(out / SKIPPED_ROWS_FILE, manifest.skipped + val_skipped)
     per_fold = []
     for fold in range(folds):
         per_fold.append(run_fold(config, out / f"fold-{fold + 1}", manifest, assignment == fold, fold, folds,
@@ -135,6 +140,7 @@ def cross_validate(config: RunConfig, folds: int, *, manifests: Sequence[Manifes
         "folds": folds,
         "seed": config.seed,
         "bad_rows_skipped": len(manifest.skipped),
+        "val_rows_skipped": len(val_skipped),
         "per_fold": per_fold,
         "summary": summarize(per_fold),
     }
@@ -142,8 +148,9 @@ def cross_validate(config: RunConfig, folds: int, *, manifests: Sequence[Manifes
     return summary
 
 
-def usable_rows(config: RunConfig, manifests: Sequence[Manifest] = ()) -> Manifest:
-    """`config.data`'s rows with their images checked, bad rows failed on or skipped as `config.on_bad_row` says.
+def usable_rows(config: RunConfig, path, manifests: Sequence[Manifest] = ()) -> Manifest:
+    """The rows of `path` (`config.data` or `config.val`) with their images checked, bad rows failed on or skipped as
+    `config.on_bad_row` says.
 
     Checked once, before the split, not by each fold's run: a skipped row is
     then in no fold. Left in a fold, the runs training on it skipped it, but
@@ -163,24 +170,18 @@ def usable_rows(config: RunConfig, manifests: Sequence[Manifest] = ()) -> Manife
     fingerprint in `folds.json` is theirs): an image made readable or
     unreadable since changes them, and is refused as changed rows.
 
-    `manifests`: as `cross_validate`'s (`config.data`'s, when given, is not read again).
+    The validation manifest is checked the same way, once: its bad images
+    were named by every fold's run before.
+
+    `manifests`: as `cross_validate`'s (`path`'s, when given, is not read again).
     """
     from mmkeras.models.vision_backbones import TINY_IMAGE_SIZE
 
-    manifest = find_manifest(manifests, config.data) or read_manifest(
-        config.data, columns=config.columns, on_bad_row=config.on_bad_row
-    )
+    manifest = find_manifest(manifests, path) or read_manifest(path, columns=config.columns,
+                                                               on_bad_row=config.on_bad_row)
     image_size = (config.image_size, config.image_size) if config.image_size else TINY_IMAGE_SIZE
     manifest, _ = manifest.validate_images(image_size, config.on_bad_row, max_pixels=config.max_image_pixels)
     return manifest
-
-
-def validation_manifest(config: RunConfig, manifests: Sequence[Manifest]) -> Manifest:
-    """`config.val`'s manifest as the folds' runs read it: one of `manifests`, else read here, once for every fold."""
-    assert config.val
-    return find_manifest(manifests, config.val) or read_manifest(
-        config.val, columns=config.columns, on_bad_row=config.on_bad_row
-    )
 
 
 def checked_split(out: Path, manifest: Manifest, folds: int, seed: int, task: str = "classify") -> np.ndarray:
@@ -254,7 +255,7 @@ def run_fold(
     val_manifests: Sequence[Manifest] = (),
 ) -> dict:
     """Train and evaluate one fold (or read its figures when it has finished before); `val_manifests`: `config.val`'s
-    manifest, read once for every fold (`validation_manifest`)."""
+    manifest, read and checked once for every fold (`usable_rows`)."""
     from mmkeras.evaluation.evaluate import evaluate
 
     run_dir, test_manifest = folder / "run", folder / TEST_MANIFEST

@@ -1,10 +1,11 @@
 """`EpochLog`: a run's per-epoch record, written as training goes: results.csv and TensorBoard events.
 
 `results.csv` has one row per finished epoch (losses, accuracies, learning
-rate, seconds) and is rewritten whole from the training state after each
+rate, `adaptive` modality balance's record, seconds) and is rewritten whole from the training state after each
 epoch, so a resumed run's file matches an uninterrupted run's. TensorBoard
 event files (`RUN_DIR/tensorboard/train/` and `validation/`, each figure under
-one tag in both, as Keras's TensorBoard callback writes them) are written when
+one tag in both, as Keras's TensorBoard callback writes them; `adaptive`'s
+record under `modality_balance/` in `train/`) are written when
 the `tensorboard` package is installed (`pip install "mmkeras[tensorboard]"`);
 without it they are skipped with one log line.
 
@@ -21,15 +22,17 @@ from pathlib import Path
 from mmkeras.evaluation.results_folder import write_csv
 from mmkeras.runs import RESULTS_CSV, TENSORBOARD_FOLDER
 from mmkeras.training.checkpoints import TrainingState
+from mmkeras.training.modality_balance import SUMMARY_KEYS as BALANCE_KEYS
 
 logger = logging.getLogger("mmkeras")
 
 # results.csv's columns after `epoch`, in order; a key a run does not have (no validation) is left out.
-COLUMNS = ("loss", "accuracy", "val_loss", "val_accuracy", "learning_rate")
+COLUMNS = ("loss", "accuracy", "val_loss", "val_accuracy", "learning_rate", *BALANCE_KEYS)
 # TensorBoard's event folders and the history keys each holds, by tag. One tag in two folders is one chart with a
 # training and a validation curve, as in the report; `loss` and `val_loss` as two tags were two charts.
 EVENT_FOLDERS = {
-    "train": {"loss": "loss", "accuracy": "accuracy", "learning_rate": "learning_rate"},
+    "train": {"loss": "loss", "accuracy": "accuracy", "learning_rate": "learning_rate",
+              **{f"modality_balance/{key}": key for key in BALANCE_KEYS}},
     "validation": {"loss": "val_loss", "accuracy": "val_accuracy"},
 }
 
