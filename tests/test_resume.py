@@ -9,7 +9,8 @@ from mmkeras.cli.app import main
 from mmkeras.config import RunConfig
 from mmkeras.data.manifest import read_manifest
 from mmkeras.data.rows_fingerprint import rows_record
-from mmkeras.training.checkpoints import Checkpoints, TrainingState
+from mmkeras.errors import UserError
+from mmkeras.training.checkpoints import Checkpoints, TrainingState, checkpoint_to_resume
 from tests.helpers.training_runs import (
     finish,
     kill_at_first_checkpoint,
@@ -91,10 +92,23 @@ def test_resume_with_other_settings_is_a_user_error(data, tmp_path, capsys):
     config = RunConfig.from_yaml(data["config"]).replace(
         data=str(data["train"]), val=str(data["val"]), out=str(out), epochs=5
     )
-    fake_checkpoint(out, config, epoch=1, value=0.0)
+    older = config.to_dict()
+    del older["aux_loss_weight"]  # and written before this setting existed: not a change (its default)
+    Checkpoints(out, writer=True).save(TrainingState(epoch=1, config=older), {"model": [], "optimizer": []})
     code = main([*flags, "--resume"])
     assert code == 2
-    assert "changed: epochs 5 -> 3" in capsys.readouterr().err
+    assert "changed: epochs 5 -> 3\n" in capsys.readouterr().err
+
+
+def test_a_checkpoint_of_an_older_mmkeras_resumes_with_the_defaults_of_settings_added_since(tmp_path):
+    config = RunConfig(data="train.csv", out=str(tmp_path), modality_balance="aux")
+    older = config.to_dict()
+    del older["aux_loss_weight"]  # written before the setting existed (the weight was a constant 0.5)
+    Checkpoints(tmp_path, writer=True).save(TrainingState(epoch=1, config=older), {"model": [], "optimizer": []})
+    checkpoints, defaults = Checkpoints(tmp_path, writer=True), RunConfig().to_dict()
+    assert checkpoint_to_resume(checkpoints, config.to_dict(), defaults).state.epoch == 1  # was: refused, None -> 0.5
+    with pytest.raises(UserError, match="changed: aux_loss_weight 0.5 -> 2.0"):
+        checkpoint_to_resume(checkpoints, config.replace(aux_loss_weight=2.0).to_dict(), defaults)
 
 
 def edit_first_text(manifest):

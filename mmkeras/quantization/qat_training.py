@@ -218,6 +218,9 @@ class QATJob(TrainingJob):
         qat_only = {key: value for key, value in dataclasses.asdict(self.settings).items() if key not in run_fields}
         return {**loop_config.to_dict(), **qat_only}
 
+    def resume_defaults(self) -> dict:
+        return {**dataclasses.asdict(QATSettings()), **super().resume_defaults()}
+
     def prepare(self, strategy: tf.distribute.Strategy) -> PreparedRun:
         config, settings = self.config, self.settings
         logger.info("loading and quantizing %s", self.run_dir)

@@ -154,9 +154,15 @@ class Checkpoints:
         return sorted(path.name for path in self.folder.glob("ckpt-*") if path.is_dir())
 
 
-def check_same_config(checkpoint: Checkpoint, config: dict):
-    """`UserError` when `config` differs from the checkpointed run's in anything but `--resume`."""
-    saved = {key: value for key, value in checkpoint.state.config.items() if key not in RESUMABLE_DIFFERENCES}
+def check_same_config(checkpoint: Checkpoint, config: dict, defaults: dict | None = None):
+    """`UserError` when `config` differs from the checkpointed run's in anything but `--resume`.
+
+    A setting the checkpoint lacks was added to mmkeras after it was written:
+    it counts as its value in `defaults`, since a new setting's default is
+    what the version before it did (`aux_loss_weight` 0.5 was a constant).
+    """
+    saved = {**(defaults or {}), **checkpoint.state.config}
+    saved = {key: value for key, value in saved.items() if key not in RESUMABLE_DIFFERENCES}
     current = {key: value for key, value in config.items() if key not in RESUMABLE_DIFFERENCES}
     changed = sorted(key for key in saved.keys() | current.keys() if saved.get(key) != current.get(key))
     if changed:
@@ -187,12 +193,14 @@ def check_same_rows(checkpoint: Checkpoint, rows: dict, files: dict):
             )
 
 
-def checkpoint_to_resume(checkpoints: Checkpoints, config: dict) -> Checkpoint:
+def checkpoint_to_resume(checkpoints: Checkpoints, config: dict, defaults: dict | None = None) -> Checkpoint:
     """The checkpoint `--resume` continues from: the newest intact one, which must have the same settings.
 
     Args:
         checkpoints: the run folder's checkpoints.
         config: the settings of this process (as saved in `TrainingState.config`).
+        defaults: each setting's default, for those a checkpoint of an
+            older mmkeras lacks (`check_same_config`).
 
     Raises:
         UserError: no checkpoint to continue from, or one made with other settings.
@@ -200,7 +208,7 @@ def checkpoint_to_resume(checkpoints: Checkpoints, config: dict) -> Checkpoint:
     resumed = checkpoints.latest()
     if resumed is None:
         raise UserError("--resume: no checkpoint to continue from in this run folder", path=checkpoints.folder.parent)
-    check_same_config(resumed, config)
+    check_same_config(resumed, config, defaults)
     return resumed
 
 

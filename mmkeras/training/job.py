@@ -194,6 +194,10 @@ class TrainingJob:
         """What a resumed process must share with the interrupted one (checked against the checkpoint)."""
         return loop_config.to_dict()
 
+    def resume_defaults(self) -> dict:
+        """Each of `resume_settings`' defaults, for the settings a checkpoint of an older mmkeras lacks."""
+        return RunConfig().to_dict()
+
     def training_loss(self):
         """The loss the loop minimises (see `TrainingLoop`'s `loss`): the task's (`Task.loss`); `None`:
         classification cross-entropy."""
@@ -234,7 +238,9 @@ class TrainingJob:
         loop_config = self.loop_config(strategy)
         settings = self.resume_settings(loop_config)
         checkpoints = Checkpoints(config.out, writer=chief)
-        resumed = self.resumed = checkpoint_to_resume(checkpoints, settings) if self.resume else None
+        resumed = self.resumed = (
+            checkpoint_to_resume(checkpoints, settings, self.resume_defaults()) if self.resume else None
+        )
         seed_everything(config)
         prepared = self.prepare(strategy)  # calls `check_rows`
         labels = prepared.labels
