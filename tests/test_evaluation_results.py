@@ -114,7 +114,8 @@ def test_evaluate_json_has_calibration_consistency_and_saves_a_results_folder(ev
     folder = evaluated[target] / "results" / "val"
     assert figures["results_dir"] == str(folder)
     assert json.loads((folder / "metrics.json").read_text())["accuracy"] == figures["accuracy"]
-    for name in ("confusion_matrix.png", "confusion_matrix_normalized.png", "reliability.png", "modality_ablation.png"):
+    for name in ("confusion_matrix.png", "confusion_matrix_normalized.png", "reliability.png", "modality_ablation.png",
+                 "pr_curves.png"):
         assert (folder / name).read_bytes().startswith(b"\x89PNG")
     with (folder / "predictions.csv").open(newline="") as file:
         predictions = list(csv.DictReader(file))
@@ -123,7 +124,10 @@ def test_evaluate_json_has_calibration_consistency_and_saves_a_results_folder(ev
     scores = [float(value) for key, value in predictions[0].items() if key.startswith("score_")]
     assert math.isclose(sum(scores), 1.0, abs_tol=1e-3)
     with (folder / "per_class.csv").open(newline="") as file:
-        assert {row["label"] for row in csv.DictReader(file)} == set(figures["per_class"])
+        per_class = {row["label"]: float(row["average_precision"]) for row in csv.DictReader(file)}
+    assert per_class == {label: values["average_precision"] for label, values in figures["per_class"].items()}
+    present = [values["average_precision"] for values in figures["per_class"].values() if values["support"]]
+    assert figures["macro_average_precision"] == round(sum(present) / len(present), 4)
 
 
 # The device-only install: no TensorFlow, Keras, keras-hub or matplotlib.
@@ -158,9 +162,12 @@ def test_evaluating_a_bundle_without_the_training_extra_saves_figures_without_pl
         capture_output=True, text=True, timeout=300,
     )
     assert completed.returncode == 0, completed.stderr
-    assert "ece" in json.loads(completed.stdout)["calibration"]
+    figures = json.loads(completed.stdout)
+    assert "ece" in figures["calibration"] and 0 < figures["macro_average_precision"] <= 1
     saved = {path.name for path in (bundle / "results" / "val").iterdir()}
-    assert saved == {"metrics.json", "per_class.csv", "predictions.csv"}
+    assert saved == {"metrics.json", "per_class.csv", "predictions.csv"}  # no pr_curves.png without matplotlib
+    with (bundle / "results" / "val" / "per_class.csv").open(newline="") as file:
+        assert all(0 <= float(row["average_precision"]) <= 1 for row in csv.DictReader(file))
 
 
 def test_report_has_every_section_and_lists_the_bundle(evaluated, capsys):
@@ -170,9 +177,10 @@ def test_report_has_every_section_and_lists_the_bundle(evaluated, capsys):
         assert f'<section id="{section}">' in page
     assert "http://" not in page and "https://" not in page  # nothing from the network
     assert "On val" in page and "Sample predictions" in page
+    assert 'alt="precision-recall curves"' in page and "<th>average precision</th>" in page
     assert f">{evaluated['bundle'].resolve()}<" in page  # the bundle exported next to the run
-    # curves (3), confusion (2), ablation, reliability, and the sample cards' images
-    assert len(re.findall(r'src="data:image/png;base64,', page)) > 8
+    # curves (3), confusion (2), ablation, reliability, precision-recall, and the sample cards' images
+    assert len(re.findall(r'src="data:image/png;base64,', page)) > 9
 
 
 @pytest.mark.browser

@@ -153,6 +153,7 @@ def check_results_folder(folder, figures: dict, data):
         assert (round(float(2 * hits / marked), 4) if marked else 1.0) == figures["per_label"][label]["f1"]
     assert all(0 <= float(row[f"score_{label}"]) <= 1 for row in rows for label in labels)
     assert (folder / "per_label.png").read_bytes().startswith(b"\x89PNG")
+    assert (folder / "pr_curves.png").read_bytes().startswith(b"\x89PNG")
     return rows
 
 

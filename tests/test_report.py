@@ -9,7 +9,7 @@ from PIL import Image
 from mmkeras.errors import UserError
 from mmkeras.evaluation.multilabel_results import prediction_cells, write_multilabel_results
 from mmkeras.evaluation.report import bundles_section, write_report
-from mmkeras.tasks.multilabel_metrics import multilabel_figures
+from mmkeras.tasks.multilabel_metrics import multilabel_figures, precision_recall_curve
 
 
 def test_report_embeds_curves_figures_and_config(tmp_path):
@@ -79,7 +79,8 @@ def tagged_results_folder(run_dir, image):
                                                                                thresholds)}
         for index in range(3)
     ]
-    write_multilabel_results(run_dir / "results" / "tags", figures, rows)
+    curves = {label: precision_recall_curve(truth[:, column], scores[:, column]) for column, label in enumerate(labels)}
+    write_multilabel_results(run_dir / "results" / "tags", figures, rows, curves)
     return figures
 
 
@@ -98,7 +99,14 @@ def test_the_report_shows_a_multilabel_evaluation_with_its_label_sets(tmp_path):
     assert "true <b>{red, square}</b>, predicted <b>{red, ring}</b>" in evaluation
     assert "missed square; extra ring" in evaluation and "square 0.300 &lt; 0.600, ring 0.450 ≥ 0.400" in evaluation
     assert "line 2 of tags.csv" in evaluation and evaluation.count('<div class="card ') == 3
-    assert evaluation.count("data:image/png") == 2  # the per-label chart and the one row's photo
+    # The per-label chart, the precision-recall curves (the results folder's own file) and the one row's photo.
+    assert evaluation.count("data:image/png") == 3
+    curves = (run_dir / "results" / "tags" / "pr_curves.png").read_bytes()
+    assert f'<img alt="precision-recall curves" src="data:image/png;base64,{base64.b64encode(curves).decode()}">' in (
+        evaluation)
+    (run_dir / "results" / "tags" / "pr_curves.png").unlink()  # a results folder written before the curves
+    page = write_report(run_dir, tmp_path / "r.html").read_text()
+    assert "No pr_curves.png in this results folder: evaluate again to draw it." in page
 
 
 def test_a_results_folder_the_report_cannot_read_is_named_not_fatal(tmp_path):

@@ -23,7 +23,12 @@ from mmkeras.data.manifest import read_manifest
 from mmkeras.errors import UserError
 from mmkeras.evaluation.calibration import calibration_figures
 from mmkeras.evaluation.consistency import consistency_figures
-from mmkeras.evaluation.metrics import classification_figures, top_k_accuracy
+from mmkeras.evaluation.metrics import (
+    average_precision_figures,
+    classification_figures,
+    one_vs_rest_curves,
+    top_k_accuracy,
+)
 from mmkeras.evaluation.modality_ablation import ModalityLogits
 from mmkeras.evaluation.multilabel_evaluate import evaluate_multilabel
 from mmkeras.evaluation.results_folder import (
@@ -105,7 +110,9 @@ def evaluate_classifier(target, data, *, save_results: bool = True, columns: dic
             from a run's own (`mmkeras.runs.manifest_columns`).
 
     Returns:
-        The figures of `classification_figures` plus `top_k_accuracy`
+        The figures of `classification_figures`, each class's
+        `average_precision` (in `per_class`) and their
+        `macro_average_precision` (`average_precision_figures`), `top_k_accuracy`
         (`{"top_2": ...}`), `calibration` (`calibration_figures`: ECE over 15
         bins, the reliability bins), `modality_ablation` (`text_only`,
         `image_only`: `accuracy`, `macro_f1`, `per_class_recall`),
@@ -128,6 +135,7 @@ def evaluate_classifier(target, data, *, save_results: bool = True, columns: dic
     model_logits = ModalityLogits(predict_logits, preprocessor, None if run is None else run.model)
     fused, text_only, image_only = modality_probabilities(model_logits, preprocessor, texts, images)
     figures = classification_figures(y_true, fused.argmax(axis=1), labels)
+    add_average_precision(figures, fused, y_true, labels)
     figures["top_k_accuracy"] = {f"top_{k}": top_k_accuracy(fused, y_true, k) for k in TOP_K if k < len(labels)}
     figures["calibration"] = calibration_figures(fused, y_true)
     figures["modality_ablation"] = {
@@ -142,13 +150,21 @@ def evaluate_classifier(target, data, *, save_results: bool = True, columns: dic
         folder = results_dir(target, data)
         figures["results_dir"] = str(folder)
         rows = prediction_rows(manifest, columns["image"], labels, y_true, fused, text_only, image_only)
-        write_results(folder, figures, rows)
+        write_results(folder, figures, rows, one_vs_rest_curves(fused, y_true, labels))
         if run is not None:
             write_attention_overlays(run, folder, sample_rows(rows))
         from mmkeras.evaluation.report import keep_evaluation
 
         keep_evaluation(target, bundle=run is None)
     return figures
+
+
+def add_average_precision(figures: dict, probabilities, y_true, labels: list[str]):
+    """Each class's average precision into its `per_class` figures, and their mean (`macro_average_precision`)."""
+    found = average_precision_figures(probabilities, y_true, labels)
+    for label, value in found["per_class"].items():
+        figures["per_class"][label]["average_precision"] = value
+    figures["macro_average_precision"] = found["macro_average_precision"]
 
 
 def modality_probabilities(model_logits: ModalityLogits, preprocessor, texts, images) -> list[np.ndarray]:

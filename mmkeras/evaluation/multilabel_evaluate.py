@@ -22,7 +22,7 @@ from mmkeras.runtime.bundle import read_bundle
 from mmkeras.runtime.chunked_predictions import predict_probabilities
 from mmkeras.runtime.outputs import sigmoid
 from mmkeras.tasks.multilabel import run_thresholds
-from mmkeras.tasks.multilabel_metrics import multilabel_figures
+from mmkeras.tasks.multilabel_metrics import multilabel_figures, precision_recall_curve
 
 
 def evaluate_multilabel(target, data, *, save_results: bool = True, columns: dict[str, str] | None = None) -> dict:
@@ -53,8 +53,10 @@ def evaluate_multilabel(target, data, *, save_results: bool = True, columns: dic
     if save_results:
         folder = results_dir(target, data)
         figures["results_dir"] = str(folder)
-        write_multilabel_results(folder, figures, prediction_rows(manifest, columns["image"], labels, truth, scores,
-                                                                  thresholds))
+        rows = prediction_rows(manifest, columns["image"], labels, truth, scores, thresholds)
+        curves = {label: precision_recall_curve(truth[:, column], scores[:, column]) for column, label in
+                  enumerate(labels)}
+        write_multilabel_results(folder, figures, rows, curves)
         from mmkeras.evaluation.report import keep_evaluation
 
         keep_evaluation(target, bundle=run is None)

@@ -9,6 +9,8 @@ TARGET/results/<manifest stem>/
                    (the labels at or above their thresholds), exact (1: the two sets are equal),
                    wrong (how many labels differ), every label's score
   per_label.png    precision, recall and F1 per label
+  pr_curves.png    each label's precision-recall curve with its average precision (per_label.csv's),
+                   the precision and recall at its threshold marked (`plots.precision_recall_png`)
 ```
 
 The same location (`results_dir`) and writers as a single-label results
@@ -25,9 +27,11 @@ from pathlib import Path
 from mmkeras.data.label_sets import LABEL_SEPARATOR
 from mmkeras.evaluation import plots
 from mmkeras.evaluation.results_folder import (
+    PR_CURVES_CHART,
     PREDICTIONS_FILE,
     SAMPLES_PER_KIND,
     example_columns,
+    precision_recall_png,
     round_figure,
     write_folder,
 )
@@ -38,19 +42,24 @@ PER_LABEL_CHART = "per_label.png"
 PER_LABEL_COLUMNS = ("threshold", "precision", "recall", "f1", "average_precision", "support")
 
 
-def write_multilabel_results(folder, figures: dict, predictions: list[dict]) -> Path:
-    """Write metrics.json, per_label.csv, predictions.csv and (with matplotlib) per_label.png.
+def write_multilabel_results(folder, figures: dict, predictions: list[dict], curves: dict[str, tuple]) -> Path:
+    """Write metrics.json, per_label.csv, predictions.csv and (with matplotlib) per_label.png and pr_curves.png.
 
     Args:
         folder: the results folder (created).
         figures: what `evaluate_multilabel` returns.
         predictions: one dict per row (`prediction_rows`).
+        curves: `{label: (precision, recall, thresholds)}` (`multilabel_metrics.precision_recall_curve`).
 
     Returns:
         The folder.
     """
     tables = {PER_LABEL_FILE: per_label_rows(figures), PREDICTIONS_FILE: predictions}
-    return write_folder(folder, figures, tables, lambda: {PER_LABEL_CHART: per_label_png(figures)})
+    return write_folder(folder, figures, tables, lambda: {
+        PER_LABEL_CHART: per_label_png(figures),
+        PR_CURVES_CHART: precision_recall_png(figures["per_label"], curves, "precision-recall per label",
+                                              "its threshold (per_label.csv)"),
+    })
 
 
 def per_label_rows(figures: dict) -> list[dict]:

@@ -26,6 +26,11 @@ DPI = 110
 # DejaVu Sans's monochrome outlines (matplotlib cannot draw colour emoji fonts).
 FALLBACK_FONT_FAMILY = "Noto Sans CJK JP"
 FALLBACK_FONT_FILE = "NotoSansCJK-Regular.ttc"
+# Precision-recall curves: up to this many share one axes (one colour each in matplotlib's ten-colour cycle);
+# more are drawn as small multiples, one per panel, in rows of PANEL_COLUMNS, at most PANELS_AT_MOST of them.
+CURVES_PER_AXES = 10
+PANEL_COLUMNS = 5
+PANELS_AT_MOST = 40
 
 
 def can_plot() -> bool:
@@ -70,7 +75,8 @@ def _integer_ticks():
 
 def _png(figure) -> bytes:
     buffer = io.BytesIO()
-    figure.tight_layout()
+    if figure.get_layout_engine() is None:  # a constrained layout places a suptitle; tight_layout does not
+        figure.tight_layout()
     figure.savefig(buffer, format="png", dpi=DPI)
     _pyplot().close(figure)
     return buffer.getvalue()
@@ -167,6 +173,79 @@ def curve_png(
     axes.grid(alpha=0.3)
     axes.legend(fontsize=8)
     return _png(figure)
+
+
+def precision_recall_png(
+    curves: dict[str, tuple], average_precision: dict[str, float], operating_points: dict[str, tuple[float, float]],
+    support: dict[str, int], *, title: str, operating_point: str,
+) -> bytes:
+    """One precision-recall curve per label, each named with its average precision, its operating point marked.
+
+    Each curve is drawn as the step function whose area is its average
+    precision (`multilabel_metrics.average_precision`): the figure and the
+    tables give the same number. Up to `CURVES_PER_AXES` labels share one
+    axes; more are small multiples, one label per panel, at most
+    `PANELS_AT_MOST` (those with the most rows; the figure says how many
+    are left out). A label no row has has no recall and no curve.
+
+    Args:
+        curves: `{label: (precision, recall, thresholds)}` (`precision_recall_curve`).
+        average_precision: `{label: its average precision}`, as the tables show it.
+        operating_points: `{label: (recall, precision)}` of the predictions the tables report.
+        support: `{label: rows that have it}`.
+        title: the figure's title.
+        operating_point: what the marked points are, for the legend.
+    """
+    plt = _pyplot()
+    present = [label for label in curves if support[label]]
+    most_rows = set(sorted(present, key=lambda label: -support[label])[:PANELS_AT_MOST])
+    shown = [label for label in present if label in most_rows]  # in the tables' order
+    left_out = [f"{len(curves) - len(present)} without a row"] if len(present) < len(curves) else []
+    if len(shown) < len(present):
+        left_out.insert(0, f"{len(present) - len(shown)} with the fewest rows")
+    note = f"not drawn: {' and '.join(left_out)}" if left_out else ""
+    if len(shown) <= CURVES_PER_AXES:
+        figure, axes = plt.subplots(figsize=(7.2, 4.4))
+        for index, label in enumerate(shown):
+            _draw_precision_recall(axes, curves[label], operating_points[label], f"C{index}",
+                                   f"{label} (AP {average_precision[label]:.4f})")
+        axes.plot([], [], "o", color="grey", markeredgecolor="black", label=operating_point)
+        axes.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))
+        axes.set_title(title + (f"\n({note})" if note else ""), fontsize=10)
+        _precision_recall_axes(axes)
+        return _png(figure)
+    rows = -(-len(shown) // PANEL_COLUMNS)
+    figure, grid = plt.subplots(rows, PANEL_COLUMNS, figsize=(2.4 * PANEL_COLUMNS, 2.2 * rows + 0.6), sharex=True,
+                                sharey=True, squeeze=False, layout="constrained")
+    for panel, label in zip(grid.flat, shown):
+        _draw_precision_recall(panel, curves[label], operating_points[label], "C0", None)
+        panel.set_title(f"{label}  AP {average_precision[label]:.4f}", fontsize=8)
+        _precision_recall_axes(panel, small=True)
+    for panel in grid.flat[len(shown):]:
+        panel.set_axis_off()
+    figure.suptitle(f"{title} (x recall, y precision; dot: {operating_point})"
+                    + (f"\n{note}" if note else ""), fontsize=10)
+    return _png(figure)
+
+
+def _draw_precision_recall(axes, curve: tuple, point: tuple[float, float], colour: str, label: str | None):
+    """The step curve from recall 0 (the precision of the highest threshold held over (0, its recall]), and
+    the operating point."""
+    precision, recall, _ = curve
+    axes.plot(np.concatenate([[0.0], recall]), np.concatenate([precision[:1], precision]), drawstyle="steps-pre",
+              color=colour, linewidth=1.4, label=label)
+    axes.plot(*point, "o", color=colour, markeredgecolor="black", markersize=6, zorder=3)
+
+
+def _precision_recall_axes(axes, *, small: bool = False):
+    axes.set_xlim(0, 1.02)
+    axes.set_ylim(0, 1.05)
+    axes.grid(alpha=0.3)
+    if small:
+        axes.tick_params(labelsize=7)
+    else:
+        axes.set_xlabel("recall")
+        axes.set_ylabel("precision")
 
 
 def heatmap_overlay_png(image: np.ndarray, heatmap: np.ndarray, *, title: str) -> bytes:

@@ -3,8 +3,8 @@
 Sections: the final figures, the training curves (loss, accuracy, learning
 rate, the best epoch marked), one evaluation per results folder of the run
 (`evaluate`'s figures: confusion heatmap, per-class table, modality ablation,
-reliability diagram, consistency, a grid of sample predictions with their
-scores, each card with the photo itself (read from predictions.csv's `image_file`), its
+reliability diagram, the precision-recall curves the results folder holds, consistency, a grid of
+sample predictions with their scores, each card with the photo itself (read from predictions.csv's `image_file`), its
 name as the manifest gives it and manifest line (a `cv` fold's: the line of the user's file), and
 for a cross-attention run the text's attention over the image beside it; a photo gone since says so in
 its place), every bundle exported or evaluated from the run wherever it was written (the run's
@@ -36,6 +36,7 @@ from mmkeras.errors import UserError
 from mmkeras.evaluation import multilabel_results, plots
 from mmkeras.evaluation.results_folder import (
     MANIFEST_COLUMN,
+    PR_CURVES_CHART,
     PREDICTIONS_FILE,
     RESULTS_FOLDER,
     ablation_png,
@@ -88,7 +89,6 @@ h1{margin:.2em 0}h2{border-bottom:2px solid #4c78a8;padding-bottom:.2em;margin-t
 .charts{display:grid;grid-template-columns:repeat(auto-fit,minmax(360px,1fr));gap:1em;align-items:start}
 .charts img{width:100%;border:1px solid #ddd}
 .charts.wide{grid-template-columns:repeat(auto-fit,minmax(520px,1fr))}
-.charts.one{grid-template-columns:minmax(360px,720px)}
 table{border-collapse:collapse;font-size:.9em}th,td{padding:.25em .7em;border-bottom:1px solid #eee;text-align:right}
 th:first-child,td:first-child{text-align:left}
 .cards{display:grid;grid-template-columns:repeat(auto-fill,minmax(380px,1fr));gap:.8em}
@@ -341,6 +341,9 @@ def one_evaluation(folder: Path, figures: dict) -> str:
     headline = [
         ["accuracy", figures["accuracy"]],
         ["macro-F1", figures["macro_f1"]],
+        # Results folders written before average precision was measured have none.
+        *([["mean average precision (one class against the rest)", figures["macro_average_precision"]]]
+          if "macro_average_precision" in figures else []),
         *[[name.replace("_", "-") + " accuracy", value] for name, value in figures["top_k_accuracy"].items()],
         ["expected calibration error (15 bins)", figures["calibration"]["ece"]],
         ["text only (image removed): accuracy", ablation["text_only"]["accuracy"]],
@@ -352,8 +355,9 @@ def one_evaluation(folder: Path, figures: dict) -> str:
         ["rows", figures["n"]],
     ]
     per_class = [
-        [label, values["precision"], values["recall"], values["f1"], values["support"],
-         ablation["text_only"]["per_class_recall"][label], ablation["image_only"]["per_class_recall"][label]]
+        [label, values["precision"], values["recall"], values["f1"], values.get("average_precision"),
+         values["support"], ablation["text_only"]["per_class_recall"][label],
+         ablation["image_only"]["per_class_recall"][label]]
         for label, values in figures["per_class"].items()
     ]
     images = "".join(
@@ -363,12 +367,14 @@ def one_evaluation(folder: Path, figures: dict) -> str:
                       "normalised confusion matrix"),
             image_tag(ablation_png(figures), "modality ablation"),
             image_tag(plots.reliability_png(figures["calibration"]), "reliability diagram"),
+            saved_chart(folder, PR_CURVES_CHART, "precision-recall curves"),
         ]
     )
     return (
         f"<h3>On {html.escape(folder.name)}</h3>"
         + f'<div class="figures">{table(["figure", "value"], headline)}'
-        + table(["class", "precision", "recall", "F1", "support", "text-only recall", "image-only recall"], per_class)
+        + table(["class", "precision", "recall", "F1", "average precision", "support", "text-only recall",
+                 "image-only recall"], per_class)
         + "</div>"
         + f'<div class="charts wide">{images}</div>'
         + samples_grid(folder)
@@ -383,13 +389,29 @@ def multilabel_evaluation(folder: Path, figures: dict) -> str:
         for label, values in figures["per_label"].items()
     ]
     header = ["label", "threshold", "precision", "recall", "F1", "average precision", "support"]
-    chart = image_tag(multilabel_results.per_label_png(figures), "precision, recall and F1 per label")
+    charts = [
+        image_tag(multilabel_results.per_label_png(figures), "precision, recall and F1 per label"),
+        saved_chart(folder, PR_CURVES_CHART, "precision-recall curves"),
+    ]
     return (
         f"<h3>On {html.escape(folder.name)}</h3>"
         + f'<div class="figures">{table(["figure", "value"], headline)}{table(header, per_label)}</div>'
-        + f'<div class="charts one">{chart}</div>'
+        + f'<div class="charts wide">{"".join(charts)}</div>'
         + label_sets_grid(folder, {label: values["threshold"] for label, values in figures["per_label"].items()})
     )
+
+
+def saved_chart(folder: Path, name: str, alt: str) -> str:
+    """A chart `evaluate` saved in the results folder, as it saved it, or a line saying it is not there.
+
+    The precision-recall curves are drawn from the scores at full
+    precision, which predictions.csv rounds to 4 decimals: redrawn from
+    there, they could disagree with the average precision in the tables.
+    """
+    path = folder / name
+    if not path.is_file():
+        return f'<p class="muted">No {html.escape(name)} in this results folder: evaluate again to draw it.</p>'
+    return image_tag(path.read_bytes(), alt)
 
 
 def samples_grid(folder: Path) -> str:

@@ -3,7 +3,8 @@
 ```
 TARGET/results/<manifest stem>/
   metrics.json                     every figure `evaluate --json` prints
-  per_class.csv                    precision, recall, F1, support, text-only and image-only recall per class
+  per_class.csv                    precision, recall, F1, support, average precision (one class against
+                                   the rest), text-only and image-only recall per class
   predictions.csv                  per row: line and manifest (where the row is written: for a `cv` fold,
                                    in the user's file), text, image (as the manifest names it), image_file
                                    (the file read), true and predicted label, scores, ablated predictions
@@ -11,6 +12,9 @@ TARGET/results/<manifest stem>/
   confusion_matrix_normalized.png  each row divided by its support
   reliability.png                  the reliability diagram
   modality_ablation.png            per-class accuracy: fused, text only, image only
+  pr_curves.png                    each class's precision-recall curve against the rest (its score
+                                   alone as the threshold) with its average precision, and the
+                                   precision and recall of the argmax prediction (per_class.csv's) marked
   attention/line-<N>.png           a cross-attention run: the text's attention over the image of the
                                    sample rows the report shows (N: the row's `line`, one per row: the
                                    rows of a results folder are all written in one file)
@@ -43,6 +47,7 @@ SAMPLES_PER_KIND = 6
 METRICS_FILE = "metrics.json"
 PER_CLASS_FILE = "per_class.csv"
 PREDICTIONS_FILE = "predictions.csv"
+PR_CURVES_CHART = "pr_curves.png"
 # The column of predictions.csv naming the file its `line` is a line of: the manifest evaluated, or for a `cv` fold
 # the user's own (`Manifest.where`). Results folders written before it have none: their `line` is the folder's.
 MANIFEST_COLUMN = "manifest"
@@ -56,13 +61,14 @@ def results_dir(target, data) -> Path:
     return Path(target) / RESULTS_FOLDER / Path(data).stem
 
 
-def write_results(folder, figures: dict, predictions: list[dict]) -> Path:
+def write_results(folder, figures: dict, predictions: list[dict], curves: dict[str, tuple]) -> Path:
     """Write metrics.json, per_class.csv, predictions.csv and (with matplotlib) the figures.
 
     Args:
         folder: the results folder (created).
         figures: what `evaluate` returns.
         predictions: one dict per row (the columns of predictions.csv, in order).
+        curves: `{label: (precision, recall, thresholds)}`, each class against the rest (`one_vs_rest_curves`).
 
     Returns:
         The folder.
@@ -79,6 +85,8 @@ def write_results(folder, figures: dict, predictions: list[dict]) -> Path:
             ),
             "reliability.png": plots.reliability_png(figures["calibration"]),
             "modality_ablation.png": ablation_png(figures),
+            PR_CURVES_CHART: precision_recall_png(figures["per_class"], curves, "precision-recall, each class against "
+                                                  "the rest", "argmax prediction (per_class.csv)"),
         },
     )
 
@@ -131,6 +139,21 @@ def ablation_png(figures: dict) -> bytes:
         "image only": ablation["image_only"]["per_class_recall"],
     }
     return plots.bar_chart_png(groups, title="modality ablation: per-class accuracy", ylabel="recall")
+
+
+def precision_recall_png(
+    per_class: dict[str, dict], curves: dict[str, tuple], title: str, operating_point: str
+) -> bytes:
+    """`plots.precision_recall_png` of a results folder's classes or labels: their average precision and the
+    precision and recall its table reports (`per_class` or `per_label` figures) as the operating point."""
+    return plots.precision_recall_png(
+        curves,
+        {label: values["average_precision"] for label, values in per_class.items()},
+        {label: (values["recall"], values["precision"]) for label, values in per_class.items()},
+        {label: values["support"] for label, values in per_class.items()},
+        title=title,
+        operating_point=operating_point,
+    )
 
 
 def write_csv(path: Path, rows: list[dict]):

@@ -1,4 +1,6 @@
-"""Multi-label figures (NumPy only): per-label thresholds tuned for F1, mAP, micro- and macro-F1.
+"""Multi-label figures (NumPy only): per-label thresholds tuned for F1, mAP, micro- and macro-F1, and the
+precision-recall curve each average precision is the area under (`precision_recall_curve`, also a single-label
+evaluation's per class, one class against the rest).
 
 Example:
 >>> import numpy as np
@@ -41,7 +43,7 @@ def multilabel_figures(truth: np.ndarray, scores: np.ndarray, thresholds, labels
     per_label = {}
     for column, label in enumerate(labels):
         per_label[label] = {
-            "average_precision": _average_precision(truth[:, column], scores[:, column]),
+            "average_precision": average_precision(truth[:, column], scores[:, column]),
             "precision": _share(truth[:, column], predicted[:, column]),
             "recall": _share(predicted[:, column], truth[:, column]),
             "f1": round(_f1(truth[:, column], predicted[:, column]), 4),
@@ -72,10 +74,51 @@ def _share(hits, among) -> float:
     return round(float(np.sum(hits & among) / np.sum(among)), 4) if among.any() else 0.0
 
 
-def _average_precision(truth, scores) -> float:
-    """Mean of the precision at each relevant row, rows ranked by score (0 without relevant rows)."""
-    truth = np.asarray(truth, bool)[np.argsort(-np.asarray(scores), kind="stable")]
-    if not truth.any():
+def precision_recall_curve(truth, scores) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Precision and recall of predicting a label where its score is at or above each distinct score.
+
+    One point per distinct score, highest first (recall rising): rows with
+    equal scores are predicted together, so every point is an operating
+    point a threshold can choose, and the curve does not depend on the
+    order of the rows. Recall is 0 throughout where no row has the label.
+
+    Args:
+        truth: [rows] 0/1, which rows have the label.
+        scores: [rows] the label's scores.
+
+    Returns:
+        `(precision, recall, thresholds)`, float64 arrays of one length.
+
+    Example:
+    >>> precision, recall, thresholds = precision_recall_curve([1, 0, 1, 0], [0.9, 0.8, 0.8, 0.1])
+    >>> precision.round(3).tolist(), recall.tolist(), thresholds.tolist()
+    ([1.0, 0.667, 0.5], [0.5, 1.0, 1.0], [0.9, 0.8, 0.1])
+    """
+    scores = np.asarray(scores, dtype=np.float64)
+    order = np.argsort(-scores, kind="stable")
+    ranked_scores, ranked_truth = scores[order], np.asarray(truth, bool)[order]
+    last_of_each_score = np.append(ranked_scores[1:] != ranked_scores[:-1], True) if len(scores) else []
+    hits = np.cumsum(ranked_truth)[last_of_each_score].astype(np.float64)
+    predicted = np.arange(1, len(scores) + 1)[last_of_each_score]
+    return hits / predicted, hits / max(1, int(ranked_truth.sum())), ranked_scores[last_of_each_score]
+
+
+def average_precision(truth, scores) -> float:
+    """The area under the step curve of `precision_recall_curve`: each point's precision times the recall it
+    adds (4 decimals; 0 where no row has the label).
+
+    Without tied scores this is the mean of the precision at each row that
+    has the label, rows ranked by score; rows with equal scores count as one
+    operating point (an int8 bundle's scores tie often), so the figure does
+    not depend on their order.
+
+    Example:
+    >>> average_precision([1, 0, 1, 0], [0.9, 0.8, 0.8, 0.1]), average_precision([1, 0, 1, 0], [0.9, 0.8, 0.7, 0.1])
+    (0.8333, 0.8333)
+    >>> average_precision([1, 0, 1, 0], [0.9, 0.7, 0.8, 0.1])
+    1.0
+    """
+    if not np.asarray(truth, bool).any():
         return 0.0
-    precision_at = np.cumsum(truth) / np.arange(1, len(truth) + 1)
-    return round(float(precision_at[truth].mean()), 4)
+    precision, recall, _ = precision_recall_curve(truth, scores)
+    return round(float(np.sum(np.diff(recall, prepend=0.0) * precision)), 4)
