@@ -53,6 +53,7 @@ from mmkeras.data.service_address import check_port, parse_address
 from mmkeras.errors import UserError
 from mmkeras.evaluation.zero_shot import DEFAULT_PROMPT
 from mmkeras.framework_logs import VERBOSE_ENV, import_tensorflow_quietly, native_stderr_kept_off, quiet_frameworks
+from mmkeras.peak_memory import format_bytes
 from mmkeras.progress import install_log_handler
 from mmkeras.quantization.qat_settings import CALIBRATION_ROWS, LEARNING_RATE_FACTOR, UNKNOWN_LAYERS, QATSettings
 from mmkeras.runs import is_run_folder, manifest_columns
@@ -333,7 +334,7 @@ def train(
     emit(
         metrics,
         as_json,
-        f"trained {counted_epochs(metrics['epochs_completed'])}: loss {metrics['loss']:.4f}, {figures}, "
+        f"trained {counted_epochs(metrics)}: loss {metrics['loss']:.4f}, {figures}, "
         f"run in {result.run_dir}"
         f"\n{kept}",
     )
@@ -460,7 +461,7 @@ def qat(
     emit(
         metrics,
         as_json,
-        f"QAT {counted_epochs(metrics['epochs_completed'])}: loss on the training rows (no dropout or augmentation) "
+        f"QAT {counted_epochs(metrics)}: loss on the training rows (no dropout or augmentation) "
         f"{metrics['initial_loss']:.4f} -> {metrics['final_loss']:.4f}, "
         f"{accuracy_name} {format_figure(metrics['val_accuracy'])}, QAT run in {result.run_dir}",
     )
@@ -816,9 +817,16 @@ def serve_until_interrupted(server, stop_seconds: float = SERVER_STOP_SECONDS):
         os._exit(0)
 
 
-def counted_epochs(count: int) -> str:
-    """`count` epochs in words ("1 epoch", "3 epochs"), for the lines that end a run."""
-    return "1 epoch" if count == 1 else f"{count} epochs"
+def counted_epochs(metrics: dict) -> str:
+    """A run's epochs in words, with their time and the process's peak memory, for the lines that end a run.
+
+    Example:
+    >>> counted_epochs({"epochs_completed": 3, "epoch_seconds": [8.1, 7.9, 8.0], "peak_memory_bytes": 1_604_000_000})
+    '3 epochs (24.0 s, peak memory 1.60 GB)'
+    """
+    count, seconds, peak = metrics["epochs_completed"], sum(metrics["epoch_seconds"]), metrics.get("peak_memory_bytes")
+    memory = "" if peak is None else f", peak memory {format_bytes(peak)}"
+    return f"{'1 epoch' if count == 1 else f'{count} epochs'} ({seconds:.1f} s{memory})"
 
 
 def describe_site(report: dict) -> str:
@@ -1052,7 +1060,7 @@ def align(
     # Which epoch's weights early stopping kept, as train says it (its in-batch val_accuracy would mislead).
     kept = kept_weights_summary(result.history, metrics["kept_epoch"], metrics["stopped_early"],
                                 run_config.early_stopping_patience, with_accuracy=False)
-    emit(metrics, as_json, f"aligned {counted_epochs(metrics['epochs_completed'])}: loss {metrics['loss']:.4f}, "
+    emit(metrics, as_json, f"aligned {counted_epochs(metrics)}: loss {metrics['loss']:.4f}, "
          f"{describe_alignment(metrics)}, run in {result.run_dir}\n{kept}")
 
 

@@ -25,7 +25,8 @@ ROOT_PACKAGE = "mmkeras"  # listed on its own: it holds only the lazy public nam
 LAYERS = (
     ("utilities", "errors, atomic writes, folder locks, progress, log silencing, private-API wrappers", (
         ROOT_PACKAGE, "mmkeras.lazy_exports", "mmkeras.errors", "mmkeras.atomic_files", "mmkeras.staged_folder",
-        "mmkeras.folder_lock", "mmkeras.framework_logs", "mmkeras.progress", "mmkeras.compat", "mmkeras.layers",
+        "mmkeras.folder_lock", "mmkeras.framework_logs", "mmkeras.progress", "mmkeras.peak_memory", "mmkeras.compat",
+        "mmkeras.layers",
     )),
     ("preprocessing", "text and image preprocessing, shared bit for bit by training and the device", (
         "mmkeras.preprocessing",

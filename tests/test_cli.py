@@ -306,5 +306,7 @@ def test_a_one_epoch_run_ends_in_words_that_count_one(tmp_path, capsys):
     code, out, _ = run_cli(capsys, "train", "--data", train, "--val", val, "--out", tmp_path / "run",
                            "--epochs", "1", "--batch-size", "8")
     assert code == 0
-    assert out.startswith("trained 1 epoch: loss ")
+    assert re.match(r"trained 1 epoch \(\d+\.\d s, peak memory \d[\d.]* [MG]B\): loss ", out), out
+    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert 0.5e9 < metrics["peak_memory_bytes"] < 64e9  # TensorFlow alone is ~0.8 GB: bytes, not KiB
     assert out.rstrip().endswith("; trained the one epoch")

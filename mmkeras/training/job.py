@@ -29,6 +29,7 @@ from mmkeras.data.manifest import BadRow, Manifest, find_manifest
 from mmkeras.data.rows_fingerprint import rows_record
 from mmkeras.evaluation.report import refresh_report
 from mmkeras.folder_lock import folder_lock
+from mmkeras.peak_memory import peak_memory_bytes
 from mmkeras.preprocessing import MultimodalPreprocessor
 from mmkeras.runs import check_run_output, save_run
 from mmkeras.tasks.registry import get_task
@@ -305,6 +306,7 @@ class TrainingJob:
             metrics["val_loss"], metrics["val_accuracy"] = loop.evaluate(prepared.val_data)
         model = self.final_model(prepared)
         metrics.update(self.final_metrics(prepared, model))
+        metrics["peak_memory_bytes"] = peak_memory_bytes()
         if chief:
             save_run(
                 config.out,
