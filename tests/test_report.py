@@ -53,6 +53,12 @@ def test_the_kept_epoch_is_one_row_when_it_is_the_best(tmp_path, kept_epoch, row
     ]
 
 
+def test_the_peak_memory_reads_in_gigabytes(tmp_path):
+    (tmp_path / "history.json").write_text(json.dumps({"loss": [0.9]}))
+    (tmp_path / "metrics.json").write_text(json.dumps({"loss": 0.9, "peak_memory_bytes": 1046228992}))
+    assert "<td>peak memory</td><td>1.05 GB</td>" in write_report(tmp_path).read_text()  # was: 1046228992
+
+
 def test_report_needs_a_history(tmp_path):
     with pytest.raises(UserError, match="history.json"):
         write_report(tmp_path)

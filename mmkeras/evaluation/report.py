@@ -46,6 +46,7 @@ from mmkeras.evaluation.results_folder import (
     sample_rows,
 )
 from mmkeras.evaluation.results_folder import METRICS_FILE as RESULTS_METRICS_FILE
+from mmkeras.peak_memory import format_bytes
 from mmkeras.runs import (
     CONFIG_FILE,
     HISTORY_FILE,
@@ -286,7 +287,7 @@ def summary_section(metrics: dict, history: dict, task: Task) -> str:
     # A run that kept its best epoch's weights says so once, not as `kept_epoch` and the best epoch with one value.
     kept_best = epoch is not None and metrics.get("kept_epoch") == epoch
     rows = [
-        [task.figure_name(key), value]
+        ["peak memory", format_bytes(value)] if key == "peak_memory_bytes" and value else [task.figure_name(key), value]
         for key, value in metrics.items()
         if not isinstance(value, (dict, list)) and not (kept_best and key == "kept_epoch")
     ]
