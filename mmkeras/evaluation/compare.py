@@ -1,7 +1,8 @@
 """`compare_runs`: runs side by side (fusions, LoRA vs full fine-tuning, ...).
 
 For each run: its settings that tell runs apart (fusion, backbones, freeze,
-LoRA rank), parameters, median epoch time, validation figures, and, with a
+LoRA rank), parameters, median epoch time, peak memory of its training
+process, validation figures, and, with a
 test manifest, `evaluate`'s headline figures (accuracy, macro-F1, ECE,
 text-only and image-only accuracy, consistency). Every bundle exported or evaluated from a run
 (the run's `bundles.json`, as the report finds them) adds their size and a latency benchmark
@@ -22,6 +23,7 @@ from mmkeras.evaluation import plots
 from mmkeras.evaluation.report import run_bundles
 from mmkeras.evaluation.scalar_figures import scalar_figures
 from mmkeras.evaluation.tables import text_table
+from mmkeras.peak_memory import format_bytes
 from mmkeras.runs import METRICS_FILE, load_run_config
 
 # The run settings a comparison shows (the ones that usually differ between compared runs).
@@ -43,7 +45,7 @@ def compare_runs(run_dirs, data=None, *, out=None) -> dict:
 
     Returns:
         `{"data", "runs": [{"name", "path", "settings", "trainable_params",
-        "total_params", "median_epoch_seconds", "val_accuracy", "figures",
+        "total_params", "median_epoch_seconds", "peak_memory_bytes", "val_accuracy", "figures",
         "bundles": [{"name", "path", "status", "quantize", "size_bytes", "p50_ms"}]}]}`
         (a bundle moved or deleted since: `status` `missing`, its recorded size, no latency).
     """
@@ -77,6 +79,7 @@ def describe_run(run_dir: Path, data) -> dict:
         "trainable_params": metrics.get("trainable_params"),
         "total_params": metrics.get("total_params"),
         "median_epoch_seconds": statistics.median(seconds[1:] or seconds) if seconds else None,
+        "peak_memory_bytes": metrics.get("peak_memory_bytes"),  # runs trained before it was recorded: None
         "val_accuracy": metrics.get("val_accuracy"),
         "figures": figures,
         "bundles": [describe_bundle(entry) for entry in run_bundles(run_dir)],
@@ -112,13 +115,14 @@ def bundle_cell(bundle: dict) -> str:
 def comparison_table(comparison: dict) -> str:
     """The comparison as a terminal table, one row per run (and per bundle)."""
     evaluated = comparison["data"] is not None
-    header = ["run", "fusion", "trainable", "s/epoch", "val acc"]
+    header = ["run", "fusion", "trainable", "s/epoch", "peak mem", "val acc"]
     header += ["accuracy", "macro-F1", "ECE", "text only", "image only"] if evaluated else []
     header += ["bundles (quantization, size, p50 ms)"]
     rows = []
     for run in comparison["runs"]:
+        peak = run["peak_memory_bytes"]
         row = [run["name"], run["settings"]["fusion"], run["trainable_params"], run["median_epoch_seconds"],
-               run["val_accuracy"]]
+               peak and format_bytes(peak), run["val_accuracy"]]
         if evaluated:
             figures = run["figures"]
             row += [figures["accuracy"], figures["macro_f1"], figures["ece"], figures["text_only_accuracy"],
