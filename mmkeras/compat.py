@@ -239,6 +239,47 @@ def graph_call_arguments(layer) -> tuple:
     return tuple(layer._inbound_nodes[0].arguments.args)
 
 
+def graph_nodes(model) -> list:
+    """A functional model's layer calls (graph nodes, input nodes left out), in an order that runs them.
+
+    Reads `_nodes_by_depth` (deepest first, as `Function._run_through_graph`
+    runs them): the graph's calls, which no public API lists.
+
+    Example:
+    >>> [node.operation.name for node in graph_nodes(backbone)][:2]  # doctest: +SKIP
+    ['stem_conv_pad', 'stem_conv']
+    """
+    check_versions("keras")
+    by_depth = model._nodes_by_depth
+    return [node for depth in sorted(by_depth, reverse=True) for node in by_depth[depth] if not node.is_input]
+
+
+def run_graph_nodes(nodes, tensors: dict, training, *, symbolic: bool = False) -> dict:
+    """Run graph `nodes` (from `graph_nodes`) on `tensors` (`id(symbolic tensor)` -> value), adding their outputs.
+
+    Reads each node's `arguments.fill_in`, `outputs` and its operation's
+    `_call_context_args`, and passes `training` as `Functional.call` does: a
+    part of a functional model runs without cloning its graph, which
+    `keras.Model(intermediate, intermediate)` does, adding a call to every
+    layer in it. `symbolic`: `tensors` are `keras.KerasTensor`s and each
+    operation gives its `compute_output_spec` (adding no call to the graph).
+
+    Example:
+    >>> tensors = run_graph_nodes(graph_nodes(backbone)[:3], {id(backbone.inputs[0]): images}, True)  # doctest: +SKIP
+    """
+    check_versions("keras")
+    import keras
+
+    for node in nodes:
+        args, kwargs = node.arguments.fill_in(tensors)
+        if training is not None and "training" in getattr(node.operation, "_call_context_args", {}):
+            kwargs["training"] = training
+        run = node.operation.compute_output_spec if symbolic else node.operation
+        outputs = keras.tree.flatten(run(*args, **kwargs))
+        tensors.update({id(graph_tensor): value for graph_tensor, value in zip(node.outputs, outputs)})
+    return tensors
+
+
 @contextlib.contextmanager
 def keras_histories_kept(tensors):
     """Give `tensors` their graph history (`_keras_history`) back when the block ends.

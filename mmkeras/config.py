@@ -115,6 +115,11 @@ class RunConfig:
         mixed_precision: `auto` (mixed float16 on a GPU, off on a CPU),
             `off`, `float16` or `bfloat16` (Keras `mixed_*` policies; logits
             and loss stay float32, float16 uses loss scaling).
+        remat: recompute the vision backbone's activations on the backward
+            pass, segment by segment, instead of keeping them (gradient
+            checkpointing, `mmkeras.training.rematerialization`): less
+            memory for more time; refused with `freeze` `vision` or `both`,
+            which train no vision backbone.
         gradient_accumulation: batches of `batch_size` per optimizer update;
             the update equals one batch this many times bigger.
         class_weight: `none`, or `balanced` (each class weighs
@@ -213,6 +218,9 @@ class RunConfig:
     cache_dtype: str = setting("float16", "Stored feature precision: float16 (half the size) or float32 (exact).")
     jit_compile: bool | None = None
     mixed_precision: str = setting("auto", "auto: mixed float16 on a GPU, bfloat16 on a TPU, float32 on a CPU.")
+    remat: bool = setting(
+        False, "Recompute the vision backbone's activations on the backward pass: less memory, slower steps."
+    )
     gradient_accumulation: int = setting(
         1,
         "Batches per optimizer update (the update of a batch this many times bigger).",
@@ -302,6 +310,11 @@ class RunConfig:
         if self.data_service and (self.cache_features or self.strategy == "multi-worker"):
             raise UserError("data_service feeds one trainer's image pipeline: not with cache_features or multi-worker")
         self._check_aux_loss_weight()
+        if self.remat and self.freeze in ("vision", "both"):
+            raise UserError(
+                f"recomputes the vision backbone on the backward pass; with freeze {self.freeze} it has no gradients",
+                setting="remat",
+            )
         if not 0.0 <= self.modality_dropout <= 1.0:
             raise UserError(f"must be in [0, 1], got {self.modality_dropout}", setting="modality_dropout")
         if not 0.0 <= self.warmup_fraction < 1.0:

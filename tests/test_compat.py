@@ -171,6 +171,22 @@ def test_graph_calls_producers_and_consumers():
     assert compat.graph_consumer_count(conv) == 2 and compat.graph_consumer_count(norm) == 0
 
 
+def test_graph_nodes_run_a_part_of_a_model_in_training_mode_without_adding_calls():
+    inputs = keras.Input((None, None, 3))
+    features = keras.layers.Conv2D(4, 3, name="conv")(inputs)
+    outputs = keras.layers.Dropout(0.5, name="dropout")(features)
+    model = keras.Model(inputs, outputs)
+    nodes = compat.graph_nodes(model)
+    assert [node.operation.name for node in nodes] == ["conv", "dropout"]
+    ones = np.ones((1, 6, 6, 4), "float32")
+    dropped = compat.run_graph_nodes(nodes[1:], {id(features): ones}, True)[id(outputs)]
+    assert set(np.unique(dropped)) == {0.0, 2.0}  # training reached the dropout
+    assert compat.run_graph_nodes(nodes[1:], {id(features): ones}, False)[id(outputs)].numpy().tolist() == ones.tolist()
+    spec = compat.run_graph_nodes(nodes, {id(inputs): keras.KerasTensor((1, 9, 9, 3))}, None, symbolic=True)
+    assert spec[id(outputs)].shape == (1, 7, 7, 4)
+    assert all(compat.graph_call_count(layer) == 1 for layer in model.layers)
+
+
 def test_graph_call_arguments_are_the_fusion_layer_inputs():
     inputs = [keras.Input((5, 8)), keras.Input((5,)), keras.Input((4, 8)), keras.Input((2,))]
     fusion = CrossAttentionFusion(fusion_dim=8, num_heads=2, name="fusion")

@@ -26,6 +26,7 @@ from mmkeras.config import RunConfig
 from mmkeras.data.data_service import DataServiceEpochs
 from mmkeras.data.dataset import EpochDatasets, make_dataset
 from mmkeras.data.manifest import BadRow, Manifest
+from mmkeras.models.vision_backbones import BACKBONE_NAME as VISION_BACKBONE
 from mmkeras.preprocessing import MultimodalPreprocessor
 from mmkeras.training.class_weights import balanced_class_weights
 from mmkeras.training.optimizers import make_optimizer
@@ -113,7 +114,7 @@ def make_loop(
     Args:
         config: the run config (`optimizer`, `learning_rate`,
             `new_layers_lr_scale`, `epochs`, `batch_size`,
-            `gradient_accumulation`, `class_weight`, `jit_compile`).
+            `gradient_accumulation`, `class_weight`, `jit_compile`, `remat`).
         model: the model to train, built under `strategy.scope()`.
         strategy: the tf.distribute strategy.
         policy: the Keras dtype policy the model computes in (loss scaling
@@ -139,4 +140,5 @@ def make_loop(
         loss=loss,
         jit_compile=config.jit_compile,
         balance=balance,
+        remat=VISION_BACKBONE if config.remat else None,
     )

@@ -20,6 +20,7 @@ for the multimodal model and a head model on cached features, `qat_finetune`
 for a fake-quantized model.
 """
 
+import contextlib
 import math
 
 import keras
@@ -28,6 +29,7 @@ import tensorflow as tf
 
 from mmkeras import compat
 from mmkeras.training.optimizers import densify_gradients
+from mmkeras.training.rematerialization import rematerialized
 
 DISTRIBUTING_STRATEGIES = (
     tf.distribute.MirroredStrategy,
@@ -63,6 +65,9 @@ class TrainingLoop:
             trained, its drops applied to each batch and its modulation set
             (the optimizer must apply it: `balance.scale_updates(optimizer)`);
             the figures are the fused logits'.
+        remat: the name of a functional sub-model (a backbone) whose forward
+            pass the backward pass recomputes segment by segment
+            (`rematerialized`): less memory for more time; `None`: none.
 
     Example:
     >>> loop = TrainingLoop(model, keras.optimizers.Adam(1e-3))       # doctest: +SKIP
@@ -81,8 +86,10 @@ class TrainingLoop:
         loss=None,
         jit_compile: bool | None = None,
         balance=None,
+        remat: str | None = None,
     ):
         self.model = model
+        self.remat = remat
         self.balance = balance
         self.loss = loss
         self.optimizer = optimizer
@@ -134,7 +141,8 @@ class TrainingLoop:
         if self.balance is not None:
             inputs = self.balance.drop_dominant(inputs)
         with tf.GradientTape() as tape:
-            outputs = self.model(inputs, training=True)
+            with rematerialized(self.model, self.remat) if self.remat else contextlib.nullcontext():
+                outputs = self.model(inputs, training=True)
             logits = outputs if self.balance is None else outputs[0]
             losses = self._per_example_loss(labels, logits)
             objective = losses
