@@ -201,3 +201,17 @@ def test_a_huge_image_in_a_small_png_is_refused_at_the_default_limit():
     assert len(buffer.getvalue()) < 100_000
     with pytest.raises(UnreadableImageError, match="7000x6000 pixels is more than the limit of 40000000"):
         load_image(buffer.getvalue(), (8, 8))
+
+
+# The first box of an iPhone photo (`IMG_1234.HEIC`): an ISO media `ftyp` box of brand `heic`.
+HEIC_START = b"\x00\x00\x00\x18ftypheic\x00\x00\x00\x00mif1heic"
+
+
+def test_a_heic_photo_is_named_as_one_with_what_to_do(tmp_path):
+    # Pillow cannot open HEIC: the reason was "not an image file, or a format Pillow cannot read".
+    path = tmp_path / "IMG_1234.HEIC"
+    path.write_bytes(HEIC_START + bytes(2000))
+    for source in (path, path.read_bytes()):
+        with pytest.raises(UnreadableImageError) as caught:
+            load_image(source, SIZE)
+        assert caught.value.reason.startswith("a HEIC (HEIF) photo, which mmkeras cannot read: convert it to JPEG")

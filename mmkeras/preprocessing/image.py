@@ -56,6 +56,11 @@ _SIXTEEN_BIT_MAX = 65535
 # The default largest image, in pixels: 40 megapixels (a 7300x5500 photo) decode to 120 MB of RGB,
 # far below Pillow's own bomb limit (89 MP warns, 179 MP fails) that lets one image take gigabytes.
 MAX_IMAGE_PIXELS = 40_000_000
+# The `ftyp` brands of HEIF files (an iPhone's default photo format, `.HEIC`), which Pillow cannot open: their
+# error says what the file is and what to do, where "not an image file" left a phone user guessing.
+_HEIF_BRANDS = (b"heic", b"heix", b"heim", b"heis", b"hevc", b"hevx", b"mif1", b"msf1")
+HEIF_REASON = ("a HEIC (HEIF) photo, which mmkeras cannot read: convert it to JPEG (an iPhone saves JPEG with "
+               "Settings > Camera > Formats > Most Compatible)")
 # What new runs decode JPEGs with: a DCT scale keeping at least twice the resize size, so the resize
 # still averages over two source pixels or more (measured on 12 MP photos to 224x224: at most 2 units
 # and 0.16 on average from the full decode, 0.14x its time; a factor of 1 is 0.10x but up to 10 units).
@@ -133,7 +138,7 @@ def load_image(
     if not isinstance(source, (bytes, bytearray)):
         _check_regular_file(source, name)
     file = io.BytesIO(source) if isinstance(source, (bytes, bytearray)) else source
-    with _decoding_errors(name), Image.open(file) as image:
+    with _decoding_errors(name, source), Image.open(file) as image:
         _check_pixel_count(image, name, max_pixels)
         orientation = image.getexif().get(ExifTags.Base.Orientation)
         full_size = image.size
@@ -299,8 +304,8 @@ def _check_pixel_count(image: Image.Image, name: str, max_pixels: int):
 
 
 @contextlib.contextmanager
-def _decoding_errors(name: str):
-    """Pillow's and the file system's errors while opening and decoding, as `UnreadableImageError`."""
+def _decoding_errors(name: str, source: str | Path | bytes):
+    """Pillow's and the file system's errors while opening and decoding `source`, as `UnreadableImageError`."""
     try:
         yield
     except UnreadableImageError:
@@ -310,7 +315,8 @@ def _decoding_errors(name: str):
     except IsADirectoryError:
         raise UnreadableImageError(name, "it is a directory") from None
     except UnidentifiedImageError:
-        raise UnreadableImageError(name, "not an image file, or a format Pillow cannot read") from None
+        reason = HEIF_REASON if _is_heif(source) else "not an image file, or a format Pillow cannot read"
+        raise UnreadableImageError(name, reason) from None
     except Image.DecompressionBombError as error:
         raise UnreadableImageError(name, str(error)) from None
     except OSError as error:
@@ -318,6 +324,19 @@ def _decoding_errors(name: str):
     except (SyntaxError, EOFError, ValueError, struct.error, ZeroDivisionError) as error:
         # Pillow's plugins signal corrupt data with these (measured by fuzzing random bytes)
         raise UnreadableImageError(name, f"corrupt image data ({error})") from None
+
+
+def _is_heif(source: str | Path | bytes) -> bool:
+    """Whether `source` starts as a HEIF file does: an ISO media `ftyp` box of a HEIF brand."""
+    if isinstance(source, (bytes, bytearray)):
+        head = bytes(source[:12])
+    else:
+        try:
+            with open(source, "rb") as file:
+                head = file.read(12)
+        except OSError:
+            return False
+    return head[4:8] == b"ftyp" and head[8:12] in _HEIF_BRANDS
 
 
 def _to_rgb(image: Image.Image, name: str) -> Image.Image:
