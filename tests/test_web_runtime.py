@@ -284,6 +284,17 @@ def test_a_broken_photo_in_the_address_is_named_and_the_model_still_loaded(sites
 
 
 @needs_browser
+def test_opened_as_a_file_the_page_says_how_to_serve_it(sites, browser):
+    # A double-clicked index.html (file://) loads no module: the page said "loading the model..." for ever.
+    _, site = sites["int8"]
+    status, model = browser.page_state((site / "index.html").as_uri(), "status",
+                                       evaluate="document.getElementById('model').textContent")
+    assert status == f"serve this folder and open its address instead: python3 -m http.server -d {site}/, then " \
+                     "open localhost:8000 in this browser"
+    assert model == "the model cannot load from a file:// address"
+
+
+@needs_browser
 def test_the_site_runs_its_bundle_test_vectors(sites, server, browser):
     bundle_dir, _ = sites["int8"]
     vectors = read_test_vectors(bundle_dir)["vectors"]
