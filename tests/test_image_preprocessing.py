@@ -215,3 +215,17 @@ def test_a_heic_photo_is_named_as_one_with_what_to_do(tmp_path):
         with pytest.raises(UnreadableImageError) as caught:
             load_image(source, SIZE)
         assert caught.value.reason.startswith("a HEIC (HEIF) photo, which mmkeras cannot read: convert it to JPEG")
+
+
+def test_the_pixel_limit_counts_a_jpegs_reduced_decode(tmp_path):
+    # A 48 MP phone photo (8064x6048) was refused at the 40 MP default though a 224x224 model decodes it at 1/8:
+    # here a 300x200 JPEG under a limit of 59999 pixels, decoded at 1/8 for an 8x8 image.
+    photo = save(solid("RGB", RED, size=(300, 200)), tmp_path / "photo.jpg", quality=95)
+    pixels = load_image(photo, (8, 8), max_pixels=59999, jpeg_draft_factor=2)
+    np.testing.assert_allclose(pixels, np.broadcast_to(np.float32(RED), (8, 8, 3)), atol=3)
+    with pytest.raises(UnreadableImageError) as caught:  # decoded whole: refused, as a PNG of that size is
+        load_image(photo, (8, 8), max_pixels=59999)
+    assert caught.value.reason == "300x200 pixels is more than the limit of 59999 (max_image_pixels)"
+    with pytest.raises(UnreadableImageError) as caught:  # its reduced decode (38x25) over the limit too
+        load_image(photo, (8, 8), max_pixels=949, jpeg_draft_factor=2)
+    assert caught.value.reason == "300x200 pixels (decoded at 1/8) is more than the limit of 949 (max_image_pixels)"

@@ -139,7 +139,8 @@ def load_image(
         _check_regular_file(source, name)
     file = io.BytesIO(source) if isinstance(source, (bytes, bytearray)) else source
     with _decoding_errors(name, source), Image.open(file) as image:
-        _check_pixel_count(image, name, max_pixels)
+        if jpeg_draft_factor is None or not isinstance(image, JpegImagePlugin.JpegImageFile):
+            _check_pixel_count(image.size, 1, name, max_pixels)  # before getexif(), which decodes a PNG
         orientation = image.getexif().get(ExifTags.Base.Orientation)
         full_size = image.size
         # The geometry comes from the full size, so a reduced decode resizes and crops to the same sizes.
@@ -148,6 +149,7 @@ def load_image(
             scale = 1
         else:  # the resize size in the file's orientation
             scale = _draft_jpeg(image, _turned(resize_size, orientation), jpeg_draft_factor)
+        _check_pixel_count(full_size, scale, name, max_pixels)
         image.load()  # the first frame, fully decoded (so a truncated file fails here, not later)
     source_box = None if scale == 1 else draft_source_box(full_size, scale, orientation)
     rgb = _to_rgb(ImageOps.exif_transpose(image), name)
@@ -295,11 +297,17 @@ def _check_regular_file(path: str | Path, name: str):
         raise UnreadableImageError(name, "not a regular file (a pipe, socket or device)")
 
 
-def _check_pixel_count(image: Image.Image, name: str, max_pixels: int):
-    width, height = image.size  # from the header: nothing decoded yet
-    if width * height > max_pixels:
+def _check_pixel_count(full_size: tuple[int, int], scale: int, name: str, max_pixels: int):
+    """Refuse an image whose decode (at the DCT scale 1/`scale`) has more than `max_pixels` pixels.
+
+    The limit bounds what decoding costs, so a JPEG counts the pixels of its reduced decode: a 48 MP phone
+    photo (8064x6048) decodes 1008x756 pixels for a 224x224 model, and is refused only where it is decoded whole.
+    """
+    width, height = full_size  # from the header: nothing decoded yet
+    if math.ceil(width / scale) * math.ceil(height / scale) > max_pixels:
+        decoded = "" if scale == 1 else f" (decoded at 1/{scale})"
         raise UnreadableImageError(
-            name, f"{width}x{height} pixels is more than the limit of {max_pixels} (max_image_pixels)"
+            name, f"{width}x{height} pixels{decoded} is more than the limit of {max_pixels} (max_image_pixels)"
         )
 
 
