@@ -83,6 +83,20 @@ def test_missing_bundle_json_names_the_file(tmp_path):
     assert caught.value.path == str(tmp_path / "bundle.json")
 
 
+def test_a_run_folder_given_as_a_bundle_says_to_export_it(tmp_path, capsys):
+    # `benchmark RUN_DIR` and `web RUN_DIR` said "not a bundle folder: bundle.json is missing", no word of export.
+    from mmkeras.cli.app import main
+
+    (tmp_path / "model.keras").write_bytes(b"a run's model")
+    (tmp_path / "labels.json").write_text('["cat", "dog"]')
+    for command in (["benchmark", str(tmp_path)], ["web", str(tmp_path), "--out", str(tmp_path / "site")]):
+        assert main(command) == 2
+        error = capsys.readouterr().err.strip()
+        assert error == f"error: {tmp_path}: this is a run folder, not a bundle: run `mmkeras export {tmp_path} " \
+                        "--out BUNDLE_DIR` first, then use BUNDLE_DIR"
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["labels.json", "model.keras"]
+
+
 @pytest.mark.parametrize("missing", ["model.tflite", "preprocessor.json", "tokenizer.json"])
 def test_missing_bundle_file_names_the_file(bundle_dir, missing):
     (bundle_dir / missing).unlink()

@@ -90,7 +90,8 @@ def test_every_bundle_is_measured_at_every_setting(figures, bundle_dirs):
 @pytest.mark.slow
 def test_table_has_a_row_per_bundle_and_setting(figures):
     lines, verdict = comparison_table(figures).split("\n\n")
-    lines = lines.splitlines()
+    *lines, timed = lines.splitlines()
+    assert timed.startswith("pre: a noise image at each bundle's size and a sample sentence")  # what `pre` timed
     assert verdict.splitlines() == verdict_lines(figures["verdict"])  # no accuracy lines without data
     assert lines[0].split()[:3] == ["bundle", "quant", "size"]
     assert len(lines) == 1 + 2 * len(figures["bundles"][0]["measurements"])

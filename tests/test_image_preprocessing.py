@@ -201,3 +201,31 @@ def test_a_huge_image_in_a_small_png_is_refused_at_the_default_limit():
     assert len(buffer.getvalue()) < 100_000
     with pytest.raises(UnreadableImageError, match="7000x6000 pixels is more than the limit of 40000000"):
         load_image(buffer.getvalue(), (8, 8))
+
+
+# The first box of an iPhone photo (`IMG_1234.HEIC`): an ISO media `ftyp` box of brand `heic`.
+HEIC_START = b"\x00\x00\x00\x18ftypheic\x00\x00\x00\x00mif1heic"
+
+
+def test_a_heic_photo_is_named_as_one_with_what_to_do(tmp_path):
+    # Pillow cannot open HEIC: the reason was "not an image file, or a format Pillow cannot read".
+    path = tmp_path / "IMG_1234.HEIC"
+    path.write_bytes(HEIC_START + bytes(2000))
+    for source in (path, path.read_bytes()):
+        with pytest.raises(UnreadableImageError) as caught:
+            load_image(source, SIZE)
+        assert caught.value.reason.startswith("a HEIC (HEIF) photo, which mmkeras cannot read: convert it to JPEG")
+
+
+def test_the_pixel_limit_counts_a_jpegs_reduced_decode(tmp_path):
+    # A 48 MP phone photo (8064x6048) was refused at the 40 MP default though a 224x224 model decodes it at 1/8:
+    # here a 300x200 JPEG under a limit of 59999 pixels, decoded at 1/8 for an 8x8 image.
+    photo = save(solid("RGB", RED, size=(300, 200)), tmp_path / "photo.jpg", quality=95)
+    pixels = load_image(photo, (8, 8), max_pixels=59999, jpeg_draft_factor=2)
+    np.testing.assert_allclose(pixels, np.broadcast_to(np.float32(RED), (8, 8, 3)), atol=3)
+    with pytest.raises(UnreadableImageError) as caught:  # decoded whole: refused, as a PNG of that size is
+        load_image(photo, (8, 8), max_pixels=59999)
+    assert caught.value.reason == "300x200 pixels is more than the limit of 59999 (max_image_pixels)"
+    with pytest.raises(UnreadableImageError) as caught:  # its reduced decode (38x25) over the limit too
+        load_image(photo, (8, 8), max_pixels=949, jpeg_draft_factor=2)
+    assert caught.value.reason == "300x200 pixels (decoded at 1/8) is more than the limit of 949 (max_image_pixels)"

@@ -76,7 +76,7 @@ def test_text_is_the_text_of_every_photo_and_caption_files_are_not_read(tiny_bun
     (photos / "zoo" / "00005.txt").write_bytes(b"\xff not UTF-8")  # not read: no error
     out = tmp_path / "predictions.csv"
     summary = mmkeras.predict_folder(tiny_bundle["bundle"], photos, out, text="a photo of a tile")
-    assert summary == {"rows": 5, "predicted": 5, "bad_rows": 0, "out": str(out)}
+    assert summary == {"rows": 5, "predicted": 5, "bad_rows": 0, "out": str(out), "left_out": []}
     rows = read_rows(out)
     assert {row["text"] for row in rows} == {"a photo of a tile"}
     same_text = dict.fromkeys(PHOTOS, "a photo of a tile")
@@ -149,6 +149,26 @@ def test_wrong_images_options_are_one_line_and_exit_2(tiny_bundle, photos, tmp_p
     code, _, err = run_cli(capsys, "predict", tiny_bundle["bundle"], *argv(photos, tmp_path))
     assert code == 2 and message in err and len(err.strip().splitlines()) == 1
     assert (photos / "00001.txt").read_text(encoding="utf-8") == "kept\n" and not (tmp_path / "p.csv").exists()
+
+
+def test_heic_photos_left_out_are_named_with_what_to_do(tiny_bundle, photos, tmp_path, capsys):
+    # An iPhone dump's HEIC photos were left out in silence: "predicted 5 of 5 photos", the others never named.
+    heic = b"\x00\x00\x00\x18ftypheic" + bytes(200)
+    for name in ("IMG_0001.HEIC", "zoo/IMG_0002.heic", ".hidden/IMG_0003.HEIC"):
+        (photos / name).parent.mkdir(exist_ok=True)
+        (photos / name).write_bytes(heic)
+    out = tmp_path / "predictions.csv"
+    code, stdout, err = run_cli(capsys, "predict", tiny_bundle["bundle"], "--images", photos, "--out", out)
+    assert code == 0 and stdout.strip() == f"predicted 5 of 5 photos into {out}"
+    assert (f"warning: {photos}: left out 2 HEIC photos (IMG_0001.HEIC, zoo/IMG_0002.heic), which mmkeras cannot "
+            "read: convert them to JPEG") in err
+    summary = mmkeras.predict_folder(tiny_bundle["bundle"], photos, out, overwrite=True)
+    assert summary["left_out"] == ["IMG_0001.HEIC", "zoo/IMG_0002.heic"]
+    only_heic = tmp_path / "only-heic"
+    only_heic.mkdir()
+    (only_heic / "IMG_0001.HEIC").write_bytes(heic)
+    with pytest.raises(UserError, match=r"no photos here but 1 HEIC photo \(IMG_0001.HEIC\).* convert it to JPEG"):
+        mmkeras.predict_folder(tiny_bundle["bundle"], only_heic, tmp_path / "none.csv")
 
 
 def test_predict_images_runs_without_tensorflow(tiny_bundle, photos, tmp_path):

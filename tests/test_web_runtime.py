@@ -235,6 +235,65 @@ def test_without_a_photo_the_preview_takes_no_room(sites, server, browser):
     assert display == "none"
 
 
+# Chooses a file the browser cannot decode with the page's file input, as a user does after a first photo, and
+# returns what the page then shows once the classification failed (or after 20 s).
+CHOOSE_A_BROKEN_PHOTO = """(async () => {
+  const input = document.getElementById('image');
+  const chosen = new DataTransfer();
+  chosen.items.add(new File([new Uint8Array([0xff, 0xd8, 0xff, 0x20])], 'IMG_9999.jpg', {type: 'image/jpeg'}));
+  input.files = chosen.files;
+  input.dispatchEvent(new Event('change'));
+  const result = document.getElementById('result');
+  for (let waited = 0; waited < 20000 && !result.textContent.includes('error'); waited += 50) {
+    await new Promise((resolve) => setTimeout(resolve, 50));
+  }
+  return JSON.stringify({
+    result: JSON.parse(result.textContent),
+    label: document.getElementById('label').textContent,
+    bars: document.querySelectorAll('#bars li').length,
+    preview: !document.getElementById('preview').hidden,
+    model: document.getElementById('model').textContent,
+  });
+})()"""
+
+
+@needs_browser
+def test_a_photo_the_browser_cannot_read_is_named_and_the_last_answer_goes(sites, server, browser):
+    # The page kept the first photo's label and score bars beside the broken file's empty preview, with
+    # "error: cannot read the image" below the form: the old answer read as the new photo's.
+    text, image = example_rows()[0]
+    _, shown = browser.page_state(f"{server}/int8/index.html?text={text}&image=../images/{image[7:]}", "result",
+                                  evaluate=CHOOSE_A_BROKEN_PHOTO)
+    shown = json.loads(shown)
+    reason = "IMG_9999.jpg: cannot read this photo: not an image file, or a format this browser cannot decode"
+    assert shown["result"]["error"].startswith(reason)
+    assert shown["label"] == "error: " + shown["result"]["error"]
+    assert shown["bars"] == 0 and not shown["preview"]
+    assert shown["model"].startswith("6 labels")
+
+
+@needs_browser
+def test_a_broken_photo_in_the_address_is_named_and_the_model_still_loaded(sites, server, browser):
+    # The address's photo failing was reported as "the model could not be loaded".
+    _, site = sites["int8"]
+    (site.parent / "broken.jpg").write_bytes(b"\xff\xd8\xff broken")
+    result, model = browser.page_state(f"{server}/int8/index.html?image=../broken.jpg", "result",
+                                       evaluate="document.getElementById('model').textContent")
+    assert json.loads(result)["error"].startswith("broken.jpg: cannot read this photo")
+    assert model.startswith("6 labels")
+
+
+@needs_browser
+def test_opened_as_a_file_the_page_says_how_to_serve_it(sites, browser):
+    # A double-clicked index.html (file://) loads no module: the page said "loading the model..." for ever.
+    _, site = sites["int8"]
+    status, model = browser.page_state((site / "index.html").as_uri(), "status",
+                                       evaluate="document.getElementById('model').textContent")
+    assert status == f"serve this folder and open its address instead: python3 -m http.server -d {site}/, then " \
+                     "open localhost:8000 in this browser"
+    assert model == "the model cannot load from a file:// address"
+
+
 @needs_browser
 def test_the_site_runs_its_bundle_test_vectors(sites, server, browser):
     bundle_dir, _ = sites["int8"]

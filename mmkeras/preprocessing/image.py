@@ -56,6 +56,11 @@ _SIXTEEN_BIT_MAX = 65535
 # The default largest image, in pixels: 40 megapixels (a 7300x5500 photo) decode to 120 MB of RGB,
 # far below Pillow's own bomb limit (89 MP warns, 179 MP fails) that lets one image take gigabytes.
 MAX_IMAGE_PIXELS = 40_000_000
+# The `ftyp` brands of HEIF files (an iPhone's default photo format, `.HEIC`), which Pillow cannot open: their
+# error says what the file is and what to do, where "not an image file" left a phone user guessing.
+_HEIF_BRANDS = (b"heic", b"heix", b"heim", b"heis", b"hevc", b"hevx", b"mif1", b"msf1")
+HEIF_REASON = ("a HEIC (HEIF) photo, which mmkeras cannot read: convert it to JPEG (an iPhone saves JPEG with "
+               "Settings > Camera > Formats > Most Compatible)")
 # What new runs decode JPEGs with: a DCT scale keeping at least twice the resize size, so the resize
 # still averages over two source pixels or more (measured on 12 MP photos to 224x224: at most 2 units
 # and 0.16 on average from the full decode, 0.14x its time; a factor of 1 is 0.10x but up to 10 units).
@@ -133,8 +138,9 @@ def load_image(
     if not isinstance(source, (bytes, bytearray)):
         _check_regular_file(source, name)
     file = io.BytesIO(source) if isinstance(source, (bytes, bytearray)) else source
-    with _decoding_errors(name), Image.open(file) as image:
-        _check_pixel_count(image, name, max_pixels)
+    with _decoding_errors(name, source), Image.open(file) as image:
+        if jpeg_draft_factor is None or not isinstance(image, JpegImagePlugin.JpegImageFile):
+            _check_pixel_count(image.size, 1, name, max_pixels)  # before getexif(), which decodes a PNG
         orientation = image.getexif().get(ExifTags.Base.Orientation)
         full_size = image.size
         # The geometry comes from the full size, so a reduced decode resizes and crops to the same sizes.
@@ -143,6 +149,7 @@ def load_image(
             scale = 1
         else:  # the resize size in the file's orientation
             scale = _draft_jpeg(image, _turned(resize_size, orientation), jpeg_draft_factor)
+        _check_pixel_count(full_size, scale, name, max_pixels)
         image.load()  # the first frame, fully decoded (so a truncated file fails here, not later)
     source_box = None if scale == 1 else draft_source_box(full_size, scale, orientation)
     rgb = _to_rgb(ImageOps.exif_transpose(image), name)
@@ -290,17 +297,23 @@ def _check_regular_file(path: str | Path, name: str):
         raise UnreadableImageError(name, "not a regular file (a pipe, socket or device)")
 
 
-def _check_pixel_count(image: Image.Image, name: str, max_pixels: int):
-    width, height = image.size  # from the header: nothing decoded yet
-    if width * height > max_pixels:
+def _check_pixel_count(full_size: tuple[int, int], scale: int, name: str, max_pixels: int):
+    """Refuse an image whose decode (at the DCT scale 1/`scale`) has more than `max_pixels` pixels.
+
+    The limit bounds what decoding costs, so a JPEG counts the pixels of its reduced decode: a 48 MP phone
+    photo (8064x6048) decodes 1008x756 pixels for a 224x224 model, and is refused only where it is decoded whole.
+    """
+    width, height = full_size  # from the header: nothing decoded yet
+    if math.ceil(width / scale) * math.ceil(height / scale) > max_pixels:
+        decoded = "" if scale == 1 else f" (decoded at 1/{scale})"
         raise UnreadableImageError(
-            name, f"{width}x{height} pixels is more than the limit of {max_pixels} (max_image_pixels)"
+            name, f"{width}x{height} pixels{decoded} is more than the limit of {max_pixels} (max_image_pixels)"
         )
 
 
 @contextlib.contextmanager
-def _decoding_errors(name: str):
-    """Pillow's and the file system's errors while opening and decoding, as `UnreadableImageError`."""
+def _decoding_errors(name: str, source: str | Path | bytes):
+    """Pillow's and the file system's errors while opening and decoding `source`, as `UnreadableImageError`."""
     try:
         yield
     except UnreadableImageError:
@@ -310,7 +323,8 @@ def _decoding_errors(name: str):
     except IsADirectoryError:
         raise UnreadableImageError(name, "it is a directory") from None
     except UnidentifiedImageError:
-        raise UnreadableImageError(name, "not an image file, or a format Pillow cannot read") from None
+        reason = HEIF_REASON if _is_heif(source) else "not an image file, or a format Pillow cannot read"
+        raise UnreadableImageError(name, reason) from None
     except Image.DecompressionBombError as error:
         raise UnreadableImageError(name, str(error)) from None
     except OSError as error:
@@ -318,6 +332,19 @@ def _decoding_errors(name: str):
     except (SyntaxError, EOFError, ValueError, struct.error, ZeroDivisionError) as error:
         # Pillow's plugins signal corrupt data with these (measured by fuzzing random bytes)
         raise UnreadableImageError(name, f"corrupt image data ({error})") from None
+
+
+def _is_heif(source: str | Path | bytes) -> bool:
+    """Whether `source` starts as a HEIF file does: an ISO media `ftyp` box of a HEIF brand."""
+    if isinstance(source, (bytes, bytearray)):
+        head = bytes(source[:12])
+    else:
+        try:
+            with open(source, "rb") as file:
+                head = file.read(12)
+        except OSError:
+            return False
+    return head[4:8] == b"ftyp" and head[8:12] in _HEIF_BRANDS
 
 
 def _to_rgb(image: Image.Image, name: str) -> Image.Image:

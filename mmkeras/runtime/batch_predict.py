@@ -65,6 +65,10 @@ FOLDER_COLUMNS = ("image", "text")
 # The name a folder's in-memory manifest stands under inside the folder (no such file is read or written), so
 # that its photos are named relative to the folder (`Manifest.shown_path`).
 FOLDER_LISTING = "<photos>"
+# Photos that `image_files` leaves out because Pillow cannot read them: an iPhone's HEIC photos. A folder's
+# run names them in a warning (a phone dump's "predicted 4 of 4 photos" said nothing of its HEIC ones).
+UNREADABLE_PHOTO_SUFFIXES = (".heic", ".heif")
+UNREADABLE_PHOTOS_SHOWN = 3
 logger = logging.getLogger("mmkeras")
 
 
@@ -145,11 +149,16 @@ def predict_folder(
             (write the photo with its reason in the `error` column).
         top_k, overwrite, num_threads: as `predict_file` takes them.
 
+    HEIC photos (`UNREADABLE_PHOTO_SUFFIXES`) are left out, named in a
+    warning and in `left_out`: convert them to JPEG.
+
     Returns:
-        `{"rows", "predicted", "bad_rows", "out"}`, as `predict_file` returns.
+        `{"rows", "predicted", "bad_rows", "out"}`, as `predict_file` returns,
+        and `left_out`: the HEIC photos left out (paths relative to `images_dir`).
 
     Raises:
-        UserError: `images_dir` is missing, not a folder or holds no photos,
+        UserError: `images_dir` is missing, not a folder or holds no photos
+            (only HEIC ones, said so),
             `text` is not UTF-8, `out` exists (without `overwrite`), bad
             photos (unreadable, a caption that is not UTF-8) under `fail`, or
             a bundle that is not a classifier.
@@ -161,11 +170,15 @@ def predict_folder(
     images_dir, out = Path(images_dir), Path(out)
     _check_out(out, images_dir, overwrite)
     manifest, skipped_cells = _folder_manifest(images_dir, _given_text(text), on_bad_row)
+    left_out = _unreadable_photos(images_dir)
+    if left_out:
+        logger.warning("warning: %s: left out %s", images_dir, _heic_photos(left_out))
     predictor = Predictor(bundle_dir, num_threads=num_threads)
-    return _predict_manifest(
+    summary = _predict_manifest(
         predictor, manifest, out, on_bad_row=on_bad_row, top_k=top_k,
         failure=lambda bad_rows: _bad_photos_error(images_dir, bad_rows), skipped_cells=skipped_cells,
     )
+    return {**summary, "left_out": left_out}
 
 
 def _predict_manifest(
@@ -218,6 +231,9 @@ def _folder_manifest(
     if not images_dir.is_dir():
         raise UserError("not a folder of photos" if images_dir.exists() else "folder not found", path=images_dir)
     photos = image_files(images_dir)
+    if not photos and _unreadable_photos(images_dir):
+        raise UserError(f"no photos here but {_heic_photos(_unreadable_photos(images_dir))}",
+                        path=images_dir)
     if not photos:
         raise UserError(f"no photos ({', '.join(IMAGE_SUFFIXES)}) in the folder or below it", path=images_dir)
     listing = images_dir / FOLDER_LISTING
@@ -235,6 +251,27 @@ def _folder_manifest(
     if bad_rows and on_bad_row == "fail":
         raise _bad_photos_error(images_dir, bad_rows)
     return Manifest(listing, rows, bad_rows, column_names=list(FOLDER_COLUMNS)), skipped_cells
+
+
+def _unreadable_photos(images_dir: Path) -> list[str]:
+    """The HEIC photos under `images_dir` (hidden ones left out, as `image_files` does), relative to it, sorted."""
+    found = (path.relative_to(images_dir) for path in images_dir.rglob("*")
+             if path.suffix.lower() in UNREADABLE_PHOTO_SUFFIXES and path.is_file())
+    return sorted(path.as_posix() for path in found if not any(part.startswith(".") for part in path.parts))
+
+
+def _heic_photos(left_out: list[str]) -> str:
+    """The HEIC photos named (the first few) and what to do with them.
+
+    Example:
+    >>> _heic_photos(["IMG_1.HEIC", "IMG_2.HEIC", "IMG_3.HEIC", "IMG_4.HEIC"])[:76]
+    '4 HEIC photos (IMG_1.HEIC, IMG_2.HEIC, IMG_3.HEIC and 1 more), which mmkeras'
+    """
+    shown = ", ".join(left_out[:UNREADABLE_PHOTOS_SHOWN])
+    more = f" and {len(left_out) - UNREADABLE_PHOTOS_SHOWN} more" if len(left_out) > UNREADABLE_PHOTOS_SHOWN else ""
+    photos, them = ("photo", "it") if len(left_out) == 1 else ("photos", "them")
+    return (f"{len(left_out)} HEIC {photos} ({shown}{more}), which mmkeras cannot read: convert {them} to JPEG "
+            "(an iPhone saves JPEG with Settings > Camera > Formats > Most Compatible)")
 
 
 def _bad_photos_error(images_dir: Path, bad_rows: list[BadRow]) -> BadRowsError:

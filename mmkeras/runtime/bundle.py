@@ -23,7 +23,7 @@ import jsonschema
 import jsonschema.exceptions
 
 from mmkeras.errors import UserError
-from mmkeras.runs import BUNDLE_FILE, RESULTS_FOLDER  # `evaluate BUNDLE` writes into results too
+from mmkeras.runs import BUNDLE_FILE, RESULTS_FOLDER, is_run_folder  # `evaluate BUNDLE` writes into results too
 from mmkeras.runtime.outputs import BUNDLE_OUTPUTS, DEFAULT_OUTPUT_ACTIVATION
 from mmkeras.staged_folder import UNFINISHED_MARKER
 
@@ -105,6 +105,9 @@ def read_bundle(
             "an unfinished export (killed while writing); the next export to its folder removes it", path=directory
         )
     path = directory / BUNDLE_FILE
+    if not path.is_file() and is_run_folder(directory):  # `benchmark`, `web` or `Predictor` given the run trained
+        raise UserError(f"this is a run folder, not a bundle: run `mmkeras export {directory} --out BUNDLE_DIR` "
+                        "first, then use BUNDLE_DIR", path=directory)
     if not path.is_file():
         raise UserError(f"not a bundle folder: {BUNDLE_FILE} is missing", path=path)
     try:

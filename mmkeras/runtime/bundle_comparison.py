@@ -3,7 +3,9 @@
 For each bundle: the model's size; the cold start (from spawning a fresh
 Python process to its first prediction) and that process's peak resident
 memory (`ru_maxrss`); then, for every thread count from 1 to N and with
-XNNPACK on and off, percentiles of preprocessing and of inference. Timed runs
+XNNPACK on and off, percentiles of preprocessing and of inference (of a
+noise image at the bundle's size and a sample sentence, or the user's own
+photo and text: a 12 MP JPEG's decode can cost more than the model). Timed runs
 are interleaved (run i of every bundle before run i + 1 of any), so a noisy
 neighbour on the machine slows all bundles alike and the ratios hold.
 TensorFlow-free, like the rest of `mmkeras.runtime`.
@@ -33,7 +35,9 @@ import tempfile
 import time
 from pathlib import Path
 
+from mmkeras.errors import UserError
 from mmkeras.preprocessing import MultimodalPreprocessor
+from mmkeras.preprocessing.image import UnreadableImageError
 from mmkeras.runtime.benchmark import (
     DEFAULT_ACCURACY_TOLERANCE,
     DEFAULT_RUNS,
@@ -63,11 +67,11 @@ def thread_counts(max_threads: int | None) -> list[int]:
     return list(range(1, min(max_threads or cpus, cpus) + 1))
 
 
-def cold_start(bundle_dir: str | Path, image_path: Path) -> dict:
+def cold_start(bundle_dir: str | Path, image_path: Path, text: str = SAMPLE_TEXT) -> dict:
     """Wall time from spawning a Python process to its first prediction, and its peak memory."""
     started = time.perf_counter()
     completed = subprocess.run(
-        [sys.executable, "-c", COLD_START_SCRIPT, str(bundle_dir), SAMPLE_TEXT, str(image_path)],
+        [sys.executable, "-c", COLD_START_SCRIPT, str(bundle_dir), text, str(image_path)],
         capture_output=True,
         text=True,
         check=True,
@@ -79,16 +83,17 @@ def cold_start(bundle_dir: str | Path, image_path: Path) -> dict:
 class _Subject:
     """One bundle under one setting: its preprocessing and its model, each timed on its own."""
 
-    def __init__(self, bundle_dir: Path, image: bytes, threads: int, xnnpack: bool):
+    def __init__(self, bundle_dir: Path, image: bytes | Path, text: str, threads: int, xnnpack: bool):
         self.preprocessor = MultimodalPreprocessor.load(bundle_dir)
         self.model = LiteRTModel(bundle_dir / MODEL_FILE, num_threads=threads, default_delegates=xnnpack)
         self.image = image
+        self.text = text
         self.inputs = self.preprocess()
         self.preprocess_seconds: list[float] = []
         self.inference_seconds: list[float] = []
 
     def preprocess(self):
-        return self.preprocessor([SAMPLE_TEXT], [self.image])
+        return self.preprocessor([self.text], [self.image])
 
     def run_once(self, timed: bool):
         started = time.perf_counter()
@@ -117,12 +122,14 @@ def compare_bundles(
     data: str | Path | None = None,
     columns: dict[str, str] | None = None,
     accuracy_tolerance: float = DEFAULT_ACCURACY_TOLERANCE,
+    image: str | Path | None = None,
+    text: str | None = None,
 ) -> dict:
     """Size, cold start, peak memory, interleaved latency and (given `data`) accuracy of bundles, side by side.
 
     Args:
         bundle_dirs: bundle folders, all taking the same image size or not
-            (each gets a noise image of its own size and the same text).
+            (without `image`, each gets a noise image of its own size).
         max_threads: the largest interpreter thread count to measure (1..N;
             capped to `os.cpu_count()`, which is also the default).
         runs: timed runs per bundle and setting.
@@ -134,10 +141,14 @@ def compare_bundles(
             run's (`mmkeras.runs.manifest_columns`).
         accuracy_tolerance: how far below the best accuracy (a fraction of
             the rows) a bundle may be and still count as equally accurate.
+        image: a photo every bundle preprocesses (read from disk on every
+            run, as an app does), also in the cold start; `None`: noise.
+        text: the text every bundle preprocesses; `None`: a sample sentence.
 
     Returns:
         `threads` (the counts measured), `runs`, `cpu` (`cpu_name`),
-        `cpu_count`, `data` (or `None`), `bundles` and `verdict`
+        `cpu_count`, `data` (or `None`), `input` (`image`, `text`: the
+        photo and text given, `None` where not), `bundles` and `verdict`
         (`fastest_at_equal_accuracy`). Per bundle: `bundle`, `quantization`,
         `model_size_bytes`, `cold_start_ms`, `peak_memory_bytes`, `accuracy`
         (`bundle_accuracies`' figures, or `None` without `data`) and
@@ -145,8 +156,9 @@ def compare_bundles(
         `inference_ms` percentiles (`p50`, `p90`, `p99`, `mean`).
 
     Raises:
-        UserError: a folder that is not a bundle, and with `data` every
-            mistake `bundle_accuracies` finds (before anything is timed).
+        UserError: a folder that is not a bundle, an unreadable `image`,
+            and with `data` every mistake `bundle_accuracies` finds (before
+            anything is timed).
 
     Example:
     >>> compare_bundles(["bundles/float", "bundles/int8"], max_threads=1, runs=20)["threads"]  # doctest: +SKIP
@@ -155,17 +167,25 @@ def compare_bundles(
     folders = [Path(directory) for directory in bundle_dirs]
     bundles = [read_bundle(directory) for directory in folders]
     accuracies = [None] * len(folders) if data is None else bundle_accuracies(folders, data, columns=columns)
-    images = [noise_image_bytes(*bundle["preprocessing"]["image_size"]) for bundle in bundles]
+    sentence = SAMPLE_TEXT if text is None else text
+    if image is None:
+        images = [noise_image_bytes(*bundle["preprocessing"]["image_size"]) for bundle in bundles]
+    else:
+        images = [Path(image)] * len(folders)
+        _check_photo(folders, Path(image), sentence)
     settings = [(threads, xnnpack) for threads in thread_counts(max_threads) for xnnpack in (True, False)]
     with tempfile.TemporaryDirectory(prefix="mmkeras-benchmark-") as folder:
         starts = []
-        for number, (directory, image) in enumerate(zip(folders, images)):
-            image_path = Path(folder) / f"{number}.png"
-            image_path.write_bytes(image)
-            starts.append(cold_start(directory, image_path))
+        for number, (directory, source) in enumerate(zip(folders, images)):
+            image_path = source if isinstance(source, Path) else Path(folder) / f"{number}.png"
+            if not isinstance(source, Path):
+                image_path.write_bytes(source)
+            starts.append(cold_start(directory, image_path, sentence))
     measurements = [[] for _ in folders]
     for threads, xnnpack in settings:
-        subjects = [_Subject(directory, image, threads, xnnpack) for directory, image in zip(folders, images)]
+        subjects = [
+            _Subject(directory, source, sentence, threads, xnnpack) for directory, source in zip(folders, images)
+        ]
         measure_interleaved(subjects, runs, warmup)
         for rows, subject in zip(measurements, subjects):
             rows.append(
@@ -182,6 +202,7 @@ def compare_bundles(
         "cpu": cpu_name(),
         "cpu_count": os.cpu_count(),
         "data": None if data is None else str(data),
+        "input": {"image": None if image is None else str(image), "text": text},
         "bundles": [
             {
                 "bundle": str(directory),
@@ -196,6 +217,15 @@ def compare_bundles(
         ],
     }
     return {**figures, "verdict": fastest_at_equal_accuracy(figures, accuracy_tolerance)}
+
+
+def _check_photo(folders: list[Path], image: Path, text: str):
+    """Every bundle can read `image` (its size limit included), before anything is timed."""
+    for directory in folders:
+        try:
+            MultimodalPreprocessor.load(directory)([text], [image])
+        except UnreadableImageError as error:
+            raise UserError(error.reason, path=image) from None
 
 
 def fastest_at_equal_accuracy(figures: dict, tolerance: float = DEFAULT_ACCURACY_TOLERANCE) -> dict:
@@ -294,7 +324,23 @@ def comparison_table(figures: dict) -> str:
             ))
     widths = [max(len(line[column]) for line in lines) for column in range(len(header))]
     table = ["  ".join(cell.ljust(width) for cell, width in zip(line, widths)).rstrip() for line in lines]
-    return "\n".join([*table, "", *accuracy_lines(figures), *verdict_lines(figures["verdict"])])
+    return "\n".join([*table, input_line(figures["input"]), "", *accuracy_lines(figures),
+                      *verdict_lines(figures["verdict"])])
+
+
+def input_line(given: dict) -> str:
+    """What `pre p50` timed: the photo given, or noise at each bundle's size (a camera photo decodes far slower).
+
+    Example:
+    >>> input_line({"image": None, "text": None})
+    "pre: a noise image at each bundle's size and a sample sentence (--image PHOTO --text TEXT: your own)"
+    >>> input_line({"image": "IMG_0001.jpg", "text": "my cat"})
+    "pre: IMG_0001.jpg and the text 'my cat'"
+    """
+    image = "a noise image at each bundle's size" if given["image"] is None else given["image"]
+    text = "a sample sentence" if given["text"] is None else f"the text {given['text']!r}"
+    yours = " (--image PHOTO --text TEXT: your own)" if given["image"] is None and given["text"] is None else ""
+    return f"pre: {image} and {text}{yours}"
 
 
 def accuracy_lines(figures: dict) -> list[str]:

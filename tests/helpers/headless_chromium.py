@@ -88,7 +88,8 @@ class Chromium:
     def page_state(self, url: str, element_id: str, *, evaluate: str = "null", screenshot: str | None = None,
                    size: tuple[int, int] = (1200, 800), timeout: float = 120.0) -> tuple[str, object]:
         """Open `url` in a tab of `size` (width, height) and, once `element_id` has text, return that text and the
-        value of the JavaScript expression `evaluate`; with `screenshot`, also save the page as that PNG file."""
+        value of the JavaScript expression `evaluate` (a promise's, once it settles); with `screenshot`, also save
+        the page as that PNG file (after `evaluate`)."""
         target = self.send("Target.createTarget", url="about:blank")["targetId"]
         session = self.send("Target.attachToTarget", targetId=target, flatten=True)["sessionId"]
         self.send("Emulation.setDeviceMetricsOverride", session, width=size[0], height=size[1],
@@ -102,7 +103,8 @@ class Chromium:
                 text = value["result"].get("value", "")
                 if text:
                     time.sleep(0.3)  # the preview image decodes after the result is written
-                    state = self.send("Runtime.evaluate", session, expression=evaluate, returnByValue=True)
+                    state = self.send("Runtime.evaluate", session, expression=evaluate, returnByValue=True,
+                                      awaitPromise=True)
                     if screenshot:
                         png = self.send("Page.captureScreenshot", session, format="png")["data"]
                         with open(screenshot, "wb") as file:

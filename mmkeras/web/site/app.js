@@ -8,6 +8,8 @@
 // index.html?examples=URL runs a JSON list of {"text", "image"} (or test_vectors.json); the result
 // goes as JSON into the element with id "result" ({"error": ...} if something failed): label, scores,
 // logits, token_ids, pixel_sum and latency_ms {preprocess, inference} (a list of them for examples=).
+// A photo the browser cannot decode (a damaged file, HEIC outside Safari) is named in the answer panel, and
+// the panel and the picture area are cleared: the last photo's answer never stands beside another photo.
 import {Tensor, loadAndCompile, loadLiteRt} from '@litertjs/core';
 import {Tokenizer} from '@huggingface/tokenizers';
 import {decodeImage, encodeText, imageTensor, roundHalfEven} from './preprocessing.js';
@@ -49,11 +51,29 @@ async function preprocess(state, text, imageBlob) {
     state.tokenizer, textPresent ? text : '', preprocessing.sequence_length, state.padId);
   let pixels = new Float32Array(height * width * 3);
   if (imageBlob) {
-    const {rgba, width: imageWidth, height: imageHeight, draft} = await decodeImage(imageBlob, preprocessing);
+    const {rgba, width: imageWidth, height: imageHeight, draft} = await decodePhoto(imageBlob, preprocessing);
     pixels = imageTensor(rgba, imageWidth, imageHeight, preprocessing.image_size, preprocessing.image, draft);
   }
   const modalityMask = new Float32Array([textPresent ? 1 : 0, imageBlob ? 1 : 0]);
   return {token_ids: tokenIds, padding_mask: paddingMask, image: pixels, modality_mask: modalityMask};
+}
+
+/** A photo that cannot be classified: `message` names it and says why. */
+export class PhotoError extends Error {}
+
+/** What the page says of a photo the browser could not decode, named by its file name. */
+export function unreadablePhotoMessage(name) {
+  return `${name}: cannot read this photo: not an image file, or a format this browser cannot decode ` +
+    '(HEIC: save it as JPEG)';
+}
+
+/** `decodeImage`, its failure (a browser's own words, or none) turned into one `PhotoError` naming the file. */
+async function decodePhoto(imageBlob, preprocessing) {
+  try {
+    return await decodeImage(imageBlob, preprocessing);
+  } catch {
+    throw new PhotoError(unreadablePhotoMessage(imageBlob.name || 'the photo'));
+  }
 }
 
 /**
@@ -128,8 +148,12 @@ async function classify(state, text, imageBlob) {
   };
 }
 
+/** The photo at `url` as a File named by the address's last part (`null` for none). */
 async function imageFromUrl(url) {
-  return isPresent(url) ? await (await fetchOk(url)).blob() : null;
+  if (!isPresent(url)) return null;
+  const blob = await (await fetchOk(url)).blob();
+  const name = decodeURIComponent(new URL(url, location.href).pathname.split('/').pop());
+  return new File([blob], name, {type: blob.type});
 }
 
 /** "int8, 0.5 MB": the bundle's quantization and model size in words. */
@@ -170,6 +194,16 @@ function writeResult(value) {
   document.getElementById('result').textContent = JSON.stringify(value);
 }
 
+/** A failed classification: the reason where the answer goes (the last answer removed), and in `result`. */
+function showError(message) {
+  const label = document.getElementById('label');
+  label.className = 'failed';
+  label.textContent = `error: ${message}`;
+  document.getElementById('bars').replaceChildren();
+  document.getElementById('timings').textContent = '';
+  writeResult({error: message});
+}
+
 /** Runs the example(s) named in the page's address, if any. */
 async function runFromAddress(state) {
   const parameters = new URLSearchParams(location.search);
@@ -184,12 +218,22 @@ async function runFromAddress(state) {
     }
     writeResult(results);
   } else if (parameters.has('text') || parameters.has('image')) {
-    const image = await imageFromUrl(parameters.get('image'));
     document.getElementById('text').value = parameters.get('text') ?? '';
-    setPhoto(image);
-    const prediction = await classify(state, parameters.get('text'), image);
+    await classifyShown(state, await imageFromUrl(parameters.get('image')));
+  }
+}
+
+/** Classifies the text box and `photo` (shown in the picture area), or says why not; a photo that failed is
+ * removed from the picture area, so the form is ready for another. */
+async function classifyShown(state, photo) {
+  setPhoto(photo);
+  try {
+    const prediction = await classify(state, document.getElementById('text').value, photo);
     show(state, prediction);
     writeResult(prediction);
+  } catch (error) {
+    if (error instanceof PhotoError) setPhoto(null);
+    showError(error.message);
   }
 }
 
@@ -233,32 +277,25 @@ function wirePhotoInputs(onPhoto) {
 }
 
 async function main() {
-  const status = document.getElementById('status');
   const state = await loadBundle();
   const {labels, quantization} = state.bundle;
   document.getElementById('model').textContent =
     `${labels.length} labels · ${describeModel(quantization, state.modelBytes)} · runs in this browser, offline`;
   const form = document.getElementById('form');
-  const run = async () => {
-    status.textContent = '';
-    try {
-      const prediction = await classify(state, document.getElementById('text').value, chosenPhoto);
-      show(state, prediction);
-      writeResult(prediction);
-    } catch (error) {
-      status.textContent = `error: ${error.message}`;
-    }
-  };
   wirePhotoInputs((photo) => {
-    setPhoto(photo);
-    if (photo) run();
+    if (photo) classifyShown(state, photo);
+    else setPhoto(null);
   });
   form.querySelector('button[type=submit]').disabled = false;
   form.addEventListener('submit', (event) => {
     event.preventDefault();
-    run();
+    classifyShown(state, chosenPhoto);
   });
-  await runFromAddress(state);
+  try {
+    await runFromAddress(state);
+  } catch (error) { // the model is loaded: a missing photo or examples file is the address's fault
+    showError(String(error.message ?? error));
+  }
 }
 
 main().catch((error) => {
