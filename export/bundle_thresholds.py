@@ -16,7 +16,7 @@ Example:
 from pathlib import Path
 
 from mmkeras.data.label_sets import multi_hot
-from mmkeras.data.manifest import read_manifest
+from mmkeras.data.manifest import decoded_as, read_manifest
 from mmkeras.runtime.chunked_predictions import predict_probabilities
 from mmkeras.runtime.outputs import sigmoid
 from mmkeras.tasks.multilabel_metrics import tune_thresholds
@@ -34,7 +34,9 @@ def retuned_thresholds(run, predict_logits) -> tuple[list[float], int] | None:
     if not run.config.val or not Path(run.config.val).is_file():
         return None
     # Rows `train` would have skipped are skipped here too (`--on-bad-row skip`).
-    manifest, _ = read_manifest(run.config.val).validate_images(run.preprocessor.image_size, "skip")
+    manifest, _ = read_manifest(run.config.val).validate_images(
+        run.preprocessor.image_size, "skip", **decoded_as(run.preprocessor)
+    )
     texts, images = [row.text for row in manifest.rows], [row.image for row in manifest.rows]
     scores = predict_probabilities(predict_logits, run.preprocessor, texts, images, "tuning thresholds",
                                    activation=sigmoid)

@@ -82,7 +82,7 @@ import tensorflow as tf
 from ai_edge_litert.schema_py_generated import BuiltinOperator
 
 from mmkeras import compat
-from mmkeras.data.manifest import Manifest, read_manifest
+from mmkeras.data.manifest import Manifest, decoded_as, read_manifest
 from mmkeras.errors import UserError
 from mmkeras.export.hybrid_weights import float_grouped_convolutions
 from mmkeras.export.int16x8_graph import int16x8_tracing
@@ -351,5 +351,7 @@ def manifest_rows(run, path: str | Path, max_rows: int) -> list:
         rows = [rows[index] for index in sorted(chosen)]
     # Skipping (with a logged warning) like training's `--on-bad-row skip`: a
     # run trained that way must still export with its own manifest.
-    sample, _ = Manifest(manifest.path, rows).validate_images(run.preprocessor.image_size, "skip")
+    sample, _ = Manifest(manifest.path, rows).validate_images(
+        run.preprocessor.image_size, "skip", **decoded_as(run.preprocessor)
+    )
     return sample.rows

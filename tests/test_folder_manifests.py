@@ -381,3 +381,21 @@ def test_the_manifests_train(caption_folder, tmp_path):
     code = main(["train", "--data", str(written.manifests["train"]), "--val", str(written.manifests["val"]),
                  "--out", str(tmp_path / "run"), "--epochs", "1", "--batch-size", "8", "--no-deterministic"])
     assert code == 0
+
+
+def test_heic_photos_left_out_are_named_and_a_folder_of_only_heic_is_refused(caption_folder, tmp_path, capsys):
+    # A phone dump's HEIC photos were left out of the manifests without a word.
+    folder, _ = caption_folder
+    heic = b"\x00\x00\x00\x18ftypheic" + bytes(200)
+    for name in ("cat/IMG_0001.HEIC", "dog/IMG_0002.heic", ".thumbnails/IMG_0003.HEIC"):
+        (folder / name).write_bytes(heic)
+    code, out, err = run_cli(capsys, "manifest", folder, "--out", tmp_path / "manifests", "--json")
+    assert code == 0 and json.loads(out)["left_out"] == ["cat/IMG_0001.HEIC", "dog/IMG_0002.heic"]
+    assert (f"warning: {folder}: left out 2 HEIC photos (cat/IMG_0001.HEIC, dog/IMG_0002.heic), which mmkeras "
+            "cannot read: convert them to JPEG") in err
+    only_heic = tmp_path / "only-heic"
+    (only_heic / "cat").mkdir(parents=True)
+    (only_heic / "cat" / "IMG_0001.HEIC").write_bytes(heic)
+    code, out, err = run_cli(capsys, "manifest", only_heic, "--out", tmp_path / "none")
+    assert code == 2 and out == "" and err.count("\n") == 1 and not (tmp_path / "none").exists()
+    assert "no photos here but 1 HEIC photo (cat/IMG_0001.HEIC), which mmkeras cannot read: convert it to JPEG" in err

@@ -15,7 +15,10 @@ Two layouts are read, the ones photos usually arrive in:
 
 A label is the name of the first folder under the given folder (or under the
 metadata file's folder) that holds the photo; deeper folders inside a class
-are allowed. Hidden files and folders (`.name`) are skipped.
+are allowed. Hidden files and folders (`.name`) are skipped. HEIC photos
+(an iPhone's default format, which Pillow cannot read) are left out and named
+(`unreadable_photos`, `FolderManifests.left_out`); a folder holding only them
+is refused, saying so.
 
 Split folders directly under the folder (imagefolder's `train/`,
 `validation/`, `test/` and their other names, `SPLIT_FOLDERS`), each laid out
@@ -73,6 +76,11 @@ SPLIT_FOLDERS = {
     "val": "val", "valid": "val", "validation": "val", "dev": "val",
     "test": "test", "testing": "test", "eval": "test",
 }
+# Photos that `image_files` leaves out because Pillow cannot read them: an iPhone's HEIC photos. `mmkeras
+# manifest` and `predict --images` name them in a warning (a phone dump's manifests, or its "predicted 4 of 4
+# photos", said nothing of its HEIC ones).
+UNREADABLE_PHOTO_SUFFIXES = (".heic", ".heif")
+UNREADABLE_PHOTOS_SHOWN = 3
 
 logger = logging.getLogger(__name__)
 
@@ -101,6 +109,7 @@ class FolderManifests:
         only_in_train: the labels with too few photos for val and test, and their photos (all in train).
         texts_from: where the texts came from: `caption files`, or the metadata files' paths.
         split_folders: the splits read from the folder's split folders as they are, by split name.
+        left_out: the HEIC photos left out (`unreadable_photos`: paths relative to the folder).
     """
 
     manifests: dict[str, Path]
@@ -109,6 +118,7 @@ class FolderManifests:
     only_in_train: dict[str, int]
     texts_from: str
     split_folders: dict[str, Path] = dataclasses.field(default_factory=dict)
+    left_out: list[str] = dataclasses.field(default_factory=list)
 
     def as_dict(self) -> dict:
         """The result as JSON values (the CLI's `--json`)."""
@@ -146,10 +156,11 @@ def folder_manifests(
         overwrite: replace manifests that already exist in `out`.
 
     Returns:
-        The manifests written and the photos per label in each.
+        The manifests written, the photos per label in each, and the HEIC
+        photos left out (also named in a warning): convert them to JPEG.
 
     Raises:
-        UserError: no photos, a single label, labels that differ only in case,
+        UserError: no photos (only HEIC ones, said so), a single label, labels that differ only in case,
             a photo beside the class folders (or outside the split folders), a
             label in val or test that train lacks, a caption file that is not
             UTF-8, two metadata files in one folder, a metadata row whose photo
@@ -176,6 +187,11 @@ def folder_manifests(
     if existing and not overwrite:
         raise UserError("the manifest exists; pass --overwrite to replace it", path=existing[0])
     given, texts_from = _read_photos(folder, split_folders, text_column, label_column)
+    # A HEIC photo a metadata file lists is in the manifests (train's image check names it): not left out.
+    listed = {photo.image for photos in given.values() for photo in photos}
+    left_out = [name for name in unreadable_photos(folder) if folder / name not in listed]
+    if left_out:
+        logger.warning("warning: %s: left out %s", folder, heic_photos(left_out))
     splits, only_in_train = _split(given["train"], shares, seed)
     splits.update({split: photos for split, photos in given.items() if split != "train"})
     out.mkdir(parents=True, exist_ok=True)
@@ -192,6 +208,7 @@ def folder_manifests(
         only_in_train=only_in_train,
         texts_from=texts_from,
         split_folders=split_folders,
+        left_out=left_out,
     )
 
 
@@ -274,7 +291,7 @@ def _split_folder_photos_from_metadata(
         by_split[split_of[photo.image.relative_to(folder).parts[0]]].append(photo)
     empty = next((split for split, members in by_split.items() if not members), None)
     if empty is not None:
-        raise UserError(f"no photos ({', '.join(IMAGE_SUFFIXES)}) in the folder or below it", path=split_folders[empty])
+        raise no_photos_error(split_folders[empty])
     return by_split
 
 
@@ -311,7 +328,7 @@ def _find_photos(folder: Path, text_column: str, label_column: str) -> tuple[lis
     """The photos of `folder` with their texts and labels, and where the texts came from."""
     images = image_files(folder)
     if not images:
-        raise UserError(f"no photos ({', '.join(IMAGE_SUFFIXES)}) in the folder or below it", path=folder)
+        raise no_photos_error(folder)
     metadata_files = _metadata_files(folder)
     if metadata_files:
         photos = _photos_from_metadata(metadata_files, images, text_column, label_column)
@@ -337,6 +354,36 @@ def image_files(folder: Path) -> list[Path]:
         path for path in folder.rglob("*")
         if path.suffix.lower() in IMAGE_SUFFIXES and path.is_file() and not _hidden(path, folder)
     )
+
+
+def unreadable_photos(folder: Path) -> list[str]:
+    """The HEIC photos under `folder` (`UNREADABLE_PHOTO_SUFFIXES`; hidden ones left out, as `image_files` does),
+    relative to it, sorted."""
+    found = (path for path in folder.rglob("*")
+             if path.suffix.lower() in UNREADABLE_PHOTO_SUFFIXES and path.is_file() and not _hidden(path, folder))
+    return sorted(path.relative_to(folder).as_posix() for path in found)
+
+
+def heic_photos(left_out: list[str]) -> str:
+    """The HEIC photos named (the first few) and what to do with them.
+
+    Example:
+    >>> heic_photos(["IMG_1.HEIC", "IMG_2.HEIC", "IMG_3.HEIC", "IMG_4.HEIC"])[:76]
+    '4 HEIC photos (IMG_1.HEIC, IMG_2.HEIC, IMG_3.HEIC and 1 more), which mmkeras'
+    """
+    shown = ", ".join(left_out[:UNREADABLE_PHOTOS_SHOWN])
+    more = f" and {len(left_out) - UNREADABLE_PHOTOS_SHOWN} more" if len(left_out) > UNREADABLE_PHOTOS_SHOWN else ""
+    photos, them = ("photo", "it") if len(left_out) == 1 else ("photos", "them")
+    return (f"{len(left_out)} HEIC {photos} ({shown}{more}), which mmkeras cannot read: convert {them} to JPEG "
+            "(an iPhone saves JPEG with Settings > Camera > Formats > Most Compatible)")
+
+
+def no_photos_error(folder: Path) -> UserError:
+    """The error for a folder without photos `image_files` finds: naming its HEIC photos when it holds some."""
+    heic = unreadable_photos(folder)
+    if heic:
+        return UserError(f"no photos here but {heic_photos(heic)}", path=folder)
+    return UserError(f"no photos ({', '.join(IMAGE_SUFFIXES)}) in the folder or below it", path=folder)
 
 
 def _metadata_files(folder: Path) -> list[Path]:

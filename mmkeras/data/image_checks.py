@@ -7,8 +7,8 @@ same files would do it all again. The outcome (readable, or the reason it is
 not) is stored in one SQLite file beside the feature caches
 (`image_checks.sqlite3` in the parent of `default_cache_dir()`), keyed by
 the file's absolute path, size and modification time, and by the check's
-settings (target size, pixel limit, Pillow version): a changed file, or
-another check, is checked again. SQLite lets several processes (multi-worker
+settings (target size, pixel limit, JPEG draft factor, crop, Pillow
+version): a changed file, or another check, is checked again. SQLite lets several processes (multi-worker
 training) read and write the file at once.
 
 A cache that cannot be opened (a read-only home, a full disk) only costs the

@@ -24,6 +24,8 @@ This module does not import TensorFlow (a bundle can be evaluated without it).
 Example:
 >>> manifest = read_manifest("samples/train.csv")                       # doctest: +SKIP
 >>> manifest, skipped = manifest.validate_images((224, 224), "skip")     # doctest: +SKIP
+>>> manifest, skipped = manifest.validate_images(
+...     preprocessor.image_size, "skip", **decoded_as(preprocessor))     # doctest: +SKIP
 >>> [str(row) for row in manifest.skipped]                              # doctest: +SKIP
 >>> labels = manifest.labels()                                          # doctest: +SKIP
 >>> y = manifest.encode_labels(labels)                                  # doctest: +SKIP
@@ -46,7 +48,7 @@ from mmkeras.data.image_checks import ImageCheckCache
 from mmkeras.data.parquet_manifest import ParquetRecord, ParquetRows, embedded_image_name
 from mmkeras.errors import UserError
 from mmkeras.preprocessing.image import MAX_IMAGE_PIXELS, UnreadableImageError, load_image
-from mmkeras.preprocessing.multimodal_preprocessor import is_present
+from mmkeras.preprocessing.multimodal_preprocessor import MultimodalPreprocessor, is_present
 from mmkeras.preprocessing.text_cleaning import InvalidTextError, clean_text
 from mmkeras.progress import step_progress
 
@@ -194,6 +196,8 @@ class Manifest:
         on_bad_row: str,
         *,
         max_pixels: int = MAX_IMAGE_PIXELS,
+        jpeg_draft_factor: int | None = None,
+        crop_pct: float | None = None,
         remember: bool = True,
     ) -> tuple["Manifest", int]:
         """Decode every referenced image once; fail on, or drop, rows whose image cannot be read.
@@ -204,7 +208,13 @@ class Manifest:
                 `skip` drops bad rows (each one logged as a warning and added
                 to the returned manifest's `skipped`).
             max_pixels: an image with more pixels is a bad row (checked
-                before it is decoded).
+                before it is decoded; a JPEG decoded reduced counts the
+                pixels it decodes, as `load_image` does).
+            jpeg_draft_factor, crop_pct: as `load_image`'s; `None` decodes
+                every pixel. Pass the preprocessor's (`decoded_as`), so the
+                check decodes as training or the runtime will: a phone photo
+                checked about ten times faster, and a 48 MP JPEG accepted
+                where its reduced decode is within `max_pixels`.
             remember: reuse and store the outcomes in the image check cache
                 (`ImageCheckCache`): an image whose size and modification
                 time are unchanged since its last check is not opened again.
@@ -218,7 +228,8 @@ class Manifest:
         if on_bad_row not in ON_BAD_ROW:
             raise ValueError(f"on_bad_row must be one of {ON_BAD_ROW}, got {on_bad_row!r}")
         images = list(dict.fromkeys(row.image for row in self.rows if row.image is not None))
-        problems = _checked_images(images, image_size, max_pixels, remember=remember)
+        decoding = {"max_pixels": max_pixels, "jpeg_draft_factor": jpeg_draft_factor, "crop_pct": crop_pct}
+        problems = _checked_images(images, image_size, decoding, remember=remember)
         good_rows, bad_rows = [], []
         for row in self.rows:
             if row.image is None or problems.get(row.image) is None:
@@ -542,18 +553,41 @@ def _make_row(
     )
 
 
+def decoded_as(preprocessor: MultimodalPreprocessor) -> dict:
+    """`validate_images`' keywords that decode images as `preprocessor` does (its pixel limit, JPEG scale, crop).
+
+    A check that decoded every pixel cost a phone photo about six times the reduced decode training makes, and
+    refused a 48 MP JPEG that training and `predict` read (docs/design.md#the-image-check-decodes-as-training-does).
+
+    Example:
+    >>> manifest.validate_images(preprocessor.image_size, "fail", **decoded_as(preprocessor))  # doctest: +SKIP
+    """
+    return {
+        "max_pixels": preprocessor.max_image_pixels,
+        "jpeg_draft_factor": preprocessor.jpeg_draft_factor,
+        "crop_pct": preprocessor.crop_pct,
+    }
+
+
 def _checked_images(
-    images: list[Path], image_size: tuple[int, int], max_pixels: int, *, remember: bool
+    images: list[Path], image_size: tuple[int, int], decoding: dict, *, remember: bool
 ) -> dict[Path, str | None]:
-    """Why each of `images` cannot be loaded (`None` when it can): remembered outcomes, the others decoded."""
-    settings = f"{image_size[0]}x{image_size[1]}:{max_pixels}:pillow-{PIL.__version__}"
+    """Why each of `images` cannot be loaded (`None` when it can): remembered outcomes, the others decoded.
+
+    `decoding`: `load_image`'s `max_pixels`, `jpeg_draft_factor` and `crop_pct`. Each is in the check cache's
+    settings key: a JPEG's reduced decode (and so its pixel count) depends on all three.
+    """
+    settings = (
+        f"{image_size[0]}x{image_size[1]}:{decoding['max_pixels']}:draft-{decoding['jpeg_draft_factor']}"
+        f":crop-{decoding['crop_pct']}:pillow-{PIL.__version__}"
+    )
     checks = ImageCheckCache.open_default() if remember else None
     problems = checks.known(images, settings) if checks is not None else {}
     unchecked = [image for image in images if image not in problems]
     if problems:
         logger.info("%d of %d images unchanged since their last check", len(problems), len(images))
     found = []
-    check = partial(_image_problem, image_size=image_size, max_pixels=max_pixels)
+    check = partial(_image_problem, image_size=image_size, **decoding)
     # Pillow releases the GIL while decoding, so threads use every core.
     with ThreadPoolExecutor() as pool, step_progress("checking images", len(unchecked)) as progress:
         for problem in pool.map(check, unchecked):
@@ -566,10 +600,15 @@ def _checked_images(
     return {**problems, **checked}
 
 
-def _image_problem(image: Path, image_size: tuple[int, int], max_pixels: int) -> str | None:
-    """Why `image` cannot be loaded, or `None` when it can."""
+def _image_problem(image: Path, image_size: tuple[int, int], **decoding) -> str | None:
+    """Why `image` cannot be loaded (decoded with `load_image`'s `decoding` keywords), or `None` when it can.
+
+    A reduced JPEG decode still reads every byte of the entropy-coded data (libjpeg skips only the fine
+    inverse DCT), so it finds what the full decode finds: a truncated file, a broken marker
+    (tests/test_image_check_decoding.py).
+    """
     try:
-        load_image(image, image_size, max_pixels=max_pixels)
+        load_image(image, image_size, **decoding)
     except UnreadableImageError as error:
         return error.reason
     return None

@@ -19,7 +19,7 @@ the run's report is refreshed.
 
 import numpy as np
 
-from mmkeras.data.manifest import read_manifest
+from mmkeras.data.manifest import decoded_as, read_manifest
 from mmkeras.errors import UserError
 from mmkeras.evaluation.calibration import calibration_figures
 from mmkeras.evaluation.consistency import consistency_figures
@@ -128,7 +128,7 @@ def evaluate_classifier(target, data, *, save_results: bool = True, columns: dic
     predict_logits, preprocessor, labels, run = load_target(target)
     columns = manifest_columns(target, columns)
     manifest = read_manifest(data, columns=columns)
-    manifest, _ = manifest.validate_images(preprocessor.image_size, "fail")
+    manifest, _ = manifest.validate_images(preprocessor.image_size, "fail", **decoded_as(preprocessor))
     y_true = manifest.encode_labels(labels)
     texts = [row.text for row in manifest.rows]
     images = [row.image for row in manifest.rows]

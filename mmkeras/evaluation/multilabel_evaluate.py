@@ -13,7 +13,7 @@ Example:
 """
 
 from mmkeras.data.label_sets import checked_label_cells, multi_hot
-from mmkeras.data.manifest import read_manifest
+from mmkeras.data.manifest import decoded_as, read_manifest
 from mmkeras.evaluation.multilabel_results import prediction_rows, write_multilabel_results
 from mmkeras.evaluation.results_folder import results_dir
 from mmkeras.evaluation.target_predictions import load_target
@@ -44,7 +44,7 @@ def evaluate_multilabel(target, data, *, save_results: bool = True, columns: dic
     thresholds = run_thresholds(target, labels) if run is not None else read_bundle(target)["thresholds"]
     columns = manifest_columns(target, columns)
     manifest = read_manifest(data, columns=columns)
-    manifest, _ = manifest.validate_images(preprocessor.image_size, "fail")
+    manifest, _ = manifest.validate_images(preprocessor.image_size, "fail", **decoded_as(preprocessor))
     cells = checked_label_cells(manifest, labels)
     texts, images = [row.text for row in manifest.rows], [row.image for row in manifest.rows]
     scores = predict_probabilities(predict_logits, preprocessor, texts, images, "evaluating", activation=sigmoid)

@@ -12,7 +12,7 @@ Example:
 
 import numpy as np
 
-from mmkeras.data.manifest import read_manifest
+from mmkeras.data.manifest import decoded_as, read_manifest
 from mmkeras.errors import UserError
 from mmkeras.evaluation.metrics import classification_figures
 from mmkeras.progress import step_progress
@@ -48,7 +48,7 @@ def zero_shot_evaluate(
     if not is_dual_encoder(run.model):
         raise UserError("--zero-shot needs an align run (mmkeras align)", path=run_dir)
     manifest = read_manifest(data, columns=manifest_columns(run_dir, columns))
-    manifest, _ = manifest.validate_images(run.preprocessor.image_size, "fail")
+    manifest, _ = manifest.validate_images(run.preprocessor.image_size, "fail", **decoded_as(run.preprocessor))
     for row in manifest.rows:
         if row.image is None:
             raise UserError("zero-shot classifies images: the row has none", path=manifest.path, row=row.line)

@@ -242,7 +242,7 @@ class QATJob(TrainingJob):
         # the pipeline encodes the task's label cells; the model keeps the run's labels
         labels, self.label_sets = self.task.run_labels(config, raw_train, run.labels)
         train_manifest, val_manifest, skipped = checked_manifests(
-            config, raw_train, labels, preprocessor.image_size, read_manifest=self.read_manifest
+            config, raw_train, labels, preprocessor, read_manifest=self.read_manifest
         )
         self.check_rows(train_manifest, val_manifest)
         train_epochs, val_data = epoch_datasets(config, preprocessor, labels, train_manifest, val_manifest)

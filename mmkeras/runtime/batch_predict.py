@@ -38,7 +38,7 @@ import numpy as np
 
 from mmkeras.atomic_files import write_atomically
 from mmkeras.config import RunConfig
-from mmkeras.data.folder_manifests import image_files, read_caption
+from mmkeras.data.folder_manifests import heic_photos, image_files, no_photos_error, read_caption, unreadable_photos
 from mmkeras.data.manifest import (
     BAD_ROWS_SHOWN,
     BadRow,
@@ -49,7 +49,7 @@ from mmkeras.data.manifest import (
     read_manifest,
 )
 from mmkeras.errors import UserError
-from mmkeras.preprocessing.image import IMAGE_SUFFIXES, UnreadableImageError
+from mmkeras.preprocessing.image import UnreadableImageError
 from mmkeras.preprocessing.text_cleaning import InvalidTextError, clean_text
 from mmkeras.progress import step_progress
 from mmkeras.runs import manifest_columns
@@ -65,10 +65,6 @@ FOLDER_COLUMNS = ("image", "text")
 # The name a folder's in-memory manifest stands under inside the folder (no such file is read or written), so
 # that its photos are named relative to the folder (`Manifest.shown_path`).
 FOLDER_LISTING = "<photos>"
-# Photos that `image_files` leaves out because Pillow cannot read them: an iPhone's HEIC photos. A folder's
-# run names them in a warning (a phone dump's "predicted 4 of 4 photos" said nothing of its HEIC ones).
-UNREADABLE_PHOTO_SUFFIXES = (".heic", ".heif")
-UNREADABLE_PHOTOS_SHOWN = 3
 logger = logging.getLogger("mmkeras")
 
 
@@ -149,7 +145,7 @@ def predict_folder(
             (write the photo with its reason in the `error` column).
         top_k, overwrite, num_threads: as `predict_file` takes them.
 
-    HEIC photos (`UNREADABLE_PHOTO_SUFFIXES`) are left out, named in a
+    HEIC photos (`unreadable_photos`) are left out, named in a
     warning and in `left_out`: convert them to JPEG.
 
     Returns:
@@ -170,9 +166,9 @@ def predict_folder(
     images_dir, out = Path(images_dir), Path(out)
     _check_out(out, images_dir, overwrite)
     manifest, skipped_cells = _folder_manifest(images_dir, _given_text(text), on_bad_row)
-    left_out = _unreadable_photos(images_dir)
+    left_out = unreadable_photos(images_dir)
     if left_out:
-        logger.warning("warning: %s: left out %s", images_dir, _heic_photos(left_out))
+        logger.warning("warning: %s: left out %s", images_dir, heic_photos(left_out))
     predictor = Predictor(bundle_dir, num_threads=num_threads)
     summary = _predict_manifest(
         predictor, manifest, out, on_bad_row=on_bad_row, top_k=top_k,
@@ -231,11 +227,8 @@ def _folder_manifest(
     if not images_dir.is_dir():
         raise UserError("not a folder of photos" if images_dir.exists() else "folder not found", path=images_dir)
     photos = image_files(images_dir)
-    if not photos and _unreadable_photos(images_dir):
-        raise UserError(f"no photos here but {_heic_photos(_unreadable_photos(images_dir))}",
-                        path=images_dir)
     if not photos:
-        raise UserError(f"no photos ({', '.join(IMAGE_SUFFIXES)}) in the folder or below it", path=images_dir)
+        raise no_photos_error(images_dir)
     listing = images_dir / FOLDER_LISTING
     rows, bad_rows, skipped_cells = [], [], {}
     for line, photo in enumerate(photos, start=1):
@@ -251,27 +244,6 @@ def _folder_manifest(
     if bad_rows and on_bad_row == "fail":
         raise _bad_photos_error(images_dir, bad_rows)
     return Manifest(listing, rows, bad_rows, column_names=list(FOLDER_COLUMNS)), skipped_cells
-
-
-def _unreadable_photos(images_dir: Path) -> list[str]:
-    """The HEIC photos under `images_dir` (hidden ones left out, as `image_files` does), relative to it, sorted."""
-    found = (path.relative_to(images_dir) for path in images_dir.rglob("*")
-             if path.suffix.lower() in UNREADABLE_PHOTO_SUFFIXES and path.is_file())
-    return sorted(path.as_posix() for path in found if not any(part.startswith(".") for part in path.parts))
-
-
-def _heic_photos(left_out: list[str]) -> str:
-    """The HEIC photos named (the first few) and what to do with them.
-
-    Example:
-    >>> _heic_photos(["IMG_1.HEIC", "IMG_2.HEIC", "IMG_3.HEIC", "IMG_4.HEIC"])[:76]
-    '4 HEIC photos (IMG_1.HEIC, IMG_2.HEIC, IMG_3.HEIC and 1 more), which mmkeras'
-    """
-    shown = ", ".join(left_out[:UNREADABLE_PHOTOS_SHOWN])
-    more = f" and {len(left_out) - UNREADABLE_PHOTOS_SHOWN} more" if len(left_out) > UNREADABLE_PHOTOS_SHOWN else ""
-    photos, them = ("photo", "it") if len(left_out) == 1 else ("photos", "them")
-    return (f"{len(left_out)} HEIC {photos} ({shown}{more}), which mmkeras cannot read: convert {them} to JPEG "
-            "(an iPhone saves JPEG with Settings > Camera > Formats > Most Compatible)")
 
 
 def _bad_photos_error(images_dir: Path, bad_rows: list[BadRow]) -> BadRowsError:

@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from mmkeras.data.label_sets import checked_label_cells, multi_hot
-from mmkeras.data.manifest import read_manifest
+from mmkeras.data.manifest import decoded_as, read_manifest
 from mmkeras.errors import UserError
 from mmkeras.runs import manifest_columns
 from mmkeras.runtime.bundle import BUNDLE_FILE, bundle_kind, read_bundle
@@ -62,13 +62,14 @@ def bundle_accuracies(
         truth = multi_hot(checked_label_cells(manifest, labels), labels).astype(bool)
     else:
         truth = np.asarray(manifest.encode_labels(labels))
-    predicted, checked_by_size = [], {}
+    predicted, checked_by_decoding = [], {}
     for directory in bundle_dirs:
         predictor = Predictor(directory)
-        size = predictor.preprocessor.image_size
-        if size not in checked_by_size:  # bundles of one run share it: the images are checked once
-            checked_by_size[size], _ = manifest.validate_images(size, "fail")
-        predicted.append(_predicted_labels(predictor, checked_by_size[size], Path(directory).name))
+        size, decoding = predictor.preprocessor.image_size, decoded_as(predictor.preprocessor)
+        key = (size, *decoding.values())
+        if key not in checked_by_decoding:  # bundles of one run share it: the images are checked once
+            checked_by_decoding[key], _ = manifest.validate_images(size, "fail", **decoding)
+        predicted.append(_predicted_labels(predictor, checked_by_decoding[key], Path(directory).name))
     rows = len(truth)
     figures = []
     for labels_given in predicted:

@@ -93,7 +93,7 @@ class AlignJob(TrainingJob):
             )
         # No label check: a pair's label only groups it (`_grouped`).
         pairs, val_pairs, skipped = checked_manifests(
-            config, pairs, None, preprocessor.image_size, read_manifest=self.read_manifest
+            config, pairs, None, preprocessor, read_manifest=self.read_manifest
         )
         self.check_rows(pairs, val_pairs)
         groups, train_pairs = _grouped(pairs)

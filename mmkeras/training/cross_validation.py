@@ -67,6 +67,7 @@ from mmkeras.errors import UserError
 from mmkeras.evaluation.results_folder import METRICS_FILE, SOURCE_IMAGE_COLUMN, write_csv
 from mmkeras.evaluation.results_folder import results_dir as results_folder_of
 from mmkeras.evaluation.scalar_figures import scalar_figures
+from mmkeras.preprocessing.image import JPEG_DRAFT_FACTOR
 from mmkeras.runs import SKIPPED_ROWS_FILE, write_skipped_rows
 
 logger = logging.getLogger("mmkeras")
@@ -180,7 +181,10 @@ def usable_rows(config: RunConfig, path, manifests: Sequence[Manifest] = ()) -> 
     manifest = find_manifest(manifests, path) or read_manifest(path, columns=config.columns,
                                                                on_bad_row=config.on_bad_row)
     image_size = (config.image_size, config.image_size) if config.image_size else TINY_IMAGE_SIZE
-    manifest, _ = manifest.validate_images(image_size, config.on_bad_row, max_pixels=config.max_image_pixels)
+    # JPEGs decoded reduced, as the folds' new runs decode them (their backbone's crop is not known yet)
+    manifest, _ = manifest.validate_images(
+        image_size, config.on_bad_row, max_pixels=config.max_image_pixels, jpeg_draft_factor=JPEG_DRAFT_FACTOR
+    )
     return manifest
 
 

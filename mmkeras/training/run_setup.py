@@ -10,7 +10,7 @@ training paths from drifting apart.
 Example:
 >>> train_manifest, val_manifest, skipped = checked_manifests(
 ...     config, job.read_manifest(config.data), labels,
-...     preprocessor.image_size, read_manifest=job.read_manifest)                     # doctest: +SKIP
+...     preprocessor, read_manifest=job.read_manifest)                     # doctest: +SKIP
 >>> train_epochs, val_data = epoch_datasets(
 ...     config, preprocessor, labels, train_manifest, val_manifest)                   # doctest: +SKIP
 >>> loop = make_loop(config, model, strategy, "float32",
@@ -25,7 +25,7 @@ import tensorflow as tf
 from mmkeras.config import RunConfig
 from mmkeras.data.data_service import DataServiceEpochs
 from mmkeras.data.dataset import EpochDatasets, make_dataset
-from mmkeras.data.manifest import BadRow, Manifest
+from mmkeras.data.manifest import BadRow, Manifest, decoded_as
 from mmkeras.models.vision_backbones import BACKBONE_NAME as VISION_BACKBONE
 from mmkeras.preprocessing import MultimodalPreprocessor
 from mmkeras.training.class_weights import balanced_class_weights
@@ -42,7 +42,7 @@ def seed_everything(config: RunConfig):
 
 
 def checked_manifests(
-    config: RunConfig, train_manifest: Manifest, labels: list[str] | None, image_size, *,
+    config: RunConfig, train_manifest: Manifest, labels: list[str] | None, preprocessor: MultimodalPreprocessor, *,
     read_manifest: Callable[[str], Manifest],
 ) -> tuple[Manifest, Manifest | None, list[BadRow]]:
     """The training manifest and `config.val`'s, images checked (`config.on_bad_row`), and the rows skipped.
@@ -57,12 +57,14 @@ def checked_manifests(
             training; a validation row with one fails or is skipped as
             `config.on_bad_row` says. `None`: the rows' labels are not
             classes (align's groups of pairs), not checked.
-        image_size: the preprocessor's `(height, width)`.
+        preprocessor: the run's: images are checked at its size, decoded as
+            it decodes them (`decoded_as`: a JPEG at its reduced scale).
         read_manifest: reads `config.val` as the job reads its manifests
             (`TrainingJob.read_manifest`: by its task, align's as true pairs,
             unless the job was given it already read).
     """
-    check = {"on_bad_row": config.on_bad_row, "max_pixels": config.max_image_pixels}
+    check = {"on_bad_row": config.on_bad_row, **decoded_as(preprocessor), "max_pixels": config.max_image_pixels}
+    image_size = preprocessor.image_size
     train_manifest, _ = train_manifest.validate_images(image_size, **check)
     if labels is not None:
         train_manifest.encode_labels(labels)

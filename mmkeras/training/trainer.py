@@ -104,7 +104,7 @@ class TrainJob(TrainingJob):
                 copy_aligned_layers(model, aligned.model)
         preprocessor.max_image_pixels = config.max_image_pixels  # the bundle's runtime keeps the limit
         train_manifest, val_manifest, skipped = checked_manifests(
-            config, raw_train, labels, preprocessor.image_size, read_manifest=self.read_manifest
+            config, raw_train, labels, preprocessor, read_manifest=self.read_manifest
         )
         task.check_labels_kept(train_manifest, labels)
         self.check_rows(train_manifest, val_manifest)
