@@ -132,6 +132,7 @@ def test_a_remat_run_resumes_and_exports(tmp_path, monkeypatch, capsys):
     assert load_run_config(resumed.run_dir).remat is True and resumed.history["loss"]
     report = export_bundle(resumed.run_dir, tmp_path / "bundle")  # the saved model holds no remat wrapper
     assert report["parity"]["max_abs_logit_diff"] <= 1e-4
+    capsys.readouterr()  # the runs' log lines (on stderr once an earlier test has installed mmkeras' handler)
     code, _, err = run_cli(capsys, "train", "--data", data, "--out", tmp_path / "frozen", "--remat", "--freeze", "both")
     assert code == 2 and err.strip().splitlines() == [
         "error: --remat recomputes the vision backbone on the backward pass; with freeze both it has no gradients"
