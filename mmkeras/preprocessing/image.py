@@ -139,8 +139,10 @@ def load_image(
         _check_regular_file(source, name)
     file = io.BytesIO(source) if isinstance(source, (bytes, bytearray)) else source
     with _decoding_errors(name, source), Image.open(file) as image:
-        if jpeg_draft_factor is None or not isinstance(image, JpegImagePlugin.JpegImageFile):
-            _check_pixel_count(image.size, 1, name, max_pixels)  # before getexif(), which decodes a PNG
+        # Whole decodes are checked before getexif(), which decodes a PNG; a reduced JPEG once its scale is known.
+        decoded_whole = jpeg_draft_factor is None or not isinstance(image, JpegImagePlugin.JpegImageFile)
+        if decoded_whole:
+            _check_pixel_count(image.size, 1, name, max_pixels)
         orientation = image.getexif().get(ExifTags.Base.Orientation)
         full_size = image.size
         # The geometry comes from the full size, so a reduced decode resizes and crops to the same sizes.
@@ -149,7 +151,8 @@ def load_image(
             scale = 1
         else:  # the resize size in the file's orientation
             scale = _draft_jpeg(image, _turned(resize_size, orientation), jpeg_draft_factor)
-        _check_pixel_count(full_size, scale, name, max_pixels)
+        if not decoded_whole:
+            _check_pixel_count(full_size, scale, name, max_pixels)
         image.load()  # the first frame, fully decoded (so a truncated file fails here, not later)
     source_box = None if scale == 1 else draft_source_box(full_size, scale, orientation)
     rgb = _to_rgb(ImageOps.exif_transpose(image), name)
