@@ -765,8 +765,9 @@ def data_service_dispatcher(
 
     server = start_dispatcher(port, None if work_dir is None else str(work_dir))
     taken = server.target.rsplit(":", 1)[1]
-    typer.echo(f"tf.data service dispatcher listening on grpc://{socket.gethostname()}:{taken} (Ctrl-C stops it)")
-    serve_until_interrupted(server)
+    serve_until_interrupted(
+        server, f"tf.data service dispatcher listening on grpc://{socket.gethostname()}:{taken} (Ctrl-C stops it)"
+    )
 
 
 @data_service_app.command("worker")
@@ -787,23 +788,27 @@ def data_service_worker(
     from mmkeras.data.data_service import start_worker
 
     server = start_worker(dispatcher, port, host=host)
-    typer.echo(
+    serve_until_interrupted(
+        server,
         f"tf.data service worker listening on {host or socket.gethostname()}:{port} for dispatcher {dispatcher} "
-        "(Ctrl-C stops it)"
+        "(Ctrl-C stops it)",
     )
-    serve_until_interrupted(server)
 
 
-def serve_until_interrupted(server, stop_seconds: float = SERVER_STOP_SECONDS):
-    """Block until Ctrl-C (or SIGTERM), then stop `server`: stopping is how a server's run ends, so exit 0.
+def serve_until_interrupted(server, listening: str, stop_seconds: float = SERVER_STOP_SECONDS):
+    """Print `listening`, block until Ctrl-C (or SIGTERM), then stop `server`: stopping is how a server's run
+    ends, so exit 0.
 
     The process ends within `stop_seconds` of the signal, stopped cleanly or not: a tf.data worker
     stopped after a training job once hung past 30 s (its exit code -9 in CI), and a server that
     outlives Ctrl-C keeps its port. Its tasks hold nothing to save (a dispatcher journals to
     `--work-dir` as it goes), so the process exits without waiting for TensorFlow's threads.
     """
+    # The handler, and the `try`, before the line: a supervisor (or a test) that sends SIGTERM once it reads the
+    # line must find neither the default handler (exit -15) nor a KeyboardInterrupt outside the `try` (exit -2).
     signal.signal(signal.SIGTERM, signal.default_int_handler)
     try:
+        typer.echo(listening)
         while True:
             time.sleep(1.0)
     except KeyboardInterrupt:

@@ -83,8 +83,7 @@ class HungServer:  # a server whose stop() never returns, as a tf.data worker's 
     def stop(self):
         time.sleep(3600)
 
-print("serving", flush=True)
-serve_until_interrupted(HungServer(), stop_seconds=2)
+serve_until_interrupted(HungServer(), "serving", stop_seconds=2)
 """
 
 
