@@ -32,21 +32,23 @@ def lock_file_of(folder: str | Path) -> Path:
 
 
 @contextlib.contextmanager
-def folder_lock(folder: str | Path) -> Iterator[Path]:
+def folder_lock(folder: str | Path, wait: bool = False) -> Iterator[Path]:
     """Hold the exclusive write lock of `folder` for the `with` block.
 
     Args:
         folder: the run or bundle folder about to be written (it need not
             exist yet; its parent folder is created).
+        wait: wait for another holder to release it instead of refusing
+            (for a shared cache the second process then finds filled).
 
     Raises:
-        UserError: another process holds the lock (named by pid and host),
-            or the lock file cannot be created there.
+        UserError: another process holds the lock (named by pid and host)
+            and `wait` is off, or the lock file cannot be created there.
     """
     path = lock_file_of(folder)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        descriptor = _acquire(path, folder)
+        descriptor = _acquire(path, folder, wait)
     except OSError as error:  # a read-only or pseudo filesystem, no permission: the user's to fix
         raise UserError(f"cannot create the lock file {path.name} beside it: {error.strerror}", path=folder) from None
     try:
@@ -59,12 +61,12 @@ def folder_lock(folder: str | Path) -> Iterator[Path]:
         os.close(descriptor)
 
 
-def _acquire(path: Path, folder) -> int:
+def _acquire(path: Path, folder, wait: bool) -> int:
     """A descriptor of `path` holding its flock; retried when the file was replaced meanwhile."""
     while True:
         descriptor = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
         try:
-            fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            fcntl.flock(descriptor, fcntl.LOCK_EX if wait else fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             holder = _read_holder(descriptor)
             os.close(descriptor)

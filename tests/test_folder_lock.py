@@ -4,6 +4,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 
 import pytest
 
@@ -43,6 +44,26 @@ def test_a_second_writer_is_refused_naming_the_holder(tmp_path):
         assert f"another mmkeras process (pid {holder.pid} host " in str(caught.value)
         assert str(caught.value).startswith(f"{folder}: ")
     finally:
+        holder.kill()
+        holder.wait()
+
+
+def test_a_waiting_writer_gets_the_lock_once_the_holder_ends(tmp_path):
+    folder = tmp_path / "cache"
+    holder = hold_in_another_process(folder)
+    killed = threading.Event()
+
+    def end_holder():
+        killed.set()  # before the kill, so before the lock can be free
+        holder.kill()
+
+    ender = threading.Timer(0.5, end_holder)
+    ender.start()
+    try:
+        with folder_lock(folder, wait=True):
+            assert killed.is_set()  # acquired only once the holder was ended, not refused
+    finally:
+        ender.cancel()
         holder.kill()
         holder.wait()
 

@@ -3,12 +3,15 @@
 Needs Debian's `chromium` and `npm` (skipped, saying which is missing, without them).
 """
 
+import concurrent.futures
 import csv
 import functools
 import http.server
 import json
+import os
 import re
 import shutil
+import sys
 import threading
 
 import numpy as np
@@ -346,6 +349,33 @@ def test_without_npm_the_error_says_what_to_install(tmp_path, monkeypatch):
     (tmp_path / "notes" / "todo.txt").write_text("mine")
     with pytest.raises(UserError, match="not an mmkeras site"):
         build_site(bundle_dir, tmp_path / "notes")
+
+
+FAKE_NPM = """#!{python}
+import pathlib, sys, time
+prefix = pathlib.Path(sys.argv[sys.argv.index("--prefix") + 1])
+with (prefix.parent / "npm_runs").open("a") as runs:
+    runs.write("ci\\n")
+time.sleep(1)  # long enough for a second install to look while this one runs
+for source in {sources!r}:
+    (prefix / "node_modules" / source).parent.mkdir(parents=True, exist_ok=True)
+    (prefix / "node_modules" / source).write_text("")
+"""
+
+
+def test_two_sites_built_at_once_install_the_packages_once(tmp_path, monkeypatch):
+    """`npm ci` deletes node_modules first: a second install racing the first would pull files from its copy."""
+    npm = tmp_path / "bin" / "npm"
+    npm.parent.mkdir()
+    npm.write_text(FAKE_NPM.format(python=sys.executable, sources=list(site_builder.VENDOR_FILES)))
+    npm.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{npm.parent}{os.pathsep}{os.environ['PATH']}")
+    monkeypatch.setenv(site_builder.NPM_CACHE_ENV, str(tmp_path / "npm-cache"))
+    cache = site_builder.npm_cache_folder()
+    with concurrent.futures.ThreadPoolExecutor(2) as pool:
+        installed = list(pool.map(site_builder.install_packages, [cache, cache]))
+    assert installed == [cache / "node_modules"] * 2
+    assert (cache.parent / "npm_runs").read_text().splitlines() == ["ci"]  # was: twice
 
 
 @needs_browser

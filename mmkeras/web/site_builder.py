@@ -26,6 +26,7 @@ import subprocess
 from pathlib import Path
 
 from mmkeras.errors import UserError
+from mmkeras.folder_lock import folder_lock
 from mmkeras.runtime.bundle import BUNDLE_FILE, TEST_VECTORS_FILE, TEST_VECTORS_FOLDER, read_bundle
 from mmkeras.staged_folder import staged_folder
 
@@ -59,10 +60,21 @@ def npm_cache_folder() -> Path:
 
 
 def install_packages(cache: Path) -> Path:
-    """`node_modules` holding every file of `VENDOR_FILES`; npm runs only when one is missing."""
+    """`node_modules` holding every file of `VENDOR_FILES`; npm runs only when one is missing.
+
+    Under the cache's lock, waited for: `npm ci` first deletes `node_modules`, so a second `mmkeras web` that
+    found a file missing while the first was installing would pull the packages from under its copy.
+    """
     modules = cache / "node_modules"
     if all((modules / source).is_file() for source in VENDOR_FILES):
         return modules
+    with folder_lock(cache, wait=True):
+        if all((modules / source).is_file() for source in VENDOR_FILES):  # installed while this one waited
+            return modules
+        return _npm_install(cache, modules)
+
+
+def _npm_install(cache: Path, modules: Path) -> Path:
     npm = shutil.which("npm")
     if npm is None:
         raise UserError("building the web site needs npm (Node.js), which is not on PATH: e.g. apt-get install -y npm")
