@@ -1,4 +1,4 @@
-"""`folder_lock`: one writer at a time for a run or bundle folder.
+"""`folder_lock`: one writer at a time for a run or bundle folder (or a shared cache).
 
 Two `train` (or `export`) processes writing the same `--out` would each
 believe their result was saved while one of them is silently lost. The writer
@@ -38,8 +38,8 @@ def folder_lock(folder: str | Path, wait: bool = False) -> Iterator[Path]:
     Args:
         folder: the run or bundle folder about to be written (it need not
             exist yet; its parent folder is created).
-        wait: wait for another holder to release it instead of refusing
-            (for a shared cache the second process then finds filled).
+        wait: block until another holder releases it instead of refusing
+            (a shared cache: the second process then finds it filled).
 
     Raises:
         UserError: another process holds the lock (named by pid and host)
