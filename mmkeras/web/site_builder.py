@@ -66,12 +66,16 @@ def install_packages(cache: Path) -> Path:
     found a file missing while the first was installing would pull the packages from under its copy.
     """
     modules = cache / "node_modules"
-    if all((modules / source).is_file() for source in VENDOR_FILES):
+    if not _missing_files(modules):
         return modules
     with folder_lock(cache, wait=True):
-        if all((modules / source).is_file() for source in VENDOR_FILES):  # installed while this one waited
+        if not _missing_files(modules):  # installed by another process while this one waited
             return modules
         return _npm_install(cache, modules)
+
+
+def _missing_files(modules: Path) -> list[str]:
+    return [source for source in VENDOR_FILES if not (modules / source).is_file()]
 
 
 def _npm_install(cache: Path, modules: Path) -> Path:
@@ -88,7 +92,7 @@ def _npm_install(cache: Path, modules: Path) -> Path:
         capture_output=True,
         text=True,
     )
-    missing = [source for source in VENDOR_FILES if not (modules / source).is_file()]
+    missing = _missing_files(modules)
     if completed.returncode != 0 or missing:
         reason = (completed.stderr.strip().splitlines() or [f"files missing: {', '.join(missing)}"])[-1]
         raise UserError(f"npm could not install the site's packages: {reason}")
